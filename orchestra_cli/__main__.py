@@ -1,0 +1,3 @@
+from orchestra_cli.cli.main import main
+
+main()

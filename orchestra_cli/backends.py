@@ -1,0 +1,103 @@
+"""The client factory: build state, broker, secrets and LLM clients from settings.
+
+The backend follows the URLs (``state_url``, ``broker_url``, ``secrets_url``),
+so one environment variable moves a deployment from SQLite to services.
+Heavy client libraries are imported here, lazily, and nowhere above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestra_cli.broker.base import Broker
+from orchestra_cli.errors import ConfigError
+from orchestra_cli.llm.base import LLMProvider
+from orchestra_cli.logs import Journals
+from orchestra_cli.secrets.base import ChainSecrets, SecretsProvider
+from orchestra_cli.settings import Settings, mask_url
+from orchestra_cli.state.base import StateStore
+
+
+def _sqlite_path(url: str) -> Path:
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(f"not a sqlite URL: {mask_url(url)}", "use sqlite:///PATH")
+    return Path(url[len("sqlite:///") :]).expanduser()
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+@dataclass
+class Backends:
+    """The clients one process uses; close them on shutdown."""
+
+    settings: Settings
+    state: StateStore
+    broker: Broker
+    journals: Journals
+    _closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for closer in self._closers:
+            try:
+                closer()
+            except Exception:  # closing is best effort on shutdown
+                pass
+        self._closers.clear()
+
+
+def open_backends(settings: Settings) -> Backends:
+    """Connect to the state store and broker named by the settings."""
+    state_url = settings.effective_state_url
+    broker_url = settings.effective_broker_url
+    for url, key in ((state_url, "state_url"), (broker_url, "broker_url")):
+        if _scheme(url) != "sqlite":
+            raise ConfigError(
+                f"{key} {mask_url(url)}: the {_scheme(url) or 'unknown'} backend is not "
+                "available in this version",
+                f"use the embedded default (unset ORCHESTRA_{key.upper()})",
+            )
+    from orchestra_cli.broker.sqlite import SQLiteBroker
+    from orchestra_cli.sqlitedb import SQLiteDB
+    from orchestra_cli.state.sqlite import SQLiteStateStore
+
+    state_db = SQLiteDB(_sqlite_path(state_url))
+    broker_db = state_db if broker_url == state_url else SQLiteDB(_sqlite_path(broker_url))
+    state = SQLiteStateStore(state_db)
+    broker = SQLiteBroker(
+        broker_db, lease_seconds=settings.broker.lease_seconds,
+        max_deliveries=settings.broker.max_deliveries,
+    )
+    backends = Backends(settings, state, broker, Journals(settings.home))
+    backends._closers.extend([state.close, broker.close])
+    return backends
+
+
+def open_secrets(settings: Settings, cwd: Path | None = None) -> ChainSecrets:
+    """The provider chain for ``secrets_url``: (Vault →) environment → ``.env``."""
+    from orchestra_cli.secrets.env import DotenvSecrets, EnvSecrets
+
+    providers: list[SecretsProvider] = []
+    if settings.secrets_url != "env":
+        raise ConfigError(
+            f"secrets_url {mask_url(settings.secrets_url)}: only 'env' is available in this "
+            "version", "unset ORCHESTRA_SECRETS_URL",
+        )
+    providers += [EnvSecrets(), DotenvSecrets((cwd or Path.cwd()) / ".env")]
+    return ChainSecrets(providers)
+
+
+def open_llm(settings: Settings, secrets: SecretsProvider) -> LLMProvider:
+    """The provider in effect: ``llm.provider``, or offline when no API key resolves."""
+    from orchestra_cli.llm.offline import OfflineProvider
+
+    # "auto" stays offline until the Anthropic provider lands (issue 4).
+    if settings.llm.provider == "anthropic":
+        raise ConfigError(
+            "the anthropic provider is not available in this version",
+            "set ORCHESTRA_LLM__PROVIDER=offline or unset ANTHROPIC_API_KEY",
+        )
+    return OfflineProvider(settings.llm.offline.latency_ms)

@@ -1,0 +1,88 @@
+"""The Broker protocol: at-least-once queues with manual acks.
+
+A consumer hands out ``Delivery`` objects; the receiver acks only after the
+state change it caused is committed. Bodies that are not a valid envelope
+never reach the receiver: the consumer dead-letters them and keeps going.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from orchestra_cli.errors import MalformedMessage
+from orchestra_cli.models import ENVELOPE_VERSION, MESSAGE_TYPES, Envelope
+
+
+def decode_envelope(body: bytes) -> Envelope:
+    """Parse and validate a message body; MalformedMessage with the reason otherwise."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedMessage("message body is not UTF-8") from None
+    try:
+        env = Envelope.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise MalformedMessage(f"invalid envelope: {where}: {first['msg']}") from None
+    if env.v != ENVELOPE_VERSION:
+        raise MalformedMessage(f"unsupported envelope version {env.v}")
+    if env.type not in MESSAGE_TYPES:
+        raise MalformedMessage(f"unknown message type {env.type!r}")
+    return env
+
+
+class Delivery(Protocol):
+    """One received message; settle it exactly once with ack, nack or dead_letter."""
+
+    envelope: Envelope
+    queue: str
+    delivery_count: int  # 1 on first delivery
+
+    def ack(self) -> None: ...
+
+    def nack(self, *, delay: float = 0.0) -> None:
+        """Give the message back to its queue, visible again after ``delay`` seconds."""
+        ...
+
+    def dead_letter(self, reason: str) -> None: ...
+
+
+class Consumer(Protocol):
+    """Receives from one or more queues with at most ``prefetch`` unsettled messages."""
+
+    def get(self, timeout: float) -> Delivery | None: ...
+
+    def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    """Publishes and consumes envelopes on named queues."""
+
+    url: str
+
+    def publish(
+        self, queue: str, envelope: Envelope, *, priority: int = 0, delay: float = 0.0
+    ) -> None: ...
+
+    def publish_raw(self, queue: str, body: bytes) -> None:
+        """Put arbitrary bytes on a queue (tests and tools; bypasses validation)."""
+        ...
+
+    def dead_letter(self, origin: str, envelope: Envelope, reason: str) -> None:
+        """Put an envelope straight on the dead-letter queue (exhausted retries)."""
+        ...
+
+    def consumer(self, queues: list[str], *, prefetch: int, name: str) -> Consumer: ...
+
+    def depths(self) -> dict[str, int]:
+        """Messages per queue (ready + unacked)."""
+        ...
+
+    def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    def purge(self, queue: str) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,244 @@
+"""Embedded broker: queues as rows of the SQLite file, claimed with a lease.
+
+A consumer claims a message by setting ``lease_until``; a background thread
+renews the leases of messages it still holds. When a consumer dies (even
+``kill -9``) its leases run out and the messages become visible again, which
+is the embedded equivalent of RabbitMQ redelivering an unacked message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from orchestra_cli.broker.base import decode_envelope
+from orchestra_cli.errors import MalformedMessage
+from orchestra_cli.models import Q_DEAD, Envelope
+from orchestra_cli.sqlitedb import SQLiteDB
+from orchestra_cli.util import new_id, now
+
+log = logging.getLogger(__name__)
+
+MIN_POLL_SECONDS = 0.002
+MAX_POLL_SECONDS = 0.05
+
+
+class SQLiteDelivery:
+    """A claimed message row."""
+
+    def __init__(
+        self, consumer: SQLiteConsumer, msg_id: int, queue: str, envelope: Envelope, count: int
+    ) -> None:
+        self._consumer = consumer
+        self.msg_id = msg_id
+        self.queue = queue
+        self.envelope = envelope
+        self.delivery_count = count
+
+    def ack(self) -> None:
+        self._consumer.settle(self.msg_id, "DELETE FROM messages WHERE id = ? AND consumer = ?")
+
+    def nack(self, *, delay: float = 0.0) -> None:
+        self._consumer.settle(
+            self.msg_id,
+            "UPDATE messages SET lease_until = NULL, consumer = NULL, available_at = ? "
+            "WHERE id = ? AND consumer = ?",
+            (now() + delay,),
+        )
+
+    def dead_letter(self, reason: str) -> None:
+        self._consumer.dead_letter(self.msg_id, reason)
+
+
+class SQLiteConsumer:
+    """Claims messages from some queues, holding at most ``prefetch`` at once."""
+
+    def __init__(
+        self, db: SQLiteDB, queues: list[str], *, prefetch: int, name: str,
+        lease_seconds: float, max_deliveries: int,
+    ) -> None:
+        self.db = db
+        self.queues = list(queues)
+        self.prefetch = max(1, prefetch)
+        self.tag = f"{name}:{new_id()[-12:]}"
+        self.lease_seconds = lease_seconds
+        self.max_deliveries = max_deliveries
+        self._held: set[int] = set()
+        self._cond = threading.Condition()
+        self._closed = threading.Event()
+        self._renewer = threading.Thread(
+            target=self._renew_loop, name=f"lease-{name}", daemon=True
+        )
+        self._renewer.start()
+        marks = ",".join("?" * len(self.queues))
+        self._ready_sql = (
+            f"SELECT id FROM messages WHERE queue IN ({marks}) AND available_at <= ? "
+            "AND (lease_until IS NULL OR lease_until < ?) ORDER BY priority DESC, id LIMIT 1"
+        )
+
+    def _renew_loop(self) -> None:
+        interval = max(0.05, self.lease_seconds / 3)
+        while not self._closed.wait(interval):
+            with self._cond:
+                held = list(self._held)
+            if not held:
+                continue
+            try:
+                with self.db.write() as conn:
+                    conn.executemany(
+                        "UPDATE messages SET lease_until = ? WHERE id = ? AND consumer = ?",
+                        [(now() + self.lease_seconds, mid, self.tag) for mid in held],
+                    )
+            except Exception:  # keep renewing; a failed renewal at worst redelivers
+                log.exception("lease renewal failed")
+
+    def _claim(self) -> SQLiteDelivery | None:
+        ts = now()
+        params = (*self.queues, ts, ts)
+        if self.db.conn().execute(self._ready_sql, params).fetchone() is None:
+            return None  # nothing ready: no write lock taken
+        with self.db.write() as conn:
+            row = conn.execute(
+                self._ready_sql.replace("SELECT id", "SELECT id, queue, body, deliveries"),
+                (*self.queues, now(), now()),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE messages SET lease_until = ?, consumer = ?, deliveries = deliveries + 1 "
+                "WHERE id = ?",
+                (now() + self.lease_seconds, self.tag, row["id"]),
+            )
+        with self._cond:
+            self._held.add(row["id"])
+        count = row["deliveries"] + 1
+        try:
+            env = decode_envelope(bytes(row["body"]))
+        except MalformedMessage as exc:
+            log.warning("dead-lettering malformed message %s on %s: %s", row["id"], row["queue"],
+                        exc.message)
+            self.dead_letter(row["id"], exc.message)
+            return self._claim()
+        if count > self.max_deliveries:
+            self.dead_letter(row["id"], f"delivered {count - 1} times without an ack (poison)")
+            return self._claim()
+        return SQLiteDelivery(self, row["id"], row["queue"], env, count)
+
+    def get(self, timeout: float) -> SQLiteDelivery | None:
+        deadline = now() + timeout
+        pause = MIN_POLL_SECONDS
+        while not self._closed.is_set():
+            with self._cond:
+                while len(self._held) >= self.prefetch:
+                    left = deadline - now()
+                    if left <= 0:
+                        return None
+                    self._cond.wait(left)
+            delivery = self._claim()
+            if delivery is not None:
+                return delivery
+            left = deadline - now()
+            if left <= 0:
+                return None
+            self._closed.wait(min(pause, left))
+            pause = min(pause * 2, MAX_POLL_SECONDS)
+        return None
+
+    def settle(self, msg_id: int, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """Run one settling statement (its last two parameters: id, consumer tag)."""
+        with self.db.write() as conn:
+            conn.execute(sql, (*params, msg_id, self.tag))
+        with self._cond:
+            self._held.discard(msg_id)
+            self._cond.notify_all()
+
+    def dead_letter(self, msg_id: int, reason: str) -> None:
+        self.settle(
+            msg_id,
+            "UPDATE messages SET origin = queue, queue = ?, reason = ?, lease_until = NULL, "
+            "consumer = NULL WHERE id = ? AND consumer = ?",
+            (Q_DEAD, reason),
+        )
+
+    def close(self) -> None:
+        """Stop renewing; unsettled messages go back to their queues at once."""
+        self._closed.set()
+        with self._cond:
+            held = list(self._held)
+            self._held.clear()
+            self._cond.notify_all()
+        if held:
+            try:
+                with self.db.write() as conn:
+                    conn.executemany(
+                        "UPDATE messages SET lease_until = NULL, consumer = NULL "
+                        "WHERE id = ? AND consumer = ?",
+                        [(mid, self.tag) for mid in held],
+                    )
+            except Exception:
+                log.exception("could not release held messages; their leases will expire")
+
+
+class SQLiteBroker:
+    """Broker on the embedded SQLite file."""
+
+    def __init__(self, db: SQLiteDB, *, lease_seconds: float, max_deliveries: int) -> None:
+        self.db = db
+        self.url = f"sqlite:///{db.path}"
+        self.lease_seconds = lease_seconds
+        self.max_deliveries = max_deliveries
+
+    def publish(
+        self, queue: str, envelope: Envelope, *, priority: int = 0, delay: float = 0.0
+    ) -> None:
+        self._insert(queue, envelope.encode(), priority, delay)
+
+    def publish_raw(self, queue: str, body: bytes) -> None:
+        self._insert(queue, body, 0, 0.0)
+
+    def dead_letter(self, origin: str, envelope: Envelope, reason: str) -> None:
+        self._insert(Q_DEAD, envelope.encode(), 0, 0.0, origin=origin, reason=reason)
+
+    def _insert(
+        self, queue: str, body: bytes, priority: int, delay: float,
+        origin: str | None = None, reason: str | None = None,
+    ) -> None:
+        ts = now()
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO messages (queue, priority, body, enqueued_at, available_at, "
+                "origin, reason) VALUES (?,?,?,?,?,?,?)",
+                (queue, priority, body, ts, ts + delay, origin, reason),
+            )
+
+    def consumer(self, queues: list[str], *, prefetch: int, name: str) -> SQLiteConsumer:
+        return SQLiteConsumer(
+            self.db, queues, prefetch=prefetch, name=name,
+            lease_seconds=self.lease_seconds, max_deliveries=self.max_deliveries,
+        )
+
+    def depths(self) -> dict[str, int]:
+        rows = self.db.conn().execute(
+            "SELECT queue, COUNT(*) AS n FROM messages GROUP BY queue ORDER BY queue"
+        ).fetchall()
+        return {r["queue"]: r["n"] for r in rows}
+
+    def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.db.conn().execute(
+            "SELECT id, origin, reason, body, enqueued_at, deliveries FROM messages "
+            "WHERE queue = ? ORDER BY id DESC LIMIT ?", (Q_DEAD, limit),
+        ).fetchall()
+        return [
+            {"id": r["id"], "queue": r["origin"], "reason": r["reason"],
+             "deliveries": r["deliveries"], "enqueued_at": r["enqueued_at"],
+             "body": bytes(r["body"]).decode("utf-8", "replace")[:2000]}
+            for r in rows
+        ]
+
+    def purge(self, queue: str) -> int:
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM messages WHERE queue = ?", (queue,)).rowcount
+
+    def close(self) -> None:
+        self.db.close()

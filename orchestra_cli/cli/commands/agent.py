@@ -1,0 +1,119 @@
+"""`orchestra agent start|list|status|stop`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestra_cli.cli.context import AppContext
+
+agent_app = typer.Typer(help="Run agents and inspect the agent registry.", no_args_is_help=True)
+
+
+@agent_app.command("start")
+def start(
+    ctx: typer.Context,
+    role: Annotated[str, typer.Argument(help="Role from templates/agents (e.g. coder).")],
+    name: Annotated[str | None, typer.Option(help="Registry name (default: role-host-pid).")
+                    ] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-n", min=1,
+                                                    help="Tasks at once.")] = None,
+) -> int:
+    """Run one agent worker in the foreground until stopped (Ctrl-C drains)."""
+    import threading
+
+    from orchestra_cli.engine.runtime import Runtime, install_stop_signals, run_until_stopped
+
+    app: AppContext = ctx.obj
+    app.setup_logging(f"agent-{role}")
+    runtime = Runtime(app.backends(), app.roles)
+    agent = runtime.add_agent(role, name=name, concurrency=concurrency)
+    stop = threading.Event()
+    received = install_stop_signals(stop, app.info)
+    app.info(f"agent {agent.name} ({role}: {', '.join(agent.role.capabilities)}) consuming; "
+             f"{agent.concurrency} at a time; Ctrl-C to stop")
+    run_until_stopped(runtime, stop)
+    app.info(f"agent {agent.name} stopped")
+    return 130 if received and received[0] == 2 else 0
+
+
+def _ttl(app: AppContext) -> float:
+    return app.settings.agents.ttl_seconds
+
+
+@agent_app.command("list")
+def list_agents(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped agents.")] = False,
+) -> None:
+    """Agents in the registry: capabilities, state, load, last heartbeat."""
+    from orchestra_cli.cli.render import agent_json, agent_state, agents_table
+
+    app: AppContext = ctx.obj
+    agents = app.backends().state.list_agents()
+    if not all_:
+        agents = [a for a in agents if agent_state(a, _ttl(app)) != "stopped"]
+    if app.json:
+        app.print_json([agent_json(a, _ttl(app)) for a in agents])
+    elif not agents:
+        app.info("no agents registered; start one with `orchestra agent start coder`")
+    else:
+        app.console.print(agents_table(agents, _ttl(app)))
+
+
+@agent_app.command("status")
+def status(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Agent name from `orchestra agent list`.")],
+) -> int:
+    """One agent's registry record; exit 1 when it is dead or stopped."""
+    from orchestra_cli.cli.render import agent_json
+
+    app: AppContext = ctx.obj
+    agent = app.backends().state.get_agent(name)
+    data = agent_json(agent, _ttl(app))
+    if app.json:
+        app.print_json(data)
+    else:
+        for key in ("name", "role", "capabilities", "state", "load", "concurrency", "processed",
+                    "failed", "current", "host", "pid", "version", "started_at", "heartbeat_at",
+                    "heartbeat_age_s"):
+            value = data[key]
+            if isinstance(value, list):
+                value = ", ".join(map(str, value)) or "-"
+            print(f"{key:<16} {value}")
+    return 0 if data["state"] in ("running", "starting", "draining", "stopping") else 1
+
+
+@agent_app.command("stop")
+def stop(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Agent name from `orchestra agent list`.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it has drained.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 60.0,
+) -> int:
+    """Ask an agent to drain and stop (it finishes the tasks in hand)."""
+    import time
+
+    from orchestra_cli.errors import ExitStatus
+
+    app: AppContext = ctx.obj
+    state = app.backends().state
+    state.request_agent_stop(name)
+    app.info(f"asked agent {name} to stop")
+    if not wait:
+        return 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        agent = state.get_agent(name)
+        if agent.status == "stopped" or not agent.is_alive(_ttl(app)):
+            app.info(f"agent {name} stopped")
+            return 0
+        time.sleep(0.2)
+    app.info(f"agent {name} still {state.get_agent(name).status} after {timeout:g}s")
+    return ExitStatus.FAILURE
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(agent_app, name="agent")

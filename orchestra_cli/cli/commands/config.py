@@ -1,0 +1,117 @@
+"""`orchestra init` and `orchestra config show|validate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestra_cli.cli.context import AppContext
+
+config_app = typer.Typer(help="Show and check the effective configuration.", no_args_is_help=True)
+
+
+def init(
+    ctx: typer.Context,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to write the files.", file_okay=False)
+    ] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Write orchestra.yaml and .env (mode 600) from the templates."""
+    from orchestra_cli.errors import UsageError
+    from orchestra_cli.templates import templates_dir
+
+    app: AppContext = ctx.obj
+    src = templates_dir()
+    targets = [(src / "orchestra.yaml", directory / "orchestra.yaml", 0o644),
+               (src / "env.template", directory / ".env", 0o600)]
+    existing = [str(dst) for _, dst, _ in targets if dst.exists()]
+    if existing and not force:
+        raise UsageError(f"{', '.join(existing)} already exist(s)", "pass --force to overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source, dst, mode in targets:
+        dst.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+        dst.chmod(mode)
+        written.append(str(dst))
+    if app.json:
+        app.print_json({"written": written})
+    else:
+        for path in written:
+            app.info(f"wrote {path}")
+        app.info("next: `orchestra config show`, then `orchestra run` or `orchestra demo`")
+
+
+@config_app.command("show")
+def show(
+    ctx: typer.Context,
+    sources: Annotated[
+        bool, typer.Option("--sources", help="Show where each value came from.")
+    ] = False,
+) -> None:
+    """Print the effective settings (secrets masked)."""
+    from orchestra_cli.backends import open_secrets
+    from orchestra_cli.secrets.base import KNOWN_SECRETS
+    from orchestra_cli.settings import settings_rows
+
+    app: AppContext = ctx.obj
+    loaded = app.loaded
+    rows = settings_rows(loaded)
+    chain = open_secrets(loaded.settings)
+    secrets = {}
+    for name in KNOWN_SECRETS:
+        value, provider = chain.lookup(name)
+        secrets[name] = {"set": bool(value), "source": provider, "value": "***" if value else None}
+    if app.json:
+        app.print_json({
+            "config_file": str(loaded.config_file) if loaded.config_file else None,
+            "settings": {k: ({"value": v, "source": s} if sources else v) for k, v, s in rows},
+            "secrets": secrets,
+        })
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("KEY")
+    table.add_column("VALUE", overflow="fold")
+    if sources:
+        table.add_column("SOURCE")
+    for key, value, source in rows:
+        cells = [key, "-" if value is None else str(value)]
+        table.add_row(*(cells + [source] if sources else cells))
+    for name, info in secrets.items():
+        cells = [f"secret {name}", "*** (set)" if info["set"] else "(not set)"]
+        table.add_row(*(cells + [info["source"] or "-"] if sources else cells))
+    app.info(f"config file: {loaded.config_file or '(none; defaults and environment)'}")
+    app.console.print(table, markup=False)
+
+
+@config_app.command("validate")
+def validate(ctx: typer.Context) -> None:
+    """Check the configuration and agent definitions; exit 2 with the problem if invalid."""
+    app: AppContext = ctx.obj
+    loaded = app.loaded
+    roles = app.roles
+    from orchestra_cli.llm.prompts import PromptLibrary
+
+    prompts = PromptLibrary(loaded.settings.prompts_dir)
+    for role in roles.values():
+        prompts.get(role.prompt)
+    result = {
+        "valid": True,
+        "config_file": str(loaded.config_file) if loaded.config_file else None,
+        "environment": loaded.settings.environment,
+        "roles": sorted(roles),
+    }
+    if app.json:
+        app.print_json(result)
+    else:
+        app.info(f"configuration is valid ({result['config_file'] or 'defaults'}; "
+                 f"environment {result['environment']}; roles: {', '.join(result['roles'])})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,116 @@
+"""`orchestra run` (the orchestrator loop) and `orchestra demo`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestra_cli.cli.context import AppContext
+
+DEMO_TASK = (
+    "Design, implement and deploy a small REST API for a todo list with persistence, "
+    "then review the code and the deployment."
+)
+
+
+def run(
+    ctx: typer.Context,
+    agents: Annotated[str | None, typer.Option(help="Also run these built-in agents here: "
+                                               "ROLE,ROLE… or 'all'.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-n", min=1,
+                                             help="Orchestrator handler threads.")] = 1,
+) -> int:
+    """Run the orchestrator loop in the foreground (Ctrl-C drains, twice forces)."""
+    import threading
+
+    from orchestra_cli.engine.runtime import Runtime, install_stop_signals, run_until_stopped
+
+    app: AppContext = ctx.obj
+    app.setup_logging("orchestrator")
+    runtime = Runtime(app.backends(), app.roles)
+    runtime.add_orchestrator(concurrency)
+    roles = _parse_roles(agents, app)
+    for role in roles:
+        runtime.add_agent(role)
+    stop = threading.Event()
+    received = install_stop_signals(stop, app.info)
+    app.info(f"orchestrator running on {runtime.backends.broker.url}"
+             + (f" with agents {', '.join(roles)}" if roles else "") + "; Ctrl-C to stop")
+    run_until_stopped(runtime, stop)
+    app.info("orchestrator stopped")
+    return 130 if received and received[0] == 2 else 0
+
+
+def _parse_roles(spec: str | None, app: AppContext) -> list[str]:
+    if not spec:
+        return []
+    if spec.strip() == "all":
+        return sorted(app.roles)
+    return [r.strip() for r in spec.split(",") if r.strip()]
+
+
+def demo(
+    ctx: typer.Context,
+    latency_ms: Annotated[int, typer.Option(help="Simulated model think time.")] = 600,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's data dir.")] = False,
+) -> int:
+    """Run the sample workload: an orchestrator and the built-in agents on a multi-step task."""
+    import shutil
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from orchestra_cli.backends import open_backends
+    from orchestra_cli.cli.render import task_tree
+    from orchestra_cli.cli.watch import watch_task
+    from orchestra_cli.engine.runtime import Runtime
+    from orchestra_cli.engine.service import SubmitRequest, TaskService
+    from orchestra_cli.logs import setup_logging
+
+    app: AppContext = ctx.obj
+    home = Path(tempfile.mkdtemp(prefix="orchestra-demo-"))
+    base = app.settings
+    settings = base.model_copy(update={
+        "home": home, "state_url": None, "broker_url": None,
+        "llm": base.llm.model_copy(update={
+            "provider": "offline",
+            "offline": base.llm.offline.model_copy(update={"latency_ms": latency_ms}),
+        }),
+        "agents": base.agents.model_copy(update={"heartbeat_seconds": 0.5}),
+    })
+    setup_logging(settings.logs_dir, "demo")
+    backends = open_backends(settings)
+    app._backends = backends
+    runtime = Runtime(backends, app.roles)
+    runtime.add_orchestrator()
+    for role in sorted(app.roles):
+        runtime.add_agent(role, name=f"{role}-1")
+    stop = threading.Event()
+    threads = runtime.start(stop)
+    try:
+        app.info(f"demo: orchestrator + agents {', '.join(sorted(app.roles))} on {home} "
+                 "(offline provider, no services, no API key)")
+        task, _ = TaskService(backends, app.roles).submit(
+            SubmitRequest(text=DEMO_TASK, title="Todo API: design, build, deploy, review")
+        )
+        app.info(f"submitted {task.id}: {DEMO_TASK}")
+        code = watch_task(app, task.id, timeout=120)
+        if not app.json:
+            app.console.print()
+            app.console.print(task_tree(TaskService(backends, app.roles).subtree(task.id)))
+        return code
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        if keep:
+            app.info(f"demo data kept in {home}")
+        else:
+            backends.close()
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("demo")(demo)

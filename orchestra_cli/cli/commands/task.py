@@ -1,0 +1,215 @@
+"""`orchestra task submit|watch|get|list|cancel|retry`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestra_cli.cli.context import AppContext
+
+task_app = typer.Typer(help="Submit, watch, inspect and control tasks.", no_args_is_help=True)
+
+
+def _read_input(text: str | None, file: Path | None) -> str:
+    from orchestra_cli.errors import UsageError
+
+    if text is not None and file is not None:
+        raise UsageError("give the task as TEXT or --file, not both", "drop one of them")
+    if file is not None:
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror}", "check the path") from None
+        source = str(file)
+    elif text == "-":
+        raw = sys.stdin.buffer.read()
+        source = "stdin"
+    elif text is not None:
+        return text
+    else:
+        raise UsageError("no task given", "pass TEXT, - to read stdin, or --file PATH")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{source} is not UTF-8 text (bad byte at offset {exc.start})",
+            "convert it to UTF-8",
+        ) from None
+
+
+def _parse_labels(labels: list[str]) -> dict[str, str]:
+    from orchestra_cli.errors import UsageError
+
+    out = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"label {item!r} is not KEY=VALUE", "e.g. --label team=infra")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@task_app.command("submit")
+def submit(
+    ctx: typer.Context,
+    text: Annotated[str | None, typer.Argument(help="Task text, or - to read stdin.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the task from a file.",
+                                              dir_okay=False)] = None,
+    title: Annotated[str | None, typer.Option(help="Short title (default: first line).")] = None,
+    capability: Annotated[
+        str | None, typer.Option("--capability", "-c", help="Route to this capability; "
+                                 "skips planning.")
+    ] = None,
+    priority: Annotated[int | None, typer.Option("--priority", "-p", help="0 (low) to 9.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Attempts before failing.")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", "-l",
+                                                    help="KEY=VALUE, repeatable.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Submitting the same key again returns the same task.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the outcome; "
+                                       "exit 1 if it fails.")] = False,
+) -> int:
+    """Submit a task; print its id (only the id with -q)."""
+    from orchestra_cli.engine.service import SubmitRequest
+
+    app: AppContext = ctx.obj
+    req = SubmitRequest(
+        text=_read_input(text, file), title=title, capability=capability, priority=priority,
+        timeout=timeout, max_attempts=max_attempts, labels=_parse_labels(label or []),
+        idempotency_key=idempotency_key,
+    )
+    task, created = app.service().submit(req)
+    if app.json and not wait:
+        from orchestra_cli.cli.render import task_json
+
+        app.print_json({"created": created, "task": task_json(task)})
+    elif app.quiet:
+        print(task.id, flush=True)
+    else:
+        note = "" if created else " (existing task for this idempotency key)"
+        print(task.id, flush=True)
+        app.info(f"submitted{note}; follow it with: orchestra task watch {task.id}")
+    if not wait:
+        return 0
+    from orchestra_cli.cli.watch import wait_for
+
+    return wait_for(app, task.id)
+
+
+@task_app.command("watch")
+def watch(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds "
+                                                  "(exit 1).")] = None,
+) -> int:
+    """Live view of a task and its subtasks; exits 0 if it succeeds, 1 otherwise."""
+    from orchestra_cli.cli.watch import watch_task
+
+    return watch_task(ctx.obj, task_id, timeout=timeout)
+
+
+@task_app.command("get")
+def get(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
+) -> None:
+    """Show a task, its subtasks, result, error and usage."""
+    from orchestra_cli.cli.render import task_json, task_tree, usage_text
+
+    app: AppContext = ctx.obj
+    service = app.service()
+    task = service.get(task_id)
+    tree = service.subtree(task.id)
+    total = service.tree_usage(tree)
+    if app.json:
+        data = task_json(task)
+        data["subtasks"] = [task_json(t) for t in tree if t.id != task.id]
+        data["tree_usage"] = total.model_dump()
+        app.print_json(data)
+        return
+    app.console.print(task_tree(tree))
+    app.console.print(f"tokens: {usage_text(total)}   labels: "
+                      f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}",
+                      markup=False)
+    if task.error:
+        app.console.print(f"error: {task.error}", markup=False, style="red")
+    if task.result is not None:
+        app.console.print("result:", style="bold")
+        app.console.print(str(task.result), markup=False)
+
+
+@task_app.command("list")
+def list_tasks(
+    ctx: typer.Context,
+    status: Annotated[list[str] | None, typer.Option("--status", "-s", help="Filter by status "
+                                                     "(repeatable or comma-separated).")] = None,
+    agent: Annotated[str | None, typer.Option(help="Filter by agent name.")] = None,
+    since: Annotated[str | None, typer.Option(help="Created since: 30m, 2h, 7d or ISO time.")
+                     ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    roots: Annotated[bool, typer.Option("--roots", help="Only top-level tasks.")] = False,
+) -> None:
+    """List tasks, newest first."""
+    from orchestra_cli.cli.render import task_json, tasks_table
+    from orchestra_cli.errors import UsageError
+    from orchestra_cli.status import Status
+    from orchestra_cli.util import parse_since
+
+    app: AppContext = ctx.obj
+    statuses = [s.strip() for item in (status or []) for s in item.split(",") if s.strip()]
+    valid = {s.value for s in Status}
+    bad = [s for s in statuses if s not in valid]
+    if bad:
+        raise UsageError(f"unknown status {bad[0]!r}", f"choose from {', '.join(sorted(valid))}")
+    tasks = app.backends().state.list_tasks(
+        status=statuses or None, agent=agent, since=parse_since(since) if since else None,
+        limit=limit, roots_only=roots,
+    )
+    if app.json:
+        app.print_json([task_json(t) for t in tasks])
+    elif not tasks:
+        app.info("no tasks match")
+    else:
+        app.console.print(tasks_table(tasks))
+
+
+@task_app.command("cancel")
+def cancel(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
+) -> None:
+    """Cancel a task and its unfinished subtasks (a running one is told to stop)."""
+    app: AppContext = ctx.obj
+    cancelled = app.service().cancel(task_id)
+    if app.json:
+        app.print_json({"cancelled": [t.id for t in cancelled]})
+    else:
+        for t in cancelled:
+            app.info(f"cancelled {t.id} ({t.title})")
+
+
+@task_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
+) -> None:
+    """Run a failed or cancelled task again."""
+    from orchestra_cli.cli.render import task_json
+
+    app: AppContext = ctx.obj
+    task = app.service().retry(task_id)
+    if app.json:
+        app.print_json(task_json(task))
+    else:
+        app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch "
+                 f"{task.id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(task_app, name="task")

@@ -1,0 +1,150 @@
+"""Rendering of tasks, trees, events and agents for people (tables) and scripts (JSON)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from orchestra_cli.util import human_duration, iso, now
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.tree import Tree
+
+    from orchestra_cli.models import AgentRecord, Event, Task, Usage
+
+STATUS_STYLE = {
+    "pending": "dim", "waiting": "cyan", "queued": "yellow", "running": "bold blue",
+    "succeeded": "green", "failed": "bold red", "cancelled": "magenta",
+}
+STATUS_ICON = {
+    "pending": "·", "waiting": "◌", "queued": "…", "running": "▶",
+    "succeeded": "✔", "failed": "✘", "cancelled": "⊘",
+}
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    data = task.model_dump(mode="json")
+    data["duration_s"] = round(task.duration, 3) if task.duration is not None else None
+    for key in ("created_at", "updated_at", "queued_at", "started_at", "finished_at"):
+        data[key] = iso(data[key])
+    return data
+
+
+def usage_text(usage: Usage) -> str:
+    if not usage.calls:
+        return "-"
+    cost = f" ${usage.cost_usd:.4f}" if usage.cost_usd else ""
+    return f"{usage.total_tokens:,} tok{cost}"
+
+
+def tasks_table(tasks: list[Task]) -> Table:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("ID", "STATUS", "CAPABILITY", "AGENT", "TRIES", "AGE", "TITLE"):
+        table.add_column(col, overflow="fold" if col == "TITLE" else "ellipsis",
+                         no_wrap=col != "TITLE")
+    for t in tasks:
+        table.add_row(
+            t.id, f"[{STATUS_STYLE[t.status]}]{t.status}[/]", t.capability or "-",
+            t.agent or "-", f"{t.attempts}/{t.max_attempts}",
+            human_duration(now() - t.created_at), _escape(t.title),
+        )
+    return table
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _label(task: Task) -> str:
+    status = task.status.value
+    parts = [
+        f"[{STATUS_STYLE[status]}]{STATUS_ICON[status]} {status}[/]",
+        f"[bold]{_escape(task.title)}[/]",
+        f"[dim]{task.id}[/]",
+    ]
+    if task.capability:
+        parts.append(f"cap={task.capability}")
+    if task.agent:
+        parts.append(f"agent={_escape(task.agent)}")
+    if task.attempts:
+        parts.append(f"try {task.attempts}/{task.max_attempts}")
+    if task.duration is not None:
+        parts.append(human_duration(task.duration))
+    if task.usage.calls:
+        parts.append(usage_text(task.usage))
+    if task.error and status in ("failed", "cancelled"):
+        parts.append(f"[red]{_escape(task.error[:160])}[/]")
+    return "  ".join(parts)
+
+
+def task_tree(tasks: list[Task]) -> Tree:
+    """A rich tree of a task and its descendants (``tasks`` from StateStore.tree)."""
+    from rich.tree import Tree
+
+    by_parent: dict[str | None, list[Task]] = {}
+    for t in tasks:
+        by_parent.setdefault(t.parent_id, []).append(t)
+    root = next(t for t in tasks if t.parent_id is None or t.id == t.root_id)
+    tree = Tree(_label(root))
+
+    def add(node: Tree, parent_id: str) -> None:
+        for child in by_parent.get(parent_id, []):
+            add(node.add(_label(child)), child.id)
+
+    add(tree, root.id)
+    return tree
+
+
+def event_line(event: Event, titles: dict[str, str] | None = None) -> str:
+    """One plain line per event, for logs and non-TTY output."""
+    d = event.data
+    detail = []
+    if "from" in d and "to" in d:
+        detail.append(f"{d['from']} -> {d['to']}")
+    for key in ("agent", "attempt", "capability", "reason", "error", "why", "retry_in"):
+        if d.get(key) not in (None, "", 0):
+            detail.append(f"{key}={d[key]}")
+    title = (titles or {}).get(event.task_id)
+    where = f"{event.task_id}" + (f" ({title})" if title else "")
+    return f"{iso(event.time)} {event.type:<10} {where} {' '.join(map(str, detail))}".rstrip()
+
+
+def agent_state(agent: AgentRecord, ttl: float) -> str:
+    if agent.status == "stopped":
+        return "stopped"
+    if not agent.is_alive(ttl):
+        return "dead"
+    if agent.stop_requested and agent.status == "running":
+        return "stopping"
+    return agent.status
+
+
+def agent_json(agent: AgentRecord, ttl: float) -> dict[str, Any]:
+    data = agent.model_dump(mode="json")
+    data["state"] = agent_state(agent, ttl)
+    data["heartbeat_age_s"] = round(now() - agent.heartbeat_at, 3)
+    data["started_at"] = iso(agent.started_at)
+    data["heartbeat_at"] = iso(agent.heartbeat_at)
+    return data
+
+
+def agents_table(agents: list[AgentRecord], ttl: float) -> Table:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("NAME", "ROLE", "CAPABILITIES", "STATE", "LOAD", "DONE", "FAILED",
+                "HEARTBEAT", "HOST/PID"):
+        table.add_column(col, no_wrap=True)
+    for a in agents:
+        state = agent_state(a, ttl)
+        style = {"running": "green", "dead": "red", "stopped": "dim"}.get(state, "yellow")
+        table.add_row(
+            a.name, a.role, ",".join(a.capabilities), f"[{style}]{state}[/]",
+            f"{a.load}/{a.concurrency}", str(a.processed), str(a.failed),
+            f"{human_duration(now() - a.heartbeat_at)} ago", f"{a.host}/{a.pid}",
+        )
+    return table

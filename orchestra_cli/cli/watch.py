@@ -1,0 +1,132 @@
+"""`task watch` and `task submit --wait`: follow a task tree through its event log.
+
+On a terminal the view is a live rich tree; otherwise one plain line per
+event (JSON lines with ``--json``), replayed from the task's first event so a
+script never misses one. The exit code is the task's outcome.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from orchestra_cli.cli.context import AppContext
+from orchestra_cli.errors import ExitStatus
+from orchestra_cli.models import Event, Task
+from orchestra_cli.status import TERMINAL, Status
+from orchestra_cli.util import dumps, human_duration, iso
+
+POLL_SECONDS = 0.1
+
+
+def _outcome(task: Task) -> int:
+    return ExitStatus.OK if task.status == Status.SUCCEEDED else ExitStatus.FAILURE
+
+
+def _timed_out(app: AppContext, task: Task, timeout: float) -> int:
+    from orchestra_cli.cli.main import error_line
+
+    print(error_line(f"task {task.id} still {task.status} after {timeout:g}s — keep watching "
+                     f"with `orchestra task watch {task.id}`"), file=sys.stderr)
+    return ExitStatus.FAILURE
+
+
+def _summary(app: AppContext, task: Task) -> None:
+    took = human_duration(task.duration)
+    line = f"task {task.id} {task.status} in {took}"
+    if task.error and task.status != Status.SUCCEEDED:
+        line += f": {task.error}"
+    app.info(line)
+
+
+def watch_task(app: AppContext, task_id: str, *, timeout: float | None = None) -> int:
+    """Follow the task until it ends; return its exit code."""
+    service = app.service()
+    task = service.get(task_id)
+    if sys.stdout.isatty() and not app.json:
+        return _watch_live(app, task, timeout)
+    return _watch_lines(app, task, timeout)
+
+
+def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
+    from rich.live import Live
+
+    from orchestra_cli.cli.render import task_tree
+
+    service = app.service()
+    state = app.backends().state
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seq = 0
+    tree = service.subtree(task.id)
+    with Live(task_tree(tree), console=app.console, refresh_per_second=8,
+              transient=False) as live:
+        while True:
+            events = state.events(root_id=task.root_id, after=seq)
+            if events:
+                seq = events[-1].seq
+            tree = service.subtree(task.id)
+            live.update(task_tree(tree))
+            current = tree[0]
+            if current.status in TERMINAL:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                return _timed_out(app, current, timeout or 0)
+            time.sleep(POLL_SECONDS)
+    _summary(app, current)
+    return _outcome(current)
+
+
+def _event_json(event: Event) -> str:
+    data = event.model_dump()
+    data["time"] = iso(event.time)
+    return dumps(data)
+
+
+def _watch_lines(app: AppContext, task: Task, timeout: float | None) -> int:
+    from orchestra_cli.cli.render import event_line
+
+    service = app.service()
+    state = app.backends().state
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seq = 0
+    members = {t.id: t.title for t in service.subtree(task.id)}
+    while True:
+        events = state.events(root_id=task.root_id, after=seq)
+        if any(e.type == "created" for e in events):
+            members = {t.id: t.title for t in service.subtree(task.id)}
+        for event in events:
+            seq = event.seq
+            if event.task_id not in members:
+                continue
+            line = _event_json(event) if app.json else event_line(event, members)
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        current = service.get(task.id)
+        if current.status in TERMINAL and not state.events(root_id=task.root_id, after=seq):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            return _timed_out(app, current, timeout or 0)
+        time.sleep(POLL_SECONDS)
+    if not app.json:
+        _summary(app, current)
+    return _outcome(current)
+
+
+def wait_for(app: AppContext, task_id: str, *, timeout: float | None = None) -> int:
+    """Block until the task ends (`task submit --wait`); print its outcome."""
+    from orchestra_cli.cli.render import task_json
+
+    service = app.service()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        task = service.get(task_id)
+        if task.status in TERMINAL:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            return _timed_out(app, task, timeout or 0)
+        time.sleep(POLL_SECONDS)
+    if app.json:
+        app.print_json({"task": task_json(task)})
+    else:
+        _summary(app, task)
+    return _outcome(task)

@@ -1,0 +1,1 @@
+"""The orchestration engine: orchestrator, agents, planner and the task service."""

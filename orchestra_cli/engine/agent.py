@@ -1,0 +1,314 @@
+"""Agents: claim tasks from their capability queues and run them through the LLM.
+
+Lifecycle: init → starting → running → draining → stopped. A heartbeat thread
+keeps the registry record fresh, notices cancelled tasks and stop requests.
+A message for a task that another live agent is running is put back for
+later, so a duplicate never runs twice; one whose owner is dead is taken
+over (a redelivery), and one that keeps killing agents ends dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from orchestra_cli import __version__
+from orchestra_cli.backends import Backends
+from orchestra_cli.broker.base import Delivery
+from orchestra_cli.engine.roles import RoleDefinition
+from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter, Nack
+from orchestra_cli.errors import (
+    NotFoundError,
+    OrchestraError,
+    TaskCancelled,
+    TaskTimeout,
+    TransitionRejected,
+)
+from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse
+from orchestra_cli.llm.prompts import PromptLibrary
+from orchestra_cli.models import (
+    MSG_RESULT,
+    MSG_RUN,
+    Q_RESULTS,
+    AgentRecord,
+    Envelope,
+    Task,
+    work_queue,
+)
+from orchestra_cli.status import TERMINAL, Status
+from orchestra_cli.util import new_id, now
+
+log = logging.getLogger(__name__)
+
+MAX_CLAIM_ATTEMPTS = 3
+MEMORY_LINES = 200
+MEMORY_ITEMS = 5
+
+
+def default_agent_name(role: str) -> str:
+    return f"{role}-{socket.gethostname().split('.')[0]}-{os.getpid()}-{new_id()[-4:]}"
+
+
+class Agent:
+    """One agent worker of a role: registry, heartbeat, queue consumption, execution."""
+
+    def __init__(
+        self, backends: Backends, role: RoleDefinition, llm: LLMProvider, prompts: PromptLibrary,
+        *, name: str | None = None, concurrency: int | None = None,
+    ) -> None:
+        self.b = backends
+        self.state = backends.state
+        self.role = role
+        self.llm = llm
+        self.prompts = prompts
+        self.name = name or default_agent_name(role.name)
+        self.concurrency = concurrency or role.concurrency
+        self.record = AgentRecord(
+            name=self.name, role=role.name, capabilities=list(role.capabilities),
+            concurrency=self.concurrency, host=socket.gethostname(), pid=os.getpid(),
+            version=__version__,
+        )
+        self._running: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.loop = ConsumerLoop(
+            backends.broker, [work_queue(c) for c in role.capabilities], self.handle,
+            concurrency=self.concurrency, name=self.name,
+        )
+
+    # -- lifecycle -----------------------------------------------------------
+    def _set_status(self, status: str) -> None:
+        self.record.status = status
+        self._beat()
+
+    def _beat(self) -> None:
+        with self._lock:
+            self.record.current = sorted(self._running)
+            self.record.load = len(self._running)
+        self.record.heartbeat_at = now()
+        if self.state.save_agent(self.record) and not self._stop.is_set():
+            log.info("agent %s: stop requested; draining", self.name)
+            self._stop.set()
+
+    def _heartbeat_loop(self, done: threading.Event) -> None:
+        interval = self.b.settings.agents.heartbeat_seconds
+        while not done.wait(interval):
+            try:
+                self._beat()
+                self._notice_cancellations()
+            except Exception:  # a missed beat is survivable; log and go on
+                log.exception("agent %s: heartbeat failed", self.name)
+
+    def _notice_cancellations(self) -> None:
+        with self._lock:
+            running = dict(self._running)
+        for task_id, cancel in running.items():
+            try:
+                if self.state.get_task(task_id).status == Status.CANCELLED:
+                    cancel.set()
+            except NotFoundError:
+                cancel.set()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Register, consume until stopped (or asked to stop), drain, deregister."""
+        self._set_status("starting")
+        beat_done = threading.Event()
+        beater = threading.Thread(target=self._heartbeat_loop, args=(beat_done,),
+                                  name=f"heartbeat-{self.name}", daemon=True)
+        beater.start()
+        if stop is not None:
+            watcher = threading.Thread(target=_forward, args=(stop, self._stop), daemon=True)
+            watcher.start()
+        log.info("agent %s (%s) running on %s", self.name, self.role.name,
+                 ", ".join(self.loop.queues))
+        self._set_status("running")
+        try:
+            self.loop.run(self._stop)
+        finally:
+            self.record.status = "draining"
+            beat_done.set()
+            beater.join(timeout=5)
+            self._set_status("stopped")
+            log.info("agent %s stopped (processed %d, failed %d)", self.name,
+                     self.record.processed, self.record.failed)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- message handling ----------------------------------------------------
+    def handle(self, delivery: Delivery) -> Action:
+        env = delivery.envelope
+        if env.type != MSG_RUN:
+            return DeadLetter(f"{env.type} does not belong on {delivery.queue}")
+        try:
+            task = self.state.get_task(env.task_id)
+        except NotFoundError:
+            return DeadLetter(f"task {env.task_id} does not exist")
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            decision = self._claim(task)
+            if isinstance(decision, Task):
+                return self._execute(decision)
+            if decision is not None:
+                return decision
+            task = self.state.get_task(env.task_id)  # changed under us: look again
+        return Nack(1.0)
+
+    def _claim(self, task: Task) -> Task | Action | None:
+        """The claimed task, an action for the message, or None to look again."""
+        if task.status in TERMINAL:
+            if task.status != Status.CANCELLED:
+                self._notify(task, task.status.value)  # the first notice may have been lost
+            return Ack()
+        if task.status == Status.RUNNING:
+            takeover = self._takeover(task)
+            if not isinstance(takeover, Task):
+                return takeover
+            task = takeover
+        if task.status != Status.QUEUED:
+            return DeadLetter(f"task {task.id} is {task.status}, not queued")
+        try:
+            return self.state.transition(
+                task.id, Status.RUNNING, expect_version=task.version, agent=self.name,
+                attempts=task.attempts + 1, error=None,
+            )
+        except TransitionRejected:
+            return None
+
+    def _takeover(self, task: Task) -> Task | Action | None:
+        """A message for a running task: a duplicate (put back) or a redelivery (take over)."""
+        with self._lock:
+            mine = task.id in self._running
+        if mine:
+            return Nack(self.b.settings.agents.heartbeat_seconds)
+        if task.agent and task.agent != self.name and self._owner_alive(task.agent):
+            return Nack(self.b.settings.agents.heartbeat_seconds)
+        if task.attempts >= task.max_attempts:
+            try:
+                failed = self.state.transition(
+                    task.id, Status.FAILED, expect_version=task.version,
+                    error=f"agent {task.agent} stopped responding on attempt {task.attempts} "
+                          f"of {task.max_attempts}; giving up (poison task?)",
+                )
+            except TransitionRejected:
+                return None
+            self._notify(failed, "failed")
+            return DeadLetter(failed.error or "exhausted attempts")
+        try:
+            return self.state.transition(
+                task.id, Status.QUEUED, expect_version=task.version,
+                event_data={"reason": "redelivered", "previous_agent": task.agent},
+            )
+        except TransitionRejected:
+            return None
+
+    def _owner_alive(self, owner: str) -> bool:
+        try:
+            record = self.state.get_agent(owner)
+        except NotFoundError:
+            return False
+        return record.is_alive(self.b.settings.agents.ttl_seconds)
+
+    def _execute(self, task: Task) -> Action:
+        cancel = threading.Event()
+        with self._lock:
+            self._running[task.id] = cancel
+        timer = threading.Timer(task.timeout, cancel.set)
+        timer.daemon = True
+        timer.start()
+        started = time.monotonic()
+        try:
+            response = self._call_llm(task, cancel)
+            if cancel.is_set() and time.monotonic() - started >= task.timeout:
+                raise TaskTimeout(f"timed out after {task.timeout:g}s")
+        except TaskCancelled as exc:
+            if time.monotonic() - started >= task.timeout:
+                return self._fail(task, f"timed out after {task.timeout:g}s")
+            log.info("task %s cancelled while running: %s", task.id, exc)
+            return Ack()
+        except OrchestraError as exc:
+            return self._fail(task, str(exc))
+        except Exception as exc:
+            log.exception("task %s crashed", task.id)
+            return self._fail(task, f"{type(exc).__name__}: {exc}")
+        finally:
+            timer.cancel()
+            with self._lock:
+                self._running.pop(task.id, None)
+        return self._succeed(task, response)
+
+    def _context(self, task: Task) -> str:
+        parts = []
+        for dep_id in task.depends_on:
+            dep = self.state.get_task(dep_id)
+            parts.append(f"## {dep.title}\n{dep.result}")
+        return "\n\n".join(parts) or "(none)"
+
+    def _memory(self, task: Task) -> str:
+        items = [m for m in self.b.journals.memory(self.role.name).read(MEMORY_LINES)
+                 if m.get("root_id") == task.root_id and m.get("task_id") != task.id]
+        return "\n".join(f"- {m.get('title')}: {m.get('summary')}"
+                         for m in items[-MEMORY_ITEMS:]) or "(none)"
+
+    def _call_llm(self, task: Task, cancel: threading.Event) -> LLMResponse:
+        prompt = self.prompts.render(
+            self.role.prompt, title=task.title, input=task.input,
+            context=self._context(task), memory=self._memory(task),
+        )
+        request = LLMRequest(
+            system=self.role.description, prompt=prompt, model=self.role.model,
+            max_tokens=self.role.max_tokens, temperature=self.role.temperature,
+            purpose="execute", role=self.role.name, cancel=cancel,
+        )
+        return self.llm.complete(request)
+
+    def _succeed(self, task: Task, response: LLMResponse) -> Action:
+        try:
+            done = self.state.transition(
+                task.id, Status.SUCCEEDED, expect_version=task.version, result=response.text,
+                usage=task.usage + response.usage,
+                event_data={"model": response.model, "provider": response.provider,
+                            "tokens": response.usage.total_tokens},
+            )
+        except TransitionRejected as exc:
+            log.info("result of task %s discarded: %s", task.id, exc)
+            return Ack()
+        self.record.processed += 1
+        self.b.journals.metrics.write({
+            "kind": "task", "task_id": task.id, "root_id": task.root_id, "agent": self.name,
+            "role": self.role.name, "status": "succeeded", "model": response.model,
+            "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
+            **response.usage.model_dump(),
+        })
+        self.b.journals.memory(self.role.name).write({
+            "agent": self.name, "root_id": task.root_id, "task_id": task.id,
+            "title": task.title, "summary": response.text[:300],
+        })
+        self._notify(done, "succeeded")
+        return Ack()
+
+    def _fail(self, task: Task, error: str) -> Action:
+        log.warning("task %s attempt %d failed: %s", task.id, task.attempts, error)
+        self.record.failed += 1
+        self._notify(task, "failed", error=error)
+        return Ack()
+
+    def _notify(self, task: Task, outcome: str, error: str | None = None) -> None:
+        payload = {"outcome": outcome, "agent": self.name}
+        if error:
+            payload["error"] = error
+        env = Envelope(type=MSG_RESULT, task_id=task.id, attempt=task.attempts, payload=payload)
+        self.b.broker.publish(Q_RESULTS, env, priority=task.priority)
+
+
+def _forward(source: threading.Event, *targets: threading.Event) -> None:
+    """Set ``targets`` when ``source`` is set (an outer stop reaching an agent)."""
+    source.wait()
+    for target in targets:
+        target.set()
+
+
+AgentFactory = Callable[[RoleDefinition], Agent]

@@ -1,0 +1,270 @@
+"""The orchestrator: plans submitted tasks, routes work, retries, aggregates parents.
+
+Every handler is idempotent, because at-least-once delivery means any
+message may arrive twice: state transitions are versioned, so a duplicate
+finds the work already done and only re-publishes what may have been lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from orchestra_cli.backends import Backends
+from orchestra_cli.broker.base import Delivery
+from orchestra_cli.engine.planner import Plan, Planner
+from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
+from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter
+from orchestra_cli.errors import NotFoundError, TransitionRejected
+from orchestra_cli.models import (
+    MSG_RESULT,
+    MSG_RUN,
+    MSG_SUBMIT,
+    Q_INTAKE,
+    Q_RESULTS,
+    Envelope,
+    Task,
+    work_queue,
+)
+from orchestra_cli.status import TERMINAL, Status
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY_SECONDS = 60.0
+
+
+class Orchestrator:
+    """Consumes intake and results; drives every task tree to a terminal state."""
+
+    def __init__(
+        self, backends: Backends, roles: dict[str, RoleDefinition], planner: Planner,
+        *, name: str = "orchestrator", concurrency: int = 1,
+    ) -> None:
+        self.b = backends
+        self.state = backends.state
+        self.broker = backends.broker
+        self.roles = roles
+        self.planner = planner
+        self.name = name
+        self.loop = ConsumerLoop(
+            self.broker, [Q_INTAKE, Q_RESULTS], self.handle, concurrency=concurrency, name=name
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("orchestrator %s started", self.name)
+        self.loop.run(stop)
+        log.info("orchestrator %s stopped", self.name)
+
+    # -- dispatch on message type -----------------------------------------
+    def handle(self, delivery: Delivery) -> Action:
+        env = delivery.envelope
+        try:
+            redelivered = delivery.delivery_count > 1
+            if env.type == MSG_SUBMIT:
+                self.on_submit(env.task_id, redelivered=redelivered)
+            elif env.type == MSG_RESULT:
+                self.on_result(env, redelivered=redelivered)
+            else:
+                return DeadLetter(f"{env.type} does not belong on {delivery.queue}")
+        except NotFoundError:
+            return DeadLetter(f"task {env.task_id} does not exist")
+        return Ack()
+
+    # -- intake ------------------------------------------------------------
+    def capabilities(self) -> set[str]:
+        caps = known_capabilities(self.roles)
+        for agent in self.state.list_agents():
+            caps.update(agent.capabilities)
+        return caps
+
+    def on_submit(self, task_id: str, *, redelivered: bool = False) -> None:
+        task = self.state.get_task(task_id)
+        if task.status == Status.PENDING:
+            if task.parent_id is not None:
+                self._dispatch_if_ready(task)
+                return
+            self._plan(task)
+        elif task.status == Status.WAITING:
+            # a redelivery: finish what a crash interrupted
+            self._advance_children(task.id, republish=redelivered)
+        elif task.status == Status.QUEUED:
+            self._publish_run(task)
+
+    def _plan(self, task: Task) -> None:
+        caps = self.capabilities()
+        plan = self.planner.plan(task, caps)
+        self._log_decision(task, plan)
+        if not plan.decomposed:
+            self._dispatch(task, plan.capability or "")
+            return
+        children: list[Task] = []
+        for step in plan.subtasks:
+            children.append(Task(
+                root_id=task.root_id, parent_id=task.id, title=step.title, input=step.input,
+                capability=step.capability, priority=task.priority, timeout=task.timeout,
+                max_attempts=task.max_attempts, labels=dict(task.labels),
+                depends_on=[children[i].id for i in step.depends_on],
+            ))
+        try:
+            self.state.create_subtasks(task.id, children, plan.reason)
+        except TransitionRejected:
+            return  # another orchestrator planned it first
+        self._advance_children(task.id)
+
+    def _log_decision(self, task: Task, plan: Plan) -> None:
+        decision = {
+            "decision": "decompose" if plan.decomposed else "route",
+            "task_id": task.id, "root_id": task.root_id, "title": task.title,
+            "planner": plan.planner, "why": plan.reason, "alternatives": plan.alternatives,
+            "capability": plan.capability,
+            "subtasks": [
+                {"title": s.title, "capability": s.capability, "depends_on": s.depends_on}
+                for s in plan.subtasks
+            ],
+        }
+        self.b.journals.decisions.write(decision)
+        self.state.append_event(task.id, task.root_id, "planned", {
+            "planner": plan.planner, "why": plan.reason,
+            "subtasks": len(plan.subtasks), "capability": plan.capability,
+        })
+
+    def _live_agents_for(self, capability: str) -> list[str]:
+        ttl = self.b.settings.agents.ttl_seconds
+        return [a.name for a in self.state.list_agents()
+                if capability in a.capabilities and a.is_alive(ttl)]
+
+    def _dispatch(self, task: Task, capability: str) -> None:
+        """pending → queued on ``work.<capability>``; waits in the queue if no agent is live."""
+        agents = self._live_agents_for(capability)
+        if not agents:
+            log.warning("no live agent for capability %s; task %s waits in its queue",
+                        capability, task.id)
+            self.state.append_event(task.id, task.root_id, "no_agent", {
+                "capability": capability,
+                "hint": f"start one: orchestra agent start <role with {capability}>",
+            })
+        try:
+            task = self.state.transition(
+                task.id, Status.QUEUED, expect_status=[Status.PENDING], capability=capability,
+                event_data={"queue": work_queue(capability), "live_agents": len(agents)},
+            )
+        except TransitionRejected:
+            return  # dispatched by someone else meanwhile
+        self._publish_run(task)
+
+    def _publish_run(self, task: Task, delay: float = 0.0) -> None:
+        env = Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1)
+        self.broker.publish(
+            work_queue(task.capability or ""), env, priority=task.priority, delay=delay
+        )
+
+    def _dispatch_if_ready(self, task: Task) -> None:
+        deps = [self.state.get_task(d) for d in task.depends_on]
+        broken = [d for d in deps if d.status in (Status.FAILED, Status.CANCELLED)]
+        if broken:
+            try:
+                self.state.transition(
+                    task.id, Status.CANCELLED, expect_status=[Status.PENDING],
+                    error=f"dependency {broken[0].title!r} {broken[0].status}",
+                )
+            except TransitionRejected:
+                pass
+            return
+        if all(d.status == Status.SUCCEEDED for d in deps):
+            self._dispatch(task, task.capability or "")
+
+    # -- results -----------------------------------------------------------
+    def on_result(self, env: Envelope, *, redelivered: bool = False) -> None:
+        task = self.state.get_task(env.task_id)
+        outcome = env.payload.get("outcome")
+        if outcome == "failed" and task.attempts == env.attempt:
+            if task.status == Status.RUNNING:
+                task = self._retry_or_fail(task, str(env.payload.get("error") or "failed"))
+            elif task.status == Status.QUEUED and redelivered:
+                self._publish_run(task)  # the retry's publish may have been lost in a crash
+        if task.status in TERMINAL and task.parent_id is not None:
+            self._advance_children(task.parent_id, republish=redelivered)
+
+    def _retry_or_fail(self, task: Task, error: str) -> Task:
+        try:
+            if task.attempts < task.max_attempts:
+                delay = min(
+                    self.b.settings.tasks.retry_backoff_seconds * 2 ** (task.attempts - 1),
+                    MAX_RETRY_DELAY_SECONDS,
+                )
+                task = self.state.transition(
+                    task.id, Status.QUEUED, expect_version=task.version, error=error,
+                    event_data={"retry_in": delay, "reason": error},
+                )
+                self._publish_run(task, delay=delay)
+                return task
+            task = self.state.transition(
+                task.id, Status.FAILED, expect_version=task.version,
+                error=f"{error} (after {task.attempts} attempts)",
+            )
+        except TransitionRejected as exc:
+            current = exc.current
+            return current if isinstance(current, Task) else self.state.get_task(task.id)
+        env = Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts)
+        self.broker.dead_letter(
+            work_queue(task.capability or ""), env, f"exhausted retries: {task.error}"
+        )
+        self.b.journals.decisions.write({
+            "decision": "dead-letter", "task_id": task.id, "root_id": task.root_id,
+            "why": f"failed {task.attempts} of {task.max_attempts} attempts: {error}",
+            "alternatives": ["retry with `orchestra task retry`"],
+        })
+        return task
+
+    def _advance_children(self, parent_id: str, *, republish: bool = False) -> None:
+        """Dispatch subtasks whose dependencies are met; aggregate when all are done.
+
+        With ``republish`` (handling a redelivered message) queued subtasks are
+        published again, in case a crash came between their transition and
+        their publish; agents drop the duplicate.
+        """
+        parent = self.state.get_task(parent_id)
+        if parent.status != Status.WAITING:
+            return
+        children = self.state.children(parent_id)
+        for child in children:
+            if child.status == Status.PENDING:
+                self._dispatch_if_ready(child)
+            elif child.status == Status.QUEUED and republish:
+                self._publish_run(child)
+        children = self.state.children(parent_id)
+        if all(c.status in TERMINAL for c in children):
+            self._aggregate(parent, children)
+
+    def _aggregate(self, parent: Task, children: list[Task]) -> None:
+        failed = [c for c in children if c.status != Status.SUCCEEDED]
+        try:
+            if failed:
+                reasons = "; ".join(f"{c.title}: {c.status} ({c.error or 'no detail'})"
+                                    for c in failed)
+                done = self.state.transition(
+                    parent.id, Status.FAILED, expect_status=[Status.WAITING],
+                    error=f"{len(failed)} of {len(children)} subtasks did not succeed: {reasons}",
+                )
+            else:
+                done = self.state.transition(
+                    parent.id, Status.SUCCEEDED, expect_status=[Status.WAITING],
+                    result=aggregate_results(children),
+                )
+        except TransitionRejected:
+            return  # aggregated by another orchestrator thread
+        self.b.journals.decisions.write({
+            "decision": "aggregate", "task_id": parent.id, "root_id": parent.root_id,
+            "why": f"all {len(children)} subtasks finished", "outcome": done.status.value,
+            "alternatives": [],
+        })
+        if done.parent_id is not None:
+            self._advance_children(done.parent_id)
+
+
+def aggregate_results(children: list[Task]) -> str:
+    """The parent's result: every subtask's result under its title."""
+    parts = []
+    for child in children:
+        parts.append(f"## {child.title} ({child.capability}, {child.agent})\n\n{child.result}")
+    return "\n\n".join(parts)

@@ -1,0 +1,65 @@
+"""Agent role definitions: ``templates/agents/*.yaml`` plus the operator's own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestra_cli.errors import ConfigError, UsageError
+from orchestra_cli.templates import templates_dir
+
+
+class RoleDefinition(BaseModel):
+    """What an agent of this role can do and how it calls the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    description: str = ""
+    capabilities: list[str] = Field(min_length=1)
+    model: str = "claude-sonnet-5-5"
+    prompt: str = "execute-coder"
+    max_tokens: int = Field(4096, ge=1)
+    temperature: float = Field(0.2, ge=0, le=1)
+    concurrency: int = Field(1, ge=1, le=256)
+    timeout: float = Field(600, gt=0)
+
+
+def _load_file(path: Path) -> RoleDefinition:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML", "fix the agent definition") from exc
+    try:
+        return RoleDefinition.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "definition"
+        raise ConfigError(f"{path}: {field}: {err['msg']}", "fix the agent definition") from None
+
+
+def load_roles(extra_dir: Path | None = None) -> dict[str, RoleDefinition]:
+    """Every role by name; the operator's directory overrides a shipped role."""
+    roles: dict[str, RoleDefinition] = {}
+    for directory in (templates_dir() / "agents", extra_dir):
+        if directory is None or not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.yaml")):
+            role = _load_file(path)
+            roles[role.name] = role
+    return roles
+
+
+def get_role(roles: dict[str, RoleDefinition], name: str) -> RoleDefinition:
+    if name not in roles:
+        raise UsageError(
+            f"unknown agent role {name!r}", f"choose one of: {', '.join(sorted(roles))}"
+        )
+    return roles[name]
+
+
+def known_capabilities(roles: dict[str, RoleDefinition]) -> set[str]:
+    return {cap for role in roles.values() for cap in role.capabilities}

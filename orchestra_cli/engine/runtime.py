@@ -1,0 +1,114 @@
+"""Running components in one process: threads, signals, graceful stop.
+
+``orchestra run``, ``orchestra agent start`` and ``orchestra demo`` all build
+their components here and run them until a stop: the first SIGINT/SIGTERM
+drains (in-flight tasks finish, nothing new is taken), a second one forces.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Protocol
+
+from orchestra_cli.backends import Backends, open_llm, open_secrets
+from orchestra_cli.engine.agent import Agent
+from orchestra_cli.engine.orchestrator import Orchestrator
+from orchestra_cli.engine.planner import RuleBasedPlanner
+from orchestra_cli.engine.roles import RoleDefinition, get_role
+from orchestra_cli.errors import ExitStatus
+from orchestra_cli.llm.prompts import PromptLibrary
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    name: str
+
+    def run(self, stop: threading.Event) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """Builds orchestrators and agents that share one set of clients."""
+
+    backends: Backends
+    roles: dict[str, RoleDefinition]
+    components: list[Component] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        settings = self.backends.settings
+        self.secrets = open_secrets(settings)
+        self.llm = open_llm(settings, self.secrets)
+        self.prompts = PromptLibrary(settings.prompts_dir)
+
+    def add_orchestrator(self, concurrency: int = 1) -> Orchestrator:
+        planner = RuleBasedPlanner(self.backends.settings.tasks.default_capability)
+        orch = Orchestrator(self.backends, self.roles, planner, concurrency=concurrency)
+        self.components.append(orch)
+        return orch
+
+    def add_agent(
+        self, role_name: str, *, name: str | None = None, concurrency: int | None = None
+    ) -> Agent:
+        role = get_role(self.roles, role_name)
+        self.prompts.get(role.prompt)  # a missing prompt fails now, not on the first task
+        agent = Agent(self.backends, role, self.llm, self.prompts, name=name,
+                      concurrency=concurrency)
+        self.components.append(agent)
+        return agent
+
+    def start(self, stop: threading.Event) -> list[threading.Thread]:
+        threads = []
+        for comp in self.components:
+            thread = threading.Thread(target=_run_component, args=(comp, stop),
+                                      name=comp.name, daemon=True)
+            thread.start()
+            threads.append(thread)
+        return threads
+
+
+def _run_component(comp: Component, stop: threading.Event) -> None:
+    try:
+        comp.run(stop)
+    except Exception:
+        log.exception("%s crashed; stopping the process", comp.name)
+        stop.set()
+
+
+def install_stop_signals(stop: threading.Event, notify: Callable[[str], None]) -> list[int]:
+    """First SIGINT/SIGTERM sets ``stop``; a second one exits at once (130).
+
+    Returns the list that records which signals arrived.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            notify("stopping: finishing tasks in hand (press Ctrl-C again to force)")
+            stop.set()
+        else:
+            notify("forced stop")
+            os._exit(ExitStatus.INTERRUPTED)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return received
+
+
+def run_until_stopped(runtime: Runtime, stop: threading.Event) -> None:
+    """Start every component and wait until all have stopped."""
+    threads = runtime.start(stop)
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(timeout=0.2)
+            if stop.is_set():
+                break
+    for t in threads:
+        t.join()

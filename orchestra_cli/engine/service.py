@@ -1,0 +1,184 @@
+"""Task operations for the CLI and the API: submit, inspect, cancel, retry.
+
+Each function validates its input, changes state through the status machine
+and publishes what the orchestrator needs; none of them renders anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestra_cli.backends import Backends
+from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
+from orchestra_cli.errors import TransitionRejected, UsageError
+from orchestra_cli.models import (
+    MAX_PRIORITY,
+    MSG_RESULT,
+    MSG_SUBMIT,
+    Q_INTAKE,
+    Q_RESULTS,
+    Envelope,
+    Task,
+    Usage,
+)
+from orchestra_cli.status import TERMINAL, Status
+
+TITLE_LENGTH = 80
+
+
+@dataclass
+class SubmitRequest:
+    text: str
+    title: str | None = None
+    capability: str | None = None
+    priority: int | None = None
+    timeout: float | None = None
+    max_attempts: int | None = None
+    labels: dict[str, str] | None = None
+    idempotency_key: str | None = None
+
+
+def _title_from(text: str) -> str:
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return first if len(first) <= TITLE_LENGTH else first[: TITLE_LENGTH - 1] + "…"
+
+
+class TaskService:
+    def __init__(self, backends: Backends, roles: dict[str, RoleDefinition]) -> None:
+        self.b = backends
+        self.state = backends.state
+        self.roles = roles
+
+    def capabilities(self) -> set[str]:
+        caps = known_capabilities(self.roles)
+        for agent in self.state.list_agents():
+            caps.update(agent.capabilities)
+        return caps
+
+    def validate(self, req: SubmitRequest) -> None:
+        limit = self.b.settings.tasks.max_input_bytes
+        if not req.text.strip():
+            raise UsageError("task text is empty", "give the task as text, - for stdin, or --file")
+        if len(req.text.encode("utf-8")) > limit:
+            raise UsageError(
+                f"task text is {len(req.text.encode()):,} bytes, over the {limit:,}-byte limit",
+                "shorten it or raise tasks.max_input_bytes",
+            )
+        if req.capability is not None and req.capability not in self.capabilities():
+            raise UsageError(
+                f"unknown capability {req.capability!r}",
+                f"choose one of: {', '.join(sorted(self.capabilities()))}",
+            )
+        if req.priority is not None and not 0 <= req.priority <= MAX_PRIORITY:
+            raise UsageError(f"priority {req.priority} is out of range", "use 0 (low) to 9")
+        if req.timeout is not None and req.timeout <= 0:
+            raise UsageError("timeout must be positive", "give seconds, e.g. --timeout 300")
+        if req.max_attempts is not None and req.max_attempts < 1:
+            raise UsageError("max attempts must be at least 1", "e.g. --max-attempts 3")
+
+    def submit(self, req: SubmitRequest) -> tuple[Task, bool]:
+        """Store the task and hand it to the orchestrator; (task, created)."""
+        self.validate(req)
+        defaults = self.b.settings.tasks
+        task = Task(
+            title=req.title or _title_from(req.text), input=req.text,
+            capability=req.capability,
+            priority=req.priority if req.priority is not None else 5,
+            timeout=req.timeout or defaults.default_timeout,
+            max_attempts=req.max_attempts or defaults.default_max_attempts,
+            labels=req.labels or {}, idempotency_key=req.idempotency_key,
+        )
+        stored, created = self.state.create_task(task)
+        if created:
+            self.b.broker.publish(
+                Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=stored.id), priority=stored.priority
+            )
+        return stored, created
+
+    def get(self, task_id: str) -> Task:
+        return self.state.get_task(task_id)
+
+    def tree(self, task_id: str) -> list[Task]:
+        task = self.state.get_task(task_id)
+        return self.state.tree(task.root_id)
+
+    def subtree(self, task_id: str) -> list[Task]:
+        """The task followed by every task below it."""
+        task = self.state.get_task(task_id)
+        return [task, *_descendants(self.state.tree(task.root_id), task.id)]
+
+    def tree_usage(self, tasks: list[Task]) -> Usage:
+        total = Usage()
+        for task in tasks:
+            total = total + task.usage
+        return total
+
+    def cancel(self, task_id: str) -> list[Task]:
+        """Cancel a task and its unfinished subtasks; returns what was cancelled."""
+        task = self.state.get_task(task_id)
+        if task.status in TERMINAL:
+            raise UsageError(
+                f"task {task.id} already {task.status}", "only unfinished tasks can be cancelled"
+            )
+        cancelled = []
+        for t in [task, *_descendants(self.state.tree(task.root_id), task.id)]:
+            if t.status in TERMINAL:
+                continue
+            try:
+                cancelled.append(self.state.transition(
+                    t.id, Status.CANCELLED, expect_status=[t.status],
+                    error="cancelled by operator", event_data={"by": "operator"},
+                ))
+            except TransitionRejected:
+                continue
+        if task.parent_id is not None:
+            self._notify(task, "cancelled")  # the parent may now be complete
+        return cancelled
+
+    def retry(self, task_id: str) -> Task:
+        """Run a failed or cancelled task again (for a parent: its unfinished subtasks)."""
+        task = self.state.get_task(task_id)
+        if task.status not in (Status.FAILED, Status.CANCELLED):
+            raise UsageError(
+                f"task {task.id} is {task.status}", "only failed or cancelled tasks can be retried"
+            )
+        self._reopen(task)
+        parent_id = task.parent_id
+        while parent_id is not None:  # reopen finished ancestors so they aggregate again
+            parent = self.state.get_task(parent_id)
+            if parent.status in (Status.FAILED, Status.CANCELLED):
+                self.state.transition(parent.id, Status.WAITING, expect_version=parent.version,
+                                      error=None, event_data={"by": "operator"})
+            parent_id = parent.parent_id
+        return self.state.get_task(task.id)
+
+    def _reopen(self, task: Task) -> None:
+        children = self.state.children(task.id)
+        target = Status.WAITING if children else Status.PENDING
+        self.state.transition(task.id, target, expect_version=task.version, attempts=0,
+                              error=None, event_data={"by": "operator"})
+        for child in children:
+            if child.status in (Status.FAILED, Status.CANCELLED):
+                self._reopen(child)
+        if not children:
+            self.b.broker.publish(Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id),
+                                  priority=task.priority)
+
+    def _notify(self, task: Task, outcome: str) -> None:
+        env = Envelope(type=MSG_RESULT, task_id=task.id, attempt=task.attempts,
+                       payload={"outcome": outcome, "agent": "operator"})
+        self.b.broker.publish(Q_RESULTS, env, priority=task.priority)
+
+
+def _descendants(tree: list[Task], ancestor_id: str) -> list[Task]:
+    """Every task below ``ancestor_id`` in ``tree``, parents before children."""
+    by_parent: dict[str | None, list[Task]] = {}
+    for t in tree:
+        by_parent.setdefault(t.parent_id, []).append(t)
+    out: list[Task] = []
+    stack = list(by_parent.get(ancestor_id, []))
+    while stack:
+        t = stack.pop(0)
+        out.append(t)
+        stack.extend(by_parent.get(t.id, []))
+    return out

@@ -1,0 +1,117 @@
+"""One error hierarchy and one set of exit codes for the whole tool.
+
+Adapters turn library exceptions into these with ``raise … from``; the CLI's
+single error handler (``cli.main``) renders them as
+``orchestra: error: <what failed> — <what to do>`` and exits with
+``exc.exit_status``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Documented process exit codes (README, ``orchestra --help``)."""
+
+    OK = 0
+    FAILURE = 1  # the thing asked about failed: a task failed, a check failed
+    USAGE = 2  # bad command line, bad input, bad config
+    UNAVAILABLE = 3  # a required service is unreachable
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class OrchestraError(Exception):
+    """Root of every error orchestra reports to a person.
+
+    ``message`` says what failed, ``hint`` what to do about it.
+    """
+
+    exit_status: ExitStatus = ExitStatus.FAILURE
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+class UsageError(OrchestraError):
+    """Bad input from the operator: arguments, task text, files."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class ConfigError(OrchestraError):
+    """Malformed or invalid configuration."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class NotFoundError(OrchestraError):
+    """An id or name that does not exist."""
+
+    exit_status = ExitStatus.FAILURE
+
+
+class StateError(OrchestraError):
+    """The state store failed."""
+
+
+class StateUnavailable(StateError):
+    """The state store cannot be reached."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
+class TransitionRejected(StateError):
+    """A status transition the status machine or the version check refused.
+
+    ``current`` is the task as it stands, so the caller can see why.
+    """
+
+    def __init__(self, message: str, current: object = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class BrokerError(OrchestraError):
+    """The message broker failed."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
+class MalformedMessage(BrokerError):
+    """A message on a queue that is not a valid orchestra envelope."""
+
+
+class SecretsError(OrchestraError):
+    """A secret could not be resolved."""
+
+
+class SecretsUnavailable(SecretsError):
+    """The secrets backend cannot be reached."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
+class LLMError(OrchestraError):
+    """The LLM provider failed."""
+
+
+class LLMOutputInvalid(LLMError):
+    """The model's output did not validate after the allowed re-asks."""
+
+
+class TaskTimeout(OrchestraError):
+    """A task ran past its timeout."""
+
+
+class TaskCancelled(OrchestraError):
+    """A task was cancelled while it ran."""

@@ -1,0 +1,145 @@
+"""Structured JSON logs with rotation, and JSONL writers safe for concurrent processes.
+
+Each process writes its own rotating log (``logs/<component>.log``), because
+rotating one file from several processes loses lines. The shared JSONL files
+(metrics, decisions, agent memory) take an exclusive ``flock`` per line and
+append with one ``write`` call, so lines from many processes never interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import logging.handlers
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestra_cli.util import dumps, iso, now
+
+# Values that look like credentials are replaced before a line is written.
+_SECRET_PATTERNS = [
+    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)\b(hvs|s|b)\.[A-Za-z0-9]{20,}"),
+    re.compile(r"(?<=://)([^:/@\s]+):([^@/\s]+)@"),
+]
+_known_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Remember a resolved secret value so no log line or error ever prints it."""
+    if value and len(value) >= 6:
+        _known_secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Mask known secret values, API-key-like strings and URL passwords."""
+    for value in _known_secrets:
+        if value in text:
+            text = text.replace(value, "***")
+    text = _SECRET_PATTERNS[0].sub("sk-ant-***", text)
+    text = _SECRET_PATTERNS[1].sub(r"\1.***", text)
+    return _SECRET_PATTERNS[2].sub(r"\1:***@", text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, extra fields."""
+
+    _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": redact(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._skip and not key.startswith("_"):
+                data[key] = value
+        if record.exc_info:
+            data["exc"] = redact(self.formatException(record.exc_info))
+        return dumps(data)
+
+
+def setup_logging(
+    logs_dir: Path | None,
+    component: str,
+    *,
+    level: str = "INFO",
+    max_bytes: int = 10_000_000,
+    backups: int = 5,
+    stderr_level: str | None = None,
+) -> None:
+    """Send this process's logs to ``logs/<component>.log`` (JSON, rotated)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.DEBUG)
+    if logs_dir is not None:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            logs_dir / f"{component}.log", maxBytes=max_bytes, backupCount=backups,
+            encoding="utf-8",
+        )
+        handler.setFormatter(JsonFormatter())
+        handler.setLevel(level)
+        root.addHandler(handler)
+    if stderr_level:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        console.setLevel(stderr_level)
+        root.addHandler(console)
+    for noisy in ("pika", "httpx", "httpcore", "anthropic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class JsonlWriter:
+    """Appends one JSON object per line; safe with many writer processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {"time": iso(now()), **record}
+        line = (redact(dumps(record)) + "\n").encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line)
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def read(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every line (or the last ``limit``), skipping any that do not parse."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        if limit is not None:
+            lines = lines[-limit:]
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+
+class Journals:
+    """The JSONL files under the data dir."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.metrics = JsonlWriter(home / "metrics.jsonl")
+        self.decisions = JsonlWriter(home / "decisions.jsonl")
+
+    def memory(self, agent_role: str) -> JsonlWriter:
+        return JsonlWriter(self.home / "memory" / f"{agent_role}.jsonl")

@@ -1,0 +1,152 @@
+"""The core data model: tasks, events, agents and the message envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestra_cli.status import Status
+from orchestra_cli.util import new_id, now
+
+ENVELOPE_VERSION = 1
+MAX_PRIORITY = 9
+DEFAULT_PRIORITY = 5
+
+
+class Usage(BaseModel):
+    """Token usage and cost, summed per call, task, tree and agent."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            calls=self.calls + other.calls,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            cost_usd=round(self.cost_usd + other.cost_usd, 8),
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Task(BaseModel):
+    """One unit of work; a root task may own a tree of subtasks."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(default_factory=new_id)
+    root_id: str = ""
+    parent_id: str | None = None
+    title: str
+    input: str
+    capability: str | None = None
+    priority: int = Field(DEFAULT_PRIORITY, ge=0, le=MAX_PRIORITY)
+    status: Status = Status.PENDING
+    attempts: int = 0
+    max_attempts: int = 3
+    timeout: float = 600.0
+    agent: str | None = None
+    result: Any = None
+    error: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    version: int = 0
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.root_id:
+            self.root_id = self.id
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent_id is None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or now()) - self.started_at
+
+
+class Event(BaseModel):
+    """One entry of the event log: every transition and notable decision."""
+
+    seq: int
+    task_id: str
+    root_id: str
+    type: str
+    time: float
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentRecord(BaseModel):
+    """An agent in the live registry."""
+
+    name: str
+    role: str
+    capabilities: list[str]
+    status: str = "init"  # init → starting → running → draining → stopped
+    concurrency: int = 1
+    load: int = 0
+    processed: int = 0
+    failed: int = 0
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+    started_at: float = Field(default_factory=now)
+    heartbeat_at: float = Field(default_factory=now)
+    stop_requested: bool = False
+    current: list[str] = Field(default_factory=list)
+
+    def is_alive(self, ttl: float, at: float | None = None) -> bool:
+        """Heartbeat fresher than ``ttl`` and not stopped."""
+        return self.status != "stopped" and ((at or now()) - self.heartbeat_at) <= ttl
+
+
+class Envelope(BaseModel):
+    """The versioned JSON envelope of every queued message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: int = ENVELOPE_VERSION
+    id: str = Field(default_factory=new_id)
+    type: str
+    task_id: str
+    attempt: int = 0
+    time: float = Field(default_factory=now)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# message types
+MSG_SUBMIT = "task.submit"  # intake: a new task to plan and route
+MSG_RUN = "task.run"  # work.<capability>: a task for an agent
+MSG_RESULT = "task.result"  # results: an agent finished (or gave up on) a task
+MESSAGE_TYPES = frozenset({MSG_SUBMIT, MSG_RUN, MSG_RESULT})
+
+# queue names
+Q_INTAKE = "intake"
+Q_RESULTS = "results"
+Q_DEAD = "dead"
+
+
+def work_queue(capability: str) -> str:
+    return f"work.{capability}"

@@ -1,0 +1,306 @@
+"""Settings: YAML file + ``.env`` + ``ORCHESTRA_*`` environment, validated by pydantic.
+
+Precedence, lowest first: built-in defaults, the config file, ``ORCHESTRA_*``
+keys in ``./.env``, ``ORCHESTRA_*`` environment variables (nested with ``__``:
+``ORCHESTRA_LLM__OFFLINE__LATENCY_MS``). ``load_settings`` also records where
+every value came from, for ``orchestra config show --sources``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orchestra_cli.errors import ConfigError
+
+ENV_PREFIX = "ORCHESTRA_"
+CONFIG_FILE_NAME = "orchestra.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OfflineLLMSettings(_Section):
+    latency_ms: int = Field(0, ge=0, description="simulated think time per call")
+
+
+class LLMSettings(_Section):
+    provider: Literal["auto", "anthropic", "offline"] = "auto"
+    model: str = "claude-sonnet-5-5"
+    max_tokens: int = Field(2048, ge=1)
+    temperature: float = Field(0.2, ge=0, le=1)
+    timeout: float = Field(60.0, gt=0)
+    offline: OfflineLLMSettings = OfflineLLMSettings()
+
+
+class BrokerSettings(_Section):
+    lease_seconds: float = Field(30.0, gt=0, description="embedded: claim lease, renewed")
+    max_deliveries: int = Field(5, ge=1, description="deliveries before a poison message")
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+
+class AgentSettings(_Section):
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    ttl_seconds: float = Field(10.0, gt=0, description="an agent is dead after this silence")
+    concurrency: int = Field(1, ge=1, le=256)
+    definitions_dir: Path | None = None
+
+
+class TaskSettings(_Section):
+    default_timeout: float = Field(600.0, gt=0)
+    default_max_attempts: int = Field(3, ge=1, le=100)
+    max_input_bytes: int = Field(1_000_000, ge=1)
+    retry_backoff_seconds: float = Field(1.0, ge=0)
+    default_capability: str = "code"
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_bytes: int = Field(10_000_000, ge=1024)
+    backups: int = Field(5, ge=0)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+def _default_home() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("orchestra", appauthor=False))
+
+
+class Settings(_Section):
+    """Every documented setting (README, ``orchestra config show``)."""
+
+    home: Path = Field(default_factory=_default_home)
+    environment: Literal["development", "staging", "production"] = "development"
+    state_url: str | None = None
+    broker_url: str | None = None
+    secrets_url: str = "env"
+    prompts_dir: Path | None = None
+    llm: LLMSettings = LLMSettings()
+    broker: BrokerSettings = BrokerSettings()
+    agents: AgentSettings = AgentSettings()
+    tasks: TaskSettings = TaskSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "orchestra.db"
+
+    @property
+    def effective_state_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.db_path}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.effective_state_url
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+
+@dataclass
+class LoadedSettings:
+    """Settings plus where each value came from."""
+
+    settings: Settings
+    config_file: Path | None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def mask_url(url: str) -> str:
+    """``amqp://guest:***@host/`` — a URL with its password hidden."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a ``.env`` file: ``KEY=value``, ``export KEY=value``, quotes, comments."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return values
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", "fix or remove the file") from exc
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"{path}:{lineno}: expected KEY=value", "fix the line")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:
+    """The config file in effect: ``--config``, ``$ORCHESTRA_CONFIG``, ./, user dir."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found", "check the --config path")
+        return path
+    if env.get("ORCHESTRA_CONFIG"):
+        path = Path(env["ORCHESTRA_CONFIG"]).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {path} (from ORCHESTRA_CONFIG) not found",
+                "fix or unset ORCHESTRA_CONFIG",
+            )
+        return path
+    local = cwd / CONFIG_FILE_NAME
+    if local.is_file():
+        return local
+    from platformdirs import user_config_dir
+
+    user = Path(user_config_dir("orchestra", appauthor=False)) / CONFIG_FILE_NAME
+    return user if user.is_file() else None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: {problem}", "fix the YAML syntax") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", "check the file") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys", "see `orchestra init`")
+    return data
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            nxt = node[part] = {}
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    """``ORCHESTRA_LLM__MODEL`` → ``llm.model``, for keys naming a known setting."""
+    known = set(Settings.model_fields)
+    out: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if dotted.split(".")[0] in known:
+            out[dotted] = value
+    if "ORCHESTRA_ENV" in env and "environment" not in out:
+        out["environment"] = env["ORCHESTRA_ENV"]
+    return out
+
+
+def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
+    err = exc.errors()[0]
+    dotted = ".".join(str(p) for p in err["loc"])
+    origin = sources.get(dotted, "configuration")
+    if err["type"] == "extra_forbidden":
+        return ConfigError(
+            f"{origin}: unknown key {dotted!r}",
+            "remove it or check the spelling (`orchestra config show` lists every key)",
+        )
+    return ConfigError(f"{origin}: {dotted}: {err['msg']}", f"fix {dotted} in {origin}")
+
+
+def load_settings(
+    config: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> LoadedSettings:
+    """Build the effective settings and their sources; raise ConfigError on bad input."""
+    env = os.environ if env is None else env
+    cwd = cwd or Path.cwd()
+    path = find_config_file(config, env, cwd)
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        for dotted, value in _flatten(_read_yaml(path)).items():
+            _set_dotted(merged, dotted, value)
+            sources[dotted] = str(path)
+    layers = [
+        (".env", _env_overrides(read_dotenv(cwd / ".env"))),
+        ("env", _env_overrides(env)),
+    ]
+    for label, overrides in layers:
+        for dotted, value in overrides.items():
+            _set_dotted(merged, dotted, value)
+            var = ENV_PREFIX + dotted.upper().replace(".", "__")
+            sources[dotted] = f"{label} {var}" if label == ".env" else var
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise _describe_error(exc, sources) from None
+    return LoadedSettings(settings=settings, config_file=path, sources=sources)
+
+
+def settings_rows(loaded: LoadedSettings) -> list[tuple[str, Any, str]]:
+    """(key, value, source) for every setting, URLs masked, effective URLs filled in."""
+    s = loaded.settings
+    data = _flatten(s.model_dump(mode="json"))
+    data["state_url"] = s.effective_state_url
+    data["broker_url"] = s.effective_broker_url
+    rows = []
+    for key in sorted(data):
+        value = data[key]
+        if isinstance(value, str) and "://" in value:
+            value = mask_url(value)
+        source = loaded.sources.get(key, "default")
+        if key in ("state_url", "broker_url") and getattr(s, key) is None:
+            source = "default (embedded)"
+        rows.append((key, value, source))
+    return rows

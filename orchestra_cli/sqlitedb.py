@@ -1,0 +1,135 @@
+"""The embedded backend's one SQLite file (WAL), shared by state and queues.
+
+Every process and thread opens its own connection; writes take the write
+lock up front (``BEGIN IMMEDIATE``) so concurrent writers queue on the busy
+timeout instead of failing with "database is locked" halfway through.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from orchestra_cli.errors import StateError, StateUnavailable
+
+BUSY_TIMEOUT_MS = 60_000
+MAX_LOCK_ATTEMPTS = 20
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    root_id TEXT NOT NULL,
+    parent_id TEXT,
+    status TEXT NOT NULL,
+    agent TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_root ON tasks(root_id);
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_at);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status, created_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    root_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    time REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_root ON events(root_id, seq);
+CREATE INDEX IF NOT EXISTS events_task ON events(task_id, seq);
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    heartbeat_at REAL NOT NULL,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    body BLOB NOT NULL,
+    enqueued_at REAL NOT NULL,
+    available_at REAL NOT NULL,
+    lease_until REAL,
+    consumer TEXT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    origin TEXT,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, priority DESC, id);
+"""
+
+
+class SQLiteDB:
+    """Per-thread connections to one database file, with write transactions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateUnavailable(
+                f"cannot create data dir {self.path.parent}: {exc.strerror}",
+                "set ORCHESTRA_HOME to a writable directory",
+            ) from exc
+        self.conn().executescript(SCHEMA)
+
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise StateUnavailable(
+                    f"cannot open database {self.path}: {exc}",
+                    "check ORCHESTRA_HOME / state_url and the file's permissions",
+                ) from exc
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE … COMMIT, rolled back on error."""
+        conn = self.conn()
+        for attempt in range(MAX_LOCK_ATTEMPTS):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise StateError(f"database error: {exc}", "see the log") from exc
+                time.sleep(min(0.05 * (attempt + 1), 0.5))
+        else:
+            raise StateError(
+                f"database {self.path} stayed locked", "another process holds it; retry"
+            )
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,94 @@
+"""The StateStore protocol every state backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from orchestra_cli.models import AgentRecord, Event, Task, Usage
+from orchestra_cli.status import Status
+
+# Fields a transition may change besides the status.
+MUTABLE_FIELDS = frozenset(
+    {"agent", "result", "error", "attempts", "capability", "usage"}
+)
+
+
+class StateStore(Protocol):
+    """Tasks, their event log and the agent registry.
+
+    ``transition`` is the only way a status changes: it checks the status
+    machine table and the expected version, applies the change, bumps the
+    version and appends the event, all in one atomic step.
+    """
+
+    def create_task(self, task: Task) -> tuple[Task, bool]:
+        """Store a new task; with an idempotency key already used, return that one."""
+        ...
+
+    def create_subtasks(self, parent_id: str, children: list[Task], reason: str) -> Task:
+        """Store subtasks and move the parent pending → waiting, atomically."""
+        ...
+
+    def get_task(self, task_id: str) -> Task:
+        """The task with this id (or unique id prefix); NotFoundError otherwise."""
+        ...
+
+    def list_tasks(
+        self,
+        *,
+        status: Iterable[str] | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        roots_only: bool = False,
+    ) -> list[Task]:
+        """Newest first."""
+        ...
+
+    def tree(self, root_id: str) -> list[Task]:
+        """The root task and every descendant, oldest first."""
+        ...
+
+    def children(self, parent_id: str) -> list[Task]: ...
+
+    def transition(
+        self,
+        task_id: str,
+        to: Status,
+        *,
+        expect_version: int | None = None,
+        expect_status: Iterable[Status] | None = None,
+        event_data: dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> Task:
+        """Apply one status change; TransitionRejected when refused."""
+        ...
+
+    def add_usage(self, task_id: str, usage: Usage) -> None: ...
+
+    def append_event(
+        self, task_id: str, root_id: str, type: str, data: dict[str, Any] | None = None
+    ) -> None: ...
+
+    def events(
+        self, *, root_id: str | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        """Events after sequence ``after``, oldest first."""
+        ...
+
+    def count_events(self, task_id: str, type: str) -> int: ...
+
+    def save_agent(self, agent: AgentRecord) -> bool:
+        """Upsert the registry record; returns whether a stop was requested."""
+        ...
+
+    def list_agents(self) -> list[AgentRecord]: ...
+
+    def get_agent(self, name: str) -> AgentRecord: ...
+
+    def request_agent_stop(self, name: str) -> AgentRecord: ...
+
+    def delete_agent(self, name: str) -> None: ...
+
+    def close(self) -> None: ...

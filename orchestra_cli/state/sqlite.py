@@ -1,0 +1,288 @@
+"""Embedded state store: tasks, events and agents in the SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from orchestra_cli.errors import NotFoundError, TransitionRejected, UsageError
+from orchestra_cli.models import AgentRecord, Event, Task, Usage
+from orchestra_cli.sqlitedb import SQLiteDB
+from orchestra_cli.state.base import MUTABLE_FIELDS
+from orchestra_cli.status import TERMINAL, Status, can_transition
+from orchestra_cli.util import dumps, loads, now
+
+_TASK_COLUMNS = "id, root_id, parent_id, status, agent, created_at, updated_at, " \
+    "idempotency_key, version, data"
+
+
+def _row_to_task(row: sqlite3.Row) -> Task:
+    return Task.model_validate_json(row["data"])
+
+
+def _task_params(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id, task.root_id, task.parent_id, task.status.value, task.agent,
+        task.created_at, task.updated_at, task.idempotency_key, task.version,
+        task.model_dump_json(),
+    )
+
+
+class SQLiteStateStore:
+    """StateStore on the embedded SQLite file."""
+
+    def __init__(self, db: SQLiteDB) -> None:
+        self.db = db
+
+    # -- tasks -----------------------------------------------------------
+    def _insert(self, conn: sqlite3.Connection, task: Task) -> None:
+        conn.execute(
+            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            _task_params(task),
+        )
+        self._event(conn, task.id, task.root_id, "created", {
+            "title": task.title, "capability": task.capability, "parent_id": task.parent_id,
+        })
+
+    def _event(
+        self, conn: sqlite3.Connection, task_id: str, root_id: str, type: str,
+        data: dict[str, Any] | None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (task_id, root_id, type, time, data) VALUES (?,?,?,?,?)",
+            (task_id, root_id, type, now(), dumps(data or {})),
+        )
+
+    def create_task(self, task: Task) -> tuple[Task, bool]:
+        with self.db.write() as conn:
+            if task.idempotency_key:
+                row = conn.execute(
+                    "SELECT data FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return _row_to_task(row), False
+            self._insert(conn, task)
+        return task, True
+
+    def create_subtasks(self, parent_id: str, children: list[Task], reason: str) -> Task:
+        with self.db.write() as conn:
+            parent = self._load(conn, parent_id)
+            if parent.status != Status.PENDING:
+                raise TransitionRejected(
+                    f"task {parent_id} is {parent.status}, not pending", parent
+                )
+            for child in children:
+                self._insert(conn, child)
+            return self._apply(conn, parent, Status.WAITING, {
+                "reason": reason, "subtasks": [c.id for c in children],
+            }, {})
+
+    def _load(self, conn: sqlite3.Connection, task_id: str) -> Task:
+        row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(
+                f"task {task_id} not found", "`orchestra task list` shows known ids"
+            )
+        return _row_to_task(row)
+
+    def get_task(self, task_id: str) -> Task:
+        conn = self.db.conn()
+        row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is not None:
+            return _row_to_task(row)
+        if 4 <= len(task_id) < 36:
+            rows = conn.execute(
+                "SELECT data FROM tasks WHERE id >= ? AND id < ? LIMIT 2",
+                (task_id, task_id + "\uffff"),
+            ).fetchall()
+            if len(rows) == 1:
+                return _row_to_task(rows[0])
+            if len(rows) > 1:
+                raise UsageError(
+                    f"task id prefix {task_id} is ambiguous", "give more characters of the id"
+                )
+        raise NotFoundError(f"task {task_id} not found", "`orchestra task list` shows known ids")
+
+    def list_tasks(
+        self,
+        *,
+        status: Iterable[str] | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        roots_only: bool = False,
+    ) -> list[Task]:
+        where, params = [], []  # type: list[str], list[Any]
+        statuses = list(status or [])
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if agent:
+            where.append("agent = ?")
+            params.append(agent)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        if roots_only:
+            where.append("parent_id IS NULL")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.conn().execute(
+            f"SELECT data FROM tasks {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        return [_row_to_task(r) for r in rows]
+
+    def tree(self, root_id: str) -> list[Task]:
+        rows = self.db.conn().execute(
+            "SELECT data FROM tasks WHERE root_id = ? ORDER BY created_at, id", (root_id,)
+        ).fetchall()
+        return [_row_to_task(r) for r in rows]
+
+    def children(self, parent_id: str) -> list[Task]:
+        rows = self.db.conn().execute(
+            "SELECT data FROM tasks WHERE parent_id = ? ORDER BY created_at, id", (parent_id,)
+        ).fetchall()
+        return [_row_to_task(r) for r in rows]
+
+    def transition(
+        self,
+        task_id: str,
+        to: Status,
+        *,
+        expect_version: int | None = None,
+        expect_status: Iterable[Status] | None = None,
+        event_data: dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> Task:
+        unknown = set(changes) - MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"transition cannot change {sorted(unknown)}")
+        with self.db.write() as conn:
+            task = self._load(conn, task_id)
+            reason = _rejection(task, to, expect_version, expect_status)
+            if reason:
+                raise TransitionRejected(f"task {task_id}: {reason}", task)
+            return self._apply(conn, task, to, event_data, changes)
+
+    def _apply(
+        self, conn: sqlite3.Connection, task: Task, to: Status,
+        event_data: dict[str, Any] | None, changes: dict[str, Any],
+    ) -> Task:
+        ts = now()
+        src = task.status
+        updated = task.model_copy(update={**changes, "status": to, "updated_at": ts,
+                                          "version": task.version + 1})
+        if to == Status.QUEUED:
+            updated.queued_at = ts
+        elif to in (Status.RUNNING, Status.WAITING):
+            updated.started_at = ts
+            updated.finished_at = None
+        if to in TERMINAL:
+            updated.finished_at = ts
+        conn.execute(
+            "UPDATE tasks SET status = ?, agent = ?, updated_at = ?, version = ?, data = ? "
+            "WHERE id = ?",
+            (to.value, updated.agent, ts, updated.version, updated.model_dump_json(), task.id),
+        )
+        data = {"from": src.value, "to": to.value, "attempt": updated.attempts,
+                "agent": updated.agent, **(event_data or {})}
+        if to in TERMINAL and updated.error:
+            data.setdefault("error", updated.error)
+        self._event(conn, task.id, task.root_id, to.value, data)
+        return updated
+
+    def add_usage(self, task_id: str, usage: Usage) -> None:
+        with self.db.write() as conn:
+            task = self._load(conn, task_id)
+            task.usage = task.usage + usage
+            conn.execute("UPDATE tasks SET data = ? WHERE id = ?",
+                         (task.model_dump_json(), task_id))
+
+    # -- events ----------------------------------------------------------
+    def append_event(
+        self, task_id: str, root_id: str, type: str, data: dict[str, Any] | None = None
+    ) -> None:
+        with self.db.write() as conn:
+            self._event(conn, task_id, root_id, type, data)
+
+    def events(
+        self, *, root_id: str | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        if root_id is None:
+            sql, params = "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        else:
+            sql = "SELECT * FROM events WHERE root_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+            params = (root_id, after, limit)  # type: ignore[assignment]
+        rows = self.db.conn().execute(sql, params).fetchall()
+        return [
+            Event(seq=r["seq"], task_id=r["task_id"], root_id=r["root_id"], type=r["type"],
+                  time=r["time"], data=loads(r["data"]))
+            for r in rows
+        ]
+
+    def count_events(self, task_id: str, type: str) -> int:
+        row = self.db.conn().execute(
+            "SELECT COUNT(*) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
+        ).fetchone()
+        return int(row[0])
+
+    # -- agents ----------------------------------------------------------
+    def save_agent(self, agent: AgentRecord) -> bool:
+        with self.db.write() as conn:
+            row = conn.execute(
+                "SELECT stop_requested FROM agents WHERE name = ?", (agent.name,)
+            ).fetchone()
+            stop = bool(row and row["stop_requested"])
+            agent.stop_requested = stop
+            conn.execute(
+                "INSERT INTO agents (name, heartbeat_at, stop_requested, data) VALUES (?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
+                "data = excluded.data",
+                (agent.name, agent.heartbeat_at, int(stop), agent.model_dump_json()),
+            )
+        return stop
+
+    def _agent_from_row(self, row: sqlite3.Row) -> AgentRecord:
+        rec = AgentRecord.model_validate_json(row["data"])
+        rec.stop_requested = bool(row["stop_requested"])
+        return rec
+
+    def list_agents(self) -> list[AgentRecord]:
+        rows = self.db.conn().execute("SELECT * FROM agents ORDER BY name").fetchall()
+        return [self._agent_from_row(r) for r in rows]
+
+    def get_agent(self, name: str) -> AgentRecord:
+        row = self.db.conn().execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"agent {name!r} not found", "`orchestra agent list` shows agents")
+        return self._agent_from_row(row)
+
+    def request_agent_stop(self, name: str) -> AgentRecord:
+        with self.db.write() as conn:
+            cur = conn.execute("UPDATE agents SET stop_requested = 1 WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                raise NotFoundError(
+                    f"agent {name!r} not found", "`orchestra agent list` shows agents"
+                )
+        return self.get_agent(name)
+
+    def delete_agent(self, name: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM agents WHERE name = ?", (name,))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _rejection(
+    task: Task, to: Status, expect_version: int | None, expect_status: Iterable[Status] | None
+) -> str | None:
+    """Why a transition is refused, or None when it may go ahead."""
+    if expect_version is not None and task.version != expect_version:
+        return f"version is {task.version}, expected {expect_version} (changed meanwhile)"
+    if expect_status is not None and task.status not in set(expect_status):
+        return f"status is {task.status}, expected one of {sorted(map(str, expect_status))}"
+    if not can_transition(task.status, to):
+        return f"cannot go from {task.status} to {to}"
+    return None

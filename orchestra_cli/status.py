@@ -1,0 +1,42 @@
+"""The task status machine: one table, asked by every other module."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"  # stored, not yet planned
+    WAITING = "waiting"  # a parent waiting on its subtasks
+    QUEUED = "queued"  # on a capability queue
+    RUNNING = "running"  # claimed by an agent
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+# from-status → statuses it may move to. running → queued is a retry or a
+# redelivery; failed/cancelled → pending (a leaf) or waiting (a parent) is an
+# operator's `task retry`.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.QUEUED, Status.WAITING, Status.FAILED, Status.CANCELLED}),
+    Status.WAITING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
+    Status.QUEUED: frozenset({Status.RUNNING, Status.FAILED, Status.CANCELLED}),
+    Status.RUNNING: frozenset(
+        {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.QUEUED}
+    ),
+    Status.SUCCEEDED: frozenset(),
+    Status.FAILED: frozenset({Status.PENDING, Status.WAITING}),
+    Status.CANCELLED: frozenset({Status.PENDING, Status.WAITING}),
+}
+
+
+def can_transition(src: Status | str, dst: Status | str) -> bool:
+    """True when the table allows ``src → dst``."""
+    return Status(dst) in TRANSITIONS[Status(src)]
+
+
+def is_terminal(status: Status | str) -> bool:
+    return Status(status) in TERMINAL

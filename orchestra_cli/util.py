@@ -1,0 +1,91 @@
+"""Small shared helpers: time-ordered ids, UTC time, JSON encoding."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel
+
+
+def new_id() -> str:
+    """A UUIDv7 (RFC 9562): sortable by creation time, unique across processes."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def now() -> float:
+    """Seconds since the epoch (UTC); the one clock every timestamp uses."""
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    """An ISO-8601 UTC string for a timestamp, or None."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def parse_since(text: str) -> float:
+    """Parse ``--since`` values: ``30m``, ``2h``, ``7d``, or an ISO date/time."""
+    from orchestra_cli.errors import UsageError
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    if t and t[-1] in units and t[:-1].isdigit():
+        return now() - int(t[:-1]) * units[t[-1]]
+    try:
+        parsed = dt.datetime.fromisoformat(t)
+    except ValueError:
+        raise UsageError(
+            f"cannot read time {text!r}", "use a duration like 30m, 2h, 7d or an ISO date"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, dt.datetime):
+        return obj.isoformat()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def dumps(obj: Any, *, indent: int | None = None) -> str:
+    """JSON-encode pydantic models, datetimes and paths as well as plain data."""
+    return json.dumps(obj, default=_default, ensure_ascii=False, indent=indent)
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode JSON."""
+    return json.loads(text)
+
+
+def human_duration(seconds: float | None) -> str:
+    """``1.2s``, ``3m04s``, ``1h02m`` — short durations for tables."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
