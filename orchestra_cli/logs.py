@@ -77,14 +77,16 @@ def setup_logging(
 ) -> None:
     """Send this process's logs to ``logs/<component>.log`` (JSON, rotated)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     root.setLevel(logging.DEBUG)
     if logs_dir is not None:
         logs_dir.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.handlers.RotatingFileHandler(
-            logs_dir / f"{component}.log", maxBytes=max_bytes, backupCount=backups,
+            logs_dir / f"{component}.log",
+            maxBytes=max_bytes,
+            backupCount=backups,
             encoding="utf-8",
         )
         handler.setFormatter(JsonFormatter())

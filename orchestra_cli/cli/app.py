@@ -24,8 +24,13 @@ def _version(value: bool) -> None:
 def _callback(
     ctx: typer.Context,
     config: Annotated[
-        str | None, typer.Option("--config", help="Config file (default: ./orchestra.yaml).",
-                                 envvar="ORCHESTRA_CONFIG", show_envvar=False)
+        str | None,
+        typer.Option(
+            "--config",
+            help="Config file (default: ./orchestra.yaml).",
+            envvar="ORCHESTRA_CONFIG",
+            show_envvar=False,
+        ),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only essentials.")] = False,
@@ -43,8 +48,9 @@ def _callback(
     """orchestra: run and operate a multi-agent task orchestration system."""
     from orchestra_cli.cli.context import AppContext
 
-    app_ctx = AppContext(config=config, json=json, quiet=quiet, verbose=verbose or traceback,
-                         no_color=no_color)
+    app_ctx = AppContext(
+        config=config, json=json, quiet=quiet, verbose=verbose or traceback, no_color=no_color
+    )
     ctx.obj = app_ctx
     ctx.call_on_close(app_ctx.close)
 
@@ -53,8 +59,13 @@ def build_app() -> typer.Typer:
     from orchestra_cli.cli.commands import agent, config, run, task
 
     app = typer.Typer(
-        name="orchestra", help=_callback.__doc__, epilog=EPILOG, no_args_is_help=True,
-        add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+        name="orchestra",
+        help=_callback.__doc__,
+        epilog=EPILOG,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_callback)

@@ -59,8 +59,12 @@ class AppContext:
 
         s = self.settings
         setup_logging(
-            s.logs_dir, component, level=s.log.level, max_bytes=s.log.max_bytes,
-            backups=s.log.backups, stderr_level="INFO" if self.verbose else "WARNING",
+            s.logs_dir,
+            component,
+            level=s.log.level,
+            max_bytes=s.log.max_bytes,
+            backups=s.log.backups,
+            stderr_level="INFO" if self.verbose else "WARNING",
         )
 
     @cached_property

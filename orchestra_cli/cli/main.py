@@ -72,8 +72,10 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        _print_error(f"internal error: {type(exc).__name__}: {exc} — rerun with -v for the "
-                     "traceback and report it")
+        _print_error(
+            f"internal error: {type(exc).__name__}: {exc} — rerun with -v for the "
+            "traceback and report it"
+        )
         return ExitStatus.FAILURE
     return int(result) if isinstance(result, int) else ExitStatus.OK
 

@@ -13,12 +13,22 @@ if TYPE_CHECKING:
     from orchestra_cli.models import AgentRecord, Event, Task, Usage
 
 STATUS_STYLE = {
-    "pending": "dim", "waiting": "cyan", "queued": "yellow", "running": "bold blue",
-    "succeeded": "green", "failed": "bold red", "cancelled": "magenta",
+    "pending": "dim",
+    "waiting": "cyan",
+    "queued": "yellow",
+    "running": "bold blue",
+    "succeeded": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
 }
 STATUS_ICON = {
-    "pending": "·", "waiting": "◌", "queued": "…", "running": "▶",
-    "succeeded": "✔", "failed": "✘", "cancelled": "⊘",
+    "pending": "·",
+    "waiting": "◌",
+    "queued": "…",
+    "running": "▶",
+    "succeeded": "✔",
+    "failed": "✘",
+    "cancelled": "⊘",
 }
 
 
@@ -42,13 +52,18 @@ def tasks_table(tasks: list[Task]) -> Table:
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("ID", "STATUS", "CAPABILITY", "AGENT", "TRIES", "AGE", "TITLE"):
-        table.add_column(col, overflow="fold" if col == "TITLE" else "ellipsis",
-                         no_wrap=col != "TITLE")
+        table.add_column(
+            col, overflow="fold" if col == "TITLE" else "ellipsis", no_wrap=col != "TITLE"
+        )
     for t in tasks:
         table.add_row(
-            t.id, f"[{STATUS_STYLE[t.status]}]{t.status}[/]", t.capability or "-",
-            t.agent or "-", f"{t.attempts}/{t.max_attempts}",
-            human_duration(now() - t.created_at), _escape(t.title),
+            t.id,
+            f"[{STATUS_STYLE[t.status]}]{t.status}[/]",
+            t.capability or "-",
+            t.agent or "-",
+            f"{t.attempts}/{t.max_attempts}",
+            human_duration(now() - t.created_at),
+            _escape(t.title),
         )
     return table
 
@@ -136,15 +151,30 @@ def agents_table(agents: list[AgentRecord], ttl: float) -> Table:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("NAME", "ROLE", "CAPABILITIES", "STATE", "LOAD", "DONE", "FAILED",
-                "HEARTBEAT", "HOST/PID"):
+    for col in (
+        "NAME",
+        "ROLE",
+        "CAPABILITIES",
+        "STATE",
+        "LOAD",
+        "DONE",
+        "FAILED",
+        "HEARTBEAT",
+        "HOST/PID",
+    ):
         table.add_column(col, no_wrap=True)
     for a in agents:
         state = agent_state(a, ttl)
         style = {"running": "green", "dead": "red", "stopped": "dim"}.get(state, "yellow")
         table.add_row(
-            a.name, a.role, ",".join(a.capabilities), f"[{style}]{state}[/]",
-            f"{a.load}/{a.concurrency}", str(a.processed), str(a.failed),
-            f"{human_duration(now() - a.heartbeat_at)} ago", f"{a.host}/{a.pid}",
+            a.name,
+            a.role,
+            ",".join(a.capabilities),
+            f"[{style}]{state}[/]",
+            f"{a.load}/{a.concurrency}",
+            str(a.processed),
+            str(a.failed),
+            f"{human_duration(now() - a.heartbeat_at)} ago",
+            f"{a.host}/{a.pid}",
         )
     return table

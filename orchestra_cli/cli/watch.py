@@ -26,8 +26,13 @@ def _outcome(task: Task) -> int:
 def _timed_out(app: AppContext, task: Task, timeout: float) -> int:
     from orchestra_cli.cli.main import error_line
 
-    print(error_line(f"task {task.id} still {task.status} after {timeout:g}s — keep watching "
-                     f"with `orchestra task watch {task.id}`"), file=sys.stderr)
+    print(
+        error_line(
+            f"task {task.id} still {task.status} after {timeout:g}s — keep watching "
+            f"with `orchestra task watch {task.id}`"
+        ),
+        file=sys.stderr,
+    )
     return ExitStatus.FAILURE
 
 
@@ -58,8 +63,7 @@ def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     seq = 0
     tree = service.subtree(task.id)
-    with Live(task_tree(tree), console=app.console, refresh_per_second=8,
-              transient=False) as live:
+    with Live(task_tree(tree), console=app.console, refresh_per_second=8, transient=False) as live:
         while True:
             events = state.events(root_id=task.root_id, after=seq)
             if events:

@@ -9,9 +9,7 @@ from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.status import Status
 
 # Fields a transition may change besides the status.
-MUTABLE_FIELDS = frozenset(
-    {"agent", "result", "error", "attempts", "capability", "usage"}
-)
+MUTABLE_FIELDS = frozenset({"agent", "result", "error", "attempts", "capability", "usage"})
 
 
 class StateStore(Protocol):

@@ -13,8 +13,9 @@ from orchestra_cli.state.base import MUTABLE_FIELDS
 from orchestra_cli.status import TERMINAL, Status, can_transition
 from orchestra_cli.util import dumps, loads, now
 
-_TASK_COLUMNS = "id, root_id, parent_id, status, agent, created_at, updated_at, " \
-    "idempotency_key, version, data"
+_TASK_COLUMNS = (
+    "id, root_id, parent_id, status, agent, created_at, updated_at, idempotency_key, version, data"
+)
 
 
 def _row_to_task(row: sqlite3.Row) -> Task:
@@ -23,8 +24,15 @@ def _row_to_task(row: sqlite3.Row) -> Task:
 
 def _task_params(task: Task) -> tuple[Any, ...]:
     return (
-        task.id, task.root_id, task.parent_id, task.status.value, task.agent,
-        task.created_at, task.updated_at, task.idempotency_key, task.version,
+        task.id,
+        task.root_id,
+        task.parent_id,
+        task.status.value,
+        task.agent,
+        task.created_at,
+        task.updated_at,
+        task.idempotency_key,
+        task.version,
         task.model_dump_json(),
     )
 
@@ -41,12 +49,24 @@ class SQLiteStateStore:
             f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             _task_params(task),
         )
-        self._event(conn, task.id, task.root_id, "created", {
-            "title": task.title, "capability": task.capability, "parent_id": task.parent_id,
-        })
+        self._event(
+            conn,
+            task.id,
+            task.root_id,
+            "created",
+            {
+                "title": task.title,
+                "capability": task.capability,
+                "parent_id": task.parent_id,
+            },
+        )
 
     def _event(
-        self, conn: sqlite3.Connection, task_id: str, root_id: str, type: str,
+        self,
+        conn: sqlite3.Connection,
+        task_id: str,
+        root_id: str,
+        type: str,
         data: dict[str, Any] | None,
     ) -> None:
         conn.execute(
@@ -74,9 +94,16 @@ class SQLiteStateStore:
                 )
             for child in children:
                 self._insert(conn, child)
-            return self._apply(conn, parent, Status.WAITING, {
-                "reason": reason, "subtasks": [c.id for c in children],
-            }, {})
+            return self._apply(
+                conn,
+                parent,
+                Status.WAITING,
+                {
+                    "reason": reason,
+                    "subtasks": [c.id for c in children],
+                },
+                {},
+            )
 
     def _load(self, conn: sqlite3.Connection, task_id: str) -> Task:
         row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -127,22 +154,32 @@ class SQLiteStateStore:
         if roots_only:
             where.append("parent_id IS NULL")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self.db.conn().execute(
-            f"SELECT data FROM tasks {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
-            (*params, limit),
-        ).fetchall()
+        rows = (
+            self.db.conn()
+            .execute(
+                f"SELECT data FROM tasks {clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*params, limit),
+            )
+            .fetchall()
+        )
         return [_row_to_task(r) for r in rows]
 
     def tree(self, root_id: str) -> list[Task]:
-        rows = self.db.conn().execute(
-            "SELECT data FROM tasks WHERE root_id = ? ORDER BY created_at, id", (root_id,)
-        ).fetchall()
+        rows = (
+            self.db.conn()
+            .execute("SELECT data FROM tasks WHERE root_id = ? ORDER BY created_at, id", (root_id,))
+            .fetchall()
+        )
         return [_row_to_task(r) for r in rows]
 
     def children(self, parent_id: str) -> list[Task]:
-        rows = self.db.conn().execute(
-            "SELECT data FROM tasks WHERE parent_id = ? ORDER BY created_at, id", (parent_id,)
-        ).fetchall()
+        rows = (
+            self.db.conn()
+            .execute(
+                "SELECT data FROM tasks WHERE parent_id = ? ORDER BY created_at, id", (parent_id,)
+            )
+            .fetchall()
+        )
         return [_row_to_task(r) for r in rows]
 
     def transition(
@@ -166,13 +203,18 @@ class SQLiteStateStore:
             return self._apply(conn, task, to, event_data, changes)
 
     def _apply(
-        self, conn: sqlite3.Connection, task: Task, to: Status,
-        event_data: dict[str, Any] | None, changes: dict[str, Any],
+        self,
+        conn: sqlite3.Connection,
+        task: Task,
+        to: Status,
+        event_data: dict[str, Any] | None,
+        changes: dict[str, Any],
     ) -> Task:
         ts = now()
         src = task.status
-        updated = task.model_copy(update={**changes, "status": to, "updated_at": ts,
-                                          "version": task.version + 1})
+        updated = task.model_copy(
+            update={**changes, "status": to, "updated_at": ts, "version": task.version + 1}
+        )
         if to == Status.QUEUED:
             updated.queued_at = ts
         elif to in (Status.RUNNING, Status.WAITING):
@@ -185,8 +227,13 @@ class SQLiteStateStore:
             "WHERE id = ?",
             (to.value, updated.agent, ts, updated.version, updated.model_dump_json(), task.id),
         )
-        data = {"from": src.value, "to": to.value, "attempt": updated.attempts,
-                "agent": updated.agent, **(event_data or {})}
+        data = {
+            "from": src.value,
+            "to": to.value,
+            "attempt": updated.attempts,
+            "agent": updated.agent,
+            **(event_data or {}),
+        }
         if to in TERMINAL and updated.error:
             data.setdefault("error", updated.error)
         self._event(conn, task.id, task.root_id, to.value, data)
@@ -196,8 +243,9 @@ class SQLiteStateStore:
         with self.db.write() as conn:
             task = self._load(conn, task_id)
             task.usage = task.usage + usage
-            conn.execute("UPDATE tasks SET data = ? WHERE id = ?",
-                         (task.model_dump_json(), task_id))
+            conn.execute(
+                "UPDATE tasks SET data = ? WHERE id = ?", (task.model_dump_json(), task_id)
+            )
 
     # -- events ----------------------------------------------------------
     def append_event(
@@ -216,15 +264,23 @@ class SQLiteStateStore:
             params = (root_id, after, limit)  # type: ignore[assignment]
         rows = self.db.conn().execute(sql, params).fetchall()
         return [
-            Event(seq=r["seq"], task_id=r["task_id"], root_id=r["root_id"], type=r["type"],
-                  time=r["time"], data=loads(r["data"]))
+            Event(
+                seq=r["seq"],
+                task_id=r["task_id"],
+                root_id=r["root_id"],
+                type=r["type"],
+                time=r["time"],
+                data=loads(r["data"]),
+            )
             for r in rows
         ]
 
     def count_events(self, task_id: str, type: str) -> int:
-        row = self.db.conn().execute(
-            "SELECT COUNT(*) FROM events WHERE task_id = ? AND type = ?", (task_id, type)
-        ).fetchone()
+        row = (
+            self.db.conn()
+            .execute("SELECT COUNT(*) FROM events WHERE task_id = ? AND type = ?", (task_id, type))
+            .fetchone()
+        )
         return int(row[0])
 
     # -- agents ----------------------------------------------------------

@@ -15,10 +15,12 @@ agent_app = typer.Typer(help="Run agents and inspect the agent registry.", no_ar
 def start(
     ctx: typer.Context,
     role: Annotated[str, typer.Argument(help="Role from templates/agents (e.g. coder).")],
-    name: Annotated[str | None, typer.Option(help="Registry name (default: role-host-pid).")
-                    ] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-n", min=1,
-                                                    help="Tasks at once.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Registry name (default: role-host-pid).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-n", min=1, help="Tasks at once.")
+    ] = None,
 ) -> int:
     """Run one agent worker in the foreground until stopped (Ctrl-C drains)."""
     import threading
@@ -31,8 +33,10 @@ def start(
     agent = runtime.add_agent(role, name=name, concurrency=concurrency)
     stop = threading.Event()
     received = install_stop_signals(stop, app.info)
-    app.info(f"agent {agent.name} ({role}: {', '.join(agent.role.capabilities)}) consuming; "
-             f"{agent.concurrency} at a time; Ctrl-C to stop")
+    app.info(
+        f"agent {agent.name} ({role}: {', '.join(agent.role.capabilities)}) consuming; "
+        f"{agent.concurrency} at a time; Ctrl-C to stop"
+    )
     run_until_stopped(runtime, stop)
     app.info(f"agent {agent.name} stopped")
     return 130 if received and received[0] == 2 else 0
@@ -76,9 +80,23 @@ def status(
     if app.json:
         app.print_json(data)
     else:
-        for key in ("name", "role", "capabilities", "state", "load", "concurrency", "processed",
-                    "failed", "current", "host", "pid", "version", "started_at", "heartbeat_at",
-                    "heartbeat_age_s"):
+        for key in (
+            "name",
+            "role",
+            "capabilities",
+            "state",
+            "load",
+            "concurrency",
+            "processed",
+            "failed",
+            "current",
+            "host",
+            "pid",
+            "version",
+            "started_at",
+            "heartbeat_at",
+            "heartbeat_age_s",
+        ):
             value = data[key]
             if isinstance(value, list):
                 value = ", ".join(map(str, value)) or "-"

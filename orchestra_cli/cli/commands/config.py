@@ -25,8 +25,10 @@ def init(
 
     app: AppContext = ctx.obj
     src = templates_dir()
-    targets = [(src / "orchestra.yaml", directory / "orchestra.yaml", 0o644),
-               (src / "env.template", directory / ".env", 0o600)]
+    targets = [
+        (src / "orchestra.yaml", directory / "orchestra.yaml", 0o644),
+        (src / "env.template", directory / ".env", 0o600),
+    ]
     existing = [str(dst) for _, dst, _ in targets if dst.exists()]
     if existing and not force:
         raise UsageError(f"{', '.join(existing)} already exist(s)", "pass --force to overwrite")
@@ -65,11 +67,13 @@ def show(
         value, provider = chain.lookup(name)
         secrets[name] = {"set": bool(value), "source": provider, "value": "***" if value else None}
     if app.json:
-        app.print_json({
-            "config_file": str(loaded.config_file) if loaded.config_file else None,
-            "settings": {k: ({"value": v, "source": s} if sources else v) for k, v, s in rows},
-            "secrets": secrets,
-        })
+        app.print_json(
+            {
+                "config_file": str(loaded.config_file) if loaded.config_file else None,
+                "settings": {k: ({"value": v, "source": s} if sources else v) for k, v, s in rows},
+                "secrets": secrets,
+            }
+        )
         return
     from rich.table import Table
 
@@ -80,10 +84,10 @@ def show(
         table.add_column("SOURCE")
     for key, value, source in rows:
         cells = [key, "-" if value is None else str(value)]
-        table.add_row(*(cells + [source] if sources else cells))
+        table.add_row(*([*cells, source] if sources else cells))
     for name, info in secrets.items():
         cells = [f"secret {name}", "*** (set)" if info["set"] else "(not set)"]
-        table.add_row(*(cells + [info["source"] or "-"] if sources else cells))
+        table.add_row(*([*cells, info["source"] or "-"] if sources else cells))
     app.info(f"config file: {loaded.config_file or '(none; defaults and environment)'}")
     app.console.print(table, markup=False)
 
@@ -99,7 +103,7 @@ def validate(ctx: typer.Context) -> None:
     prompts = PromptLibrary(loaded.settings.prompts_dir)
     for role in roles.values():
         prompts.get(role.prompt)
-    result = {
+    result: dict[str, object] = {
         "valid": True,
         "config_file": str(loaded.config_file) if loaded.config_file else None,
         "environment": loaded.settings.environment,
@@ -108,8 +112,10 @@ def validate(ctx: typer.Context) -> None:
     if app.json:
         app.print_json(result)
     else:
-        app.info(f"configuration is valid ({result['config_file'] or 'defaults'}; "
-                 f"environment {result['environment']}; roles: {', '.join(result['roles'])})")
+        app.info(
+            f"configuration is valid ({result['config_file'] or 'defaults'}; "
+            f"environment {result['environment']}; roles: {', '.join(sorted(roles))})"
+        )
 
 
 def register(app: typer.Typer) -> None:

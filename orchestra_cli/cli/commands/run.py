@@ -16,10 +16,12 @@ DEMO_TASK = (
 
 def run(
     ctx: typer.Context,
-    agents: Annotated[str | None, typer.Option(help="Also run these built-in agents here: "
-                                               "ROLE,ROLE… or 'all'.")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-n", min=1,
-                                             help="Orchestrator handler threads.")] = 1,
+    agents: Annotated[
+        str | None, typer.Option(help="Also run these built-in agents here: ROLE,ROLE… or 'all'.")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-n", min=1, help="Orchestrator handler threads.")
+    ] = 1,
 ) -> int:
     """Run the orchestrator loop in the foreground (Ctrl-C drains, twice forces)."""
     import threading
@@ -35,8 +37,11 @@ def run(
         runtime.add_agent(role)
     stop = threading.Event()
     received = install_stop_signals(stop, app.info)
-    app.info(f"orchestrator running on {runtime.backends.broker.url}"
-             + (f" with agents {', '.join(roles)}" if roles else "") + "; Ctrl-C to stop")
+    app.info(
+        f"orchestrator running on {runtime.backends.broker.url}"
+        + (f" with agents {', '.join(roles)}" if roles else "")
+        + "; Ctrl-C to stop"
+    )
     run_until_stopped(runtime, stop)
     app.info("orchestrator stopped")
     return 130 if received and received[0] == 2 else 0
@@ -71,14 +76,20 @@ def demo(
     app: AppContext = ctx.obj
     home = Path(tempfile.mkdtemp(prefix="orchestra-demo-"))
     base = app.settings
-    settings = base.model_copy(update={
-        "home": home, "state_url": None, "broker_url": None,
-        "llm": base.llm.model_copy(update={
-            "provider": "offline",
-            "offline": base.llm.offline.model_copy(update={"latency_ms": latency_ms}),
-        }),
-        "agents": base.agents.model_copy(update={"heartbeat_seconds": 0.5}),
-    })
+    settings = base.model_copy(
+        update={
+            "home": home,
+            "state_url": None,
+            "broker_url": None,
+            "llm": base.llm.model_copy(
+                update={
+                    "provider": "offline",
+                    "offline": base.llm.offline.model_copy(update={"latency_ms": latency_ms}),
+                }
+            ),
+            "agents": base.agents.model_copy(update={"heartbeat_seconds": 0.5}),
+        }
+    )
     setup_logging(settings.logs_dir, "demo")
     backends = open_backends(settings)
     app._backends = backends
@@ -89,8 +100,10 @@ def demo(
     stop = threading.Event()
     threads = runtime.start(stop)
     try:
-        app.info(f"demo: orchestrator + agents {', '.join(sorted(app.roles))} on {home} "
-                 "(offline provider, no services, no API key)")
+        app.info(
+            f"demo: orchestrator + agents {', '.join(sorted(app.roles))} on {home} "
+            "(offline provider, no services, no API key)"
+        )
         task, _ = TaskService(backends, app.roles).submit(
             SubmitRequest(text=DEMO_TASK, title="Todo API: design, build, deploy, review")
         )

@@ -56,31 +56,39 @@ def _parse_labels(labels: list[str]) -> dict[str, str]:
 def submit(
     ctx: typer.Context,
     text: Annotated[str | None, typer.Argument(help="Task text, or - to read stdin.")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the task from a file.",
-                                              dir_okay=False)] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read the task from a file.", dir_okay=False)
+    ] = None,
     title: Annotated[str | None, typer.Option(help="Short title (default: first line).")] = None,
     capability: Annotated[
-        str | None, typer.Option("--capability", "-c", help="Route to this capability; "
-                                 "skips planning.")
+        str | None,
+        typer.Option("--capability", "-c", help="Route to this capability; skips planning."),
     ] = None,
     priority: Annotated[int | None, typer.Option("--priority", "-p", help="0 (low) to 9.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Attempts before failing.")] = None,
-    label: Annotated[list[str] | None, typer.Option("--label", "-l",
-                                                    help="KEY=VALUE, repeatable.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE, repeatable.")
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Submitting the same key again returns the same task.")
     ] = None,
-    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the outcome; "
-                                       "exit 1 if it fails.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Wait for the outcome; exit 1 if it fails.")
+    ] = False,
 ) -> int:
     """Submit a task; print its id (only the id with -q)."""
     from orchestra_cli.engine.service import SubmitRequest
 
     app: AppContext = ctx.obj
     req = SubmitRequest(
-        text=_read_input(text, file), title=title, capability=capability, priority=priority,
-        timeout=timeout, max_attempts=max_attempts, labels=_parse_labels(label or []),
+        text=_read_input(text, file),
+        title=title,
+        capability=capability,
+        priority=priority,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        labels=_parse_labels(label or []),
         idempotency_key=idempotency_key,
     )
     task, created = app.service().submit(req)
@@ -105,8 +113,9 @@ def submit(
 def watch(
     ctx: typer.Context,
     task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
-    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds "
-                                                  "(exit 1).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds (exit 1).")
+    ] = None,
 ) -> int:
     """Live view of a task and its subtasks; exits 0 if it succeeds, 1 otherwise."""
     from orchestra_cli.cli.watch import watch_task
@@ -134,9 +143,11 @@ def get(
         app.print_json(data)
         return
     app.console.print(task_tree(tree))
-    app.console.print(f"tokens: {usage_text(total)}   labels: "
-                      f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}",
-                      markup=False)
+    app.console.print(
+        f"tokens: {usage_text(total)}   labels: "
+        f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}",
+        markup=False,
+    )
     if task.error:
         app.console.print(f"error: {task.error}", markup=False, style="red")
     if task.result is not None:
@@ -147,11 +158,14 @@ def get(
 @task_app.command("list")
 def list_tasks(
     ctx: typer.Context,
-    status: Annotated[list[str] | None, typer.Option("--status", "-s", help="Filter by status "
-                                                     "(repeatable or comma-separated).")] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option("--status", "-s", help="Filter by status (repeatable or comma-separated)."),
+    ] = None,
     agent: Annotated[str | None, typer.Option(help="Filter by agent name.")] = None,
-    since: Annotated[str | None, typer.Option(help="Created since: 30m, 2h, 7d or ISO time.")
-                     ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Created since: 30m, 2h, 7d or ISO time.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
     roots: Annotated[bool, typer.Option("--roots", help="Only top-level tasks.")] = False,
 ) -> None:
@@ -168,8 +182,11 @@ def list_tasks(
     if bad:
         raise UsageError(f"unknown status {bad[0]!r}", f"choose from {', '.join(sorted(valid))}")
     tasks = app.backends().state.list_tasks(
-        status=statuses or None, agent=agent, since=parse_since(since) if since else None,
-        limit=limit, roots_only=roots,
+        status=statuses or None,
+        agent=agent,
+        since=parse_since(since) if since else None,
+        limit=limit,
+        roots_only=roots,
     )
     if app.json:
         app.print_json([task_json(t) for t in tasks])
@@ -207,8 +224,7 @@ def retry(
     if app.json:
         app.print_json(task_json(task))
     else:
-        app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch "
-                 f"{task.id}")
+        app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch {task.id}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,221 @@
+"""The Broker contract: every backend passes the same tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from orchestra_cli.backends import Backends
+from orchestra_cli.models import MSG_RUN, Q_DEAD, Envelope
+from tests.support import wait_until
+
+Q = "work.contract"
+
+
+def _env(task_id: str = "t1", **kw: object) -> Envelope:
+    return Envelope(type=MSG_RUN, task_id=task_id, **kw)  # type: ignore[arg-type]
+
+
+def test_published_message_is_delivered_once_and_gone_after_ack(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    sent = _env(payload={"x": 1})
+    broker.publish(Q, sent)
+    consumer = broker.consumer([Q], prefetch=1, name="c1")
+    try:
+        d = consumer.get(timeout=5)
+        assert d is not None
+        assert d.envelope.id == sent.id and d.envelope.payload == {"x": 1}
+        assert d.delivery_count == 1 and d.queue == Q
+        d.ack()
+        assert consumer.get(timeout=0.3) is None
+    finally:
+        consumer.close()
+    assert broker.depths().get(Q, 0) == 0
+
+
+def test_higher_priority_is_delivered_first(contract_backends: Backends) -> None:
+    broker = contract_backends.broker
+    broker.publish(Q, _env("low"), priority=1)
+    broker.publish(Q, _env("high"), priority=9)
+    time.sleep(0.1)
+    consumer = broker.consumer([Q], prefetch=1, name="c1")
+    try:
+        first = consumer.get(timeout=5)
+        assert first is not None and first.envelope.task_id == "high"
+        first.ack()
+        second = consumer.get(timeout=5)
+        assert second is not None and second.envelope.task_id == "low"
+        second.ack()
+    finally:
+        consumer.close()
+
+
+def test_nacked_message_is_redelivered_with_a_higher_count(contract_backends: Backends) -> None:
+    broker = contract_backends.broker
+    broker.publish(Q, _env())
+    consumer = broker.consumer([Q], prefetch=1, name="c1")
+    try:
+        d = consumer.get(timeout=5)
+        assert d is not None
+        d.nack()
+        again = consumer.get(timeout=5)
+        assert again is not None and again.delivery_count == 2
+        again.ack()
+    finally:
+        consumer.close()
+
+
+def test_nack_with_delay_hides_the_message_until_the_delay_passes(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    broker.publish(Q, _env())
+    consumer = broker.consumer([Q], prefetch=1, name="c1")
+    try:
+        d = consumer.get(timeout=5)
+        assert d is not None
+        start = time.monotonic()
+        d.nack(delay=1.0)
+        assert consumer.get(timeout=0.5) is None
+        again = consumer.get(timeout=5)
+        assert again is not None and time.monotonic() - start >= 0.9
+        again.ack()
+    finally:
+        consumer.close()
+
+
+def test_prefetch_limits_unsettled_messages(contract_backends: Backends) -> None:
+    broker = contract_backends.broker
+    for i in range(3):
+        broker.publish(Q, _env(f"t{i}"))
+    consumer = broker.consumer([Q], prefetch=2, name="c1")
+    try:
+        a, b = consumer.get(timeout=5), consumer.get(timeout=5)
+        assert a is not None and b is not None
+        assert consumer.get(timeout=0.3) is None
+        a.ack()
+        c = consumer.get(timeout=5)
+        assert c is not None
+        b.ack()
+        c.ack()
+    finally:
+        consumer.close()
+
+
+def test_unsettled_message_of_a_closed_consumer_goes_to_another(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    broker.publish(Q, _env())
+    first = broker.consumer([Q], prefetch=1, name="c1")
+    d = first.get(timeout=5)
+    assert d is not None
+    first.close()
+    second = broker.consumer([Q], prefetch=1, name="c2")
+    try:
+        again = second.get(timeout=10)
+        assert again is not None and again.envelope.id == d.envelope.id
+        assert again.delivery_count >= 2
+        again.ack()
+    finally:
+        second.close()
+
+
+def test_dead_lettered_message_keeps_its_reason(contract_backends: Backends) -> None:
+    broker = contract_backends.broker
+    sent = _env()
+    broker.publish(Q, sent)
+    consumer = broker.consumer([Q], prefetch=1, name="c1")
+    try:
+        d = consumer.get(timeout=5)
+        assert d is not None
+        d.dead_letter("task does not exist")
+        assert consumer.get(timeout=0.3) is None
+    finally:
+        consumer.close()
+    dead = wait_until(lambda: broker.dead_letters(), timeout=5, what="dead letter")
+    assert dead[0]["reason"] == "task does not exist" and dead[0]["queue"] == Q
+    assert sent.id in dead[0]["body"]
+
+
+def test_malformed_messages_are_dead_lettered_and_consumption_goes_on(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    broker.publish_raw(Q, b"{not json")
+    broker.publish_raw(Q, b"\xff\xfe binary")
+    broker.publish_raw(Q, _env().model_dump_json().replace(MSG_RUN, "task.bogus").encode())
+    good = _env("good")
+    broker.publish(Q, good)
+    consumer = broker.consumer([Q], prefetch=1, name="c1")
+    try:
+        d = consumer.get(timeout=5)
+        assert d is not None and d.envelope.id == good.id
+        d.ack()
+    finally:
+        consumer.close()
+    reasons = [m["reason"] for m in broker.dead_letters()]
+    assert len(reasons) == 3
+    assert any("not UTF-8" in r for r in reasons)
+    assert any("unknown message type" in r for r in reasons)
+    assert any("invalid envelope" in r for r in reasons)
+
+
+def test_message_redelivered_past_the_limit_is_dead_lettered_as_poison(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    broker.publish(Q, _env())
+    consumer = broker.consumer([Q], prefetch=1, name="c1")
+    try:
+        for _ in range(10):
+            d = consumer.get(timeout=2)
+            if d is None:
+                break
+            d.nack()
+        assert consumer.get(timeout=0.3) is None
+    finally:
+        consumer.close()
+    dead = broker.dead_letters()
+    assert len(dead) == 1 and "poison" in dead[0]["reason"]
+
+
+def test_direct_dead_letter_records_origin_and_reason(contract_backends: Backends) -> None:
+    broker = contract_backends.broker
+    broker.dead_letter(Q, _env("t9"), "exhausted retries: boom")
+    dead = wait_until(lambda: broker.dead_letters(), timeout=5, what="dead letter")
+    assert dead[0]["queue"] == Q and dead[0]["reason"] == "exhausted retries: boom"
+    assert broker.depths().get(Q_DEAD, 0) >= 1 or dead
+
+
+def test_competing_consumers_share_the_work_and_each_message_is_acked_once(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    n = 60
+    for i in range(n):
+        broker.publish(Q, _env(f"t{i}"))
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def consume(name: str) -> None:
+        consumer = broker.consumer([Q], prefetch=2, name=name)
+        try:
+            while True:
+                d = consumer.get(timeout=1.0)
+                if d is None:
+                    return
+                with lock:
+                    seen.append(d.envelope.task_id)
+                d.ack()
+        finally:
+            consumer.close()
+
+    threads = [threading.Thread(target=consume, args=(f"c{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == sorted(f"t{i}" for i in range(n))

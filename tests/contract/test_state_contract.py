@@ -1,0 +1,171 @@
+"""The StateStore contract: every backend passes the same tests."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from orchestra_cli.backends import Backends
+from orchestra_cli.errors import NotFoundError, TransitionRejected
+from orchestra_cli.models import AgentRecord, Task, Usage
+from orchestra_cli.status import Status
+
+
+def _task(**kw: object) -> Task:
+    return Task(title=str(kw.pop("title", "t")), input="do it", **kw)  # type: ignore[arg-type]
+
+
+def test_created_task_reads_back_with_a_created_event(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, created = state.create_task(_task(labels={"team": "a"}, capability="code"))
+    assert created
+    got = state.get_task(task.id)
+    assert got.id == task.id and got.root_id == task.id
+    assert got.labels == {"team": "a"} and got.status == Status.PENDING
+    events = state.events(root_id=task.id)
+    assert [e.type for e in events] == ["created"]
+
+
+def test_same_idempotency_key_returns_the_first_task(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    first, created1 = state.create_task(_task(idempotency_key="k-1"))
+    second, created2 = state.create_task(_task(idempotency_key="k-1", title="other"))
+    assert created1 and not created2
+    assert second.id == first.id and second.title == "t"
+
+
+def test_unknown_task_id_raises_not_found(contract_backends: Backends) -> None:
+    with pytest.raises(NotFoundError, match="not found"):
+        contract_backends.state.get_task("00000000-0000-7000-8000-000000000000")
+
+
+def test_task_is_found_by_a_unique_id_prefix(contract_backends: Backends) -> None:
+    task, _ = contract_backends.state.create_task(_task())
+    assert contract_backends.state.get_task(task.id[:30]).id == task.id
+
+
+def test_allowed_transition_bumps_version_and_appends_event(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task(capability="code"))
+    queued = state.transition(task.id, Status.QUEUED, expect_version=task.version)
+    assert queued.status == Status.QUEUED and queued.version == task.version + 1
+    running = state.transition(queued.id, Status.RUNNING, agent="a1", attempts=1)
+    assert running.agent == "a1" and running.attempts == 1 and running.started_at
+    events = state.events(root_id=task.id)
+    assert [e.type for e in events] == ["created", "queued", "running"]
+    assert events[-1].data["from"] == "queued" and events[-1].data["agent"] == "a1"
+    assert events[1].seq < events[2].seq
+
+
+def test_transition_outside_the_table_is_rejected_without_an_event(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task())
+    with pytest.raises(TransitionRejected, match="cannot go from pending to succeeded"):
+        state.transition(task.id, Status.SUCCEEDED)
+    assert state.get_task(task.id).status == Status.PENDING
+    assert len(state.events(root_id=task.id)) == 1
+
+
+def test_stale_version_is_rejected_and_reports_the_current_task(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task())
+    state.transition(task.id, Status.QUEUED)
+    with pytest.raises(TransitionRejected) as info:
+        state.transition(task.id, Status.CANCELLED, expect_version=task.version)
+    assert isinstance(info.value.current, Task)
+    assert info.value.current.status == Status.QUEUED
+
+
+def test_concurrent_claims_let_exactly_one_win(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task())
+    queued = state.transition(task.id, Status.QUEUED)
+    wins: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        try:
+            state.transition(
+                queued.id, Status.RUNNING, expect_version=queued.version, agent=f"a{i}"
+            )
+            wins.append(f"a{i}")
+        except TransitionRejected:
+            pass
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert state.get_task(task.id).agent == wins[0]
+    assert state.count_events(task.id, "running") == 1
+
+
+def test_subtasks_are_created_with_the_parent_moving_to_waiting(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    parent, _ = state.create_task(_task(title="parent"))
+    a = _task(title="a", parent_id=parent.id, root_id=parent.id)
+    b = _task(title="b", parent_id=parent.id, root_id=parent.id, depends_on=[a.id])
+    waiting = state.create_subtasks(parent.id, [a, b], "two steps")
+    assert waiting.status == Status.WAITING
+    assert [c.title for c in state.children(parent.id)] == ["a", "b"]
+    assert [t.title for t in state.tree(parent.id)] == ["parent", "a", "b"]
+    assert state.get_task(b.id).depends_on == [a.id]
+    with pytest.raises(TransitionRejected):
+        state.create_subtasks(parent.id, [_task(parent_id=parent.id, root_id=parent.id)], "x")
+
+
+def test_list_filters_by_status_agent_roots_and_limit(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    ids = [state.create_task(_task(title=f"t{i}"))[0].id for i in range(5)]
+    state.transition(ids[0], Status.QUEUED)
+    state.transition(ids[0], Status.RUNNING, agent="agent-x")
+    assert [t.id for t in state.list_tasks(limit=2)] == [ids[4], ids[3]]
+    assert [t.id for t in state.list_tasks(status=["running"])] == [ids[0]]
+    assert [t.id for t in state.list_tasks(agent="agent-x")] == [ids[0]]
+    assert len(state.list_tasks(roots_only=True, limit=50)) == 5
+    assert state.list_tasks(since=state.get_task(ids[4]).created_at + 10) == []
+
+
+def test_events_are_read_after_a_sequence_number(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task())
+    first = state.events(root_id=task.id)
+    state.append_event(task.id, task.root_id, "no_agent", {"capability": "code"})
+    later = state.events(root_id=task.id, after=first[-1].seq)
+    assert [(e.type, e.data) for e in later] == [("no_agent", {"capability": "code"})]
+    assert any(e.task_id == task.id for e in state.events(after=0, limit=100000))
+
+
+def test_usage_accumulates_on_the_task(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task())
+    state.add_usage(task.id, Usage(calls=1, input_tokens=10, output_tokens=5, cost_usd=0.01))
+    state.add_usage(task.id, Usage(calls=1, input_tokens=1, output_tokens=1, cost_usd=0.02))
+    usage = state.get_task(task.id).usage
+    assert (usage.calls, usage.input_tokens, usage.output_tokens) == (2, 11, 6)
+    assert usage.cost_usd == pytest.approx(0.03)
+
+
+def test_agent_registry_round_trip_and_stop_request(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    rec = AgentRecord(name="coder-1", role="coder", capabilities=["code"], status="running")
+    assert state.save_agent(rec) is False
+    assert [a.name for a in state.list_agents()] == ["coder-1"]
+    assert state.request_agent_stop("coder-1").stop_requested
+    assert state.save_agent(rec) is True  # the next heartbeat learns of it
+    assert state.get_agent("coder-1").status == "running"
+    state.delete_agent("coder-1")
+    with pytest.raises(NotFoundError):
+        state.get_agent("coder-1")
+    with pytest.raises(NotFoundError):
+        state.request_agent_stop("nobody")
