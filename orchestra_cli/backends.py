@@ -68,7 +68,8 @@ def open_backends(settings: Settings) -> Backends:
     broker_db = state_db if broker_url == state_url else SQLiteDB(_sqlite_path(broker_url))
     state = SQLiteStateStore(state_db)
     broker = SQLiteBroker(
-        broker_db, lease_seconds=settings.broker.lease_seconds,
+        broker_db,
+        lease_seconds=settings.broker.lease_seconds,
         max_deliveries=settings.broker.max_deliveries,
     )
     backends = Backends(settings, state, broker, Journals(settings.home))
@@ -84,7 +85,8 @@ def open_secrets(settings: Settings, cwd: Path | None = None) -> ChainSecrets:
     if settings.secrets_url != "env":
         raise ConfigError(
             f"secrets_url {mask_url(settings.secrets_url)}: only 'env' is available in this "
-            "version", "unset ORCHESTRA_SECRETS_URL",
+            "version",
+            "unset ORCHESTRA_SECRETS_URL",
         )
     providers += [EnvSecrets(), DotenvSecrets((cwd or Path.cwd()) / ".env")]
     return ChainSecrets(providers)

@@ -55,8 +55,14 @@ class SQLiteConsumer:
     """Claims messages from some queues, holding at most ``prefetch`` at once."""
 
     def __init__(
-        self, db: SQLiteDB, queues: list[str], *, prefetch: int, name: str,
-        lease_seconds: float, max_deliveries: int,
+        self,
+        db: SQLiteDB,
+        queues: list[str],
+        *,
+        prefetch: int,
+        name: str,
+        lease_seconds: float,
+        max_deliveries: int,
     ) -> None:
         self.db = db
         self.queues = list(queues)
@@ -67,9 +73,7 @@ class SQLiteConsumer:
         self._held: set[int] = set()
         self._cond = threading.Condition()
         self._closed = threading.Event()
-        self._renewer = threading.Thread(
-            target=self._renew_loop, name=f"lease-{name}", daemon=True
-        )
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{name}", daemon=True)
         self._renewer.start()
         marks = ",".join("?" * len(self.queues))
         self._ready_sql = (
@@ -116,8 +120,12 @@ class SQLiteConsumer:
         try:
             env = decode_envelope(bytes(row["body"]))
         except MalformedMessage as exc:
-            log.warning("dead-lettering malformed message %s on %s: %s", row["id"], row["queue"],
-                        exc.message)
+            log.warning(
+                "dead-lettering malformed message %s on %s: %s",
+                row["id"],
+                row["queue"],
+                exc.message,
+            )
             self.dead_letter(row["id"], exc.message)
             return self._claim()
         if count > self.max_deliveries:
@@ -201,8 +209,13 @@ class SQLiteBroker:
         self._insert(Q_DEAD, envelope.encode(), 0, 0.0, origin=origin, reason=reason)
 
     def _insert(
-        self, queue: str, body: bytes, priority: int, delay: float,
-        origin: str | None = None, reason: str | None = None,
+        self,
+        queue: str,
+        body: bytes,
+        priority: int,
+        delay: float,
+        origin: str | None = None,
+        reason: str | None = None,
     ) -> None:
         ts = now()
         with self.db.write() as conn:
@@ -214,25 +227,41 @@ class SQLiteBroker:
 
     def consumer(self, queues: list[str], *, prefetch: int, name: str) -> SQLiteConsumer:
         return SQLiteConsumer(
-            self.db, queues, prefetch=prefetch, name=name,
-            lease_seconds=self.lease_seconds, max_deliveries=self.max_deliveries,
+            self.db,
+            queues,
+            prefetch=prefetch,
+            name=name,
+            lease_seconds=self.lease_seconds,
+            max_deliveries=self.max_deliveries,
         )
 
     def depths(self) -> dict[str, int]:
-        rows = self.db.conn().execute(
-            "SELECT queue, COUNT(*) AS n FROM messages GROUP BY queue ORDER BY queue"
-        ).fetchall()
+        rows = (
+            self.db.conn()
+            .execute("SELECT queue, COUNT(*) AS n FROM messages GROUP BY queue ORDER BY queue")
+            .fetchall()
+        )
         return {r["queue"]: r["n"] for r in rows}
 
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.db.conn().execute(
-            "SELECT id, origin, reason, body, enqueued_at, deliveries FROM messages "
-            "WHERE queue = ? ORDER BY id DESC LIMIT ?", (Q_DEAD, limit),
-        ).fetchall()
+        rows = (
+            self.db.conn()
+            .execute(
+                "SELECT id, origin, reason, body, enqueued_at, deliveries FROM messages "
+                "WHERE queue = ? ORDER BY id DESC LIMIT ?",
+                (Q_DEAD, limit),
+            )
+            .fetchall()
+        )
         return [
-            {"id": r["id"], "queue": r["origin"], "reason": r["reason"],
-             "deliveries": r["deliveries"], "enqueued_at": r["enqueued_at"],
-             "body": bytes(r["body"]).decode("utf-8", "replace")[:2000]}
+            {
+                "id": r["id"],
+                "queue": r["origin"],
+                "reason": r["reason"],
+                "deliveries": r["deliveries"],
+                "enqueued_at": r["enqueued_at"],
+                "body": bytes(r["body"]).decode("utf-8", "replace")[:2000],
+            }
             for r in rows
         ]
 

@@ -57,8 +57,14 @@ class Agent:
     """One agent worker of a role: registry, heartbeat, queue consumption, execution."""
 
     def __init__(
-        self, backends: Backends, role: RoleDefinition, llm: LLMProvider, prompts: PromptLibrary,
-        *, name: str | None = None, concurrency: int | None = None,
+        self,
+        backends: Backends,
+        role: RoleDefinition,
+        llm: LLMProvider,
+        prompts: PromptLibrary,
+        *,
+        name: str | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self.b = backends
         self.state = backends.state
@@ -68,16 +74,23 @@ class Agent:
         self.name = name or default_agent_name(role.name)
         self.concurrency = concurrency or role.concurrency
         self.record = AgentRecord(
-            name=self.name, role=role.name, capabilities=list(role.capabilities),
-            concurrency=self.concurrency, host=socket.gethostname(), pid=os.getpid(),
+            name=self.name,
+            role=role.name,
+            capabilities=list(role.capabilities),
+            concurrency=self.concurrency,
+            host=socket.gethostname(),
+            pid=os.getpid(),
             version=__version__,
         )
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.loop = ConsumerLoop(
-            backends.broker, [work_queue(c) for c in role.capabilities], self.handle,
-            concurrency=self.concurrency, name=self.name,
+            backends.broker,
+            [work_queue(c) for c in role.capabilities],
+            self.handle,
+            concurrency=self.concurrency,
+            name=self.name,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -117,14 +130,19 @@ class Agent:
         """Register, consume until stopped (or asked to stop), drain, deregister."""
         self._set_status("starting")
         beat_done = threading.Event()
-        beater = threading.Thread(target=self._heartbeat_loop, args=(beat_done,),
-                                  name=f"heartbeat-{self.name}", daemon=True)
+        beater = threading.Thread(
+            target=self._heartbeat_loop,
+            args=(beat_done,),
+            name=f"heartbeat-{self.name}",
+            daemon=True,
+        )
         beater.start()
         if stop is not None:
             watcher = threading.Thread(target=_forward, args=(stop, self._stop), daemon=True)
             watcher.start()
-        log.info("agent %s (%s) running on %s", self.name, self.role.name,
-                 ", ".join(self.loop.queues))
+        log.info(
+            "agent %s (%s) running on %s", self.name, self.role.name, ", ".join(self.loop.queues)
+        )
         self._set_status("running")
         try:
             self.loop.run(self._stop)
@@ -133,8 +151,12 @@ class Agent:
             beat_done.set()
             beater.join(timeout=5)
             self._set_status("stopped")
-            log.info("agent %s stopped (processed %d, failed %d)", self.name,
-                     self.record.processed, self.record.failed)
+            log.info(
+                "agent %s stopped (processed %d, failed %d)",
+                self.name,
+                self.record.processed,
+                self.record.failed,
+            )
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -172,8 +194,12 @@ class Agent:
             return DeadLetter(f"task {task.id} is {task.status}, not queued")
         try:
             return self.state.transition(
-                task.id, Status.RUNNING, expect_version=task.version, agent=self.name,
-                attempts=task.attempts + 1, error=None,
+                task.id,
+                Status.RUNNING,
+                expect_version=task.version,
+                agent=self.name,
+                attempts=task.attempts + 1,
+                error=None,
             )
         except TransitionRejected:
             return None
@@ -189,9 +215,11 @@ class Agent:
         if task.attempts >= task.max_attempts:
             try:
                 failed = self.state.transition(
-                    task.id, Status.FAILED, expect_version=task.version,
+                    task.id,
+                    Status.FAILED,
+                    expect_version=task.version,
                     error=f"agent {task.agent} stopped responding on attempt {task.attempts} "
-                          f"of {task.max_attempts}; giving up (poison task?)",
+                    f"of {task.max_attempts}; giving up (poison task?)",
                 )
             except TransitionRejected:
                 return None
@@ -199,7 +227,9 @@ class Agent:
             return DeadLetter(failed.error or "exhausted attempts")
         try:
             return self.state.transition(
-                task.id, Status.QUEUED, expect_version=task.version,
+                task.id,
+                Status.QUEUED,
+                expect_version=task.version,
                 event_data={"reason": "redelivered", "previous_agent": task.agent},
             )
         except TransitionRejected:
@@ -248,45 +278,76 @@ class Agent:
         return "\n\n".join(parts) or "(none)"
 
     def _memory(self, task: Task) -> str:
-        items = [m for m in self.b.journals.memory(self.role.name).read(MEMORY_LINES)
-                 if m.get("root_id") == task.root_id and m.get("task_id") != task.id]
-        return "\n".join(f"- {m.get('title')}: {m.get('summary')}"
-                         for m in items[-MEMORY_ITEMS:]) or "(none)"
+        items = [
+            m
+            for m in self.b.journals.memory(self.role.name).read(MEMORY_LINES)
+            if m.get("root_id") == task.root_id and m.get("task_id") != task.id
+        ]
+        return (
+            "\n".join(f"- {m.get('title')}: {m.get('summary')}" for m in items[-MEMORY_ITEMS:])
+            or "(none)"
+        )
 
     def _call_llm(self, task: Task, cancel: threading.Event) -> LLMResponse:
         prompt = self.prompts.render(
-            self.role.prompt, title=task.title, input=task.input,
-            context=self._context(task), memory=self._memory(task),
+            self.role.prompt,
+            title=task.title,
+            input=task.input,
+            context=self._context(task),
+            memory=self._memory(task),
         )
         request = LLMRequest(
-            system=self.role.description, prompt=prompt, model=self.role.model,
-            max_tokens=self.role.max_tokens, temperature=self.role.temperature,
-            purpose="execute", role=self.role.name, cancel=cancel,
+            system=self.role.description,
+            prompt=prompt,
+            model=self.role.model,
+            max_tokens=self.role.max_tokens,
+            temperature=self.role.temperature,
+            purpose="execute",
+            role=self.role.name,
+            cancel=cancel,
         )
         return self.llm.complete(request)
 
     def _succeed(self, task: Task, response: LLMResponse) -> Action:
         try:
             done = self.state.transition(
-                task.id, Status.SUCCEEDED, expect_version=task.version, result=response.text,
+                task.id,
+                Status.SUCCEEDED,
+                expect_version=task.version,
+                result=response.text,
                 usage=task.usage + response.usage,
-                event_data={"model": response.model, "provider": response.provider,
-                            "tokens": response.usage.total_tokens},
+                event_data={
+                    "model": response.model,
+                    "provider": response.provider,
+                    "tokens": response.usage.total_tokens,
+                },
             )
         except TransitionRejected as exc:
             log.info("result of task %s discarded: %s", task.id, exc)
             return Ack()
         self.record.processed += 1
-        self.b.journals.metrics.write({
-            "kind": "task", "task_id": task.id, "root_id": task.root_id, "agent": self.name,
-            "role": self.role.name, "status": "succeeded", "model": response.model,
-            "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
-            **response.usage.model_dump(),
-        })
-        self.b.journals.memory(self.role.name).write({
-            "agent": self.name, "root_id": task.root_id, "task_id": task.id,
-            "title": task.title, "summary": response.text[:300],
-        })
+        self.b.journals.metrics.write(
+            {
+                "kind": "task",
+                "task_id": task.id,
+                "root_id": task.root_id,
+                "agent": self.name,
+                "role": self.role.name,
+                "status": "succeeded",
+                "model": response.model,
+                "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
+                **response.usage.model_dump(),
+            }
+        )
+        self.b.journals.memory(self.role.name).write(
+            {
+                "agent": self.name,
+                "root_id": task.root_id,
+                "task_id": task.id,
+                "title": task.title,
+                "summary": response.text[:300],
+            }
+        )
         self._notify(done, "succeeded")
         return Ack()
 

@@ -37,8 +37,13 @@ class Orchestrator:
     """Consumes intake and results; drives every task tree to a terminal state."""
 
     def __init__(
-        self, backends: Backends, roles: dict[str, RoleDefinition], planner: Planner,
-        *, name: str = "orchestrator", concurrency: int = 1,
+        self,
+        backends: Backends,
+        roles: dict[str, RoleDefinition],
+        planner: Planner,
+        *,
+        name: str = "orchestrator",
+        concurrency: int = 1,
     ) -> None:
         self.b = backends
         self.state = backends.state
@@ -99,12 +104,20 @@ class Orchestrator:
             return
         children: list[Task] = []
         for step in plan.subtasks:
-            children.append(Task(
-                root_id=task.root_id, parent_id=task.id, title=step.title, input=step.input,
-                capability=step.capability, priority=task.priority, timeout=task.timeout,
-                max_attempts=task.max_attempts, labels=dict(task.labels),
-                depends_on=[children[i].id for i in step.depends_on],
-            ))
+            children.append(
+                Task(
+                    root_id=task.root_id,
+                    parent_id=task.id,
+                    title=step.title,
+                    input=step.input,
+                    capability=step.capability,
+                    priority=task.priority,
+                    timeout=task.timeout,
+                    max_attempts=task.max_attempts,
+                    labels=dict(task.labels),
+                    depends_on=[children[i].id for i in step.depends_on],
+                )
+            )
         try:
             self.state.create_subtasks(task.id, children, plan.reason)
         except TransitionRejected:
@@ -114,8 +127,12 @@ class Orchestrator:
     def _log_decision(self, task: Task, plan: Plan) -> None:
         decision = {
             "decision": "decompose" if plan.decomposed else "route",
-            "task_id": task.id, "root_id": task.root_id, "title": task.title,
-            "planner": plan.planner, "why": plan.reason, "alternatives": plan.alternatives,
+            "task_id": task.id,
+            "root_id": task.root_id,
+            "title": task.title,
+            "planner": plan.planner,
+            "why": plan.reason,
+            "alternatives": plan.alternatives,
             "capability": plan.capability,
             "subtasks": [
                 {"title": s.title, "capability": s.capability, "depends_on": s.depends_on}
@@ -123,29 +140,48 @@ class Orchestrator:
             ],
         }
         self.b.journals.decisions.write(decision)
-        self.state.append_event(task.id, task.root_id, "planned", {
-            "planner": plan.planner, "why": plan.reason,
-            "subtasks": len(plan.subtasks), "capability": plan.capability,
-        })
+        self.state.append_event(
+            task.id,
+            task.root_id,
+            "planned",
+            {
+                "planner": plan.planner,
+                "why": plan.reason,
+                "subtasks": len(plan.subtasks),
+                "capability": plan.capability,
+            },
+        )
 
     def _live_agents_for(self, capability: str) -> list[str]:
         ttl = self.b.settings.agents.ttl_seconds
-        return [a.name for a in self.state.list_agents()
-                if capability in a.capabilities and a.is_alive(ttl)]
+        return [
+            a.name
+            for a in self.state.list_agents()
+            if capability in a.capabilities and a.is_alive(ttl)
+        ]
 
     def _dispatch(self, task: Task, capability: str) -> None:
         """pending → queued on ``work.<capability>``; waits in the queue if no agent is live."""
         agents = self._live_agents_for(capability)
         if not agents:
-            log.warning("no live agent for capability %s; task %s waits in its queue",
-                        capability, task.id)
-            self.state.append_event(task.id, task.root_id, "no_agent", {
-                "capability": capability,
-                "hint": f"start one: orchestra agent start <role with {capability}>",
-            })
+            log.warning(
+                "no live agent for capability %s; task %s waits in its queue", capability, task.id
+            )
+            self.state.append_event(
+                task.id,
+                task.root_id,
+                "no_agent",
+                {
+                    "capability": capability,
+                    "hint": f"start one: orchestra agent start <role with {capability}>",
+                },
+            )
         try:
             task = self.state.transition(
-                task.id, Status.QUEUED, expect_status=[Status.PENDING], capability=capability,
+                task.id,
+                Status.QUEUED,
+                expect_status=[Status.PENDING],
+                capability=capability,
                 event_data={"queue": work_queue(capability), "live_agents": len(agents)},
             )
         except TransitionRejected:
@@ -164,7 +200,9 @@ class Orchestrator:
         if broken:
             try:
                 self.state.transition(
-                    task.id, Status.CANCELLED, expect_status=[Status.PENDING],
+                    task.id,
+                    Status.CANCELLED,
+                    expect_status=[Status.PENDING],
                     error=f"dependency {broken[0].title!r} {broken[0].status}",
                 )
             except TransitionRejected:
@@ -193,13 +231,18 @@ class Orchestrator:
                     MAX_RETRY_DELAY_SECONDS,
                 )
                 task = self.state.transition(
-                    task.id, Status.QUEUED, expect_version=task.version, error=error,
+                    task.id,
+                    Status.QUEUED,
+                    expect_version=task.version,
+                    error=error,
                     event_data={"retry_in": delay, "reason": error},
                 )
                 self._publish_run(task, delay=delay)
                 return task
             task = self.state.transition(
-                task.id, Status.FAILED, expect_version=task.version,
+                task.id,
+                Status.FAILED,
+                expect_version=task.version,
                 error=f"{error} (after {task.attempts} attempts)",
             )
         except TransitionRejected as exc:
@@ -209,11 +252,15 @@ class Orchestrator:
         self.broker.dead_letter(
             work_queue(task.capability or ""), env, f"exhausted retries: {task.error}"
         )
-        self.b.journals.decisions.write({
-            "decision": "dead-letter", "task_id": task.id, "root_id": task.root_id,
-            "why": f"failed {task.attempts} of {task.max_attempts} attempts: {error}",
-            "alternatives": ["retry with `orchestra task retry`"],
-        })
+        self.b.journals.decisions.write(
+            {
+                "decision": "dead-letter",
+                "task_id": task.id,
+                "root_id": task.root_id,
+                "why": f"failed {task.attempts} of {task.max_attempts} attempts: {error}",
+                "alternatives": ["retry with `orchestra task retry`"],
+            }
+        )
         return task
 
     def _advance_children(self, parent_id: str, *, republish: bool = False) -> None:
@@ -240,24 +287,34 @@ class Orchestrator:
         failed = [c for c in children if c.status != Status.SUCCEEDED]
         try:
             if failed:
-                reasons = "; ".join(f"{c.title}: {c.status} ({c.error or 'no detail'})"
-                                    for c in failed)
+                reasons = "; ".join(
+                    f"{c.title}: {c.status} ({c.error or 'no detail'})" for c in failed
+                )
                 done = self.state.transition(
-                    parent.id, Status.FAILED, expect_status=[Status.WAITING],
+                    parent.id,
+                    Status.FAILED,
+                    expect_status=[Status.WAITING],
                     error=f"{len(failed)} of {len(children)} subtasks did not succeed: {reasons}",
                 )
             else:
                 done = self.state.transition(
-                    parent.id, Status.SUCCEEDED, expect_status=[Status.WAITING],
+                    parent.id,
+                    Status.SUCCEEDED,
+                    expect_status=[Status.WAITING],
                     result=aggregate_results(children),
                 )
         except TransitionRejected:
             return  # aggregated by another orchestrator thread
-        self.b.journals.decisions.write({
-            "decision": "aggregate", "task_id": parent.id, "root_id": parent.root_id,
-            "why": f"all {len(children)} subtasks finished", "outcome": done.status.value,
-            "alternatives": [],
-        })
+        self.b.journals.decisions.write(
+            {
+                "decision": "aggregate",
+                "task_id": parent.id,
+                "root_id": parent.root_id,
+                "why": f"all {len(children)} subtasks finished",
+                "outcome": done.status.value,
+                "alternatives": [],
+            }
+        )
         if done.parent_id is not None:
             self._advance_children(done.parent_id)
 

@@ -45,10 +45,40 @@ class Planner(Protocol):
 # capability → words that signal it, in the order the steps run
 _SIGNALS: list[tuple[str, tuple[str, ...]]] = [
     ("architecture", ("design", "architect", "architecture", "schema", "interface", "api")),
-    ("code", ("implement", "code", "build", "write", "fix", "function", "endpoint",
-              "refactor", "test", "script", "program", "feature")),
-    ("infrastructure", ("deploy", "docker", "kubernetes", "k8s", "terraform", "infrastructure",
-                        "pipeline", "ci/cd", "monitoring", "server", "cluster", "helm")),
+    (
+        "code",
+        (
+            "implement",
+            "code",
+            "build",
+            "write",
+            "fix",
+            "function",
+            "endpoint",
+            "refactor",
+            "test",
+            "script",
+            "program",
+            "feature",
+        ),
+    ),
+    (
+        "infrastructure",
+        (
+            "deploy",
+            "docker",
+            "kubernetes",
+            "k8s",
+            "terraform",
+            "infrastructure",
+            "pipeline",
+            "ci/cd",
+            "monitoring",
+            "server",
+            "cluster",
+            "helm",
+        ),
+    ),
     ("review", ("review", "audit", "assess", "critique")),
 ]
 
@@ -64,8 +94,7 @@ def _matches(text: str) -> list[str]:
     words = set(re.findall(r"[a-z0-9/]+", text.lower()))
     found = []
     for capability, signals in _SIGNALS:
-        if any(s in words or (len(s) > 4 and any(w.startswith(s) for w in words))
-               for s in signals):
+        if any(s in words or (len(s) > 4 and any(w.startswith(s) for w in words)) for s in signals):
             found.append(capability)
     return found
 
@@ -80,18 +109,22 @@ class RuleBasedPlanner:
 
     def plan(self, task: Task, capabilities: set[str]) -> Plan:
         if task.capability:
-            return Plan(self.name, "capability given by the submitter",
-                        capability=task.capability)
+            return Plan(self.name, "capability given by the submitter", capability=task.capability)
         found = [c for c in _matches(f"{task.title}\n{task.input}") if c in capabilities]
         if not found:
             return Plan(
-                self.name, f"no kind of work recognised; default capability "
-                f"{self.default_capability!r}", capability=self.default_capability,
+                self.name,
+                f"no kind of work recognised; default capability {self.default_capability!r}",
+                capability=self.default_capability,
                 alternatives=sorted(capabilities),
             )
         if len(found) == 1:
-            return Plan(self.name, f"one kind of work recognised: {found[0]}",
-                        capability=found[0], alternatives=["decompose"])
+            return Plan(
+                self.name,
+                f"one kind of work recognised: {found[0]}",
+                capability=found[0],
+                alternatives=["decompose"],
+            )
         return self._decompose(task, found, capabilities)
 
     def _decompose(self, task: Task, found: list[str], capabilities: set[str]) -> Plan:
@@ -107,14 +140,20 @@ class RuleBasedPlanner:
                 deps = list(range(len(subtasks)))
             else:
                 deps = [design_idx] if design_idx is not None else []
-            subtasks.append(PlannedSubtask(
-                title=_STEP_TITLES.get(cap, f"{cap}: {{title}}").format(title=task.title),
-                capability=cap, input=task.input, depends_on=deps,
-            ))
+            subtasks.append(
+                PlannedSubtask(
+                    title=_STEP_TITLES.get(cap, f"{cap}: {{title}}").format(title=task.title),
+                    capability=cap,
+                    input=task.input,
+                    depends_on=deps,
+                )
+            )
             if cap == "architecture":
                 design_idx = len(subtasks) - 1
         return Plan(
-            self.name, f"several kinds of work recognised ({', '.join(found)}): "
+            self.name,
+            f"several kinds of work recognised ({', '.join(found)}): "
             "design first, build in parallel, review last",
-            subtasks=subtasks, alternatives=[f"single {c} task" for c in found],
+            subtasks=subtasks,
+            alternatives=[f"single {c} task" for c in found],
         )

@@ -58,16 +58,18 @@ class Runtime:
     ) -> Agent:
         role = get_role(self.roles, role_name)
         self.prompts.get(role.prompt)  # a missing prompt fails now, not on the first task
-        agent = Agent(self.backends, role, self.llm, self.prompts, name=name,
-                      concurrency=concurrency)
+        agent = Agent(
+            self.backends, role, self.llm, self.prompts, name=name, concurrency=concurrency
+        )
         self.components.append(agent)
         return agent
 
     def start(self, stop: threading.Event) -> list[threading.Thread]:
         threads = []
         for comp in self.components:
-            thread = threading.Thread(target=_run_component, args=(comp, stop),
-                                      name=comp.name, daemon=True)
+            thread = threading.Thread(
+                target=_run_component, args=(comp, stop), name=comp.name, daemon=True
+            )
             thread.start()
             threads.append(thread)
         return threads

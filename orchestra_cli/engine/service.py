@@ -81,12 +81,14 @@ class TaskService:
         self.validate(req)
         defaults = self.b.settings.tasks
         task = Task(
-            title=req.title or _title_from(req.text), input=req.text,
+            title=req.title or _title_from(req.text),
+            input=req.text,
             capability=req.capability,
             priority=req.priority if req.priority is not None else 5,
             timeout=req.timeout or defaults.default_timeout,
             max_attempts=req.max_attempts or defaults.default_max_attempts,
-            labels=req.labels or {}, idempotency_key=req.idempotency_key,
+            labels=req.labels or {},
+            idempotency_key=req.idempotency_key,
         )
         stored, created = self.state.create_task(task)
         if created:
@@ -125,10 +127,15 @@ class TaskService:
             if t.status in TERMINAL:
                 continue
             try:
-                cancelled.append(self.state.transition(
-                    t.id, Status.CANCELLED, expect_status=[t.status],
-                    error="cancelled by operator", event_data={"by": "operator"},
-                ))
+                cancelled.append(
+                    self.state.transition(
+                        t.id,
+                        Status.CANCELLED,
+                        expect_status=[t.status],
+                        error="cancelled by operator",
+                        event_data={"by": "operator"},
+                    )
+                )
             except TransitionRejected:
                 continue
         if task.parent_id is not None:
@@ -147,26 +154,42 @@ class TaskService:
         while parent_id is not None:  # reopen finished ancestors so they aggregate again
             parent = self.state.get_task(parent_id)
             if parent.status in (Status.FAILED, Status.CANCELLED):
-                self.state.transition(parent.id, Status.WAITING, expect_version=parent.version,
-                                      error=None, event_data={"by": "operator"})
+                self.state.transition(
+                    parent.id,
+                    Status.WAITING,
+                    expect_version=parent.version,
+                    error=None,
+                    event_data={"by": "operator"},
+                )
             parent_id = parent.parent_id
         return self.state.get_task(task.id)
 
     def _reopen(self, task: Task) -> None:
         children = self.state.children(task.id)
         target = Status.WAITING if children else Status.PENDING
-        self.state.transition(task.id, target, expect_version=task.version, attempts=0,
-                              error=None, event_data={"by": "operator"})
+        self.state.transition(
+            task.id,
+            target,
+            expect_version=task.version,
+            attempts=0,
+            error=None,
+            event_data={"by": "operator"},
+        )
         for child in children:
             if child.status in (Status.FAILED, Status.CANCELLED):
                 self._reopen(child)
         if not children:
-            self.b.broker.publish(Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id),
-                                  priority=task.priority)
+            self.b.broker.publish(
+                Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id), priority=task.priority
+            )
 
     def _notify(self, task: Task, outcome: str) -> None:
-        env = Envelope(type=MSG_RESULT, task_id=task.id, attempt=task.attempts,
-                       payload={"outcome": outcome, "agent": "operator"})
+        env = Envelope(
+            type=MSG_RESULT,
+            task_id=task.id,
+            attempt=task.attempts,
+            payload={"outcome": outcome, "agent": "operator"},
+        )
         self.b.broker.publish(Q_RESULTS, env, priority=task.priority)
 
 

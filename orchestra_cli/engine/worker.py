@@ -49,7 +49,13 @@ class ConsumerLoop:
     """Consume ``queues`` with ``concurrency`` handler threads until ``stop`` is set."""
 
     def __init__(
-        self, broker: Broker, queues: list[str], handler: Handler, *, concurrency: int, name: str,
+        self,
+        broker: Broker,
+        queues: list[str],
+        handler: Handler,
+        *,
+        concurrency: int,
+        name: str,
     ) -> None:
         self.broker = broker
         self.queues = queues
@@ -83,12 +89,19 @@ class ConsumerLoop:
         try:
             action = self.handler(delivery)
         except OrchestraError as exc:
-            log.warning("handling %s failed: %s; retrying", delivery.envelope.type, exc,
-                        extra={"task_id": delivery.envelope.task_id})
+            log.warning(
+                "handling %s failed: %s; retrying",
+                delivery.envelope.type,
+                exc,
+                extra={"task_id": delivery.envelope.task_id},
+            )
             action = Nack(HANDLER_ERROR_RETRY_SECONDS)
         except Exception:
-            log.exception("handler crashed on %s", delivery.envelope.type,
-                          extra={"task_id": delivery.envelope.task_id})
+            log.exception(
+                "handler crashed on %s",
+                delivery.envelope.type,
+                extra={"task_id": delivery.envelope.task_id},
+            )
             action = Nack(HANDLER_ERROR_RETRY_SECONDS)
         self._done.put((delivery, action))
 
@@ -112,8 +125,12 @@ class ConsumerLoop:
             elif isinstance(action, Nack):
                 delivery.nack(delay=action.delay)
             else:
-                log.warning("dead-lettering %s: %s", delivery.envelope.type, action.reason,
-                            extra={"task_id": delivery.envelope.task_id})
+                log.warning(
+                    "dead-lettering %s: %s",
+                    delivery.envelope.type,
+                    action.reason,
+                    extra={"task_id": delivery.envelope.task_id},
+                )
                 delivery.dead_letter(action.reason)
         except Exception:  # the broker will redeliver an unsettled message
             log.exception("could not settle message for task %s", delivery.envelope.task_id)

@@ -42,5 +42,6 @@ class OfflineProvider:
             input_tokens=max(1, len(request.system + request.prompt) // 4),
             output_tokens=max(1, len(text) // 4),
         )
-        return LLMResponse(text=text, model=f"offline/{request.model}", provider=self.name,
-                           usage=usage)
+        return LLMResponse(
+            text=text, model=f"offline/{request.model}", provider=self.name, usage=usage
+        )
