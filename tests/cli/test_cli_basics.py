@@ -1,0 +1,97 @@
+"""The CLI in-process: output, JSON, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import CliRunner
+
+
+def test_version_and_help_exit_zero(cli: CliRunner) -> None:
+    assert "orchestra" in cli("--version").out
+    out = cli("--help").out
+    assert "Exit codes" in out and "task" in out and "agent" in out
+
+
+def test_help_imports_no_heavy_library() -> None:
+    code = (
+        "import sys\n"
+        "from orchestra_cli.cli.main import run_cli\n"
+        "assert run_cli(['--help']) == 0\n"
+        "heavy = [m for m in ('anthropic', 'hvac', 'pika', 'redis', 'fastapi', 'pydantic')"
+        " if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_task_submit_imports_neither_anthropic_nor_hvac_nor_pika(home: Path) -> None:
+    code = (
+        "import sys\n"
+        "from orchestra_cli.cli.main import run_cli\n"
+        "assert run_cli(['task', 'submit', '-q', 'write a function']) == 0\n"
+        "print('HEAVY=' + ','.join(m for m in ('anthropic', 'hvac', 'pika') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "ORCHESTRA_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_unknown_command_is_a_usage_error_on_one_line(cli: CliRunner) -> None:
+    result = cli("frobnicate", expect=2)
+    assert result.err.startswith("orchestra: error: ") and result.err.count("\n") == 1
+
+
+def test_init_writes_config_and_private_dotenv_and_refuses_to_overwrite(cli: CliRunner) -> None:
+    cli("init")
+    assert Path("orchestra.yaml").is_file()
+    assert stat.S_IMODE(os.stat(".env").st_mode) == 0o600
+    again = cli("init", expect=2)
+    assert "already exist" in again.err and "--force" in again.err
+    cli("init", "--force")
+    cli("config", "validate")
+
+
+def test_config_show_json_lists_sources_and_masks_secrets(
+    cli: CliRunner, monkeypatch: object
+) -> None:
+    import pytest
+
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    mp.setenv("ANTHROPIC_API_KEY", "sk-ant-test-1234567890abcdef")
+    mp.setenv("ORCHESTRA_BROKER_URL", "amqp://guest:hunter2@127.0.0.1:5672/")
+    result = cli("config", "show", "--sources", "--json")
+    assert "hunter2" not in result.out and "1234567890abcdef" not in result.out
+    data = json.loads(result.out)
+    assert data["settings"]["home"]["source"] == "ORCHESTRA_HOME"
+    assert data["settings"]["broker_url"]["value"] == "amqp://guest:***@127.0.0.1:5672/"
+    assert data["secrets"]["ANTHROPIC_API_KEY"] == {"set": True, "source": "env", "value": "***"}
+    table = cli("config", "show", "--sources").out
+    assert "ORCHESTRA_HOME" in table and "hunter2" not in table
+
+
+def test_invalid_yaml_config_is_a_one_line_error(cli: CliRunner) -> None:
+    Path("orchestra.yaml").write_text("llm: [oops\n")
+    result = cli("config", "validate", expect=2)
+    assert result.err.startswith("orchestra: error: ") and "orchestra.yaml:" in result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+
+
+def test_unknown_config_key_is_a_one_line_error(cli: CliRunner) -> None:
+    Path("orchestra.yaml").write_text("colour: blue\n")
+    result = cli("task", "list", expect=2)
+    assert "unknown key 'colour'" in result.err and result.err.count("\n") == 1
+
+
+def test_verbose_shows_the_traceback(cli: CliRunner) -> None:
+    Path("orchestra.yaml").write_text("colour: blue\n")
+    result = cli("-v", "task", "list", expect=2)
+    assert "Traceback" in result.err

@@ -1,0 +1,127 @@
+"""Task commands against the embedded state, without an orchestrator running."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CliRunner
+
+
+def test_submit_quiet_prints_only_the_id_and_get_shows_it(cli: CliRunner) -> None:
+    task_id = cli("task", "submit", "-q", "Write a parser").out.strip()
+    assert len(task_id) == 36 and "\n" not in task_id
+    data = json.loads(cli("task", "get", task_id, "--json").out)
+    assert data["id"] == task_id and data["status"] == "pending"
+    assert data["title"] == "Write a parser" and data["subtasks"] == []
+    assert "tree_usage" in data
+
+
+def test_submit_options_are_stored(cli: CliRunner) -> None:
+    out = cli(
+        "--json",
+        "task",
+        "submit",
+        "review this",
+        "--capability",
+        "review",
+        "--priority",
+        "8",
+        "--timeout",
+        "30",
+        "--max-attempts",
+        "2",
+        "--label",
+        "team=core",
+        "-l",
+        "env=ci",
+        "--title",
+        "A review",
+    ).out
+    task = json.loads(out)["task"]
+    assert task["capability"] == "review" and task["priority"] == 8
+    assert task["timeout"] == 30 and task["max_attempts"] == 2
+    assert task["labels"] == {"team": "core", "env": "ci"} and task["title"] == "A review"
+
+
+def test_idempotency_key_returns_the_same_task(cli: CliRunner) -> None:
+    first = cli("task", "submit", "-q", "x", "--idempotency-key", "deploy-42").out.strip()
+    second = cli("task", "submit", "-q", "y", "--idempotency-key", "deploy-42").out.strip()
+    assert first == second
+
+
+def test_submit_reads_stdin_and_files(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"from stdin\nmore")))
+    tid = cli("task", "submit", "-q", "-").out.strip()
+    assert json.loads(cli("--json", "task", "get", tid).out)["input"] == "from stdin\nmore"
+    Path("task.txt").write_text("from a file")
+    tid = cli("task", "submit", "-q", "--file", "task.txt").out.strip()
+    assert json.loads(cli("--json", "task", "get", tid).out)["title"] == "from a file"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["   "], "task text is empty"),
+        ([], "no task given"),
+        (["x", "--capability", "astrology"], "unknown capability 'astrology'"),
+        (["x", "--priority", "12"], "priority 12 is out of range"),
+        (["x", "--label", "novalue"], "is not KEY=VALUE"),
+        (["--file", "missing.txt"], "cannot read missing.txt"),
+    ],
+)
+def test_bad_submissions_get_a_one_line_error(
+    cli: CliRunner, args: list[str], message: str
+) -> None:
+    result = cli("task", "submit", *args, expect=2)
+    assert message in result.err
+    assert result.err.startswith("orchestra: error: ") and result.err.count("\n") == 1
+
+
+def test_non_utf8_and_oversized_input_are_rejected(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path("bin.dat").write_bytes(b"ok \xff\xfe bad")
+    assert "not UTF-8" in cli("task", "submit", "--file", "bin.dat", expect=2).err
+    monkeypatch.setenv("ORCHESTRA_TASKS__MAX_INPUT_BYTES", "1024")
+    result = cli("task", "submit", "x" * 2000, expect=2)
+    assert "over the 1,024-byte limit" in result.err
+
+
+def test_unknown_task_id_is_a_one_line_error(cli: CliRunner) -> None:
+    for command in ("get", "watch", "cancel", "retry"):
+        result = cli("task", command, "0000dead-0000-7000-8000-000000000000", expect=1)
+        assert "not found" in result.err and "orchestra task list" in result.err
+        assert result.err.count("\n") == 1
+
+
+def test_list_filters_and_rejects_unknown_status(cli: CliRunner) -> None:
+    ids = [cli("task", "submit", "-q", f"task {i}").out.strip() for i in range(3)]
+    listed = json.loads(cli("--json", "task", "list", "--limit", "2").out)
+    assert [t["id"] for t in listed] == [ids[2], ids[1]]
+    assert json.loads(cli("task", "list", "--status", "running", "--json").out) == []
+    assert len(json.loads(cli("task", "list", "-s", "pending,queued", "--json").out)) == 3
+    assert "unknown status 'runing'" in cli("task", "list", "-s", "runing", expect=2).err
+    assert ids[0] in cli("task", "list").out
+
+
+def test_cancel_then_retry_a_pending_task(cli: CliRunner) -> None:
+    tid = cli("task", "submit", "-q", "something").out.strip()
+    cancelled = json.loads(cli("--json", "task", "cancel", tid).out)
+    assert cancelled == {"cancelled": [tid]}
+    assert "already cancelled" in cli("task", "cancel", tid, expect=2).err
+    retried = json.loads(cli("--json", "task", "retry", tid).out)
+    assert retried["status"] == "pending" and retried["attempts"] == 0
+    assert "only failed or cancelled" in cli("task", "retry", tid, expect=2).err
+
+
+def test_agent_commands_on_an_empty_registry(cli: CliRunner) -> None:
+    assert json.loads(cli("--json", "agent", "list").out) == []
+    assert "no agents registered" in cli("agent", "list").err
+    assert "agent 'ghost' not found" in cli("agent", "status", "ghost", expect=1).err
+    assert "not found" in cli("agent", "stop", "ghost", expect=1).err
+    assert "unknown agent role 'wizard'" in cli("agent", "start", "wizard", expect=2).err

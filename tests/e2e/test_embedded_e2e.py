@@ -1,0 +1,185 @@
+"""The whole pipeline with real processes on one SQLite file: faults included."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import pytest
+
+from orchestra_cli.models import MSG_RUN, Q_INTAKE, Envelope
+from tests.e2e.conftest import Deployment
+from tests.support import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_multi_step_task_runs_through_different_agents_and_watch_exits_zero(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "200"
+    d.start("run", "--agents", "all")
+    task_id = d.submit("Design, implement and deploy a todo API, then review it")
+    watch = d.cli("task", "watch", task_id, "--timeout", "60")
+    assert "succeeded" in watch.out and "running" in watch.out
+    data = d.get_json(task_id)
+    assert data["status"] == "succeeded"
+    subtasks = data["subtasks"]
+    assert isinstance(subtasks, list) and len(subtasks) == 4
+    assert len({s["agent"] for s in subtasks}) == 4
+    assert all(s["status"] == "succeeded" for s in subtasks)
+    lines = d.cli("--json", "task", "watch", task_id).out.splitlines()
+    assert json.loads(lines[0])["type"] == "created"
+    decisions = (d.tmp / "home" / "decisions.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["decision"] == "decompose" for line in decisions)
+
+
+def test_killed_agent_task_is_redelivered_and_completes_once(deployment: Deployment) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "2500"
+    d.start("run")
+    agents = {name: d.start("agent", "start", "coder", "--name", name) for name in ("c-a", "c-b")}
+    task_id = d.submit("--capability", "code", "long running job")
+    running = d.wait_status(task_id, "running")
+    victim = running.agent
+    assert victim in agents
+    agents[victim].kill9()
+    done = d.wait_status(task_id, "succeeded", "failed", timeout=60)
+    assert done.status == "succeeded"
+    assert done.agent != victim and done.attempts == 2
+    assert d.backends.state.count_events(task_id, "succeeded") == 1
+    redelivered = [
+        e for e in d.backends.state.events(root_id=task_id) if e.data.get("reason") == "redelivered"
+    ]
+    assert len(redelivered) == 1 and redelivered[0].data["previous_agent"] == victim
+
+
+def test_200_tasks_from_4_concurrent_submitters_all_succeed_once(deployment: Deployment) -> None:
+    d = deployment
+    d.start("run")
+    d.start("agent", "start", "coder", "--concurrency", "4")
+    d.start("agent", "start", "coder", "--concurrency", "4")
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def submitter(n: int) -> None:
+        for i in range(50):
+            tid = d.submit("--capability", "code", f"job {n}-{i}")
+            with lock:
+                ids.append(tid)
+
+    threads = [threading.Thread(target=submitter, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 200
+    state = d.backends.state
+    wait_until(
+        lambda: len(state.list_tasks(status=["succeeded"], limit=1000)) == 200,
+        timeout=120,
+        what="200 tasks to succeed",
+    )
+    for tid in ids:
+        assert state.count_events(tid, "succeeded") == 1
+        assert state.count_events(tid, "running") == 1
+
+
+def test_cancelled_queued_task_never_runs(deployment: Deployment) -> None:
+    d = deployment
+    d.start("run")
+    task_id = d.submit("--capability", "review", "review the release")
+    d.wait_status(task_id, "queued")
+    events = d.backends.state.events(root_id=task_id)
+    assert any(e.type == "no_agent" for e in events)  # nobody can take it: it waits
+    d.cli("task", "cancel", task_id)
+    d.start("agent", "start", "reviewer")
+    later = d.submit("--capability", "review", "another review")
+    d.wait_status(later, "succeeded")
+    assert d.task(task_id).status == "cancelled"
+    assert d.backends.state.count_events(task_id, "running") == 0
+    assert d.cli("task", "watch", task_id, expect=1).code == 1
+
+
+def test_cancelled_running_task_is_stopped(deployment: Deployment) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "20000"
+    d.start("run")
+    d.start("agent", "start", "coder", "--name", "busy")
+    task_id = d.submit("--capability", "code", "a very long job")
+    d.wait_status(task_id, "running")
+    d.cli("task", "cancel", task_id)
+    wait_until(
+        lambda: d.backends.state.get_agent("busy").load == 0, timeout=15, what="agent to let go"
+    )
+    assert d.task(task_id).status == "cancelled"
+    assert d.backends.state.count_events(task_id, "succeeded") == 0
+
+
+def test_malformed_messages_are_dead_lettered_and_consumers_keep_going(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.start("run")
+    d.start("agent", "start", "coder")
+    broker = d.backends.broker
+    broker.publish_raw(Q_INTAKE, b"this is not json")
+    broker.publish_raw("work.code", b'{"v": 1, "type": "task.explode", "task_id": "x"}')
+    broker.publish("work.code", Envelope(type=MSG_RUN, task_id="no-such-task"))
+    task_id = d.submit("--capability", "code", "after the garbage")
+    d.wait_status(task_id, "succeeded")
+    reasons = [
+        m["reason"]
+        for m in wait_until(
+            lambda: len(broker.dead_letters()) >= 3 and broker.dead_letters(), what="3 dead letters"
+        )
+    ]
+    assert any("invalid envelope" in r for r in reasons)
+    assert any("unknown message type" in r for r in reasons)
+    assert any("does not exist" in r for r in reasons)
+
+
+def test_failing_task_is_retried_then_fails_and_is_dead_lettered(deployment: Deployment) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "1000"
+    d.start("run")
+    d.start("agent", "start", "coder")
+    task_id = d.submit("--capability", "code", "--timeout", "0.2", "--max-attempts", "2", "slow")
+    result = d.cli("task", "watch", task_id, "--timeout", "60", expect=1)
+    assert "timed out" in result.out + result.err
+    task = d.task(task_id)
+    assert (
+        task.status == "failed" and task.attempts == 2 and "after 2 attempts" in (task.error or "")
+    )
+    dead = d.backends.broker.dead_letters()
+    assert any(task_id in m["body"] and "exhausted retries" in m["reason"] for m in dead)
+
+
+def test_sigterm_drains_the_agent_which_finishes_its_task(deployment: Deployment) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "1500"
+    d.start("run")
+    agent = d.start("agent", "start", "coder", "--name", "drainer")
+    task_id = d.submit("--capability", "code", "finish me")
+    d.wait_status(task_id, "running")
+    assert agent.stop(signal.SIGTERM, timeout=20) == 0
+    assert d.task(task_id).status == "succeeded"
+    assert "stopped" in agent.output()
+    assert d.backends.state.get_agent("drainer").status == "stopped"
+
+
+def test_agent_stop_command_drains_a_running_agent(deployment: Deployment) -> None:
+    d = deployment
+    agent = d.start("agent", "start", "coder", "--name", "stoppable")
+    wait_until(
+        lambda: d.cli("agent", "status", "stoppable", expect=None).code == 0,
+        timeout=20,
+        what="agent to register",
+    )
+    listed = json.loads(d.cli("--json", "agent", "list").out)
+    assert listed[0]["name"] == "stoppable" and listed[0]["state"] == "running"
+    d.cli("agent", "stop", "stoppable", "--wait", "--timeout", "20")
+    assert agent.popen.wait(timeout=20) == 0
+    assert d.cli("agent", "status", "stoppable", expect=1).code == 1

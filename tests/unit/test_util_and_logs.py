@@ -1,0 +1,51 @@
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+from orchestra_cli.logs import JsonlWriter, redact, register_secret
+from orchestra_cli.util import new_id, parse_since
+
+
+def test_ids_are_time_ordered_uuid7() -> None:
+    ids = []
+    for _ in range(50):
+        ids.append(new_id())
+        time.sleep(0.001)
+    assert ids == sorted(ids)
+    assert all(i[14] == "7" for i in ids)
+    assert len(set(ids)) == 50
+
+
+def test_since_accepts_durations_and_iso_dates() -> None:
+    assert abs(parse_since("2h") - (time.time() - 7200)) < 2
+    assert parse_since("2026-01-01") > 0
+
+
+def _write_many(path: str, worker: int) -> None:
+    writer = JsonlWriter(Path(path))
+    for i in range(200):
+        writer.write({"worker": worker, "i": i, "pad": "x" * 500})
+
+
+def test_jsonl_writer_lines_never_interleave_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(str(path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 800
+    assert all(json.loads(line)["pad"] == "x" * 500 for line in lines)
+
+
+def test_redaction_masks_known_secrets_keys_and_url_passwords() -> None:
+    register_secret("super-secret-value-123")
+    text = redact(
+        "key sk-ant-api03-abcdefghijklmnop url amqp://guest:pw@host/ v super-secret-value-123"
+    )
+    assert "abcdefghijklmnop" not in text and "pw@" not in text
+    assert "super-secret-value-123" not in text
+    assert "amqp://guest:***@host/" in text
