@@ -78,4 +78,10 @@ def build_app() -> typer.Typer:
 
 def build_command() -> Any:
     """The click command behind the app (what `run_cli` executes)."""
+    import os
+
+    if os.environ.get("_ORCHESTRA_COMPLETE"):  # a shell asking for completions
+        from typer._completion_classes import completion_init
+
+        completion_init()
     return typer.main.get_command(build_app())

@@ -1,0 +1,1 @@
+complete --command orchestra --no-files --arguments "(env _ORCHESTRA_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) orchestra)" --condition "env _ORCHESTRA_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) orchestra"

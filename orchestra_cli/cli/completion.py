@@ -1,0 +1,37 @@
+"""Shell completion scripts for `orchestra`, generated from the CLI.
+
+The scripts ask `orchestra` itself for candidates (``_ORCHESTRA_COMPLETE``),
+so they always match the installed commands and options.
+``python -m orchestra_cli.cli.completion completions`` rewrites the
+committed copies; a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+COMPLETE_VAR = "_ORCHESTRA_COMPLETE"
+FILES = {"bash": "orchestra.bash", "zsh": "_orchestra", "fish": "orchestra.fish"}
+
+
+def script(shell: str) -> str:
+    """The completion script for ``shell`` (bash, zsh or fish)."""
+    from typer._completion_shared import get_completion_script
+
+    return get_completion_script(prog_name="orchestra", complete_var=COMPLETE_VAR, shell=shell)
+
+
+def write_all(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for shell, name in FILES.items():
+        path = directory / name
+        path.write_text(script(shell) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_all(Path(sys.argv[1] if len(sys.argv) > 1 else "completions")):
+        print(f"wrote {path}")
