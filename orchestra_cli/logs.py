@@ -118,12 +118,19 @@ class JsonlWriter:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def read(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Every line (or the last ``limit``), skipping any that do not parse."""
+    def read(self, limit: int | None = None, tail_bytes: int = 256_000) -> list[dict[str, Any]]:
+        """Every line, or the last ``limit`` (read from the file's tail), skipping bad lines."""
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            with open(self.path, "rb") as fh:
+                if limit is not None:
+                    size = fh.seek(0, os.SEEK_END)
+                    fh.seek(max(0, size - tail_bytes))
+                    if size > tail_bytes:
+                        fh.readline()  # drop the partial first line
+                data = fh.read()
         except FileNotFoundError:
             return []
+        lines = data.decode("utf-8", "replace").splitlines()
         if limit is not None:
             lines = lines[-limit:]
         out = []
