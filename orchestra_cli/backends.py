@@ -53,6 +53,8 @@ def open_backends(settings: Settings) -> Backends:
     """Connect to the state store and broker named by the settings."""
     state_url = settings.effective_state_url
     broker_url = settings.effective_broker_url
+    if _scheme(state_url) in ("redis", "rediss") or _scheme(broker_url) in ("amqp", "amqps"):
+        return _open_services(settings, state_url, broker_url)
     for url, key in ((state_url, "state_url"), (broker_url, "broker_url")):
         if _scheme(url) != "sqlite":
             raise ConfigError(
@@ -77,16 +79,47 @@ def open_backends(settings: Settings) -> Backends:
     return backends
 
 
+def _open_services(settings: Settings, state_url: str, broker_url: str) -> Backends:
+    """Redis state + RabbitMQ messages (the services backend); both or neither."""
+    if _scheme(state_url) not in ("redis", "rediss"):
+        raise ConfigError(
+            f"broker_url is {mask_url(broker_url)} but state_url is {mask_url(state_url)}",
+            "with RabbitMQ, set ORCHESTRA_STATE_URL=redis://host:6379/0 as well",
+        )
+    if _scheme(broker_url) not in ("amqp", "amqps"):
+        raise ConfigError(
+            f"state_url is {mask_url(state_url)} but broker_url is {mask_url(broker_url)}",
+            "with Redis, set ORCHESTRA_BROKER_URL=amqp://user:pass@host:5672/%2F as well",
+        )
+    from orchestra_cli.broker.rabbitmq import RabbitBroker
+    from orchestra_cli.state.redis import RedisStateStore
+
+    state = RedisStateStore(state_url, settings.redis)
+    broker = RabbitBroker(
+        broker_url,
+        settings.rabbitmq,
+        queue_type=settings.broker.queue_type,
+        max_deliveries=settings.broker.max_deliveries,
+    )
+    backends = Backends(settings, state, broker, Journals(settings.home))
+    backends._closers.extend([broker.close, state.close])
+    return backends
+
+
 def open_secrets(settings: Settings, cwd: Path | None = None) -> ChainSecrets:
     """The provider chain for ``secrets_url``: (Vault →) environment → ``.env``."""
     from orchestra_cli.secrets.env import DotenvSecrets, EnvSecrets
 
     providers: list[SecretsProvider] = []
-    if settings.secrets_url != "env":
+    scheme = _scheme(settings.secrets_url)
+    if scheme in ("vault", "vaults"):
+        from orchestra_cli.secrets.vault import VaultSecrets
+
+        providers.append(VaultSecrets(settings.secrets_url, settings.vault))
+    elif settings.secrets_url != "env":
         raise ConfigError(
-            f"secrets_url {mask_url(settings.secrets_url)}: only 'env' is available in this "
-            "version",
-            "unset ORCHESTRA_SECRETS_URL",
+            f"secrets_url {mask_url(settings.secrets_url)} is not supported",
+            "use env or vault://host:port/mount/path",
         )
     providers += [EnvSecrets(), DotenvSecrets((cwd or Path.cwd()) / ".env")]
     return ChainSecrets(providers)
@@ -96,10 +129,25 @@ def open_llm(settings: Settings, secrets: SecretsProvider) -> LLMProvider:
     """The provider in effect: ``llm.provider``, or offline when no API key resolves."""
     from orchestra_cli.llm.offline import OfflineProvider
 
-    # "auto" stays offline until the Anthropic provider lands (issue 4).
-    if settings.llm.provider == "anthropic":
-        raise ConfigError(
-            "the anthropic provider is not available in this version",
-            "set ORCHESTRA_LLM__PROVIDER=offline or unset ANTHROPIC_API_KEY",
-        )
-    return OfflineProvider(settings.llm.offline.latency_ms)
+    provider = settings.llm.provider
+    if provider == "offline":
+        return OfflineProvider(settings.llm.offline.latency_ms)
+    api_key = secrets.get("ANTHROPIC_API_KEY")
+    if not api_key:
+        if provider == "anthropic":
+            raise ConfigError(
+                "llm.provider is anthropic but ANTHROPIC_API_KEY does not resolve",
+                "set ANTHROPIC_API_KEY (environment, .env or Vault) or use "
+                "ORCHESTRA_LLM__PROVIDER=offline",
+            )
+        return OfflineProvider(settings.llm.offline.latency_ms)
+    from orchestra_cli.llm.anthropic import AnthropicProvider
+
+    llm = settings.llm
+    return AnthropicProvider(
+        api_key,
+        base_url=llm.base_url,
+        timeout=llm.timeout,
+        max_attempts=llm.max_retries + 1,
+        backoff_seconds=llm.retry_backoff_seconds,
+    )

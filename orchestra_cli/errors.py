@@ -102,11 +102,33 @@ class SecretsUnavailable(SecretsError):
 
 
 class LLMError(OrchestraError):
-    """The LLM provider failed."""
+    """The LLM provider failed.
+
+    ``retryable`` says whether running the task again could help.
+    """
+
+    retryable: bool = True
+
+
+class LLMAuthError(LLMError):
+    """The provider refused the credentials; retrying cannot help."""
+
+    retryable = False
 
 
 class LLMOutputInvalid(LLMError):
-    """The model's output did not validate after the allowed re-asks."""
+    """The model's output did not validate after the allowed re-asks.
+
+    ``raw_output`` is the last output, for the error event.
+    """
+
+    raw_output: str = ""
+
+
+class BudgetExceeded(LLMError):
+    """A task tree spent its token or USD budget; no more calls are made."""
+
+    retryable = False
 
 
 class TaskTimeout(OrchestraError):

@@ -32,19 +32,64 @@ class OfflineLLMSettings(_Section):
     latency_ms: int = Field(0, ge=0, description="simulated think time per call")
 
 
+class ModelPrice(_Section):
+    """USD per million tokens for one model (or model-name prefix)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float | None = Field(None, ge=0, description="default 1.25 × input")
+    cache_read: float | None = Field(None, ge=0, description="default 0.1 × input")
+
+
 class LLMSettings(_Section):
     provider: Literal["auto", "anthropic", "offline"] = "auto"
     model: str = "claude-sonnet-5-5"
     max_tokens: int = Field(2048, ge=1)
     temperature: float = Field(0.2, ge=0, le=1)
     timeout: float = Field(60.0, gt=0)
+    base_url: str | None = Field(None, description="default: ANTHROPIC_BASE_URL or the API")
+    max_retries: int = Field(4, ge=0, le=20, description="retries on 429/529/5xx/timeouts")
+    retry_backoff_seconds: float = Field(1.0, ge=0, description="first backoff, doubled")
+    max_reasks: int = Field(2, ge=0, le=10, description="re-asks on invalid structured output")
+    budget_usd: float | None = Field(None, gt=0, description="per task tree")
+    budget_tokens: int | None = Field(None, gt=0, description="per task tree")
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="model (or prefix) → price; adds to the built-ins"
+    )
     offline: OfflineLLMSettings = OfflineLLMSettings()
+
+
+class VaultSettings(_Section):
+    timeout: float = Field(5.0, gt=0)
+    cache_seconds: float = Field(30.0, ge=0, description="in-process secret cache")
+    renew_before_seconds: float = Field(60.0, ge=0, description="renew the token this early")
+    approle_mount: str = "approle"
 
 
 class BrokerSettings(_Section):
     lease_seconds: float = Field(30.0, gt=0, description="embedded: claim lease, renewed")
     max_deliveries: int = Field(5, ge=1, description="deliveries before a poison message")
     queue_type: Literal["classic", "quorum"] = "classic"
+
+
+class RedisSettings(_Section):
+    """The Redis state store (``state_url: redis://…``)."""
+
+    key_prefix: str = Field("orchestra", min_length=1, description="namespace of every key")
+    stream_maxlen: int = Field(100_000, ge=1, description="events kept per stream (approx.)")
+    socket_timeout: float = Field(5.0, gt=0, description="seconds per command")
+    connect_timeout: float = Field(2.0, gt=0)
+    health_check_interval: int = Field(15, ge=0, description="ping idle connections (s)")
+    max_connections: int = Field(64, ge=1, description="pool size per process")
+
+
+class RabbitMQSettings(_Section):
+    """The RabbitMQ broker (``broker_url: amqp://…``)."""
+
+    queue_prefix: str = Field("orchestra", min_length=1, description="namespace of queues")
+    heartbeat: int = Field(30, ge=0, description="AMQP heartbeat (s); 0 disables")
+    blocked_connection_timeout: float = Field(60.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
 
 
 class AgentSettings(_Section):
@@ -89,7 +134,10 @@ class Settings(_Section):
     secrets_url: str = "env"
     prompts_dir: Path | None = None
     llm: LLMSettings = LLMSettings()
+    vault: VaultSettings = VaultSettings()
     broker: BrokerSettings = BrokerSettings()
+    redis: RedisSettings = RedisSettings()
+    rabbitmq: RabbitMQSettings = RabbitMQSettings()
     agents: AgentSettings = AgentSettings()
     tasks: TaskSettings = TaskSettings()
     log: LogSettings = LogSettings()

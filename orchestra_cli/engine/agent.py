@@ -19,6 +19,7 @@ from collections.abc import Callable
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
+from orchestra_cli.engine.budget import Meter
 from orchestra_cli.engine.roles import RoleDefinition
 from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter, Nack
 from orchestra_cli.errors import (
@@ -82,6 +83,7 @@ class Agent:
             pid=os.getpid(),
             version=__version__,
         )
+        self.meter = Meter(backends.state, backends.journals, backends.settings.llm)
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -260,7 +262,7 @@ class Agent:
             log.info("task %s cancelled while running: %s", task.id, exc)
             return Ack()
         except OrchestraError as exc:
-            return self._fail(task, str(exc))
+            return self._fail(task, str(exc), retryable=getattr(exc, "retryable", True))
         except Exception as exc:
             log.exception("task %s crashed", task.id)
             return self._fail(task, f"{type(exc).__name__}: {exc}")
@@ -306,7 +308,8 @@ class Agent:
             role=self.role.name,
             cancel=cancel,
         )
-        return self.llm.complete(request)
+        # budget check before the call, usage and cost charged to the task per call
+        return self.meter.wrap(self.llm, task, agent=self.name).complete(request)
 
     def _succeed(self, task: Task, response: LLMResponse) -> Action:
         try:
@@ -315,11 +318,11 @@ class Agent:
                 Status.SUCCEEDED,
                 expect_version=task.version,
                 result=response.text,
-                usage=task.usage + response.usage,
                 event_data={
                     "model": response.model,
                     "provider": response.provider,
                     "tokens": response.usage.total_tokens,
+                    "cost_usd": response.usage.cost_usd,
                 },
             )
         except TransitionRejected as exc:
@@ -336,7 +339,7 @@ class Agent:
                 "status": "succeeded",
                 "model": response.model,
                 "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
-                **response.usage.model_dump(),
+                **done.usage.model_dump(),  # every call of this task, charged by the meter
             }
         )
         self.b.journals.memory(self.role.name).write(
@@ -351,16 +354,20 @@ class Agent:
         self._notify(done, "succeeded")
         return Ack()
 
-    def _fail(self, task: Task, error: str) -> Action:
+    def _fail(self, task: Task, error: str, *, retryable: bool = True) -> Action:
         log.warning("task %s attempt %d failed: %s", task.id, task.attempts, error)
         self.record.failed += 1
-        self._notify(task, "failed", error=error)
+        self._notify(task, "failed", error=error, retryable=retryable)
         return Ack()
 
-    def _notify(self, task: Task, outcome: str, error: str | None = None) -> None:
-        payload = {"outcome": outcome, "agent": self.name}
+    def _notify(
+        self, task: Task, outcome: str, error: str | None = None, *, retryable: bool = True
+    ) -> None:
+        payload: dict[str, object] = {"outcome": outcome, "agent": self.name}
         if error:
             payload["error"] = error
+        if not retryable:
+            payload["retryable"] = False  # e.g. budget exceeded: a retry would only fail again
         env = Envelope(type=MSG_RESULT, task_id=task.id, attempt=task.attempts, payload=payload)
         self.b.broker.publish(Q_RESULTS, env, priority=task.priority)
 

@@ -217,15 +217,17 @@ class Orchestrator:
         outcome = env.payload.get("outcome")
         if outcome == "failed" and task.attempts == env.attempt:
             if task.status == Status.RUNNING:
-                task = self._retry_or_fail(task, str(env.payload.get("error") or "failed"))
+                error = str(env.payload.get("error") or "failed")
+                retryable = env.payload.get("retryable", True) is not False
+                task = self._retry_or_fail(task, error, retryable=retryable)
             elif task.status == Status.QUEUED and redelivered:
                 self._publish_run(task)  # the retry's publish may have been lost in a crash
         if task.status in TERMINAL and task.parent_id is not None:
             self._advance_children(task.parent_id, republish=redelivered)
 
-    def _retry_or_fail(self, task: Task, error: str) -> Task:
+    def _retry_or_fail(self, task: Task, error: str, *, retryable: bool = True) -> Task:
         try:
-            if task.attempts < task.max_attempts:
+            if retryable and task.attempts < task.max_attempts:
                 delay = min(
                     self.b.settings.tasks.retry_backoff_seconds * 2 ** (task.attempts - 1),
                     MAX_RETRY_DELAY_SECONDS,

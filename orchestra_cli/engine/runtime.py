@@ -19,7 +19,7 @@ from typing import Protocol
 from orchestra_cli.backends import Backends, open_llm, open_secrets
 from orchestra_cli.engine.agent import Agent
 from orchestra_cli.engine.orchestrator import Orchestrator
-from orchestra_cli.engine.planner import RuleBasedPlanner
+from orchestra_cli.engine.planner import Planner, RuleBasedPlanner
 from orchestra_cli.engine.roles import RoleDefinition, get_role
 from orchestra_cli.errors import ExitStatus
 from orchestra_cli.llm.prompts import PromptLibrary
@@ -47,9 +47,29 @@ class Runtime:
         self.llm = open_llm(settings, self.secrets)
         self.prompts = PromptLibrary(settings.prompts_dir)
 
+    def planner(self) -> Planner:
+        """The LLM planner with a real model, the rule-based one offline."""
+        settings = self.backends.settings
+        rules = RuleBasedPlanner(settings.tasks.default_capability)
+        if self.llm.name == "offline":
+            return rules
+        from orchestra_cli.engine.budget import Meter
+        from orchestra_cli.engine.llm_planner import LLMPlanner
+
+        meter = Meter(self.backends.state, self.backends.journals, settings.llm)
+        return LLMPlanner(
+            self.llm,
+            self.prompts,
+            rules,
+            meter,
+            model=settings.llm.model,
+            max_tokens=settings.llm.max_tokens,
+            temperature=settings.llm.temperature,
+            max_reasks=settings.llm.max_reasks,
+        )
+
     def add_orchestrator(self, concurrency: int = 1) -> Orchestrator:
-        planner = RuleBasedPlanner(self.backends.settings.tasks.default_capability)
-        orch = Orchestrator(self.backends, self.roles, planner, concurrency=concurrency)
+        orch = Orchestrator(self.backends, self.roles, self.planner(), concurrency=concurrency)
         self.components.append(orch)
         return orch
 

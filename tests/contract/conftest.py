@@ -7,13 +7,16 @@ prefix and queue names on the shared services) and cleans up after it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestra_cli.backends import Backends, open_backends
 from orchestra_cli.settings import Settings
+from tests.support import require_service
 
 Factory = Callable[[Path], Iterator[Backends]]
 
@@ -28,7 +31,45 @@ def embedded(home: Path) -> Iterator[Backends]:
     b.close()
 
 
-FACTORIES: dict[str, Factory] = {"embedded": embedded}
+REDIS_URL = "redis://127.0.0.1:6379/0"
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def services_settings(home: Path, **overrides: Any) -> Settings:
+    """Redis + RabbitMQ settings with a key prefix and queue prefix of their own."""
+    require_service("Redis", "127.0.0.1", 6379)
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    run = uuid.uuid4().hex[:12]
+    values: dict[str, Any] = {
+        "home": home,
+        "state_url": REDIS_URL,
+        "broker_url": AMQP_URL,
+        "broker": {"lease_seconds": 1.0, "max_deliveries": 3},
+        "redis": {"key_prefix": f"orchestra-test:{run}"},
+        "rabbitmq": {"queue_prefix": f"orchestra-test.{run}"},
+        **overrides,
+    }
+    return Settings.model_validate(values)
+
+
+def services(home: Path) -> Iterator[Backends]:
+    b = open_backends(services_settings(home))
+    try:
+        yield b
+    finally:
+        cleanup_services(b)
+
+
+def cleanup_services(b: Backends) -> None:
+    """Delete the test's keys and queues, then close the clients."""
+    try:
+        b.broker.delete_topology()  # type: ignore[attr-defined]
+        b.state.purge_namespace()  # type: ignore[attr-defined]
+    finally:
+        b.close()
+
+
+FACTORIES: dict[str, Factory] = {"embedded": embedded, "services": services}
 BACKEND_KINDS = list(FACTORIES)
 
 

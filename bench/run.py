@@ -1,0 +1,446 @@
+"""`make bench`: orchestra against Celery and Dramatiq, same machine, same broker, one run.
+
+Prints one table and writes the same figures to ``bench/results/latest.json``.
+Each figure is the median of ``--reps`` repetitions after a discarded
+warm-up. Throughput is N no-op tasks from first submit to last completion;
+latency is submit → completion of ``--latency-n`` sequential tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "latest.json"
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+POLL = 0.0005
+
+
+@dataclass
+class Row:
+    system: str
+    mode: str
+    n: int
+    concurrency: str
+    persistence: str
+    confirms: str
+    throughput: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    runs: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def measure(
+    row: Row, throughput: Callable[[], float], latency: Callable[[], list[float]], reps: int
+) -> Row:
+    throughput()  # warm-up, discarded
+    row.runs = [throughput() for _ in range(reps)]
+    row.throughput = statistics.median(row.runs)
+    samples = latency()
+    row.p50_ms = percentile(samples, 50) * 1000
+    row.p99_ms = percentile(samples, 99) * 1000
+    return row
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+# -- orchestra ------------------------------------------------------------------
+@contextmanager
+def orchestra(mode: str, agent_concurrency: int) -> Iterator[tuple[object, dict[str, str]]]:
+    """An orchestrator and one coder agent as real processes; yields (backends, env)."""
+    from orchestra_cli.backends import open_backends
+    from orchestra_cli.settings import load_settings
+
+    home = Path(tempfile.mkdtemp(prefix="orchestra-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env["ORCHESTRA_HOME"] = str(home)
+    env["ORCHESTRA_LOG__LEVEL"] = "WARNING"
+    run_id = uuid.uuid4().hex[:8]
+    if mode == "services":
+        env["ORCHESTRA_STATE_URL"] = REDIS_URL
+        env["ORCHESTRA_BROKER_URL"] = AMQP_URL
+        env["ORCHESTRA_REDIS__KEY_PREFIX"] = f"bench-{run_id}"
+        env["ORCHESTRA_RABBITMQ__QUEUE_PREFIX"] = f"bench-{run_id}"
+    cmd = [sys.executable, "-m", "orchestra_cli"]
+    out = subprocess.DEVNULL
+    procs = [
+        subprocess.Popen([*cmd, "run"], env=env, stdout=out, stderr=out),
+        subprocess.Popen(
+            [*cmd, "agent", "start", "coder", "-n", str(agent_concurrency)],
+            env=env,
+            stdout=out,
+            stderr=out,
+        ),
+    ]
+    backends = open_backends(load_settings(env=env).settings)
+    try:
+        deadline = time.monotonic() + 30
+        while not [a for a in backends.state.list_agents() if a.status == "running"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("orchestra agent did not start")
+            time.sleep(0.1)
+        yield backends, env
+    finally:
+        _stop(procs)
+        backends.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
+    from orchestra_cli.engine.roles import load_roles
+    from orchestra_cli.engine.service import SubmitRequest, TaskService
+
+    concurrency = 8
+    row = Row(
+        "orchestra",
+        mode,
+        n,
+        f"1 orchestrator + 1 agent x {concurrency} threads",
+        "every transition + event persisted"
+        + (" (Redis)" if mode == "services" else " (SQLite WAL)"),
+        "publisher confirms" if mode == "services" else "committed transaction",
+    )
+    with orchestra(mode, concurrency) as (backends, _env):
+        svc = TaskService(backends, load_roles())  # type: ignore[arg-type]
+        state = backends.state  # type: ignore[attr-defined]
+        existing = state.events(after=0, limit=1_000_000)
+        cursor = [existing[-1].seq if existing else 0]
+
+        def succeeded_since(count_needed: int) -> None:
+            done = 0
+            while done < count_needed:
+                events = state.events(after=cursor[0], limit=10_000)
+                if events:
+                    cursor[0] = events[-1].seq
+                    done += sum(1 for e in events if e.type == "succeeded")
+                else:
+                    time.sleep(0.002)
+
+        def throughput() -> float:
+            start = time.perf_counter()
+            for i in range(n):
+                svc.submit(SubmitRequest(text=f"noop {i}", capability="code"))
+            succeeded_since(n)
+            return n / (time.perf_counter() - start)
+
+        def latency() -> list[float]:
+            samples = []
+            for i in range(latency_n):
+                start = time.perf_counter()
+                task, _ = svc.submit(SubmitRequest(text=f"lat {i}", capability="code"))
+                while True:
+                    events = state.events(after=cursor[0], limit=100)
+                    if events:
+                        cursor[0] = events[-1].seq
+                        if any(e.type == "succeeded" and e.task_id == task.id for e in events):
+                            break
+                    else:
+                        time.sleep(POLL)
+                samples.append(time.perf_counter() - start)
+            return samples
+
+        return measure(row, throughput, latency, reps)
+
+
+# -- Celery ---------------------------------------------------------------------
+def celery_row(n: int, latency_n: int, reps: int) -> Row:
+    queue = f"bench-celery-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "BENCH_QUEUE": queue, "PYTHONPATH": str(REPO)}
+    os.environ["BENCH_QUEUE"] = queue
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.celery_app",
+            "worker",
+            "--pool",
+            "threads",
+            "-c",
+            "2",
+            "-Q",
+            queue,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "warning",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sys.path.insert(0, str(REPO))
+        from bench.celery_app import app, noop
+
+        app.conf.task_default_queue = queue
+        noop.apply_async((0,), queue=queue).get(timeout=60)
+        row = Row(
+            "celery",
+            "rabbitmq+redis",
+            n,
+            "1 worker x 2 threads (acks_late)",
+            "persistent messages; results in Redis",
+            "publisher confirms off (default)",
+        )
+
+        def throughput() -> float:
+            start = time.perf_counter()
+            results = [noop.apply_async((i,), queue=queue) for i in range(n)]
+            for r in results:
+                r.get(timeout=600)
+            return n / (time.perf_counter() - start)
+
+        def latency() -> list[float]:
+            samples = []
+            for i in range(latency_n):
+                start = time.perf_counter()
+                noop.apply_async((i,), queue=queue).get(timeout=60, interval=POLL)
+                samples.append(time.perf_counter() - start)
+            return samples
+
+        return measure(row, throughput, latency, reps)
+    finally:
+        _stop([worker])
+        _delete_queue(queue)
+
+
+# -- Dramatiq -------------------------------------------------------------------
+def dramatiq_row(n: int, latency_n: int, reps: int) -> Row:
+    import redis
+
+    queue = f"bench-dramatiq-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "BENCH_QUEUE": queue, "PYTHONPATH": str(REPO)}
+    os.environ["BENCH_QUEUE"] = queue
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "bench.dramatiq_app", "-p", "2", "-t", "8", "-Q", queue],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        sys.path.insert(0, str(REPO))
+        from bench.dramatiq_app import COUNTER, noop
+
+        def wait_count(target: int) -> None:
+            while int(r.get(COUNTER) or 0) < target:
+                time.sleep(0.002)
+
+        r.delete(COUNTER)
+        noop.send(-1)
+        wait_count(1)
+        row = Row(
+            "dramatiq",
+            "rabbitmq",
+            n,
+            "2 processes x 8 threads",
+            "persistent messages; completions counted in Redis",
+            "publisher confirms on",
+        )
+
+        def throughput() -> float:
+            base = int(r.get(COUNTER) or 0)
+            start = time.perf_counter()
+            for i in range(n):
+                noop.send(i)
+            wait_count(base + n)
+            return n / (time.perf_counter() - start)
+
+        def latency() -> list[float]:
+            samples = []
+            for i in range(latency_n):
+                key = f"{queue}:item:{1_000_000 + i}"
+                start = time.perf_counter()
+                noop.send(1_000_000 + i)
+                while not r.exists(key):
+                    time.sleep(POLL)
+                samples.append(time.perf_counter() - start)
+            return samples
+
+        return measure(row, throughput, latency, reps)
+    finally:
+        _stop([worker])
+        _delete_queue(queue)
+        keys = list(r.scan_iter(f"{queue}:*"))
+        if keys:
+            r.delete(*keys)
+
+
+def _delete_queue(queue: str) -> None:
+    import pika
+
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        ch = conn.channel()
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+            ch.queue_delete(name)
+        conn.close()
+    except Exception as exc:  # cleanup is best effort
+        print(f"bench: could not delete queue {queue}: {exc}", file=sys.stderr)
+
+
+# -- CLI start-up ---------------------------------------------------------------
+def startup_times(runs: int) -> dict[str, float]:
+    home = Path(tempfile.mkdtemp(prefix="orchestra-bench-cli-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
+    env["ORCHESTRA_HOME"] = str(home)
+    orchestra_bin = str(Path(sys.executable).parent / "orchestra")
+    commands = {
+        "orchestra --help": [orchestra_bin, "--help"],
+        "orchestra task submit -q (embedded)": [orchestra_bin, "task", "submit", "-q", "noop"],
+        "python -c 'import typer, rich' (floor)": [sys.executable, "-c", "import typer, rich"],
+    }
+    out = {}
+    try:
+        for label, cmd in commands.items():
+            subprocess.run(cmd, env=env, capture_output=True, check=True)  # warm the caches
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                subprocess.run(cmd, env=env, capture_output=True, check=True)
+                times.append(time.perf_counter() - start)
+            out[label] = statistics.median(times) * 1000
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[Row], startup: dict[str, float]) -> None:
+    print()
+    header = f"{'system':<10} {'mode':<15} {'N':>6} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    print(header + "  concurrency; persistence; confirms")
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r.system:<10} {r.mode:<15} {r.n:>6} {_fmt(r.throughput, '9.0f')} "
+            f"{_fmt(r.p50_ms, '8.2f')} {_fmt(r.p99_ms, '8.2f')}  "
+            f"{r.concurrency}; {r.persistence}; {r.confirms}{' — ' + r.note if r.note else ''}"
+        )
+    base = {r.system + "/" + r.mode: r for r in rows}
+    orch = base.get("orchestra/services")
+    for other in ("celery/rabbitmq+redis", "dramatiq/rabbitmq"):
+        if orch and other in base and orch.throughput and base[other].throughput:
+            print(
+                f"ratio orchestra(services) / {other.split('/')[0]}: throughput "
+                f"{orch.throughput / base[other].throughput:.2f}x"
+            )
+    print()
+    for label, ms in startup.items():
+        print(f"start-up  {label:<42} {ms:7.0f} ms (median)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=5000, help="tasks per throughput run")
+    parser.add_argument("--latency-n", type=int, default=500, help="sequential latency tasks")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (median reported)")
+    parser.add_argument(
+        "--systems",
+        default="orchestra-embedded,orchestra-services,celery,dramatiq,startup",
+        help="comma-separated subset",
+    )
+    args = parser.parse_args()
+    wanted = set(args.systems.split(","))
+    rows: list[Row] = []
+    runners: list[tuple[str, Callable[[], Row]]] = [
+        (
+            "orchestra-services",
+            lambda: orchestra_row("services", args.n, args.latency_n, args.reps),
+        ),
+        (
+            "orchestra-embedded",
+            lambda: orchestra_row("embedded", args.n, args.latency_n, args.reps),
+        ),
+        ("celery", lambda: celery_row(args.n, args.latency_n, args.reps)),
+        ("dramatiq", lambda: dramatiq_row(args.n, args.latency_n, args.reps)),
+    ]
+    for name, runner in runners:
+        if name not in wanted:
+            continue
+        print(
+            f"bench: {name} (N={args.n}, {args.reps} reps + warm-up, "
+            f"latency over {args.latency_n})…",
+            flush=True,
+        )
+        try:
+            rows.append(runner())
+        except Exception as exc:
+            print(f"bench: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            rows.append(
+                Row(
+                    name.split("-")[0],
+                    name.split("-")[-1],
+                    args.n,
+                    "-",
+                    "-",
+                    "-",
+                    note=f"failed: {type(exc).__name__}: {exc}",
+                )
+            )
+    startup = startup_times(10) if "startup" in wanted else {}
+    print_table(rows, startup)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "args": vars(args),
+                "rows": [asdict(r) for r in rows],
+                "startup_ms": startup,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

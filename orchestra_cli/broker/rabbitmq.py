@@ -1,0 +1,566 @@
+"""RabbitMQ broker (pika): durable priority queues, confirms, counted redelivery.
+
+Topology (``Q`` is ``rabbitmq.queue_prefix``, so runs can share a vhost):
+
+- ``Q`` a durable direct exchange; queue ``Q.<logical>`` bound with the
+  logical name (``intake``, ``results``, ``work.<capability>``) as routing key,
+  priority-enabled (``x-max-priority`` 10) or quorum (``broker.queue_type``),
+  dead-lettering to ``Q.dlx``;
+- ``Q.dlx`` a fanout exchange into ``Q.dead``, the dead-letter queue;
+- ``Q.delay.<ms>.<logical>``: a TTL queue per delay that dead-letters back
+  into ``Q`` — how ``publish(delay=…)`` and ``nack(delay=…)`` wait;
+- ``Q.control`` a fanout exchange for cancel / stop / ping broadcasts.
+
+Delivery counting: classic queues only say ``redelivered``, so a consumer
+turns every broker redelivery (its previous consumer died) into a re-publish
+with an ``x-orchestra-deliveries`` header one higher, and acks the original;
+``nack`` does the same. The count therefore survives any number of crashes,
+and a message that keeps killing agents ends in ``Q.dead`` as poison.
+Dead-lettering with a reason publishes to ``Q.dead`` (reason and origin in
+headers) then acks; anything rejected by other tools reaches ``Q.dead``
+through the DLX with RabbitMQ's own ``x-death`` reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from orchestra_cli.broker.base import decode_envelope
+from orchestra_cli.broker.rabbitmq_link import Channel, Link
+from orchestra_cli.errors import BrokerError, MalformedMessage
+from orchestra_cli.models import Q_DEAD, Q_INTAKE, Q_RESULTS, Envelope
+from orchestra_cli.settings import RabbitMQSettings, mask_url
+from orchestra_cli.util import new_id, now
+
+log = logging.getLogger(__name__)
+
+MAX_PRIORITY = 10
+PUBLISH_TIMEOUT_SECONDS = 90.0  # a publish during an outage waits this long for a reconnect
+SETTLE_TIMEOUT_SECONDS = 30.0
+DELAY_QUEUE_IDLE_MS = 10 * 60 * 1000  # an unused delay queue is deleted after this
+MAX_DEAD_LETTER_SCAN = 10_000
+H_DELIVERIES = "x-orchestra-deliveries"
+H_REASON = "x-orchestra-reason"
+H_ORIGIN = "x-orchestra-origin"
+STANDARD_QUEUES = (Q_INTAKE, Q_RESULTS, Q_DEAD)
+
+
+def _delay_ms(delay: float) -> int:
+    """Delays are bucketed (100 ms steps) so the number of TTL queues stays small."""
+    return max(100, round(delay * 10) * 100)
+
+
+class Topology:
+    """Names and idempotent declarations; remembers what was declared per connection."""
+
+    def __init__(self, prefix: str, queue_type: str) -> None:
+        self.prefix = prefix
+        self.queue_type = queue_type
+        self.exchange = prefix
+        self.dlx = f"{prefix}.dlx"
+        self.control = f"{prefix}.control"
+        self._lock = threading.Lock()
+        self.queues: set[str] = set()  # logical names ever declared (for depths, cleanup)
+        self.delay_queues: set[str] = set()
+
+    def physical(self, logical: str) -> str:
+        return f"{self.prefix}.{logical}"
+
+    def logical(self, physical: str) -> str:
+        return physical.removeprefix(f"{self.prefix}.")
+
+    def declare_base(self, ch: Channel) -> None:
+        """Exchanges and the dead-letter queue; run on every (re)connect."""
+        ch.exchange_declare(self.exchange, exchange_type="direct", durable=True)
+        ch.exchange_declare(self.dlx, exchange_type="fanout", durable=True)
+        ch.exchange_declare(self.control, exchange_type="fanout", durable=True)
+        dead = self.physical(Q_DEAD)
+        ch.queue_declare(dead, durable=True, arguments=self._type_args())
+        ch.queue_bind(dead, self.dlx)
+        ch.queue_bind(dead, self.exchange, routing_key=Q_DEAD)
+        with self._lock:
+            self.queues.add(Q_DEAD)
+
+    def _type_args(self) -> dict[str, Any]:
+        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
+
+    def declare_queue(self, ch: Channel, logical: str) -> None:
+        """A work queue: durable, priority (classic) or replicated (quorum), with the DLX."""
+        if logical == Q_DEAD:
+            return  # declared by declare_base
+        args: dict[str, Any] = {"x-dead-letter-exchange": self.dlx, **self._type_args()}
+        if self.queue_type != "quorum":  # quorum queues (3.x) refuse x-max-priority
+            args["x-max-priority"] = MAX_PRIORITY
+        name = self.physical(logical)
+        ch.queue_declare(name, durable=True, arguments=args)
+        ch.queue_bind(name, self.exchange, routing_key=logical)
+        with self._lock:
+            self.queues.add(logical)
+
+    def declare_delay(self, ch: Channel, logical: str, ms: int) -> str:
+        """The TTL queue that holds messages for ``ms`` then routes them to ``logical``."""
+        name = f"{self.prefix}.delay.{ms}.{logical}"
+        args = {
+            "x-message-ttl": ms,
+            "x-dead-letter-exchange": self.exchange,
+            "x-dead-letter-routing-key": logical,
+            "x-expires": ms + DELAY_QUEUE_IDLE_MS,
+        }
+        ch.queue_declare(name, durable=True, arguments=args)
+        with self._lock:
+            self.delay_queues.add(name)
+        return name
+
+    def known(self) -> list[str]:
+        with self._lock:
+            return sorted(self.queues | set(STANDARD_QUEUES))
+
+
+class _Declared:
+    """What one connection generation has declared, so each publish declares once."""
+
+    def __init__(self) -> None:
+        self.generation = -1
+        self.names: set[str] = set()
+
+    def need(self, generation: int, name: str) -> bool:
+        if generation != self.generation:
+            self.generation, self.names = generation, set()
+        if name in self.names:
+            return False
+        self.names.add(name)
+        return True
+
+
+def _properties(
+    message_id: str, type_: str, priority: int, headers: dict[str, Any]
+) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        priority=max(0, min(MAX_PRIORITY, priority)),
+        message_id=message_id,
+        type=type_,
+        timestamp=int(now()),
+        headers=headers,
+    )
+
+
+def publish_on(
+    ch: Channel,
+    link: Link,
+    topo: Topology,
+    declared: _Declared,
+    logical: str,
+    body: bytes,
+    props: pika.BasicProperties,
+    delay: float = 0.0,
+) -> None:
+    """Declare what is missing and publish one persistent message (confirmed by the broker)."""
+    if declared.need(link.generation, logical):
+        topo.declare_base(ch) if logical == Q_DEAD else topo.declare_queue(ch, logical)
+    if delay > 0:
+        ms = _delay_ms(delay)
+        name = f"{topo.prefix}.delay.{ms}.{logical}"
+        if declared.need(link.generation, name):
+            topo.declare_delay(ch, logical, ms)
+        ch.basic_publish("", name, body, properties=props, mandatory=True)
+    else:
+        ch.basic_publish(topo.exchange, logical, body, properties=props, mandatory=True)
+
+
+class RabbitDelivery:
+    """One received message; settled on the consumer's connection thread."""
+
+    def __init__(
+        self,
+        consumer: RabbitConsumer,
+        generation: int,
+        tag: int,
+        queue: str,
+        envelope: Envelope,
+        count: int,
+        props: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        self._consumer = consumer
+        self.generation = generation
+        self.tag = tag
+        self.queue = queue
+        self.envelope = envelope
+        self.delivery_count = count
+        self.props = props
+        self.body = body
+        self.settled = False
+
+    def ack(self) -> None:
+        """Done: remove the message."""
+        self._consumer.settle(self, lambda ch: ch.basic_ack(self.tag))
+
+    def nack(self, *, delay: float = 0.0) -> None:
+        """Back to the queue (after ``delay``) with its delivery count carried along."""
+        self._consumer.settle(
+            self,
+            lambda ch: self._consumer.requeue(
+                ch, self.tag, self.queue, self.props, self.body, self.delivery_count, delay
+            ),
+        )
+
+    def dead_letter(self, reason: str) -> None:
+        """To the dead-letter queue with ``reason``."""
+        self._consumer.settle(
+            self,
+            lambda ch: self._consumer.to_dead(
+                ch, self.tag, self.queue, self.props, self.body, reason, self.delivery_count
+            ),
+        )
+
+
+class RabbitConsumer:
+    """Consumes some queues on its own connection with ``prefetch`` unacked at most."""
+
+    def __init__(
+        self, broker: RabbitBroker, queues: list[str], *, prefetch: int, name: str
+    ) -> None:
+        self.broker = broker
+        self.topo = broker.topo
+        self.queues = list(queues)
+        self.prefetch = max(1, prefetch)
+        self.name = name
+        self._tags: dict[str, str] = {}  # consumer tag → logical queue
+        self._raw: list[tuple[int, Any, Any, bytes]] = []
+        self._ready: queue.Queue[RabbitDelivery] = queue.Queue()
+        self._declared = _Declared()
+        self._link = Link(
+            broker._url,
+            broker.settings,
+            f"{name}:{new_id()[-6:]}",
+            self._on_connect,
+            self._on_tick,
+        )
+        self._link.start()
+
+    # -- the connection's thread ---------------------------------------------
+    def _on_connect(self, ch: Channel, generation: int) -> None:
+        self._raw.clear()  # tags of the old connection are void; RabbitMQ requeued them
+        ch.confirm_delivery()
+        self.topo.declare_base(ch)
+        # global_qos: one limit for the channel across all its queues (classic queues)
+        ch.basic_qos(prefetch_count=self.prefetch, global_qos=self.topo.queue_type != "quorum")
+        self._tags.clear()
+        for logical in self.queues:
+            self.topo.declare_queue(ch, logical)
+            tag = ch.basic_consume(
+                self.topo.physical(logical),
+                self._on_message,
+                consumer_tag=f"{self._link.name}.{logical}.{generation}",
+            )
+            self._tags[tag] = logical
+
+    def _on_message(self, ch: Channel, method: Any, props: Any, body: bytes) -> None:
+        # inside pika's dispatch: only record; _on_tick does the work outside it
+        self._raw.append((self._link.generation, method, props, body))
+
+    def _on_tick(self, ch: Channel) -> None:
+        while self._raw:
+            generation, method, props, body = self._raw.pop(0)
+            if generation == self._link.generation:
+                self._admit(ch, method, props, body)
+
+    def _admit(self, ch: Channel, method: Any, props: Any, body: bytes) -> None:
+        logical = self._tags.get(method.consumer_tag) or self.topo.logical(method.routing_key)
+        headers = props.headers or {}
+        count = int(headers.get(H_DELIVERIES, 0)) + 1
+        if "x-delivery-count" in headers:  # quorum queues count returns themselves
+            count += int(headers["x-delivery-count"])
+        elif method.redelivered:
+            count += 1  # the previous consumer died holding it
+        if count > self.broker.max_deliveries:
+            reason = f"delivered {count - 1} times without an ack (poison)"
+            self.to_dead(ch, method.delivery_tag, logical, props, body, reason, count - 1)
+            return
+        if method.redelivered and "x-delivery-count" not in headers:
+            # make the lost delivery count: a copy carries it, the original goes
+            self.requeue(ch, method.delivery_tag, logical, props, body, count - 1, 0.0)
+            return
+        try:
+            envelope = decode_envelope(body)
+        except MalformedMessage as exc:
+            log.warning("dead-lettering malformed message on %s: %s", logical, exc.message)
+            self.to_dead(ch, method.delivery_tag, logical, props, body, exc.message, count)
+            return
+        self._ready.put(
+            RabbitDelivery(
+                self,
+                self._link.generation,
+                method.delivery_tag,
+                logical,
+                envelope,
+                count,
+                props,
+                body,
+            )
+        )
+
+    def requeue(
+        self,
+        ch: Channel,
+        tag: int,
+        logical: str,
+        props: Any,
+        body: bytes,
+        deliveries: int,
+        delay: float,
+    ) -> None:
+        """Publish a copy counting ``deliveries`` so far (after ``delay``); ack the original."""
+        headers = {**(props.headers or {}), H_DELIVERIES: deliveries}
+        headers.pop("x-delivery-count", None)
+        copy = _properties(props.message_id or "", props.type or "", props.priority or 0, headers)
+        publish_on(ch, self._link, self.topo, self._declared, logical, body, copy, delay)
+        ch.basic_ack(tag)
+
+    def to_dead(
+        self,
+        ch: Channel,
+        tag: int,
+        logical: str,
+        props: Any,
+        body: bytes,
+        reason: str,
+        deliveries: int,
+    ) -> None:
+        """Publish to the dead-letter queue with reason and origin, then ack the original."""
+        headers = {
+            **(props.headers or {}),
+            H_REASON: reason,
+            H_ORIGIN: logical,
+            H_DELIVERIES: deliveries,
+        }
+        dead = _properties(props.message_id or "", props.type or "", 0, headers)
+        publish_on(ch, self._link, self.topo, self._declared, Q_DEAD, body, dead)
+        ch.basic_ack(tag)
+
+    # -- the caller's thread ---------------------------------------------------
+    def get(self, timeout: float) -> RabbitDelivery | None:
+        """The next message, or None after ``timeout``; BrokerUnavailable if the link gave up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._link.failure is not None:
+                raise self._link.failure
+            left = deadline - time.monotonic()
+            try:
+                delivery = self._ready.get(timeout=max(0.0, min(left, 0.5)))
+            except queue.Empty:
+                if left <= 0:
+                    return None
+                continue
+            if delivery.generation == self._link.generation:
+                return delivery
+            # from before a reconnect: RabbitMQ has requeued it already
+
+    def settle(self, delivery: RabbitDelivery, op: Any) -> None:
+        """Run ``op(channel)`` on the connection thread, unless the delivery is stale."""
+        if delivery.settled:
+            return
+        delivery.settled = True
+
+        def command(ch: Channel) -> None:
+            if delivery.generation != self._link.generation:
+                return  # the connection it came on is gone; RabbitMQ redelivers it
+            op(ch)
+
+        self._link.call(command, SETTLE_TIMEOUT_SECONDS)
+
+    def close(self) -> None:
+        """Close the connection; RabbitMQ requeues whatever is unsettled."""
+        self._link.close()
+
+
+class RabbitBroker:
+    """Broker on RabbitMQ; publishes on one lazily opened connection per process."""
+
+    def __init__(
+        self,
+        url: str,
+        settings: RabbitMQSettings | None = None,
+        *,
+        queue_type: str = "classic",
+        max_deliveries: int = 5,
+    ) -> None:
+        self.url = mask_url(url)  # for display; the password stays in _url
+        self._url = url
+        self.settings = settings or RabbitMQSettings()
+        self.max_deliveries = max_deliveries
+        self.topo = Topology(self.settings.queue_prefix, queue_type)
+        self._declared = _Declared()
+        self._link: Link | None = None
+        self._lock = threading.Lock()
+
+    def _publisher(self) -> Link:
+        with self._lock:
+            if self._link is None or not self._link.alive:
+                name = f"publisher:{new_id()[-6:]}"
+                link = Link(self._url, self.settings, name, self._on_connect)
+                link.start()
+                self._link = link
+            return self._link
+
+    def _on_connect(self, ch: Channel, generation: int) -> None:
+        ch.confirm_delivery()  # basic_publish now returns only once the broker has it
+        self.topo.declare_base(ch)
+
+    def _call(self, command: Any, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> Any:
+        return self._publisher().call(command, timeout)
+
+    def _publish(
+        self,
+        queue: str,
+        body: bytes,
+        props: pika.BasicProperties,
+        delay: float = 0.0,
+    ) -> None:
+        def command(ch: Channel) -> None:
+            assert self._link is not None
+            publish_on(ch, self._link, self.topo, self._declared, queue, body, props, delay)
+
+        self._call(command)
+
+    def publish(
+        self, queue: str, envelope: Envelope, *, priority: int = 0, delay: float = 0.0
+    ) -> None:
+        """Persistent, confirmed; visible after ``delay`` seconds."""
+        props = _properties(envelope.id, envelope.type, priority, {H_DELIVERIES: 0})
+        self._publish(queue, envelope.encode(), props, delay)
+
+    def publish_raw(self, queue: str, body: bytes) -> None:
+        """Arbitrary bytes (tests and tools; bypasses validation)."""
+        self._publish(queue, body, _properties(new_id(), "raw", 0, {}))
+
+    def dead_letter(self, origin: str, envelope: Envelope, reason: str) -> None:
+        """Straight to the dead-letter queue (exhausted retries)."""
+        headers = {H_REASON: reason, H_ORIGIN: origin, H_DELIVERIES: 0}
+        self._publish(
+            Q_DEAD, envelope.encode(), _properties(envelope.id, envelope.type, 0, headers)
+        )
+
+    def consumer(self, queues: list[str], *, prefetch: int, name: str) -> RabbitConsumer:
+        """A consumer on its own connection (and I/O thread)."""
+        return RabbitConsumer(self, queues, prefetch=prefetch, name=name)
+
+    def _inspect(self, logical: str) -> tuple[int, int] | None:
+        """(messages ready, consumers) of one queue, or None when it does not exist."""
+
+        def command(ch: Channel) -> tuple[int, int] | None:
+            probe = ch.connection.channel()  # a 404 closes the channel: not ours
+            try:
+                ok = probe.queue_declare(self.topo.physical(logical), passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                return None
+            try:
+                probe.close()
+            except Exception:  # closing a probe is best effort
+                pass
+            return int(ok.method.message_count), int(ok.method.consumer_count)
+
+        result: tuple[int, int] | None = self._call(command, SETTLE_TIMEOUT_SECONDS)
+        return result
+
+    def depths(self) -> dict[str, int]:
+        """Ready messages per known queue (RabbitMQ's declare-ok does not count unacked)."""
+        out = {}
+        for logical in self.topo.known():
+            info = self._inspect(logical)
+            if info is not None:
+                out[logical] = info[0]
+        return out
+
+    def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first; browsed with basic_get and put back (the channel close requeues)."""
+
+        def command(ch: Channel) -> list[dict[str, Any]]:
+            browse = ch.connection.channel()
+            found: list[dict[str, Any]] = []
+            try:
+                for _ in range(MAX_DEAD_LETTER_SCAN):
+                    method, props, body = browse.basic_get(self.topo.physical(Q_DEAD))
+                    if method is None:
+                        break
+                    found.append(self._dead_record(method, props, body))
+            except pika.exceptions.ChannelClosedByBroker:
+                return found
+            browse.close()
+            return found
+
+        found: list[dict[str, Any]] = self._call(command, SETTLE_TIMEOUT_SECONDS)
+        return list(reversed(found))[:limit]
+
+    def _dead_record(self, method: Any, props: Any, body: bytes) -> dict[str, Any]:
+        headers = props.headers or {}
+        deaths = headers.get("x-death") or [{}]
+        origin = headers.get(H_ORIGIN) or self.topo.logical(str(deaths[0].get("queue", "")))
+        reason = headers.get(H_REASON) or str(deaths[0].get("reason", "dead-lettered"))
+        return {
+            "id": props.message_id or str(method.delivery_tag),
+            "queue": _text(origin),
+            "reason": _text(reason),
+            "deliveries": int(headers.get(H_DELIVERIES, 0)),
+            "enqueued_at": float(props.timestamp or 0),
+            "body": body.decode("utf-8", "replace")[:2000],
+        }
+
+    def purge(self, queue: str) -> int:
+        """Drop every ready message of a queue; how many went."""
+
+        def command(ch: Channel) -> int:
+            return int(ch.queue_purge(self.topo.physical(queue)).method.message_count)
+
+        result: int = self._call(command, SETTLE_TIMEOUT_SECONDS)
+        return result
+
+    def health(self) -> dict[str, Any]:
+        """Connection, round trip, and per queue its depth and consumer count."""
+        started = time.perf_counter()
+        try:
+            queues = {}
+            for logical in self.topo.known():
+                info = self._inspect(logical)
+                if info is not None:
+                    queues[logical] = {"messages": info[0], "consumers": info[1]}
+        except BrokerError as exc:
+            return {"ok": False, "url": self.url, "error": str(exc)}
+        return {
+            "ok": True,
+            "url": self.url,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "queues": queues,
+        }
+
+    def delete_topology(self) -> None:
+        """Delete every queue and exchange this broker declared (tests and tools)."""
+
+        def command(ch: Channel) -> None:
+            names = [self.topo.physical(q) for q in self.topo.known()]
+            for name in [*names, *sorted(self.topo.delay_queues)]:
+                ch.queue_delete(name)
+            for exchange in (self.topo.exchange, self.topo.dlx, self.topo.control):
+                ch.exchange_delete(exchange)
+
+        self._call(command, SETTLE_TIMEOUT_SECONDS)
+
+    def close(self) -> None:
+        """Close the publishing connection."""
+        with self._lock:
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

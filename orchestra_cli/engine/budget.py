@@ -1,0 +1,147 @@
+"""Per-task-tree budgets and per-call metering.
+
+Every model call made for a task goes through a ``MeteredProvider``: it
+checks the tree's budget before the call, prices the call, adds the usage
+to the task in state at once (so a failed attempt's spend still counts) and
+writes one ``metrics.jsonl`` line. A tree over its budget raises
+``BudgetExceeded`` and no request leaves the process.
+
+The budget is ``llm.budget_usd`` / ``llm.budget_tokens`` from the settings,
+overridden per tree by the root task's labels ``budget_usd`` /
+``budget_tokens`` (``orchestra task submit --label budget_usd=0.50``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from orchestra_cli.errors import BudgetExceeded, UsageError
+from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse
+from orchestra_cli.llm.pricing import PriceTable
+from orchestra_cli.logs import Journals
+from orchestra_cli.models import Task, Usage
+from orchestra_cli.settings import LLMSettings
+from orchestra_cli.state.base import StateStore
+
+log = logging.getLogger(__name__)
+
+LABEL_USD = "budget_usd"
+LABEL_TOKENS = "budget_tokens"
+
+
+def tokens_of(usage: Usage) -> int:
+    """Every token a call was billed for, cache reads and writes included."""
+    return (
+        usage.input_tokens
+        + usage.output_tokens
+        + usage.cache_read_tokens
+        + usage.cache_write_tokens
+    )
+
+
+@dataclass(frozen=True)
+class Budget:
+    usd: float | None = None
+    tokens: int | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.usd is None and self.tokens is None
+
+    def overrun(self, spent: Usage) -> str | None:
+        """Why ``spent`` is at or over this budget, or None while within it."""
+        if self.tokens is not None and tokens_of(spent) >= self.tokens:
+            return f"{tokens_of(spent):,} of {self.tokens:,} budgeted tokens"
+        if self.usd is not None and spent.cost_usd >= self.usd:
+            return f"${spent.cost_usd:.4f} of the ${self.usd:.4f} budget"
+        return None
+
+
+def _label(root: Task, key: str) -> str | None:
+    value = root.labels.get(key)
+    return value.strip() if value and value.strip() else None
+
+
+def budget_for(root: Task, settings: LLMSettings) -> Budget:
+    """The budget of ``root``'s tree: its labels, else the settings."""
+    usd, tokens = settings.budget_usd, settings.budget_tokens
+    try:
+        raw_usd = _label(root, LABEL_USD)
+        raw_tokens = _label(root, LABEL_TOKENS)
+        if raw_usd is not None:
+            usd = float(raw_usd.lstrip("$"))
+        if raw_tokens is not None:
+            tokens = int(raw_tokens.replace("_", "").replace(",", ""))
+    except ValueError as exc:
+        raise UsageError(
+            f"task {root.id}: budget label is not a number ({exc})",
+            "use e.g. --label budget_usd=0.50 or --label budget_tokens=20000",
+        ) from exc
+    return Budget(usd=usd, tokens=tokens)
+
+
+class Meter:
+    """Builds metered providers that share state, journals and the price table."""
+
+    def __init__(self, state: StateStore, journals: Journals, settings: LLMSettings) -> None:
+        self.state = state
+        self.journals = journals
+        self.settings = settings
+        self.prices = PriceTable(settings.prices)
+
+    def check(self, task: Task) -> None:
+        """Raise BudgetExceeded when ``task``'s tree has spent its budget."""
+        root = task if task.is_root else self.state.get_task(task.root_id)
+        budget = budget_for(root, self.settings)
+        if budget.unlimited:
+            return
+        spent = Usage()
+        for t in self.state.tree(task.root_id):
+            spent = spent + t.usage
+        overrun = budget.overrun(spent)
+        if overrun is not None:
+            raise BudgetExceeded(
+                f"budget exceeded for task tree {task.root_id}: spent {overrun}; "
+                "no further model calls",
+                f"raise it with --label {LABEL_USD}=… / {LABEL_TOKENS}=… or "
+                "llm.budget_usd / llm.budget_tokens, then `orchestra task retry`",
+            )
+
+    def wrap(self, provider: LLMProvider, task: Task, *, agent: str) -> MeteredProvider:
+        return MeteredProvider(self, provider, task, agent)
+
+
+class MeteredProvider:
+    """An ``LLMProvider`` that enforces the tree budget and charges each call to a task."""
+
+    def __init__(self, meter: Meter, inner: LLMProvider, task: Task, agent: str) -> None:
+        self.meter = meter
+        self.inner = inner
+        self.task = task
+        self.agent = agent
+        self.name = inner.name
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        self.meter.check(self.task)
+        started = time.monotonic()
+        response = self.inner.complete(request)
+        response.usage = self.meter.prices.charge(response.model, response.usage)
+        self.meter.state.add_usage(self.task.id, response.usage)
+        self.meter.journals.metrics.write(
+            {
+                "kind": "llm_call",
+                "task_id": self.task.id,
+                "root_id": self.task.root_id,
+                "agent": self.agent,
+                "role": request.role,
+                "purpose": request.purpose,
+                "provider": response.provider,
+                "model": response.model,
+                "stop_reason": response.stop_reason,
+                "duration_s": round(time.monotonic() - started, 4),
+                **response.usage.model_dump(),
+            }
+        )
+        return response

@@ -1,0 +1,503 @@
+"""Redis state store: tasks as hashes, Lua transitions, events on Redis Streams.
+
+Layout (``P`` is ``redis.key_prefix``, so deployments and test runs can share
+one server):
+
+- ``P:t:<id>`` a hash per task, every field JSON-encoded;
+- ``P:ids`` (lexical, for id prefixes), ``P:by:created``, ``P:by:status:<s>``,
+  ``P:by:agent:<a>``, ``P:by:roots``, ``P:tree:<root>``, ``P:children:<parent>``:
+  sorted sets scored by creation time, so listing stays fast at 100k tasks;
+- ``P:events`` and ``P:events:<root>``: streams whose entry id is ``<seq>-0``,
+  ``seq`` coming from the ``P:seq`` counter, so ``events(after=seq)`` is a range;
+- ``P:agent:<name>``, ``P:agents``, ``P:cap:<capability>``: the registry.
+
+Every change is one Lua script (``redis_scripts``), so a transition checks
+the status table and the expected version and appends its event atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from orchestra_cli.errors import (
+    NotFoundError,
+    StateError,
+    StateUnavailable,
+    TransitionRejected,
+    UsageError,
+)
+from orchestra_cli.models import AgentRecord, Event, Task, Usage
+from orchestra_cli.settings import RedisSettings, mask_url
+from orchestra_cli.state import redis_scripts as lua
+from orchestra_cli.state.base import MUTABLE_FIELDS
+from orchestra_cli.state.redis_lock import RedisLock
+from orchestra_cli.state.sqlite import _rejection  # one wording for both backends
+from orchestra_cli.status import TERMINAL, Status
+from orchestra_cli.util import dumps, loads, new_id, now
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_REDIS_ATTEMPTS = 8
+FIRST_BACKOFF_SECONDS = 0.1
+MAX_BACKOFF_SECONDS = 2.0
+MIN_PREFIX_LENGTH = 4
+ID_LENGTH = 36
+LIST_PAGE = 200
+
+_NOT_FOUND_HINT = "`orchestra task list` shows known ids"
+
+
+def _encode_fields(values: dict[str, Any]) -> list[str]:
+    """Flat [field, json, field, json, …] for HSET."""
+    flat: list[str] = []
+    for name, value in values.items():
+        flat += [name, dumps(value)]
+    return flat
+
+
+def _task_from_hash(flat: list[str] | dict[str, str]) -> Task:
+    """A Task from HGETALL (a dict) or a script's flat [field, value, …] reply."""
+    items = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    return Task.model_validate({name: loads(value) for name, value in items})
+
+
+def _timestamps(to: Status, ts: float) -> dict[str, Any]:
+    """The timestamp fields a transition to ``to`` sets (as the SQLite store's ``_apply``)."""
+    fields: dict[str, Any] = {"status": to.value, "updated_at": ts}
+    if to == Status.QUEUED:
+        fields["queued_at"] = ts
+    elif to in (Status.RUNNING, Status.WAITING):
+        fields["started_at"] = ts
+        fields["finished_at"] = None
+    if to in TERMINAL:
+        fields["finished_at"] = ts
+    return fields
+
+
+class RedisStateStore:
+    """StateStore on Redis; one connection pool per process, shared by threads."""
+
+    def __init__(self, url: str, settings: RedisSettings | None = None) -> None:
+        self.url = mask_url(url)  # for display; the client got the real one
+        self.settings = settings or RedisSettings()
+        self.prefix = self.settings.key_prefix
+        self.maxlen = str(self.settings.stream_maxlen)
+        self._masked = mask_url(url)
+        self._host = urlsplit(url).hostname or "?"
+        # retries are ours (logged, bounded, token-deduplicated); redis-py's are off
+        # typed Any: redis-py's stubs cannot know decode_responses gives str
+        self.r: Any = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=self.settings.socket_timeout,
+            socket_connect_timeout=self.settings.connect_timeout,
+            health_check_interval=self.settings.health_check_interval,
+            max_connections=self.settings.max_connections,
+            retry=Retry(NoBackoff(), 0),
+            client_name="orchestra",
+        )
+        self._scripts = {
+            name: self.r.register_script(text)
+            for name, text in {
+                "create": lua.CREATE,
+                "subtasks": lua.SUBTASKS,
+                "transition": lua.TRANSITION,
+                "event": lua.EVENT,
+                "usage": lua.ADD_USAGE,
+                "save_agent": lua.SAVE_AGENT,
+                "stop_agent": lua.STOP_AGENT,
+                "delete_agent": lua.DELETE_AGENT,
+            }.items()
+        }
+
+    # -- plumbing ----------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        """``<prefix>:<part>:…``"""
+        return ":".join((self.prefix, *parts))
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``, retrying connection errors with bounded, jittered backoff."""
+        for attempt in range(1, MAX_REDIS_ATTEMPTS + 1):
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                left = MAX_REDIS_ATTEMPTS - attempt
+                if left == 0:
+                    raise StateUnavailable(
+                        f"cannot reach Redis at {self._masked} ({type(exc).__name__})",
+                        "start it with `orchestra up` or set ORCHESTRA_STATE_URL",
+                    ) from exc
+                delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)
+                log.warning(
+                    "Redis at %s: %s during %s; retrying in %.2fs (%d attempts left)",
+                    self._host,
+                    type(exc).__name__,
+                    what,
+                    delay,
+                    left,
+                )
+                time.sleep(delay)
+            except redis.RedisError as exc:
+                raise StateError(f"Redis at {self._masked} failed {what}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _run(self, script: str, payload: dict[str, Any]) -> Any:
+        """Run one Lua script with the JSON payload (prefix, token, trim length added)."""
+        body = dumps({"p": self.prefix, "max": self.maxlen, "tok": new_id(), **payload})
+        return self._call(script, lambda: self._scripts[script](args=[body]))
+
+    def _task_spec(self, task: Task) -> dict[str, Any]:
+        return {
+            "id": task.id,
+            "created": repr(task.created_at),
+            "status": task.status.value,
+            "root": task.root_id,
+            "parent": task.parent_id or "",
+            "agent": task.agent or "",
+            "idem": task.idempotency_key or "",
+            "fields": _encode_fields(task.model_dump(mode="json")),
+            "edata": dumps(
+                {"title": task.title, "capability": task.capability, "parent_id": task.parent_id}
+            ),
+        }
+
+    def _load_many(self, ids: list[str]) -> list[Task]:
+        def fetch() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hgetall(self.key("t", task_id))
+            return list(pipe.execute())
+
+        return [_task_from_hash(h) for h in self._call("read tasks", fetch) if h]
+
+    # -- tasks -------------------------------------------------------------
+    def create_task(self, task: Task) -> tuple[Task, bool]:
+        """Store a new task; with an idempotency key already used, return that one."""
+        reply = self._run("create", {"task": self._task_spec(task), "time": now()})
+        if reply[0] == "created":
+            return task, True
+        if reply[0] == "dup":  # our own earlier attempt got through
+            return self.get_task(task.id), True
+        return self.get_task(reply[1]), False
+
+    def create_subtasks(self, parent_id: str, children: list[Task], reason: str) -> Task:
+        """Store subtasks and move the parent pending → waiting, in one script."""
+        ts = now()
+        tr = self._transition_spec(
+            parent_id,
+            Status.WAITING,
+            None,
+            [Status.PENDING],
+            {"reason": reason, "subtasks": [c.id for c in children]},
+            {},
+            ts,
+        )
+        reply = self._run(
+            "subtasks",
+            {"tr": tr, "children": [self._task_spec(c) for c in children], "time": ts},
+        )
+        if reply[0] == "rejected":
+            parent = _task_from_hash(reply[1])
+            raise TransitionRejected(f"task {parent_id} is {parent.status}, not pending", parent)
+        return self._transition_result(parent_id, Status.WAITING, None, [Status.PENDING], reply)
+
+    def get_task(self, task_id: str) -> Task:
+        """The task with this id (or unique id prefix of at least 4 characters)."""
+        found = self._call("get task", lambda: self.r.hgetall(self.key("t", task_id)))
+        if found:
+            return _task_from_hash(found)
+        if MIN_PREFIX_LENGTH <= len(task_id) < ID_LENGTH:
+            ids = self._call(
+                "find task",
+                lambda: self.r.zrangebylex(
+                    self.key("ids"), f"[{task_id}", f"({task_id}\xff", start=0, num=2
+                ),
+            )
+            if len(ids) > 1:
+                raise UsageError(
+                    f"task id prefix {task_id} is ambiguous", "give more characters of the id"
+                )
+            if ids:
+                return self.get_task(ids[0])
+        raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+
+    def _index_pages(self, key: str, low: float | str) -> Iterator[tuple[float, str]]:
+        """(score, id) of one index, newest first (ties: higher id first), paged."""
+        offset = 0
+        while True:
+            page = self._call(
+                "list tasks",
+                functools.partial(
+                    self.r.zrevrangebyscore,
+                    key,
+                    "+inf",
+                    low,
+                    start=offset,
+                    num=LIST_PAGE,
+                    withscores=True,
+                ),
+            )
+            for member, score in page:
+                yield float(score), member
+            if len(page) < LIST_PAGE:
+                return
+            offset += LIST_PAGE
+
+    def list_tasks(
+        self,
+        *,
+        status: Iterable[str] | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        roots_only: bool = False,
+    ) -> list[Task]:
+        """Newest first; walks the most selective index and filters the rest."""
+        statuses = [str(s) for s in status or []]
+        if statuses:
+            keys = [self.key("by", "status", s) for s in statuses]
+        elif agent:
+            keys = [self.key("by", "agent", agent)]
+        else:
+            keys = [self.key("by", "roots" if roots_only else "created")]
+        low: float | str = since if since is not None else "-inf"
+        merged = heapq.merge(*(self._index_pages(k, low) for k in keys), reverse=True)
+
+        def wanted(t: Task) -> bool:
+            return (
+                (not statuses or t.status.value in statuses)
+                and (not agent or t.agent == agent)
+                and (since is None or t.created_at >= since)
+                and (not roots_only or t.parent_id is None)
+            )
+
+        out: list[Task] = []
+        batch: list[str] = []
+        for _, task_id in merged:
+            batch.append(task_id)
+            if len(batch) >= min(LIST_PAGE, max(limit, 10)):
+                out += [t for t in self._load_many(batch) if wanted(t)]
+                batch = []
+                if len(out) >= limit:
+                    return out[:limit]
+        out += [t for t in self._load_many(batch) if wanted(t)]
+        return out[:limit]
+
+    def tree(self, root_id: str) -> list[Task]:
+        """The root task and every descendant, oldest first."""
+        ids = self._call("tree", lambda: self.r.zrange(self.key("tree", root_id), 0, -1))
+        return self._load_many(ids)
+
+    def children(self, parent_id: str) -> list[Task]:
+        """Direct subtasks, oldest first."""
+        ids = self._call("children", lambda: self.r.zrange(self.key("children", parent_id), 0, -1))
+        return self._load_many(ids)
+
+    def _transition_spec(
+        self,
+        task_id: str,
+        to: Status,
+        expect_version: int | None,
+        expect_status: Iterable[Status] | None,
+        event_data: dict[str, Any] | None,
+        changes: dict[str, Any],
+        ts: float,
+    ) -> dict[str, Any]:
+        es = None if expect_status is None else [Status(s).value for s in expect_status]
+        return {
+            "id": task_id,
+            "to": to.value,
+            "ev": "" if expect_version is None else str(expect_version),
+            "check_es": "0" if es is None else "1",
+            "es": es or [],
+            "fields": _encode_fields({**changes, **_timestamps(to, ts)}),
+            "terminal": "1" if to in TERMINAL else "0",
+            "edata": dumps(event_data or {}),
+        }
+
+    def transition(
+        self,
+        task_id: str,
+        to: Status,
+        *,
+        expect_version: int | None = None,
+        expect_status: Iterable[Status] | None = None,
+        event_data: dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> Task:
+        """Apply one status change atomically; TransitionRejected when refused."""
+        unknown = set(changes) - MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"transition cannot change {sorted(unknown)}")
+        expect = None if expect_status is None else list(expect_status)
+        ts = now()
+        spec = self._transition_spec(task_id, to, expect_version, expect, event_data, changes, ts)
+        reply = self._run("transition", {"tr": spec, "time": ts})
+        return self._transition_result(task_id, to, expect_version, expect, reply)
+
+    def _transition_result(
+        self,
+        task_id: str,
+        to: Status,
+        expect_version: int | None,
+        expect_status: list[Status] | None,
+        reply: list[Any],
+    ) -> Task:
+        if reply[0] == "missing":
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        if reply[0] == "dup":  # applied by our own attempt whose reply was lost
+            return self.get_task(task_id)
+        task = _task_from_hash(reply[1])
+        if reply[0] == "rejected":
+            reason = _rejection(task, to, expect_version, expect_status)
+            raise TransitionRejected(f"task {task_id}: {reason or 'rejected'}", task)
+        return task
+
+    def add_usage(self, task_id: str, usage: Usage) -> None:
+        """Add token usage and cost to the task."""
+        if not self._run("usage", {"id": task_id, "delta": usage.model_dump_json()}):
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+
+    # -- events ------------------------------------------------------------
+    def append_event(
+        self, task_id: str, root_id: str, type: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """Append a non-transition event (planned, no_agent, …)."""
+        payload = {"id": task_id, "root": root_id, "type": type, "time": now()}
+        self._run("event", {**payload, "data": dumps(data or {})})
+
+    def events(
+        self, *, root_id: str | None = None, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        """Events after sequence ``after``, oldest first (trimmed ones are gone)."""
+        key = self.key("events", root_id) if root_id else self.key("events")
+        entries = self._call(
+            "read events", lambda: self.r.xrange(key, min=f"{after + 1}-0", count=limit)
+        )
+        return [
+            Event(
+                seq=int(f["seq"]),
+                task_id=f["task"],
+                root_id=f["root"],
+                type=f["type"],
+                time=float(f["time"]),
+                data={**loads(f["head"]), **loads(f["data"])},
+            )
+            for _, f in entries
+        ]
+
+    def count_events(self, task_id: str, type: str) -> int:
+        """How many events of ``type`` the task has had (kept apart from trimming)."""
+        n = self._call("count events", lambda: self.r.hget(self.key("evc", task_id), type))
+        return int(n or 0)
+
+    # -- agents ------------------------------------------------------------
+    def save_agent(self, agent: AgentRecord) -> bool:
+        """Upsert the registry record; returns whether a stop was requested."""
+        payload = {
+            "name": agent.name,
+            "data": agent.model_dump_json(),
+            "caps": dumps(agent.capabilities),
+            "hb": repr(agent.heartbeat_at),
+        }
+        stop = bool(self._run("save_agent", payload) == "1")
+        agent.stop_requested = stop
+        return stop
+
+    def list_agents(self) -> list[AgentRecord]:
+        """Every registered agent, by name."""
+        names = self._call("list agents", lambda: self.r.zrange(self.key("agents"), 0, -1))
+
+        def fetch() -> list[Any]:
+            pipe = self.r.pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(self.key("agent", name), "data", "stop")
+            return list(pipe.execute())
+
+        records = []
+        for data, stop in self._call("read agents", fetch) if names else []:
+            if data is None:
+                continue  # deleted meanwhile
+            rec = AgentRecord.model_validate_json(data)
+            rec.stop_requested = stop == "1"
+            records.append(rec)
+        return sorted(records, key=lambda r: r.name)
+
+    def agents_with(self, capability: str) -> list[str]:
+        """Names of registered agents offering ``capability`` (the per-capability index)."""
+        names = self._call("agents", lambda: self.r.smembers(self.key("cap", capability)))
+        return sorted(names)
+
+    def get_agent(self, name: str) -> AgentRecord:
+        """One registry record; NotFoundError when unknown."""
+        data, stop = self._call(
+            "get agent", lambda: self.r.hmget(self.key("agent", name), "data", "stop")
+        )
+        if data is None:
+            raise NotFoundError(f"agent {name!r} not found", "`orchestra agent list` shows agents")
+        rec = AgentRecord.model_validate_json(data)
+        rec.stop_requested = stop == "1"
+        return rec
+
+    def request_agent_stop(self, name: str) -> AgentRecord:
+        """Flag the agent; its next heartbeat learns of it and it drains."""
+        if not self._run("stop_agent", {"name": name}):
+            raise NotFoundError(f"agent {name!r} not found", "`orchestra agent list` shows agents")
+        return self.get_agent(name)
+
+    def delete_agent(self, name: str) -> None:
+        """Remove the agent from the registry and its capability indexes."""
+        self._run("delete_agent", {"name": name})
+
+    # -- locks, health, lifecycle ------------------------------------------
+    def lock(self, name: str, ttl: float) -> RedisLock:
+        """A token lock (``P:lock:<name>``) with expiry; see ``RedisLock``."""
+        return RedisLock(self.r, self.key("lock", name), ttl)
+
+    def health(self) -> dict[str, Any]:
+        """Ping round trip: ``{"ok", "url", "latency_ms", "version"|"error"}``."""
+        started = time.perf_counter()
+        try:
+            self.r.ping()
+            info = self.r.info("server")
+        except redis.RedisError as exc:
+            return {"ok": False, "url": self._masked, "error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "ok": True,
+            "url": self._masked,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "version": info.get("redis_version"),
+        }
+
+    def purge_namespace(self) -> int:
+        """Delete every key under this store's prefix (tests and tools; never FLUSHDB)."""
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
+        deleted = 0
+        batch: list[str] = []
+        for key in self.r.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(self.r.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(self.r.unlink(*batch))
+        return deleted
+
+    def close(self) -> None:
+        """Disconnect the pool."""
+        self.r.close()
+        self.r.connection_pool.disconnect()

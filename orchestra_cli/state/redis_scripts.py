@@ -1,0 +1,212 @@
+"""Lua scripts of the Redis state store: every state change is one atomic script.
+
+Each script takes one JSON argument (``ARGV[1]``). Task fields are stored as
+JSON-encoded strings in a hash, so the scripts move them around verbatim and
+never re-encode user data with Lua's cjson (which would turn ``[]`` into
+``{}`` and round floats). Keys are built from the payload's prefix ``p``:
+this targets a single Redis server (or a replica set), not Redis Cluster.
+
+Every mutating script takes an operation token ``tok``: a retry of an
+operation whose reply was lost (a timeout while the server was paused)
+finds its token and becomes a no-op instead of applying twice.
+"""
+
+from __future__ import annotations
+
+import json
+
+from orchestra_cli.status import TRANSITIONS
+
+
+def _allowed_table() -> str:
+    # The status machine stays one table (status.py); the script gets a copy.
+    table = {src.value: sorted(dst.value for dst in dsts) for src, dsts in TRANSITIONS.items()}
+    return json.dumps(table)
+
+
+PRELUDE = (
+    """
+local a = cjson.decode(ARGV[1])
+local P = a.p
+local function k(...) return P .. ':' .. table.concat({...}, ':') end
+local ALLOWED = {}
+for src, dsts in pairs(cjson.decode('"""
+    + _allowed_table()
+    + """')) do
+  ALLOWED[src] = {}
+  for _, d in ipairs(dsts) do ALLOWED[src][d] = true end
+end
+
+local function first_time(tok)
+  if tok == nil or tok == '' then return true end
+  return redis.call('SET', k('op', tok), '1', 'NX', 'EX', 600) ~= false
+end
+
+local function add_event(task_id, root_id, etype, time, head, data)
+  local seq = redis.call('INCR', k('seq'))
+  local id = string.format('%d-0', seq)
+  local fields = {'seq', seq, 'task', task_id, 'root', root_id, 'type', etype,
+                  'time', time, 'head', head, 'data', data}
+  redis.call('XADD', k('events'), 'MAXLEN', '~', a.max, id, unpack(fields))
+  redis.call('XADD', k('events', root_id), 'MAXLEN', '~', a.max, id, unpack(fields))
+  redis.call('HINCRBY', k('evc', task_id), etype, 1)
+  return seq
+end
+
+local function create_one(t, time)
+  local key = k('t', t.id)
+  if redis.call('EXISTS', key) == 1 then return false end
+  redis.call('HSET', key, unpack(t.fields))
+  redis.call('ZADD', k('ids'), 0, t.id)
+  redis.call('ZADD', k('by', 'created'), t.created, t.id)
+  redis.call('ZADD', k('by', 'status', t.status), t.created, t.id)
+  if t.agent ~= '' then redis.call('ZADD', k('by', 'agent', t.agent), t.created, t.id) end
+  if t.parent == '' then
+    redis.call('ZADD', k('by', 'roots'), t.created, t.id)
+  else
+    redis.call('ZADD', k('children', t.parent), t.created, t.id)
+  end
+  redis.call('ZADD', k('tree', t.root), t.created, t.id)
+  add_event(t.id, t.root, 'created', time, '{}', t.edata)
+  return true
+end
+
+-- Check and apply one transition of task ``id`` (payload fields of ``tr``).
+-- Returns {'ok', hash} | {'rejected', hash} | {'missing'}.
+local function transition(tr, time)
+  local key = k('t', tr.id)
+  local cur = redis.call('HMGET', key, 'status', 'version', 'agent')
+  if not cur[1] then return {'missing'} end
+  local status = cjson.decode(cur[1])
+  local ok = true
+  if tr.ev ~= '' and tonumber(tr.ev) ~= tonumber(cur[2]) then ok = false end
+  if ok and tr.check_es == '1' then
+    local found = false
+    for _, s in ipairs(tr.es) do if s == status then found = true end end
+    ok = found
+  end
+  if ok and not ALLOWED[status][tr.to] then ok = false end
+  if not ok then return {'rejected', redis.call('HGETALL', key)} end
+  local old_agent = cjson.decode(cur[3])
+  redis.call('HSET', key, unpack(tr.fields))
+  redis.call('HINCRBY', key, 'version', 1)
+  local info = redis.call('HMGET', key, 'created_at', 'agent', 'attempts', 'error', 'root_id')
+  if status ~= tr.to then
+    redis.call('ZREM', k('by', 'status', status), tr.id)
+    redis.call('ZADD', k('by', 'status', tr.to), info[1], tr.id)
+  end
+  local new_agent = cjson.decode(info[2])
+  if old_agent ~= new_agent then
+    if old_agent ~= cjson.null then redis.call('ZREM', k('by', 'agent', old_agent), tr.id) end
+    if new_agent ~= cjson.null then
+      redis.call('ZADD', k('by', 'agent', new_agent), info[1], tr.id)
+    end
+  end
+  local head = '{"from":"' .. status .. '","to":"' .. tr.to .. '","attempt":' .. info[3]
+    .. ',"agent":' .. info[2]
+  if tr.terminal == '1' and info[4] ~= 'null' then head = head .. ',"error":' .. info[4] end
+  add_event(tr.id, cjson.decode(info[5]), tr.to, time, head .. '}', tr.edata)
+  return {'ok', redis.call('HGETALL', key)}
+end
+"""
+)
+
+CREATE = (
+    PRELUDE
+    + """
+if not first_time(a.tok) then return {'dup'} end
+local t = a.task
+if t.idem ~= '' then
+  local existing = redis.call('GET', k('idem', t.idem))
+  if existing then return {'existing', existing} end
+  redis.call('SET', k('idem', t.idem), t.id)
+end
+if not create_one(t, a.time) then return {'existing', t.id} end
+return {'created', t.id}
+"""
+)
+
+SUBTASKS = (
+    PRELUDE
+    + """
+if not first_time(a.tok) then return {'dup'} end
+local cur = redis.call('HGET', k('t', a.tr.id), 'status')
+if not cur then return {'missing'} end
+if cjson.decode(cur) ~= 'pending' then
+  return {'rejected', redis.call('HGETALL', k('t', a.tr.id))}
+end
+for _, child in ipairs(a.children) do create_one(child, a.time) end
+return transition(a.tr, a.time)
+"""
+)
+
+TRANSITION = (
+    PRELUDE
+    + """
+if not first_time(a.tok) then return {'dup'} end
+return transition(a.tr, a.time)
+"""
+)
+
+EVENT = (
+    PRELUDE
+    + """
+if not first_time(a.tok) then return 0 end
+return add_event(a.id, a.root, a.type, a.time, '{}', a.data)
+"""
+)
+
+# Usage holds only numbers, so decoding and re-encoding it with cjson is safe.
+ADD_USAGE = (
+    PRELUDE
+    + """
+if not first_time(a.tok) then return 1 end
+local key = k('t', a.id)
+local raw = redis.call('HGET', key, 'usage')
+if not raw then return 0 end
+local u = cjson.decode(raw)
+for name, v in pairs(cjson.decode(a.delta)) do u[name] = (u[name] or 0) + v end
+redis.call('HSET', key, 'usage', cjson.encode(u))
+return 1
+"""
+)
+
+SAVE_AGENT = (
+    PRELUDE
+    + """
+local key = k('agent', a.name)
+local stop = redis.call('HGET', key, 'stop') or '0'
+local old = redis.call('HGET', key, 'caps')
+if old then
+  for _, cap in ipairs(cjson.decode(old)) do redis.call('SREM', k('cap', cap), a.name) end
+end
+redis.call('HSET', key, 'data', a.data, 'stop', stop, 'caps', a.caps, 'hb', a.hb)
+redis.call('ZADD', k('agents'), a.hb, a.name)
+for _, cap in ipairs(cjson.decode(a.caps)) do redis.call('SADD', k('cap', cap), a.name) end
+return stop
+"""
+)
+
+STOP_AGENT = (
+    PRELUDE
+    + """
+local key = k('agent', a.name)
+if redis.call('EXISTS', key) == 0 then return 0 end
+redis.call('HSET', key, 'stop', '1')
+return 1
+"""
+)
+
+DELETE_AGENT = (
+    PRELUDE
+    + """
+local key = k('agent', a.name)
+local old = redis.call('HGET', key, 'caps')
+if old then
+  for _, cap in ipairs(cjson.decode(old)) do redis.call('SREM', k('cap', cap), a.name) end
+end
+redis.call('DEL', key)
+redis.call('ZREM', k('agents'), a.name)
+return 1
+"""
+)

@@ -1,0 +1,335 @@
+"""End to end on Redis + RabbitMQ: real `orchestra` processes, faults included.
+
+Each test runs under its own key prefix and queue prefix, and deletes its
+keys and queues afterwards. Agents heartbeat fast with a short TTL so a
+killed agent's task is taken over within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestra_cli.backends import Backends, open_backends
+from orchestra_cli.models import MSG_RUN, Envelope
+from orchestra_cli.settings import load_settings
+from orchestra_cli.state.redis import RedisStateStore
+from orchestra_cli.status import Status
+from tests.contract.conftest import AMQP_URL, REDIS_URL
+from tests.services.conftest import close_connections_named, delete_queues_with_prefix
+from tests.support import Proc, clean_env, processes, require_service, run_orchestra, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SUBMITTER = """
+import sys
+from orchestra_cli.backends import open_backends
+from orchestra_cli.engine.roles import load_roles
+from orchestra_cli.engine.service import SubmitRequest, TaskService
+from orchestra_cli.settings import load_settings
+
+settings = load_settings().settings
+backends = open_backends(settings)
+service = TaskService(backends, load_roles(settings.agents.definitions_dir))
+for i in range(int(sys.argv[1])):
+    service.submit(SubmitRequest(text=f"{sys.argv[2]} task {i}", capability="code"))
+backends.close()
+"""
+
+
+@dataclass
+class Env:
+    vars: dict[str, str]
+    cwd: Path
+    prefix: str
+
+    def with_(self, **extra: str) -> dict[str, str]:
+        return {**self.vars, **extra}
+
+    def backends(self) -> Backends:
+        """In-process clients on the same namespace, to inspect state."""
+        return open_backends(load_settings(env=self.vars, cwd=self.cwd).settings)
+
+
+@pytest.fixture
+def svc_env(tmp_path: Path) -> Iterator[Env]:
+    require_service("Redis", "127.0.0.1", 6379)
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    prefix = f"orchestra-e2e-{uuid.uuid4().hex[:10]}"
+    env = Env(
+        clean_env(
+            {
+                "ORCHESTRA_HOME": str(tmp_path / "home"),
+                "ORCHESTRA_STATE_URL": REDIS_URL,
+                "ORCHESTRA_BROKER_URL": AMQP_URL,
+                "ORCHESTRA_REDIS__KEY_PREFIX": prefix,
+                "ORCHESTRA_RABBITMQ__QUEUE_PREFIX": prefix,
+                "ORCHESTRA_LLM__PROVIDER": "offline",
+                "ORCHESTRA_AGENTS__HEARTBEAT_SECONDS": "0.5",
+                "ORCHESTRA_AGENTS__TTL_SECONDS": "2",
+                "ORCHESTRA_BROKER__MAX_DELIVERIES": "30",
+            }
+        ),
+        tmp_path,
+        prefix,
+    )
+    yield env
+    try:
+        b = env.backends()
+        try:
+            if isinstance(b.state, RedisStateStore):
+                b.state.purge_namespace()
+        finally:
+            b.close()
+    finally:
+        delete_queues_with_prefix(prefix, AMQP_URL)
+
+
+def _start(env: Env, procs: list[Proc], args: list[str], log: str, **extra: str) -> Proc:
+    proc = Proc(args, env.with_(**extra), env.cwd, env.cwd / f"{log}.log")
+    procs.append(proc)
+    return proc
+
+
+def _submit(env: Env, count: int, tag: str, **extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", SUBMITTER, str(count), tag],
+        env=env.with_(**extra),
+        cwd=env.cwd,
+    )
+
+
+def _succeeded(b: Backends) -> int:
+    store = b.state
+    assert isinstance(store, RedisStateStore)
+    return int(store.r.zcard(store.key("by", "status", "succeeded")))
+
+
+def _assert_each_succeeded_once(b: Backends, expected: int) -> None:
+    tasks = b.state.list_tasks(limit=expected + 100)
+    assert len(tasks) == expected
+    assert all(t.status == Status.SUCCEEDED for t in tasks)
+    assert all(b.state.count_events(t.id, "succeeded") == 1 for t in tasks)
+
+
+def test_five_hundred_tasks_from_four_submitters_all_succeed_exactly_once(svc_env: Env) -> None:
+    with processes() as procs:
+        _start(svc_env, procs, ["run", "--concurrency", "4"], "orchestrator")
+        for i in range(1, 4):
+            _start(
+                svc_env,
+                procs,
+                ["agent", "start", "coder", "--name", f"coder-{i}", "--concurrency", "4"],
+                f"coder-{i}",
+            )
+        started = time.monotonic()
+        submitters = [_submit(svc_env, 125, f"s{i}") for i in range(4)]
+        assert [p.wait(timeout=120) for p in submitters] == [0, 0, 0, 0]
+        b = svc_env.backends()
+        try:
+            wait_until(lambda: _succeeded(b) == 500, timeout=120, interval=0.5, what="500 done")
+            elapsed = time.monotonic() - started
+            _assert_each_succeeded_once(b, 500)
+        finally:
+            b.close()
+    print(f"500 tasks on Redis + RabbitMQ in {elapsed:.1f}s ({500 / elapsed:.0f} tasks/s)")
+
+
+def test_killed_agent_task_is_redelivered_and_completes_once(svc_env: Env) -> None:
+    slow = {"ORCHESTRA_LLM__OFFLINE__LATENCY_MS": "2500"}
+    with processes() as procs:
+        _start(svc_env, procs, ["run"], "orchestrator")
+        victim = _start(
+            svc_env,
+            procs,
+            ["agent", "start", "coder", "--name", "victim", "--concurrency", "1"],
+            "victim",
+            **slow,
+        )
+        res = run_orchestra(
+            ["task", "submit", "-q", "--capability", "code", "slow work"], svc_env.vars, svc_env.cwd
+        )
+        assert res.code == 0, res
+        task_id = res.out.strip()
+        b = svc_env.backends()
+        try:
+            wait_until(lambda: b.state.get_task(task_id).status == Status.RUNNING, timeout=20)
+            victim.kill9()
+            _start(svc_env, procs, ["agent", "start", "coder", "--name", "heir"], "heir", **slow)
+            done = wait_until(
+                lambda: (t := b.state.get_task(task_id)).status == Status.SUCCEEDED and t,
+                timeout=40,
+                interval=0.2,
+                what="the redelivered task to succeed",
+            )
+            assert done.agent == "heir"
+            assert b.state.count_events(task_id, "succeeded") == 1
+            assert b.state.count_events(task_id, "running") == 2
+        finally:
+            b.close()
+
+
+def test_killed_orchestrator_restarts_and_nothing_is_lost(svc_env: Env) -> None:
+    with processes() as procs:
+        orch = _start(svc_env, procs, ["run"], "orchestrator-1")
+        _start(
+            svc_env,
+            procs,
+            ["agent", "start", "coder", "--name", "coder-1", "--concurrency", "4"],
+            "coder-1",
+            ORCHESTRA_LLM__OFFLINE__LATENCY_MS="200",
+        )
+        assert _submit(svc_env, 80, "o").wait(timeout=60) == 0
+        b = svc_env.backends()
+        try:
+            wait_until(lambda: _succeeded(b) >= 10, timeout=30, what="some progress")
+            orch.kill9()
+            assert _succeeded(b) < 80  # killed mid-run
+            _start(svc_env, procs, ["run"], "orchestrator-2")
+            wait_until(lambda: _succeeded(b) == 80, timeout=60, interval=0.3, what="all 80")
+            _assert_each_succeeded_once(b, 80)
+        finally:
+            b.close()
+
+
+def test_consumers_reconnect_after_the_server_closes_connections(svc_env: Env) -> None:
+    with processes() as procs:
+        _start(svc_env, procs, ["run"], "orchestrator")
+        for i in (1, 2):
+            _start(
+                svc_env,
+                procs,
+                ["agent", "start", "coder", "--name", f"coder-{i}"],
+                f"coder-{i}",
+                ORCHESTRA_LLM__OFFLINE__LATENCY_MS="30",
+            )
+        assert _submit(svc_env, 100, "c").wait(timeout=60) == 0
+        b = svc_env.backends()
+        try:
+            wait_until(lambda: _succeeded(b) >= 5, timeout=30, what="some progress")
+            assert close_connections_named(svc_env.prefix) >= 3
+            wait_until(lambda: _succeeded(b) == 100, timeout=90, interval=0.3, what="all 100")
+            _assert_each_succeeded_once(b, 100)
+        finally:
+            b.close()
+        logs = "".join(p.output() for p in procs)
+        assert "reconnect" in logs
+
+
+def test_malformed_and_unknown_type_messages_are_dead_lettered_and_consumers_go_on(
+    svc_env: Env,
+) -> None:
+    b = svc_env.backends()
+    try:
+        b.broker.publish_raw("intake", b"{not json")
+        bogus = Envelope(type=MSG_RUN, task_id="x").model_dump_json().replace(MSG_RUN, "task.bogus")
+        b.broker.publish_raw("work.code", bogus.encode())
+        with processes() as procs:
+            _start(svc_env, procs, ["run"], "orchestrator")
+            _start(svc_env, procs, ["agent", "start", "coder", "--name", "coder-1"], "coder-1")
+            assert _submit(svc_env, 5, "m").wait(timeout=60) == 0
+            wait_until(lambda: _succeeded(b) == 5, timeout=30, what="5 tasks")
+        reasons = {d["queue"]: d["reason"] for d in b.broker.dead_letters()}
+        assert "invalid envelope" in reasons["intake"]
+        assert "unknown message type" in reasons["work.code"]
+    finally:
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_operations_retry_and_resume_while_redis_is_briefly_unreachable(svc_env: Env) -> None:
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server not installed")
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _reachable(port), timeout=10, what="private redis-server")
+        env = Env(
+            svc_env.with_(
+                ORCHESTRA_STATE_URL=f"redis://127.0.0.1:{port}/0",
+                ORCHESTRA_REDIS__SOCKET_TIMEOUT="0.5",
+                ORCHESTRA_REDIS__CONNECT_TIMEOUT="0.5",
+            ),
+            svc_env.cwd,
+            svc_env.prefix,
+        )
+        with processes() as procs:
+            _start(env, procs, ["run"], "orchestrator")
+            _start(
+                env,
+                procs,
+                ["agent", "start", "coder", "--name", "coder-1"],
+                "coder-1",
+                ORCHESTRA_LLM__OFFLINE__LATENCY_MS="100",
+            )
+            assert _submit(env, 40, "r").wait(timeout=60) == 0
+            b = env.backends()
+            try:
+                wait_until(lambda: _succeeded(b) >= 3, timeout=30, what="some progress")
+                os.kill(server.pid, signal.SIGSTOP)
+                time.sleep(3)
+                os.kill(server.pid, signal.SIGCONT)
+                wait_until(lambda: _succeeded(b) == 40, timeout=60, interval=0.3, what="all 40")
+                _assert_each_succeeded_once(b, 40)
+            finally:
+                b.close()
+            logs = "".join(p.output() for p in procs)
+            assert "attempts left" in logs  # the retries were logged
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_task_submit_on_services_imports_neither_anthropic_nor_hvac(svc_env: Env) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "orchestra_cli",
+            "task",
+            "submit",
+            "-q",
+            "--capability",
+            "code",
+            "an import check",
+        ],
+        env=svc_env.vars,
+        cwd=svc_env.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()}
+    assert "pika" in imported and "redis" in imported  # the check can see imports
+    assert "anthropic" not in imported and "hvac" not in imported

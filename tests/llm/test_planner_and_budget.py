@@ -1,0 +1,168 @@
+"""The LLM planner, re-asks, budgets and an end-to-end run against the fake API."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from orchestra_cli.backends import Backends
+from orchestra_cli.engine.budget import Meter
+from orchestra_cli.engine.llm_planner import LLMPlanner
+from orchestra_cli.engine.planner import RuleBasedPlanner
+from orchestra_cli.engine.roles import load_roles
+from orchestra_cli.engine.runtime import Runtime
+from orchestra_cli.engine.service import SubmitRequest, TaskService
+from orchestra_cli.llm.anthropic import AnthropicProvider
+from orchestra_cli.llm.prompts import PromptLibrary
+from orchestra_cli.models import Task
+from orchestra_cli.status import TERMINAL, Status
+from tests.llm.fake_anthropic import FakeAnthropic, text, tool_use
+from tests.support import Proc, clean_env, processes, run_orchestra, wait_until
+
+CAPS = {"architecture", "code", "review"}
+VALID_PLAN = {
+    "decompose": True,
+    "reason": "two kinds of work",
+    "subtasks": [
+        {"title": "Design", "capability": "architecture", "input": "design the API"},
+        {"title": "Build", "capability": "code", "input": "build it", "depends_on": ["Design"]},
+    ],
+}
+
+
+def planner(fake: FakeAnthropic, backends: Backends) -> LLMPlanner:
+    llm = AnthropicProvider(fake.api_key, base_url=fake.url, backoff_seconds=0.01)
+    meter = Meter(backends.state, backends.journals, backends.settings.llm)
+    return LLMPlanner(
+        llm, PromptLibrary(), RuleBasedPlanner(), meter, model="claude-sonnet-5-5", max_reasks=2
+    )
+
+
+def root(backends: Backends, text_: str = "design and build an API") -> Task:
+    task, _ = backends.state.create_task(Task(title=text_, input=text_))
+    return task
+
+
+def test_planner_turns_a_forced_tool_call_into_a_plan_with_dependencies(
+    fake: FakeAnthropic, backends: Backends
+) -> None:
+    fake.script(tool_use("submit_plan", VALID_PLAN))
+    task = root(backends)
+    plan = planner(fake, backends).plan(task, CAPS)
+    assert plan.planner == "llm"
+    assert [(s.title, s.capability, s.depends_on) for s in plan.subtasks] == [
+        ("Design", "architecture", []),
+        ("Build", "code", [0]),
+    ]
+    body = fake.requests[0]["body"]
+    assert body["tool_choice"] == {"type": "tool", "name": "submit_plan"}
+    assert body["tools"][0]["input_schema"]["properties"]["subtasks"]
+    assert backends.state.get_task(task.id).usage.calls == 1  # the plan call is charged
+
+
+def test_malformed_plan_is_reasked_with_the_validation_error_then_accepted(
+    fake: FakeAnthropic, backends: Backends
+) -> None:
+    bad = {**VALID_PLAN, "subtasks": [{**VALID_PLAN["subtasks"][0], "capability": "magic"}]}
+    fake.script(tool_use("submit_plan", bad), tool_use("submit_plan", VALID_PLAN))
+    plan = planner(fake, backends).plan(root(backends), CAPS)
+    assert plan.planner == "llm" and len(plan.subtasks) == 2
+    assert "attempt 2" in plan.reason
+    reask = fake.requests[1]["body"]["messages"]
+    assert [m["role"] for m in reask] == ["user", "assistant", "user"]
+    result = reask[2]["content"][0]
+    assert result["type"] == "tool_result" and result["is_error"] is True
+    assert "unknown capability 'magic'" in result["content"]
+
+
+def test_plan_still_invalid_after_the_reasks_falls_back_to_rules_and_says_why(
+    fake: FakeAnthropic, backends: Backends
+) -> None:
+    fake.script(*[text("I would rather chat")] * 3)
+    plan = planner(fake, backends).plan(root(backends), CAPS)
+    assert plan.planner == "rules"
+    assert plan.reason.startswith("LLM plan unusable (the model's submit_plan output was invalid")
+    assert len(fake.requests) == 3  # bounded: 1 + max_reasks
+
+
+def _run_tree(backends: Backends, labels: dict[str, str]) -> Task:
+    runtime = Runtime(backends, load_roles())
+    runtime.add_orchestrator()
+    for role in ("architect", "coder"):
+        runtime.add_agent(role)
+    stop = threading.Event()
+    threads = runtime.start(stop)
+    try:
+        service = TaskService(backends, runtime.roles)
+        task, _ = service.submit(SubmitRequest(text="design and build an API", labels=labels))
+        wait_until(
+            lambda: backends.state.get_task(task.id).status in TERMINAL,
+            timeout=60,
+            what="the tree to finish",
+        )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+    return backends.state.get_task(task.id)
+
+
+def test_budget_exceeded_mid_tree_fails_remaining_work_without_calling_the_api(
+    fake: FakeAnthropic, backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+    # plan: 140 tokens, design: 300 tokens → 440 ≥ 300 before the build call
+    done = _run_tree(backends, {"budget_tokens": "300"})
+    assert done.status == Status.FAILED
+    assert len(fake.requests) == 2  # plan + design; the build call never left the process
+    build = next(t for t in backends.state.tree(done.id) if t.title == "Build it")
+    assert build.status == Status.FAILED
+    assert build.error and "budget exceeded" in build.error and "440 of 300" in build.error
+    assert build.attempts == 1  # not retried: a retry would fail the same way
+
+
+def test_end_to_end_run_records_tokens_and_cost_in_state_and_metrics(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    home = tmp_path / "e2e-home"
+    env = clean_env(
+        {
+            "ORCHESTRA_HOME": str(home),
+            "ANTHROPIC_API_KEY": fake.api_key,
+            "ANTHROPIC_BASE_URL": fake.url,
+            "ORCHESTRA_AGENTS__HEARTBEAT_SECONDS": "0.5",
+        }
+    )
+    cwd = tmp_path / "e2e-cwd"
+    cwd.mkdir()
+    with processes() as procs:
+        procs.append(Proc(["run", "--agents", "all"], env, cwd, tmp_path / "run.log"))
+        submitted = run_orchestra(["task", "submit", "-q", "design and build an API"], env, cwd)
+        assert submitted.code == 0, submitted
+        task_id = submitted.out.strip()
+
+        def finished() -> dict[str, object] | None:
+            got = run_orchestra(["--json", "task", "get", task_id], env, cwd)
+            data: dict[str, object] = json.loads(got.out) if got.code == 0 else {}
+            status = data.get("status") or (data.get("task") or {}).get("status")  # type: ignore[union-attr]
+            return data if status in ("succeeded", "failed") else None
+
+        data = wait_until(finished, timeout=90, interval=0.5, what=f"task {task_id}\n")
+    task = data.get("task", data)
+    assert task["status"] == "succeeded", data
+    tree = data["tree_usage"]
+    # plan (100+40) + design and build (200+50+30+20 each)
+    assert tree["calls"] == 3
+    assert tree["input_tokens"] == 500 and tree["output_tokens"] == 140
+    assert tree["cache_read_tokens"] == 60 and tree["cache_write_tokens"] == 40
+    assert tree["cost_usd"] > 0
+    lines = [json.loads(ln) for ln in (home / "metrics.jsonl").read_text().splitlines()]
+    calls = [ln for ln in lines if ln.get("kind") == "llm_call"]
+    assert len(calls) == 3
+    assert {c["purpose"] for c in calls} == {"plan", "execute"}
+    assert all(c["root_id"] == task_id and c["cost_usd"] > 0 for c in calls)
+    assert sum(c["cost_usd"] for c in calls) == pytest.approx(tree["cost_usd"])

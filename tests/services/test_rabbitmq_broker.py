@@ -1,0 +1,137 @@
+"""RabbitMQ-only behaviour: server-side closes, the DLX, quorum queues, error wording."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pika
+import pytest
+
+from orchestra_cli.backends import Backends, open_backends
+from orchestra_cli.broker.rabbitmq import RabbitBroker
+from orchestra_cli.errors import BrokerUnavailable
+from orchestra_cli.models import MSG_RUN, Envelope
+from tests.contract.conftest import AMQP_URL, cleanup_services, services_settings
+from tests.services.conftest import close_connections_named
+
+pytestmark = pytest.mark.integration
+
+Q = "work.svc"
+
+
+def _broker(b: Backends) -> RabbitBroker:
+    assert isinstance(b.broker, RabbitBroker)
+    return b.broker
+
+
+def test_consumer_and_publisher_resume_after_the_server_closes_their_connections(
+    svc: Backends,
+) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="before"))
+    consumer = broker.consumer([Q], prefetch=2, name="resilient")
+    try:
+        first = consumer.get(timeout=5)
+        assert first is not None and first.envelope.task_id == "before"
+        first.ack()
+        assert close_connections_named(broker.topo.prefix) >= 2
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id="after"))  # waits for the reconnect
+        again = consumer.get(timeout=20)
+        assert again is not None and again.envelope.task_id == "after"
+        again.ack()
+    finally:
+        consumer.close()
+
+
+def test_unacked_message_held_across_a_server_close_is_redelivered_with_a_higher_count(
+    svc: Backends,
+) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="held"))
+    consumer = broker.consumer([Q], prefetch=1, name="holder")
+    try:
+        held = consumer.get(timeout=5)
+        assert held is not None and held.delivery_count == 1
+        close_connections_named(broker.topo.prefix)
+        held.ack()  # a stale tag: ignored, RabbitMQ requeued the message
+        again = consumer.get(timeout=20)
+        assert again is not None and again.envelope.task_id == "held"
+        assert again.delivery_count == 2
+        again.ack()
+    finally:
+        consumer.close()
+
+
+def test_a_message_rejected_by_another_client_reaches_the_dead_letter_queue_via_the_dlx(
+    svc: Backends,
+) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="rejected"))
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        ch = conn.channel()
+        method, _, _ = ch.basic_get(broker.topo.physical(Q))
+        assert method is not None
+        ch.basic_nack(method.delivery_tag, requeue=False)
+    finally:
+        conn.close()
+    dead = broker.dead_letters()
+    assert len(dead) == 1 and dead[0]["reason"] == "rejected" and dead[0]["queue"] == Q
+
+
+def test_quorum_queue_type_declares_replicated_queues_that_work(home: Path) -> None:
+    settings = services_settings(home)
+    settings.broker.queue_type = "quorum"
+    b = open_backends(settings)
+    try:
+        broker = _broker(b)
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id="q1"))
+        consumer = broker.consumer([Q], prefetch=1, name="quorum")
+        try:
+            d = consumer.get(timeout=5)
+            assert d is not None and d.delivery_count == 1
+            d.nack()
+            again = consumer.get(timeout=5)
+            assert again is not None and again.delivery_count == 2
+            again.ack()
+        finally:
+            consumer.close()
+        conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-type"):
+                # redeclaring as classic fails: proof the queue really is a quorum queue
+                conn.channel().queue_declare(
+                    broker.topo.physical(Q),
+                    durable=True,
+                    arguments={
+                        "x-dead-letter-exchange": broker.topo.dlx,
+                        "x-queue-type": "classic",
+                    },
+                )
+        finally:
+            conn.close()
+    finally:
+        cleanup_services(b)
+
+
+def test_unreachable_rabbitmq_is_reported_with_the_password_masked_and_a_hint() -> None:
+    broker = RabbitBroker("amqp://guest:s3cret@127.0.0.1:1/%2F")
+    with pytest.raises(BrokerUnavailable) as info:
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id="t"))
+    text = str(info.value)
+    assert "s3cret" not in text and "amqp://guest:***@127.0.0.1:1/" in text
+    assert "orchestra up" in text and "ORCHESTRA_BROKER_URL" in text
+
+
+def test_health_reports_queue_depths_and_consumer_counts(svc: Backends) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="t"))
+    consumer = broker.consumer(["intake"], prefetch=1, name="h")
+    try:
+        health = broker.health()
+        assert health["ok"] and health["queues"][Q]["messages"] == 1
+        assert health["queues"]["intake"]["consumers"] == 1
+        assert "guest:***@" in health["url"]
+        assert svc.state.health()["ok"]  # type: ignore[attr-defined]
+    finally:
+        consumer.close()

@@ -1,0 +1,132 @@
+"""Redis-only behaviour: Lua transitions, retry deduplication, streams, locks, indexes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestra_cli.backends import Backends, open_backends
+from orchestra_cli.errors import StateUnavailable
+from orchestra_cli.models import Task
+from orchestra_cli.settings import Settings
+from orchestra_cli.state.redis import RedisStateStore
+from orchestra_cli.status import Status
+from orchestra_cli.util import dumps
+from tests.contract.conftest import cleanup_services, services_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _store(b: Backends) -> RedisStateStore:
+    assert isinstance(b.state, RedisStateStore)
+    return b.state
+
+
+def test_transition_script_refuses_moves_missing_from_the_status_table(svc: Backends) -> None:
+    store = _store(svc)
+    task, _ = store.create_task(Task(title="t", input="x"))
+    for to in (Status.RUNNING, Status.SUCCEEDED):
+        with pytest.raises(Exception, match="cannot go from pending"):
+            store.transition(task.id, to)
+    assert store.get_task(task.id).version == 0
+    assert store.count_events(task.id, "running") == 0
+
+
+def test_a_retried_script_call_with_the_same_token_applies_once(svc: Backends) -> None:
+    store = _store(svc)
+    task, _ = store.create_task(Task(title="t", input="x"))
+    payload = {"p": store.prefix, "max": "100", "tok": "fixed-token", "id": task.id}
+    body = dumps({**payload, "root": task.id, "type": "note", "time": 1.0, "data": "{}"})
+    script = store._scripts["event"]
+    assert script(args=[body]) > 0
+    assert script(args=[body]) == 0  # the lost-reply retry is recognised
+    assert store.count_events(task.id, "note") == 1
+
+
+def test_event_streams_are_trimmed_to_about_maxlen(home: Path) -> None:
+    b = open_backends(_small(home))
+    try:
+        store = _store(b)
+        task, _ = store.create_task(Task(title="t", input="x"))
+        for i in range(600):
+            store.append_event(task.id, task.root_id, "tick", {"i": i})
+        length = store.r.xlen(store.key("events", task.root_id))
+        assert 50 <= length < 400
+        seqs = [e.seq for e in store.events(root_id=task.id, limit=10000)]
+        assert seqs == sorted(seqs) and seqs[-1] - seqs[0] == len(seqs) - 1
+        assert store.count_events(task.id, "tick") == 600  # counts survive trimming
+    finally:
+        cleanup_services(b)
+
+
+def _small(home: Path) -> Settings:
+    settings = services_settings(home)
+    settings.redis.stream_maxlen = 50
+    return settings
+
+
+def test_listing_uses_indexes_and_stays_fast_with_many_tasks(svc: Backends) -> None:
+    store = _store(svc)
+    pipe_tasks = [Task(title=f"t{i}", input="x") for i in range(3000)]
+    for t in pipe_tasks:
+        store.create_task(t)
+    store.transition(pipe_tasks[10].id, Status.QUEUED)
+    started = time.perf_counter()
+    newest = store.list_tasks(limit=50)
+    queued = store.list_tasks(status=["queued"], limit=50)
+    elapsed = time.perf_counter() - started
+    assert [t.id for t in newest[:2]] == [pipe_tasks[-1].id, pipe_tasks[-2].id]
+    assert [t.id for t in queued] == [pipe_tasks[10].id]
+    assert elapsed < 0.5
+
+
+def test_lock_is_exclusive_released_only_by_its_holder_and_expires(svc: Backends) -> None:
+    store = _store(svc)
+    first, second = store.lock("sweep", ttl=0.5), store.lock("sweep", ttl=0.5)
+    assert first.acquire()
+    assert not second.acquire()
+    assert not second.release()  # a stranger's token cannot delete the lock
+    assert first.owned()
+    time.sleep(0.7)
+    assert second.acquire()  # the first holder's lock expired
+    assert not first.renew() and first.lost.is_set()
+    assert second.release()
+
+
+def test_lock_renewal_keeps_a_long_holder(svc: Backends) -> None:
+    store = _store(svc)
+    holder = store.lock("aggregate:p1", ttl=0.3)
+    assert holder.acquire()
+    holder.auto_renew()
+    time.sleep(0.9)
+    assert not store.lock("aggregate:p1", ttl=0.3).acquire()
+    assert holder.release()
+    assert store.lock("aggregate:p1", ttl=0.3).acquire()
+
+
+def test_registry_keeps_a_per_capability_index(svc: Backends) -> None:
+    from orchestra_cli.models import AgentRecord
+
+    store = _store(svc)
+    store.save_agent(AgentRecord(name="a1", role="coder", capabilities=["code", "review"]))
+    store.save_agent(AgentRecord(name="a2", role="infra", capabilities=["infra"]))
+    assert store.agents_with("code") == ["a1"]
+    store.save_agent(AgentRecord(name="a1", role="coder", capabilities=["code"]))
+    assert store.agents_with("review") == []
+    store.delete_agent("a1")
+    assert store.agents_with("code") == []
+
+
+def test_unreachable_redis_raises_state_unavailable_with_the_password_masked(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestra_cli.state.redis as mod
+
+    monkeypatch.setattr(mod, "MAX_REDIS_ATTEMPTS", 2)
+    store = RedisStateStore("redis://:s3cret@127.0.0.1:1/0")
+    with pytest.raises(StateUnavailable) as info:
+        store.get_task("01234567")
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
+    assert "orchestra up" in str(info.value)
