@@ -47,6 +47,14 @@ class Delivery(Protocol):
         """Give the message back to its queue, visible again after ``delay`` seconds."""
         ...
 
+    def defer(self, *, delay: float) -> None:
+        """Put the message back for later without counting this delivery.
+
+        For a message that is fine but cannot be handled yet (its task is
+        running on another live agent): deferring never makes it poison.
+        """
+        ...
+
     def dead_letter(self, reason: str) -> None: ...
 
 

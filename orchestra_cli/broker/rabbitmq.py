@@ -213,6 +213,15 @@ class RabbitDelivery:
             ),
         )
 
+    def defer(self, *, delay: float) -> None:
+        """Back to the queue (after ``delay``) without counting this delivery."""
+        self._consumer.settle(
+            self,
+            lambda ch: self._consumer.requeue(
+                ch, self.tag, self.queue, self.props, self.body, self.delivery_count - 1, delay
+            ),
+        )
+
     def dead_letter(self, reason: str) -> None:
         """To the dead-letter queue with ``reason``."""
         self._consumer.settle(

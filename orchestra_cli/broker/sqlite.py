@@ -47,6 +47,14 @@ class SQLiteDelivery:
             (now() + delay,),
         )
 
+    def defer(self, *, delay: float) -> None:
+        self._consumer.settle(
+            self.msg_id,
+            "UPDATE messages SET lease_until = NULL, consumer = NULL, available_at = ?, "
+            "deliveries = MAX(0, deliveries - 1) WHERE id = ? AND consumer = ?",
+            (now() + delay,),
+        )
+
     def dead_letter(self, reason: str) -> None:
         self._consumer.dead_letter(self.msg_id, reason)
 

@@ -21,7 +21,7 @@ from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter
 from orchestra_cli.engine.roles import RoleDefinition
-from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter, Nack
+from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter, Defer, Nack
 from orchestra_cli.errors import (
     NotFoundError,
     OrchestraError,
@@ -211,9 +211,9 @@ class Agent:
         with self._lock:
             mine = task.id in self._running
         if mine:
-            return Nack(self.b.settings.agents.heartbeat_seconds)
+            return Defer(self.b.settings.agents.heartbeat_seconds)
         if task.agent and task.agent != self.name and self._owner_alive(task.agent):
-            return Nack(self.b.settings.agents.heartbeat_seconds)
+            return Defer(self.b.settings.agents.heartbeat_seconds)
         if task.attempts >= task.max_attempts:
             try:
                 failed = self.state.transition(

@@ -37,11 +37,18 @@ class Nack:
 
 
 @dataclass(frozen=True)
+class Defer:
+    """Back to the queue for later, not counted as a delivery (never becomes poison)."""
+
+    delay: float
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     reason: str
 
 
-Action = Ack | Nack | DeadLetter
+Action = Ack | Nack | Defer | DeadLetter
 Handler = Callable[[Delivery], Action]
 
 
@@ -124,6 +131,8 @@ class ConsumerLoop:
                 delivery.ack()
             elif isinstance(action, Nack):
                 delivery.nack(delay=action.delay)
+            elif isinstance(action, Defer):
+                delivery.defer(delay=action.delay)
             else:
                 log.warning(
                     "dead-lettering %s: %s",

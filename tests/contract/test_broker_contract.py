@@ -219,3 +219,22 @@ def test_competing_consumers_share_the_work_and_each_message_is_acked_once(
     for t in threads:
         t.join()
     assert sorted(seen) == sorted(f"t{i}" for i in range(n))
+
+
+def test_deferred_message_comes_back_later_without_counting_a_delivery(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    broker.publish(Q, _env())
+    consumer = broker.consumer([Q], prefetch=1, name="c1")
+    try:
+        for _ in range(8):  # far past max_deliveries: deferring never makes it poison
+            d = consumer.get(timeout=5)
+            assert d is not None and d.delivery_count == 1
+            d.defer(delay=0.05)
+        last = consumer.get(timeout=5)
+        assert last is not None
+        last.ack()
+    finally:
+        consumer.close()
+    assert broker.dead_letters() == []
