@@ -49,58 +49,82 @@ class Backends:
         self._closers.clear()
 
 
-def open_backends(settings: Settings) -> Backends:
-    """Connect to the state store and broker named by the settings."""
-    state_url = settings.effective_state_url
-    broker_url = settings.effective_broker_url
-    if _scheme(state_url) in ("redis", "rediss") or _scheme(broker_url) in ("amqp", "amqps"):
-        return _open_services(settings, state_url, broker_url)
-    for url, key in ((state_url, "state_url"), (broker_url, "broker_url")):
-        if _scheme(url) != "sqlite":
-            raise ConfigError(
-                f"{key} {mask_url(url)}: the {_scheme(url) or 'unknown'} backend is not "
-                "available in this version",
-                f"use the embedded default (unset ORCHESTRA_{key.upper()})",
-            )
-    from orchestra_cli.broker.sqlite import SQLiteBroker
-    from orchestra_cli.sqlitedb import SQLiteDB
-    from orchestra_cli.state.sqlite import SQLiteStateStore
-
-    state_db = SQLiteDB(_sqlite_path(state_url))
-    broker_db = state_db if broker_url == state_url else SQLiteDB(_sqlite_path(broker_url))
-    state = SQLiteStateStore(state_db)
-    broker = SQLiteBroker(
-        broker_db,
-        lease_seconds=settings.broker.lease_seconds,
-        max_deliveries=settings.broker.max_deliveries,
-    )
-    backends = Backends(settings, state, broker, Journals(settings.home))
-    backends._closers.extend([state.close, broker.close])
-    return backends
-
-
-def _open_services(settings: Settings, state_url: str, broker_url: str) -> Backends:
-    """Redis state + RabbitMQ messages (the services backend); both or neither."""
-    if _scheme(state_url) not in ("redis", "rediss"):
-        raise ConfigError(
-            f"broker_url is {mask_url(broker_url)} but state_url is {mask_url(state_url)}",
-            "with RabbitMQ, set ORCHESTRA_STATE_URL=redis://host:6379/0 as well",
-        )
-    if _scheme(broker_url) not in ("amqp", "amqps"):
+def _check_pairing(state_url: str, broker_url: str) -> str:
+    """``embedded`` or ``services``; a mix of the two is a clear error."""
+    redis_state = _scheme(state_url) in ("redis", "rediss")
+    amqp_broker = _scheme(broker_url) in ("amqp", "amqps")
+    if redis_state and amqp_broker:
+        return "services"
+    if redis_state:
         raise ConfigError(
             f"state_url is {mask_url(state_url)} but broker_url is {mask_url(broker_url)}",
             "with Redis, set ORCHESTRA_BROKER_URL=amqp://user:pass@host:5672/%2F as well",
         )
-    from orchestra_cli.broker.rabbitmq import RabbitBroker
-    from orchestra_cli.state.redis import RedisStateStore
+    if amqp_broker:
+        raise ConfigError(
+            f"broker_url is {mask_url(broker_url)} but state_url is {mask_url(state_url)}",
+            "with RabbitMQ, set ORCHESTRA_STATE_URL=redis://host:6379/0 as well",
+        )
+    for url, key in ((state_url, "state_url"), (broker_url, "broker_url")):
+        if _scheme(url) != "sqlite":
+            raise ConfigError(
+                f"{key} {mask_url(url)}: unsupported scheme {_scheme(url) or '(none)'!r}",
+                "use sqlite:///PATH, redis://HOST:PORT/DB or amqp://USER:PASS@HOST:PORT/VHOST",
+            )
+    return "embedded"
 
-    state = RedisStateStore(state_url, settings.redis)
-    broker = RabbitBroker(
-        broker_url,
-        settings.rabbitmq,
-        queue_type=settings.broker.queue_type,
+
+def mode_of(settings: Settings) -> str:
+    """``embedded`` or ``services``, from the URLs in the settings."""
+    return _check_pairing(settings.effective_state_url, settings.effective_broker_url)
+
+
+def open_state(settings: Settings, db: Any = None) -> StateStore:
+    """The state store named by ``state_url``."""
+    url = settings.effective_state_url
+    if mode_of(settings) == "services":
+        from orchestra_cli.state.redis import RedisStateStore
+
+        return RedisStateStore(url, settings.redis)
+    from orchestra_cli.sqlitedb import SQLiteDB
+    from orchestra_cli.state.sqlite import SQLiteStateStore
+
+    return SQLiteStateStore(db or SQLiteDB(_sqlite_path(url)))
+
+
+def open_broker(settings: Settings, db: Any = None) -> Broker:
+    """The broker named by ``broker_url``."""
+    url = settings.effective_broker_url
+    if mode_of(settings) == "services":
+        from orchestra_cli.broker.rabbitmq import RabbitBroker
+
+        return RabbitBroker(
+            url,
+            settings.rabbitmq,
+            queue_type=settings.broker.queue_type,
+            max_deliveries=settings.broker.max_deliveries,
+        )
+    from orchestra_cli.broker.sqlite import SQLiteBroker
+    from orchestra_cli.sqlitedb import SQLiteDB
+
+    return SQLiteBroker(
+        db or SQLiteDB(_sqlite_path(url)),
+        lease_seconds=settings.broker.lease_seconds,
         max_deliveries=settings.broker.max_deliveries,
     )
+
+
+def open_backends(settings: Settings) -> Backends:
+    """Connect to the state store and broker named by the settings."""
+    db = None
+    if mode_of(settings) == "embedded" and (
+        settings.effective_state_url == settings.effective_broker_url
+    ):
+        from orchestra_cli.sqlitedb import SQLiteDB
+
+        db = SQLiteDB(_sqlite_path(settings.effective_state_url))  # one file, one connection
+    state = open_state(settings, db)
+    broker = open_broker(settings, db)
     backends = Backends(settings, state, broker, Journals(settings.home))
     backends._closers.extend([broker.close, state.close])
     return backends

@@ -97,8 +97,10 @@ def setup_logging(
         console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         console.setLevel(stderr_level)
         root.addHandler(console)
-    for noisy in ("pika", "httpx", "httpcore", "anthropic", "urllib3"):
+    for noisy in ("httpx", "httpcore", "anthropic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pika logs every failed connect as ERROR with a traceback; our link logs one line
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 class JsonlWriter:

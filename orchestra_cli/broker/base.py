@@ -85,6 +85,13 @@ class Broker(Protocol):
 
     def consumer(self, queues: list[str], *, prefetch: int, name: str) -> Consumer: ...
 
+    def health(self, queues: list[str] | None = None) -> dict[str, Any]:
+        """``{"ok", "url", "latency_ms", "queues": {name: {"messages", "consumers"}}}``
+
+        or ``{"ok": False, "url", "error"}``; ``queues`` names extra queues to inspect.
+        """
+        ...
+
     def depths(self) -> dict[str, int]:
         """Messages per queue (ready + unacked)."""
         ...

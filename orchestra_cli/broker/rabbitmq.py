@@ -533,22 +533,23 @@ class RabbitBroker:
         result: int = self._call(command, SETTLE_TIMEOUT_SECONDS)
         return result
 
-    def health(self) -> dict[str, Any]:
-        """Connection, round trip, and per queue its depth and consumer count."""
+    def health(self, queues: list[str] | None = None) -> dict[str, Any]:
+        """Connection, round trip, and per queue (known + ``queues``) depth and consumers."""
         started = time.perf_counter()
+        names = sorted(set(self.topo.known()) | set(queues or []))
         try:
-            queues = {}
-            for logical in self.topo.known():
+            found = {}
+            for logical in names:
                 info = self._inspect(logical)
                 if info is not None:
-                    queues[logical] = {"messages": info[0], "consumers": info[1]}
+                    found[logical] = {"messages": info[0], "consumers": info[1]}
         except BrokerError as exc:
             return {"ok": False, "url": self.url, "error": str(exc)}
         return {
             "ok": True,
             "url": self.url,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-            "queues": queues,
+            "queues": found,
         }
 
     def delete_topology(self) -> None:

@@ -9,7 +9,9 @@ is the embedded equivalent of RabbitMQ redelivering an unacked message.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from typing import Any
 
 from orchestra_cli.broker.base import decode_envelope
@@ -242,6 +244,26 @@ class SQLiteBroker:
             lease_seconds=self.lease_seconds,
             max_deliveries=self.max_deliveries,
         )
+
+    def health(self, queues: list[str] | None = None) -> dict[str, Any]:
+        """Round trip and, per queue, messages and holders of unexpired leases."""
+        started = time.perf_counter()
+        try:
+            rows = self.db.conn().execute(
+                "SELECT queue, COUNT(*) AS n, COUNT(DISTINCT CASE WHEN lease_until > ? "
+                "THEN consumer END) AS c FROM messages GROUP BY queue",
+                (now(),),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            return {"ok": False, "url": self.url, "error": f"{type(exc).__name__}: {exc}"}
+        found = {q: {"messages": 0, "consumers": 0} for q in queues or []}
+        found.update({r["queue"]: {"messages": r["n"], "consumers": r["c"]} for r in rows})
+        return {
+            "ok": True,
+            "url": self.url,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "queues": found,
+        }
 
     def depths(self) -> dict[str, int]:
         rows = (

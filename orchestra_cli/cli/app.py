@@ -56,7 +56,7 @@ def _callback(
 
 
 def build_app() -> typer.Typer:
-    from orchestra_cli.cli.commands import agent, config, run, task
+    from orchestra_cli.cli.commands import agent, config, health, run, task
 
     app = typer.Typer(
         name="orchestra",
@@ -73,6 +73,7 @@ def build_app() -> typer.Typer:
     task.register(app)
     agent.register(app)
     run.register(app)
+    health.register(app)
     return app
 
 

@@ -25,6 +25,7 @@ class AppContext:
         self.verbose = verbose
         self.no_color = no_color
         self._backends: Backends | None = None
+        self._logging = False
 
     @cached_property
     def loaded(self) -> LoadedSettings:
@@ -44,6 +45,7 @@ class AppContext:
 
     def backends(self) -> Backends:
         if self._backends is None:
+            self.setup_logging("cli")
             from orchestra_cli.backends import open_backends
 
             self._backends = open_backends(self.settings)
@@ -54,7 +56,15 @@ class AppContext:
 
         return TaskService(self.backends(), self.roles)
 
-    def setup_logging(self, component: str) -> None:
+    def setup_logging(self, component: str, *, foreground: bool = False) -> None:
+        """Once per process: JSON logs to ``logs/<component>.log``.
+
+        Long-running foreground commands (run, agent start) also show warnings on
+        stderr; one-shot commands only with -v.
+        """
+        if self._logging:
+            return
+        self._logging = True
         from orchestra_cli.logs import setup_logging
 
         s = self.settings
@@ -64,7 +74,7 @@ class AppContext:
             level=s.log.level,
             max_bytes=s.log.max_bytes,
             backups=s.log.backups,
-            stderr_level="INFO" if self.verbose else "WARNING",
+            stderr_level="INFO" if self.verbose else ("WARNING" if foreground else None),
         )
 
     @cached_property

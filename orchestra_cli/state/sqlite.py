@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -326,6 +327,23 @@ class SQLiteStateStore:
     def delete_agent(self, name: str) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM agents WHERE name = ?", (name,))
+
+    def health(self) -> dict[str, Any]:
+        """A read round trip, the file's size and its journal mode."""
+        started = time.perf_counter()
+        try:
+            conn = self.db.conn()
+            conn.execute("SELECT COUNT(*) FROM agents").fetchone()
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        except sqlite3.Error as exc:
+            return {"ok": False, "url": f"sqlite:///{self.db.path}", "error": str(exc)}
+        return {
+            "ok": True,
+            "url": f"sqlite:///{self.db.path}",
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "journal_mode": mode,
+            "size_bytes": self.db.path.stat().st_size,
+        }
 
     def close(self) -> None:
         self.db.close()

@@ -7,6 +7,7 @@ killed agent's task is taken over within seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -286,8 +287,16 @@ def test_operations_retry_and_resume_while_redis_is_briefly_unreachable(svc_env:
             try:
                 wait_until(lambda: _succeeded(b) >= 3, timeout=30, what="some progress")
                 os.kill(server.pid, signal.SIGSTOP)
-                time.sleep(3)
+                started = time.monotonic()
+                down = run_orchestra(
+                    ["--json", "health", "--check", "state"], env.vars, env.cwd, timeout=30
+                )
+                assert down.code == 3, str(down)  # health reports it meanwhile
+                assert json.loads(down.out)["checks"][0]["level"] == "fail"
+                time.sleep(max(0.0, 3 - (time.monotonic() - started)))
                 os.kill(server.pid, signal.SIGCONT)
+                up = run_orchestra(["health", "--check", "state"], env.vars, env.cwd, timeout=30)
+                assert up.code == 0, str(up)
                 wait_until(lambda: _succeeded(b) == 40, timeout=60, interval=0.3, what="all 40")
                 _assert_each_succeeded_once(b, 40)
             finally:

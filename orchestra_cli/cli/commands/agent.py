@@ -28,7 +28,7 @@ def start(
     from orchestra_cli.engine.runtime import Runtime, install_stop_signals, run_until_stopped
 
     app: AppContext = ctx.obj
-    app.setup_logging(f"agent-{role}")
+    app.setup_logging(f"agent-{role}", foreground=True)
     runtime = Runtime(app.backends(), app.roles)
     agent = runtime.add_agent(role, name=name, concurrency=concurrency)
     stop = threading.Event()

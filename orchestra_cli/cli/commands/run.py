@@ -29,7 +29,7 @@ def run(
     from orchestra_cli.engine.runtime import Runtime, install_stop_signals, run_until_stopped
 
     app: AppContext = ctx.obj
-    app.setup_logging("orchestrator")
+    app.setup_logging("orchestrator", foreground=True)
     runtime = Runtime(app.backends(), app.roles)
     runtime.add_orchestrator(concurrency)
     roles = _parse_roles(agents, app)

@@ -1,0 +1,296 @@
+"""Health checks for `orchestra health`: services, agents, queues, secrets, dependencies, parity.
+
+Each check returns a ``Check`` with a level (ok / warn / fail); the command
+renders them and turns them into a cron-friendly exit code. A check never
+raises: an unreachable service is a failed check, not a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
+from orchestra_cli.errors import ExitStatus, OrchestraError
+from orchestra_cli.models import Q_DEAD, Q_INTAKE, Q_RESULTS, work_queue
+from orchestra_cli.settings import Settings
+from orchestra_cli.status import Status
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+PARITY_SCAN_LIMIT = 10_000
+
+
+@dataclass
+class Check:
+    name: str
+    level: str
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    unavailable: bool = False  # a required service could not be reached
+
+
+@dataclass
+class HealthContext:
+    """What the checks share: settings, roles, and lazily opened clients."""
+
+    settings: Settings
+    roles: dict[str, RoleDefinition]
+    _state: Any = None
+    _broker: Any = None
+    _broker_health: dict[str, Any] | None = None
+
+    def capabilities(self) -> set[str]:
+        return known_capabilities(self.roles)
+
+    def state(self) -> Any:
+        if self._state is None:
+            from orchestra_cli.backends import open_state
+
+            self._state = open_state(self.settings)
+        return self._state
+
+    def broker(self) -> Any:
+        if self._broker is None:
+            from orchestra_cli.backends import open_broker
+
+            self._broker = open_broker(self.settings)
+        return self._broker
+
+    def broker_health(self) -> dict[str, Any]:
+        if self._broker_health is None:
+            queues = [Q_INTAKE, Q_RESULTS, Q_DEAD]
+            queues += [work_queue(c) for c in sorted(self.capabilities())]
+            self._broker_health = self.broker().health(queues)
+        return self._broker_health
+
+    def close(self) -> None:
+        for client in (self._state, self._broker):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing is best effort
+                    pass
+
+
+def check_state(ctx: HealthContext) -> Check:
+    info = ctx.state().health()
+    if not info.get("ok"):
+        return Check(
+            "state",
+            FAIL,
+            f"cannot reach {info.get('url')}: {info.get('error')}",
+            info,
+            unavailable=True,
+        )
+    return Check("state", OK, f"{info['url']} ({info.get('latency_ms')} ms)", info)
+
+
+def check_broker(ctx: HealthContext) -> Check:
+    info = ctx.broker_health()
+    if not info.get("ok"):
+        return Check(
+            "broker",
+            FAIL,
+            f"cannot reach {info.get('url')}: {info.get('error')}",
+            info,
+            unavailable=True,
+        )
+    return Check(
+        "broker",
+        OK,
+        f"{info['url']} ({info.get('latency_ms')} ms)",
+        {k: v for k, v in info.items() if k != "queues"},
+    )
+
+
+def check_agents(ctx: HealthContext) -> Check:
+    ttl = ctx.settings.agents.ttl_seconds
+    agents = ctx.state().list_agents()
+    live = [a for a in agents if a.is_alive(ttl)]
+    dead = [a.name for a in agents if a.status != "stopped" and not a.is_alive(ttl)]
+    covered = {c for a in live for c in a.capabilities}
+    missing = sorted(ctx.capabilities() - covered)
+    details = {
+        "live": len(live),
+        "dead": dead,
+        "capabilities_without_agent": missing,
+        "by_role": _count_by_role(live),
+    }
+    if not live:
+        return Check(
+            "agents", WARN, "no live agents; start one with `orchestra agent start coder`", details
+        )
+    summary = f"{len(live)} live"
+    if dead:
+        summary += f", {len(dead)} dead ({', '.join(dead[:3])})"
+    if missing:
+        summary += f"; no agent for {', '.join(missing)}"
+    return Check("agents", WARN if dead or missing else OK, summary, details)
+
+
+def _count_by_role(agents: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for agent in agents:
+        out[agent.role] = out.get(agent.role, 0) + 1
+    return out
+
+
+def check_queues(ctx: HealthContext) -> Check:
+    info = ctx.broker_health()
+    if not info.get("ok"):
+        return Check("queues", FAIL, "broker unreachable", unavailable=True)
+    queues: dict[str, dict[str, int]] = info.get("queues", {})
+    dead = queues.get(Q_DEAD, {}).get("messages", 0)
+    stranded = [
+        q
+        for q, v in queues.items()
+        if q.startswith("work.") and v["messages"] and not v["consumers"]
+    ]
+    total = sum(v["messages"] for q, v in queues.items() if q != Q_DEAD)
+    summary = f"{total} waiting, {dead} dead-lettered"
+    level = OK
+    if dead:
+        level = WARN
+    if stranded:
+        level = WARN
+        summary += f"; nobody consuming {', '.join(stranded)}"
+    return Check("queues", level, summary, {"queues": queues})
+
+
+def check_secrets(ctx: HealthContext) -> Check:
+    from orchestra_cli.backends import open_secrets
+
+    chain = open_secrets(ctx.settings)
+    details: dict[str, Any] = {}
+    for provider in chain.providers:
+        health = getattr(provider, "health", None)
+        if health is not None:
+            vault = health()
+            details["vault"] = {
+                "address": vault.address,
+                "sealed": vault.sealed,
+                "initialized": vault.initialized,
+                "version": vault.version,
+            }
+            if vault.sealed or not vault.initialized:
+                return Check(
+                    "secrets",
+                    FAIL,
+                    f"Vault at {vault.address} is "
+                    f"{'sealed' if vault.sealed else 'not initialized'}",
+                    details,
+                )
+    _, source = chain.lookup("ANTHROPIC_API_KEY")
+    details["ANTHROPIC_API_KEY"] = source or "not set"
+    if source is None:
+        level = FAIL if ctx.settings.llm.provider == "anthropic" else WARN
+        return Check(
+            "secrets", level, "ANTHROPIC_API_KEY not set: agents use the offline provider", details
+        )
+    return Check("secrets", OK, f"ANTHROPIC_API_KEY from {source}", details)
+
+
+def check_dependencies(ctx: HealthContext) -> Check:
+    import importlib.metadata as md
+
+    try:
+        requirements = md.requires("orchestra-cli") or []
+    except md.PackageNotFoundError:
+        return Check("dependencies", WARN, "orchestra-cli metadata not found (not installed?)")
+    problems, versions = [], {}
+    for req in requirements:
+        if "extra ==" in req:
+            continue
+        name = req.split(";")[0].split("[")[0]
+        for sep in "<>=!~ ":
+            name = name.split(sep)[0]
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            problems.append(f"{name} missing")
+            continue
+        if not _satisfies(req, versions[name]):
+            problems.append(f"{name} {versions[name]} does not satisfy {req}")
+    level = FAIL if problems else OK
+    summary = "; ".join(problems) if problems else f"{len(versions)} runtime packages satisfied"
+    return Check("dependencies", level, summary, {"versions": versions})
+
+
+def _satisfies(requirement: str, version: str) -> bool:
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # packaging absent: presence is all we can check
+        return True
+    return Requirement(requirement).specifier.contains(version, prereleases=True)
+
+
+def check_parity(ctx: HealthContext) -> Check:
+    """Queued tasks in state against messages on their queues."""
+    info = ctx.broker_health()
+    if not info.get("ok"):
+        return Check("parity", FAIL, "broker unreachable", unavailable=True)
+    queues = info.get("queues", {})
+    queued = ctx.state().list_tasks(status=[Status.QUEUED.value], limit=PARITY_SCAN_LIMIT)
+    by_cap: dict[str, int] = {}
+    for task in queued:
+        by_cap[task.capability or "?"] = by_cap.get(task.capability or "?", 0) + 1
+    short = {
+        cap: n
+        for cap, n in by_cap.items()
+        if n
+        > queues.get(work_queue(cap), {}).get("messages", 0)
+        + queues.get(work_queue(cap), {}).get("consumers", 0) * 1000
+    }
+    details = {"queued_tasks": by_cap}
+    if short:
+        return Check(
+            "parity",
+            WARN,
+            "more queued tasks than messages for "
+            + ", ".join(f"{c} ({n})" for c, n in short.items())
+            + " — some may be stuck",
+            details,
+        )
+    return Check("parity", OK, f"{len(queued)} queued tasks all have messages", details)
+
+
+CHECKS: dict[str, Callable[[HealthContext], Check]] = {
+    "state": check_state,
+    "broker": check_broker,
+    "agents": check_agents,
+    "queues": check_queues,
+    "secrets": check_secrets,
+    "dependencies": check_dependencies,
+    "parity": check_parity,
+}
+
+
+NEEDS_STATE = frozenset({"agents", "parity"})
+
+
+def run_checks(ctx: HealthContext, names: list[str] | None = None) -> list[Check]:
+    """Run the named checks (all by default); a crashing check becomes a failed one."""
+    results: list[Check] = []
+    for name in names or list(CHECKS):
+        state_down = any(c.name == "state" and c.unavailable for c in results)
+        if name in NEEDS_STATE and state_down:
+            results.append(Check(name, FAIL, "skipped: state store unreachable", unavailable=True))
+            continue
+        try:
+            results.append(CHECKS[name](ctx))
+        except OrchestraError as exc:
+            unavailable = exc.exit_status == ExitStatus.UNAVAILABLE
+            results.append(Check(name, FAIL, str(exc), unavailable=unavailable))
+        except Exception as exc:
+            results.append(Check(name, FAIL, f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def exit_status(checks: list[Check], strict: bool) -> int:
+    """3 when a required service is unreachable, 1 on failures (or warnings if strict)."""
+    if any(c.unavailable for c in checks):
+        return ExitStatus.UNAVAILABLE
+    if any(c.level == FAIL for c in checks) or (strict and any(c.level == WARN for c in checks)):
+        return ExitStatus.FAILURE
+    return ExitStatus.OK
