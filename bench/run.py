@@ -4,6 +4,8 @@ Prints one table and writes the same figures to ``bench/results/latest.json``.
 Each figure is the median of ``--reps`` repetitions after a discarded
 warm-up. Throughput is N no-op tasks from first submit to last completion;
 latency is submit → completion of ``--latency-n`` sequential tasks.
+Besides: CLI start-up, `task list` / `task get` with 100,000 finished tasks in
+state, and the resident memory of an idle agent.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.state_probe import query_times, rss_mb
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POLL = 0.0005
+IDLE_SECONDS = 3.0
+STATE_TASKS = 100_000
+ORCH_THREADS = 4
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     runs: list[float] = field(default_factory=list)
+    idle_agent_rss_mb: float | None = None
     note: str = ""
 
 
@@ -78,8 +87,10 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 # -- orchestra ------------------------------------------------------------------
 @contextmanager
-def orchestra(mode: str, agent_concurrency: int) -> Iterator[tuple[object, dict[str, str]]]:
-    """An orchestrator and one coder agent as real processes; yields (backends, env)."""
+def orchestra(
+    mode: str, agent_concurrency: int
+) -> Iterator[tuple[object, subprocess.Popen[bytes]]]:
+    """An orchestrator and one coder agent as real processes; yields (backends, agent)."""
     from orchestra_cli.backends import open_backends
     from orchestra_cli.settings import load_settings
 
@@ -96,7 +107,7 @@ def orchestra(mode: str, agent_concurrency: int) -> Iterator[tuple[object, dict[
     cmd = [sys.executable, "-m", "orchestra_cli"]
     out = subprocess.DEVNULL
     procs = [
-        subprocess.Popen([*cmd, "run"], env=env, stdout=out, stderr=out),
+        subprocess.Popen([*cmd, "run", "-n", str(ORCH_THREADS)], env=env, stdout=out, stderr=out),
         subprocess.Popen(
             [*cmd, "agent", "start", "coder", "-n", str(agent_concurrency)],
             env=env,
@@ -111,7 +122,7 @@ def orchestra(mode: str, agent_concurrency: int) -> Iterator[tuple[object, dict[
             if time.monotonic() > deadline:
                 raise RuntimeError("orchestra agent did not start")
             time.sleep(0.1)
-        yield backends, env
+        yield backends, procs[1]
     finally:
         _stop(procs)
         backends.close()
@@ -127,12 +138,12 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
         "orchestra",
         mode,
         n,
-        f"1 orchestrator + 1 agent x {concurrency} threads",
+        f"1 orchestrator x {ORCH_THREADS} + 1 agent x {concurrency} threads",
         "every transition + event persisted"
         + (" (Redis)" if mode == "services" else " (SQLite WAL)"),
         "publisher confirms" if mode == "services" else "committed transaction",
     )
-    with orchestra(mode, concurrency) as (backends, _env):
+    with orchestra(mode, concurrency) as (backends, agent):
         svc = TaskService(backends, load_roles())  # type: ignore[arg-type]
         state = backends.state  # type: ignore[attr-defined]
         existing = state.events(after=0, limit=1_000_000)
@@ -171,7 +182,10 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
                 samples.append(time.perf_counter() - start)
             return samples
 
-        return measure(row, throughput, latency, reps)
+        measure(row, throughput, latency, reps)
+        time.sleep(IDLE_SECONDS)  # the agent has handled every task and sits idle
+        row.idle_agent_rss_mb = rss_mb(agent.pid)
+        return row
 
 
 # -- Celery ---------------------------------------------------------------------
@@ -272,7 +286,7 @@ def dramatiq_row(n: int, latency_n: int, reps: int) -> Row:
             n,
             "2 processes x 8 threads",
             "persistent messages; completions counted in Redis",
-            "publisher confirms on",
+            "publisher confirms off (default)",
         )
 
         def throughput() -> float:
@@ -346,7 +360,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(rows: list[Row], startup: dict[str, float]) -> None:
+def print_table(rows: list[Row], startup: dict[str, float], queries: dict[str, float]) -> None:
     print()
     header = f"{'system':<10} {'mode':<15} {'N':>6} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
     print(header + "  concurrency; persistence; confirms")
@@ -368,6 +382,12 @@ def print_table(rows: list[Row], startup: dict[str, float]) -> None:
     print()
     for label, ms in startup.items():
         print(f"start-up  {label:<42} {ms:7.0f} ms (median)")
+    for label, ms in queries.items():
+        print(f"query     {label:<42} {ms:7.0f} ms (median)")
+    for r in rows:
+        if r.idle_agent_rss_mb is not None:
+            label = f"idle agent RSS ({r.mode}, after the run)"
+            print(f"memory    {label:<42} {r.idle_agent_rss_mb:7.1f} MB")
 
 
 def main() -> int:
@@ -377,8 +397,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (median reported)")
     parser.add_argument(
         "--systems",
-        default="orchestra-embedded,orchestra-services,celery,dramatiq,startup",
+        default="orchestra-embedded,orchestra-services,celery,dramatiq,startup,state",
         help="comma-separated subset",
+    )
+    parser.add_argument(
+        "--state-tasks", type=int, default=STATE_TASKS, help="finished tasks for the query probe"
     )
     args = parser.parse_args()
     wanted = set(args.systems.split(","))
@@ -419,7 +442,15 @@ def main() -> int:
                 )
             )
     startup = startup_times(10) if "startup" in wanted else {}
-    print_table(rows, startup)
+    queries: dict[str, float] = {}
+    if "state" in wanted:
+        print(f"bench: task list / task get over {args.state_tasks:,} finished tasks…", flush=True)
+        for mode in ("embedded", "services"):
+            try:
+                queries.update(query_times(mode, args.state_tasks, 5, REDIS_URL, AMQP_URL))
+            except Exception as exc:
+                print(f"bench: state probe ({mode}) failed: {exc!r}", file=sys.stderr)
+    print_table(rows, startup, queries)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -433,6 +464,7 @@ def main() -> int:
                 "args": vars(args),
                 "rows": [asdict(r) for r in rows],
                 "startup_ms": startup,
+                "query_ms": queries,
             },
             indent=2,
         )

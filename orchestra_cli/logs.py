@@ -15,6 +15,8 @@ import logging.handlers
 import os
 import re
 import sys
+import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ _SECRET_PATTERNS = [
     re.compile(r"(?<=://)([^:/@\s]+):([^@/\s]+)@"),
 ]
 _known_secrets: set[str] = set()
+TAIL_BYTES = 256_000  # how far back from the end a tail read starts
 
 
 def register_secret(value: str) -> None:
@@ -108,17 +111,46 @@ class JsonlWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._dir_made = False
+        self._tail_lock = threading.Lock()
+        self._tail: _Tail | None = None
 
     def write(self, record: dict[str, Any]) -> None:
         record = {"time": iso(now()), **record}
         line = (redact(dumps(record)) + "\n").encode("utf-8")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._dir_made:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._dir_made = True
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, line)
         finally:
             os.close(fd)  # closing releases the lock
+
+    def tail(self, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` records, reading only what was appended since the last call.
+
+        For readers that look at the tail often (an agent's memory, once per
+        task): the file is parsed once, then followed like ``tail -f``.
+        """
+        with self._tail_lock:
+            try:
+                with open(self.path, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    tail = self._tail
+                    if tail is None or tail.stale(st, limit):
+                        self._tail = tail = _Tail(st.st_ino, limit)
+                        tail.offset = fh.seek(max(0, st.st_size - TAIL_BYTES))
+                        if tail.offset > 0:
+                            tail.offset += len(fh.readline())  # drop the partial first line
+                    if st.st_size > tail.offset:
+                        fh.seek(tail.offset)
+                        tail.feed(fh.read(st.st_size - tail.offset))
+            except FileNotFoundError:
+                self._tail = None
+                return []
+            return list(tail.records)
 
     def read(self, limit: int | None = None, tail_bytes: int = 256_000) -> list[dict[str, Any]]:
         """Every line, or the last ``limit`` (read from the file's tail), skipping bad lines."""
@@ -144,6 +176,30 @@ class JsonlWriter:
         return out
 
 
+class _Tail:
+    """The parsed last lines of a JSONL file and how far it has been read."""
+
+    def __init__(self, inode: int, limit: int) -> None:
+        self.inode = inode
+        self.limit = limit
+        self.offset = 0
+        self.partial = b""
+        self.records: deque[dict[str, Any]] = deque(maxlen=limit)
+
+    def stale(self, st: os.stat_result, limit: int) -> bool:
+        """Replaced, truncated, or read for a different limit: parse it again."""
+        return st.st_ino != self.inode or st.st_size < self.offset or limit != self.limit
+
+    def feed(self, data: bytes) -> None:
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            try:
+                self.records.append(json.loads(line))
+            except ValueError:
+                continue
+
+
 class Journals:
     """The JSONL files under the data dir."""
 
@@ -151,6 +207,13 @@ class Journals:
         self.home = home
         self.metrics = JsonlWriter(home / "metrics.jsonl")
         self.decisions = JsonlWriter(home / "decisions.jsonl")
+        self._memory: dict[str, JsonlWriter] = {}
 
     def memory(self, agent_role: str) -> JsonlWriter:
-        return JsonlWriter(self.home / "memory" / f"{agent_role}.jsonl")
+        # one writer per role, so its tail cache lives as long as the process
+        writer = self._memory.get(agent_role)
+        if writer is None:
+            writer = self._memory.setdefault(
+                agent_role, JsonlWriter(self.home / "memory" / f"{agent_role}.jsonl")
+            )
+        return writer

@@ -113,6 +113,7 @@ class AgentRecord(BaseModel):
     heartbeat_at: float = Field(default_factory=now)
     stop_requested: bool = False
     current: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)  # every model call this agent made
 
     def is_alive(self, ttl: float, at: float | None = None) -> bool:
         """Heartbeat fresher than ``ttl`` and not stopped."""

@@ -105,6 +105,9 @@ class TaskSettings(_Section):
     max_input_bytes: int = Field(1_000_000, ge=1)
     retry_backoff_seconds: float = Field(1.0, ge=0)
     default_capability: str = "code"
+    recovery_interval_seconds: float = Field(
+        15.0, ge=0, description="orchestrator's stuck-work sweep; 0 disables"
+    )
 
 
 class LogSettings(_Section):

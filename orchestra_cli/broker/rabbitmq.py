@@ -202,7 +202,8 @@ class RabbitDelivery:
 
     def ack(self) -> None:
         """Done: remove the message."""
-        self._consumer.settle(self, lambda ch: ch.basic_ack(self.tag))
+        # an ack has no reply to wait for: queue it and let the handler go on
+        self._consumer.settle(self, lambda ch: ch.basic_ack(self.tag), wait=False)
 
     def nack(self, *, delay: float = 0.0) -> None:
         """Back to the queue (after ``delay``) with its delivery count carried along."""
@@ -374,7 +375,7 @@ class RabbitConsumer:
                 return delivery
             # from before a reconnect: RabbitMQ has requeued it already
 
-    def settle(self, delivery: RabbitDelivery, op: Any) -> None:
+    def settle(self, delivery: RabbitDelivery, op: Any, *, wait: bool = True) -> None:
         """Run ``op(channel)`` on the connection thread, unless the delivery is stale."""
         if delivery.settled:
             return
@@ -385,7 +386,10 @@ class RabbitConsumer:
                 return  # the connection it came on is gone; RabbitMQ redelivers it
             op(ch)
 
-        self._link.call(command, SETTLE_TIMEOUT_SECONDS)
+        if wait:
+            self._link.call(command, SETTLE_TIMEOUT_SECONDS)
+        else:
+            self._link.send(command)
 
     def close(self) -> None:
         """Close the connection; RabbitMQ requeues whatever is unsettled."""

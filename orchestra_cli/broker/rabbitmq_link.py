@@ -135,12 +135,7 @@ class Link:
 
         During an outage the command waits for the reconnect (up to ``timeout``).
         """
-        if self.failure is not None:
-            raise self.failure
-        item = _Pending(command)
-        with self._lock:
-            self._pending.append(item)
-        self._wake()
+        item = self._enqueue(command)
         try:
             return item.future.result(timeout)
         except FutureTimeout:
@@ -148,6 +143,26 @@ class Link:
                 if item in self._pending:
                     self._pending.remove(item)
             raise unavailable(self.url, f"no connection for {timeout:g}s") from None
+
+    def send(self, command: Command) -> Future[Any]:
+        """Queue ``command`` without waiting (an ack needs no reply); failures are logged."""
+        future = self._enqueue(command).future
+        future.add_done_callback(self._log_failure)
+        return future
+
+    def _enqueue(self, command: Command) -> _Pending:
+        if self.failure is not None:
+            raise self.failure
+        item = _Pending(command)
+        with self._lock:
+            self._pending.append(item)
+        self._wake()
+        return item
+
+    def _log_failure(self, future: Future[Any]) -> None:
+        exc = future.exception()
+        if exc is not None:  # the broker redelivers what was not settled
+            log.warning("RabbitMQ link %s: queued command failed: %r", self.name, exc)
 
     def close(self) -> None:
         """Run what is queued, then close the connection (the broker requeues unacked)."""

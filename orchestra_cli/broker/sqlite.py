@@ -90,6 +90,11 @@ class SQLiteConsumer:
             f"SELECT id FROM messages WHERE queue IN ({marks}) AND available_at <= ? "
             "AND (lease_until IS NULL OR lease_until < ?) ORDER BY priority DESC, id LIMIT 1"
         )
+        # find and lease in one statement (one write transaction per claim)
+        self._claim_sql = (
+            "UPDATE messages SET lease_until = ?, consumer = ?, deliveries = deliveries + 1 "
+            f"WHERE id = ({self._ready_sql}) RETURNING id, queue, body, deliveries"
+        )
 
     def _renew_loop(self) -> None:
         interval = max(0.05, self.lease_seconds / 3)
@@ -113,20 +118,15 @@ class SQLiteConsumer:
         if self.db.conn().execute(self._ready_sql, params).fetchone() is None:
             return None  # nothing ready: no write lock taken
         with self.db.write() as conn:
-            row = conn.execute(
-                self._ready_sql.replace("SELECT id", "SELECT id, queue, body, deliveries"),
-                (*self.queues, now(), now()),
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute(
-                "UPDATE messages SET lease_until = ?, consumer = ?, deliveries = deliveries + 1 "
-                "WHERE id = ?",
-                (now() + self.lease_seconds, self.tag, row["id"]),
-            )
+            ts = now()
+            claim = (ts + self.lease_seconds, self.tag, *self.queues, ts, ts)
+            rows = conn.execute(self._claim_sql, claim).fetchall()  # fetch all: ends the statement
+        if not rows:
+            return None
+        row = rows[0]
         with self._cond:
             self._held.add(row["id"])
-        count = row["deliveries"] + 1
+        count = row["deliveries"]
         try:
             env = decode_envelope(bytes(row["body"]))
         except MalformedMessage as exc:
@@ -249,11 +249,15 @@ class SQLiteBroker:
         """Round trip and, per queue, messages and holders of unexpired leases."""
         started = time.perf_counter()
         try:
-            rows = self.db.conn().execute(
-                "SELECT queue, COUNT(*) AS n, COUNT(DISTINCT CASE WHEN lease_until > ? "
-                "THEN consumer END) AS c FROM messages GROUP BY queue",
-                (now(),),
-            ).fetchall()
+            rows = (
+                self.db.conn()
+                .execute(
+                    "SELECT queue, COUNT(*) AS n, COUNT(DISTINCT CASE WHEN lease_until > ? "
+                    "THEN consumer END) AS c FROM messages GROUP BY queue",
+                    (now(),),
+                )
+                .fetchall()
+            )
         except sqlite3.Error as exc:
             return {"ok": False, "url": self.url, "error": f"{type(exc).__name__}: {exc}"}
         found = {q: {"messages": 0, "consumers": 0} for q in queues or []}

@@ -56,7 +56,7 @@ def _callback(
 
 
 def build_app() -> typer.Typer:
-    from orchestra_cli.cli.commands import agent, config, health, run, task
+    from orchestra_cli.cli.commands import agent, config, health, recover, run, task
 
     app = typer.Typer(
         name="orchestra",
@@ -74,6 +74,7 @@ def build_app() -> typer.Typer:
     agent.register(app)
     run.register(app)
     health.register(app)
+    recover.register(app)
     return app
 
 

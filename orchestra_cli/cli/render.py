@@ -159,6 +159,7 @@ def agents_table(agents: list[AgentRecord], ttl: float) -> Table:
         "LOAD",
         "DONE",
         "FAILED",
+        "USAGE",
         "HEARTBEAT",
         "HOST/PID",
     ):
@@ -174,6 +175,7 @@ def agents_table(agents: list[AgentRecord], ttl: float) -> Table:
             f"{a.load}/{a.concurrency}",
             str(a.processed),
             str(a.failed),
+            usage_text(a.usage),
             f"{human_duration(now() - a.heartbeat_at)} ago",
             f"{a.host}/{a.pid}",
         )

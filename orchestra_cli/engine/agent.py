@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 from orchestra_cli import __version__
@@ -246,18 +245,23 @@ class Agent:
 
     def _execute(self, task: Task) -> Action:
         cancel = threading.Event()
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()  # set first: whoever sees ``cancel`` must see why
+            cancel.set()
+
         with self._lock:
             self._running[task.id] = cancel
-        timer = threading.Timer(task.timeout, cancel.set)
+        timer = threading.Timer(task.timeout, expire)
         timer.daemon = True
         timer.start()
-        started = time.monotonic()
         try:
             response = self._call_llm(task, cancel)
-            if cancel.is_set() and time.monotonic() - started >= task.timeout:
+            if timed_out.is_set():
                 raise TaskTimeout(f"timed out after {task.timeout:g}s")
         except TaskCancelled as exc:
-            if time.monotonic() - started >= task.timeout:
+            if timed_out.is_set():
                 return self._fail(task, f"timed out after {task.timeout:g}s")
             log.info("task %s cancelled while running: %s", task.id, exc)
             return Ack()
@@ -269,7 +273,9 @@ class Agent:
         finally:
             timer.cancel()
             with self._lock:
-                self._running.pop(task.id, None)
+                # a retry of this task may already run here: only drop our own entry
+                if self._running.get(task.id) is cancel:
+                    del self._running[task.id]
         return self._succeed(task, response)
 
     def _context(self, task: Task) -> str:
@@ -282,7 +288,7 @@ class Agent:
     def _memory(self, task: Task) -> str:
         items = [
             m
-            for m in self.b.journals.memory(self.role.name).read(MEMORY_LINES)
+            for m in self.b.journals.memory(self.role.name).tail(MEMORY_LINES)
             if m.get("root_id") == task.root_id and m.get("task_id") != task.id
         ]
         return (
@@ -309,7 +315,10 @@ class Agent:
             cancel=cancel,
         )
         # budget check before the call, usage and cost charged to the task per call
-        return self.meter.wrap(self.llm, task, agent=self.name).complete(request)
+        response = self.meter.wrap(self.llm, task, agent=self.name).complete(request)
+        with self._lock:  # per-agent totals, saved to the registry with the next heartbeat
+            self.record.usage = self.record.usage + response.usage
+        return response
 
     def _succeed(self, task: Task, response: LLMResponse) -> Action:
         try:
@@ -354,6 +363,11 @@ class Agent:
         self._notify(done, "succeeded")
         return Ack()
 
+    def _needs_notice(self, task: Task) -> bool:
+        # The orchestrator acts on a success only to advance a parent: a root
+        # task's success notice would be a message, a claim and an ack for nothing.
+        return task.parent_id is not None or task.status != Status.SUCCEEDED
+
     def _fail(self, task: Task, error: str, *, retryable: bool = True) -> Action:
         log.warning("task %s attempt %d failed: %s", task.id, task.attempts, error)
         self.record.failed += 1
@@ -363,6 +377,8 @@ class Agent:
     def _notify(
         self, task: Task, outcome: str, error: str | None = None, *, retryable: bool = True
     ) -> None:
+        if not self._needs_notice(task):
+            return
         payload: dict[str, object] = {"outcome": outcome, "agent": self.name}
         if error:
             payload["error"] = error

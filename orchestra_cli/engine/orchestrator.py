@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
@@ -22,6 +23,7 @@ from orchestra_cli.models import (
     MSG_SUBMIT,
     Q_INTAKE,
     Q_RESULTS,
+    AgentRecord,
     Envelope,
     Task,
     work_queue,
@@ -31,6 +33,10 @@ from orchestra_cli.status import TERMINAL, Status
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY_SECONDS = 60.0
+# The registry is read for routing hints on every dispatch; a view this old is
+# fine (liveness itself is judged on a heartbeat TTL of seconds), and a miss
+# always reads it afresh, so a just-started agent is seen at once.
+AGENTS_CACHE_SECONDS = 1.0
 
 
 class Orchestrator:
@@ -54,11 +60,29 @@ class Orchestrator:
         self.loop = ConsumerLoop(
             self.broker, [Q_INTAKE, Q_RESULTS], self.handle, concurrency=concurrency, name=name
         )
+        self._agents_cache: tuple[float, list[AgentRecord]] = (-AGENTS_CACHE_SECONDS, [])
 
     def run(self, stop: threading.Event) -> None:
         log.info("orchestrator %s started", self.name)
+        sweeper = threading.Thread(
+            target=self._sweep_loop, args=(stop,), name=f"{self.name}-sweep", daemon=True
+        )
+        sweeper.start()
         self.loop.run(stop)
         log.info("orchestrator %s stopped", self.name)
+
+    def _sweep_loop(self, stop: threading.Event) -> None:
+        """Every ``tasks.recovery_interval_seconds``: put stuck work back on its way."""
+        from orchestra_cli.engine.recovery import locked_sweep
+
+        interval = self.b.settings.tasks.recovery_interval_seconds
+        if interval <= 0:
+            return
+        while not stop.wait(interval):
+            try:
+                locked_sweep(self.b, ttl=interval * 2)
+            except Exception:  # the next sweep tries again; it must never stop the loop
+                log.exception("recovery sweep failed")
 
     # -- dispatch on message type -----------------------------------------
     def handle(self, delivery: Delivery) -> Action:
@@ -76,9 +100,17 @@ class Orchestrator:
         return Ack()
 
     # -- intake ------------------------------------------------------------
+    def _agents(self, *, fresh: bool = False) -> list[AgentRecord]:
+        """The agent registry, read at most once per ``AGENTS_CACHE_SECONDS`` unless ``fresh``."""
+        read_at, agents = self._agents_cache
+        if fresh or time.monotonic() - read_at > AGENTS_CACHE_SECONDS:
+            agents = self.state.list_agents()
+            self._agents_cache = (time.monotonic(), agents)
+        return agents
+
     def capabilities(self) -> set[str]:
         caps = known_capabilities(self.roles)
-        for agent in self.state.list_agents():
+        for agent in self._agents():
             caps.update(agent.capabilities)
         return caps
 
@@ -154,11 +186,15 @@ class Orchestrator:
 
     def _live_agents_for(self, capability: str) -> list[str]:
         ttl = self.b.settings.agents.ttl_seconds
-        return [
-            a.name
-            for a in self.state.list_agents()
-            if capability in a.capabilities and a.is_alive(ttl)
-        ]
+        for fresh in (False, True):  # "no live agent" is only ever said on a fresh read
+            names = [
+                a.name
+                for a in self._agents(fresh=fresh)
+                if capability in a.capabilities and a.is_alive(ttl)
+            ]
+            if names:
+                return names
+        return []
 
     def _dispatch(self, task: Task, capability: str) -> None:
         """pending → queued on ``work.<capability>``; waits in the queue if no agent is live."""

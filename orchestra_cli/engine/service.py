@@ -55,6 +55,10 @@ class TaskService:
             caps.update(agent.capabilities)
         return caps
 
+    def _known(self, capability: str) -> bool:
+        # the roles' own capabilities need no registry read (a round trip per submit)
+        return capability in known_capabilities(self.roles) or capability in self.capabilities()
+
     def validate(self, req: SubmitRequest) -> None:
         limit = self.b.settings.tasks.max_input_bytes
         if not req.text.strip():
@@ -64,7 +68,7 @@ class TaskService:
                 f"task text is {len(req.text.encode()):,} bytes, over the {limit:,}-byte limit",
                 "shorten it or raise tasks.max_input_bytes",
             )
-        if req.capability is not None and req.capability not in self.capabilities():
+        if req.capability is not None and not self._known(req.capability):
             raise UsageError(
                 f"unknown capability {req.capability!r}",
                 f"choose one of: {', '.join(sorted(self.capabilities()))}",

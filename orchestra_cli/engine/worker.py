@@ -1,15 +1,17 @@
 """The consume loop shared by the orchestrator and the agents.
 
-Messages are handled on a thread pool; settling (ack / nack / dead-letter)
-happens back on the loop's own thread, because broker clients such as pika
-are not thread-safe. A handler returns what to do with its message and
-settles nothing itself, so an ack can only follow a committed state change.
+Messages are handled on a thread pool. A handler returns what to do with
+its message and settles nothing itself, so an ack can only follow a
+committed state change; the handler's thread then settles it (the brokers'
+``Delivery`` methods are thread-safe: RabbitMQ's hand the frame to the
+connection's own I/O thread, SQLite's use the thread's own connection).
+The loop only waits for a free slot, so a finished message is settled at
+once instead of after the loop's next receive times out.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,8 +71,14 @@ class ConsumerLoop:
         self.handler = handler
         self.concurrency = max(1, concurrency)
         self.name = name
-        self.inflight = 0
-        self._done: queue.Queue[tuple[Delivery, Action]] = queue.Queue()
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._count_lock = threading.Lock()
+        self._inflight = 0
+
+    @property
+    def inflight(self) -> int:
+        """Messages received and not yet settled."""
+        return self._inflight
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop``; then finish the messages in hand (drain) and return."""
@@ -78,23 +86,35 @@ class ConsumerLoop:
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=self.name)
         try:
             while not stop.is_set():
-                self._settle_ready(block=self.inflight >= self.concurrency)
-                if self.inflight >= self.concurrency:
+                if not self._slots.acquire(timeout=POLL_SECONDS):
+                    continue  # every handler busy: look at ``stop`` again
+                try:
+                    delivery = consumer.get(timeout=POLL_SECONDS)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if delivery is None:
+                    self._slots.release()
                     continue
-                delivery = consumer.get(timeout=POLL_SECONDS)
-                if delivery is not None:
-                    self.inflight += 1
-                    pool.submit(self._work, delivery)
-            while self.inflight > 0:
-                self._settle_ready(block=True)
+                with self._count_lock:
+                    self._inflight += 1
+                pool.submit(self._work, delivery)
         finally:
-            pool.shutdown(wait=True)
-            self._settle_ready(block=False)
+            pool.shutdown(wait=True)  # drain: the handlers in hand finish and settle
             consumer.close()
 
     def _work(self, delivery: Delivery) -> None:
         try:
-            action = self.handler(delivery)
+            action = self._handle(delivery)
+            self._settle(delivery, action)
+        finally:
+            with self._count_lock:
+                self._inflight -= 1
+            self._slots.release()
+
+    def _handle(self, delivery: Delivery) -> Action:
+        try:
+            return self.handler(delivery)
         except OrchestraError as exc:
             log.warning(
                 "handling %s failed: %s; retrying",
@@ -102,30 +122,15 @@ class ConsumerLoop:
                 exc,
                 extra={"task_id": delivery.envelope.task_id},
             )
-            action = Nack(HANDLER_ERROR_RETRY_SECONDS)
         except Exception:
             log.exception(
                 "handler crashed on %s",
                 delivery.envelope.type,
                 extra={"task_id": delivery.envelope.task_id},
             )
-            action = Nack(HANDLER_ERROR_RETRY_SECONDS)
-        self._done.put((delivery, action))
-
-    def _settle_ready(self, *, block: bool) -> None:
-        try:
-            item = self._done.get(timeout=POLL_SECONDS) if block else self._done.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            self._settle(*item)
-            try:
-                item = self._done.get_nowait()
-            except queue.Empty:
-                return
+        return Nack(HANDLER_ERROR_RETRY_SECONDS)
 
     def _settle(self, delivery: Delivery, action: Action) -> None:
-        self.inflight -= 1
         try:
             if isinstance(action, Ack):
                 delivery.ack()

@@ -125,3 +125,25 @@ def test_agent_commands_on_an_empty_registry(cli: CliRunner) -> None:
     assert "agent 'ghost' not found" in cli("agent", "status", "ghost", expect=1).err
     assert "not found" in cli("agent", "stop", "ghost", expect=1).err
     assert "unknown agent role 'wizard'" in cli("agent", "start", "wizard", expect=2).err
+
+
+@pytest.mark.parametrize(
+    ("budget", "labels"),
+    [
+        ("0.50", {"budget_usd": "0.50"}),
+        ("$2", {"budget_usd": "2"}),
+        ("20000tok", {"budget_tokens": "20000"}),
+        ("20k tokens", {"budget_tokens": "20000"}),
+    ],
+)
+def test_budget_option_sets_the_tree_budget_labels(
+    cli: CliRunner, budget: str, labels: dict[str, str]
+) -> None:
+    task = json.loads(cli("--json", "task", "submit", "x", "--budget", budget).out)["task"]
+    assert task["labels"] == labels
+
+
+def test_unreadable_budget_is_a_usage_error(cli: CliRunner) -> None:
+    assert (
+        "cannot read budget 'lots'" in cli("task", "submit", "x", "--budget", "lots", expect=2).err
+    )

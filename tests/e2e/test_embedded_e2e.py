@@ -183,3 +183,24 @@ def test_agent_stop_command_drains_a_running_agent(deployment: Deployment) -> No
     d.cli("agent", "stop", "stoppable", "--wait", "--timeout", "20")
     assert agent.popen.wait(timeout=20) == 0
     assert d.cli("agent", "status", "stoppable", expect=1).code == 1
+
+
+def test_task_whose_message_was_lost_is_recovered_by_the_orchestrator_sweep(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "3000"
+    d.env["ORCHESTRA_TASKS__RECOVERY_INTERVAL_SECONDS"] = "0.5"
+    d.start("run")
+    first = d.start("agent", "start", "coder", "--name", "doomed")
+    task_id = d.submit("--capability", "code", "survive a lost message")
+    d.wait_status(task_id, "running")
+    first.kill9()
+    assert d.backends.broker.purge("work.code") == 1  # the message is gone as well
+    d.start("agent", "start", "coder", "--name", "rescuer")
+    done = d.wait_status(task_id, "succeeded", "failed", timeout=60)
+    assert done.status == "succeeded" and done.agent == "rescuer"
+    assert any(
+        e.data.get("reason") == "recovered" for e in d.backends.state.events(root_id=task_id)
+    )
+    assert d.backends.state.count_events(task_id, "succeeded") == 1

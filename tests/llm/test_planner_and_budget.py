@@ -152,6 +152,14 @@ def test_end_to_end_run_records_tokens_and_cost_in_state_and_metrics(
             return data if status in ("succeeded", "failed") else None
 
         data = wait_until(finished, timeout=90, interval=0.5, what=f"task {task_id}\n")
+
+        def agent_calls() -> int | None:
+            agents = json.loads(run_orchestra(["--json", "agent", "list"], env, cwd).out)
+            calls = sum(a["usage"]["calls"] for a in agents)
+            return calls if calls == 2 else None
+
+        # per-agent totals reach the registry with the next heartbeat: design + build
+        wait_until(agent_calls, timeout=10, interval=0.3, what="per-agent usage")
     task = data.get("task", data)
     assert task["status"] == "succeeded", data
     tree = data["tree_usage"]

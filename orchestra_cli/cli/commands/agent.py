@@ -101,6 +101,9 @@ def status(
             if isinstance(value, list):
                 value = ", ".join(map(str, value)) or "-"
             print(f"{key:<16} {value}")
+        from orchestra_cli.cli.render import usage_text
+
+        print(f"{'usage':<16} {usage_text(agent.usage)}")
     return 0 if data["state"] in ("running", "starting", "draining", "stopping") else 1
 
 

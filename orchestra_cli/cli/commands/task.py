@@ -52,6 +52,24 @@ def _parse_labels(labels: list[str]) -> dict[str, str]:
     return out
 
 
+def _parse_budget(text: str) -> dict[str, str]:
+    """``0.50`` / ``$2`` → budget_usd; ``20000tok`` / ``20k tokens`` → budget_tokens."""
+    import re
+
+    from orchestra_cli.errors import UsageError
+
+    t = text.strip().lower().replace(",", "").replace(" ", "")
+    tokens = re.fullmatch(r"(\d+)(k?)(tok|tokens)", t)
+    if tokens:
+        return {"budget_tokens": str(int(tokens.group(1)) * (1000 if tokens.group(2) else 1))}
+    usd = re.fullmatch(r"\$?(\d+(?:\.\d+)?)(usd)?", t)
+    if usd and float(usd.group(1)) > 0:
+        return {"budget_usd": usd.group(1)}
+    raise UsageError(
+        f"cannot read budget {text!r}", "use USD like 0.50 or $2, or tokens like 20000tok"
+    )
+
+
 @task_app.command("submit")
 def submit(
     ctx: typer.Context,
@@ -73,6 +91,12 @@ def submit(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Submitting the same key again returns the same task.")
     ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Spending cap for the whole task tree: USD (0.50, $2) or tokens (20000tok)."
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait for the outcome; exit 1 if it fails.")
     ] = False,
@@ -81,6 +105,9 @@ def submit(
     from orchestra_cli.engine.service import SubmitRequest
 
     app: AppContext = ctx.obj
+    labels = _parse_labels(label or [])
+    if budget is not None:
+        labels.update(_parse_budget(budget))
     req = SubmitRequest(
         text=_read_input(text, file),
         title=title,
@@ -88,7 +115,7 @@ def submit(
         priority=priority,
         timeout=timeout,
         max_attempts=max_attempts,
-        labels=_parse_labels(label or []),
+        labels=labels,
         idempotency_key=idempotency_key,
     )
     task, created = app.service().submit(req)

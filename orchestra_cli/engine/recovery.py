@@ -1,0 +1,184 @@
+"""Recovery of stuck or orphaned work: the orchestrator's periodic sweep and `orchestra recover`.
+
+Redelivery covers the common faults (a killed agent's message comes back).
+The sweep is the safety net for the rest: a task left ``running`` by an agent
+that is dead or no longer working on it, a ``pending`` task whose intake
+message was lost between store and publish, and a parent whose subtasks all
+ended without it being aggregated. Every action is idempotent and versioned,
+so a sweep racing the normal flow, or another orchestrator's sweep, is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from orchestra_cli.backends import Backends
+from orchestra_cli.errors import TransitionRejected
+from orchestra_cli.models import (
+    MSG_RESULT,
+    MSG_RUN,
+    MSG_SUBMIT,
+    Q_INTAKE,
+    Q_RESULTS,
+    AgentRecord,
+    Envelope,
+    Task,
+    work_queue,
+)
+from orchestra_cli.status import TERMINAL, Status
+from orchestra_cli.util import now
+
+log = logging.getLogger(__name__)
+
+SCAN_LIMIT = 10_000
+LOCK_NAME = "recovery-sweep"
+
+
+@dataclass
+class Finding:
+    task_id: str
+    status: str
+    action: str  # requeue | resubmit | reaggregate
+    reason: str
+    done: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Recovery:
+    """Finds stuck work and puts it back on its way."""
+
+    def __init__(self, backends: Backends, *, stale_seconds: float | None = None) -> None:
+        self.b = backends
+        s = backends.settings
+        self.ttl = s.agents.ttl_seconds
+        self.heartbeat = s.agents.heartbeat_seconds
+        # pending/waiting work older than this with nothing moving is considered stuck
+        self.stale = (
+            stale_seconds if stale_seconds is not None else max(60.0, 3 * s.broker.lease_seconds)
+        )
+
+    def _orphan_reason(self, task: Task, agents: dict[str, AgentRecord], at: float) -> str | None:
+        age = at - task.updated_at
+        owner = agents.get(task.agent or "")
+        if owner is None or not owner.is_alive(self.ttl):
+            if age > self.ttl + self.heartbeat:
+                return f"agent {task.agent} is gone; running for {age:.0f}s"
+            return None
+        if task.id not in owner.current and age > 3 * self.heartbeat + 1:
+            return f"agent {task.agent} is alive but not working on it"
+        return None
+
+    def scan(self) -> list[Finding]:
+        """What a sweep would do, without doing it."""
+        state = self.b.state
+        at = now()
+        agents = {a.name: a for a in state.list_agents()}
+        findings = []
+        for task in state.list_tasks(status=[Status.RUNNING.value], limit=SCAN_LIMIT):
+            reason = self._orphan_reason(task, agents, at)
+            if reason:
+                findings.append(Finding(task.id, task.status, "requeue", reason))
+        for task in state.list_tasks(status=[Status.PENDING.value], limit=SCAN_LIMIT):
+            if at - task.updated_at > self.stale:
+                findings.append(
+                    Finding(
+                        task.id, task.status, "resubmit", f"pending for {at - task.updated_at:.0f}s"
+                    )
+                )
+        for task in state.list_tasks(status=[Status.WAITING.value], limit=SCAN_LIMIT):
+            children = state.children(task.id)
+            if (
+                children
+                and all(c.status in TERMINAL for c in children)
+                and (at - max(c.updated_at for c in children) > self.stale)
+            ):
+                findings.append(
+                    Finding(
+                        task.id,
+                        task.status,
+                        "reaggregate",
+                        "every subtask ended but the parent was not aggregated",
+                    )
+                )
+        return findings
+
+    def sweep(self, *, dry_run: bool = False) -> list[Finding]:
+        """Scan, then (unless ``dry_run``) apply each finding; returns them."""
+        findings = self.scan()
+        if dry_run:
+            return findings
+        for finding in findings:
+            try:
+                finding.done = self._apply(finding)
+            except TransitionRejected:
+                finding.done = False  # it moved on by itself meanwhile
+            if finding.done:
+                log.warning(
+                    "recovered task %s (%s): %s", finding.task_id, finding.action, finding.reason
+                )
+                self.b.journals.decisions.write(
+                    {
+                        "decision": "recover",
+                        "task_id": finding.task_id,
+                        "why": finding.reason,
+                        "action": finding.action,
+                        "alternatives": ["leave it (it would never end)"],
+                    }
+                )
+        return findings
+
+    def _apply(self, finding: Finding) -> bool:
+        state, broker = self.b.state, self.b.broker
+        task = state.get_task(finding.task_id)
+        if task.status != finding.status:
+            return False
+        if finding.action == "requeue":
+            task = state.transition(
+                task.id,
+                Status.QUEUED,
+                expect_version=task.version,
+                event_data={
+                    "reason": "recovered",
+                    "why": finding.reason,
+                    "previous_agent": task.agent,
+                },
+            )
+            broker.publish(
+                work_queue(task.capability or ""),
+                Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
+                priority=task.priority,
+            )
+        elif finding.action == "resubmit":
+            broker.publish(
+                Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id), priority=task.priority
+            )
+        else:
+            child = state.children(task.id)[-1]
+            broker.publish(
+                Q_RESULTS,
+                Envelope(
+                    type=MSG_RESULT,
+                    task_id=child.id,
+                    attempt=child.attempts,
+                    payload={"outcome": "recovered"},
+                ),
+            )
+        return True
+
+
+def locked_sweep(backends: Backends, ttl: float) -> list[Finding] | None:
+    """One sweep under the store's lock when it has one (Redis); None if another holds it."""
+    make_lock = getattr(backends.state, "lock", None)
+    if make_lock is None:
+        return Recovery(backends).sweep()
+    lock = make_lock(LOCK_NAME, ttl)
+    if not lock.acquire():
+        return None
+    try:
+        return Recovery(backends).sweep()
+    finally:
+        lock.release()
