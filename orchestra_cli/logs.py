@@ -48,6 +48,13 @@ def redact(text: str) -> str:
     return _SECRET_PATTERNS[2].sub(r"\1:***@", text)
 
 
+class RedactingFormatter(logging.Formatter):
+    """Plain text for people (stderr), with secrets masked like every other output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, extra fields."""
 
@@ -97,7 +104,7 @@ def setup_logging(
         root.addHandler(handler)
     if stderr_level:
         console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        console.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
         console.setLevel(stderr_level)
         root.addHandler(console)
     for noisy in ("httpx", "httpcore", "anthropic", "urllib3"):

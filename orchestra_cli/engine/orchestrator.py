@@ -13,6 +13,7 @@ import time
 
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
+from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator
 from orchestra_cli.engine.planner import Plan, Planner
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter
@@ -50,12 +51,14 @@ class Orchestrator:
         *,
         name: str = "orchestrator",
         concurrency: int = 1,
+        aggregator: Aggregator | None = None,
     ) -> None:
         self.b = backends
         self.state = backends.state
         self.broker = backends.broker
         self.roles = roles
         self.planner = planner
+        self.aggregator = aggregator or ConcatAggregator()
         self.name = name
         self.loop = ConsumerLoop(
             self.broker, [Q_INTAKE, Q_RESULTS], self.handle, concurrency=concurrency, name=name
@@ -339,7 +342,7 @@ class Orchestrator:
                     parent.id,
                     Status.SUCCEEDED,
                     expect_status=[Status.WAITING],
-                    result=aggregate_results(children),
+                    result=self.aggregator.aggregate(parent, children),
                 )
         except TransitionRejected:
             return  # aggregated by another orchestrator thread
@@ -355,11 +358,3 @@ class Orchestrator:
         )
         if done.parent_id is not None:
             self._advance_children(done.parent_id)
-
-
-def aggregate_results(children: list[Task]) -> str:
-    """The parent's result: every subtask's result under its title."""
-    parts = []
-    for child in children:
-        parts.append(f"## {child.title} ({child.capability}, {child.agent})\n\n{child.result}")
-    return "\n\n".join(parts)

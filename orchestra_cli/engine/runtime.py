@@ -18,6 +18,7 @@ from typing import Protocol
 
 from orchestra_cli.backends import Backends, open_llm, open_secrets
 from orchestra_cli.engine.agent import Agent
+from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator, LLMAggregator
 from orchestra_cli.engine.orchestrator import Orchestrator
 from orchestra_cli.engine.planner import Planner, RuleBasedPlanner
 from orchestra_cli.engine.roles import RoleDefinition, get_role
@@ -68,8 +69,31 @@ class Runtime:
             max_reasks=settings.llm.max_reasks,
         )
 
+    def aggregator(self) -> Aggregator:
+        """The model combines subtask results; offline they are assembled as they are."""
+        if self.llm.name == "offline":
+            return ConcatAggregator()
+        from orchestra_cli.engine.budget import Meter
+
+        s = self.backends.settings
+        meter = Meter(self.backends.state, self.backends.journals, s.llm)
+        return LLMAggregator(
+            self.llm,
+            self.prompts,
+            meter,
+            model=s.llm.model,
+            max_tokens=s.llm.max_tokens,
+            temperature=s.llm.temperature,
+        )
+
     def add_orchestrator(self, concurrency: int = 1) -> Orchestrator:
-        orch = Orchestrator(self.backends, self.roles, self.planner(), concurrency=concurrency)
+        orch = Orchestrator(
+            self.backends,
+            self.roles,
+            self.planner(),
+            concurrency=concurrency,
+            aggregator=self.aggregator(),
+        )
         self.components.append(orch)
         return orch
 

@@ -163,14 +163,15 @@ def test_end_to_end_run_records_tokens_and_cost_in_state_and_metrics(
     task = data.get("task", data)
     assert task["status"] == "succeeded", data
     tree = data["tree_usage"]
-    # plan (100+40) + design and build (200+50+30+20 each)
-    assert tree["calls"] == 3
-    assert tree["input_tokens"] == 500 and tree["output_tokens"] == 140
-    assert tree["cache_read_tokens"] == 60 and tree["cache_write_tokens"] == 40
+    # plan (100+40) + design, build and the parent's aggregation (200+50+30+20 each)
+    assert tree["calls"] == 4
+    assert tree["input_tokens"] == 700 and tree["output_tokens"] == 190
+    assert tree["cache_read_tokens"] == 90 and tree["cache_write_tokens"] == 60
     assert tree["cost_usd"] > 0
+    assert task["result"] == "fake model answer"  # the model combined the subtask results
     lines = [json.loads(ln) for ln in (home / "metrics.jsonl").read_text().splitlines()]
     calls = [ln for ln in lines if ln.get("kind") == "llm_call"]
-    assert len(calls) == 3
-    assert {c["purpose"] for c in calls} == {"plan", "execute"}
+    assert len(calls) == 4
+    assert {c["purpose"] for c in calls} == {"plan", "execute", "aggregate"}
     assert all(c["root_id"] == task_id and c["cost_usd"] > 0 for c in calls)
     assert sum(c["cost_usd"] for c in calls) == pytest.approx(tree["cost_usd"])

@@ -3,6 +3,8 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestra_cli.logs import JsonlWriter, redact, register_secret
 from orchestra_cli.util import new_id, parse_since
 
@@ -49,3 +51,20 @@ def test_redaction_masks_known_secrets_keys_and_url_passwords() -> None:
     assert "abcdefghijklmnop" not in text and "pw@" not in text
     assert "super-secret-value-123" not in text
     assert "amqp://guest:***@host/" in text
+
+
+def test_log_lines_on_stderr_and_in_files_are_redacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from orchestra_cli.logs import setup_logging
+
+    setup_logging(tmp_path, "unit", stderr_level="INFO")
+    try:
+        logging.getLogger("x").warning("using key sk-ant-api03-SECRETSECRETSECRET now")
+    finally:
+        setup_logging(None, "unit")
+    err = capsys.readouterr().err
+    assert "SECRETSECRET" not in err and "sk-ant-***" in err
+    assert "SECRETSECRET" not in (tmp_path / "unit.log").read_text()
