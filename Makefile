@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN    := $(VENV)/.run-installed
 DEV    := $(VENV)/.dev-installed
+BENCH  := $(VENV)/.bench-installed
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test lint fmt bench services completions clean
@@ -44,6 +45,13 @@ lint: $(DEV) ## ruff check + ruff format --check + mypy
 fmt: $(DEV) ## format and auto-fix
 	$(BIN)/ruff format orchestra_cli tests
 	$(BIN)/ruff check --fix orchestra_cli tests
+
+$(BENCH): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@touch $@ $(DEV) $(RUN)
+
+bench: $(BENCH) services ## orchestra vs Celery and Dramatiq, CLI start-up, 100k-task queries
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 completions: $(RUN) ## regenerate completions/ from the CLI
 	$(BIN)/python -m orchestra_cli.cli.completion completions

@@ -66,6 +66,14 @@ class Consumer(Protocol):
     def close(self) -> None: ...
 
 
+class ControlConsumer(Protocol):
+    """Receives broadcast control messages (cancel / stop / ping) published after it opened."""
+
+    def get(self, timeout: float) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...
+
+
 class Broker(Protocol):
     """Publishes and consumes envelopes on named queues."""
 
@@ -82,6 +90,12 @@ class Broker(Protocol):
     def dead_letter(self, origin: str, envelope: Envelope, reason: str) -> None:
         """Put an envelope straight on the dead-letter queue (exhausted retries)."""
         ...
+
+    def publish_control(self, message: dict[str, Any]) -> None:
+        """Broadcast a control message to every agent (a hint; state stays authoritative)."""
+        ...
+
+    def control_consumer(self, name: str) -> ControlConsumer: ...
 
     def consumer(self, queues: list[str], *, prefetch: int, name: str) -> Consumer: ...
 

@@ -463,6 +463,16 @@ class RabbitBroker:
             Q_DEAD, envelope.encode(), _properties(envelope.id, envelope.type, 0, headers)
         )
 
+    def publish_control(self, message: dict[str, Any]) -> None:
+        from orchestra_cli.broker import rabbitmq_control
+
+        rabbitmq_control.publish(self, message)
+
+    def control_consumer(self, name: str) -> Any:
+        from orchestra_cli.broker.rabbitmq_control import RabbitControlConsumer
+
+        return RabbitControlConsumer(self, name)
+
     def consumer(self, queues: list[str], *, prefetch: int, name: str) -> RabbitConsumer:
         """A consumer on its own connection (and I/O thread)."""
         return RabbitConsumer(self, queues, prefetch=prefetch, name=name)

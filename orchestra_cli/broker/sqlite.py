@@ -4,6 +4,12 @@ A consumer claims a message by setting ``lease_until``; a background thread
 renews the leases of messages it still holds. When a consumer dies (even
 ``kill -9``) its leases run out and the messages become visible again, which
 is the embedded equivalent of RabbitMQ redelivering an unacked message.
+
+Waiting for work does not run the claim query in a loop: the consumer reads
+``PRAGMA data_version`` (a counter in shared memory that moves when another
+connection commits) every ``MIN_POLL_SECONDS`` while busy, and only looks
+for a message when it moved. Idle, the pause grows to ``MAX_POLL_SECONDS``,
+which also bounds how late a delayed or lease-expired message is seen.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from orchestra_cli.util import new_id, now
 
 log = logging.getLogger(__name__)
 
-MIN_POLL_SECONDS = 0.002
+MIN_POLL_SECONDS = 0.0005
 MAX_POLL_SECONDS = 0.05
+HOT_SECONDS = 0.25  # keep the short pause this long after the last message
 
 
 class SQLiteDelivery:
@@ -81,6 +88,7 @@ class SQLiteConsumer:
         self.lease_seconds = lease_seconds
         self.max_deliveries = max_deliveries
         self._held: set[int] = set()
+        self._last_message = 0.0
         self._cond = threading.Condition()
         self._closed = threading.Event()
         self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{name}", daemon=True)
@@ -144,24 +152,41 @@ class SQLiteConsumer:
         return SQLiteDelivery(self, row["id"], row["queue"], env, count)
 
     def get(self, timeout: float) -> SQLiteDelivery | None:
-        deadline = now() + timeout
+        deadline = time.monotonic() + timeout
         pause = MIN_POLL_SECONDS
         while not self._closed.is_set():
-            with self._cond:
-                while len(self._held) >= self.prefetch:
-                    left = deadline - now()
-                    if left <= 0:
-                        return None
-                    self._cond.wait(left)
+            if not self._wait_capacity(deadline):
+                return None
+            version = self._data_version()
             delivery = self._claim()
             if delivery is not None:
+                self._last_message = time.monotonic()
                 return delivery
-            left = deadline - now()
-            if left <= 0:
-                return None
-            self._closed.wait(min(pause, left))
-            pause = min(pause * 2, MAX_POLL_SECONDS)
+            waited = 0.0
+            while version == self._data_version() and waited < pause:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                step = min(MIN_POLL_SECONDS, left)
+                if self._closed.wait(step):
+                    return None
+                waited += step
+            hot = time.monotonic() - self._last_message < HOT_SECONDS
+            pause = MIN_POLL_SECONDS if hot else min(pause * 2, MAX_POLL_SECONDS)
         return None
+
+    def _wait_capacity(self, deadline: float) -> bool:
+        with self._cond:
+            while len(self._held) >= self.prefetch:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _data_version(self) -> int:
+        """Moves whenever another connection commits (a cheap shared-memory read)."""
+        return int(self.db.conn().execute("PRAGMA data_version").fetchone()[0])
 
     def settle(self, msg_id: int, sql: str, params: tuple[Any, ...] = ()) -> None:
         """Run one settling statement (its last two parameters: id, consumer tag)."""
@@ -234,6 +259,16 @@ class SQLiteBroker:
                 "origin, reason) VALUES (?,?,?,?,?,?,?)",
                 (queue, priority, body, ts, ts + delay, origin, reason),
             )
+
+    def publish_control(self, message: dict[str, Any]) -> None:
+        from orchestra_cli.broker import sqlite_control
+
+        sqlite_control.publish(self.db, message)
+
+    def control_consumer(self, name: str) -> Any:
+        from orchestra_cli.broker.sqlite_control import SQLiteControlConsumer
+
+        return SQLiteControlConsumer(self.db, name)
 
     def consumer(self, queues: list[str], *, prefetch: int, name: str) -> SQLiteConsumer:
         return SQLiteConsumer(

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
@@ -100,6 +101,8 @@ class Agent:
         self._beat()
 
     def _beat(self) -> None:
+        if self._stop.is_set() and self.record.status == "running":
+            self.record.status = "draining"
         with self._lock:
             self.record.current = sorted(self._running)
             self.record.load = len(self._running)
@@ -138,6 +141,10 @@ class Agent:
             daemon=True,
         )
         beater.start()
+        controller = threading.Thread(
+            target=self._control_loop, args=(beat_done,), name=f"control-{self.name}", daemon=True
+        )
+        controller.start()
         if stop is not None:
             watcher = threading.Thread(target=_forward, args=(stop, self._stop), daemon=True)
             watcher.start()
@@ -161,6 +168,37 @@ class Agent:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _control_loop(self, done: threading.Event) -> None:
+        """Act on broadcast cancel / stop / ping at once (heartbeats catch them otherwise)."""
+        try:
+            consumer = self.b.broker.control_consumer(self.name)
+        except Exception as exc:  # control is a fast path; state polling still works
+            log.warning("agent %s: no control channel (%s); relying on heartbeats", self.name, exc)
+            return
+        try:
+            while not done.is_set():
+                message = consumer.get(timeout=0.5)
+                if message is not None:
+                    self.on_control(message)
+        finally:
+            consumer.close()
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        addressed = message.get("agent") in (None, "*", self.name)
+        if kind == "cancel":
+            with self._lock:
+                events = [
+                    self._running[t] for t in message.get("task_ids", []) if t in self._running
+                ]
+            for event in events:
+                event.set()
+        elif kind == "stop" and addressed and not self._stop.is_set():
+            log.info("agent %s: stop requested; draining", self.name)
+            self._stop.set()
+        elif kind == "ping" and addressed:
+            self._beat()
 
     # -- message handling ----------------------------------------------------
     def handle(self, delivery: Delivery) -> Action:

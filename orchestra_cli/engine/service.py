@@ -6,11 +6,12 @@ and publishes what the orchestrator needs; none of them renders anything.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from orchestra_cli.backends import Backends
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
-from orchestra_cli.errors import TransitionRejected, UsageError
+from orchestra_cli.errors import OrchestraError, TransitionRejected, UsageError
 from orchestra_cli.models import (
     MAX_PRIORITY,
     MSG_RESULT,
@@ -22,6 +23,8 @@ from orchestra_cli.models import (
     Usage,
 )
 from orchestra_cli.status import TERMINAL, Status
+
+log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
 
@@ -142,9 +145,22 @@ class TaskService:
                 )
             except TransitionRejected:
                 continue
+        # agents running one of these stop at once instead of at their next heartbeat
+        self._broadcast({"type": "cancel", "task_ids": [t.id for t in cancelled]})
         if task.parent_id is not None:
             self._notify(task, "cancelled")  # the parent may now be complete
         return cancelled
+
+    def stop_agent(self, name: str) -> None:
+        """Ask an agent to drain: in the registry (authoritative) and on the control channel."""
+        self.state.request_agent_stop(name)
+        self._broadcast({"type": "stop", "agent": name})
+
+    def _broadcast(self, message: dict[str, object]) -> None:
+        try:
+            self.b.broker.publish_control(message)
+        except OrchestraError as exc:  # a hint only: agents also learn it from state
+            log.warning("control message not sent (%s); agents will see it at their heartbeat", exc)
 
     def retry(self, task_id: str) -> Task:
         """Run a failed or cancelled task again (for a parent: its unfinished subtasks)."""

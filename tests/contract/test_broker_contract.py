@@ -238,3 +238,25 @@ def test_deferred_message_comes_back_later_without_counting_a_delivery(
     finally:
         consumer.close()
     assert broker.dead_letters() == []
+
+
+def test_control_messages_reach_every_consumer_opened_before_them(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    broker.publish_control({"type": "ping", "agent": "*", "n": 0})  # before anyone listens
+    first = broker.control_consumer("a1")
+    second = broker.control_consumer("a2")
+    try:
+        broker.publish_control({"type": "cancel", "task_ids": ["t1"]})
+        broker.publish_control({"type": "stop", "agent": "a2"})
+        for consumer in (first, second):
+            got = [consumer.get(timeout=5), consumer.get(timeout=5)]
+            assert got == [
+                {"type": "cancel", "task_ids": ["t1"]},
+                {"type": "stop", "agent": "a2"},
+            ]
+            assert consumer.get(timeout=0.3) is None  # the early ping is not replayed
+    finally:
+        first.close()
+        second.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 
 import pytest
 
@@ -103,17 +104,22 @@ def test_cancelled_queued_task_never_runs(deployment: Deployment) -> None:
     assert d.cli("task", "watch", task_id, expect=1).code == 1
 
 
-def test_cancelled_running_task_is_stopped(deployment: Deployment) -> None:
+def test_cancelled_running_task_is_stopped_at_once_through_the_control_channel(
+    deployment: Deployment,
+) -> None:
     d = deployment
     d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "20000"
+    d.env["ORCHESTRA_AGENTS__HEARTBEAT_SECONDS"] = "5"  # far slower than the control channel
+    d.env["ORCHESTRA_AGENTS__TTL_SECONDS"] = "15"
     d.start("run")
-    d.start("agent", "start", "coder", "--name", "busy")
+    d.start("agent", "start", "coder", "--name", "busy", "--concurrency", "1")
     task_id = d.submit("--capability", "code", "a very long job")
     d.wait_status(task_id, "running")
+    waiting = d.submit("--capability", "code", "the next job")
     d.cli("task", "cancel", task_id)
-    wait_until(
-        lambda: d.backends.state.get_agent("busy").load == 0, timeout=15, what="agent to let go"
-    )
+    cancelled_at = time.monotonic()
+    d.wait_status(waiting, "running", timeout=20)  # the one slot was freed
+    assert time.monotonic() - cancelled_at < 4
     assert d.task(task_id).status == "cancelled"
     assert d.backends.state.count_events(task_id, "succeeded") == 0
 

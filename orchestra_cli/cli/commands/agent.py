@@ -121,7 +121,7 @@ def stop(
 
     app: AppContext = ctx.obj
     state = app.backends().state
-    state.request_agent_stop(name)
+    app.service().stop_agent(name)
     app.info(f"asked agent {name} to stop")
     if not wait:
         return 0
