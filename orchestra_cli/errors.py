@@ -101,6 +101,12 @@ class SecretsUnavailable(SecretsError):
     exit_status = ExitStatus.UNAVAILABLE
 
 
+class ServiceError(OrchestraError):
+    """`orchestra up/down/ps/logs`: a local service could not be started, stopped or reached."""
+
+    exit_status = ExitStatus.UNAVAILABLE
+
+
 class LLMError(OrchestraError):
     """The LLM provider failed.
 

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestra_cli.errors import ConfigError
 
@@ -92,6 +99,43 @@ class RabbitMQSettings(_Section):
     connect_timeout: float = Field(5.0, gt=0)
 
 
+class ServicesSettings(_Section):
+    """`orchestra up`: local Redis, RabbitMQ and Vault (OpenBao) for services mode.
+
+    Ports default away from the standard ones so a system Redis/RabbitMQ/Vault
+    on the same host is never touched. Vault also binds ``vault_port + 1``
+    (its cluster listener).
+    """
+
+    runtime: Literal["auto", "docker", "native"] = "auto"
+    redis_port: int = Field(16379, ge=1, le=65535)
+    amqp_port: int = Field(16672, ge=1, le=65535)
+    rabbitmq_dist_port: int = Field(
+        26672, ge=1, le=65535, description="Erlang distribution port (native)"
+    )
+    rabbitmq_management_port: int = Field(16673, ge=1, le=65535, description="docker only")
+    vault_port: int = Field(18200, ge=1, le=65534)
+    timeout: float = Field(120.0, gt=0, description="seconds `up --wait` waits for health")
+    compose_file: Path | None = Field(None, description="default: ./compose.yaml")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServicesSettings:
+        ports = {
+            "redis_port": self.redis_port,
+            "amqp_port": self.amqp_port,
+            "rabbitmq_dist_port": self.rabbitmq_dist_port,
+            "rabbitmq_management_port": self.rabbitmq_management_port,
+            "vault_port": self.vault_port,
+            "vault_port + 1": self.vault_port + 1,
+        }
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{seen[port]} and {name} are both {port}; give each its own port")
+            seen[port] = name
+        return self
+
+
 class AgentSettings(_Section):
     heartbeat_seconds: float = Field(2.0, gt=0)
     ttl_seconds: float = Field(10.0, gt=0, description="an agent is dead after this silence")
@@ -142,6 +186,7 @@ class Settings(_Section):
     redis: RedisSettings = RedisSettings()
     rabbitmq: RabbitMQSettings = RabbitMQSettings()
     agents: AgentSettings = AgentSettings()
+    services: ServicesSettings = ServicesSettings()
     tasks: TaskSettings = TaskSettings()
     log: LogSettings = LogSettings()
 

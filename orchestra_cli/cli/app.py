@@ -56,7 +56,7 @@ def _callback(
 
 
 def build_app() -> typer.Typer:
-    from orchestra_cli.cli.commands import agent, config, health, recover, run, task
+    from orchestra_cli.cli.commands import agent, config, health, recover, run, snapshot, task
 
     app = typer.Typer(
         name="orchestra",
@@ -75,6 +75,7 @@ def build_app() -> typer.Typer:
     run.register(app)
     health.register(app)
     recover.register(app)
+    snapshot.register(app)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
@@ -88,6 +89,14 @@ class StateStore(Protocol):
     def request_agent_stop(self, name: str) -> AgentRecord: ...
 
     def delete_agent(self, name: str) -> None: ...
+
+    def export_snapshot(self, path: Path) -> int:
+        """Write a consistent copy of all state to ``path``; returns a size measure."""
+        ...
+
+    def import_snapshot(self, path: Path) -> int:
+        """Replace all state with the snapshot at ``path``."""
+        ...
 
     def health(self) -> dict[str, Any]:
         """``{"ok", "url", "latency_ms", …}`` or ``{"ok": False, "url", "error"}``."""

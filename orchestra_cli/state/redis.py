@@ -23,6 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -467,6 +468,18 @@ class RedisStateStore:
     def lock(self, name: str, ttl: float) -> RedisLock:
         """A token lock (``P:lock:<name>``) with expiry; see ``RedisLock``."""
         return RedisLock(self.r, self.key("lock", name), ttl)
+
+    def export_snapshot(self, path: Path) -> int:
+        """Every key of this namespace (DUMP), to a JSON-lines file; returns the key count."""
+        from orchestra_cli.state import redis_snapshot
+
+        return redis_snapshot.export(self.r, self.prefix, path)
+
+    def import_snapshot(self, path: Path) -> int:
+        """Replace this namespace with the snapshot's keys (RESTORE)."""
+        from orchestra_cli.state import redis_snapshot
+
+        return redis_snapshot.restore(self.r, self.prefix, path)
 
     def health(self) -> dict[str, Any]:
         """Ping round trip: ``{"ok", "url", "latency_ms", "version"|"error"}``."""

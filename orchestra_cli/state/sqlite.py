@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from orchestra_cli.errors import NotFoundError, TransitionRejected, UsageError
@@ -327,6 +328,24 @@ class SQLiteStateStore:
     def delete_agent(self, name: str) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM agents WHERE name = ?", (name,))
+
+    def export_snapshot(self, path: Path) -> int:
+        """An online, consistent copy of the whole file (SQLite backup API); its size."""
+        target = sqlite3.connect(path)
+        try:
+            self.db.conn().backup(target)
+        finally:
+            target.close()
+        return path.stat().st_size
+
+    def import_snapshot(self, path: Path) -> int:
+        """Copy the snapshot over the live database, in one backup step under the write lock."""
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            source.backup(self.db.conn())
+        finally:
+            source.close()
+        return path.stat().st_size
 
     def health(self) -> dict[str, Any]:
         """A read round trip, the file's size and its journal mode."""

@@ -169,3 +169,23 @@ def test_agent_registry_round_trip_and_stop_request(contract_backends: Backends)
         state.get_agent("coder-1")
     with pytest.raises(NotFoundError):
         state.request_agent_stop("nobody")
+
+
+def test_rollback_to_a_snapshot_restores_exactly_that_state(contract_backends: Backends) -> None:
+    from orchestra_cli import snapshots
+
+    state = contract_backends.state
+    kept, _ = state.create_task(_task(title="kept"))
+    state.transition(kept.id, Status.QUEUED)
+    snap = snapshots.create(contract_backends, "contract")
+    later, _ = state.create_task(_task(title="later"))
+    state.transition(kept.id, Status.CANCELLED)
+    result = snapshots.rollback(contract_backends, snap)
+    assert {t.title for t in state.list_tasks()} == {"kept"}
+    assert state.get_task(kept.id).status == Status.QUEUED
+    assert [e.type for e in state.events(root_id=kept.id)] == ["created", "queued"]
+    with pytest.raises(NotFoundError):
+        state.get_task(later.id)
+    if snap.mode == "services":  # RabbitMQ kept its own messages: open work is re-published
+        assert result["republished"] == 1
+    assert result["safety_snapshot"].endswith(("-pre-rollback.db", "-pre-rollback.redis.jsonl"))

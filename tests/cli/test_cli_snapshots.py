@@ -1,0 +1,51 @@
+"""Snapshots and rollback on the embedded backend, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import CliRunner
+
+
+def test_rollback_restores_the_state_of_the_snapshot_and_keeps_a_safety_copy(
+    cli: CliRunner,
+) -> None:
+    before = cli("task", "submit", "-q", "first").out.strip()
+    snap = json.loads(cli("--json", "snapshot", "create", "--name", "before release").out)
+    assert snap["name"] == "before-release" and snap["mode"] == "embedded" and snap["size"] > 0
+    after = cli("task", "submit", "-q", "second").out.strip()
+    assert "rolling back" in cli("rollback", "--to", snap["file"], expect=2).err  # no --yes
+    result = json.loads(cli("--json", "rollback", "--to", "before-release", "--yes").out)
+    assert result["restored"]["file"] == snap["file"]
+    ids = {t["id"] for t in json.loads(cli("--json", "task", "list").out)}
+    assert ids == {before}
+    assert "not found" in cli("task", "get", after, expect=1).err
+    # the safety snapshot taken first brings the second task back
+    cli("rollback", "--to", result["safety_snapshot"], "--yes")
+    assert {t["id"] for t in json.loads(cli("--json", "task", "list").out)} == {before, after}
+    names = [s["name"] for s in json.loads(cli("--json", "snapshot", "list").out)]
+    assert names == ["before-release", "pre-rollback", "pre-rollback"]
+
+
+def test_rollback_to_an_unknown_snapshot_is_a_one_line_error(cli: CliRunner) -> None:
+    assert "no snapshots yet" in cli("rollback", "--to", "latest", "--yes", expect=1).err
+    cli("snapshot", "create")
+    err = cli("rollback", "--to", "nope", "--yes", expect=1).err
+    assert "snapshot 'nope' not found" in err and err.count("\n") == 1
+
+
+def test_rollback_refuses_while_agents_run_unless_forced(cli: CliRunner) -> None:
+    from orchestra_cli.backends import open_backends
+    from orchestra_cli.models import AgentRecord
+    from orchestra_cli.settings import load_settings
+
+    cli("snapshot", "create", "--name", "s1")
+    backends = open_backends(load_settings().settings)
+    try:
+        backends.state.save_agent(
+            AgentRecord(name="coder-1", role="coder", capabilities=["code"], status="running")
+        )
+    finally:
+        backends.close()
+    assert "agent(s) are running" in cli("rollback", "--to", "s1", "--yes", expect=2).err
+    cli("rollback", "--to", "s1", "--yes", "--force")
