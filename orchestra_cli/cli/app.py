@@ -56,7 +56,16 @@ def _callback(
 
 
 def build_app() -> typer.Typer:
-    from orchestra_cli.cli.commands import agent, config, health, recover, run, snapshot, task
+    from orchestra_cli.cli.commands import (
+        agent,
+        config,
+        health,
+        recover,
+        report,
+        run,
+        snapshot,
+        task,
+    )
 
     app = typer.Typer(
         name="orchestra",
@@ -76,6 +85,7 @@ def build_app() -> typer.Typer:
     health.register(app)
     recover.register(app)
     snapshot.register(app)
+    report.register(app)
     return app
 
 

@@ -1,0 +1,181 @@
+"""Reports: the daily report and the metrics summary (`orchestra report …`).
+
+Built from the state store (tasks of the period), ``metrics.jsonl`` (model
+calls, tokens, cost) and ``decisions.jsonl`` (what the engine decided). The
+functions return plain dicts; rendering (table, markdown, JSON, HTML) is the
+CLI's job, in ``cli/commands/report.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+from orchestra_cli.backends import Backends
+from orchestra_cli.models import Task, Usage
+from orchestra_cli.status import Status
+from orchestra_cli.util import iso
+
+SCAN_LIMIT = 200_000
+TOP_ERRORS = 5
+
+
+def _pct(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(pct / 100 * len(ordered)))], 3)
+
+
+def _in_window(line: dict[str, Any], start: float, end: float) -> bool:
+    try:
+        ts = dt.datetime.fromisoformat(str(line.get("time"))).timestamp()
+    except ValueError:
+        return False
+    return start <= ts < end
+
+
+def _usage_dict(usage: Usage) -> dict[str, Any]:
+    return {
+        "calls": usage.calls,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_usd": round(usage.cost_usd, 6),
+    }
+
+
+def _group(tasks: list[Task], key: str) -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        name = getattr(task, key) or "-"
+        g = groups.setdefault(
+            name,
+            {
+                "tasks": 0,
+                "succeeded": 0,
+                "failed": 0,
+                "retried": 0,
+                "durations": [],
+                "usage": Usage(),
+            },
+        )
+        g["tasks"] += 1
+        g["succeeded"] += task.status == Status.SUCCEEDED
+        g["failed"] += task.status == Status.FAILED
+        g["retried"] += task.attempts > 1
+        if task.finished_at and task.started_at:
+            g["durations"].append(task.finished_at - task.started_at)
+        g["usage"] = g["usage"] + task.usage
+    for g in groups.values():
+        durations = g.pop("durations")
+        g["p50_s"] = _pct(durations, 50)
+        g["p95_s"] = _pct(durations, 95)
+        g["usage"] = _usage_dict(g["usage"])
+    return dict(sorted(groups.items()))
+
+
+def tasks_between(backends: Backends, start: float, end: float) -> list[Task]:
+    tasks = backends.state.list_tasks(since=start, limit=SCAN_LIMIT)
+    return [t for t in tasks if t.created_at < end]
+
+
+def daily_report(backends: Backends, day: dt.date) -> dict[str, Any]:
+    """Everything that happened to tasks created on ``day`` (UTC)."""
+    start = dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
+    end = start + 86400
+    tasks = tasks_between(backends, start, end)
+    roots = [t for t in tasks if t.parent_id is None]
+    leaves = [t for t in tasks if t.capability and not _has_children(t, tasks)]
+    finished_roots = [t for t in roots if t.status in (Status.SUCCEEDED, Status.FAILED)]
+    succeeded_roots = [t for t in finished_roots if t.status == Status.SUCCEEDED]
+    errors = Counter((t.error or "")[:100] for t in tasks if t.status == Status.FAILED)
+    total = Usage()
+    for task in tasks:
+        total = total + task.usage
+    journals = backends.journals
+    decisions = Counter(
+        str(d.get("decision")) for d in journals.decisions.read() if _in_window(d, start, end)
+    )
+    return {
+        "date": day.isoformat(),
+        "generated_at": iso(dt.datetime.now(dt.UTC).timestamp()),
+        "tasks": {
+            "total": len(tasks),
+            "roots": len(roots),
+            "by_status": dict(sorted(Counter(t.status.value for t in tasks).items())),
+        },
+        "success_rate": round(len(succeeded_roots) / len(finished_roots), 4)
+        if finished_roots
+        else None,
+        "duration_s": {
+            "p50": _pct(
+                [t.finished_at - t.started_at for t in leaves if t.finished_at and t.started_at], 50
+            ),
+            "p95": _pct(
+                [t.finished_at - t.started_at for t in leaves if t.finished_at and t.started_at], 95
+            ),
+        },
+        "retried_tasks": sum(1 for t in tasks if t.attempts > 1),
+        "by_capability": _group(leaves, "capability"),
+        "by_agent": _group(leaves, "agent"),
+        "top_errors": [
+            {"error": e or "(no detail)", "count": n} for e, n in errors.most_common(TOP_ERRORS)
+        ],
+        "usage": _usage_dict(total),
+        "decisions": dict(sorted(decisions.items())),
+        "llm": llm_summary(backends, start, end),
+    }
+
+
+def _has_children(task: Task, tasks: list[Task]) -> bool:
+    return any(t.parent_id == task.id for t in tasks)
+
+
+def llm_summary(backends: Backends, start: float, end: float) -> dict[str, Any]:
+    """Model calls in the window from ``metrics.jsonl``, by model and by role."""
+    by_model: dict[str, dict[str, Any]] = {}
+    by_role: dict[str, dict[str, Any]] = {}
+    for line in backends.journals.metrics.read():
+        if line.get("kind") != "llm_call" or not _in_window(line, start, end):
+            continue
+        for key, table in ((line.get("model"), by_model), (line.get("role"), by_role)):
+            row = table.setdefault(
+                str(key or "-"),
+                {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0},
+            )
+            row["calls"] += 1
+            row["input_tokens"] += int(line.get("input_tokens") or 0)
+            row["output_tokens"] += int(line.get("output_tokens") or 0)
+            row["cost_usd"] = round(row["cost_usd"] + float(line.get("cost_usd") or 0), 6)
+    return {"by_model": by_model, "by_role": by_role}
+
+
+def metrics_report(backends: Backends, since: float, until: float) -> dict[str, Any]:
+    """Throughput, latency and model usage over a window."""
+    tasks = tasks_between(backends, since, until)
+    finished = [t for t in tasks if t.finished_at]
+    latencies = [t.finished_at - t.created_at for t in finished if t.finished_at]
+    per_hour = Counter(
+        dt.datetime.fromtimestamp(t.finished_at, dt.UTC).strftime("%Y-%m-%dT%H:00Z")
+        for t in finished
+        if t.finished_at
+    )
+    hours = max(1.0, (until - since) / 3600)
+    return {
+        "since": iso(since),
+        "until": iso(until),
+        "tasks": {
+            "created": len(tasks),
+            "finished": len(finished),
+            "by_status": dict(sorted(Counter(t.status.value for t in tasks).items())),
+        },
+        "throughput_per_hour": round(len(finished) / hours, 2),
+        "finished_per_hour": dict(sorted(per_hour.items())),
+        "latency_s": {
+            "p50": _pct(latencies, 50),
+            "p95": _pct(latencies, 95),
+            "p99": _pct(latencies, 99),
+        },
+        "llm": llm_summary(backends, since, until),
+    }
