@@ -58,6 +58,7 @@ def _callback(
 def build_app() -> typer.Typer:
     from orchestra_cli.cli.commands import (
         agent,
+        api,
         config,
         health,
         recover,
@@ -84,6 +85,7 @@ def build_app() -> typer.Typer:
     run.register(app)
     health.register(app)
     recover.register(app)
+    api.register(app)
     snapshot.register(app)
     report.register(app)
     return app

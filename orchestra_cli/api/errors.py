@@ -1,0 +1,102 @@
+"""The one place API errors become HTTP: orchestra's error hierarchy mapped to status codes.
+
+Every error body is ``{"error": "<what failed>", "hint": "<what to do>"}``, the
+two halves of the CLI's one-line error, with secrets redacted the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestra_cli.api.auth import Unauthorized
+from orchestra_cli.errors import (
+    ConfigError,
+    ExitStatus,
+    NotFoundError,
+    OrchestraError,
+    TransitionRejected,
+    UsageError,
+)
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first matching class wins.
+STATUS_BY_ERROR: tuple[tuple[type[OrchestraError], int], ...] = (
+    (Unauthorized, 401),
+    (NotFoundError, 404),
+    (TransitionRejected, 409),  # the task changed under the request; re-read and retry
+    (UsageError, 422),
+    (ConfigError, 422),
+)
+SCHEMA_HINT = "see the request schema at /v1/openapi.json"
+
+
+def status_of(exc: OrchestraError) -> int:
+    """The HTTP status for an orchestra error: 4xx for the caller's, 503 for a service."""
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    if exc.exit_status == ExitStatus.UNAVAILABLE:  # StateUnavailable, BrokerUnavailable, …
+        return 503
+    return 500
+
+
+def error_body(message: str, hint: str | None) -> dict[str, str | None]:
+    """``{"error", "hint"}`` with known secrets masked."""
+    from orchestra_cli.logs import redact
+
+    return {"error": redact(message), "hint": redact(hint) if hint else None}
+
+
+def _response(status: int, message: str, hint: str | None) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(message, hint), status_code=status, headers=headers)
+
+
+async def _orchestra_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OrchestraError)
+    status = status_of(exc)
+    if status >= 500:
+        log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+    return _response(status, exc.message, exc.hint)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if part != "body") or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    message = f"{_where(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    return _response(422, message, SCHEMA_HINT)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    hint = "the API lives under /v1; see /v1/openapi.json" if exc.status_code == 404 else None
+    return _response(exc.status_code, str(exc.detail), hint)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s: internal error", request.method, request.url.path)
+    return _response(
+        500, f"internal error: {type(exc).__name__}", "see the API log (logs/api.log) and report it"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error (orchestra's, validation, routing, unexpected) to one JSON shape."""
+    app.add_exception_handler(OrchestraError, _orchestra_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
