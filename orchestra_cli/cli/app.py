@@ -64,6 +64,7 @@ def build_app() -> typer.Typer:
         recover,
         report,
         run,
+        services,
         snapshot,
         task,
     )
@@ -88,6 +89,7 @@ def build_app() -> typer.Typer:
     api.register(app)
     snapshot.register(app)
     report.register(app)
+    services.register(app)
     return app
 
 

@@ -1,0 +1,251 @@
+"""`orchestra up|down|ps|logs`: Redis, RabbitMQ and Vault for services mode."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from orchestra_cli.cli.context import AppContext
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.live import Live
+
+    from orchestra_cli.services.base import ServiceRuntime, ServiceStatus, UpReport
+
+
+class Runtime(StrEnum):
+    auto = "auto"
+    docker = "docker"
+    native = "native"
+
+
+RuntimeOption = Annotated[
+    Runtime | None,
+    typer.Option(
+        "--runtime",
+        help="docker (compose.yaml) or native (local processes); auto: docker when its "
+        "engine answers, else native. Default: services.runtime.",
+        case_sensitive=False,
+    ),
+]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option("--timeout", min=1, help="Seconds to wait (default: services.timeout)."),
+]
+SERVICE_NAMES = ("redis", "rabbitmq", "vault")
+BUSY_PHASES = {"starting", "started", "waiting", "stopping"}
+STYLES = {"healthy": "green", "already running": "green", "failed": "bold red", "stopped": "dim"}
+
+
+class ProgressView:
+    """Progress of up/down: a live table on a terminal, plain lines on stderr otherwise."""
+
+    def __init__(self, app: AppContext) -> None:
+        self.app = app
+        self.rows: dict[str, tuple[str, str]] = {}
+        self.live: Live | None = None
+        self.tty = app.err_console.is_terminal and not app.quiet
+
+    def __enter__(self) -> ProgressView:
+        if self.tty:
+            from rich.live import Live
+
+            self.live = Live(
+                self._render(), console=self.app.err_console, refresh_per_second=10
+            ).__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(self._render(final=True))
+            self.live.__exit__(None, None, None)
+
+    def __call__(self, service: str, phase: str, detail: str) -> None:
+        self.rows[service] = (phase, detail)
+        if self.live is not None:
+            self.live.update(self._render())
+        else:
+            self.app.info(f"{service}: {phase}" + (f" ({detail})" if detail else ""))
+
+    def _render(self, final: bool = False) -> RenderableType:
+        from rich.markup import escape
+        from rich.spinner import Spinner
+        from rich.table import Table
+
+        table = Table(box=None, show_header=False, pad_edge=False)
+        for name, (phase, detail) in self.rows.items():
+            busy = phase in BUSY_PHASES and not final
+            mark: RenderableType = Spinner("dots") if busy else "•"
+            style = STYLES.get(phase, "")
+            label = f"[{style}]{phase}[/]" if style else phase
+            table.add_row(mark, name, label, escape(detail))
+        return table
+
+
+def _runtime(app: AppContext, runtime: Runtime | None, *, for_up: bool) -> ServiceRuntime:
+    from orchestra_cli.services import select_runtime
+
+    return select_runtime(app.settings, runtime.value if runtime else None, for_up=for_up)
+
+
+def up(
+    ctx: typer.Context,
+    runtime: RuntimeOption = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Wait until every service passes its health check.")
+    ] = False,
+    timeout: TimeoutOption = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option("--env-file", help="Also write the variables to export to this file (0600)."),
+    ] = None,
+) -> None:
+    """Start Redis, RabbitMQ and Vault (idempotent) and print the variables to export.
+
+    stdout is `export KEY=value` lines, so `eval "$(orchestra up --wait -q)"` works.
+    Exit 3 when a service cannot be started or does not become healthy.
+    """
+    app: AppContext = ctx.obj
+    rt = _runtime(app, runtime, for_up=True)
+    with ProgressView(app) as view:
+        report = rt.up(wait=wait, timeout=timeout or app.settings.services.timeout, progress=view)
+    if env_file is not None:
+        from orchestra_cli.services.definitions import write_env_file
+
+        write_env_file(env_file, report.env)
+    _render_up(app, report, env_file)
+
+
+def _render_up(app: AppContext, report: UpReport, env_file: Path | None) -> None:
+    if app.json:
+        app.print_json(
+            {
+                "runtime": report.runtime,
+                "started": report.started,
+                "already_running": report.already_running,
+                "services": [s.to_json() for s in report.statuses],
+                "env": report.env,
+                "env_file": str(env_file) if env_file else None,
+            }
+        )
+        return
+    if report.already_running and not report.started:
+        app.info(f"already running ({report.runtime}): {', '.join(report.already_running)}")
+    elif report.started:
+        app.info(f"started ({report.runtime}): {', '.join(report.started)}")
+    where = f"; also written to {env_file}" if env_file else ""
+    app.info(f'use the services in this shell with `eval "$(orchestra up -q)"`{where}:')
+    import shlex
+
+    for key, value in report.env.items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+def down(
+    ctx: typer.Context,
+    runtime: RuntimeOption = None,
+    volumes: Annotated[
+        bool, typer.Option("--volumes", help="Also delete the services' data.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds before SIGKILL.")
+    ] = 30.0,
+) -> None:
+    """Stop the services gracefully (SIGTERM, then SIGKILL after --timeout)."""
+    app: AppContext = ctx.obj
+    rt = _runtime(app, runtime, for_up=False)
+    with ProgressView(app) as view:
+        stopped = rt.down(volumes=volumes, timeout=timeout, progress=view)
+    if app.json:
+        app.print_json({"runtime": rt.name, "stopped": stopped, "volumes_removed": volumes})
+    else:
+        app.info(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def ps(ctx: typer.Context, runtime: RuntimeOption = None) -> int:
+    """Each service: state, pid, port, health, uptime. Exit 1 when any is down or unhealthy."""
+    app: AppContext = ctx.obj
+    rt = _runtime(app, runtime, for_up=False)
+    statuses = rt.status()
+    healthy = all(s.running and s.healthy for s in statuses)
+    if app.json:
+        app.print_json(
+            {"runtime": rt.name, "healthy": healthy, "services": [s.to_json() for s in statuses]}
+        )
+    else:
+        app.console.print(_ps_table(statuses))
+    return 0 if healthy else 1
+
+
+def _ps_table(statuses: list[ServiceStatus]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from orchestra_cli.util import human_duration
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("SERVICE", "STATE", "PID", "PORT", "HEALTH", "UPTIME"):
+        table.add_column(col, overflow="fold")
+    now = time.time()
+    for s in statuses:
+        state = "[green]running[/]" if s.running else "[bold red]down[/]"
+        if not s.running:
+            health = "-"
+        elif s.healthy:
+            health = "[green]healthy[/]"
+        else:
+            health = f"[yellow]unhealthy[/] {escape(s.detail)}"
+        uptime = s.uptime(now)
+        table.add_row(
+            s.name,
+            state,
+            str(s.pid or "-"),
+            str(s.port),
+            health,
+            human_duration(uptime) if uptime is not None else "-",
+        )
+    return table
+
+
+def logs(
+    ctx: typer.Context,
+    service: Annotated[
+        str | None, typer.Argument(help=f"One of {', '.join(SERVICE_NAMES)} (default: all).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines.")
+    ] = None,
+    runtime: RuntimeOption = None,
+) -> int:
+    """Print (or follow) the service logs."""
+    import sys
+
+    from orchestra_cli.errors import UsageError
+
+    if service is not None and service not in SERVICE_NAMES:
+        raise UsageError(f"unknown service {service!r}", f"choose from {', '.join(SERVICE_NAMES)}")
+    app: AppContext = ctx.obj
+    rt = _runtime(app, runtime, for_up=False)
+    try:
+        for line in rt.log_lines(service, follow=follow, tail=tail):
+            sys.stdout.write(line + "\n")
+            if follow:
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how one stops following
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("ps")(ps)
+    app.command("logs")(logs)
