@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.cpu import CPUMeter, with_descendants
 from bench.state_probe import query_times, rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,6 +53,7 @@ class Row:
     p99_ms: float | None = None
     runs: list[float] = field(default_factory=list)
     idle_agent_rss_mb: float | None = None
+    cpu_ms_per_task: float | None = None
     note: str = ""
 
 
@@ -62,11 +64,21 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def measure(
-    row: Row, throughput: Callable[[], float], latency: Callable[[], list[float]], reps: int
+    row: Row,
+    throughput: Callable[[], float],
+    latency: Callable[[], list[float]],
+    reps: int,
+    pids: Callable[[], list[int]],
 ) -> Row:
+    """Throughput (median of ``reps``), CPU per task over ``pids`` + services, latency."""
     throughput()  # warm-up, discarded
-    row.runs = [throughput() for _ in range(reps)]
+    cpu = []
+    for _ in range(reps):
+        meter = CPUMeter(pids())
+        row.runs.append(throughput())
+        cpu.append(meter.elapsed() / row.n * 1000)
     row.throughput = statistics.median(row.runs)
+    row.cpu_ms_per_task = statistics.median(cpu)
     samples = latency()
     row.p50_ms = percentile(samples, 50) * 1000
     row.p99_ms = percentile(samples, 99) * 1000
@@ -89,8 +101,8 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 @contextmanager
 def orchestra(
     mode: str, agent_concurrency: int
-) -> Iterator[tuple[object, subprocess.Popen[bytes]]]:
-    """An orchestrator and one coder agent as real processes; yields (backends, agent)."""
+) -> Iterator[tuple[object, list[subprocess.Popen[bytes]]]]:
+    """An orchestrator and one coder agent as real processes; yields (backends, [orch, agent])."""
     from orchestra_cli.backends import open_backends
     from orchestra_cli.settings import load_settings
 
@@ -122,7 +134,7 @@ def orchestra(
             if time.monotonic() > deadline:
                 raise RuntimeError("orchestra agent did not start")
             time.sleep(0.1)
-        yield backends, procs[1]
+        yield backends, procs
     finally:
         _stop(procs)
         backends.close()
@@ -143,7 +155,7 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
         + (" (Redis)" if mode == "services" else " (SQLite WAL)"),
         "publisher confirms" if mode == "services" else "committed transaction",
     )
-    with orchestra(mode, concurrency) as (backends, agent):
+    with orchestra(mode, concurrency) as (backends, procs):
         svc = TaskService(backends, load_roles())  # type: ignore[arg-type]
         state = backends.state  # type: ignore[attr-defined]
         existing = state.events(after=0, limit=1_000_000)
@@ -182,9 +194,9 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
                 samples.append(time.perf_counter() - start)
             return samples
 
-        measure(row, throughput, latency, reps)
+        measure(row, throughput, latency, reps, lambda: [p.pid for p in procs])
         time.sleep(IDLE_SECONDS)  # the agent has handled every task and sits idle
-        row.idle_agent_rss_mb = rss_mb(agent.pid)
+        row.idle_agent_rss_mb = rss_mb(procs[1].pid)
         return row
 
 
@@ -248,7 +260,7 @@ def celery_row(n: int, latency_n: int, reps: int) -> Row:
                 samples.append(time.perf_counter() - start)
             return samples
 
-        return measure(row, throughput, latency, reps)
+        return measure(row, throughput, latency, reps, lambda: with_descendants(worker.pid))
     finally:
         _stop([worker])
         _delete_queue(queue)
@@ -308,7 +320,7 @@ def dramatiq_row(n: int, latency_n: int, reps: int) -> Row:
                 samples.append(time.perf_counter() - start)
             return samples
 
-        return measure(row, throughput, latency, reps)
+        return measure(row, throughput, latency, reps, lambda: with_descendants(worker.pid))
     finally:
         _stop([worker])
         _delete_queue(queue)
@@ -362,13 +374,17 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_table(rows: list[Row], startup: dict[str, float], queries: dict[str, float]) -> None:
     print()
-    header = f"{'system':<10} {'mode':<15} {'N':>6} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    header = (
+        f"{'system':<10} {'mode':<15} {'N':>6} {'tasks/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'CPU ms/task':>11}"
+    )
     print(header + "  concurrency; persistence; confirms")
     print("-" * len(header))
     for r in rows:
         print(
             f"{r.system:<10} {r.mode:<15} {r.n:>6} {_fmt(r.throughput, '9.0f')} "
-            f"{_fmt(r.p50_ms, '8.2f')} {_fmt(r.p99_ms, '8.2f')}  "
+            f"{_fmt(r.p50_ms, '8.2f')} {_fmt(r.p99_ms, '8.2f')} "
+            f"{_fmt(r.cpu_ms_per_task, '11.2f')}  "
             f"{r.concurrency}; {r.persistence}; {r.confirms}{' — ' + r.note if r.note else ''}"
         )
     base = {r.system + "/" + r.mode: r for r in rows}

@@ -27,19 +27,22 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
-
-import pika
-import pika.exceptions
+from typing import TYPE_CHECKING, Any
 
 from orchestra_cli.broker.base import decode_envelope
-from orchestra_cli.broker.rabbitmq_link import Channel, Link
 from orchestra_cli.errors import BrokerError, MalformedMessage
 from orchestra_cli.models import Q_DEAD, Q_INTAKE, Q_RESULTS, Envelope
 from orchestra_cli.settings import RabbitMQSettings, mask_url
 from orchestra_cli.util import new_id, now
 
+if TYPE_CHECKING:  # pika is imported on first use: `task list` / `task get` never pay for it
+    import pika
+
+    from orchestra_cli.broker.rabbitmq_link import Link
+
 log = logging.getLogger(__name__)
+
+Channel = Any  # pika.adapters.blocking_connection.BlockingChannel
 
 MAX_PRIORITY = 10
 PUBLISH_TIMEOUT_SECONDS = 90.0  # a publish during an outage waits this long for a reconnect
@@ -142,6 +145,8 @@ class _Declared:
 def _properties(
     message_id: str, type_: str, priority: int, headers: dict[str, Any]
 ) -> pika.BasicProperties:
+    import pika
+
     return pika.BasicProperties(
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
@@ -248,6 +253,8 @@ class RabbitConsumer:
         self._raw: list[tuple[int, Any, Any, bytes]] = []
         self._ready: queue.Queue[RabbitDelivery] = queue.Queue()
         self._declared = _Declared()
+        from orchestra_cli.broker.rabbitmq_link import Link
+
         self._link = Link(
             broker._url,
             broker.settings,
@@ -419,6 +426,8 @@ class RabbitBroker:
     def _publisher(self) -> Link:
         with self._lock:
             if self._link is None or not self._link.alive:
+                from orchestra_cli.broker.rabbitmq_link import Link
+
                 name = f"publisher:{new_id()[-6:]}"
                 link = Link(self._url, self.settings, name, self._on_connect)
                 link.start()
@@ -484,7 +493,7 @@ class RabbitBroker:
             probe = ch.connection.channel()  # a 404 closes the channel: not ours
             try:
                 ok = probe.queue_declare(self.topo.physical(logical), passive=True)
-            except pika.exceptions.ChannelClosedByBroker:
+            except _closed_by_broker():
                 return None
             try:
                 probe.close()
@@ -516,7 +525,7 @@ class RabbitBroker:
                     if method is None:
                         break
                     found.append(self._dead_record(method, props, body))
-            except pika.exceptions.ChannelClosedByBroker:
+            except _closed_by_broker():
                 return found
             browse.close()
             return found
@@ -588,3 +597,10 @@ class RabbitBroker:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _closed_by_broker() -> type[Exception]:
+    import pika.exceptions
+
+    closed: type[Exception] = pika.exceptions.ChannelClosedByBroker
+    return closed

@@ -21,7 +21,15 @@ from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter
 from orchestra_cli.engine.roles import RoleDefinition
-from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter, Defer, Nack
+from orchestra_cli.engine.worker import (
+    Ack,
+    Action,
+    ConsumerLoop,
+    DeadLetter,
+    Deadlines,
+    Defer,
+    Nack,
+)
 from orchestra_cli.errors import (
     NotFoundError,
     OrchestraError,
@@ -87,6 +95,7 @@ class Agent:
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._deadlines = Deadlines(f"timeouts-{self.name}")  # one thread, not one per task
         self.loop = ConsumerLoop(
             backends.broker,
             [work_queue(c) for c in role.capabilities],
@@ -205,10 +214,12 @@ class Agent:
         env = delivery.envelope
         if env.type != MSG_RUN:
             return DeadLetter(f"{env.type} does not belong on {delivery.queue}")
-        try:
-            task = self.state.get_task(env.task_id)
+        try:  # the common case, a queued task, is claimed in this one round trip
+            task, claimed = self.state.claim(env.task_id, self.name)
         except NotFoundError:
             return DeadLetter(f"task {env.task_id} does not exist")
+        if claimed:
+            return self._execute(task)
         for _ in range(MAX_CLAIM_ATTEMPTS):
             decision = self._claim(task)
             if isinstance(decision, Task):
@@ -291,9 +302,7 @@ class Agent:
 
         with self._lock:
             self._running[task.id] = cancel
-        timer = threading.Timer(task.timeout, expire)
-        timer.daemon = True
-        timer.start()
+        timer = self._deadlines.schedule(task.timeout, expire)
         try:
             response = self._call_llm(task, cancel)
             if timed_out.is_set():

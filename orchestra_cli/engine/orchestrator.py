@@ -135,7 +135,10 @@ class Orchestrator:
         plan = self.planner.plan(task, caps)
         self._log_decision(task, plan)
         if not plan.decomposed:
-            self._dispatch(task, plan.capability or "")
+            # the route decision rides on the queued event: one state write, not two
+            self._dispatch(
+                task, plan.capability or "", {"planner": plan.planner, "why": plan.reason}
+            )
             return
         children: list[Task] = []
         for step in plan.subtasks:
@@ -175,6 +178,8 @@ class Orchestrator:
             ],
         }
         self.b.journals.decisions.write(decision)
+        if not plan.decomposed:
+            return  # logged with the queued transition (see ``_dispatch``)
         self.state.append_event(
             task.id,
             task.root_id,
@@ -199,8 +204,13 @@ class Orchestrator:
                 return names
         return []
 
-    def _dispatch(self, task: Task, capability: str) -> None:
-        """pending → queued on ``work.<capability>``; waits in the queue if no agent is live."""
+    def _dispatch(
+        self, task: Task, capability: str, decision: dict[str, str] | None = None
+    ) -> None:
+        """pending → queued on ``work.<capability>``; waits in the queue if no agent is live.
+
+        ``decision`` (planner, why) goes into the queued event's data.
+        """
         agents = self._live_agents_for(capability)
         if not agents:
             log.warning(
@@ -221,7 +231,11 @@ class Orchestrator:
                 Status.QUEUED,
                 expect_status=[Status.PENDING],
                 capability=capability,
-                event_data={"queue": work_queue(capability), "live_agents": len(agents)},
+                event_data={
+                    "queue": work_queue(capability),
+                    "live_agents": len(agents),
+                    **(decision or {}),
+                },
             )
         except TransitionRejected:
             return  # dispatched by someone else meanwhile

@@ -11,8 +11,11 @@ once instead of after the loop's next receive times out.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 HANDLER_ERROR_RETRY_SECONDS = 1.0
 POLL_SECONDS = 0.1
+COMPACT_AFTER = 1024  # cancelled deadlines kept before the heap is rebuilt
 
 
 @dataclass(frozen=True)
@@ -148,3 +152,63 @@ class ConsumerLoop:
                 delivery.dead_letter(action.reason)
         except Exception:  # the broker will redeliver an unsettled message
             log.exception("could not settle message for task %s", delivery.envelope.task_id)
+
+
+class Deadline:
+    """A scheduled callback; ``cancel`` before it fires and it never does."""
+
+    __slots__ = ("at", "callback", "cancelled")
+
+    def __init__(self, at: float, callback: Callable[[], None]) -> None:
+        self.at = at
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Deadlines:
+    """Task time limits on one thread, instead of a ``threading.Timer`` thread per task.
+
+    Most deadlines are cancelled long before they are due (the task finished),
+    so cancelling only marks them; the heap is rebuilt when marked ones pile up.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> Deadline:
+        """Call ``callback`` (on the deadline thread) after ``delay`` seconds unless cancelled."""
+        deadline = Deadline(time.monotonic() + delay, callback)
+        with self._cond:
+            if len(self._heap) > COMPACT_AFTER and self._mostly_cancelled():
+                self._heap = [item for item in self._heap if not item[2].cancelled]
+                heapq.heapify(self._heap)
+            earliest = self._heap[0][0] if self._heap else None
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+            elif earliest is None or deadline.at < earliest:
+                self._cond.notify()  # the thread sleeps until a later deadline: wake it
+        return deadline
+
+    def _mostly_cancelled(self) -> bool:
+        return sum(1 for item in self._heap if item[2].cancelled) * 2 > len(self._heap)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                _, _, due = heapq.heappop(self._heap)
+            if not due.cancelled:
+                try:
+                    due.callback()
+                except Exception:  # one failing callback must not stop the others
+                    log.exception("deadline callback failed")

@@ -64,6 +64,14 @@ class StateStore(Protocol):
         """Apply one status change; TransitionRejected when refused."""
         ...
 
+    def claim(self, task_id: str, agent: str) -> tuple[Task, bool]:
+        """An agent's claim: queued → running (attempts + 1) for ``agent``, atomically.
+
+        Returns the task and whether it was claimed; a task that is not queued
+        comes back unchanged, for the caller to decide (duplicate, takeover…).
+        """
+        ...
+
     def add_usage(self, task_id: str, usage: Usage) -> None: ...
 
     def append_event(

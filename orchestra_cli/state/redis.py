@@ -116,6 +116,7 @@ class RedisStateStore:
                 "create": lua.CREATE,
                 "subtasks": lua.SUBTASKS,
                 "transition": lua.TRANSITION,
+                "claim": lua.CLAIM,
                 "event": lua.EVENT,
                 "usage": lua.ADD_USAGE,
                 "save_agent": lua.SAVE_AGENT,
@@ -349,6 +350,21 @@ class RedisStateStore:
         spec = self._transition_spec(task_id, to, expect_version, expect, event_data, changes, ts)
         reply = self._run("transition", {"tr": spec, "time": ts})
         return self._transition_result(task_id, to, expect_version, expect, reply)
+
+    def claim(self, task_id: str, agent: str) -> tuple[Task, bool]:
+        """queued → running for ``agent`` in one round trip; (task, whether it was claimed)."""
+        ts = now()
+        changes = {"agent": agent, "error": None}
+        spec = self._transition_spec(
+            task_id, Status.RUNNING, None, [Status.QUEUED], None, changes, ts
+        )
+        reply = self._run("claim", {"tr": spec, "time": ts})
+        if reply[0] == "missing":
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        if reply[0] == "dup":  # our own attempt got through; its reply was lost
+            task = self.get_task(task_id)
+            return task, task.status == Status.RUNNING and task.agent == agent
+        return _task_from_hash(reply[1]), reply[0] == "ok"
 
     def _transition_result(
         self,

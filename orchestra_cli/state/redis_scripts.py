@@ -148,6 +148,22 @@ return transition(a.tr, a.time)
 """
 )
 
+# The agent's claim: read the task and, if it is queued, move it to running
+# (attempts + 1) in the same round trip; otherwise return it unchanged.
+CLAIM = (
+    PRELUDE
+    + """
+if not first_time(a.tok) then return {'dup'} end
+local key = k('t', a.tr.id)
+local cur = redis.call('HMGET', key, 'status', 'attempts')
+if not cur[1] then return {'missing'} end
+if cjson.decode(cur[1]) ~= 'queued' then return {'current', redis.call('HGETALL', key)} end
+table.insert(a.tr.fields, 'attempts')
+table.insert(a.tr.fields, tostring(tonumber(cur[2]) + 1))
+return transition(a.tr, a.time)
+"""
+)
+
 EVENT = (
     PRELUDE
     + """

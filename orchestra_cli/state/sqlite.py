@@ -204,6 +204,15 @@ class SQLiteStateStore:
                 raise TransitionRejected(f"task {task_id}: {reason}", task)
             return self._apply(conn, task, to, event_data, changes)
 
+    def claim(self, task_id: str, agent: str) -> tuple[Task, bool]:
+        """queued → running for ``agent`` in one transaction; (task, whether it was claimed)."""
+        with self.db.write() as conn:
+            task = self._load(conn, task_id)
+            if task.status != Status.QUEUED:
+                return task, False
+            changes = {"agent": agent, "attempts": task.attempts + 1, "error": None}
+            return self._apply(conn, task, Status.RUNNING, None, changes), True
+
     def _apply(
         self,
         conn: sqlite3.Connection,
