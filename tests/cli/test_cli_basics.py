@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CliRunner
 
 
@@ -63,7 +65,6 @@ def test_init_writes_config_and_private_dotenv_and_refuses_to_overwrite(cli: Cli
 def test_config_show_json_lists_sources_and_masks_secrets(
     cli: CliRunner, monkeypatch: object
 ) -> None:
-    import pytest
 
     mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
     mp.setenv("ANTHROPIC_API_KEY", "sk-ant-test-1234567890abcdef")
@@ -95,3 +96,16 @@ def test_verbose_shows_the_traceback(cli: CliRunner) -> None:
     Path("orchestra.yaml").write_text("colour: blue\n")
     result = cli("-v", "task", "list", expect=2)
     assert "Traceback" in result.err
+
+
+def test_production_environment_warns_about_laptop_settings(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert json.loads(cli("--json", "config", "validate").out)["warnings"] == []
+    monkeypatch.setenv("ORCHESTRA_ENV", "production")
+    data = json.loads(cli("--json", "config", "validate").out)
+    assert data["environment"] == "production" and data["mode"] == "embedded"
+    assert any("embedded SQLite" in w for w in data["warnings"])
+    assert any("offline model provider" in w for w in data["warnings"])
+    result = cli("config", "validate", "--strict", expect=1)
+    assert "warning: production on the embedded SQLite file" in result.err

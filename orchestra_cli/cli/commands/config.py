@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -93,29 +93,68 @@ def show(
 
 
 @config_app.command("validate")
-def validate(ctx: typer.Context) -> None:
-    """Check the configuration and agent definitions; exit 2 with the problem if invalid."""
+def validate(
+    ctx: typer.Context,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1).")] = False,
+) -> int:
+    """Check the configuration and agent definitions; exit 2 with the problem if invalid.
+
+    In the production environment it also warns about settings that are fine on
+    a laptop but not in a deployment (embedded state, secrets in .env, offline model).
+    """
+    from orchestra_cli.backends import mode_of, open_secrets
+    from orchestra_cli.llm.prompts import PromptLibrary
+
     app: AppContext = ctx.obj
     loaded = app.loaded
     roles = app.roles
-    from orchestra_cli.llm.prompts import PromptLibrary
-
     prompts = PromptLibrary(loaded.settings.prompts_dir)
     for role in roles.values():
         prompts.get(role.prompt)
+    s = loaded.settings
+    mode = mode_of(s)
+    warnings = environment_warnings(s.environment, mode, s, open_secrets(s))
     result: dict[str, object] = {
         "valid": True,
         "config_file": str(loaded.config_file) if loaded.config_file else None,
-        "environment": loaded.settings.environment,
+        "environment": s.environment,
+        "mode": mode,
         "roles": sorted(roles),
+        "warnings": warnings,
     }
     if app.json:
         app.print_json(result)
     else:
         app.info(
             f"configuration is valid ({result['config_file'] or 'defaults'}; "
-            f"environment {result['environment']}; roles: {', '.join(sorted(roles))})"
+            f"environment {s.environment}; {mode} mode; roles: {', '.join(sorted(roles))})"
         )
+        for warning in warnings:
+            app.err_console.print(f"warning: {warning}", markup=False, style="yellow")
+    return 1 if strict and warnings else 0
+
+
+def environment_warnings(environment: str, mode: str, settings: Any, secrets: Any) -> list[str]:
+    """What a production deployment should not run with."""
+    if environment != "production":
+        return []
+    warnings = []
+    if mode == "embedded":
+        warnings.append(
+            "production on the embedded SQLite file: agents cannot run on other machines — "
+            "set ORCHESTRA_STATE_URL (redis://) and ORCHESTRA_BROKER_URL (amqp://)"
+        )
+    _, source = secrets.lookup("ANTHROPIC_API_KEY")
+    if settings.llm.provider == "offline" or (settings.llm.provider == "auto" and not source):
+        warnings.append("production with the offline model provider — set ANTHROPIC_API_KEY")
+    elif source == ".env":
+        warnings.append(
+            "ANTHROPIC_API_KEY comes from ./.env — keep production secrets in Vault "
+            "(secrets_url: vault://…)"
+        )
+    if settings.log.level == "DEBUG":
+        warnings.append("log.level DEBUG in production — use INFO")
+    return warnings
 
 
 def register(app: typer.Typer) -> None:
