@@ -79,7 +79,6 @@ def svc_env(tmp_path: Path) -> Iterator[Env]:
                 "ORCHESTRA_LLM__PROVIDER": "offline",
                 "ORCHESTRA_AGENTS__HEARTBEAT_SECONDS": "0.5",
                 "ORCHESTRA_AGENTS__TTL_SECONDS": "2",
-                "ORCHESTRA_BROKER__MAX_DELIVERIES": "30",
             }
         ),
         tmp_path,
