@@ -127,18 +127,24 @@ class Topology:
 
 
 class _Declared:
-    """What one connection generation has declared, so each publish declares once."""
+    """What one connection generation has declared, so each publish declares once.
+
+    With ``max_age`` a name is declared again once its declaration is that old:
+    delay queues expire (``x-expires``) when unused, and RabbitMQ does not count
+    publishing as use, so they must be re-declared while still in service.
+    """
 
     def __init__(self) -> None:
         self.generation = -1
-        self.names: set[str] = set()
+        self.names: dict[str, float] = {}
 
-    def need(self, generation: int, name: str) -> bool:
+    def need(self, generation: int, name: str, max_age: float | None = None) -> bool:
         if generation != self.generation:
-            self.generation, self.names = generation, set()
-        if name in self.names:
+            self.generation, self.names = generation, {}
+        declared = self.names.get(name)
+        if declared is not None and (max_age is None or now() - declared < max_age):
             return False
-        self.names.add(name)
+        self.names[name] = now()
         return True
 
 
@@ -174,7 +180,8 @@ def publish_on(
     if delay > 0:
         ms = _delay_ms(delay)
         name = f"{topo.prefix}.delay.{ms}.{logical}"
-        if declared.need(link.generation, name):
+        # re-declared well within x-expires, which publishing alone does not reset
+        if declared.need(link.generation, name, max_age=DELAY_QUEUE_IDLE_MS / 1000 / 4):
             topo.declare_delay(ch, logical, ms)
         ch.basic_publish("", name, body, properties=props, mandatory=True)
     else:

@@ -189,12 +189,19 @@ class SQLiteConsumer:
         return int(self.db.conn().execute("PRAGMA data_version").fetchone()[0])
 
     def settle(self, msg_id: int, sql: str, params: tuple[Any, ...] = ()) -> None:
-        """Run one settling statement (its last two parameters: id, consumer tag)."""
-        with self.db.write() as conn:
-            conn.execute(sql, (*params, msg_id, self.tag))
-        with self._cond:
-            self._held.discard(msg_id)
-            self._cond.notify_all()
+        """Run one settling statement (its last two parameters: id, consumer tag).
+
+        The message is let go even when the statement fails: its lease then runs
+        out and it is redelivered, instead of being renewed forever by a consumer
+        that can no longer settle it.
+        """
+        try:
+            with self.db.write() as conn:
+                conn.execute(sql, (*params, msg_id, self.tag))
+        finally:
+            with self._cond:
+                self._held.discard(msg_id)
+                self._cond.notify_all()
 
     def dead_letter(self, msg_id: int, reason: str) -> None:
         self.settle(

@@ -20,6 +20,7 @@ from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter
+from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import RoleDefinition
 from orchestra_cli.engine.worker import (
     Ack,
@@ -416,9 +417,12 @@ class Agent:
         return task.parent_id is not None or task.status != Status.SUCCEEDED
 
     def _fail(self, task: Task, error: str, *, retryable: bool = True) -> Action:
+        """Apply the retry policy now: the task never waits in ``running`` for a notice."""
         log.warning("task %s attempt %d failed: %s", task.id, task.attempts, error)
         self.record.failed += 1
-        self._notify(task, "failed", error=error, retryable=retryable)
+        after = retry_or_fail(self.b, task, error, retryable=retryable)
+        if after.status == Status.FAILED:
+            self._notify(after, "failed", error=after.error, retryable=False)  # for the parent
         return Ack()
 
     def _notify(

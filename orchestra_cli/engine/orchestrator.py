@@ -15,6 +15,7 @@ from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator
 from orchestra_cli.engine.planner import Plan, Planner
+from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter
 from orchestra_cli.errors import NotFoundError, TransitionRejected
@@ -33,7 +34,6 @@ from orchestra_cli.status import TERMINAL, Status
 
 log = logging.getLogger(__name__)
 
-MAX_RETRY_DELAY_SECONDS = 60.0
 # The registry is read for routing hints on every dispatch; a view this old is
 # fine (liveness itself is judged on a heartbeat TTL of seconds), and a miss
 # always reads it afresh, so a just-started agent is seen at once.
@@ -279,44 +279,7 @@ class Orchestrator:
             self._advance_children(task.parent_id, republish=redelivered)
 
     def _retry_or_fail(self, task: Task, error: str, *, retryable: bool = True) -> Task:
-        try:
-            if retryable and task.attempts < task.max_attempts:
-                delay = min(
-                    self.b.settings.tasks.retry_backoff_seconds * 2 ** (task.attempts - 1),
-                    MAX_RETRY_DELAY_SECONDS,
-                )
-                task = self.state.transition(
-                    task.id,
-                    Status.QUEUED,
-                    expect_version=task.version,
-                    error=error,
-                    event_data={"retry_in": delay, "reason": error},
-                )
-                self._publish_run(task, delay=delay)
-                return task
-            task = self.state.transition(
-                task.id,
-                Status.FAILED,
-                expect_version=task.version,
-                error=f"{error} (after {task.attempts} attempts)",
-            )
-        except TransitionRejected as exc:
-            current = exc.current
-            return current if isinstance(current, Task) else self.state.get_task(task.id)
-        env = Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts)
-        self.broker.dead_letter(
-            work_queue(task.capability or ""), env, f"exhausted retries: {task.error}"
-        )
-        self.b.journals.decisions.write(
-            {
-                "decision": "dead-letter",
-                "task_id": task.id,
-                "root_id": task.root_id,
-                "why": f"failed {task.attempts} of {task.max_attempts} attempts: {error}",
-                "alternatives": ["retry with `orchestra task retry`"],
-            }
-        )
-        return task
+        return retry_or_fail(self.b, task, error, retryable=retryable)
 
     def _advance_children(self, parent_id: str, *, republish: bool = False) -> None:
         """Dispatch subtasks whose dependencies are met; aggregate when all are done.
@@ -327,6 +290,9 @@ class Orchestrator:
         """
         parent = self.state.get_task(parent_id)
         if parent.status != Status.WAITING:
+            if republish and parent.status in TERMINAL and parent.parent_id is not None:
+                # a crash may have come between aggregating it and advancing its parent
+                self._advance_children(parent.parent_id, republish=True)
             return
         children = self.state.children(parent_id)
         for child in children:

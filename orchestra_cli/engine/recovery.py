@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestra_cli.backends import Backends
-from orchestra_cli.errors import TransitionRejected
+from orchestra_cli.engine.retry import retry_or_fail
+from orchestra_cli.errors import OrchestraError, TransitionRejected
 from orchestra_cli.models import (
     MSG_RESULT,
     MSG_RUN,
@@ -40,7 +41,7 @@ LOCK_NAME = "recovery-sweep"
 class Finding:
     task_id: str
     status: str
-    action: str  # requeue | resubmit | reaggregate
+    action: str  # requeue | republish | resubmit | reaggregate
     reason: str
     done: bool = False
 
@@ -104,6 +105,38 @@ class Recovery:
                         "every subtask ended but the parent was not aggregated",
                     )
                 )
+        findings.extend(self._queued_without_message(at))
+        return findings
+
+    def _queued_without_message(self, at: float) -> list[Finding]:
+        """Stale queued tasks beyond the messages on their queue (a message was lost).
+
+        Tasks legitimately wait in their queue while no agent is up, so only the
+        deficit against the queue's depth is republished — never one per sweep.
+        """
+        queued = self.b.state.list_tasks(status=[Status.QUEUED.value], limit=SCAN_LIMIT)
+        stale = [t for t in queued if at - (t.queued_at or t.updated_at) > self.stale]
+        if not stale:
+            return []
+        caps = sorted({t.capability or "" for t in stale})
+        info = self.b.broker.health([work_queue(c) for c in caps])
+        if not info.get("ok"):
+            return []
+        findings = []
+        for cap in caps:
+            depth = info.get("queues", {}).get(work_queue(cap), {}).get("messages", 0)
+            deficit = sum(1 for t in queued if t.capability == cap) - depth
+            oldest = sorted((t for t in stale if t.capability == cap), key=lambda t: t.updated_at)
+            for task in oldest[: max(0, deficit)]:
+                findings.append(
+                    Finding(
+                        task.id,
+                        task.status,
+                        "republish",
+                        f"queued for {at - task.updated_at:.0f}s with no message "
+                        f"on {work_queue(cap)}",
+                    )
+                )
         return findings
 
     def sweep(self, *, dry_run: bool = False) -> list[Finding]:
@@ -116,6 +149,9 @@ class Recovery:
                 finding.done = self._apply(finding)
             except TransitionRejected:
                 finding.done = False  # it moved on by itself meanwhile
+            except OrchestraError as exc:  # one failure must not stop the rest of the sweep
+                log.warning("could not recover task %s: %s", finding.task_id, exc)
+                finding.done = False
             if finding.done:
                 log.warning(
                     "recovered task %s (%s): %s", finding.task_id, finding.action, finding.reason
@@ -136,7 +172,9 @@ class Recovery:
         task = state.get_task(finding.task_id)
         if task.status != finding.status:
             return False
-        if finding.action == "requeue":
+        if finding.action == "requeue" and task.attempts >= task.max_attempts:
+            retry_or_fail(self.b, task, f"{finding.reason} on the last attempt")  # fails it
+        elif finding.action == "requeue":
             task = state.transition(
                 task.id,
                 Status.QUEUED,
@@ -147,6 +185,12 @@ class Recovery:
                     "previous_agent": task.agent,
                 },
             )
+            broker.publish(
+                work_queue(task.capability or ""),
+                Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
+                priority=task.priority,
+            )
+        elif finding.action == "republish":
             broker.publish(
                 work_queue(task.capability or ""),
                 Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),

@@ -138,7 +138,7 @@ class TaskService:
                     self.state.transition(
                         t.id,
                         Status.CANCELLED,
-                        expect_status=[t.status],
+                        # whatever it became since the tree was read, unless it has ended
                         error="cancelled by operator",
                         event_data={"by": "operator"},
                     )
@@ -163,13 +163,30 @@ class TaskService:
             log.warning("control message not sent (%s); agents will see it at their heartbeat", exc)
 
     def retry(self, task_id: str) -> Task:
-        """Run a failed or cancelled task again (for a parent: its unfinished subtasks)."""
+        """Run a failed or cancelled task again (for a parent: its unfinished subtasks).
+
+        Subtasks cancelled because this one failed (their dependency) are reopened
+        too. Everything is reopened bottom-up — subtasks, then the task, then its
+        finished ancestors — and only then published, so no result can find a
+        half-reopened tree and aggregate it as failed again.
+        """
         task = self.state.get_task(task_id)
         if task.status not in (Status.FAILED, Status.CANCELLED):
             raise UsageError(
                 f"task {task.id} is {task.status}", "only failed or cancelled tasks can be retried"
             )
-        self._reopen(task)
+        to_publish: list[Task] = []
+        self._reopen(task, to_publish)
+        if task.parent_id is not None:
+            siblings = {t.id: t for t in self.state.children(task.parent_id)}
+            unblocked = [task.id]
+            while unblocked:  # and whatever was cancelled because those failed, transitively
+                failed_id = unblocked.pop()
+                for sibling in list(siblings.values()):
+                    if _blocked_by(sibling, failed_id):
+                        self._reopen(sibling, to_publish)
+                        del siblings[sibling.id]
+                        unblocked.append(sibling.id)
         parent_id = task.parent_id
         while parent_id is not None:  # reopen finished ancestors so they aggregate again
             parent = self.state.get_task(parent_id)
@@ -182,26 +199,27 @@ class TaskService:
                     event_data={"by": "operator"},
                 )
             parent_id = parent.parent_id
+        for leaf in to_publish:
+            self.b.broker.publish(
+                Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=leaf.id), priority=leaf.priority
+            )
         return self.state.get_task(task.id)
 
-    def _reopen(self, task: Task) -> None:
+    def _reopen(self, task: Task, to_publish: list[Task]) -> None:
         children = self.state.children(task.id)
-        target = Status.WAITING if children else Status.PENDING
-        self.state.transition(
+        for child in children:
+            if child.status in (Status.FAILED, Status.CANCELLED):
+                self._reopen(child, to_publish)
+        reopened = self.state.transition(
             task.id,
-            target,
+            Status.WAITING if children else Status.PENDING,
             expect_version=task.version,
             attempts=0,
             error=None,
             event_data={"by": "operator"},
         )
-        for child in children:
-            if child.status in (Status.FAILED, Status.CANCELLED):
-                self._reopen(child)
         if not children:
-            self.b.broker.publish(
-                Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id), priority=task.priority
-            )
+            to_publish.append(reopened)
 
     def _notify(self, task: Task, outcome: str) -> None:
         env = Envelope(
@@ -211,6 +229,15 @@ class TaskService:
             payload={"outcome": outcome, "agent": "operator"},
         )
         self.b.broker.publish(Q_RESULTS, env, priority=task.priority)
+
+
+def _blocked_by(task: Task, failed_id: str) -> bool:
+    """Cancelled or failed only because ``failed_id``, a dependency of it, failed."""
+    return (
+        failed_id in task.depends_on
+        and task.status in (Status.FAILED, Status.CANCELLED)
+        and (task.error or "").startswith("dependency ")
+    )
 
 
 def _descendants(tree: list[Task], ancestor_id: str) -> list[Task]:

@@ -376,8 +376,13 @@ class RedisStateStore:
     ) -> Task:
         if reply[0] == "missing":
             raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
-        if reply[0] == "dup":  # applied by our own attempt whose reply was lost
-            return self.get_task(task_id)
+        if reply[0] == "dup":  # our own attempt got through; its reply was lost
+            task = self.get_task(task_id)
+            if task.status != to:  # that attempt was refused (or undone since): say so
+                raise TransitionRejected(
+                    f"task {task_id}: status is {task.status}, not {to} (retried call)", task
+                )
+            return task
         task = _task_from_hash(reply[1])
         if reply[0] == "rejected":
             reason = _rejection(task, to, expect_version, expect_status)

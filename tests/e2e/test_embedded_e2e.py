@@ -210,3 +210,28 @@ def test_task_whose_message_was_lost_is_recovered_by_the_orchestrator_sweep(
         e.data.get("reason") == "recovered" for e in d.backends.state.events(root_id=task_id)
     )
     assert d.backends.state.count_events(task_id, "succeeded") == 1
+
+
+def test_retrying_a_failed_step_reopens_the_steps_it_blocked_and_the_parent(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "600"
+    d.start("run")
+    d.start("agent", "start", "architect")
+    root = d.submit("--timeout", "0.3", "--max-attempts", "1", "Design and implement a cache")
+    d.wait_status(root, "failed", timeout=60)  # the design step timed out; the rest was cancelled
+    children = d.backends.state.children(root)
+    design = next(c for c in children if c.capability == "architecture")
+    blocked = [c for c in children if c.id != design.id]
+    assert design.status == "failed"
+    assert blocked and all(c.status == "cancelled" for c in blocked)
+    slow = next(a.name for a in d.backends.state.list_agents() if a.role == "architect")
+    d.cli("agent", "stop", slow, "--wait", "--timeout", "20")  # so it cannot take the retry
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "0"
+    for role in ("architect", "coder", "reviewer"):
+        d.start("agent", "start", role)
+    d.cli("task", "retry", design.id)
+    done = d.wait_status(root, "succeeded", "failed", timeout=60)
+    assert done.status == "succeeded", done.error
+    assert all(c.status == "succeeded" for c in d.backends.state.children(root))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pika
@@ -135,3 +136,31 @@ def test_health_reports_queue_depths_and_consumer_counts(svc: Backends) -> None:
         assert svc.state.health()["ok"]  # type: ignore[attr-defined]
     finally:
         consumer.close()
+
+
+def test_delayed_publishes_keep_working_past_the_delay_queue_expiry(
+    svc: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishing does not reset x-expires; the broker must re-declare delay queues in time."""
+    from orchestra_cli.broker import rabbitmq
+    from orchestra_cli.models import MSG_RUN, Envelope
+
+    monkeypatch.setattr(rabbitmq, "DELAY_QUEUE_IDLE_MS", 1500)  # expires 1.6 s after declare
+    sent = []
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        env = Envelope(type=MSG_RUN, task_id=f"t{len(sent)}")
+        svc.broker.publish("work.delayed", env, delay=0.1)
+        sent.append(env.id)
+        time.sleep(0.4)
+    consumer = svc.broker.consumer(["work.delayed"], prefetch=20, name="c")
+    try:
+        got = set()
+        while len(got) < len(sent):
+            d = consumer.get(timeout=5)
+            assert d is not None, f"only {len(got)} of {len(sent)} delayed messages arrived"
+            got.add(d.envelope.id)
+            d.ack()
+    finally:
+        consumer.close()
+    assert got == set(sent)

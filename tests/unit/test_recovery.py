@@ -91,3 +91,17 @@ def test_recover_command_reports_findings_as_json(cli: CliRunner) -> None:
     assert data["dry_run"] is True
     assert [(f["task_id"], f["action"]) for f in data["findings"]] == [(tid, "resubmit")]
     assert "nothing stuck" in cli("recover").err
+
+
+def test_queued_task_whose_message_was_lost_is_republished_once(fast: Backends) -> None:
+    from orchestra_cli.models import MSG_RUN, Envelope
+
+    lost, _ = fast.state.create_task(Task(title="lost", input="i", capability="code"))
+    fast.state.transition(lost.id, Status.QUEUED)
+    kept, _ = fast.state.create_task(Task(title="kept", input="i", capability="code"))
+    fast.state.transition(kept.id, Status.QUEUED)
+    fast.broker.publish("work.code", Envelope(type=MSG_RUN, task_id=kept.id))
+    findings = Recovery(fast, stale_seconds=0).sweep()
+    assert [(f.action, f.done) for f in findings] == [("republish", True)]
+    assert fast.broker.depths()["work.code"] == 2  # the deficit is filled, nothing more
+    assert Recovery(fast, stale_seconds=0).scan() == []  # and not again next sweep
