@@ -239,8 +239,13 @@ def test_malformed_and_unknown_type_messages_are_dead_lettered_and_consumers_go_
             _start(svc_env, procs, ["run"], "orchestrator")
             _start(svc_env, procs, ["agent", "start", "coder", "--name", "coder-1"], "coder-1")
             assert _submit(svc_env, 5, "m").wait(timeout=60) == 0
-            wait_until(lambda: _succeeded(b) == 5, timeout=30, what="5 tasks")
-        reasons = {d["queue"]: d["reason"] for d in b.broker.dead_letters()}
+            wait_until(lambda: _succeeded(b) == 5, timeout=60, what="5 tasks")
+
+            def both_dead() -> dict[str, str] | None:
+                found = {d["queue"]: d["reason"] for d in b.broker.dead_letters()}
+                return found if {"intake", "work.code"} <= set(found) else None
+
+            reasons = wait_until(both_dead, timeout=15, interval=0.3, what="2 dead letters")
         assert "invalid envelope" in reasons["intake"]
         assert "unknown message type" in reasons["work.code"]
     finally:
