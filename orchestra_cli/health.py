@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestra_cli.engine.orchestrator import ORCHESTRATOR_ROLE
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.errors import ExitStatus, OrchestraError
 from orchestra_cli.models import Q_DEAD, Q_INTAKE, Q_RESULTS, work_queue
@@ -104,9 +105,31 @@ def check_broker(ctx: HealthContext) -> Check:
     )
 
 
+def check_orchestrator(ctx: HealthContext) -> Check:
+    """At least one live orchestrator; without one, waiting work is a failure."""
+    ttl = ctx.settings.agents.ttl_seconds
+    records = [a for a in ctx.state().list_agents() if a.role == ORCHESTRATOR_ROLE]
+    live = [a.name for a in records if a.is_alive(ttl)]
+    if live:
+        return Check(
+            "orchestrator", OK, f"{len(live)} running ({', '.join(live[:3])})", {"live": live}
+        )
+    waiting = ctx.state().list_tasks(
+        status=[Status.PENDING.value, Status.QUEUED.value, Status.WAITING.value], limit=1000
+    )
+    if waiting:
+        return Check(
+            "orchestrator",
+            FAIL,
+            f"no orchestrator running and {len(waiting)} task(s) waiting — start `orchestra run`",
+            {"waiting": len(waiting)},
+        )
+    return Check("orchestrator", WARN, "no orchestrator running — start `orchestra run`")
+
+
 def check_agents(ctx: HealthContext) -> Check:
     ttl = ctx.settings.agents.ttl_seconds
-    agents = ctx.state().list_agents()
+    agents = [a for a in ctx.state().list_agents() if a.role != ORCHESTRATOR_ROLE]
     live = [a for a in agents if a.is_alive(ttl)]
     dead = [a.name for a in agents if a.status != "stopped" and not a.is_alive(ttl)]
     covered = {c for a in live for c in a.capabilities}
@@ -258,6 +281,7 @@ def check_parity(ctx: HealthContext) -> Check:
 CHECKS: dict[str, Callable[[HealthContext], Check]] = {
     "state": check_state,
     "broker": check_broker,
+    "orchestrator": check_orchestrator,
     "agents": check_agents,
     "queues": check_queues,
     "secrets": check_secrets,
@@ -266,7 +290,7 @@ CHECKS: dict[str, Callable[[HealthContext], Check]] = {
 }
 
 
-NEEDS_STATE = frozenset({"agents", "parity"})
+NEEDS_STATE = frozenset({"orchestrator", "agents", "parity"})
 
 
 def run_checks(ctx: HealthContext, names: list[str] | None = None) -> list[Check]:

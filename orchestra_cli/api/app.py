@@ -24,10 +24,11 @@ from orchestra_cli.cli.render import agent_json, agent_state, task_json
 from orchestra_cli.engine.roles import RoleDefinition
 from orchestra_cli.engine.service import TaskService
 from orchestra_cli.errors import OrchestraError, UsageError
+from orchestra_cli.health import CHECKS
 from orchestra_cli.status import Status
 
 MAX_LIST = 1000
-HEALTH_CHECKS = ("state", "broker", "agents", "queues", "secrets", "dependencies", "parity")
+HEALTH_CHECKS = tuple(CHECKS)
 
 
 def create_app(

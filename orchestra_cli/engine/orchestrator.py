@@ -8,9 +8,12 @@ finds the work already done and only re-publishes what may have been lost.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 
+from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator
@@ -31,8 +34,11 @@ from orchestra_cli.models import (
     work_queue,
 )
 from orchestra_cli.status import TERMINAL, Status
+from orchestra_cli.util import new_id, now
 
 log = logging.getLogger(__name__)
+
+ORCHESTRATOR_ROLE = "orchestrator"
 
 # The registry is read for routing hints on every dispatch; a view this old is
 # fine (liveness itself is judged on a heartbeat TTL of seconds), and a miss
@@ -63,16 +69,49 @@ class Orchestrator:
         self.loop = ConsumerLoop(
             self.broker, [Q_INTAKE, Q_RESULTS], self.handle, concurrency=concurrency, name=name
         )
+        self.presence = AgentRecord(
+            name=f"orchestrator-{socket.gethostname().split('.')[0]}-{os.getpid()}-{new_id()[-4:]}",
+            role=ORCHESTRATOR_ROLE,
+            capabilities=[],
+            status="running",
+            concurrency=concurrency,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+        )
         self._agents_cache: tuple[float, list[AgentRecord]] = (-AGENTS_CACHE_SECONDS, [])
 
     def run(self, stop: threading.Event) -> None:
         log.info("orchestrator %s started", self.name)
-        sweeper = threading.Thread(
-            target=self._sweep_loop, args=(stop,), name=f"{self.name}-sweep", daemon=True
-        )
-        sweeper.start()
-        self.loop.run(stop)
+        for target, label in ((self._sweep_loop, "sweep"), (self._presence_loop, "presence")):
+            threading.Thread(
+                target=target, args=(stop,), name=f"{self.name}-{label}", daemon=True
+            ).start()
+        try:
+            self.loop.run(stop)
+        finally:
+            self.presence.status = "stopped"
+            self._save_presence()
         log.info("orchestrator %s stopped", self.name)
+
+    def _save_presence(self) -> bool:
+        """Refresh the registry record; True when an operator asked this orchestrator to stop."""
+        self.presence.heartbeat_at = now()
+        self.presence.load = self.loop.inflight
+        try:
+            return self.state.save_agent(self.presence)
+        except Exception:  # a missed beat is survivable; the next one retries
+            log.exception("orchestrator %s: heartbeat failed", self.name)
+            return False
+
+    def _presence_loop(self, stop: threading.Event) -> None:
+        """Heartbeat in the registry (role ``orchestrator``), so health can tell one runs."""
+        interval = self.b.settings.agents.heartbeat_seconds
+        while not stop.is_set():
+            if self._save_presence() and not stop.is_set():
+                log.info("orchestrator %s: stop requested; draining", self.presence.name)
+                stop.set()
+            stop.wait(interval)
 
     def _sweep_loop(self, stop: threading.Event) -> None:
         """Every ``tasks.recovery_interval_seconds``: put stuck work back on its way."""

@@ -55,3 +55,21 @@ def test_dead_letters_and_stuck_queues_are_warnings(cli: CliRunner) -> None:
     assert (
         "1 dead-lettered" in check["summary"] and "nobody consuming work.code" in check["summary"]
     )
+
+
+def test_the_cli_lists_every_health_check() -> None:
+    from orchestra_cli.cli.commands.health import CHECK_NAMES
+    from orchestra_cli.health import CHECKS
+
+    assert tuple(CHECKS) == CHECK_NAMES
+
+
+def test_no_orchestrator_is_a_warning_when_idle_and_a_failure_when_work_waits(
+    cli: CliRunner,
+) -> None:
+    check = json.loads(cli("--json", "health", "-c", "orchestrator").out)["checks"][0]
+    assert check["level"] == "warn" and "orchestra run" in check["summary"]
+    cli("task", "submit", "-q", "write a parser")
+    result = cli("--json", "health", "-c", "orchestrator", expect=1)
+    check = json.loads(result.out)["checks"][0]
+    assert check["level"] == "fail" and "1 task(s) waiting" in check["summary"]

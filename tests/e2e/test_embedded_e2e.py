@@ -235,3 +235,21 @@ def test_retrying_a_failed_step_reopens_the_steps_it_blocked_and_the_parent(
     done = d.wait_status(root, "succeeded", "failed", timeout=60)
     assert done.status == "succeeded", done.error
     assert all(c.status == "succeeded" for c in d.backends.state.children(root))
+
+
+def test_a_running_orchestrator_is_in_the_registry_and_stops_when_asked(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    run = d.start("run")
+
+    def orchestrator_name() -> str | None:
+        names = [a.name for a in d.backends.state.list_agents() if a.role == "orchestrator"]
+        return names[0] if names else None
+
+    name = wait_until(orchestrator_name, timeout=20, what="the orchestrator's registry record")
+    assert d.cli("health", "--check", "orchestrator").code == 0
+    d.cli("agent", "stop", name, "--wait", "--timeout", "20")
+    assert run.popen.wait(timeout=20) == 0
+    assert d.backends.state.get_agent(name).status == "stopped"
+    assert d.cli("health", "--check", "orchestrator", expect=0).code == 0  # idle: a warning

@@ -8,7 +8,16 @@ import typer
 
 from orchestra_cli.cli.context import AppContext
 
-CHECK_NAMES = ("state", "broker", "agents", "queues", "secrets", "dependencies", "parity")
+CHECK_NAMES = (
+    "state",
+    "broker",
+    "orchestrator",
+    "agents",
+    "queues",
+    "secrets",
+    "dependencies",
+    "parity",
+)
 
 
 def health(
