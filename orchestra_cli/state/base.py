@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
-from orchestra_cli.status import Status
+from orchestra_cli.status import Status, can_transition
 
 # Fields a transition may change besides the status.
 MUTABLE_FIELDS = frozenset({"agent", "result", "error", "attempts", "capability", "usage"})
@@ -111,3 +111,16 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def rejection_reason(
+    task: Task, to: Status, expect_version: int | None, expect_status: Iterable[Status] | None
+) -> str | None:
+    """Why a transition is refused, or None when it may go ahead."""
+    if expect_version is not None and task.version != expect_version:
+        return f"version is {task.version}, expected {expect_version} (changed meanwhile)"
+    if expect_status is not None and task.status not in set(expect_status):
+        return f"status is {task.status}, expected one of {sorted(map(str, expect_status))}"
+    if not can_transition(task.status, to):
+        return f"cannot go from {task.status} to {to}"
+    return None

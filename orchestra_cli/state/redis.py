@@ -41,9 +41,8 @@ from orchestra_cli.errors import (
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.settings import RedisSettings, mask_url
 from orchestra_cli.state import redis_scripts as lua
-from orchestra_cli.state.base import MUTABLE_FIELDS
+from orchestra_cli.state.base import MUTABLE_FIELDS, rejection_reason  # one wording
 from orchestra_cli.state.redis_lock import RedisLock
-from orchestra_cli.state.sqlite import _rejection  # one wording for both backends
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import dumps, loads, new_id, now
 
@@ -385,7 +384,7 @@ class RedisStateStore:
             return task
         task = _task_from_hash(reply[1])
         if reply[0] == "rejected":
-            reason = _rejection(task, to, expect_version, expect_status)
+            reason = rejection_reason(task, to, expect_version, expect_status)
             raise TransitionRejected(f"task {task_id}: {reason or 'rejected'}", task)
         return task
 

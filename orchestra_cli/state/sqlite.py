@@ -11,8 +11,8 @@ from typing import Any
 from orchestra_cli.errors import NotFoundError, TransitionRejected, UsageError
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.sqlitedb import SQLiteDB
-from orchestra_cli.state.base import MUTABLE_FIELDS
-from orchestra_cli.status import TERMINAL, Status, can_transition
+from orchestra_cli.state.base import MUTABLE_FIELDS, rejection_reason
+from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import dumps, loads, now
 
 _TASK_COLUMNS = (
@@ -199,7 +199,7 @@ class SQLiteStateStore:
             raise ValueError(f"transition cannot change {sorted(unknown)}")
         with self.db.write() as conn:
             task = self._load(conn, task_id)
-            reason = _rejection(task, to, expect_version, expect_status)
+            reason = rejection_reason(task, to, expect_version, expect_status)
             if reason:
                 raise TransitionRejected(f"task {task_id}: {reason}", task)
             return self._apply(conn, task, to, event_data, changes)
@@ -375,16 +375,3 @@ class SQLiteStateStore:
 
     def close(self) -> None:
         self.db.close()
-
-
-def _rejection(
-    task: Task, to: Status, expect_version: int | None, expect_status: Iterable[Status] | None
-) -> str | None:
-    """Why a transition is refused, or None when it may go ahead."""
-    if expect_version is not None and task.version != expect_version:
-        return f"version is {task.version}, expected {expect_version} (changed meanwhile)"
-    if expect_status is not None and task.status not in set(expect_status):
-        return f"status is {task.status}, expected one of {sorted(map(str, expect_status))}"
-    if not can_transition(task.status, to):
-        return f"cannot go from {task.status} to {to}"
-    return None
