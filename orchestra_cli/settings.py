@@ -141,6 +141,9 @@ class AgentSettings(_Section):
     ttl_seconds: float = Field(10.0, gt=0, description="an agent is dead after this silence")
     concurrency: int = Field(1, ge=1, le=256)
     definitions_dir: Path | None = None
+    prune_after_seconds: float = Field(
+        86400.0, gt=0, description="stopped or dead agents leave the registry after this"
+    )
 
 
 class TaskSettings(_Section):

@@ -214,15 +214,29 @@ class Recovery:
         return True
 
 
+def prune_agents(backends: Backends) -> list[str]:
+    """Forget agents (and orchestrators) silent for ``agents.prune_after_seconds``."""
+    cutoff = now() - backends.settings.agents.prune_after_seconds
+    gone = [a.name for a in backends.state.list_agents() if a.heartbeat_at < cutoff]
+    for name in gone:
+        backends.state.delete_agent(name)
+        log.info("pruned agent %s from the registry", name)
+    return gone
+
+
 def locked_sweep(backends: Backends, ttl: float) -> list[Finding] | None:
-    """One sweep under the store's lock when it has one (Redis); None if another holds it."""
+    """One sweep (and registry pruning) under the store's lock when it has one (Redis).
+
+    None when another orchestrator holds the lock and is sweeping right now.
+    """
     make_lock = getattr(backends.state, "lock", None)
-    if make_lock is None:
-        return Recovery(backends).sweep()
-    lock = make_lock(LOCK_NAME, ttl)
-    if not lock.acquire():
+    lock = make_lock(LOCK_NAME, ttl) if make_lock is not None else None
+    if lock is not None and not lock.acquire():
         return None
     try:
-        return Recovery(backends).sweep()
+        findings = Recovery(backends).sweep()
+        prune_agents(backends)
+        return findings
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()

@@ -189,3 +189,20 @@ def test_rollback_to_a_snapshot_restores_exactly_that_state(contract_backends: B
     if snap.mode == "services":  # RabbitMQ kept its own messages: open work is re-published
         assert result["republished"] == 1
     assert result["safety_snapshot"].endswith(("-pre-rollback.db", "-pre-rollback.redis.jsonl"))
+
+
+def test_the_recovery_sweep_runs_under_the_store_lock_and_releases_it(
+    contract_backends: Backends,
+) -> None:
+    from orchestra_cli.engine.recovery import locked_sweep
+
+    assert locked_sweep(contract_backends, ttl=5) == []
+    assert locked_sweep(contract_backends, ttl=5) == []  # the lock was released
+    make_lock = getattr(contract_backends.state, "lock", None)
+    if make_lock is not None:  # Redis: while another holder has it, the sweep stands aside
+        held = make_lock("recovery-sweep", 5)
+        assert held.acquire()
+        try:
+            assert locked_sweep(contract_backends, ttl=5) is None
+        finally:
+            held.release()

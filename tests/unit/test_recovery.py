@@ -105,3 +105,18 @@ def test_queued_task_whose_message_was_lost_is_republished_once(fast: Backends) 
     assert [(f.action, f.done) for f in findings] == [("republish", True)]
     assert fast.broker.depths()["work.code"] == 2  # the deficit is filled, nothing more
     assert Recovery(fast, stale_seconds=0).scan() == []  # and not again next sweep
+
+
+def test_long_silent_agents_are_pruned_from_the_registry(home: Path) -> None:
+    from orchestra_cli.engine.recovery import locked_sweep
+
+    settings = Settings(home=home, agents={"prune_after_seconds": 0.2})  # type: ignore[arg-type]
+    b = open_backends(settings)
+    try:
+        b.state.save_agent(AgentRecord(name="old", role="coder", capabilities=["code"]))
+        time.sleep(0.3)
+        b.state.save_agent(AgentRecord(name="fresh", role="coder", capabilities=["code"]))
+        assert locked_sweep(b, ttl=5) == []
+        assert [a.name for a in b.state.list_agents()] == ["fresh"]
+    finally:
+        b.close()
