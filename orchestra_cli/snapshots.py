@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestra_cli.backends import Backends, mode_of
+from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.errors import NotFoundError, UsageError
-from orchestra_cli.models import MSG_RUN, MSG_SUBMIT, Q_INTAKE, Envelope, work_queue
 from orchestra_cli.settings import Settings, mask_url
 from orchestra_cli.status import Status
 from orchestra_cli.util import iso, now
@@ -134,13 +134,9 @@ def _republish(backends: Backends) -> int:
     state, broker = backends.state, backends.broker
     count = 0
     for task in state.list_tasks(status=[Status.QUEUED.value], limit=REPUBLISH_LIMIT):
-        broker.publish(
-            work_queue(task.capability or ""),
-            Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
-            priority=task.priority,
-        )
+        publish_run(broker, task)
         count += 1
     for task in state.list_tasks(status=[Status.PENDING.value], limit=REPUBLISH_LIMIT):
-        broker.publish(Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id), priority=task.priority)
+        publish_submit(broker, task)
         count += 1
     return count

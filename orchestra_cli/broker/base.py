@@ -12,7 +12,16 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from orchestra_cli.errors import MalformedMessage
-from orchestra_cli.models import ENVELOPE_VERSION, MESSAGE_TYPES, Envelope
+from orchestra_cli.models import (
+    ENVELOPE_VERSION,
+    MESSAGE_TYPES,
+    MSG_RUN,
+    MSG_SUBMIT,
+    Q_INTAKE,
+    Envelope,
+    Task,
+    work_queue,
+)
 
 
 def decode_envelope(body: bytes) -> Envelope:
@@ -115,3 +124,18 @@ class Broker(Protocol):
     def purge(self, queue: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+def publish_run(broker: Broker, task: Task, *, delay: float = 0.0) -> None:
+    """Put ``task`` on its capability's work queue for its next attempt."""
+    broker.publish(
+        work_queue(task.capability or ""),
+        Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
+        priority=task.priority,
+        delay=delay,
+    )
+
+
+def publish_submit(broker: Broker, task: Task) -> None:
+    """Hand ``task`` to the orchestrator (intake) to plan and route."""
+    broker.publish(Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id), priority=task.priority)

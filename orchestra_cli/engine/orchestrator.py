@@ -15,7 +15,7 @@ import time
 
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
-from orchestra_cli.broker.base import Delivery
+from orchestra_cli.broker.base import Delivery, publish_run
 from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator
 from orchestra_cli.engine.planner import Plan, Planner
 from orchestra_cli.engine.retry import retry_or_fail
@@ -24,7 +24,6 @@ from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter
 from orchestra_cli.errors import NotFoundError, TransitionRejected
 from orchestra_cli.models import (
     MSG_RESULT,
-    MSG_RUN,
     MSG_SUBMIT,
     Q_INTAKE,
     Q_RESULTS,
@@ -281,10 +280,7 @@ class Orchestrator:
         self._publish_run(task)
 
     def _publish_run(self, task: Task, delay: float = 0.0) -> None:
-        env = Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1)
-        self.broker.publish(
-            work_queue(task.capability or ""), env, priority=task.priority, delay=delay
-        )
+        publish_run(self.broker, task, delay=delay)
 
     def _dispatch_if_ready(self, task: Task) -> None:
         deps = [self.state.get_task(d) for d in task.depends_on]

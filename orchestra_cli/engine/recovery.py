@@ -15,13 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestra_cli.backends import Backends
+from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.errors import OrchestraError, TransitionRejected
 from orchestra_cli.models import (
     MSG_RESULT,
-    MSG_RUN,
-    MSG_SUBMIT,
-    Q_INTAKE,
     Q_RESULTS,
     AgentRecord,
     Envelope,
@@ -185,21 +183,11 @@ class Recovery:
                     "previous_agent": task.agent,
                 },
             )
-            broker.publish(
-                work_queue(task.capability or ""),
-                Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
-                priority=task.priority,
-            )
+            publish_run(broker, task)
         elif finding.action == "republish":
-            broker.publish(
-                work_queue(task.capability or ""),
-                Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
-                priority=task.priority,
-            )
+            publish_run(broker, task)
         elif finding.action == "resubmit":
-            broker.publish(
-                Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id), priority=task.priority
-            )
+            publish_submit(broker, task)
         else:
             child = state.children(task.id)[-1]
             broker.publish(

@@ -9,6 +9,7 @@ dead-letters the task and records the decision.
 from __future__ import annotations
 
 from orchestra_cli.backends import Backends
+from orchestra_cli.broker.base import publish_run
 from orchestra_cli.errors import TransitionRejected
 from orchestra_cli.models import MSG_RUN, Envelope, Task, work_queue
 from orchestra_cli.status import Status
@@ -39,12 +40,7 @@ def retry_or_fail(backends: Backends, task: Task, error: str, *, retryable: bool
                 error=error,
                 event_data={"retry_in": delay, "reason": error},
             )
-            backends.broker.publish(
-                work_queue(task.capability or ""),
-                Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
-                priority=task.priority,
-                delay=delay,
-            )
+            publish_run(backends.broker, task, delay=delay)
             return task
         why = "not retryable" if not retryable else f"after {task.attempts} attempts"
         task = state.transition(

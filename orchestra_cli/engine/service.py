@@ -10,13 +10,12 @@ import logging
 from dataclasses import dataclass
 
 from orchestra_cli.backends import Backends
+from orchestra_cli.broker.base import publish_submit
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.errors import OrchestraError, TransitionRejected, UsageError
 from orchestra_cli.models import (
     MAX_PRIORITY,
     MSG_RESULT,
-    MSG_SUBMIT,
-    Q_INTAKE,
     Q_RESULTS,
     Envelope,
     Task,
@@ -99,9 +98,7 @@ class TaskService:
         )
         stored, created = self.state.create_task(task)
         if created:
-            self.b.broker.publish(
-                Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=stored.id), priority=stored.priority
-            )
+            publish_submit(self.b.broker, stored)
         return stored, created
 
     def get(self, task_id: str) -> Task:
@@ -200,9 +197,7 @@ class TaskService:
                 )
             parent_id = parent.parent_id
         for leaf in to_publish:
-            self.b.broker.publish(
-                Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=leaf.id), priority=leaf.priority
-            )
+            publish_submit(self.b.broker, leaf)
         return self.state.get_task(task.id)
 
     def _reopen(self, task: Task, to_publish: list[Task]) -> None:
