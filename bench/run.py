@@ -137,6 +137,15 @@ def orchestra(
         yield backends, procs
     finally:
         _stop(procs)
+        if mode == "services":  # leave nothing behind in the shared Redis and RabbitMQ
+            try:
+                backends.state.purge_namespace()  # type: ignore[attr-defined]
+                backends.broker.delete_topology()  # type: ignore[attr-defined]
+            except Exception as exc:  # cleanup is best effort; say what was left
+                print(
+                    f"bench: cleanup of {env['ORCHESTRA_REDIS__KEY_PREFIX']} failed: {exc}",
+                    file=sys.stderr,
+                )
         backends.close()
         shutil.rmtree(home, ignore_errors=True)
 
