@@ -11,15 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestra_cli.backends import Backends
 from orchestra_cli.engine.orchestrator import ORCHESTRATOR_ROLE
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.errors import ExitStatus, OrchestraError
+from orchestra_cli.logs import Journals
 from orchestra_cli.models import Q_DEAD, Q_INTAKE, Q_RESULTS, work_queue
 from orchestra_cli.settings import Settings
 from orchestra_cli.status import Status
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-PARITY_SCAN_LIMIT = 10_000
 
 
 @dataclass
@@ -64,6 +65,10 @@ class HealthContext:
             queues += [work_queue(c) for c in sorted(self.capabilities())]
             self._broker_health = self.broker().health(queues)
         return self._broker_health
+
+    def backends(self) -> Backends:
+        """The clients as one ``Backends``, for the engine's own checks."""
+        return Backends(self.settings, self.state(), self.broker(), Journals(self.settings.home))
 
     def close(self) -> None:
         for client in (self._state, self._broker):
@@ -249,33 +254,21 @@ def _satisfies(requirement: str, version: str) -> bool:
 
 
 def check_parity(ctx: HealthContext) -> Check:
-    """Queued tasks in state against messages on their queues."""
-    info = ctx.broker_health()
-    if not info.get("ok"):
+    """Queued tasks in state against messages on their queues (the recovery sweep's test)."""
+    from orchestra_cli.engine.recovery import Recovery
+
+    if not ctx.broker_health().get("ok"):
         return Check("parity", FAIL, "broker unreachable", unavailable=True)
-    queues = info.get("queues", {})
-    queued = ctx.state().list_tasks(status=[Status.QUEUED.value], limit=PARITY_SCAN_LIMIT)
-    by_cap: dict[str, int] = {}
-    for task in queued:
-        by_cap[task.capability or "?"] = by_cap.get(task.capability or "?", 0) + 1
-    short = {
-        cap: n
-        for cap, n in by_cap.items()
-        if n
-        > queues.get(work_queue(cap), {}).get("messages", 0)
-        + queues.get(work_queue(cap), {}).get("consumers", 0) * 1000
-    }
-    details = {"queued_tasks": by_cap}
-    if short:
+    lost = Recovery(ctx.backends()).queued_without_message()
+    if lost:
         return Check(
             "parity",
             WARN,
-            "more queued tasks than messages for "
-            + ", ".join(f"{c} ({n})" for c, n in short.items())
-            + " — some may be stuck",
-            details,
+            f"{len(lost)} queued task(s) have no message on their queue — "
+            "`orchestra recover` republishes them",
+            {"tasks": [f.task_id for f in lost]},
         )
-    return Check("parity", OK, f"{len(queued)} queued tasks all have messages", details)
+    return Check("parity", OK, "every stale queued task has a message")
 
 
 CHECKS: dict[str, Callable[[HealthContext], Check]] = {

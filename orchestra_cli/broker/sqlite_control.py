@@ -20,18 +20,9 @@ log = logging.getLogger(__name__)
 
 KEEP_SECONDS = 3600.0
 POLL_SECONDS = 0.1
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS control (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-    "time REAL NOT NULL, body TEXT NOT NULL)"
-)
-
-
-def _ensure(db: SQLiteDB) -> None:
-    db.conn().execute(_SCHEMA)
 
 
 def publish(db: SQLiteDB, message: dict[str, Any]) -> None:
-    _ensure(db)
     with db.write() as conn:
         conn.execute("INSERT INTO control (time, body) VALUES (?, ?)", (now(), json.dumps(message)))
         conn.execute("DELETE FROM control WHERE time < ?", (now() - KEEP_SECONDS,))
@@ -43,7 +34,6 @@ class SQLiteControlConsumer:
     def __init__(self, db: SQLiteDB, name: str) -> None:
         self.db = db
         self.name = name
-        _ensure(db)
         row = db.conn().execute("SELECT COALESCE(MAX(seq), 0) FROM control").fetchone()
         self._seq = int(row[0])
         self._buffer: list[dict[str, Any]] = []

@@ -23,7 +23,7 @@ def _outcome(task: Task) -> int:
     return ExitStatus.OK if task.status == Status.SUCCEEDED else ExitStatus.FAILURE
 
 
-def _timed_out(app: AppContext, task: Task, timeout: float) -> int:
+def _timed_out(task: Task, timeout: float) -> int:
     from orchestra_cli.cli.main import error_line
 
     print(
@@ -74,7 +74,7 @@ def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
             if current.status in TERMINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                return _timed_out(app, current, timeout or 0)
+                return _timed_out(current, timeout or 0)
             time.sleep(POLL_SECONDS)
     _summary(app, current)
     return _outcome(current)
@@ -109,7 +109,7 @@ def _watch_lines(app: AppContext, task: Task, timeout: float | None) -> int:
         if current.status in TERMINAL and not state.events(root_id=task.root_id, after=seq):
             break
         if deadline is not None and time.monotonic() > deadline:
-            return _timed_out(app, current, timeout or 0)
+            return _timed_out(current, timeout or 0)
         time.sleep(POLL_SECONDS)
     if not app.json:
         _summary(app, current)
@@ -127,7 +127,7 @@ def wait_for(app: AppContext, task_id: str, *, timeout: float | None = None) -> 
         if task.status in TERMINAL:
             break
         if deadline is not None and time.monotonic() > deadline:
-            return _timed_out(app, task, timeout or 0)
+            return _timed_out(task, timeout or 0)
         time.sleep(POLL_SECONDS)
     if app.json:
         app.print_json({"task": task_json(task)})

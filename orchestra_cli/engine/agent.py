@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from orchestra_cli import __version__
@@ -444,6 +443,3 @@ def _forward(source: threading.Event, *targets: threading.Event) -> None:
     source.wait()
     for target in targets:
         target.set()
-
-
-AgentFactory = Callable[[RoleDefinition], Agent]

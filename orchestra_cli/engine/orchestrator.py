@@ -150,10 +150,7 @@ class Orchestrator:
         return agents
 
     def capabilities(self) -> set[str]:
-        caps = known_capabilities(self.roles)
-        for agent in self._agents():
-            caps.update(agent.capabilities)
-        return caps
+        return known_capabilities(self.roles, self._agents())
 
     def on_submit(self, task_id: str, *, redelivered: bool = False) -> None:
         task = self.state.get_task(task_id)
@@ -166,7 +163,7 @@ class Orchestrator:
             # a redelivery: finish what a crash interrupted
             self._advance_children(task.id, republish=redelivered)
         elif task.status == Status.QUEUED:
-            self._publish_run(task)
+            publish_run(self.broker, task)
 
     def _plan(self, task: Task) -> None:
         caps = self.capabilities()
@@ -277,10 +274,7 @@ class Orchestrator:
             )
         except TransitionRejected:
             return  # dispatched by someone else meanwhile
-        self._publish_run(task)
-
-    def _publish_run(self, task: Task, delay: float = 0.0) -> None:
-        publish_run(self.broker, task, delay=delay)
+        publish_run(self.broker, task)
 
     def _dispatch_if_ready(self, task: Task) -> None:
         deps = [self.state.get_task(d) for d in task.depends_on]
@@ -307,14 +301,11 @@ class Orchestrator:
             if task.status == Status.RUNNING:
                 error = str(env.payload.get("error") or "failed")
                 retryable = env.payload.get("retryable", True) is not False
-                task = self._retry_or_fail(task, error, retryable=retryable)
+                task = retry_or_fail(self.b, task, error, retryable=retryable)
             elif task.status == Status.QUEUED and redelivered:
-                self._publish_run(task)  # the retry's publish may have been lost in a crash
+                publish_run(self.broker, task)  # the retry's publish may have been lost in a crash
         if task.status in TERMINAL and task.parent_id is not None:
             self._advance_children(task.parent_id, republish=redelivered)
-
-    def _retry_or_fail(self, task: Task, error: str, *, retryable: bool = True) -> Task:
-        return retry_or_fail(self.b, task, error, retryable=retryable)
 
     def _advance_children(self, parent_id: str, *, republish: bool = False) -> None:
         """Dispatch subtasks whose dependencies are met; aggregate when all are done.
@@ -334,7 +325,7 @@ class Orchestrator:
             if child.status == Status.PENDING:
                 self._dispatch_if_ready(child)
             elif child.status == Status.QUEUED and republish:
-                self._publish_run(child)
+                publish_run(self.broker, child)
         children = self.state.children(parent_id)
         if all(c.status in TERMINAL for c in children):
             self._aggregate(parent, children)

@@ -103,15 +103,16 @@ class Recovery:
                         "every subtask ended but the parent was not aggregated",
                     )
                 )
-        findings.extend(self._queued_without_message(at))
+        findings.extend(self.queued_without_message(at))
         return findings
 
-    def _queued_without_message(self, at: float) -> list[Finding]:
+    def queued_without_message(self, at: float | None = None) -> list[Finding]:
         """Stale queued tasks beyond the messages on their queue (a message was lost).
 
         Tasks legitimately wait in their queue while no agent is up, so only the
         deficit against the queue's depth is republished — never one per sweep.
         """
+        at = now() if at is None else at
         queued = self.b.state.list_tasks(status=[Status.QUEUED.value], limit=SCAN_LIMIT)
         stale = [t for t in queued if at - (t.queued_at or t.updated_at) > self.stale]
         if not stale:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestra_cli.errors import ConfigError, UsageError
+from orchestra_cli.models import AgentRecord
 from orchestra_cli.templates import templates_dir
 
 
@@ -61,5 +63,11 @@ def get_role(roles: dict[str, RoleDefinition], name: str) -> RoleDefinition:
     return roles[name]
 
 
-def known_capabilities(roles: dict[str, RoleDefinition]) -> set[str]:
-    return {cap for role in roles.values() for cap in role.capabilities}
+def known_capabilities(
+    roles: dict[str, RoleDefinition], agents: Iterable[AgentRecord] = ()
+) -> set[str]:
+    """Capabilities of the defined roles, plus those of registered agents (custom roles)."""
+    caps = {cap for role in roles.values() for cap in role.capabilities}
+    for agent in agents:
+        caps.update(agent.capabilities)
+    return caps

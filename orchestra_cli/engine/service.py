@@ -52,10 +52,7 @@ class TaskService:
         self.roles = roles
 
     def capabilities(self) -> set[str]:
-        caps = known_capabilities(self.roles)
-        for agent in self.state.list_agents():
-            caps.update(agent.capabilities)
-        return caps
+        return known_capabilities(self.roles, self.state.list_agents())
 
     def _known(self, capability: str) -> bool:
         # the roles' own capabilities need no registry read (a round trip per submit)

@@ -63,10 +63,9 @@ def test_init_writes_config_and_private_dotenv_and_refuses_to_overwrite(cli: Cli
 
 
 def test_config_show_json_lists_sources_and_masks_secrets(
-    cli: CliRunner, monkeypatch: object
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-
-    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    mp = monkeypatch
     mp.setenv("ANTHROPIC_API_KEY", "sk-ant-test-1234567890abcdef")
     mp.setenv("ORCHESTRA_BROKER_URL", "amqp://guest:hunter2@127.0.0.1:5672/")
     result = cli("config", "show", "--sources", "--json")
