@@ -28,6 +28,8 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)\b(hvs|s|b)\.[A-Za-z0-9]{20,}"),
     re.compile(r"(?<=://)([^:/@\s]+):([^@/\s]+)@"),
 ]
+# A cheap necessary condition for pattern 1 (a dot, then 20 alphanumerics).
+_TOKEN_HINT = re.compile(r"\.[A-Za-z0-9]{20}")
 _known_secrets: set[str] = set()
 TAIL_BYTES = 256_000  # how far back from the end a tail read starts
 
@@ -44,8 +46,9 @@ def redact(text: str) -> str:
         if value in text:
             text = text.replace(value, "***")
     text = _SECRET_PATTERNS[0].sub("sk-ant-***", text)
-    text = _SECRET_PATTERNS[1].sub(r"\1.***", text)
-    return _SECRET_PATTERNS[2].sub(r"\1:***@", text)
+    if _TOKEN_HINT.search(text):  # the token pattern is slow; most lines have no candidate
+        text = _SECRET_PATTERNS[1].sub(r"\1.***", text)
+    return _SECRET_PATTERNS[2].sub(r"\1:***@", text) if "://" in text else text
 
 
 class RedactingFormatter(logging.Formatter):

@@ -155,8 +155,11 @@ class Link:
             raise self.failure
         item = _Pending(command)
         with self._lock:
+            # the link thread drains the whole queue once woken: one wake per batch
+            wake = not self._pending
             self._pending.append(item)
-        self._wake()
+        if wake:
+            self._wake()
         return item
 
     def _log_failure(self, future: Future[Any]) -> None:

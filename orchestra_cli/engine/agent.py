@@ -333,6 +333,8 @@ class Agent:
         return "\n\n".join(parts) or "(none)"
 
     def _memory(self, task: Task) -> str:
+        if task.is_root:  # memory is shared within a tree: a lone task has nobody to hear it
+            return "(none)"
         items = [
             m
             for m in self.b.journals.memory(self.role.name).tail(MEMORY_LINES)
@@ -398,6 +400,12 @@ class Agent:
                 **done.usage.model_dump(),  # every call of this task, charged by the meter
             }
         )
+        if not task.is_root:  # the rest of its tree sees it (``_memory``)
+            self._remember(task, response)
+        self._notify(done, "succeeded")
+        return Ack()
+
+    def _remember(self, task: Task, response: LLMResponse) -> None:
         self.b.journals.memory(self.role.name).write(
             {
                 "agent": self.name,
@@ -407,8 +415,6 @@ class Agent:
                 "summary": response.text[:300],
             }
         )
-        self._notify(done, "succeeded")
-        return Ack()
 
     def _needs_notice(self, task: Task) -> bool:
         # The orchestrator acts on a success only to advance a parent: a root

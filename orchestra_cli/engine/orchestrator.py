@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import threading
-import time
 
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
@@ -20,6 +19,7 @@ from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator
 from orchestra_cli.engine.planner import Plan, Planner
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
+from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter
 from orchestra_cli.errors import NotFoundError, TransitionRejected
 from orchestra_cli.models import (
@@ -30,7 +30,6 @@ from orchestra_cli.models import (
     AgentRecord,
     Envelope,
     Task,
-    work_queue,
 )
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import new_id, now
@@ -38,11 +37,6 @@ from orchestra_cli.util import new_id, now
 log = logging.getLogger(__name__)
 
 ORCHESTRATOR_ROLE = "orchestrator"
-
-# The registry is read for routing hints on every dispatch; a view this old is
-# fine (liveness itself is judged on a heartbeat TTL of seconds), and a miss
-# always reads it afresh, so a just-started agent is seen at once.
-AGENTS_CACHE_SECONDS = 1.0
 
 
 class Orchestrator:
@@ -78,7 +72,7 @@ class Orchestrator:
             pid=os.getpid(),
             version=__version__,
         )
-        self._agents_cache: tuple[float, list[AgentRecord]] = (-AGENTS_CACHE_SECONDS, [])
+        self.directory = AgentDirectory(self.state, backends.settings.agents.ttl_seconds)
 
     def run(self, stop: threading.Event) -> None:
         log.info("orchestrator %s started", self.name)
@@ -141,16 +135,8 @@ class Orchestrator:
         return Ack()
 
     # -- intake ------------------------------------------------------------
-    def _agents(self, *, fresh: bool = False) -> list[AgentRecord]:
-        """The agent registry, read at most once per ``AGENTS_CACHE_SECONDS`` unless ``fresh``."""
-        read_at, agents = self._agents_cache
-        if fresh or time.monotonic() - read_at > AGENTS_CACHE_SECONDS:
-            agents = self.state.list_agents()
-            self._agents_cache = (time.monotonic(), agents)
-        return agents
-
     def capabilities(self) -> set[str]:
-        return known_capabilities(self.roles, self._agents())
+        return known_capabilities(self.roles, self.directory.agents())
 
     def on_submit(self, task_id: str, *, redelivered: bool = False) -> None:
         task = self.state.get_task(task_id)
@@ -227,18 +213,6 @@ class Orchestrator:
             },
         )
 
-    def _live_agents_for(self, capability: str) -> list[str]:
-        ttl = self.b.settings.agents.ttl_seconds
-        for fresh in (False, True):  # "no live agent" is only ever said on a fresh read
-            names = [
-                a.name
-                for a in self._agents(fresh=fresh)
-                if capability in a.capabilities and a.is_alive(ttl)
-            ]
-            if names:
-                return names
-        return []
-
     def _dispatch(
         self, task: Task, capability: str, decision: dict[str, str] | None = None
     ) -> None:
@@ -246,31 +220,16 @@ class Orchestrator:
 
         ``decision`` (planner, why) goes into the queued event's data.
         """
-        agents = self._live_agents_for(capability)
-        if not agents:
-            log.warning(
-                "no live agent for capability %s; task %s waits in its queue", capability, task.id
-            )
-            self.state.append_event(
-                task.id,
-                task.root_id,
-                "no_agent",
-                {
-                    "capability": capability,
-                    "hint": f"start one: orchestra agent start <role with {capability}>",
-                },
-            )
+        data, live = self.directory.queued_event(capability, decision)
+        if not live:
+            self.directory.note_no_agent(task, capability)
         try:
             task = self.state.transition(
                 task.id,
                 Status.QUEUED,
                 expect_status=[Status.PENDING],
                 capability=capability,
-                event_data={
-                    "queue": work_queue(capability),
-                    "live_agents": len(agents),
-                    **(decision or {}),
-                },
+                event_data=data,
             )
         except TransitionRejected:
             return  # dispatched by someone else meanwhile

@@ -10,8 +10,9 @@ import logging
 from dataclasses import dataclass
 
 from orchestra_cli.backends import Backends
-from orchestra_cli.broker.base import publish_submit
+from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
+from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.errors import OrchestraError, TransitionRejected, UsageError
 from orchestra_cli.models import (
     MAX_PRIORITY,
@@ -26,6 +27,7 @@ from orchestra_cli.status import TERMINAL, Status
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
+SUBMIT_ROUTE = {"planner": "submit", "why": "capability given by the submitter"}
 
 
 @dataclass
@@ -50,6 +52,7 @@ class TaskService:
         self.b = backends
         self.state = backends.state
         self.roles = roles
+        self.directory = AgentDirectory(self.state, backends.settings.agents.ttl_seconds)
 
     def capabilities(self) -> set[str]:
         return known_capabilities(self.roles, self.state.list_agents())
@@ -93,9 +96,32 @@ class TaskService:
             labels=req.labels or {},
             idempotency_key=req.idempotency_key,
         )
-        stored, created = self.state.create_task(task)
+        if req.capability is None:  # the orchestrator plans it
+            stored, created = self.state.create_task(task)
+            if created:
+                publish_submit(self.b.broker, stored)
+            return stored, created
+        # The submitter chose the capability: there is nothing to plan (every
+        # planner routes such a task as given), so it is routed here, in the
+        # same atomic step that stores it, and goes straight to its work queue.
+        data, live = self.directory.queued_event(req.capability, SUBMIT_ROUTE)
+        stored, created = self.state.create_task(task, dispatch=data)
         if created:
-            publish_submit(self.b.broker, stored)
+            if not live:
+                self.directory.note_no_agent(stored, req.capability)
+            self.b.journals.decisions.write(
+                {
+                    "decision": "route",
+                    "task_id": stored.id,
+                    "root_id": stored.root_id,
+                    "title": stored.title,
+                    "capability": req.capability,
+                    "alternatives": [],
+                    "subtasks": [],
+                    **SUBMIT_ROUTE,
+                }
+            )
+            publish_run(self.b.broker, stored)
         return stored, created
 
     def get(self, task_id: str) -> Task:

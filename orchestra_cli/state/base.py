@@ -21,8 +21,15 @@ class StateStore(Protocol):
     version and appends the event, all in one atomic step.
     """
 
-    def create_task(self, task: Task) -> tuple[Task, bool]:
-        """Store a new task; with an idempotency key already used, return that one."""
+    def create_task(
+        self, task: Task, *, dispatch: dict[str, Any] | None = None
+    ) -> tuple[Task, bool]:
+        """Store a new task; with an idempotency key already used, return that one.
+
+        With ``dispatch`` (the queued event's data) the new task also goes
+        pending → queued on its capability in the same atomic step: a route
+        decided at submit (the submitter chose the capability).
+        """
         ...
 
     def create_subtasks(self, parent_id: str, children: list[Task], reason: str) -> Task:

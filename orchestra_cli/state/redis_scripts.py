@@ -13,15 +13,17 @@ finds its token and becomes a no-op instead of applying twice.
 
 from __future__ import annotations
 
-import json
-
 from orchestra_cli.status import TRANSITIONS
 
 
 def _allowed_table() -> str:
-    # The status machine stays one table (status.py); the script gets a copy.
-    table = {src.value: sorted(dst.value for dst in dsts) for src, dsts in TRANSITIONS.items()}
-    return json.dumps(table)
+    # The status machine stays one table (status.py); the script gets a copy
+    # as a Lua table constructor, built once here rather than decoded per call.
+    rows = []
+    for src, dsts in sorted(TRANSITIONS.items()):
+        targets = ", ".join(f"{dst.value} = true" for dst in sorted(dsts))
+        rows.append(f"{src.value} = {{{targets}}}")
+    return "{" + ", ".join(rows) + "}"
 
 
 PRELUDE = (
@@ -29,13 +31,9 @@ PRELUDE = (
 local a = cjson.decode(ARGV[1])
 local P = a.p
 local function k(...) return P .. ':' .. table.concat({...}, ':') end
-local ALLOWED = {}
-for src, dsts in pairs(cjson.decode('"""
+local ALLOWED = """
     + _allowed_table()
-    + """')) do
-  ALLOWED[src] = {}
-  for _, d in ipairs(dsts) do ALLOWED[src][d] = true end
-end
+    + """
 
 local function first_time(tok)
   if tok == nil or tok == '' then return true end
@@ -122,6 +120,7 @@ if t.idem ~= '' then
   redis.call('SET', k('idem', t.idem), t.id)
 end
 if not create_one(t, a.time) then return {'existing', t.id} end
+if a.tr then return {'created', t.id, transition(a.tr, a.time)[2]} end
 return {'created', t.id}
 """
 )

@@ -76,7 +76,9 @@ class SQLiteStateStore:
             (task_id, root_id, type, now(), dumps(data or {})),
         )
 
-    def create_task(self, task: Task) -> tuple[Task, bool]:
+    def create_task(
+        self, task: Task, *, dispatch: dict[str, Any] | None = None
+    ) -> tuple[Task, bool]:
         with self.db.write() as conn:
             if task.idempotency_key:
                 row = conn.execute(
@@ -85,6 +87,8 @@ class SQLiteStateStore:
                 if row is not None:
                     return _row_to_task(row), False
             self._insert(conn, task)
+            if dispatch is not None:
+                return self._apply(conn, task, Status.QUEUED, dispatch, {}), True
         return task, True
 
     def create_subtasks(self, parent_id: str, children: list[Task], reason: str) -> Task:

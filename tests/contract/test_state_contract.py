@@ -35,6 +35,26 @@ def test_same_idempotency_key_returns_the_first_task(contract_backends: Backends
     assert second.id == first.id and second.title == "t"
 
 
+def test_a_task_routed_at_creation_is_queued_in_the_same_step(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    route = {"queue": "work.code", "planner": "submit", "why": "capability given"}
+    task, created = state.create_task(
+        _task(capability="code", idempotency_key="k-2"), dispatch=route
+    )
+    assert created and task.status == Status.QUEUED and task.version == 1 and task.queued_at
+    assert state.get_task(task.id) == task
+    assert [t.id for t in state.list_tasks(status=["queued"])] == [task.id]
+    assert state.list_tasks(status=["pending"]) == []
+    events = state.events(root_id=task.id)
+    assert [e.type for e in events] == ["created", "queued"]
+    assert events[1].data["from"] == "pending" and events[1].data["planner"] == "submit"
+    again, created = state.create_task(_task(idempotency_key="k-2"), dispatch=route)
+    assert not created and again.id == task.id
+    assert len(state.events(root_id=task.id)) == 2  # the duplicate changed nothing
+
+
 def test_unknown_task_id_raises_not_found(contract_backends: Backends) -> None:
     with pytest.raises(NotFoundError, match="not found"):
         contract_backends.state.get_task("00000000-0000-7000-8000-000000000000")

@@ -57,6 +57,25 @@ def test_killed_agent_task_is_redelivered_and_completes_once(deployment: Deploym
     assert len(redelivered) == 1 and redelivered[0].data["previous_agent"] == victim
 
 
+def test_task_with_a_capability_runs_on_an_agent_alone_and_says_when_none_is_live(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    early = d.submit("--capability", "code", "submitted before any agent runs")
+    assert d.task(early).status == "queued"
+    types = [e.type for e in d.backends.state.events(root_id=early)]
+    assert types == ["created", "queued", "no_agent"]
+    d.start("agent", "start", "coder")  # no orchestrator at all
+    wait_until(lambda: d.backends.state.list_agents(), timeout=20, what="the agent to register")
+    late = d.submit("--capability", "code", "submitted to a live agent")
+    for task_id in (early, late):
+        assert d.wait_status(task_id, "succeeded", "failed").status == "succeeded"
+    queued = [e for e in d.backends.state.events(root_id=late) if e.type == "queued"]
+    assert queued[0].data["planner"] == "submit" and queued[0].data["live_agents"] == 1
+    decisions = (d.tmp / "home" / "decisions.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["decision"] == "route" for line in decisions) == 2
+
+
 def test_200_tasks_from_4_concurrent_submitters_all_succeed_once(deployment: Deployment) -> None:
     d = deployment
     d.start("run")

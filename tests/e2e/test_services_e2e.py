@@ -43,8 +43,9 @@ from orchestra_cli.settings import load_settings
 settings = load_settings().settings
 backends = open_backends(settings)
 service = TaskService(backends, load_roles(settings.agents.definitions_dir))
+capability = sys.argv[3] or None  # none: the orchestrator plans and routes it
 for i in range(int(sys.argv[1])):
-    service.submit(SubmitRequest(text=f"{sys.argv[2]} task {i}", capability="code"))
+    service.submit(SubmitRequest(text=f"{sys.argv[2]} task {i}", capability=capability))
 backends.close()
 """
 
@@ -102,9 +103,12 @@ def _start(env: Env, procs: list[Proc], args: list[str], log: str, **extra: str)
     return proc
 
 
-def _submit(env: Env, count: int, tag: str, **extra: str) -> subprocess.Popen[bytes]:
+def _submit(
+    env: Env, count: int, tag: str, capability: str = "code", **extra: str
+) -> subprocess.Popen[bytes]:
+    """``count`` tasks from a submitter process; ``capability=""`` leaves routing to the planner."""
     return subprocess.Popen(
-        [sys.executable, "-c", SUBMITTER, str(count), tag],
+        [sys.executable, "-c", SUBMITTER, str(count), tag, capability],
         env=env.with_(**extra),
         cwd=env.cwd,
     )
@@ -134,7 +138,8 @@ def test_five_hundred_tasks_from_four_submitters_all_succeed_exactly_once(svc_en
                 f"coder-{i}",
             )
         started = time.monotonic()
-        submitters = [_submit(svc_env, 125, f"s{i}") for i in range(4)]
+        # half routed at submit, half planned and routed by the orchestrator
+        submitters = [_submit(svc_env, 125, f"s{i}", "code" if i % 2 else "") for i in range(4)]
         assert [p.wait(timeout=120) for p in submitters] == [0, 0, 0, 0]
         b = svc_env.backends()
         try:
@@ -190,7 +195,7 @@ def test_killed_orchestrator_restarts_and_nothing_is_lost(svc_env: Env) -> None:
             "coder-1",
             ORCHESTRA_LLM__OFFLINE__LATENCY_MS="200",
         )
-        assert _submit(svc_env, 80, "o").wait(timeout=60) == 0
+        assert _submit(svc_env, 80, "o", capability="").wait(timeout=60) == 0  # all planned
         b = svc_env.backends()
         try:
             wait_until(lambda: _succeeded(b) >= 10, timeout=30, what="some progress")
@@ -199,6 +204,43 @@ def test_killed_orchestrator_restarts_and_nothing_is_lost(svc_env: Env) -> None:
             _start(svc_env, procs, ["run"], "orchestrator-2")
             wait_until(lambda: _succeeded(b) == 80, timeout=60, interval=0.3, what="all 80")
             _assert_each_succeeded_once(b, 80)
+        finally:
+            b.close()
+
+
+def test_a_task_with_a_capability_needs_no_orchestrator_and_one_without_waits_for_it(
+    svc_env: Env,
+) -> None:
+    with processes() as procs:
+        _start(svc_env, procs, ["agent", "start", "coder", "--name", "coder-1"], "coder-1")
+        b = svc_env.backends()
+        wait_until(lambda: b.state.list_agents(), timeout=20, what="the agent to register")
+        pinned = run_orchestra(
+            ["task", "submit", "-q", "--capability", "code", "pinned"], svc_env.vars, svc_env.cwd
+        )
+        planned = run_orchestra(["task", "submit", "-q", "planned"], svc_env.vars, svc_env.cwd)
+        assert pinned.code == 0 and planned.code == 0, (pinned, planned)
+        try:
+            pinned_id, planned_id = pinned.out.strip(), planned.out.strip()
+            wait_until(
+                lambda: b.state.get_task(pinned_id).status == Status.SUCCEEDED,
+                timeout=20,
+                what="the pinned task to succeed with no orchestrator",
+            )
+            events = b.state.events(root_id=pinned_id)
+            assert [e.type for e in events] == ["created", "queued", "running", "succeeded"]
+            assert events[1].data["planner"] == "submit" and events[1].data["live_agents"] == 1
+            time.sleep(0.5)
+            assert b.state.get_task(planned_id).status == Status.PENDING  # the planner's job
+            _start(svc_env, procs, ["run"], "orchestrator")
+            wait_until(
+                lambda: b.state.get_task(planned_id).status == Status.SUCCEEDED,
+                timeout=20,
+                what="the planned task to succeed once an orchestrator runs",
+            )
+            planned_events = b.state.events(root_id=planned_id)
+            assert planned_events[1].type == "queued"
+            assert planned_events[1].data["planner"] != "submit"
         finally:
             b.close()
 
