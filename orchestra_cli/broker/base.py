@@ -70,7 +70,9 @@ class Delivery(Protocol):
 class Consumer(Protocol):
     """Receives from one or more queues with at most ``prefetch`` unsettled messages."""
 
-    def get(self, timeout: float) -> Delivery | None: ...
+    def get(self, timeout: float) -> Delivery | None:
+        """The next message, or None after ``timeout``; several threads may call it at once."""
+        ...
 
     def close(self) -> None: ...
 

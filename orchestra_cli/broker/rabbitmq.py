@@ -38,7 +38,7 @@ from orchestra_cli.util import new_id, now
 if TYPE_CHECKING:  # pika is imported on first use: `task list` / `task get` never pay for it
     import pika
 
-    from orchestra_cli.broker.rabbitmq_link import Link
+    from orchestra_cli.broker.rabbitmq_link import DirectLink, Link
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def _properties(
 
 def publish_on(
     ch: Channel,
-    link: Link,
+    link: Link | DirectLink,
     topo: Topology,
     declared: _Declared,
     logical: str,
@@ -427,16 +427,16 @@ class RabbitBroker:
         self.max_deliveries = max_deliveries
         self.topo = Topology(self.settings.queue_prefix, queue_type)
         self._declared = _Declared()
-        self._link: Link | None = None
+        self._link: DirectLink | None = None
         self._lock = threading.Lock()
 
-    def _publisher(self) -> Link:
+    def _publisher(self) -> DirectLink:
         with self._lock:
             if self._link is None or not self._link.alive:
-                from orchestra_cli.broker.rabbitmq_link import Link
+                from orchestra_cli.broker.rabbitmq_link import DirectLink
 
                 name = f"publisher:{new_id()[-6:]}"
-                link = Link(self._url, self.settings, name, self._on_connect)
+                link = DirectLink(self._url, self.settings, name, self._on_connect)
                 link.start()
                 self._link = link
             return self._link

@@ -90,6 +90,7 @@ class SQLiteConsumer:
         self._held: set[int] = set()
         self._last_message = 0.0
         self._cond = threading.Condition()
+        self._poll_lock = threading.Lock()
         self._closed = threading.Event()
         self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{name}", daemon=True)
         self._renewer.start()
@@ -152,7 +153,16 @@ class SQLiteConsumer:
         return SQLiteDelivery(self, row["id"], row["queue"], env, count)
 
     def get(self, timeout: float) -> SQLiteDelivery | None:
+        """The next message; callers take turns, so one thread polls however many wait."""
         deadline = time.monotonic() + timeout
+        if not self._poll_lock.acquire(timeout=timeout):
+            return None
+        try:
+            return self._get(deadline)
+        finally:
+            self._poll_lock.release()
+
+    def _get(self, deadline: float) -> SQLiteDelivery | None:
         pause = MIN_POLL_SECONDS
         while not self._closed.is_set():
             if not self._wait_capacity(deadline):

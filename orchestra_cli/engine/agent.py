@@ -18,7 +18,7 @@ from typing import Any
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
-from orchestra_cli.engine.budget import Meter
+from orchestra_cli.engine.budget import Meter, MeteredProvider
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import RoleDefinition
 from orchestra_cli.engine.worker import (
@@ -46,6 +46,7 @@ from orchestra_cli.models import (
     AgentRecord,
     Envelope,
     Task,
+    Usage,
     work_queue,
 )
 from orchestra_cli.status import TERMINAL, Status
@@ -303,10 +304,14 @@ class Agent:
         with self._lock:
             self._running[task.id] = cancel
         timer = self._deadlines.schedule(task.timeout, expire)
+        # the last call's usage rides on the succeeded transition (one write, not two)
+        metered = self.meter.wrap(self.llm, task, agent=self.name, defer_last=True)
+        answered = False
         try:
-            response = self._call_llm(task, cancel)
+            response = self._call_llm(task, cancel, metered)
             if timed_out.is_set():
                 raise TaskTimeout(f"timed out after {task.timeout:g}s")
+            answered = True
         except TaskCancelled as exc:
             if timed_out.is_set():
                 return self._fail(task, f"timed out after {task.timeout:g}s")
@@ -323,7 +328,18 @@ class Agent:
                 # a retry of this task may already run here: only drop our own entry
                 if self._running.get(task.id) is cancel:
                     del self._running[task.id]
-        return self._succeed(task, response)
+            if not answered:
+                self._charge(task, metered.take_uncharged())
+        return self._succeed(task, response, metered.take_uncharged())
+
+    def _charge(self, task: Task, usage: Usage | None) -> None:
+        """Charge a deferred call now; its spend is in metrics.jsonl either way."""
+        if usage is None:
+            return
+        try:
+            self.state.add_usage(task.id, usage)
+        except Exception as exc:  # never let accounting turn an outcome into a redelivery
+            log.warning("task %s: could not charge the last call's usage: %s", task.id, exc)
 
     def _context(self, task: Task) -> str:
         parts = []
@@ -345,7 +361,9 @@ class Agent:
             or "(none)"
         )
 
-    def _call_llm(self, task: Task, cancel: threading.Event) -> LLMResponse:
+    def _call_llm(
+        self, task: Task, cancel: threading.Event, metered: MeteredProvider
+    ) -> LLMResponse:
         prompt = self.prompts.render(
             self.role.prompt,
             title=task.title,
@@ -364,17 +382,18 @@ class Agent:
             cancel=cancel,
         )
         # budget check before the call, usage and cost charged to the task per call
-        response = self.meter.wrap(self.llm, task, agent=self.name).complete(request)
+        response = metered.complete(request)
         with self._lock:  # per-agent totals, saved to the registry with the next heartbeat
             self.record.usage = self.record.usage + response.usage
         return response
 
-    def _succeed(self, task: Task, response: LLMResponse) -> Action:
+    def _succeed(self, task: Task, response: LLMResponse, charge: Usage | None) -> Action:
         try:
             done = self.state.transition(
                 task.id,
                 Status.SUCCEEDED,
                 expect_version=task.version,
+                add_usage=charge,
                 result=response.text,
                 event_data={
                     "model": response.model,
@@ -385,7 +404,11 @@ class Agent:
             )
         except TransitionRejected as exc:
             log.info("result of task %s discarded: %s", task.id, exc)
+            self._charge(task, charge)  # the call was made: it counts
             return Ack()
+        except BaseException:
+            self._charge(task, charge)
+            raise
         self.record.processed += 1
         self.b.journals.metrics.write(
             {

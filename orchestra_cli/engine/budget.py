@@ -3,7 +3,9 @@
 Every model call made for a task goes through a ``MeteredProvider``: it
 checks the tree's budget before the call, prices the call, adds the usage
 to the task in state at once (so a failed attempt's spend still counts) and
-writes one ``metrics.jsonl`` line. A tree over its budget raises
+writes one ``metrics.jsonl`` line. An agent defers the charge of its last
+call (``defer_last``) to the transition that records the result, one state
+write instead of two; any other outcome charges it on its own. A tree over its budget raises
 ``BudgetExceeded`` and no request leaves the process.
 
 The budget is ``llm.budget_usd`` / ``llm.budget_tokens`` from the settings,
@@ -109,26 +111,49 @@ class Meter:
                 "llm.budget_usd / llm.budget_tokens, then `orchestra task retry`",
             )
 
-    def wrap(self, provider: LLMProvider, task: Task, *, agent: str) -> MeteredProvider:
-        return MeteredProvider(self, provider, task, agent)
+    def wrap(
+        self, provider: LLMProvider, task: Task, *, agent: str, defer_last: bool = False
+    ) -> MeteredProvider:
+        return MeteredProvider(self, provider, task, agent, defer_last=defer_last)
 
 
 class MeteredProvider:
     """An ``LLMProvider`` that enforces the tree budget and charges each call to a task."""
 
-    def __init__(self, meter: Meter, inner: LLMProvider, task: Task, agent: str) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        inner: LLMProvider,
+        task: Task,
+        agent: str,
+        *,
+        defer_last: bool = False,
+    ) -> None:
         self.meter = meter
         self.inner = inner
         self.task = task
         self.agent = agent
         self.name = inner.name
+        self.defer_last = defer_last
+        self._uncharged: Usage | None = None
+
+    def take_uncharged(self) -> Usage | None:
+        """The deferred charge, for the caller to add in its own transition."""
+        usage, self._uncharged = self._uncharged, None
+        return usage
 
     def complete(self, request: LLMRequest) -> LLMResponse:
+        earlier = self.take_uncharged()
+        if earlier is not None:  # an earlier call counts before this call's budget check
+            self.meter.state.add_usage(self.task.id, earlier)
         self.meter.check(self.task)
         started = time.monotonic()
         response = self.inner.complete(request)
         response.usage = self.meter.prices.charge(response.model, response.usage)
-        self.meter.state.add_usage(self.task.id, response.usage)
+        if self.defer_last:
+            self._uncharged = response.usage
+        else:
+            self.meter.state.add_usage(self.task.id, response.usage)
         self.meter.journals.metrics.write(
             {
                 "kind": "llm_call",

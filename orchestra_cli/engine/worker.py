@@ -1,12 +1,13 @@
 """The consume loop shared by the orchestrator and the agents.
 
-Messages are handled on a thread pool. A handler returns what to do with
-its message and settles nothing itself, so an ack can only follow a
-committed state change; the handler's thread then settles it (the brokers'
-``Delivery`` methods are thread-safe: RabbitMQ's hand the frame to the
-connection's own I/O thread, SQLite's use the thread's own connection).
-The loop only waits for a free slot, so a finished message is settled at
-once instead of after the loop's next receive times out.
+``concurrency`` handler threads each take their next message straight from
+the consumer (whose ``get`` is thread-safe), so a message reaches a handler
+with no hand-off through a dispatcher thread, and a handler only takes one
+when it is free. A handler returns what to do with its message and settles
+nothing itself, so an ack can only follow a committed state change; the
+handler's thread then settles it (the brokers' ``Delivery`` methods are
+thread-safe: RabbitMQ's hand the frame to the connection's own I/O thread,
+SQLite's use the thread's own connection).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from orchestra_cli.broker.base import Broker, Delivery
+from orchestra_cli.broker.base import Broker, Consumer, Delivery
 from orchestra_cli.errors import OrchestraError
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,9 @@ class ConsumerLoop:
         self.handler = handler
         self.concurrency = max(1, concurrency)
         self.name = name
-        self._slots = threading.BoundedSemaphore(self.concurrency)
         self._count_lock = threading.Lock()
         self._inflight = 0
+        self._failure: BaseException | None = None
 
     @property
     def inflight(self) -> int:
@@ -85,36 +85,49 @@ class ConsumerLoop:
         return self._inflight
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop``; then finish the messages in hand (drain) and return."""
-        consumer = self.broker.consumer(self.queues, prefetch=self.concurrency, name=self.name)
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=self.name)
-        try:
-            while not stop.is_set():
-                if not self._slots.acquire(timeout=POLL_SECONDS):
-                    continue  # every handler busy: look at ``stop`` again
-                try:
-                    delivery = consumer.get(timeout=POLL_SECONDS)
-                except BaseException:
-                    self._slots.release()
-                    raise
-                if delivery is None:
-                    self._slots.release()
-                    continue
-                with self._count_lock:
-                    self._inflight += 1
-                pool.submit(self._work, delivery)
-        finally:
-            pool.shutdown(wait=True)  # drain: the handlers in hand finish and settle
-            consumer.close()
+        """Consume until ``stop``; then finish the messages in hand (drain) and return.
 
-    def _work(self, delivery: Delivery) -> None:
+        A consumer that fails for good (the broker gave up reconnecting) stops
+        every handler thread and its error is raised here.
+        """
+        consumer = self.broker.consumer(self.queues, prefetch=self.concurrency, name=self.name)
+        halt = threading.Event()  # ``stop``, or a handler thread's consumer failure
+        threads = [
+            threading.Thread(
+                target=self._pull, args=(consumer, stop, halt), name=f"{self.name}_{i}"
+            )
+            for i in range(self.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
         try:
-            action = self._handle(delivery)
-            self._settle(delivery, action)
+            while not stop.is_set() and not halt.is_set():
+                stop.wait(POLL_SECONDS)
         finally:
+            halt.set()
+            for thread in threads:  # drain: the handlers in hand finish and settle
+                thread.join()
+            consumer.close()
+        if self._failure is not None:
+            raise self._failure
+
+    def _pull(self, consumer: Consumer, stop: threading.Event, halt: threading.Event) -> None:
+        while not halt.is_set() and not stop.is_set():
+            try:
+                delivery = consumer.get(timeout=POLL_SECONDS)
+            except BaseException as exc:
+                self._failure = self._failure or exc
+                halt.set()
+                return
+            if delivery is None:
+                continue
             with self._count_lock:
-                self._inflight -= 1
-            self._slots.release()
+                self._inflight += 1
+            try:
+                self._settle(delivery, self._handle(delivery))
+            finally:
+                with self._count_lock:
+                    self._inflight -= 1
 
     def _handle(self, delivery: Delivery) -> Action:
         try:

@@ -66,9 +66,13 @@ class StateStore(Protocol):
         expect_version: int | None = None,
         expect_status: Iterable[Status] | None = None,
         event_data: dict[str, Any] | None = None,
+        add_usage: Usage | None = None,
         **changes: Any,
     ) -> Task:
-        """Apply one status change; TransitionRejected when refused."""
+        """Apply one status change; TransitionRejected when refused.
+
+        ``add_usage`` is added to the task's usage in the same atomic step.
+        """
         ...
 
     def claim(self, task_id: str, agent: str) -> tuple[Task, bool]:

@@ -351,6 +351,7 @@ class RedisStateStore:
         expect_version: int | None = None,
         expect_status: Iterable[Status] | None = None,
         event_data: dict[str, Any] | None = None,
+        add_usage: Usage | None = None,
         **changes: Any,
     ) -> Task:
         """Apply one status change atomically; TransitionRejected when refused."""
@@ -360,6 +361,8 @@ class RedisStateStore:
         expect = None if expect_status is None else list(expect_status)
         ts = now()
         spec = self._transition_spec(task_id, to, expect_version, expect, event_data, changes, ts)
+        if add_usage is not None:
+            spec["usage"] = add_usage.model_dump_json()
         reply = self._run("transition", {"tr": spec, "time": ts})
         return self._transition_result(task_id, to, expect_version, expect, reply)
 

@@ -69,6 +69,13 @@ local function create_one(t, time)
   return true
 end
 
+-- Usage holds only numbers, so decoding and re-encoding it with cjson is safe.
+local function add_usage(key, delta)
+  local u = cjson.decode(redis.call('HGET', key, 'usage'))
+  for name, v in pairs(cjson.decode(delta)) do u[name] = (u[name] or 0) + v end
+  redis.call('HSET', key, 'usage', cjson.encode(u))
+end
+
 -- Check and apply one transition of task ``id`` (payload fields of ``tr``).
 -- Returns {'ok', hash} | {'rejected', hash} | {'missing'}.
 local function transition(tr, time)
@@ -88,6 +95,7 @@ local function transition(tr, time)
   local old_agent = cjson.decode(cur[3])
   redis.call('HSET', key, unpack(tr.fields))
   redis.call('HINCRBY', key, 'version', 1)
+  if tr.usage then add_usage(key, tr.usage) end
   local info = redis.call('HMGET', key, 'created_at', 'agent', 'attempts', 'error', 'root_id')
   if status ~= tr.to then
     redis.call('ZREM', k('by', 'status', status), tr.id)
@@ -171,17 +179,13 @@ return add_event(a.id, a.root, a.type, a.time, '{}', a.data)
 """
 )
 
-# Usage holds only numbers, so decoding and re-encoding it with cjson is safe.
 ADD_USAGE = (
     PRELUDE
     + """
 if not first_time(a.tok) then return 1 end
 local key = k('t', a.id)
-local raw = redis.call('HGET', key, 'usage')
-if not raw then return 0 end
-local u = cjson.decode(raw)
-for name, v in pairs(cjson.decode(a.delta)) do u[name] = (u[name] or 0) + v end
-redis.call('HSET', key, 'usage', cjson.encode(u))
+if redis.call('EXISTS', key) == 0 then return 0 end
+add_usage(key, a.delta)
 return 1
 """
 )

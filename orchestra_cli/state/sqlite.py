@@ -196,6 +196,7 @@ class SQLiteStateStore:
         expect_version: int | None = None,
         expect_status: Iterable[Status] | None = None,
         event_data: dict[str, Any] | None = None,
+        add_usage: Usage | None = None,
         **changes: Any,
     ) -> Task:
         unknown = set(changes) - MUTABLE_FIELDS
@@ -206,6 +207,8 @@ class SQLiteStateStore:
             reason = rejection_reason(task, to, expect_version, expect_status)
             if reason:
                 raise TransitionRejected(f"task {task_id}: {reason}", task)
+            if add_usage is not None:
+                changes = {**changes, "usage": task.usage + add_usage}
             return self._apply(conn, task, to, event_data, changes)
 
     def claim(self, task_id: str, agent: str) -> tuple[Task, bool]:

@@ -174,6 +174,13 @@ def test_usage_accumulates_on_the_task(contract_backends: Backends) -> None:
     usage = state.get_task(task.id).usage
     assert (usage.calls, usage.input_tokens, usage.output_tokens) == (2, 11, 6)
     assert usage.cost_usd == pytest.approx(0.03)
+    # a transition can add usage in the same atomic step (the agent's last call)
+    queued = state.transition(task.id, Status.QUEUED, add_usage=Usage(calls=1, cost_usd=0.5))
+    assert queued.usage.calls == 3 and queued.usage.cost_usd == pytest.approx(0.53)
+    assert queued.usage.input_tokens == 11 and state.get_task(task.id) == queued
+    with pytest.raises(TransitionRejected):  # refused: nothing is added
+        state.transition(task.id, Status.SUCCEEDED, add_usage=Usage(calls=1))
+    assert state.get_task(task.id).usage.calls == 3
 
 
 def test_agent_registry_round_trip_and_stop_request(contract_backends: Backends) -> None:

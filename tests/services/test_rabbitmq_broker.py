@@ -164,3 +164,29 @@ def test_delayed_publishes_keep_working_past_the_delay_queue_expiry(
     finally:
         consumer.close()
     assert got == set(sent)
+
+
+def test_an_idle_publisher_keeps_its_connection_through_missed_heartbeats(home: Path) -> None:
+    """The publisher is driven by its callers; its keep-alive thread answers heartbeats."""
+    settings = services_settings(home)
+    settings.rabbitmq.heartbeat = 1
+    b = open_backends(settings)
+    try:
+        broker = _broker(b)
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id="first"))
+        link = broker._publisher()
+        assert link.generation == 1
+        time.sleep(4.5)  # RabbitMQ closes a connection after two missed 1 s heartbeats
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id="second"))
+        assert broker._publisher() is link and link.generation == 1  # never reconnected
+        consumer = broker.consumer([Q], prefetch=2, name="idle")
+        try:
+            got = [consumer.get(timeout=5), consumer.get(timeout=5)]
+            assert [d.envelope.task_id for d in got if d] == ["first", "second"]
+            for d in got:
+                assert d is not None
+                d.ack()
+        finally:
+            consumer.close()
+    finally:
+        cleanup_services(b)
