@@ -119,15 +119,16 @@ def check_orchestrator(ctx: HealthContext) -> Check:
         return Check(
             "orchestrator", OK, f"{len(live)} running ({', '.join(live[:3])})", {"live": live}
         )
-    waiting = ctx.state().list_tasks(
-        status=[Status.PENDING.value, Status.QUEUED.value, Status.WAITING.value], limit=1000
-    )
+    # queued tasks need only agents; unplanned tasks and parents need an orchestrator
+    counts = ctx.state().status_counts()
+    waiting = counts.get(Status.PENDING.value, 0) + counts.get(Status.WAITING.value, 0)
     if waiting:
         return Check(
             "orchestrator",
             FAIL,
-            f"no orchestrator running and {len(waiting)} task(s) waiting — start `orchestra run`",
-            {"waiting": len(waiting)},
+            f"no orchestrator running and {waiting} task(s) waiting for one — "
+            "start `orchestra run`",
+            {"waiting": waiting},
         )
     return Check("orchestrator", WARN, "no orchestrator running — start `orchestra run`")
 

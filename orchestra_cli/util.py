@@ -68,8 +68,13 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+_ENCODER = json.JSONEncoder(default=_default, ensure_ascii=False)  # built once: hot path
+
+
 def dumps(obj: Any, *, indent: int | None = None) -> str:
     """JSON-encode pydantic models, datetimes and paths as well as plain data."""
+    if indent is None:
+        return _ENCODER.encode(obj)
     return json.dumps(obj, default=_default, ensure_ascii=False, indent=indent)
 
 

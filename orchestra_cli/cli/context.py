@@ -54,7 +54,7 @@ class AppContext:
     def service(self) -> TaskService:
         from orchestra_cli.engine.service import TaskService
 
-        return TaskService(self.backends(), self.roles)
+        return TaskService(self.backends(), lambda: self.roles)  # loaded only if needed
 
     def setup_logging(self, component: str, *, foreground: bool = False) -> None:
         """Once per process: JSON logs to ``logs/<component>.log``.

@@ -6,7 +6,9 @@ and publishes what the orchestrator needs; none of them renders anything.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestra_cli.backends import Backends
@@ -48,11 +50,20 @@ def _title_from(text: str) -> str:
 
 
 class TaskService:
-    def __init__(self, backends: Backends, roles: dict[str, RoleDefinition]) -> None:
+    def __init__(
+        self,
+        backends: Backends,
+        roles: dict[str, RoleDefinition] | Callable[[], dict[str, RoleDefinition]],
+    ) -> None:
+        """``roles`` may be a loader: reads (get, list, tree) never need them."""
         self.b = backends
         self.state = backends.state
-        self.roles = roles
+        self._roles = roles
         self.directory = AgentDirectory(self.state, backends.settings.agents.ttl_seconds)
+
+    @functools.cached_property
+    def roles(self) -> dict[str, RoleDefinition]:
+        return self._roles if isinstance(self._roles, dict) else self._roles()
 
     def capabilities(self) -> set[str]:
         return known_capabilities(self.roles, self.state.list_agents())

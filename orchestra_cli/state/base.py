@@ -52,6 +52,10 @@ class StateStore(Protocol):
         """Newest first."""
         ...
 
+    def status_counts(self) -> dict[str, int]:
+        """How many tasks are in each status (statuses with none are left out)."""
+        ...
+
     def tree(self, root_id: str) -> list[Task]:
         """The root task and every descendant, oldest first."""
         ...

@@ -311,6 +311,18 @@ class RedisStateStore:
         out += [t for t in self._load_many(batch) if wanted(t)]
         return out[:limit]
 
+    def status_counts(self) -> dict[str, int]:
+        """One ZCARD per status of the by-status indexes, in one round trip."""
+
+        def count() -> list[int]:
+            pipe = self.r.pipeline(transaction=False)
+            for status in Status:
+                pipe.zcard(self.key("by", "status", status.value))
+            return list(pipe.execute())
+
+        counts = self._call("count tasks", count)
+        return {s.value: int(n) for s, n in zip(Status, counts, strict=True) if n}
+
     def tree(self, root_id: str) -> list[Task]:
         """The root task and every descendant, oldest first."""
         ids = self._call("tree", lambda: self.r.zrange(self.key("tree", root_id), 0, -1))

@@ -170,6 +170,10 @@ class SQLiteStateStore:
         )
         return [_row_to_task(r) for r in rows]
 
+    def status_counts(self) -> dict[str, int]:
+        rows = self.db.conn().execute("SELECT status, count(*) FROM tasks GROUP BY status")
+        return {str(status): int(n) for status, n in rows.fetchall()}
+
     def tree(self, root_id: str) -> list[Task]:
         rows = (
             self.db.conn()

@@ -69,7 +69,10 @@ def test_no_orchestrator_is_a_warning_when_idle_and_a_failure_when_work_waits(
 ) -> None:
     check = json.loads(cli("--json", "health", "-c", "orchestrator").out)["checks"][0]
     assert check["level"] == "warn" and "orchestra run" in check["summary"]
-    cli("task", "submit", "-q", "write a parser")
+    cli("task", "submit", "-q", "--capability", "code", "routed at submit: needs only an agent")
+    check = json.loads(cli("--json", "health", "-c", "orchestrator").out)["checks"][0]
+    assert check["level"] == "warn"
+    cli("task", "submit", "-q", "write a parser")  # to be planned
     result = cli("--json", "health", "-c", "orchestrator", expect=1)
     check = json.loads(result.out)["checks"][0]
     assert check["level"] == "fail" and "1 task(s) waiting" in check["summary"]

@@ -46,6 +46,7 @@ def test_a_task_routed_at_creation_is_queued_in_the_same_step(
     assert created and task.status == Status.QUEUED and task.version == 1 and task.queued_at
     assert state.get_task(task.id) == task
     assert [t.id for t in state.list_tasks(status=["queued"])] == [task.id]
+    assert state.status_counts() == {"queued": 1}
     assert state.list_tasks(status=["pending"]) == []
     events = state.events(root_id=task.id)
     assert [e.type for e in events] == ["created", "queued"]
