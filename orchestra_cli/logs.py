@@ -29,7 +29,7 @@ _SECRET_PATTERNS = [
     re.compile(r"(?<=://)([^:/@\s]+):([^@/\s]+)@"),
 ]
 # A cheap necessary condition for pattern 1 (a dot, then 20 alphanumerics).
-_TOKEN_HINT = re.compile(r"\.[A-Za-z0-9]{20}")
+_TOKEN_HINT = re.compile(r"\.[A-Za-z0-9]{20}", re.IGNORECASE)  # as loose as pattern 1
 _known_secrets: set[str] = set()
 TAIL_BYTES = 256_000  # how far back from the end a tail read starts
 

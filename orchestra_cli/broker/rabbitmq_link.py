@@ -357,6 +357,11 @@ class DirectLink:
     def alive(self) -> bool:
         return not self._closing.is_set()
 
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        return bool(conn is not None and conn.is_open)
+
     def start(self) -> None:
         """Open the first connection (fail fast, with a hint, when RabbitMQ is not there)."""
         with self._lock:
@@ -368,6 +373,8 @@ class DirectLink:
     def call(self, command: Command, timeout: float) -> Any:
         """Run ``command(channel)`` on this thread; reconnects (within ``timeout``) if needed."""
         deadline = time.monotonic() + timeout
+        if self._closing.is_set():
+            raise unavailable(self.url, "connection closed")
         if not self._lock.acquire(timeout=timeout):
             raise unavailable(self.url, f"no connection for {timeout:g}s")
         try:
@@ -382,6 +389,8 @@ class DirectLink:
                     raise BrokerError(f"RabbitMQ refused the message: {exc!r}") from exc
                 except CONNECTION_ERRORS as exc:
                     self._teardown()
+                    if time.monotonic() >= deadline:  # e.g. blocked by a resource alarm
+                        raise unavailable(self.url, f"no connection for {timeout:g}s") from exc
                     if attempts >= MAX_COMMAND_ATTEMPTS or self._closing.is_set():
                         raise BrokerError(f"RabbitMQ command failed: {exc!r}") from exc
                     log.warning("RabbitMQ at %s (%s): %s; reconnecting", self.host, self.name, exc)
@@ -414,6 +423,9 @@ class DirectLink:
                     raise unavailable(self.url, type(exc).__name__) from exc
                 log_reconnect(self.host, self.name, exc, delay, left)
                 time.sleep(delay)
+            except Exception as exc:  # a bad URL or a failing hook: no retry will help
+                self._teardown()
+                raise unavailable(self.url, f"{type(exc).__name__}: {exc}") from exc
 
     def _teardown(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None

@@ -306,12 +306,15 @@ class Agent:
         timer = self._deadlines.schedule(task.timeout, expire)
         # the last call's usage rides on the succeeded transition (one write, not two)
         metered = self.meter.wrap(self.llm, task, agent=self.name, defer_last=True)
-        answered = False
         try:
-            response = self._call_llm(task, cancel, metered)
-            if timed_out.is_set():
-                raise TaskTimeout(f"timed out after {task.timeout:g}s")
-            answered = True
+            try:
+                response = self._call_llm(task, cancel, metered)
+                if timed_out.is_set():
+                    raise TaskTimeout(f"timed out after {task.timeout:g}s")
+            except BaseException:
+                # no result to record: charge the call before any other outcome is
+                self._charge(task, metered.take_uncharged())
+                raise
         except TaskCancelled as exc:
             if timed_out.is_set():
                 return self._fail(task, f"timed out after {task.timeout:g}s")
@@ -328,8 +331,6 @@ class Agent:
                 # a retry of this task may already run here: only drop our own entry
                 if self._running.get(task.id) is cancel:
                     del self._running[task.id]
-            if not answered:
-                self._charge(task, metered.take_uncharged())
         return self._succeed(task, response, metered.take_uncharged())
 
     def _charge(self, task: Task, usage: Usage | None) -> None:

@@ -132,7 +132,10 @@ class TaskService:
                     **SUBMIT_ROUTE,
                 }
             )
-            publish_run(self.b.broker, stored)
+            if stored.status == Status.QUEUED:
+                publish_run(self.b.broker, stored)
+            else:  # not routed after all: the orchestrator will
+                publish_submit(self.b.broker, stored)
         return stored, created
 
     def get(self, task_id: str) -> Task:

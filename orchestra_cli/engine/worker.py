@@ -112,22 +112,21 @@ class ConsumerLoop:
             raise self._failure
 
     def _pull(self, consumer: Consumer, stop: threading.Event, halt: threading.Event) -> None:
-        while not halt.is_set() and not stop.is_set():
-            try:
+        try:
+            while not halt.is_set() and not stop.is_set():
                 delivery = consumer.get(timeout=POLL_SECONDS)
-            except BaseException as exc:
-                self._failure = self._failure or exc
-                halt.set()
-                return
-            if delivery is None:
-                continue
-            with self._count_lock:
-                self._inflight += 1
-            try:
-                self._settle(delivery, self._handle(delivery))
-            finally:
+                if delivery is None:
+                    continue
                 with self._count_lock:
-                    self._inflight -= 1
+                    self._inflight += 1
+                try:
+                    self._settle(delivery, self._handle(delivery))
+                finally:
+                    with self._count_lock:
+                        self._inflight -= 1
+        except BaseException as exc:  # the consumer gave up (or worse): stop every thread
+            self._failure = self._failure or exc
+            halt.set()
 
     def _handle(self, delivery: Delivery) -> Action:
         try:

@@ -128,7 +128,10 @@ if t.idem ~= '' then
   redis.call('SET', k('idem', t.idem), t.id)
 end
 if not create_one(t, a.time) then return {'existing', t.id} end
-if a.tr then return {'created', t.id, transition(a.tr, a.time)[2]} end
+if a.tr then  -- routed at creation: the queued task, unless the transition was refused
+  local routed = transition(a.tr, a.time)
+  if routed[1] == 'ok' then return {'created', t.id, routed[2]} end
+end
 return {'created', t.id}
 """
 )

@@ -124,6 +124,22 @@ def test_unreachable_rabbitmq_is_reported_with_the_password_masked_and_a_hint() 
     assert "orchestra up" in text and "ORCHESTRA_BROKER_URL" in text
 
 
+def test_a_malformed_broker_url_is_one_clear_error_and_a_closed_publisher_stays_closed(
+    svc: Backends,
+) -> None:
+    bad = RabbitBroker("amqp://guest:s3cret@127.0.0.1:notaport/%2F")
+    with pytest.raises(BrokerUnavailable) as info:
+        bad.publish(Q, Envelope(type=MSG_RUN, task_id="t"))
+    assert "s3cret" not in str(info.value) and "ValueError" in str(info.value)
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="t"))
+    link = broker._publisher()
+    link.close()
+    with pytest.raises(BrokerUnavailable, match="connection closed"):
+        link.call(lambda ch: None, timeout=1)
+    assert not link.connected
+
+
 def test_health_reports_queue_depths_and_consumer_counts(svc: Backends) -> None:
     broker = _broker(svc)
     broker.publish(Q, Envelope(type=MSG_RUN, task_id="t"))

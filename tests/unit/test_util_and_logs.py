@@ -53,6 +53,16 @@ def test_redaction_masks_known_secrets_keys_and_url_passwords() -> None:
     assert "amqp://guest:***@host/" in text
 
 
+def test_vault_style_tokens_are_masked_whatever_their_case_or_script() -> None:
+    token = "hvs." + "AbCdEfGhIjKlMnOpQrStUvWx"
+    assert redact(f"token {token} end") == "token hvs.*** end"
+    folded = "s." + "\u212a" * 20  # KELVIN SIGN: a letter under case-insensitive matching
+    assert redact(f"x {folded}") == "x s.***"
+    assert redact("a plain line with no.dots.worth.masking") == (
+        "a plain line with no.dots.worth.masking"
+    )
+
+
 def test_log_lines_on_stderr_and_in_files_are_redacted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
