@@ -214,8 +214,10 @@ class RabbitDelivery:
 
     def ack(self) -> None:
         """Done: remove the message."""
-        # an ack has no reply to wait for: queue it and let the handler go on
-        self._consumer.settle(self, lambda ch: ch.basic_ack(self.tag), wait=False)
+        # An ack has no reply to wait for: queue it and let the handler go on. On
+        # the link's thread it is only framed (pika's channel ``_impl``): the I/O
+        # loop writes it on its next turn, without BlockingChannel's flush loop.
+        self._consumer.settle(self, lambda ch: ch._impl.basic_ack(self.tag), wait=False)
 
     def nack(self, *, delay: float = 0.0) -> None:
         """Back to the queue (after ``delay``) with its delivery count carried along."""
