@@ -185,8 +185,11 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
             for i in range(latency_n):
                 start = time.perf_counter()
                 task, _ = svc.submit(SubmitRequest(text=f"lat {i}", capability="code"))
-                while state.get_task(task.id).status != "succeeded":
-                    time.sleep(POLL)
+                seq, done = 0, False
+                while not done:  # blocks on the task's event log, like Celery's result get
+                    events = state.events(root_id=task.id, after=seq, wait=1.0)
+                    seq = events[-1].seq if events else seq
+                    done = any(e.type == "succeeded" for e in events)
                 samples.append(time.perf_counter() - start)
             return samples
 

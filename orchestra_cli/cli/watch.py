@@ -16,7 +16,15 @@ from orchestra_cli.models import Event, Task
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import dumps, human_duration, iso
 
-POLL_SECONDS = 0.1
+WAIT_SECONDS = 1.0  # longest block on the event log before status and deadline are checked
+
+
+def _await_change(app: AppContext, root_id: str, after: int, deadline: float | None) -> int:
+    """Block until the tree logs an event after ``after`` (at most ``WAIT_SECONDS``, never
+    past ``deadline``); the new cursor. A change shows at once, without polling."""
+    left = WAIT_SECONDS if deadline is None else min(WAIT_SECONDS, deadline - time.monotonic())
+    events = app.backends().state.events(root_id=root_id, after=after, wait=max(0.0, left))
+    return events[-1].seq if events else after
 
 
 def _outcome(task: Task) -> int:
@@ -75,7 +83,7 @@ def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 return _timed_out(current, timeout or 0)
-            time.sleep(POLL_SECONDS)
+            _await_change(app, task.root_id, seq, deadline)  # read at the top of the loop
     _summary(app, current)
     return _outcome(current)
 
@@ -110,7 +118,7 @@ def _watch_lines(app: AppContext, task: Task, timeout: float | None) -> int:
             break
         if deadline is not None and time.monotonic() > deadline:
             return _timed_out(current, timeout or 0)
-        time.sleep(POLL_SECONDS)
+        _await_change(app, task.root_id, seq, deadline)  # read at the top of the loop
     if not app.json:
         _summary(app, current)
     return _outcome(current)
@@ -122,13 +130,14 @@ def wait_for(app: AppContext, task_id: str, *, timeout: float | None = None) -> 
 
     service = app.service()
     deadline = None if timeout is None else time.monotonic() + timeout
+    seq = 0
     while True:
         task = service.get(task_id)
         if task.status in TERMINAL:
             break
         if deadline is not None and time.monotonic() > deadline:
             return _timed_out(task, timeout or 0)
-        time.sleep(POLL_SECONDS)
+        seq = _await_change(app, task.root_id, seq, deadline)
     if app.json:
         app.print_json({"task": task_json(task)})
     else:

@@ -94,9 +94,13 @@ class StateStore(Protocol):
     ) -> None: ...
 
     def events(
-        self, *, root_id: str | None = None, after: int = 0, limit: int = 1000
+        self, *, root_id: str | None = None, after: int = 0, limit: int = 1000, wait: float = 0.0
     ) -> list[Event]:
-        """Events after sequence ``after``, oldest first."""
+        """Events after sequence ``after``, oldest first.
+
+        With ``wait`` and none there yet, block up to ``wait`` seconds for the
+        next one (a live view learns of a change at once instead of polling).
+        """
         ...
 
     def count_events(self, task_id: str, type: str) -> int: ...

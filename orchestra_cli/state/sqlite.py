@@ -39,6 +39,11 @@ def _task_params(task: Task) -> tuple[Any, ...]:
     )
 
 
+# how often a waiting event read looks at data_version: from 0.5 ms, doubling to 20 ms
+EVENT_WAIT_FIRST_STEP_SECONDS = 0.0005
+EVENT_WAIT_MAX_STEP_SECONDS = 0.02
+
+
 class SQLiteStateStore:
     """StateStore on the embedded SQLite file."""
 
@@ -277,14 +282,29 @@ class SQLiteStateStore:
             self._event(conn, task_id, root_id, type, data)
 
     def events(
-        self, *, root_id: str | None = None, after: int = 0, limit: int = 1000
+        self, *, root_id: str | None = None, after: int = 0, limit: int = 1000, wait: float = 0.0
     ) -> list[Event]:
         if root_id is None:
             sql, params = "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         else:
             sql = "SELECT * FROM events WHERE root_id = ? AND seq > ? ORDER BY seq LIMIT ?"
             params = (root_id, after, limit)  # type: ignore[assignment]
-        rows = self.db.conn().execute(sql, params).fetchall()
+        conn = self.db.conn()
+        deadline = time.monotonic() + wait
+        while True:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            rows = conn.execute(sql, params).fetchall()
+            if rows or time.monotonic() >= deadline:
+                break
+            # another connection's commit moves data_version: look again only then;
+            # checked often at first (a change is usually near), less while quiet
+            step = EVENT_WAIT_FIRST_STEP_SECONDS
+            while conn.execute("PRAGMA data_version").fetchone()[0] == version:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(step, left))
+                step = min(step * 2, EVENT_WAIT_MAX_STEP_SECONDS)
         return [
             Event(
                 seq=r["seq"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -234,3 +235,19 @@ def test_the_recovery_sweep_runs_under_the_store_lock_and_releases_it(
             assert locked_sweep(contract_backends, ttl=5) is None
         finally:
             held.release()
+
+
+def test_an_event_read_can_wait_for_the_next_event(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task(capability="code"))
+    seq = state.events(root_id=task.id)[-1].seq
+    started = time.monotonic()
+    assert state.events(root_id=task.id, after=seq, wait=0.3) == []  # nothing: waited
+    assert 0.25 <= time.monotonic() - started < 2
+    timer = threading.Timer(0.2, lambda: state.transition(task.id, Status.QUEUED))
+    timer.start()
+    started = time.monotonic()
+    got = state.events(root_id=task.id, after=seq, wait=2.0)
+    assert [e.type for e in got] == ["queued"] and time.monotonic() - started < 1.5
+    assert state.events(after=seq - 1, wait=5.0)[0].seq == seq  # there already: no wait
+    timer.join()
