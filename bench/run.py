@@ -38,6 +38,7 @@ POLL = 0.0005
 IDLE_SECONDS = 3.0
 STATE_TASKS = 100_000
 ORCH_THREADS = 4
+AGENTS, AGENT_THREADS = 2, 4  # coder agents (processes) x handler threads each
 
 
 @dataclass
@@ -100,9 +101,10 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 # -- orchestra ------------------------------------------------------------------
 @contextmanager
 def orchestra(
-    mode: str, agent_concurrency: int
+    mode: str, agent_concurrency: int, agents: int = 1
 ) -> Iterator[tuple[object, list[subprocess.Popen[bytes]]]]:
-    """An orchestrator and one coder agent as real processes; yields (backends, [orch, agent])."""
+    """An orchestrator and ``agents`` coder agents as real processes; yields
+    (backends, [orchestrator, agent, …])."""
     from orchestra_cli.backends import open_backends
     from orchestra_cli.settings import load_settings
 
@@ -120,11 +122,14 @@ def orchestra(
     out = subprocess.DEVNULL
     procs = [
         subprocess.Popen([*cmd, "run", "-n", str(ORCH_THREADS)], env=env, stdout=out, stderr=out),
-        subprocess.Popen(
-            [*cmd, "agent", "start", "coder", "-n", str(agent_concurrency)],
-            env=env,
-            stdout=out,
-            stderr=out,
+        *(
+            subprocess.Popen(
+                [*cmd, "agent", "start", "coder", "-n", str(agent_concurrency)],
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+            for _ in range(agents)
         ),
     ]
     backends = open_backends(load_settings(env=env).settings)
@@ -154,17 +159,19 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
     from orchestra_cli.engine.roles import load_roles
     from orchestra_cli.engine.service import SubmitRequest, TaskService
 
-    concurrency = 8
+    agents, concurrency = AGENTS, AGENT_THREADS
     row = Row(
         "orchestra",
         mode,
         n,
-        f"1 orchestrator x {ORCH_THREADS} + 1 agent x {concurrency} threads",
+        f"1 orchestrator x {ORCH_THREADS} + {agents} agents x {concurrency} threads",
         "every transition + event persisted"
         + (" (Redis)" if mode == "services" else " (SQLite WAL)"),
-        "publisher confirms" if mode == "services" else "committed transaction",
+        "publisher confirms, windowed (flushed before the clock stops)"
+        if mode == "services"
+        else "committed transaction",
     )
-    with orchestra(mode, concurrency) as (backends, procs):
+    with orchestra(mode, concurrency, agents) as (backends, procs):
         svc = TaskService(backends, load_roles())  # type: ignore[arg-type]
         state = backends.state  # type: ignore[attr-defined]
 
@@ -174,8 +181,9 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
         def throughput() -> float:
             target = succeeded() + n
             start = time.perf_counter()
-            for i in range(n):
-                svc.submit(SubmitRequest(text=f"noop {i}", capability="code"))
+            for i in range(n):  # a bulk submitter: confirms in windows, one flush
+                svc.submit(SubmitRequest(text=f"noop {i}", capability="code"), confirm=False)
+            svc.flush()
             while succeeded() < target:
                 time.sleep(0.002)
             return n / (time.perf_counter() - start)

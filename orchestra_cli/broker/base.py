@@ -91,8 +91,21 @@ class Broker(Protocol):
     url: str
 
     def publish(
-        self, queue: str, envelope: Envelope, *, priority: int = 0, delay: float = 0.0
-    ) -> None: ...
+        self,
+        queue: str,
+        envelope: Envelope,
+        *,
+        priority: int = 0,
+        delay: float = 0.0,
+        confirm: bool = True,
+    ) -> None:
+        """Durable once it returns; with ``confirm=False`` a broker may confirm it
+        later, in a window with others (``flush`` waits for that)."""
+        ...
+
+    def flush(self) -> None:
+        """Wait until everything published so far is durable."""
+        ...
 
     def publish_raw(self, queue: str, body: bytes) -> None:
         """Put arbitrary bytes on a queue (tests and tools; bypasses validation)."""
@@ -128,16 +141,22 @@ class Broker(Protocol):
     def close(self) -> None: ...
 
 
-def publish_run(broker: Broker, task: Task, *, delay: float = 0.0) -> None:
+def publish_run(broker: Broker, task: Task, *, delay: float = 0.0, confirm: bool = True) -> None:
     """Put ``task`` on its capability's work queue for its next attempt."""
     broker.publish(
         work_queue(task.capability or ""),
         Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
         priority=task.priority,
         delay=delay,
+        confirm=confirm,
     )
 
 
-def publish_submit(broker: Broker, task: Task) -> None:
+def publish_submit(broker: Broker, task: Task, *, confirm: bool = True) -> None:
     """Hand ``task`` to the orchestrator (intake) to plan and route."""
-    broker.publish(Q_INTAKE, Envelope(type=MSG_SUBMIT, task_id=task.id), priority=task.priority)
+    broker.publish(
+        Q_INTAKE,
+        Envelope(type=MSG_SUBMIT, task_id=task.id),
+        priority=task.priority,
+        confirm=confirm,
+    )

@@ -38,7 +38,8 @@ from orchestra_cli.util import new_id, now
 if TYPE_CHECKING:  # pika is imported on first use: `task list` / `task get` never pay for it
     import pika
 
-    from orchestra_cli.broker.rabbitmq_link import DirectLink, Link
+    from orchestra_cli.broker.rabbitmq_link import Link
+    from orchestra_cli.broker.rabbitmq_publisher import DirectLink
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,7 @@ class RabbitBroker:
     def _publisher(self) -> DirectLink:
         with self._lock:
             if self._link is None or not self._link.alive:
-                from orchestra_cli.broker.rabbitmq_link import DirectLink
+                from orchestra_cli.broker.rabbitmq_publisher import DirectLink
 
                 name = f"publisher:{new_id()[-6:]}"
                 link = DirectLink(self._url, self.settings, name, self._on_connect)
@@ -444,11 +445,12 @@ class RabbitBroker:
             return self._link
 
     def _on_connect(self, ch: Channel, generation: int) -> None:
-        ch.confirm_delivery()  # basic_publish now returns only once the broker has it
-        self.topo.declare_base(ch)
+        self.topo.declare_base(ch)  # the channel confirms already (rabbitmq_publisher)
 
-    def _call(self, command: Any, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> Any:
-        return self._publisher().call(command, timeout)
+    def _call(
+        self, command: Any, timeout: float = PUBLISH_TIMEOUT_SECONDS, *, confirm: bool = True
+    ) -> Any:
+        return self._publisher().call(command, timeout, confirm=confirm)
 
     def _publish(
         self,
@@ -456,19 +458,34 @@ class RabbitBroker:
         body: bytes,
         props: pika.BasicProperties,
         delay: float = 0.0,
+        confirm: bool = True,
     ) -> None:
         def command(ch: Channel) -> None:
             assert self._link is not None
             publish_on(ch, self._link, self.topo, self._declared, queue, body, props, delay)
 
-        self._call(command)
+        self._call(command, confirm=confirm)
 
     def publish(
-        self, queue: str, envelope: Envelope, *, priority: int = 0, delay: float = 0.0
+        self,
+        queue: str,
+        envelope: Envelope,
+        *,
+        priority: int = 0,
+        delay: float = 0.0,
+        confirm: bool = True,
     ) -> None:
-        """Persistent, confirmed; visible after ``delay`` seconds."""
+        """Persistent; visible after ``delay`` seconds. Returns once RabbitMQ has
+        confirmed it, or with ``confirm=False`` at once (``flush`` waits for it)."""
         props = _properties(envelope.id, envelope.type, priority, {H_DELIVERIES: 0})
-        self._publish(queue, envelope.encode(), props, delay)
+        self._publish(queue, envelope.encode(), props, delay, confirm)
+
+    def flush(self, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:
+        """Wait until every message published so far is confirmed."""
+        with self._lock:
+            link = self._link
+        if link is not None:
+            link.flush(timeout)
 
     def publish_raw(self, queue: str, body: bytes) -> None:
         """Arbitrary bytes (tests and tools; bypasses validation)."""

@@ -1,4 +1,4 @@
-"""AMQP connections that reconnect with backoff: ``Link`` (an I/O thread) and ``DirectLink``.
+"""One AMQP connection driven by its own I/O thread, reconnecting with backoff.
 
 pika's ``BlockingConnection`` is not thread-safe, so every channel operation
 of a link runs on the link's thread: other threads submit commands (``call``)
@@ -15,7 +15,6 @@ import collections
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -321,127 +320,3 @@ class Link:
 
 def _noop() -> None:
     """Wakes ``process_data_events`` so queued commands run at once."""
-
-
-class DirectLink:
-    """A connection the calling thread drives itself, under a lock: for publishing.
-
-    A publish through a ``Link`` crosses to its I/O thread and back (a pipe
-    write, a poll wake-up, a future): about half its CPU. Here the caller
-    runs the command on the connection itself, so a confirmed publish costs
-    one round trip and no thread switch. A small keep-alive thread answers
-    heartbeats while nobody publishes. A dropped connection is reopened, with
-    bounded, jittered backoff, by the next call, within that call's timeout.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        settings: RabbitMQSettings,
-        name: str,
-        on_connect: Callable[[Channel, int], None],
-    ) -> None:
-        self.url = url
-        self.settings = settings
-        self.name = name
-        self.host = urlsplit(url).hostname or "?"
-        self.on_connect = on_connect
-        self.generation = 0  # bumped on every (re)connect
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        self._channel: Channel = None
-        self._closing = threading.Event()
-        self._keeper: threading.Thread | None = None
-
-    @property
-    def alive(self) -> bool:
-        return not self._closing.is_set()
-
-    @property
-    def connected(self) -> bool:
-        conn = self._conn
-        return bool(conn is not None and conn.is_open)
-
-    def start(self) -> None:
-        """Open the first connection (fail fast, with a hint, when RabbitMQ is not there)."""
-        with self._lock:
-            self._reconnect(MAX_CONNECT_ATTEMPTS, deadline=None)
-        self._keeper = threading.Thread(target=self._keep_alive, name=f"amqp-{self.name}")
-        self._keeper.daemon = True
-        self._keeper.start()
-
-    def call(self, command: Command, timeout: float) -> Any:
-        """Run ``command(channel)`` on this thread; reconnects (within ``timeout``) if needed."""
-        deadline = time.monotonic() + timeout
-        if self._closing.is_set():
-            raise unavailable(self.url, "connection closed")
-        if not self._lock.acquire(timeout=timeout):
-            raise unavailable(self.url, f"no connection for {timeout:g}s")
-        try:
-            attempts = 0
-            while True:
-                if self._conn is None or not self._conn.is_open:
-                    self._reconnect(MAX_RECONNECT_ATTEMPTS, deadline)
-                attempts += 1
-                try:
-                    return command(self._channel)
-                except COMMAND_ERRORS as exc:
-                    raise BrokerError(f"RabbitMQ refused the message: {exc!r}") from exc
-                except CONNECTION_ERRORS as exc:
-                    self._teardown()
-                    if time.monotonic() >= deadline:  # e.g. blocked by a resource alarm
-                        raise unavailable(self.url, f"no connection for {timeout:g}s") from exc
-                    if attempts >= MAX_COMMAND_ATTEMPTS or self._closing.is_set():
-                        raise BrokerError(f"RabbitMQ command failed: {exc!r}") from exc
-                    log.warning("RabbitMQ at %s (%s): %s; reconnecting", self.host, self.name, exc)
-        finally:
-            self._lock.release()
-
-    def close(self) -> None:
-        self._closing.set()
-        with self._lock:
-            self._teardown()
-
-    # -- under the lock --------------------------------------------------------
-    def _reconnect(self, limit: int, deadline: float | None) -> None:
-        for attempt in range(1, limit + 1):
-            try:
-                self._conn = pika.BlockingConnection(
-                    connection_parameters(self.url, self.settings, self.name)
-                )
-                self._channel = self._conn.channel()
-                self.generation += 1
-                self.on_connect(self._channel, self.generation)
-                if self.generation > 1:
-                    log.info("RabbitMQ at %s (%s): reconnected", self.host, self.name)
-                return
-            except CONNECTION_ERRORS as exc:
-                self._teardown()
-                delay, left = backoff(attempt), limit - attempt
-                out_of_time = deadline is not None and time.monotonic() + delay > deadline
-                if left == 0 or out_of_time or self._closing.is_set():
-                    raise unavailable(self.url, type(exc).__name__) from exc
-                log_reconnect(self.host, self.name, exc, delay, left)
-                time.sleep(delay)
-            except Exception as exc:  # a bad URL or a failing hook: no retry will help
-                self._teardown()
-                raise unavailable(self.url, f"{type(exc).__name__}: {exc}") from exc
-
-    def _teardown(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        close_quietly(conn)
-
-    # -- the keep-alive thread -------------------------------------------------
-    def _keep_alive(self) -> None:
-        """Answer heartbeats while idle; a busy connection answers them as it works."""
-        interval = max(0.5, self.settings.heartbeat / 4) if self.settings.heartbeat else 15.0
-        while not self._closing.wait(interval):
-            if not self._lock.acquire(blocking=False):
-                continue  # in use: its own I/O handles the heartbeats
-            try:
-                if self._conn is not None and self._conn.is_open:
-                    self._conn.process_data_events(time_limit=0)
-            except CONNECTION_ERRORS:
-                self._teardown()  # the next call reconnects
-            finally:
-                self._lock.release()

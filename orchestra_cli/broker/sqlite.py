@@ -250,9 +250,19 @@ class SQLiteBroker:
         self.max_deliveries = max_deliveries
 
     def publish(
-        self, queue: str, envelope: Envelope, *, priority: int = 0, delay: float = 0.0
+        self,
+        queue: str,
+        envelope: Envelope,
+        *,
+        priority: int = 0,
+        delay: float = 0.0,
+        confirm: bool = True,
     ) -> None:
+        """Committed when it returns (``confirm`` changes nothing here)."""
         self._insert(queue, envelope.encode(), priority, delay)
+
+    def flush(self) -> None:
+        """Nothing to wait for: every publish is a committed transaction."""
 
     def publish_raw(self, queue: str, body: bytes) -> None:
         self._insert(queue, body, 0, 0.0)

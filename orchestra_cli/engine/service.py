@@ -93,8 +93,16 @@ class TaskService:
         if req.max_attempts is not None and req.max_attempts < 1:
             raise UsageError("max attempts must be at least 1", "e.g. --max-attempts 3")
 
-    def submit(self, req: SubmitRequest) -> tuple[Task, bool]:
-        """Store the task and hand it to the orchestrator; (task, created)."""
+    def submit(self, req: SubmitRequest, *, confirm: bool = True) -> tuple[Task, bool]:
+        """Store the task and route it (or hand it to the orchestrator); (task, created).
+
+        It returns once the task and its message are durable. With
+        ``confirm=False`` (bulk submitters) it returns once the task is stored
+        and its message sent: the broker confirms messages in windows, and
+        ``flush()`` (or closing the backends) waits for the rest; a message
+        lost with a crashed submitter is re-sent by the recovery sweep, since
+        the task is in state.
+        """
         self.validate(req)
         defaults = self.b.settings.tasks
         task = Task(
@@ -110,7 +118,7 @@ class TaskService:
         if req.capability is None:  # the orchestrator plans it
             stored, created = self.state.create_task(task)
             if created:
-                publish_submit(self.b.broker, stored)
+                publish_submit(self.b.broker, stored, confirm=confirm)
             return stored, created
         # The submitter chose the capability: there is nothing to plan (every
         # planner routes such a task as given), so it is routed here, in the
@@ -133,10 +141,14 @@ class TaskService:
                 }
             )
             if stored.status == Status.QUEUED:
-                publish_run(self.b.broker, stored)
+                publish_run(self.b.broker, stored, confirm=confirm)
             else:  # not routed after all: the orchestrator will
-                publish_submit(self.b.broker, stored)
+                publish_submit(self.b.broker, stored, confirm=confirm)
         return stored, created
+
+    def flush(self) -> None:
+        """Wait until every message ``submit(confirm=False)`` sent is durable."""
+        self.b.broker.flush()
 
     def get(self, task_id: str) -> Task:
         return self.state.get_task(task_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -206,3 +207,49 @@ def test_an_idle_publisher_keeps_its_connection_through_missed_heartbeats(home: 
             consumer.close()
     finally:
         cleanup_services(b)
+
+
+def _drain(broker: RabbitBroker, expected: int) -> list[str]:
+    consumer = broker.consumer([Q], prefetch=50, name="drain")
+    got: list[str] = []
+    try:
+        while len(set(got)) < expected:
+            d = consumer.get(timeout=10)
+            assert d is not None, f"only {len(set(got))} of {expected} arrived"
+            got.append(d.envelope.task_id)
+            d.ack()
+    finally:
+        consumer.close()
+    return got
+
+
+def test_windowed_publishes_are_all_confirmed_by_a_flush_or_by_close(home: Path) -> None:
+    b = open_backends(services_settings(home))
+    try:
+        broker = _broker(b)
+        for i in range(300):
+            broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"w{i}"), confirm=False)
+        broker.flush()
+        assert broker._publisher().outstanding == 0
+        for i in range(300, 400):
+            broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"w{i}"), confirm=False)
+        broker.close()  # waits for the last window's confirms
+        assert sorted(_drain(broker, 400)) == sorted(f"w{i}" for i in range(400))
+    finally:
+        cleanup_services(b)
+
+
+def test_unconfirmed_publishes_are_sent_again_after_the_connection_drops(svc: Backends) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="first"))
+    link = broker._publisher()
+    for i in range(200):
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"u{i}"), confirm=False)
+    unconfirmed = link.outstanding
+    assert unconfirmed > 0  # confirms are read on the next call
+    # the connection breaks before they are read: they count as lost
+    link._conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    broker.flush()  # reconnects and sends every unconfirmed message again
+    assert link.generation == 2 and link.outstanding == 0
+    got = _drain(broker, 201)
+    assert {f"u{i}" for i in range(200)} | {"first"} == set(got)  # at least once each

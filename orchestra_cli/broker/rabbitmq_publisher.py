@@ -1,0 +1,338 @@
+"""The publishing connection: ``DirectLink`` with publisher confirms in windows.
+
+``DirectLink``: the calling thread drives the connection itself, under a lock.
+A publish through a ``Link`` (rabbitmq_link) crosses to its I/O thread and
+back (a pipe write, a poll wake-up, a future): about half its CPU. Here the
+caller runs the command on the connection itself: no thread switch. A small
+keep-alive thread answers heartbeats while nobody publishes. A dropped
+connection is reopened, with bounded, jittered backoff, by the next call,
+within that call's timeout, and what was not confirmed is published again.
+
+``ConfirmWindow``: publisher confirms in windows.
+
+pika's ``BlockingChannel.confirm_delivery()`` makes every ``basic_publish``
+wait for its own confirm (one round trip, and a persistent message's confirm
+waits for the broker's disk). ``ConfirmWindow`` puts the channel in confirm
+mode itself and tracks each publish by delivery tag, so a caller can publish
+several messages and wait once (``wait``) — or wait on each, as before.
+
+- ``Basic.Ack`` (possibly ``multiple``) settles messages;
+- ``Basic.Nack`` (the broker could not take them) republishes them;
+- ``Basic.Return`` (unroutable) is an error the next ``wait`` raises;
+- after a reconnect the owner republishes ``unconfirmed()`` on the new channel.
+
+Everything runs on the thread that owns the connection (``DirectLink``'s lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import pika
+from pika.adapters.blocking_connection import _IoloopTimerContext
+
+from orchestra_cli.broker.rabbitmq_link import (
+    COMMAND_ERRORS,
+    CONNECTION_ERRORS,
+    MAX_COMMAND_ATTEMPTS,
+    MAX_CONNECT_ATTEMPTS,
+    MAX_RECONNECT_ATTEMPTS,
+    Channel,
+    Command,
+    backoff,
+    close_quietly,
+    connection_parameters,
+    log_reconnect,
+    unavailable,
+)
+from orchestra_cli.errors import BrokerError
+from orchestra_cli.settings import RabbitMQSettings
+
+log = logging.getLogger(__name__)
+
+SELECT_TIMEOUT_SECONDS = 10.0
+WINDOW = 256  # unconfirmed messages a windowed publisher may have in flight
+CLOSE_FLUSH_SECONDS = 10.0
+
+
+@dataclass
+class Outgoing:
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties | None
+    mandatory: bool
+
+
+class ConfirmWindow:
+    """A ``BlockingChannel`` whose ``basic_publish`` returns before the confirm."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._impl = channel._impl  # pika's async channel under the blocking one
+        self._next_tag = 1
+        self._pending: dict[int, Outgoing] = {}
+        self._retry: list[Outgoing] = []
+        self._returned: list[str] = []
+        selected: list[bool] = []
+        self._impl.add_on_return_callback(self._on_return)
+        self._impl.confirm_delivery(
+            ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.append(True)
+        )
+        self._until(lambda: bool(selected), SELECT_TIMEOUT_SECONDS)
+        if not selected:
+            raise BrokerError("RabbitMQ did not put the channel in confirm mode")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.channel, name)  # declare, purge, get…: the blocking channel's
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending) + len(self._retry)
+
+    def basic_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.BasicProperties | None = None,
+        mandatory: bool = False,
+    ) -> None:
+        """Frame the message and track it; ``pump``/``wait`` learn of its confirm."""
+        self._send(Outgoing(exchange, routing_key, body, properties, mandatory))
+
+    def _send(self, out: Outgoing) -> None:
+        self._impl.basic_publish(
+            out.exchange, out.routing_key, out.body, out.properties, out.mandatory
+        )
+        self._pending[self._next_tag] = out
+        self._next_tag += 1
+
+    def republish(self, out: Outgoing) -> None:
+        """Publish a message carried over from a dropped connection."""
+        self._send(out)
+
+    def _until(self, done: Callable[[], bool], time_limit: float) -> None:
+        """Do I/O until ``done()`` or ``time_limit`` seconds pass.
+
+        pika's ``process_data_events`` would sit out its whole time limit (a
+        confirm is not one of the events it returns for), so this drives the
+        blocking channel's own I/O loop with our condition, as its
+        ``basic_publish`` does when it waits for a confirm (pika 1.x).
+        """
+        if done():
+            return
+        with _IoloopTimerContext(time_limit, self.channel.connection._impl) as timer:
+            self.channel._flush_output(timer.is_ready, done)
+
+    def pump(self) -> None:
+        """Write what is framed and read what has come (confirms), without waiting."""
+        self.channel.connection.process_data_events(time_limit=0)
+        self._resend_nacked()
+
+    def _resend_nacked(self) -> None:
+        while self._retry:  # the broker could not take them: once more
+            self._send(self._retry.pop(0))
+
+    def wait(self, deadline: float, below: int = 1) -> bool:
+        """Pump until fewer than ``below`` messages are unconfirmed; False at the deadline.
+
+        Raises BrokerError once for messages RabbitMQ returned as unroutable.
+        """
+        if self.outstanding < below:
+            self.channel._flush_output(lambda: True)  # written out; confirms come later
+        while self.outstanding >= below:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._until(lambda: self.outstanding < below or bool(self._retry), left)
+            self._resend_nacked()
+        if self._returned:
+            returned, self._returned = self._returned, []
+            raise BrokerError(
+                f"RabbitMQ refused {len(returned)} message(s): {returned[0]} "
+                "(its queue is missing; it is declared again on the next publish)"
+            )
+        return True
+
+    def unconfirmed(self) -> list[Outgoing]:
+        """Messages without a confirm (for republishing after a reconnect), oldest first."""
+        return [self._pending[tag] for tag in sorted(self._pending)] + list(self._retry)
+
+    # -- pika callbacks (on this thread, inside process_data_events) -------------
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tags = (
+            [t for t in self._pending if t <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        for tag in tags:
+            out = self._pending.pop(tag, None)
+            if out is not None and nacked:
+                self._retry.append(out)
+
+    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        self._returned.append(
+            f"{method.reply_text} for routing key {method.routing_key!r} "
+            f"(message {getattr(properties, 'message_id', '?')})"
+        )
+
+
+class DirectLink:
+    """A confirming publisher connection driven by the calling thread, under a lock."""
+
+    def __init__(
+        self,
+        url: str,
+        settings: RabbitMQSettings,
+        name: str,
+        on_connect: Callable[[Channel, int], None],
+    ) -> None:
+        self.url = url
+        self.settings = settings
+        self.name = name
+        self.host = urlsplit(url).hostname or "?"
+        self.on_connect = on_connect
+        self.generation = 0  # bumped on every (re)connect: topology is declared again
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._channel: ConfirmWindow | None = None
+        self._carry: list[Outgoing] = []  # unconfirmed when a connection dropped
+        self._closing = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    @property
+    def alive(self) -> bool:
+        return not self._closing.is_set()
+
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        return bool(conn is not None and conn.is_open)
+
+    def start(self) -> None:
+        """Open the first connection (fail fast, with a hint, when RabbitMQ is not there)."""
+        with self._lock:
+            self._reconnect(MAX_CONNECT_ATTEMPTS, deadline=None)
+        self._keeper = threading.Thread(target=self._keep_alive, name=f"amqp-{self.name}")
+        self._keeper.daemon = True
+        self._keeper.start()
+
+    def call(self, command: Command, timeout: float, *, confirm: bool = True) -> Any:
+        """Run ``command(channel)`` on this thread; reconnects (within ``timeout``) if needed.
+
+        With ``confirm`` it returns once RabbitMQ has confirmed everything
+        published so far; without, once the window has room (``WINDOW``).
+        """
+        deadline = time.monotonic() + timeout
+        if self._closing.is_set():
+            raise unavailable(self.url, "connection closed")
+        if not self._lock.acquire(timeout=timeout):
+            raise unavailable(self.url, f"no connection for {timeout:g}s")
+        try:
+            attempts, done, result = 0, False, None
+            while True:
+                if self._conn is None or not self._conn.is_open:
+                    self._reconnect(MAX_RECONNECT_ATTEMPTS, deadline)
+                assert self._channel is not None
+                attempts += 1
+                try:
+                    if not done:  # once: after a drop its message is republished, not re-run
+                        result, done = command(self._channel), True
+                    below = 1 if confirm else WINDOW
+                    if not self._channel.wait(deadline, below=below):
+                        raise unavailable(self.url, f"no publisher confirm in {timeout:g}s")
+                    return result
+                except COMMAND_ERRORS as exc:
+                    raise BrokerError(f"RabbitMQ refused the message: {exc!r}") from exc
+                except BrokerError:
+                    self.generation += 1  # a returned message: declare the topology again
+                    raise
+                except CONNECTION_ERRORS as exc:
+                    self._teardown()
+                    if time.monotonic() >= deadline:  # e.g. blocked by a resource alarm
+                        raise unavailable(self.url, f"no connection for {timeout:g}s") from exc
+                    if attempts >= MAX_COMMAND_ATTEMPTS or self._closing.is_set():
+                        raise BrokerError(f"RabbitMQ command failed: {exc!r}") from exc
+                    log.warning("RabbitMQ at %s (%s): %s; reconnecting", self.host, self.name, exc)
+        finally:
+            self._lock.release()
+
+    def flush(self, timeout: float) -> None:
+        """Wait until RabbitMQ has confirmed everything published on this link."""
+        self.call(lambda ch: None, timeout, confirm=True)
+
+    def close(self) -> None:
+        """Wait (bounded) for outstanding confirms, then close."""
+        if self.outstanding:
+            try:
+                self.flush(CLOSE_FLUSH_SECONDS)
+            except BrokerError as exc:  # the tasks are in state; the recovery sweep re-sends
+                log.warning("RabbitMQ (%s): closing with unconfirmed messages: %s", self.name, exc)
+        self._closing.set()
+        with self._lock:
+            self._teardown()
+            self._carry.clear()
+
+    @property
+    def outstanding(self) -> int:
+        channel = self._channel
+        return len(self._carry) + (channel.outstanding if channel is not None else 0)
+
+    # -- under the lock --------------------------------------------------------
+    def _reconnect(self, limit: int, deadline: float | None) -> None:
+        for attempt in range(1, limit + 1):
+            try:
+                self._conn = pika.BlockingConnection(
+                    connection_parameters(self.url, self.settings, self.name)
+                )
+                self._channel = ConfirmWindow(self._conn.channel())
+                self.generation += 1
+                self.on_connect(self._channel, self.generation)
+                for out in self._carry:  # what the dropped connection never confirmed
+                    self._channel.republish(out)
+                self._carry = []
+                if self.generation > 1:
+                    log.info("RabbitMQ at %s (%s): reconnected", self.host, self.name)
+                return
+            except CONNECTION_ERRORS as exc:
+                self._teardown()
+                delay, left = backoff(attempt), limit - attempt
+                out_of_time = deadline is not None and time.monotonic() + delay > deadline
+                if left == 0 or out_of_time or self._closing.is_set():
+                    raise unavailable(self.url, type(exc).__name__) from exc
+                log_reconnect(self.host, self.name, exc, delay, left)
+                time.sleep(delay)
+            except Exception as exc:  # a bad URL or a failing hook: no retry will help
+                self._teardown()
+                raise unavailable(self.url, f"{type(exc).__name__}: {exc}") from exc
+
+    def _teardown(self) -> None:
+        conn, channel = self._conn, self._channel
+        self._conn, self._channel = None, None
+        if channel is not None:
+            self._carry = channel.unconfirmed() + self._carry
+        close_quietly(conn)
+
+    # -- the keep-alive thread -------------------------------------------------
+    def _keep_alive(self) -> None:
+        """Answer heartbeats (and read confirms) while nobody calls."""
+        interval = max(0.5, self.settings.heartbeat / 4) if self.settings.heartbeat else 15.0
+        while not self._closing.wait(interval):
+            if not self._lock.acquire(blocking=False):
+                continue  # in use: its own I/O handles the heartbeats
+            try:
+                if self._channel is not None and self.connected:
+                    self._channel.pump()
+            except CONNECTION_ERRORS:
+                self._teardown()  # the next call reconnects and republishes
+            finally:
+                self._lock.release()
