@@ -147,3 +147,45 @@ def test_unreadable_budget_is_a_usage_error(cli: CliRunner) -> None:
     assert (
         "cannot read budget 'lots'" in cli("task", "submit", "x", "--budget", "lots", expect=2).err
     )
+
+
+def test_a_batch_submits_every_line_with_the_options_as_defaults(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_text(
+        "fix the flaky parser test\n"
+        "\n"
+        '{"text": "review the release notes", "capability": "review", "priority": 8,'
+        ' "labels": {"team": "docs"}}\n'
+        '{"text": "plan the migration", "idempotency_key": "mig-1"}\n'
+    )
+    ids = cli("task", "submit", "--batch", str(batch), "-c", "code", "-l", "env=prod").out.split()
+    assert len(ids) == 3
+    tasks = [json.loads(cli("--json", "task", "get", i).out) for i in ids]
+    assert [t["capability"] for t in tasks] == ["code", "review", "code"]
+    assert [t["status"] for t in tasks] == ["queued", "queued", "queued"]  # routed at submit
+    assert tasks[1]["priority"] == 8 and tasks[1]["labels"] == {"env": "prod", "team": "docs"}
+    assert tasks[0]["labels"] == {"env": "prod"}
+    again = cli("--json", "task", "submit", "--batch", str(batch), "-c", "code").out.splitlines()
+    assert [json.loads(line)["created"] for line in again] == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "ok"}\n{"text": 5}\n', "tasks.jsonl:2: text has the wrong type"),
+        ('{"txt": "x"}\n', "tasks.jsonl:1: unknown field 'txt'"),
+        ("{not json\n", "tasks.jsonl:1: invalid JSON"),
+        ('{"text": "x", "priority": 12}\n', "tasks.jsonl:2: priority 12 is out of range"),
+        ("\n\n", "holds no tasks"),
+    ],
+)
+def test_a_bad_batch_line_is_one_error_and_nothing_is_stored(
+    cli: CliRunner, tmp_path: Path, content: str, message: str
+) -> None:
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_text("fine first line\n" + content if "range" in message else content)
+    result = cli("task", "submit", "--batch", str(batch), expect=2)
+    assert message in result.err and len(result.err.strip().splitlines()) == 1
+    assert json.loads(cli("--json", "task", "list").out) == []

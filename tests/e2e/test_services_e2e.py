@@ -245,6 +245,24 @@ def test_a_task_with_a_capability_needs_no_orchestrator_and_one_without_waits_fo
             b.close()
 
 
+def test_a_batch_of_300_from_the_cli_runs_each_task_exactly_once(svc_env: Env) -> None:
+    batch = svc_env.cwd / "batch.txt"
+    batch.write_text("".join(f"batch task {i}\n" for i in range(300)))
+    with processes() as procs:
+        _start(svc_env, procs, ["agent", "start", "coder", "--name", "coder-1", "-n", "4"], "c1")
+        res = run_orchestra(
+            ["task", "submit", "--batch", str(batch), "-c", "code"], svc_env.vars, svc_env.cwd
+        )
+        assert res.code == 0, res
+        assert len(res.out.split()) == 300 and "submitted 300 tasks" in res.err
+        b = svc_env.backends()
+        try:
+            wait_until(lambda: _succeeded(b) == 300, timeout=60, interval=0.3, what="all 300")
+            _assert_each_succeeded_once(b, 300)
+        finally:
+            b.close()
+
+
 def test_consumers_reconnect_after_the_server_closes_connections(svc_env: Env) -> None:
     with processes() as procs:
         _start(svc_env, procs, ["run"], "orchestrator")

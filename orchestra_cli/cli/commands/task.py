@@ -100,14 +100,42 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait for the outcome; exit 1 if it fails.")
     ] = False,
+    batch: Annotated[
+        str | None,
+        typer.Option(
+            "--batch",
+            "-b",
+            help="Submit every line of FILE (- for stdin): task text or a JSON object; "
+            "the other options are defaults. Prints one id per line.",
+            metavar="FILE",
+        ),
+    ] = None,
 ) -> int:
-    """Submit a task; print its id (only the id with -q)."""
+    """Submit a task (or a batch); print its id (only the id with -q)."""
     from orchestra_cli.engine.service import SubmitRequest
+    from orchestra_cli.errors import UsageError
 
     app: AppContext = ctx.obj
     labels = _parse_labels(label or [])
     if budget is not None:
         labels.update(_parse_budget(budget))
+    if batch is not None:
+        if text is not None or file is not None or wait or idempotency_key or title:
+            raise UsageError(
+                "--batch takes its tasks from the file",
+                "drop TEXT, --file, --title, --idempotency-key and --wait (set them per line)",
+            )
+        from orchestra_cli.cli.batch import read_batch, submit_batch
+
+        defaults = SubmitRequest(
+            text="",
+            capability=capability,
+            priority=priority,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            labels=labels,
+        )
+        return submit_batch(app, read_batch(batch, defaults))
     req = SubmitRequest(
         text=_read_input(text, file),
         title=title,

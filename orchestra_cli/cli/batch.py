@@ -1,0 +1,127 @@
+"""`orchestra task submit --batch FILE`: many tasks from JSON lines or plain lines.
+
+Each non-empty line is one task: a JSON object (``text`` required; ``title``,
+``capability``, ``priority``, ``timeout``, ``max_attempts``, ``labels``,
+``idempotency_key`` optional) or, if it does not start with ``{``, the task
+text itself. The command's own options are defaults for every line. Every
+line is read and checked before the first task is stored, so a bad line
+changes nothing. Tasks are then stored one by one with their messages
+confirmed in windows (one wait at the end, not one per task); each id is
+printed as it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from orchestra_cli.cli.context import AppContext
+from orchestra_cli.engine.service import SubmitRequest
+from orchestra_cli.errors import OrchestraError, UsageError
+
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "text": str,
+    "title": str,
+    "capability": str,
+    "priority": int,
+    "timeout": (int, float),
+    "max_attempts": int,
+    "labels": dict,
+    "idempotency_key": str,
+}
+PROGRESS_SECONDS = 2.0
+
+
+def read_batch(source: str, defaults: SubmitRequest) -> list[tuple[str, SubmitRequest]]:
+    """Every task of the batch (``-`` is stdin) with its ``file:line``; UsageError names
+    the bad line."""
+    where = "stdin" if source == "-" else source
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {where}: {exc.strerror}", "check the path") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{where} is not UTF-8 text (bad byte at offset {exc.start})", "convert it to UTF-8"
+        ) from None
+    requests = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            requests.append((f"{where}:{number}", _request(line, defaults, f"{where}:{number}")))
+    if not requests:
+        raise UsageError(f"{where} holds no tasks", "one task per line: text or a JSON object")
+    return requests
+
+
+def _request(line: str, defaults: SubmitRequest, where: str) -> SubmitRequest:
+    if not line.lstrip().startswith("{"):
+        return replace(defaults, text=line.strip())
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: invalid JSON ({exc.msg})", "one JSON object per line") from None
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise UsageError(f"{where}: unknown field {unknown[0]!r}", f"use: {', '.join(FIELDS)}")
+    for name, kind in FIELDS.items():
+        if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
+            raise UsageError(f"{where}: {name} has the wrong type", f"e.g. {_example(name)}")
+    if not isinstance(data.get("text"), str):
+        raise UsageError(f"{where}: no text", '{"text": "what to do", …}')
+    fields: dict[str, Any] = {**data}
+    if "labels" in data:
+        own = {str(k): str(v) for k, v in data["labels"].items()}
+        fields["labels"] = {**(defaults.labels or {}), **own}
+    return replace(defaults, **fields)
+
+
+def _example(name: str) -> str:
+    return {
+        "priority": '"priority": 7',
+        "timeout": '"timeout": 300',
+        "max_attempts": '"max_attempts": 3',
+        "labels": '"labels": {"team": "core"}',
+    }.get(name, f'"{name}": "…"')
+
+
+def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int:
+    """Validate all, store each (ids on stdout as they go), then wait for the confirms."""
+    from orchestra_cli.cli.render import task_json
+
+    service = app.service()
+    for where, req in batch:
+        try:
+            service.validate(req)
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc.message}", exc.hint) from None
+    requests = [req for _, req in batch]
+    started = last_report = time.monotonic()
+    existing = 0
+    for done, req in enumerate(requests, 1):
+        task, created = service.submit(req, confirm=False)
+        existing += not created
+        if app.json:
+            print(json.dumps({"created": created, "task": task_json(task)}), flush=False)
+        else:
+            print(task.id, flush=False)
+        if time.monotonic() - last_report > PROGRESS_SECONDS:
+            last_report = time.monotonic()
+            app.info(f"… {done:,} of {len(requests):,} submitted")
+    sys.stdout.flush()
+    try:
+        service.flush()
+    except OrchestraError as exc:
+        raise type(exc)(
+            f"{len(requests):,} tasks stored, but the broker did not confirm every message: "
+            f"{exc.message}",
+            "`orchestra recover` sends the messages of queued tasks again",
+        ) from exc
+    took = time.monotonic() - started
+    note = f" ({existing:,} existing for their idempotency keys)" if existing else ""
+    app.info(f"submitted {len(requests):,} tasks in {took:.1f}s{note}")
+    return 0
