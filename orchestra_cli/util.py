@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import secrets
 import time
@@ -71,9 +72,25 @@ def _default(obj: Any) -> Any:
 _ENCODER = json.JSONEncoder(default=_default, ensure_ascii=False)  # built once: hot path
 
 
+_encode_str = json.encoder.encode_basestring  # what ensure_ascii=False encodes strings with
+
+
 def dumps(obj: Any, *, indent: int | None = None) -> str:
     """JSON-encode pydantic models, datetimes and paths as well as plain data."""
     if indent is None:
+        # scalars (most of a task's fields, encoded one by one for Redis) skip the
+        # encoder's machinery; the output is exactly what it would write
+        kind = type(obj)
+        if kind is str:
+            return _encode_str(obj)
+        if obj is None:
+            return "null"
+        if kind is int:
+            return int.__repr__(obj)
+        if kind is float and math.isfinite(obj):
+            return float.__repr__(obj)
+        if kind is bool:
+            return "true" if obj else "false"
         return _ENCODER.encode(obj)
     return json.dumps(obj, default=_default, ensure_ascii=False, indent=indent)
 

@@ -78,3 +78,32 @@ def test_log_lines_on_stderr_and_in_files_are_redacted(
     err = capsys.readouterr().err
     assert "SECRETSECRET" not in err and "sk-ant-***" in err
     assert "SECRETSECRET" not in (tmp_path / "unit.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a",
+        'é\n"x\u2028',
+        "",
+        0,
+        -5,
+        10**30,
+        1.5,
+        1764100000.123456,
+        1e-7,
+        True,
+        False,
+        None,
+        float("nan"),
+        float("inf"),
+        [1, "a", None],
+        {"k": {"n": 1.25}},
+    ],
+)
+def test_dumps_fast_paths_write_exactly_what_the_json_module_does(value: object) -> None:
+    import json
+
+    from orchestra_cli.util import _default, dumps
+
+    assert dumps(value) == json.dumps(value, default=_default, ensure_ascii=False)
