@@ -442,6 +442,7 @@ class RabbitBroker:
                 link = DirectLink(self._url, self.settings, name, self._on_connect)
                 link.start()
                 self._link = link
+                self._declared = _Declared()  # a new link counts its generations from 1
             return self._link
 
     def _on_connect(self, ch: Channel, generation: int) -> None:
@@ -460,11 +461,12 @@ class RabbitBroker:
         delay: float = 0.0,
         confirm: bool = True,
     ) -> None:
-        def command(ch: Channel) -> None:
-            assert self._link is not None
-            publish_on(ch, self._link, self.topo, self._declared, queue, body, props, delay)
+        link = self._publisher()
 
-        self._call(command, confirm=confirm)
+        def command(ch: Channel) -> None:
+            publish_on(ch, link, self.topo, self._declared, queue, body, props, delay)
+
+        link.call(command, PUBLISH_TIMEOUT_SECONDS, confirm=confirm)
 
     def publish(
         self,

@@ -138,12 +138,19 @@ class ConfirmWindow:
 
     def _resend_nacked(self) -> None:
         while self._retry:  # the broker could not take them: once more
-            self._send(self._retry.pop(0))
+            self._send(self._retry[0])  # dropped from the list only once it is pending again
+            self._retry.pop(0)
 
-    def wait(self, deadline: float, below: int = 1) -> bool:
+    @property
+    def sent(self) -> int:
+        """Messages published on this channel so far (a caller can tell if it published)."""
+        return self._next_tag - 1
+
+    def wait(self, deadline: float, below: int = 1, *, report_returns: bool = True) -> bool:
         """Pump until fewer than ``below`` messages are unconfirmed; False at the deadline.
 
-        Raises BrokerError once for messages RabbitMQ returned as unroutable.
+        With ``report_returns``, raises BrokerError once for messages RabbitMQ
+        returned as unroutable (kept for a caller that published, otherwise).
         """
         if self.outstanding < below:
             self.channel._flush_output(lambda: True)  # written out; confirms come later
@@ -153,7 +160,7 @@ class ConfirmWindow:
                 return False
             self._until(lambda: self.outstanding < below or bool(self._retry), left)
             self._resend_nacked()
-        if self._returned:
+        if self._returned and report_returns:
             returned, self._returned = self._returned, []
             raise BrokerError(
                 f"RabbitMQ refused {len(returned)} message(s): {returned[0]} "
@@ -226,29 +233,33 @@ class DirectLink:
         self._keeper.daemon = True
         self._keeper.start()
 
-    def call(self, command: Command, timeout: float, *, confirm: bool = True) -> Any:
+    def call(
+        self, command: Command, timeout: float, *, confirm: bool = True, flush: bool = False
+    ) -> Any:
         """Run ``command(channel)`` on this thread; reconnects (within ``timeout``) if needed.
 
         With ``confirm`` it returns once RabbitMQ has confirmed everything
-        published so far; without, once the window has room (``WINDOW``).
+        published so far; without, once the window has room (``WINDOW``). A
+        returned (unroutable) message is reported to a call that published, or
+        to ``flush``.
         """
         deadline = time.monotonic() + timeout
-        if self._closing.is_set():
-            raise unavailable(self.url, "connection closed")
-        if not self._lock.acquire(timeout=timeout):
-            raise unavailable(self.url, f"no connection for {timeout:g}s")
+        self._acquire(timeout)
         try:
-            attempts, done, result = 0, False, None
+            attempts, done, result, published = 0, False, None, flush
             while True:
                 if self._conn is None or not self._conn.is_open:
                     self._reconnect(MAX_RECONNECT_ATTEMPTS, deadline)
-                assert self._channel is not None
+                channel = self._channel
+                assert channel is not None
                 attempts += 1
                 try:
                     if not done:  # once: after a drop its message is republished, not re-run
-                        result, done = command(self._channel), True
+                        before = channel.sent
+                        result, done = command(channel), True
+                        published = published or channel.sent != before
                     below = 1 if confirm else WINDOW
-                    if not self._channel.wait(deadline, below=below):
+                    if not channel.wait(deadline, below=below, report_returns=published):
                         raise unavailable(self.url, f"no publisher confirm in {timeout:g}s")
                     return result
                 except COMMAND_ERRORS as exc:
@@ -266,9 +277,19 @@ class DirectLink:
         finally:
             self._lock.release()
 
+    def _acquire(self, timeout: float) -> None:
+        """The connection's lock, unless the link is (or gets) closed meanwhile."""
+        if self._closing.is_set():
+            raise unavailable(self.url, "connection closed")
+        if not self._lock.acquire(timeout=timeout):
+            raise unavailable(self.url, f"no connection for {timeout:g}s")
+        if self._closing.is_set():  # closed while this call waited for the lock
+            self._lock.release()
+            raise unavailable(self.url, "connection closed")
+
     def flush(self, timeout: float) -> None:
         """Wait until RabbitMQ has confirmed everything published on this link."""
-        self.call(lambda ch: None, timeout, confirm=True)
+        self.call(lambda ch: None, timeout, confirm=True, flush=True)
 
     def close(self) -> None:
         """Wait (bounded) for outstanding confirms, then close."""
@@ -289,6 +310,7 @@ class DirectLink:
 
     # -- under the lock --------------------------------------------------------
     def _reconnect(self, limit: int, deadline: float | None) -> None:
+        self._teardown()  # a connection that closed by itself: carry what it left unconfirmed
         for attempt in range(1, limit + 1):
             try:
                 self._conn = pika.BlockingConnection(

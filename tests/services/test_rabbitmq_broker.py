@@ -11,7 +11,7 @@ import pytest
 
 from orchestra_cli.backends import Backends, open_backends
 from orchestra_cli.broker.rabbitmq import RabbitBroker
-from orchestra_cli.errors import BrokerUnavailable
+from orchestra_cli.errors import BrokerError, BrokerUnavailable
 from orchestra_cli.models import MSG_RUN, Envelope
 from tests.contract.conftest import AMQP_URL, cleanup_services, services_settings
 from tests.services.conftest import close_connections_named
@@ -253,3 +253,22 @@ def test_unconfirmed_publishes_are_sent_again_after_the_connection_drops(svc: Ba
     assert link.generation == 2 and link.outstanding == 0
     got = _drain(broker, 201)
     assert {f"u{i}" for i in range(200)} | {"first"} == set(got)  # at least once each
+
+
+def test_a_message_returned_as_unroutable_is_reported_by_flush_not_by_other_calls(
+    svc: Backends,
+) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="declares-the-queue"))
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        conn.channel().queue_delete(broker.topo.physical(Q))  # behind the publisher's back
+    finally:
+        conn.close()
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="lost"), confirm=False)
+    assert broker.health([Q])["ok"]  # a call that published nothing is not blamed
+    with pytest.raises(BrokerError, match="refused 1 message"):
+        broker.flush()
+    broker.flush()  # reported once
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="after"))  # the queue is declared again
+    assert _drain(broker, 1) == ["after"]
