@@ -84,7 +84,7 @@ def fill_redis(state: Any, count: int) -> str:
     for batch in _finished_tasks(count):
         pipe = state.r.pipeline(transaction=False)
         for task in batch:
-            body = {"p": state.prefix, "max": state.maxlen, "tok": new_id()}
+            body = {"p": state.prefix, "max": state.maxlen, "tok": new_id(), "ttl": state._op_ttl}
             body |= {"task": state._task_spec(task), "time": now()}
             script(args=[dumps(body)], client=pipe)
         pipe.execute()

@@ -99,6 +99,12 @@ class RedisStateStore:
         self.settings = settings or RedisSettings()
         self.prefix = self.settings.key_prefix
         self.maxlen = str(self.settings.stream_maxlen)
+        # An operation token only has to outlive the retries of its own call (every
+        # attempt can take a socket timeout plus a backoff); twice that, not the ten
+        # minutes it was: at 1,000 transitions/s that is ~100k keys resident, not 600k.
+        self._op_ttl = int(
+            2 * MAX_REDIS_ATTEMPTS * (self.settings.socket_timeout + MAX_BACKOFF_SECONDS) + 10
+        )
         self._masked = mask_url(url)
         self._host = urlsplit(url).hostname or "?"
         # retries are ours (logged, bounded, token-deduplicated); redis-py's are off
@@ -162,7 +168,9 @@ class RedisStateStore:
 
     def _run(self, script: str, payload: dict[str, Any]) -> Any:
         """Run one Lua script with the JSON payload (prefix, token, trim length added)."""
-        body = dumps({"p": self.prefix, "max": self.maxlen, "tok": new_id(), **payload})
+        body = dumps(
+            {"p": self.prefix, "max": self.maxlen, "tok": new_id(), "ttl": self._op_ttl, **payload}
+        )
         return self._call(script, lambda: self._scripts[script](args=[body]))
 
     def _task_spec(self, task: Task) -> dict[str, Any]:

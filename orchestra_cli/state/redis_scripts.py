@@ -37,7 +37,7 @@ local ALLOWED = """
 
 local function first_time(tok)
   if tok == nil or tok == '' then return true end
-  return redis.call('SET', k('op', tok), '1', 'NX', 'EX', 600) ~= false
+  return redis.call('SET', k('op', tok), '1', 'NX', 'EX', a.ttl) ~= false
 end
 
 local function add_event(task_id, root_id, etype, time, head, data)

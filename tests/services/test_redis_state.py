@@ -37,12 +37,15 @@ def test_transition_script_refuses_moves_missing_from_the_status_table(svc: Back
 def test_a_retried_script_call_with_the_same_token_applies_once(svc: Backends) -> None:
     store = _store(svc)
     task, _ = store.create_task(Task(title="t", input="x"))
-    payload = {"p": store.prefix, "max": "100", "tok": "fixed-token", "id": task.id}
+    payload = {"p": store.prefix, "max": "100", "tok": "fixed-token", "id": task.id, "ttl": 90}
     body = dumps({**payload, "root": task.id, "type": "note", "time": 1.0, "data": "{}"})
     script = store._scripts["event"]
     assert script(args=[body]) > 0
     assert script(args=[body]) == 0  # the lost-reply retry is recognised
     assert store.count_events(task.id, "note") == 1
+    # the token outlives the call's own retries, and not much more
+    assert 0 < store.r.ttl(store.key("op", "fixed-token")) <= 90
+    assert 60 <= store._op_ttl <= 300  # default socket timeout: 2 x 8 x (5 + 2) + 10 s
 
 
 def test_event_streams_are_trimmed_to_about_maxlen(home: Path) -> None:
