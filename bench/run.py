@@ -344,6 +344,7 @@ def _delete_queue(queue: str) -> None:
         ch = conn.channel()
         for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
             ch.queue_delete(name)
+        ch.exchange_delete(queue)  # Celery declares a direct exchange named after its queue
         conn.close()
     except Exception as exc:  # cleanup is best effort
         print(f"bench: could not delete queue {queue}: {exc}", file=sys.stderr)
