@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.cpu import CPUMeter, with_descendants
-from bench.state_probe import query_times, rss_mb
+from bench.state_probe import query_times, rss_mb, wall_ms
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
@@ -364,13 +364,7 @@ def startup_times(runs: int) -> dict[str, float]:
     out = {}
     try:
         for label, cmd in commands.items():
-            subprocess.run(cmd, env=env, capture_output=True, check=True)  # warm the caches
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                subprocess.run(cmd, env=env, capture_output=True, check=True)
-                times.append(time.perf_counter() - start)
-            out[label] = statistics.median(times) * 1000
+            out[label] = wall_ms(cmd, env, runs)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return out

@@ -92,7 +92,8 @@ def fill_redis(state: Any, count: int) -> str:
     return last
 
 
-def _wall_ms(cmd: list[str], env: dict[str, str], runs: int) -> float:
+def wall_ms(cmd: list[str], env: dict[str, str], runs: int) -> float:
+    """Median wall time of ``runs`` runs of ``cmd`` (after one that warms the caches), ms."""
     subprocess.run(cmd, env=env, capture_output=True, check=True)  # warm the caches
     times = []
     for _ in range(runs):
@@ -124,10 +125,10 @@ def query_times(
         fill = fill_redis if mode == "services" else fill_sqlite
         task_id = fill(backends.state, count)
         return {
-            f"task list --limit 50 ({mode}, {count:,} tasks)": _wall_ms(
+            f"task list --limit 50 ({mode}, {count:,} tasks)": wall_ms(
                 [orchestra, "task", "list", "--limit", "50"], env, runs
             ),
-            f"task get ({mode}, {count:,} tasks)": _wall_ms(
+            f"task get ({mode}, {count:,} tasks)": wall_ms(
                 [orchestra, "task", "get", task_id], env, runs
             ),
         }

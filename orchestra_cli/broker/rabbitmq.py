@@ -448,10 +448,8 @@ class RabbitBroker:
     def _on_connect(self, ch: Channel, generation: int) -> None:
         self.topo.declare_base(ch)  # the channel confirms already (rabbitmq_publisher)
 
-    def _call(
-        self, command: Any, timeout: float = PUBLISH_TIMEOUT_SECONDS, *, confirm: bool = True
-    ) -> Any:
-        return self._publisher().call(command, timeout, confirm=confirm)
+    def _call(self, command: Any, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> Any:
+        return self._publisher().call(command, timeout)
 
     def _publish(
         self,

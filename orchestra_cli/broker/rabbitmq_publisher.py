@@ -105,18 +105,15 @@ class ConfirmWindow:
         mandatory: bool = False,
     ) -> None:
         """Frame the message and track it; ``pump``/``wait`` learn of its confirm."""
-        self._send(Outgoing(exchange, routing_key, body, properties, mandatory))
+        self.send(Outgoing(exchange, routing_key, body, properties, mandatory))
 
-    def _send(self, out: Outgoing) -> None:
+    def send(self, out: Outgoing) -> None:
+        """Publish ``out`` and track it (a new message, a nacked or a carried-over one)."""
         self._impl.basic_publish(
             out.exchange, out.routing_key, out.body, out.properties, out.mandatory
         )
         self._pending[self._next_tag] = out
         self._next_tag += 1
-
-    def republish(self, out: Outgoing) -> None:
-        """Publish a message carried over from a dropped connection."""
-        self._send(out)
 
     def _until(self, done: Callable[[], bool], time_limit: float) -> None:
         """Do I/O until ``done()`` or ``time_limit`` seconds pass.
@@ -138,7 +135,7 @@ class ConfirmWindow:
 
     def _resend_nacked(self) -> None:
         while self._retry:  # the broker could not take them: once more
-            self._send(self._retry[0])  # dropped from the list only once it is pending again
+            self.send(self._retry[0])  # dropped from the list only once it is pending again
             self._retry.pop(0)
 
     @property
@@ -320,7 +317,7 @@ class DirectLink:
                 self.generation += 1
                 self.on_connect(self._channel, self.generation)
                 for out in self._carry:  # what the dropped connection never confirmed
-                    self._channel.republish(out)
+                    self._channel.send(out)
                 self._carry = []
                 if self.generation > 1:
                     log.info("RabbitMQ at %s (%s): reconnected", self.host, self.name)

@@ -19,12 +19,11 @@ from orchestra_cli.util import dumps, human_duration, iso
 WAIT_SECONDS = 1.0  # longest block on the event log before status and deadline are checked
 
 
-def _await_change(app: AppContext, root_id: str, after: int, deadline: float | None) -> int:
-    """Block until the tree logs an event after ``after`` (at most ``WAIT_SECONDS``, never
-    past ``deadline``); the new cursor. A change shows at once, without polling."""
+def _next_events(app: AppContext, root_id: str, after: int, deadline: float | None) -> list[Event]:
+    """The tree's events after ``after``, waiting for one if there are none yet (at most
+    ``WAIT_SECONDS``, never past ``deadline``): a change shows at once, without polling."""
     left = WAIT_SECONDS if deadline is None else min(WAIT_SECONDS, deadline - time.monotonic())
-    events = app.backends().state.events(root_id=root_id, after=after, wait=max(0.0, left))
-    return events[-1].seq if events else after
+    return app.backends().state.events(root_id=root_id, after=after, wait=max(0.0, left))
 
 
 def _outcome(task: Task) -> int:
@@ -67,15 +66,11 @@ def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
     from orchestra_cli.cli.render import task_tree
 
     service = app.service()
-    state = app.backends().state
     deadline = None if timeout is None else time.monotonic() + timeout
     seq = 0
     tree = service.subtree(task.id)
     with Live(task_tree(tree), console=app.console, refresh_per_second=8, transient=False) as live:
         while True:
-            events = state.events(root_id=task.root_id, after=seq)
-            if events:
-                seq = events[-1].seq
             tree = service.subtree(task.id)
             live.update(task_tree(tree))
             current = tree[0]
@@ -83,7 +78,8 @@ def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 return _timed_out(current, timeout or 0)
-            _await_change(app, task.root_id, seq, deadline)  # read at the top of the loop
+            events = _next_events(app, task.root_id, seq, deadline)  # the tree changed
+            seq = events[-1].seq if events else seq
     _summary(app, current)
     return _outcome(current)
 
@@ -102,8 +98,8 @@ def _watch_lines(app: AppContext, task: Task, timeout: float | None) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     seq = 0
     members = {t.id: t.title for t in service.subtree(task.id)}
+    events = state.events(root_id=task.root_id, after=seq)
     while True:
-        events = state.events(root_id=task.root_id, after=seq)
         if any(e.type == "created" for e in events):
             members = {t.id: t.title for t in service.subtree(task.id)}
         for event in events:
@@ -114,11 +110,14 @@ def _watch_lines(app: AppContext, task: Task, timeout: float | None) -> int:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
         current = service.get(task.id)
-        if current.status in TERMINAL and not state.events(root_id=task.root_id, after=seq):
-            break
+        if current.status in TERMINAL:  # ended: print what was logged meanwhile, then stop
+            events = state.events(root_id=task.root_id, after=seq)
+            if not events:
+                break
+            continue
         if deadline is not None and time.monotonic() > deadline:
             return _timed_out(current, timeout or 0)
-        _await_change(app, task.root_id, seq, deadline)  # read at the top of the loop
+        events = _next_events(app, task.root_id, seq, deadline)
     if not app.json:
         _summary(app, current)
     return _outcome(current)
@@ -137,7 +136,8 @@ def wait_for(app: AppContext, task_id: str, *, timeout: float | None = None) -> 
             break
         if deadline is not None and time.monotonic() > deadline:
             return _timed_out(task, timeout or 0)
-        seq = _await_change(app, task.root_id, seq, deadline)
+        events = _next_events(app, task.root_id, seq, deadline)
+        seq = events[-1].seq if events else seq
     if app.json:
         app.print_json({"task": task_json(task)})
     else:

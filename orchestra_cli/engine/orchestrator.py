@@ -157,9 +157,7 @@ class Orchestrator:
         self._log_decision(task, plan)
         if not plan.decomposed:
             # the route decision rides on the queued event: one state write, not two
-            self._dispatch(
-                task, plan.capability or "", {"planner": plan.planner, "why": plan.reason}
-            )
+            self._dispatch(task, plan.capability or "", plan.why())
             return
         children: list[Task] = []
         for step in plan.subtasks:
@@ -184,21 +182,7 @@ class Orchestrator:
         self._advance_children(task.id)
 
     def _log_decision(self, task: Task, plan: Plan) -> None:
-        decision = {
-            "decision": "decompose" if plan.decomposed else "route",
-            "task_id": task.id,
-            "root_id": task.root_id,
-            "title": task.title,
-            "planner": plan.planner,
-            "why": plan.reason,
-            "alternatives": plan.alternatives,
-            "capability": plan.capability,
-            "subtasks": [
-                {"title": s.title, "capability": s.capability, "depends_on": s.depends_on}
-                for s in plan.subtasks
-            ],
-        }
-        self.b.journals.decisions.write(decision)
+        self.b.journals.decisions.write(plan.record(task))
         if not plan.decomposed:
             return  # logged with the queued transition (see ``_dispatch``)
         self.state.append_event(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestra_cli.models import Task
 
@@ -34,6 +34,27 @@ class Plan:
     @property
     def decomposed(self) -> bool:
         return bool(self.subtasks)
+
+    def why(self) -> dict[str, str]:
+        """Who decided and why: the data a route puts on the queued event."""
+        return {"planner": self.planner, "why": self.reason}
+
+    def record(self, task: Task) -> dict[str, Any]:
+        """The ``decisions.jsonl`` line for this plan of ``task``."""
+        return {
+            "decision": "decompose" if self.decomposed else "route",
+            "task_id": task.id,
+            "root_id": task.root_id,
+            "title": task.title,
+            "planner": self.planner,
+            "why": self.reason,
+            "alternatives": self.alternatives,
+            "capability": self.capability,
+            "subtasks": [
+                {"title": s.title, "capability": s.capability, "depends_on": s.depends_on}
+                for s in self.subtasks
+            ],
+        }
 
 
 class Planner(Protocol):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
+from orchestra_cli.engine.planner import Plan
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.errors import OrchestraError, TransitionRejected, UsageError
@@ -29,7 +30,6 @@ from orchestra_cli.status import TERMINAL, Status
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
-SUBMIT_ROUTE = {"planner": "submit", "why": "capability given by the submitter"}
 
 
 @dataclass
@@ -66,7 +66,7 @@ class TaskService:
         return self._roles if isinstance(self._roles, dict) else self._roles()
 
     def capabilities(self) -> set[str]:
-        return known_capabilities(self.roles, self.state.list_agents())
+        return known_capabilities(self.roles, self.directory.agents(fresh=True))
 
     def _known(self, capability: str) -> bool:
         # the roles' own capabilities need no registry read (a round trip per submit)
@@ -123,23 +123,13 @@ class TaskService:
         # The submitter chose the capability: there is nothing to plan (every
         # planner routes such a task as given), so it is routed here, in the
         # same atomic step that stores it, and goes straight to its work queue.
-        data, live = self.directory.queued_event(req.capability, SUBMIT_ROUTE)
+        plan = Plan("submit", "capability given by the submitter", capability=req.capability)
+        data, live = self.directory.queued_event(req.capability, plan.why())
         stored, created = self.state.create_task(task, dispatch=data)
         if created:
             if not live:
                 self.directory.note_no_agent(stored, req.capability)
-            self.b.journals.decisions.write(
-                {
-                    "decision": "route",
-                    "task_id": stored.id,
-                    "root_id": stored.root_id,
-                    "title": stored.title,
-                    "capability": req.capability,
-                    "alternatives": [],
-                    "subtasks": [],
-                    **SUBMIT_ROUTE,
-                }
-            )
+            self.b.journals.decisions.write(plan.record(stored))
             if stored.status == Status.QUEUED:
                 publish_run(self.b.broker, stored, confirm=confirm)
             else:  # not routed after all: the orchestrator will

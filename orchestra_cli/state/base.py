@@ -132,6 +132,13 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
+def check_changes(changes: dict[str, Any]) -> None:
+    """A transition may change only ``MUTABLE_FIELDS`` besides the status (a caller's bug)."""
+    unknown = set(changes) - MUTABLE_FIELDS
+    if unknown:
+        raise ValueError(f"transition cannot change {sorted(unknown)}")
+
+
 def rejection_reason(
     task: Task, to: Status, expect_version: int | None, expect_status: Iterable[Status] | None
 ) -> str | None:

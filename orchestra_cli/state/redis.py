@@ -41,7 +41,7 @@ from orchestra_cli.errors import (
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.settings import RedisSettings, mask_url
 from orchestra_cli.state import redis_scripts as lua
-from orchestra_cli.state.base import MUTABLE_FIELDS, rejection_reason  # one wording
+from orchestra_cli.state.base import check_changes, rejection_reason  # one wording
 from orchestra_cli.state.redis_lock import RedisLock
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import dumps, loads, new_id, now
@@ -375,9 +375,7 @@ class RedisStateStore:
         **changes: Any,
     ) -> Task:
         """Apply one status change atomically; TransitionRejected when refused."""
-        unknown = set(changes) - MUTABLE_FIELDS
-        if unknown:
-            raise ValueError(f"transition cannot change {sorted(unknown)}")
+        check_changes(changes)
         expect = None if expect_status is None else list(expect_status)
         ts = now()
         spec = self._transition_spec(task_id, to, expect_version, expect, event_data, changes, ts)

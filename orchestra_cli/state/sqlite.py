@@ -11,7 +11,7 @@ from typing import Any
 from orchestra_cli.errors import NotFoundError, TransitionRejected, UsageError
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.sqlitedb import SQLiteDB
-from orchestra_cli.state.base import MUTABLE_FIELDS, rejection_reason
+from orchestra_cli.state.base import check_changes, rejection_reason
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import dumps, loads, now
 
@@ -208,9 +208,7 @@ class SQLiteStateStore:
         add_usage: Usage | None = None,
         **changes: Any,
     ) -> Task:
-        unknown = set(changes) - MUTABLE_FIELDS
-        if unknown:
-            raise ValueError(f"transition cannot change {sorted(unknown)}")
+        check_changes(changes)
         with self.db.write() as conn:
             task = self._load(conn, task_id)
             reason = rejection_reason(task, to, expect_version, expect_status)
