@@ -272,3 +272,27 @@ def test_a_message_returned_as_unroutable_is_reported_by_flush_not_by_other_call
     broker.flush()  # reported once
     broker.publish(Q, Envelope(type=MSG_RUN, task_id="after"))  # the queue is declared again
     assert _drain(broker, 1) == ["after"]
+
+
+def test_bulk_publishes_are_written_in_batches_or_by_the_keep_alive_after_its_linger(
+    svc: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.broker import rabbitmq_publisher as publisher
+
+    monkeypatch.setattr(publisher, "LINGER_SECONDS", 1.0)  # long enough to look at
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="confirmed"))  # written and confirmed
+    link = broker._publisher()
+    assert link._channel is not None and link._channel.unwritten == 0
+    start = time.monotonic()
+    for i in range(3):
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"l{i}"), confirm=False)
+    assert link._channel.unwritten == 3  # framed; waiting for a batch or the linger
+    assert sorted(_drain(broker, 4)) == ["confirmed", "l0", "l1", "l2"]  # no call needed
+    assert time.monotonic() - start >= 0.9  # …they went with the keep-alive
+    for i in range(publisher.BATCH):
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"b{i}"), confirm=False)
+    assert link._channel.unwritten == 0  # a full batch is written by the call that fills it
+    broker.flush()
+    assert link.outstanding == 0
+    assert len(set(_drain(broker, publisher.BATCH))) == publisher.BATCH
