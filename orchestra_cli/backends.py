@@ -41,7 +41,7 @@ class Backends:
     _closers: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
-        for closer in self._closers:
+        for closer in [*self._closers, self.journals.close]:
             try:
                 closer()
             except Exception:  # closing is best effort on shutdown

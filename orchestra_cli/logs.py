@@ -2,13 +2,16 @@
 
 Each process writes its own rotating log (``logs/<component>.log``), because
 rotating one file from several processes loses lines. The shared JSONL files
-(metrics, decisions, agent memory) take an exclusive ``flock`` per line and
-append with one ``write`` call, so lines from many processes never interleave.
+(metrics, decisions, agent memory) are appended to with one ``write`` call per
+line on an ``O_APPEND`` descriptor, which Linux applies atomically on a local
+file system: lines from many processes and threads never interleave (not so
+on NFS: keep the data dir local). The descriptor stays open; once a second a
+writer checks that the path still names its file, so a rotated or deleted
+journal is reopened.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import logging.handlers
@@ -16,6 +19,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -119,24 +123,58 @@ def setup_logging(
 class JsonlWriter:
     """Appends one JSON object per line; safe with many writer processes."""
 
+    REOPEN_CHECK_SECONDS = 1.0
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._dir_made = False
+        self._fd: int | None = None
+        self._checked = 0.0
+        self._retired: list[int] = []  # replaced descriptors, closed at the next check
+        self._open_lock = threading.Lock()
         self._tail_lock = threading.Lock()
         self._tail: _Tail | None = None
 
     def write(self, record: dict[str, Any]) -> None:
         record = {"time": iso(now()), **record}
         line = (redact(dumps(record)) + "\n").encode("utf-8")
-        if not self._dir_made:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._dir_made = True
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line)
-        finally:
-            os.close(fd)  # closing releases the lock
+            os.write(self._file(), line)
+        except OSError:  # e.g. its file system went away: open the path afresh, once
+            os.write(self._file(reopen=True), line)
+
+    def _file(self, *, reopen: bool = False) -> int:
+        """The open descriptor; reopened when the path names another file (or none)."""
+        fd = self._fd
+        if (
+            fd is not None
+            and not reopen
+            and time.monotonic() - self._checked < (self.REOPEN_CHECK_SECONDS)
+        ):
+            return fd
+        with self._open_lock:
+            for old in self._retired:  # a write that still used one ended long ago
+                os.close(old)
+            self._retired = []
+            fd = self._fd
+            if fd is not None and not reopen:
+                try:
+                    if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                        self._checked = time.monotonic()
+                        return fd
+                except FileNotFoundError:
+                    pass
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if fd is not None:
+                self._retired.append(fd)
+            self._fd, self._checked = new, time.monotonic()
+            return new
+
+    def close(self) -> None:
+        with self._open_lock:
+            for fd in [*self._retired, *([self._fd] if self._fd is not None else [])]:
+                os.close(fd)
+            self._fd, self._retired = None, []
 
     def tail(self, limit: int) -> list[dict[str, Any]]:
         """The last ``limit`` records, reading only what was appended since the last call.
@@ -218,6 +256,11 @@ class Journals:
         self.metrics = JsonlWriter(home / "metrics.jsonl")
         self.decisions = JsonlWriter(home / "decisions.jsonl")
         self._memory: dict[str, JsonlWriter] = {}
+
+    def close(self) -> None:
+        """Close the open descriptors (a later write opens them again)."""
+        for writer in [self.metrics, self.decisions, *self._memory.values()]:
+            writer.close()
 
     def memory(self, agent_role: str) -> JsonlWriter:
         # one writer per role, so its tail cache lives as long as the process

@@ -19,6 +19,22 @@ def test_ids_are_time_ordered_uuid7() -> None:
     assert len(set(ids)) == 50
 
 
+def _ids_in_child(queue: "multiprocessing.Queue[list[str]]") -> None:
+    queue.put([new_id() for _ in range(1000)])
+
+
+def test_forked_processes_draw_different_ids_in_the_same_millisecond() -> None:
+    ctx = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[list[str]] = ctx.Queue()
+    procs = [ctx.Process(target=_ids_in_child, args=(queue,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    ids = [i for _ in procs for i in queue.get(timeout=30)] + [new_id() for _ in range(1000)]
+    for p in procs:
+        p.join()
+    assert len(set(ids)) == 4000  # the generator is seeded again in every child
+
+
 def test_since_accepts_durations_and_iso_dates() -> None:
     assert abs(parse_since("2h") - (time.time() - 7200)) < 2
     assert parse_since("2026-01-01") > 0
@@ -41,6 +57,48 @@ def test_jsonl_writer_lines_never_interleave_across_processes(tmp_path: Path) ->
     lines = path.read_text().splitlines()
     assert len(lines) == 800
     assert all(json.loads(line)["pad"] == "x" * 500 for line in lines)
+
+
+def test_jsonl_writer_lines_never_interleave_across_threads(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / "metrics.jsonl"
+    writer = JsonlWriter(path)  # one open descriptor shared by every thread
+    threads = [
+        threading.Thread(
+            target=lambda w=w: [writer.write({"w": w, "pad": "y" * 3000}) for _ in range(300)]
+        )
+        for w in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1800
+    assert all(json.loads(line)["pad"] == "y" * 3000 for line in lines)
+
+
+def test_jsonl_writer_follows_a_rotated_or_deleted_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(JsonlWriter, "REOPEN_CHECK_SECONDS", 0.0)  # check on every write
+    path = tmp_path / "metrics.jsonl"
+    writer = JsonlWriter(path)
+    writer.write({"n": 1})
+    path.rename(tmp_path / "metrics.jsonl.1")  # logrotate's default: rename, new file
+    writer.write({"n": 2})
+    path.unlink()
+    writer.write({"n": 3})
+    writer.close()
+    writer.write({"n": 4})  # a closed writer opens the file again
+
+    def numbers(p: Path) -> list[int]:
+        return [json.loads(line)["n"] for line in p.read_text().splitlines()]
+
+    assert numbers(tmp_path / "metrics.jsonl.1") == [1]
+    assert numbers(path) == [3, 4]
+    writer.close()
 
 
 def test_redaction_masks_known_secrets_keys_and_url_passwords() -> None:
