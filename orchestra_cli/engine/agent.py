@@ -394,6 +394,7 @@ class Agent:
                 task.id,
                 Status.SUCCEEDED,
                 expect_version=task.version,
+                known=task,  # the result is built from it: no read-back
                 add_usage=charge,
                 result=response.text,
                 event_data={

@@ -71,11 +71,14 @@ class StateStore(Protocol):
         expect_status: Iterable[Status] | None = None,
         event_data: dict[str, Any] | None = None,
         add_usage: Usage | None = None,
+        known: Task | None = None,
         **changes: Any,
     ) -> Task:
         """Apply one status change; TransitionRejected when refused.
 
         ``add_usage`` is added to the task's usage in the same atomic step.
+        ``known``: the task as the caller read it at ``expect_version``; the
+        store may build the result from it instead of reading the task back.
         """
         ...
 

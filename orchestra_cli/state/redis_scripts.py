@@ -73,14 +73,18 @@ end
 local function add_usage(key, delta)
   local u = cjson.decode(redis.call('HGET', key, 'usage'))
   for name, v in pairs(cjson.decode(delta)) do u[name] = (u[name] or 0) + v end
-  redis.call('HSET', key, 'usage', cjson.encode(u))
+  local encoded = cjson.encode(u)
+  redis.call('HSET', key, 'usage', encoded)
+  return encoded
 end
 
 -- Check and apply one transition of task ``id`` (payload fields of ``tr``).
--- Returns {'ok', hash} | {'rejected', hash} | {'missing'}.
+-- Returns {'ok', hash} ({'ok'[, usage]} with ``tr.bare``: the caller knows the task)
+-- | {'rejected', hash} | {'missing'}. One read, one write of the hash.
 local function transition(tr, time)
   local key = k('t', tr.id)
-  local cur = redis.call('HMGET', key, 'status', 'version', 'agent')
+  local cur = redis.call('HMGET', key, 'status', 'version', 'agent', 'attempts', 'error',
+                         'created_at', 'root_id')
   if not cur[1] then return {'missing'} end
   local status = cjson.decode(cur[1])
   local ok = true
@@ -92,26 +96,33 @@ local function transition(tr, time)
   end
   if ok and not ALLOWED[status][tr.to] then ok = false end
   if not ok then return {'rejected', redis.call('HGETALL', key)} end
-  local old_agent = cjson.decode(cur[3])
-  redis.call('HSET', key, unpack(tr.fields))
-  redis.call('HINCRBY', key, 'version', 1)
-  if tr.usage then add_usage(key, tr.usage) end
-  local info = redis.call('HMGET', key, 'created_at', 'agent', 'attempts', 'error', 'root_id')
+  -- what the event head and the indexes need, after this change
+  local now = {agent = cur[3], attempts = cur[4], error = cur[5]}
+  local fields = tr.fields
+  for i = 1, #fields, 2 do
+    if now[fields[i]] ~= nil then now[fields[i]] = fields[i + 1] end
+  end
+  table.insert(fields, 'version')
+  table.insert(fields, tostring(tonumber(cur[2]) + 1))
+  redis.call('HSET', key, unpack(fields))
+  local usage = tr.usage and add_usage(key, tr.usage)
   if status ~= tr.to then
     redis.call('ZREM', k('by', 'status', status), tr.id)
-    redis.call('ZADD', k('by', 'status', tr.to), info[1], tr.id)
+    redis.call('ZADD', k('by', 'status', tr.to), cur[6], tr.id)
   end
-  local new_agent = cjson.decode(info[2])
+  local old_agent = cjson.decode(cur[3])
+  local new_agent = cjson.decode(now.agent)
   if old_agent ~= new_agent then
     if old_agent ~= cjson.null then redis.call('ZREM', k('by', 'agent', old_agent), tr.id) end
     if new_agent ~= cjson.null then
-      redis.call('ZADD', k('by', 'agent', new_agent), info[1], tr.id)
+      redis.call('ZADD', k('by', 'agent', new_agent), cur[6], tr.id)
     end
   end
-  local head = '{"from":"' .. status .. '","to":"' .. tr.to .. '","attempt":' .. info[3]
-    .. ',"agent":' .. info[2]
-  if tr.terminal == '1' and info[4] ~= 'null' then head = head .. ',"error":' .. info[4] end
-  add_event(tr.id, cjson.decode(info[5]), tr.to, time, head .. '}', tr.edata)
+  local head = '{"from":"' .. status .. '","to":"' .. tr.to .. '","attempt":' .. now.attempts
+    .. ',"agent":' .. now.agent
+  if tr.terminal == '1' and now.error ~= 'null' then head = head .. ',"error":' .. now.error end
+  add_event(tr.id, cjson.decode(cur[7]), tr.to, time, head .. '}', tr.edata)
+  if tr.bare then return usage and {'ok', usage} or {'ok'} end
   return {'ok', redis.call('HGETALL', key)}
 end
 """
@@ -128,9 +139,9 @@ if t.idem ~= '' then
   redis.call('SET', k('idem', t.idem), t.id)
 end
 if not create_one(t, a.time) then return {'existing', t.id} end
-if a.tr then  -- routed at creation: the queued task, unless the transition was refused
-  local routed = transition(a.tr, a.time)
-  if routed[1] == 'ok' then return {'created', t.id, routed[2]} end
+if a.tr then  -- routed at creation: queued, unless the transition was refused
+  a.tr.bare = true
+  if transition(a.tr, a.time)[1] == 'ok' then return {'created', t.id, 'queued'} end
 end
 return {'created', t.id}
 """

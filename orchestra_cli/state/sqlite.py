@@ -206,6 +206,7 @@ class SQLiteStateStore:
         expect_status: Iterable[Status] | None = None,
         event_data: dict[str, Any] | None = None,
         add_usage: Usage | None = None,
+        known: Task | None = None,  # the row is read in the transaction anyway
         **changes: Any,
     ) -> Task:
         check_changes(changes)

@@ -80,6 +80,33 @@ def test_allowed_transition_bumps_version_and_appends_event(contract_backends: B
     assert events[1].seq < events[2].seq
 
 
+def test_a_transition_built_from_the_known_task_equals_the_stored_one(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task(capability="code"), dispatch={"queue": "work.code"})
+    running, claimed = state.claim(task.id, "a1")
+    assert claimed
+    state.add_usage(task.id, Usage(calls=1, input_tokens=3, cost_usd=0.1))
+    running = state.get_task(task.id)
+    done = state.transition(
+        task.id,
+        Status.SUCCEEDED,
+        expect_version=running.version,
+        known=running,
+        add_usage=Usage(calls=1, output_tokens=5, cost_usd=0.2),  # 0.1 + 0.2: as stored
+        result="ok",
+        event_data={"model": "m"},
+    )
+    assert done == state.get_task(task.id)
+    assert done.status == Status.SUCCEEDED and done.result == "ok" and done.usage.calls == 2
+    assert done.version == running.version + 1 and done.finished_at
+    stale = running.model_copy(update={"version": running.version - 1})
+    with pytest.raises(TransitionRejected):  # a stale ``known`` is read back, and refused
+        state.transition(task.id, Status.FAILED, expect_version=stale.version, known=stale)
+    assert [e.type for e in state.events(root_id=task.id)][-1] == "succeeded"
+
+
 def test_transition_outside_the_table_is_rejected_without_an_event(
     contract_backends: Backends,
 ) -> None:

@@ -133,3 +133,12 @@ def test_unreachable_redis_raises_state_unavailable_with_the_password_masked(
         store.get_task("01234567")
     assert "s3cret" not in str(info.value) and "***" in str(info.value)
     assert "orchestra up" in str(info.value)
+
+
+def test_scripts_are_loaded_again_when_the_server_has_forgotten_them(svc: Backends) -> None:
+    store = _store(svc)
+    task, _ = store.create_task(Task(title="t", input="x", capability="code"))
+    store.r.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+    queued = store.transition(task.id, Status.QUEUED, expect_version=task.version)
+    assert queued.status == Status.QUEUED and store.get_task(task.id) == queued
+    assert store.r.script_exists(store._scripts["transition"].sha) == [True]
