@@ -46,7 +46,6 @@ from orchestra_cli.models import (
     AgentRecord,
     Envelope,
     Task,
-    Usage,
     work_queue,
 )
 from orchestra_cli.status import TERMINAL, Status
@@ -313,7 +312,7 @@ class Agent:
                     raise TaskTimeout(f"timed out after {task.timeout:g}s")
             except BaseException:
                 # no result to record: charge the call before any other outcome is
-                self._charge(task, metered.take_uncharged())
+                self._charge(task, metered)
                 raise
         except TaskCancelled as exc:
             if timed_out.is_set():
@@ -331,10 +330,14 @@ class Agent:
                 # a retry of this task may already run here: only drop our own entry
                 if self._running.get(task.id) is cancel:
                     del self._running[task.id]
-        return self._succeed(task, response, metered.take_uncharged())
+        return self._succeed(task, response, metered)
 
-    def _charge(self, task: Task, usage: Usage | None) -> None:
-        """Charge a deferred call now; its spend is in metrics.jsonl either way."""
+    def _charge(self, task: Task, metered: MeteredProvider) -> None:
+        """Charge a deferred call now and write its metrics line."""
+        lines = metered.take_lines()
+        if lines:
+            self.b.journals.metrics.write_many(lines)
+        usage = metered.take_uncharged()
         if usage is None:
             return
         try:
@@ -388,14 +391,14 @@ class Agent:
             self.record.usage = self.record.usage + response.usage
         return response
 
-    def _succeed(self, task: Task, response: LLMResponse, charge: Usage | None) -> Action:
+    def _succeed(self, task: Task, response: LLMResponse, metered: MeteredProvider) -> Action:
         try:
             done = self.state.transition(
                 task.id,
                 Status.SUCCEEDED,
                 expect_version=task.version,
                 known=task,  # the result is built from it: no read-back
-                add_usage=charge,
+                add_usage=metered.uncharged,
                 result=response.text,
                 event_data={
                     "model": response.model,
@@ -406,24 +409,30 @@ class Agent:
             )
         except TransitionRejected as exc:
             log.info("result of task %s discarded: %s", task.id, exc)
-            self._charge(task, charge)  # the call was made: it counts
+            self._charge(task, metered)  # the call was made: it counts
             return Ack()
         except BaseException:
-            self._charge(task, charge)
+            self._charge(task, metered)
             raise
+        metered.take_uncharged()  # charged by the transition
         self.record.processed += 1
-        self.b.journals.metrics.write(
-            {
-                "kind": "task",
-                "task_id": task.id,
-                "root_id": task.root_id,
-                "agent": self.name,
-                "role": self.role.name,
-                "status": "succeeded",
-                "model": response.model,
-                "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
-                **done.usage.model_dump(),  # every call of this task, charged by the meter
-            }
+        self.b.journals.metrics.write_many(
+            [
+                *metered.take_lines(),  # the call's line and the task's: one write
+                {
+                    "kind": "task",
+                    "task_id": task.id,
+                    "root_id": task.root_id,
+                    "agent": self.name,
+                    "role": self.role.name,
+                    "status": "succeeded",
+                    "model": response.model,
+                    "duration_s": round(
+                        (done.finished_at or now()) - (task.started_at or now()), 4
+                    ),
+                    **done.usage.model_dump(),  # every call of this task, charged by the meter
+                },
+            ]
         )
         if not task.is_root:  # the rest of its tree sees it (``_memory``)
             self._remember(task, response)

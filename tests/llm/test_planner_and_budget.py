@@ -175,3 +175,39 @@ def test_end_to_end_run_records_tokens_and_cost_in_state_and_metrics(
     assert {c["purpose"] for c in calls} == {"plan", "execute", "aggregate"}
     assert all(c["root_id"] == task_id and c["cost_usd"] > 0 for c in calls)
     assert sum(c["cost_usd"] for c in calls) == pytest.approx(tree["cost_usd"])
+
+
+def test_a_call_whose_result_is_discarded_is_still_charged_and_in_metrics(
+    backends: Backends,
+) -> None:
+    """The agent defers the last call's charge and line to its success; a refused
+    success (the task was cancelled meanwhile) still charges and writes them."""
+    from orchestra_cli.engine.agent import Agent
+    from orchestra_cli.llm.base import LLMRequest, LLMResponse
+    from orchestra_cli.llm.offline import OfflineProvider
+    from orchestra_cli.models import Usage
+
+    class CancelledMeanwhile(OfflineProvider):
+        def complete(self, request: LLMRequest) -> LLMResponse:
+            backends.state.transition(task.id, Status.CANCELLED, error="by operator")
+            response = super().complete(request)
+            response.usage = Usage(calls=1, input_tokens=7, output_tokens=3)
+            return response
+
+    role = load_roles()["coder"]
+    agent = Agent(backends, role, CancelledMeanwhile(), PromptLibrary(), name="a-test")
+    task, _ = backends.state.create_task(
+        Task(title="t", input="x", capability="code"), dispatch={"queue": "work.code"}
+    )
+    running, claimed = backends.state.claim(task.id, agent.name)
+    assert claimed
+    agent._execute(running)
+    after = backends.state.get_task(task.id)
+    assert after.status == Status.CANCELLED
+    assert after.usage.calls == 1 and after.usage.input_tokens == 7  # charged all the same
+    lines = [
+        json.loads(ln) for ln in (backends.settings.home / "metrics.jsonl").read_text().splitlines()
+    ]
+    calls = [ln for ln in lines if ln.get("kind") == "llm_call" and ln["task_id"] == task.id]
+    assert len(calls) == 1 and calls[0]["input_tokens"] == 7
+    assert not [ln for ln in lines if ln.get("kind") == "task" and ln["task_id"] == task.id]

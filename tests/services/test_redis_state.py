@@ -142,3 +142,39 @@ def test_scripts_are_loaded_again_when_the_server_has_forgotten_them(svc: Backen
     queued = store.transition(task.id, Status.QUEUED, expect_version=task.version)
     assert queued.status == Status.QUEUED and store.get_task(task.id) == queued
     assert store.r.script_exists(store._scripts["transition"].sha) == [True]
+
+
+def _create_in_child(store: RedisStateStore, conn: object) -> None:
+    task, _ = store.create_task(Task(title="child", input="x"))  # a connection of its own
+    conn.send(task.id)  # type: ignore[attr-defined]
+
+
+def test_script_connections_are_per_thread_per_process_and_closed_with_the_store(
+    home: Path,
+) -> None:
+    import multiprocessing
+    import threading
+
+    b = open_backends(services_settings(home))
+    try:
+        store = _store(b)
+        mine, _ = store.create_task(Task(title="parent", input="x"))
+        ctx = multiprocessing.get_context("fork")
+        here, there = ctx.Pipe()
+        child = ctx.Process(target=_create_in_child, args=(store, there))
+        child.start()
+        child_task = here.recv()
+        child.join(timeout=30)
+        assert child.exitcode == 0
+        # the parent's socket was not shared with the child: its replies are its own
+        assert store.get_task(child_task).title == "child"
+        queued = store.transition(mine.id, Status.QUEUED, expect_version=0)
+        assert queued.status == Status.QUEUED
+        other = threading.Thread(target=lambda: store.create_task(Task(title="t", input="x")))
+        other.start()
+        other.join()
+        assert len(store._owned) >= 1  # the main thread's (the other thread's may be gone)
+        conns = list(store._owned)
+    finally:
+        cleanup_services(b)
+    assert all(c._sock is None for c in conns)  # closed with the backends
