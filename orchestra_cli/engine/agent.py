@@ -54,6 +54,8 @@ from orchestra_cli.util import new_id, now
 log = logging.getLogger(__name__)
 
 MAX_CLAIM_ATTEMPTS = 3
+UNKNOWN_TASK_DELIVERIES = 3  # a message for a task not (yet) stored: 2 more looks
+UNKNOWN_TASK_RETRY_SECONDS = 0.25
 MEMORY_LINES = 200
 MEMORY_ITEMS = 5
 
@@ -217,6 +219,10 @@ class Agent:
         try:  # the common case, a queued task, is claimed in this one round trip
             task, claimed = self.state.claim(env.task_id, self.name)
         except NotFoundError:
+            if delivery.delivery_count < UNKNOWN_TASK_DELIVERIES:
+                # a submitter publishes while its create is on its way to the state
+                # store (TaskService.submit): look again shortly before giving up
+                return Nack(UNKNOWN_TASK_RETRY_SECONDS)
             return DeadLetter(f"task {env.task_id} does not exist")
         if claimed:
             return self._execute(task)

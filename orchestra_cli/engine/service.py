@@ -125,15 +125,27 @@ class TaskService:
         # same atomic step that stores it, and goes straight to its work queue.
         plan = Plan("submit", "capability given by the submitter", capability=req.capability)
         data, live = self.directory.queued_event(req.capability, plan.why())
-        stored, created = self.state.create_task(task, dispatch=data)
+        # Without an idempotency key the create cannot find an older task, so its
+        # message goes out while Redis runs the script (one round trip off every
+        # task's latency); an agent that gets there first looks again (Agent.handle).
+        early = task.idempotency_key is None
+        sent: list[bool] = []
+
+        def publish_early() -> None:
+            sent.append(True)
+            publish_run(self.b.broker, task, confirm=confirm)
+
+        stored, created = self.state.create_task(
+            task, dispatch=data, meanwhile=publish_early if early else None
+        )
         if created:
+            if stored.status != Status.QUEUED:  # not routed after all: the orchestrator will
+                publish_submit(self.b.broker, stored, confirm=confirm)
+            elif not sent:
+                publish_run(self.b.broker, stored, confirm=confirm)
             if not live:
                 self.directory.note_no_agent(stored, req.capability)
             self.b.journals.decisions.write(plan.record(stored))
-            if stored.status == Status.QUEUED:
-                publish_run(self.b.broker, stored, confirm=confirm)
-            else:  # not routed after all: the orchestrator will
-                publish_submit(self.b.broker, stored, confirm=confirm)
         return stored, created
 
     def flush(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,13 +22,20 @@ class StateStore(Protocol):
     """
 
     def create_task(
-        self, task: Task, *, dispatch: dict[str, Any] | None = None
+        self,
+        task: Task,
+        *,
+        dispatch: dict[str, Any] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[Task, bool]:
         """Store a new task; with an idempotency key already used, return that one.
 
         With ``dispatch`` (the queued event's data) the new task also goes
         pending → queued on its capability in the same atomic step: a route
         decided at submit (the submitter chose the capability).
+        ``meanwhile`` runs once, while the store works (Redis: after the
+        command is sent, before its reply is read; SQLite: after the commit);
+        its exception is raised once the create's outcome is known.
         """
         ...
 

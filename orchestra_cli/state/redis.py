@@ -178,14 +178,23 @@ class RedisStateStore:
                 raise StateError(f"Redis at {self._masked} failed {what}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _run(self, script: str, payload: dict[str, Any]) -> Any:
-        """Run one Lua script with the JSON payload (prefix, token, trim length added)."""
+    def _run(
+        self, script: str, payload: dict[str, Any], meanwhile: Callable[[], None] | None = None
+    ) -> Any:
+        """Run one Lua script with the JSON payload (prefix, token, trim length added).
+
+        ``meanwhile`` runs once (not again on a retry), between sending the
+        script and reading its reply.
+        """
         body = dumps(
             {"p": self.prefix, "max": self.maxlen, "tok": new_id(), "ttl": self._op_ttl, **payload}
         )
-        return self._call(script, lambda: self._evalsha(self._scripts[script], body))
+        once = [meanwhile] if meanwhile is not None else []
+        return self._call(script, lambda: self._evalsha(self._scripts[script], body, once))
 
-    def _evalsha(self, script: Any, body: str) -> Any:
+    def _evalsha(
+        self, script: Any, body: str, meanwhile: list[Callable[[], None]] | None = None
+    ) -> Any:
         """EVALSHA on this thread's own connection, loading the script if the server lacks it.
 
         Straight on a connection the thread keeps: redis-py's command path
@@ -194,15 +203,25 @@ class RedisStateStore:
         hand-over in a busy agent) cost an agent ~140 us of CPU per task.
         """
         conn = self._script_connection()
+        failed: BaseException | None = None
         try:
             conn.send_command("EVALSHA", script.sha, 0, body)
-            return conn.read_response()
-        except redis.exceptions.NoScriptError:  # a restarted or flushed server
-            conn.send_command("EVAL", script.script, 0, body)
-            return conn.read_response()
+            if meanwhile:  # sent: now it runs, and never again on a retry
+                try:
+                    meanwhile.pop()()
+                except BaseException as exc:  # raised once the script's outcome is read
+                    failed = exc
+            try:
+                reply = conn.read_response()
+            except redis.exceptions.NoScriptError:  # a restarted or flushed server
+                conn.send_command("EVAL", script.script, 0, body)
+                reply = conn.read_response()
         except BaseException:  # a reply may still be on its way: never reuse the socket
             conn.disconnect()
             raise
+        if failed is not None:
+            raise failed
+        return reply
 
     def _script_connection(self) -> Any:
         owned = getattr(self._local, "conn", None)
@@ -241,17 +260,22 @@ class RedisStateStore:
 
     # -- tasks -------------------------------------------------------------
     def create_task(
-        self, task: Task, *, dispatch: dict[str, Any] | None = None
+        self,
+        task: Task,
+        *,
+        dispatch: dict[str, Any] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[Task, bool]:
         """Store a new task (queued at once with ``dispatch``); an idempotency key
-        already used returns that task instead."""
+        already used returns that task instead. ``meanwhile`` runs once the
+        script is sent, while Redis runs it."""
         ts = now()
         payload: dict[str, Any] = {"task": self._task_spec(task), "time": ts}
         if dispatch is not None:
             payload["tr"] = self._transition_spec(
                 task.id, Status.QUEUED, None, [Status.PENDING], dispatch, {}, ts
             )
-        reply = self._run("create", payload)
+        reply = self._run("create", payload, meanwhile)
         if reply[0] == "created":  # queued as well (reply[2]): the script applied just this
             return (_applied(task, Status.QUEUED, ts) if len(reply) > 2 else task), True
         if reply[0] == "dup":  # our own earlier attempt got through

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,18 @@ class SQLiteStateStore:
         )
 
     def create_task(
-        self, task: Task, *, dispatch: dict[str, Any] | None = None
+        self,
+        task: Task,
+        *,
+        dispatch: dict[str, Any] | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[Task, bool]:
+        result = self._create(task, dispatch)
+        if meanwhile is not None:  # nothing to overlap with here: after the commit
+            meanwhile()
+        return result
+
+    def _create(self, task: Task, dispatch: dict[str, Any] | None) -> tuple[Task, bool]:
         with self.db.write() as conn:
             if task.idempotency_key:
                 row = conn.execute(
