@@ -57,6 +57,25 @@ def test_a_task_routed_at_creation_is_queued_in_the_same_step(
     assert len(state.events(root_id=task.id)) == 2  # the duplicate changed nothing
 
 
+def test_meanwhile_runs_once_with_the_create_and_its_error_comes_after_it(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    ran: list[str] = []
+    task, created = state.create_task(
+        _task(capability="code"), dispatch={"queue": "work.code"}, meanwhile=lambda: ran.append("x")
+    )
+    assert created and ran == ["x"] and state.get_task(task.id).status == Status.QUEUED
+
+    def broken() -> None:
+        raise RuntimeError("broker down")
+
+    doomed = _task(capability="code")
+    with pytest.raises(RuntimeError, match="broker down"):
+        state.create_task(doomed, dispatch={"queue": "work.code"}, meanwhile=broken)
+    assert state.get_task(doomed.id).status == Status.QUEUED  # stored all the same
+
+
 def test_unknown_task_id_raises_not_found(contract_backends: Backends) -> None:
     with pytest.raises(NotFoundError, match="not found"):
         contract_backends.state.get_task("00000000-0000-7000-8000-000000000000")

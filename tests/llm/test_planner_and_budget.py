@@ -211,3 +211,26 @@ def test_a_call_whose_result_is_discarded_is_still_charged_and_in_metrics(
     calls = [ln for ln in lines if ln.get("kind") == "llm_call" and ln["task_id"] == task.id]
     assert len(calls) == 1 and calls[0]["input_tokens"] == 7
     assert not [ln for ln in lines if ln.get("kind") == "task" and ln["task_id"] == task.id]
+
+
+def test_a_message_for_a_task_not_yet_stored_is_looked_at_again_then_dead_lettered(
+    backends: Backends,
+) -> None:
+    """Submit publishes while the create is on its way: the first look may miss it."""
+    from types import SimpleNamespace
+
+    from orchestra_cli.engine.agent import UNKNOWN_TASK_DELIVERIES, Agent
+    from orchestra_cli.engine.worker import DeadLetter, Nack
+    from orchestra_cli.llm.offline import OfflineProvider
+    from orchestra_cli.models import MSG_RUN, Envelope
+
+    agent = Agent(backends, load_roles()["coder"], OfflineProvider(), PromptLibrary(), name="a")
+    env = Envelope(type=MSG_RUN, task_id="01a214fa-0000-7000-8000-000000000000")
+
+    def delivery(count: int) -> object:
+        return SimpleNamespace(envelope=env, delivery_count=count, queue="work.code")
+
+    for count in range(1, UNKNOWN_TASK_DELIVERIES):
+        assert isinstance(agent.handle(delivery(count)), Nack)  # type: ignore[arg-type]
+    last = agent.handle(delivery(UNKNOWN_TASK_DELIVERIES))  # type: ignore[arg-type]
+    assert isinstance(last, DeadLetter) and "does not exist" in last.reason
