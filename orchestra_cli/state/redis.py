@@ -22,6 +22,7 @@ import heapq
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -29,10 +30,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from orchestra_cli.errors import (
     NotFoundError,
@@ -44,6 +41,7 @@ from orchestra_cli.errors import (
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.settings import RedisSettings, mask_url
 from orchestra_cli.state import redis_scripts as lua
+from orchestra_cli.state import resp
 from orchestra_cli.state.base import check_changes, rejection_reason  # one wording
 from orchestra_cli.state.redis_lock import RedisLock
 from orchestra_cli.status import TERMINAL, Status
@@ -100,6 +98,21 @@ def _applied(task: Task, to: Status, ts: float, changes: dict[str, Any] | None =
     return task.model_copy(update=fields)
 
 
+def _kind_of(exc: BaseException) -> str | None:
+    """ "unreachable" (retry), "failed" (a Redis error reply), or None (not Redis's)."""
+    if isinstance(exc, resp.RespConnectionError):
+        return "unreachable"
+    if isinstance(exc, resp.RespError):
+        return "failed"
+    redis = sys.modules.get("redis")  # its errors can only come once it is imported
+    if redis is not None:
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return "unreachable"
+        if isinstance(exc, redis.RedisError):
+            return "failed"
+    return None
+
+
 class RedisStateStore:
     """StateStore on Redis; one connection pool per process, shared by threads."""
 
@@ -116,22 +129,56 @@ class RedisStateStore:
         )
         self._masked = mask_url(url)
         self._host = urlsplit(url).hostname or "?"
-        # retries are ours (logged, bounded, token-deduplicated); redis-py's are off
-        # typed Any: redis-py's stubs cannot know decode_responses gives str
-        self.r: Any = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=self.settings.socket_timeout,
-            socket_connect_timeout=self.settings.connect_timeout,
-            health_check_interval=self.settings.health_check_interval,
-            max_connections=self.settings.max_connections,
-            retry=Retry(NoBackoff(), 0),
-            client_name="orchestra",
+        self._url = url
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        # one-shot readers (task get / list) never import redis-py: see resp.py
+        self._lite = (
+            resp.LiteRedis(
+                url,
+                socket_timeout=self.settings.socket_timeout,
+                connect_timeout=self.settings.connect_timeout,
+                client_name="orchestra",
+            )
+            if resp.supported(url)
+            else None
         )
         self._local = threading.local()  # each thread's script connection (_evalsha)
         self._owned: weakref.WeakSet[Any] = weakref.WeakSet()  # a dead thread's goes with it
         self._owned_lock = threading.Lock()
-        self._scripts = {
+
+    @property
+    def r(self) -> Any:
+        """The redis-py client (writes, scripts, streams), made on first use."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    import redis
+                    from redis.backoff import NoBackoff
+                    from redis.retry import Retry
+
+                    # retries are ours (logged, bounded, token-deduplicated); redis-py's
+                    # are off. Typed Any: redis-py's stubs cannot know decode_responses.
+                    self._client = redis.Redis.from_url(
+                        self._url,
+                        decode_responses=True,
+                        socket_timeout=self.settings.socket_timeout,
+                        socket_connect_timeout=self.settings.connect_timeout,
+                        health_check_interval=self.settings.health_check_interval,
+                        max_connections=self.settings.max_connections,
+                        retry=Retry(NoBackoff(), 0),
+                        client_name="orchestra",
+                    )
+        return self._client
+
+    @property
+    def _reads(self) -> Any:
+        """The client for plain reads: the light one when the URL allows it."""
+        return self._lite if self._lite is not None else self.r
+
+    @functools.cached_property
+    def _scripts(self) -> dict[str, Any]:
+        return {
             name: self.r.register_script(text)
             for name, text in {
                 "create": lua.CREATE,
@@ -156,7 +203,12 @@ class RedisStateStore:
         for attempt in range(1, MAX_REDIS_ATTEMPTS + 1):
             try:
                 return fn()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except Exception as exc:
+                kind = _kind_of(exc)
+                if kind is None:
+                    raise
+                if kind == "failed":
+                    raise StateError(f"Redis at {self._masked} failed {what}: {exc}") from exc
                 left = MAX_REDIS_ATTEMPTS - attempt
                 if left == 0:
                     raise StateUnavailable(
@@ -174,8 +226,6 @@ class RedisStateStore:
                     left,
                 )
                 time.sleep(delay)
-            except redis.RedisError as exc:
-                raise StateError(f"Redis at {self._masked} failed {what}: {exc}") from exc
         raise AssertionError("unreachable")
 
     def _run(
@@ -213,7 +263,7 @@ class RedisStateStore:
                     failed = exc
             try:
                 reply = conn.read_response()
-            except redis.exceptions.NoScriptError:  # a restarted or flushed server
+            except sys.modules["redis"].exceptions.NoScriptError:  # a restarted/flushed server
                 conn.send_command("EVAL", script.script, 0, body)
                 reply = conn.read_response()
         except BaseException:  # a reply may still be on its way: never reuse the socket
@@ -251,7 +301,7 @@ class RedisStateStore:
 
     def _load_many(self, ids: list[str]) -> list[Task]:
         def fetch() -> list[Any]:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self._reads.pipeline(transaction=False)
             for task_id in ids:
                 pipe.hgetall(self.key("t", task_id))
             return list(pipe.execute())
@@ -305,13 +355,13 @@ class RedisStateStore:
 
     def get_task(self, task_id: str) -> Task:
         """The task with this id (or unique id prefix of at least 4 characters)."""
-        found = self._call("get task", lambda: self.r.hgetall(self.key("t", task_id)))
+        found = self._call("get task", lambda: self._reads.hgetall(self.key("t", task_id)))
         if found:
             return _task_from_hash(found)
         if MIN_PREFIX_LENGTH <= len(task_id) < ID_LENGTH:
             ids = self._call(
                 "find task",
-                lambda: self.r.zrangebylex(
+                lambda: self._reads.zrangebylex(
                     self.key("ids"), f"[{task_id}", f"({task_id}\xff", start=0, num=2
                 ),
             )
@@ -330,7 +380,7 @@ class RedisStateStore:
             page = self._call(
                 "list tasks",
                 functools.partial(
-                    self.r.zrevrangebyscore,
+                    self._reads.zrevrangebyscore,
                     key,
                     "+inf",
                     low,
@@ -389,7 +439,7 @@ class RedisStateStore:
         """One ZCARD per status of the by-status indexes, in one round trip."""
 
         def count() -> list[int]:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self._reads.pipeline(transaction=False)
             for status in Status:
                 pipe.zcard(self.key("by", "status", status.value))
             return list(pipe.execute())
@@ -399,12 +449,13 @@ class RedisStateStore:
 
     def tree(self, root_id: str) -> list[Task]:
         """The root task and every descendant, oldest first."""
-        ids = self._call("tree", lambda: self.r.zrange(self.key("tree", root_id), 0, -1))
+        ids = self._call("tree", lambda: self._reads.zrange(self.key("tree", root_id), 0, -1))
         return self._load_many(ids)
 
     def children(self, parent_id: str) -> list[Task]:
         """Direct subtasks, oldest first."""
-        ids = self._call("children", lambda: self.r.zrange(self.key("children", parent_id), 0, -1))
+        key = self.key("children", parent_id)
+        ids = self._call("children", lambda: self._reads.zrange(key, 0, -1))
         return self._load_many(ids)
 
     def _transition_spec(
@@ -628,10 +679,11 @@ class RedisStateStore:
     def health(self) -> dict[str, Any]:
         """Ping round trip: ``{"ok", "url", "latency_ms", "version"|"error"}``."""
         started = time.perf_counter()
+        client = self.r  # imports redis-py: its errors are known below
         try:
-            self.r.ping()
-            info = self.r.info("server")
-        except redis.RedisError as exc:
+            client.ping()
+            info = client.info("server")
+        except sys.modules["redis"].RedisError as exc:
             return {"ok": False, "url": self._masked, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "ok": True,
@@ -660,5 +712,8 @@ class RedisStateStore:
             owned = list(self._owned)
         for conn in owned:
             conn.disconnect()
-        self.r.close()
-        self.r.connection_pool.disconnect()
+        if self._lite is not None:
+            self._lite.close()
+        if self._client is not None:
+            self._client.close()
+            self._client.connection_pool.disconnect()

@@ -14,7 +14,7 @@ from orchestra_cli.settings import Settings
 from orchestra_cli.state.redis import RedisStateStore
 from orchestra_cli.status import Status
 from orchestra_cli.util import dumps
-from tests.contract.conftest import cleanup_services, services_settings
+from tests.contract.conftest import REDIS_URL, cleanup_services, services_settings
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +178,91 @@ def test_script_connections_are_per_thread_per_process_and_closed_with_the_store
     finally:
         cleanup_services(b)
     assert all(c._sock is None for c in conns)  # closed with the backends
+
+
+def test_the_light_read_client_answers_as_redis_py_does(svc: Backends) -> None:
+    from orchestra_cli.state.resp import LiteRedis, RespError
+
+    store = _store(svc)
+    for i in range(5):
+        store.create_task(Task(title=f"t{i}", input="x", capability="code"))
+    lite = LiteRedis(REDIS_URL, socket_timeout=5, connect_timeout=2, client_name="t")
+    try:
+        created, ids = store.key("by", "created"), store.key("ids")
+        first = store.r.zrange(ids, 0, 0)[0]
+        assert lite.zrange(ids, 0, -1) == store.r.zrange(ids, 0, -1)
+        assert lite.zrangebylex(ids, f"[{first[:8]}", f"({first[:8]}\xff", 0, 2) == (
+            store.r.zrangebylex(ids, f"[{first[:8]}", f"({first[:8]}\xff", start=0, num=2)
+        )
+        assert lite.zrevrangebyscore(created, "+inf", "-inf", 1, 3, withscores=True) == (
+            store.r.zrevrangebyscore(created, "+inf", "-inf", start=1, num=3, withscores=True)
+        )
+        pipe = lite.pipeline()
+        pipe.hgetall(store.key("t", first)).zcard(created).hgetall(store.key("t", "none"))
+        assert pipe.execute() == [store.r.hgetall(store.key("t", first)), 5, {}]
+        store.r.set(store.key("plain"), "v")
+        with pytest.raises(RespError, match="WRONGTYPE"):
+            lite.hgetall(store.key("plain"))
+        assert lite.zrange(ids, 0, 0) == [first]  # the connection survives an error reply
+    finally:
+        lite.close()
+
+
+def test_the_light_read_client_selects_the_database_and_reports_auth_errors(
+    home: Path,
+) -> None:
+    import redis
+
+    from orchestra_cli.errors import StateError
+    from orchestra_cli.state.resp import LiteRedis
+
+    other = redis.Redis.from_url("redis://127.0.0.1:6379/3", decode_responses=True)
+    key = f"orchestra-test:lite:{time.time_ns()}"
+    try:
+        other.zadd(key, {"a": 1})
+        lite = LiteRedis(
+            "redis://127.0.0.1:6379/3", socket_timeout=5, connect_timeout=2, client_name="t"
+        )
+        assert lite.zrange(key, 0, -1) == ["a"]
+        lite.close()
+    finally:
+        other.delete(key)
+        other.close()
+    settings = services_settings(home)
+    settings.state_url = "redis://:wrong@127.0.0.1:6379/0"  # this server has no password
+    b = open_backends(settings)
+    try:
+        with pytest.raises(StateError, match="AUTH"):
+            b.state.get_task("00000000-0000-7000-8000-000000000000")
+    finally:
+        b.close()
+
+
+def test_task_reads_in_a_fresh_process_never_import_redis_py(svc: Backends, home: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    store = _store(svc)
+    task, _ = store.create_task(Task(title="t", input="x", capability="code"))
+    code = (
+        "import sys, json\n"
+        "from orchestra_cli.backends import open_backends\n"
+        "from orchestra_cli.settings import load_settings\n"
+        "b = open_backends(load_settings().settings)\n"
+        f"t = b.state.get_task({task.id[:8]!r})\n"
+        "n = len(b.state.list_tasks(limit=5)) + len(b.state.tree(t.root_id))\n"
+        "print(json.dumps([t.id, n, 'redis' in sys.modules]))\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ORCHESTRA_HOME": str(home),
+        "ORCHESTRA_STATE_URL": REDIS_URL,
+        "ORCHESTRA_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
+        "ORCHESTRA_REDIS__KEY_PREFIX": store.prefix,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [task.id, 2, False]
