@@ -570,20 +570,22 @@ class RedisStateStore:
     ) -> list[Event]:
         """Events after sequence ``after``, oldest first (trimmed ones are gone).
 
-        ``wait`` blocks on the stream (XREAD BLOCK), bounded well inside the
-        socket timeout; callers loop for longer waits.
+        ``wait`` blocks on the stream (XREAD BLOCK, which answers at once when
+        there are events already: one round trip either way), bounded well
+        inside the socket timeout; callers loop for longer waits.
         """
         key = self.key("events", root_id) if root_id else self.key("events")
-        entries = self._call(
-            "read events", lambda: self.r.xrange(key, min=f"{after + 1}-0", count=limit)
-        )
         block_ms = int(min(wait, self.settings.socket_timeout / 2) * 1000)
-        if not entries and block_ms > 0:
+        if block_ms > 0:
             reply = self._call(
                 "wait for events",
                 lambda: self.r.xread({key: f"{after}-0"}, count=limit, block=block_ms),
             )
             entries = reply[0][1] if reply else []  # [[stream, entries]] (RESP2)
+        else:
+            entries = self._call(
+                "read events", lambda: self.r.xrange(key, min=f"{after + 1}-0", count=limit)
+            )
         return [
             Event(
                 seq=int(f["seq"]),
