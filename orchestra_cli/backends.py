@@ -40,6 +40,17 @@ class Backends:
     journals: Journals
     _closers: list[Any] = field(default_factory=list)
 
+    def start_background(self) -> None:
+        """Upkeep for a long-running process: embedded SQLite files checkpoint in the
+        background (sqlitedb.py), off the writers' path."""
+        from orchestra_cli.sqlitedb import SQLiteDB
+
+        for db in {
+            id(d): d for d in (getattr(self.state, "db", None), getattr(self.broker, "db", None))
+        }.values():
+            if isinstance(db, SQLiteDB):
+                db.start_checkpointer()
+
     def close(self) -> None:
         for closer in [*self._closers, self.journals.close]:
             try:

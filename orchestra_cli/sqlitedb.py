@@ -7,6 +7,14 @@ exclusive ``flock`` on ``<db>.lock``: waiting writers then sleep in the
 kernel and wake the moment the lock is free, where SQLite's own busy handler
 would sleep 1, 2, 5, 10… ms between tries (most of the embedded mode's time
 under load). The kernel drops the lock of a killed process, as SQLite does.
+
+Checkpoints (copying the WAL back into the database file, with an fsync) are
+kept off the writers' path: SQLite runs one inside the ``COMMIT`` that grows
+the WAL past ``wal_autocheckpoint`` pages, which held every other writer for
+~7 ms (embedded latency p99 8.8 ms; 2.8 ms without). Long-running processes
+(``orchestra run``, agents) checkpoint from a background thread every second
+(``start_checkpointer``); writers only fall back to it past
+``WAL_AUTOCHECKPOINT_PAGES``, when nothing else does.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from orchestra_cli.errors import StateError, StateUnavailable
 
 BUSY_TIMEOUT_MS = 60_000
 MAX_LOCK_ATTEMPTS = 20
+CHECKPOINT_SECONDS = 1.0
+WAL_AUTOCHECKPOINT_PAGES = 10_000  # ~40 MB: a writer checkpoints only if nobody else does
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -86,6 +96,8 @@ class SQLiteDB:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        self._checkpointer: threading.Thread | None = None
+        self._stop = threading.Event()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -108,6 +120,7 @@ class SQLiteDB:
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             except sqlite3.Error as exc:
                 raise StateUnavailable(
                     f"cannot open database {self.path}: {exc}",
@@ -158,7 +171,28 @@ class SQLiteDB:
         else:
             conn.execute("COMMIT")
 
+    def start_checkpointer(self, interval: float = CHECKPOINT_SECONDS) -> None:
+        """Checkpoint the WAL every ``interval`` seconds on a thread of its own."""
+        if self._checkpointer is not None:
+            return
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, args=(interval,), name="sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self, interval: float) -> None:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            while not self._stop.wait(interval):
+                try:  # PASSIVE: never waits for, nor blocks, readers and writers
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # busy (another process checkpoints): next time
+                    continue
+        finally:
+            conn.close()
+
     def close(self) -> None:
+        self._stop.set()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

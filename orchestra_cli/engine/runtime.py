@@ -43,6 +43,7 @@ class Runtime:
     components: list[Component] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.backends.start_background()
         settings = self.backends.settings
         self.secrets = open_secrets(settings)
         self.llm = open_llm(settings, self.secrets)

@@ -165,3 +165,31 @@ def test_dumps_fast_paths_write_exactly_what_the_json_module_does(value: object)
     from orchestra_cli.util import _default, dumps
 
     assert dumps(value) == json.dumps(value, default=_default, ensure_ascii=False)
+
+
+def test_long_running_processes_checkpoint_the_wal_off_the_writers_path(tmp_path: Path) -> None:
+    from orchestra_cli.sqlitedb import SQLiteDB
+
+    def fill(db: SQLiteDB) -> None:
+        for i in range(200):
+            with db.write() as conn:
+                conn.execute(
+                    "INSERT INTO control (time, body) VALUES (?, ?)", (float(i), "x" * 5000)
+                )
+
+    alone = SQLiteDB(tmp_path / "alone.db")
+    fill(alone)  # ~1 MB, far below the writers' own checkpoint threshold: all in the WAL
+    assert (tmp_path / "alone.db").stat().st_size < 200_000
+    alone.close()
+
+    kept = SQLiteDB(tmp_path / "kept.db")
+    kept.start_checkpointer(interval=0.05)
+    fill(kept)
+    deadline = time.monotonic() + 10
+    while (tmp_path / "kept.db").stat().st_size < 1_000_000:  # copied back by the thread
+        assert time.monotonic() < deadline, "the background checkpoint never ran"
+        time.sleep(0.05)
+    kept.close()
+    assert kept._checkpointer is not None
+    kept._checkpointer.join(timeout=5)
+    assert not kept._checkpointer.is_alive()  # stopped with the database
