@@ -38,7 +38,7 @@ POLL = 0.0005
 IDLE_SECONDS = 3.0
 STATE_TASKS = 100_000
 ORCH_THREADS = 4
-AGENTS, AGENT_THREADS = 2, 4  # coder agents (processes) x handler threads each
+AGENTS, AGENT_THREADS = 1, 8  # coder agents (processes) x handler threads each
 
 
 @dataclass
