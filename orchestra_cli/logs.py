@@ -120,6 +120,9 @@ def setup_logging(
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
+RETIRED_GRACE_SECONDS = 10.0
+
+
 class JsonlWriter:
     """Appends one JSON object per line; safe with many writer processes."""
 
@@ -129,7 +132,7 @@ class JsonlWriter:
         self.path = path
         self._fd: int | None = None
         self._checked = 0.0
-        self._retired: list[int] = []  # replaced descriptors, closed at the next check
+        self._retired: list[tuple[int, float]] = []  # replaced descriptors, and when
         self._open_lock = threading.Lock()
         self._tail_lock = threading.Lock()
         self._tail: _Tail | None = None
@@ -156,27 +159,31 @@ class JsonlWriter:
         ):
             return fd
         with self._open_lock:
-            for old in self._retired:  # a write that still used one ended long ago
+            # a replaced descriptor is closed only once no write can still be using it
+            # (another thread may have taken it just before it was replaced)
+            now_ = time.monotonic()
+            for old, since in [r for r in self._retired if now_ - r[1] > RETIRED_GRACE_SECONDS]:
                 os.close(old)
-            self._retired = []
+                self._retired.remove((old, since))
             fd = self._fd
             if fd is not None and not reopen:
                 try:
                     if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                        self._checked = time.monotonic()
+                        self._checked = now_
                         return fd
                 except FileNotFoundError:
                     pass
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             if fd is not None:
-                self._retired.append(fd)
-            self._fd, self._checked = new, time.monotonic()
+                self._retired.append((fd, now_))
+            self._fd, self._checked = new, now_
             return new
 
     def close(self) -> None:
+        """Close the descriptors (the owner's shutdown: no write is under way)."""
         with self._open_lock:
-            for fd in [*self._retired, *([self._fd] if self._fd is not None else [])]:
+            for fd in [*(r[0] for r in self._retired), *([] if self._fd is None else [self._fd])]:
                 os.close(fd)
             self._fd, self._retired = None, []
 

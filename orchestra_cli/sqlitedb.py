@@ -20,6 +20,7 @@ the WAL past ``wal_autocheckpoint`` pages, which held every other writer for
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -29,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from orchestra_cli.errors import StateError, StateUnavailable
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 60_000
 MAX_LOCK_ATTEMPTS = 20
@@ -181,7 +184,11 @@ class SQLiteDB:
         self._checkpointer.start()
 
     def _checkpoint_loop(self, interval: float) -> None:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.Error as exc:  # writers fall back to checkpointing themselves
+            log.warning("no background WAL checkpoints for %s: %s", self.path, exc)
+            return
         try:
             while not self._stop.wait(interval):
                 try:  # PASSIVE: never waits for, nor blocks, readers and writers

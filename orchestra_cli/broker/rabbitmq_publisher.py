@@ -25,8 +25,9 @@ Everything runs on the thread that owns the connection (``DirectLink``'s lock).
 
 Coalescing (``confirm=False`` calls only): a message is framed at once but
 written with the next ``BATCH`` - 1 others, or ``LINGER_SECONDS`` later by
-the keep-alive thread, whichever comes first (Kafka's ``linger.ms``). One
-write and one broker wake-up then carry a batch, and the broker confirms it
+the keep-alive thread, whichever comes first (Kafka's ``linger.ms``). A batch
+then reaches the broker in one burst (one buffer per message) and wakes it
+once, and the broker confirms it
 with one ``multiple`` ack: measured on this machine (classic durable queue,
 persistent messages), RabbitMQ's CPU per message fell from 0.40 ms written
 one by one to 0.12 ms in batches of 32. A caller that waits for its confirm
@@ -176,6 +177,8 @@ class ConfirmWindow:
         self.channel.connection.process_data_events(time_limit=0)
         self._unwritten = 0  # process_data_events returns with the output written
         self._resend_nacked()
+        if self._unwritten:
+            self.write_out()  # the nacked ones, sent again
 
     def _resend_nacked(self) -> None:
         while self._retry:  # the broker could not take them: once more
@@ -310,8 +313,6 @@ class DirectLink:
                         deadline, below=below, report_returns=published, batch=batch
                     ):
                         raise unavailable(self.url, f"no publisher confirm in {timeout:g}s")
-                    if channel.unwritten:
-                        self._lingering.set()  # the keep-alive writes them in LINGER_SECONDS
                     return result
                 except COMMAND_ERRORS as exc:
                     raise BrokerError(f"RabbitMQ refused the message: {exc!r}") from exc
@@ -326,6 +327,8 @@ class DirectLink:
                         raise BrokerError(f"RabbitMQ command failed: {exc!r}") from exc
                     log.warning("RabbitMQ at %s (%s): %s; reconnecting", self.host, self.name, exc)
         finally:
+            if self._channel is not None and self._channel.unwritten:
+                self._lingering.set()  # the keep-alive writes them in LINGER_SECONDS
             self._lock.release()
 
     def _acquire(self, timeout: float) -> None:

@@ -54,8 +54,12 @@ from orchestra_cli.util import new_id, now
 log = logging.getLogger(__name__)
 
 MAX_CLAIM_ATTEMPTS = 3
-UNKNOWN_TASK_DELIVERIES = 3  # a message for a task not (yet) stored: 2 more looks
+# A message for a task not (yet) stored is looked at again, 0.25 s apart for its
+# first 2 s and then every 5 s, until it is older than the longest a create can
+# be retried (the Redis store's operation-token lifetime, 122 s by default).
+UNKNOWN_TASK_GRACE_SECONDS = 130.0
 UNKNOWN_TASK_RETRY_SECONDS = 0.25
+UNKNOWN_TASK_SLOW_RETRY = 5.0
 MEMORY_LINES = 200
 MEMORY_ITEMS = 5
 
@@ -219,10 +223,12 @@ class Agent:
         try:  # the common case, a queued task, is claimed in this one round trip
             task, claimed = self.state.claim(env.task_id, self.name)
         except NotFoundError:
-            if delivery.delivery_count < UNKNOWN_TASK_DELIVERIES:
-                # a submitter publishes while its create is on its way to the state
-                # store (TaskService.submit): look again shortly before giving up
-                return Nack(UNKNOWN_TASK_RETRY_SECONDS)
+            # A submitter publishes while its create is on its way to the state store
+            # (TaskService.submit), and that create may be retried for as long as Redis
+            # is out of reach: look again until the message is that old.
+            age = now() - env.time
+            if age < UNKNOWN_TASK_GRACE_SECONDS:
+                return Defer(UNKNOWN_TASK_RETRY_SECONDS if age < 2 else UNKNOWN_TASK_SLOW_RETRY)
             return DeadLetter(f"task {env.task_id} does not exist")
         if claimed:
             return self._execute(task)
@@ -339,10 +345,7 @@ class Agent:
         return self._succeed(task, response, metered)
 
     def _charge(self, task: Task, metered: MeteredProvider) -> None:
-        """Charge a deferred call now and write its metrics line."""
-        lines = metered.take_lines()
-        if lines:
-            self.b.journals.metrics.write_many(lines)
+        """Charge a deferred call now; its spend is in metrics.jsonl either way."""
         usage = metered.take_uncharged()
         if usage is None:
             return
@@ -422,23 +425,18 @@ class Agent:
             raise
         metered.take_uncharged()  # charged by the transition
         self.record.processed += 1
-        self.b.journals.metrics.write_many(
-            [
-                *metered.take_lines(),  # the call's line and the task's: one write
-                {
-                    "kind": "task",
-                    "task_id": task.id,
-                    "root_id": task.root_id,
-                    "agent": self.name,
-                    "role": self.role.name,
-                    "status": "succeeded",
-                    "model": response.model,
-                    "duration_s": round(
-                        (done.finished_at or now()) - (task.started_at or now()), 4
-                    ),
-                    **done.usage.model_dump(),  # every call of this task, charged by the meter
-                },
-            ]
+        self.b.journals.metrics.write(
+            {
+                "kind": "task",
+                "task_id": task.id,
+                "root_id": task.root_id,
+                "agent": self.name,
+                "role": self.role.name,
+                "status": "succeeded",
+                "model": response.model,
+                "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
+                **done.usage.model_dump(),  # every call of this task, charged by the meter
+            }
         )
         if not task.is_root:  # the rest of its tree sees it (``_memory``)
             self._remember(task, response)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from orchestra_cli.errors import BudgetExceeded, UsageError
 from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse
@@ -137,7 +136,6 @@ class MeteredProvider:
         self.name = inner.name
         self.defer_last = defer_last
         self._uncharged: Usage | None = None
-        self._unwritten: list[dict[str, Any]] = []
 
     @property
     def uncharged(self) -> Usage | None:
@@ -149,17 +147,10 @@ class MeteredProvider:
         usage, self._uncharged = self._uncharged, None
         return usage
 
-    def take_lines(self) -> list[dict[str, Any]]:
-        """The deferred call's ``metrics.jsonl`` line, for the caller to write with its own."""
-        lines, self._unwritten = self._unwritten, []
-        return lines
-
     def complete(self, request: LLMRequest) -> LLMResponse:
         earlier = self.take_uncharged()
         if earlier is not None:  # an earlier call counts before this call's budget check
             self.meter.state.add_usage(self.task.id, earlier)
-        if self._unwritten:
-            self.meter.journals.metrics.write_many(self.take_lines())
         self.meter.check(self.task)
         started = time.monotonic()
         response = self.inner.complete(request)
@@ -181,8 +172,6 @@ class MeteredProvider:
             "duration_s": round(time.monotonic() - started, 4),
             **response.usage.model_dump(),
         }
-        if self.defer_last:  # one write with the caller's own line (one system call, not two)
-            self._unwritten.append(line)
-        else:
-            self.meter.journals.metrics.write(line)
+        # written now, whatever happens to the task: the call's spend is on record
+        self.meter.journals.metrics.write(line)
         return response

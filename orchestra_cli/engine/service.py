@@ -132,14 +132,14 @@ class TaskService:
         sent: list[bool] = []
 
         def publish_early() -> None:
-            sent.append(True)
             publish_run(self.b.broker, task, confirm=confirm)
+            sent.append(True)
 
         stored, created = self.state.create_task(
             task, dispatch=data, meanwhile=publish_early if early else None
         )
         if created:
-            if stored.status != Status.QUEUED:  # not routed after all: the orchestrator will
+            if stored.status == Status.PENDING:  # not routed after all: the orchestrator will
                 publish_submit(self.b.broker, stored, confirm=confirm)
             elif not sent:
                 publish_run(self.b.broker, stored, confirm=confirm)

@@ -98,6 +98,18 @@ def _applied(task: Task, to: Status, ts: float, changes: dict[str, Any] | None =
     return task.model_copy(update=fields)
 
 
+class _Owned:
+    """A thread's script connection; disconnected when the thread (its ``threading.local``)
+    ends, or with the store."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: Any) -> None:
+        self.pid = os.getpid()
+        self.conn = conn
+        weakref.finalize(self, conn.disconnect)
+
+
 def _kind_of(exc: BaseException) -> str | None:
     """ "unreachable" (retry), "failed" (a Redis error reply), or None (not Redis's)."""
     if isinstance(exc, resp.RespConnectionError):
@@ -144,7 +156,7 @@ class RedisStateStore:
             else None
         )
         self._local = threading.local()  # each thread's script connection (_evalsha)
-        self._owned: weakref.WeakSet[Any] = weakref.WeakSet()  # a dead thread's goes with it
+        self._owned: weakref.WeakSet[_Owned] = weakref.WeakSet()  # for close()
         self._owned_lock = threading.Lock()
 
     @property
@@ -240,10 +252,18 @@ class RedisStateStore:
             {"p": self.prefix, "max": self.maxlen, "tok": new_id(), "ttl": self._op_ttl, **payload}
         )
         once = [meanwhile] if meanwhile is not None else []
-        return self._call(script, lambda: self._evalsha(self._scripts[script], body, once))
+        failed: list[BaseException] = []  # meanwhile's error, kept across retries
+        reply = self._call(script, lambda: self._evalsha(self._scripts[script], body, once, failed))
+        if failed:
+            raise failed[0]
+        return reply
 
     def _evalsha(
-        self, script: Any, body: str, meanwhile: list[Callable[[], None]] | None = None
+        self,
+        script: Any,
+        body: str,
+        meanwhile: list[Callable[[], None]] | None = None,
+        failed: list[BaseException] | None = None,
     ) -> Any:
         """EVALSHA on this thread's own connection, loading the script if the server lacks it.
 
@@ -253,14 +273,15 @@ class RedisStateStore:
         hand-over in a busy agent) cost an agent ~140 us of CPU per task.
         """
         conn = self._script_connection()
-        failed: BaseException | None = None
         try:
             conn.send_command("EVALSHA", script.sha, 0, body)
             if meanwhile:  # sent: now it runs, and never again on a retry
                 try:
                     meanwhile.pop()()
-                except BaseException as exc:  # raised once the script's outcome is read
-                    failed = exc
+                except BaseException as exc:  # raised once the script's outcome is known
+                    if failed is None:
+                        raise
+                    failed.append(exc)
             try:
                 reply = conn.read_response()
             except sys.modules["redis"].exceptions.NoScriptError:  # a restarted/flushed server
@@ -269,20 +290,20 @@ class RedisStateStore:
         except BaseException:  # a reply may still be on its way: never reuse the socket
             conn.disconnect()
             raise
-        if failed is not None:
-            raise failed
         return reply
 
     def _script_connection(self) -> Any:
-        owned = getattr(self._local, "conn", None)
-        if owned is not None and owned[0] == os.getpid():
-            return owned[1]
-        # first use on this thread, or in a forked child (the parent's socket is not ours)
-        conn = self.r.connection_pool.make_connection()
-        self._local.conn = (os.getpid(), conn)
+        owned: _Owned | None = getattr(self._local, "conn", None)
+        if owned is not None and owned.pid == os.getpid():
+            return owned.conn
+        # first use on this thread, or in a forked child (the parent's socket is not ours);
+        # made outside the pool, which would count it against max_connections for good
+        pool = self.r.connection_pool
+        owned = _Owned(pool.connection_class(**pool.connection_kwargs))
+        self._local.conn = owned
         with self._owned_lock:
-            self._owned.add(conn)
-        return conn
+            self._owned.add(owned)
+        return owned.conn
 
     def _task_spec(self, task: Task) -> dict[str, Any]:
         return {
@@ -509,8 +530,8 @@ class RedisStateStore:
         reply = self._run("transition", {"tr": spec, "time": ts})
         if bare and reply[0] == "ok":
             assert known is not None
-            if len(reply) > 1:  # the usage the script summed (as stored)
-                changes = {**changes, "usage": Usage.model_validate_json(reply[1])}
+            # the usage as stored: summed by the script, or added since ``known`` was read
+            changes = {**changes, "usage": Usage.model_validate_json(reply[1])}
             return _applied(known, to, ts, changes)
         return self._transition_result(task_id, to, expect_version, expect, reply)
 
@@ -712,8 +733,8 @@ class RedisStateStore:
         """Disconnect the pool and the threads' script connections."""
         with self._owned_lock:
             owned = list(self._owned)
-        for conn in owned:
-            conn.disconnect()
+        for held in owned:
+            held.conn.disconnect()
         if self._lite is not None:
             self._lite.close()
         if self._client is not None:

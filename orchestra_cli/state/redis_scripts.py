@@ -79,7 +79,7 @@ local function add_usage(key, delta)
 end
 
 -- Check and apply one transition of task ``id`` (payload fields of ``tr``).
--- Returns {'ok', hash} ({'ok'[, usage]} with ``tr.bare``: the caller knows the task)
+-- Returns {'ok', hash} ({'ok', usage} with ``tr.bare``: the caller knows the rest)
 -- | {'rejected', hash} | {'missing'}. One read, one write of the hash.
 local function transition(tr, time)
   local key = k('t', tr.id)
@@ -122,7 +122,8 @@ local function transition(tr, time)
     .. ',"agent":' .. now.agent
   if tr.terminal == '1' and now.error ~= 'null' then head = head .. ',"error":' .. now.error end
   add_event(tr.id, cjson.decode(cur[7]), tr.to, time, head .. '}', tr.edata)
-  if tr.bare then return usage and {'ok', usage} or {'ok'} end
+  -- bare: the caller knows the task but not its usage (add_usage keeps the version)
+  if tr.bare then return {'ok', usage or redis.call('HGET', key, 'usage')} end
   return {'ok', redis.call('HGETALL', key)}
 end
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import weakref
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -25,12 +26,30 @@ class RespError(Exception):
 
 
 class RespConnectionError(ConnectionError):
-    """The connection failed, timed out or was closed: safe to retry."""
+    """The connection failed, timed out or was closed, or the server cannot answer yet
+    (loading, busy script, too many clients): safe to retry."""
+
+
+# Error replies that mean "not now" rather than "no": retried, as redis-py does.
+_TRANSIENT = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "ERR max number of clients")
 
 
 def supported(url: str) -> bool:
-    """Plain ``redis://`` URLs only (TLS and unix sockets stay on redis-py)."""
-    return urlsplit(url).scheme == "redis"
+    """Plain ``redis://host[:port][/db]`` URLs only; TLS, unix sockets and URL options
+    (``?db=…``) stay on redis-py, which reads them all."""
+    parts = urlsplit(url)
+    return parts.scheme == "redis" and not parts.query
+
+
+class _Held:
+    """A thread's socket; closed when the thread (and so its ``threading.local``) ends."""
+
+    __slots__ = ("__weakref__", "pid", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.pid = os.getpid()
+        self.sock = sock
+        weakref.finalize(self, sock.close)
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
@@ -58,14 +77,14 @@ class LiteRedis:
         self.connect_timeout = connect_timeout
         self.client_name = client_name
         self._local = threading.local()
-        self._socks: list[socket.socket] = []
+        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()  # for close()
         self._lock = threading.Lock()
 
     # -- the connection ----------------------------------------------------------
     def _sock(self) -> socket.socket:
-        held = getattr(self._local, "sock", None)
-        if held is not None and held[0] == os.getpid():
-            return held[1]  # type: ignore[no-any-return]
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None and held.pid == os.getpid():
+            return held.sock
         try:
             sock = socket.create_connection((self.host, self.port), self.connect_timeout)
         except OSError as exc:
@@ -73,9 +92,10 @@ class LiteRedis:
             raise RespConnectionError(f"Error connecting to {where}: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.socket_timeout)
-        self._local.sock = (os.getpid(), sock)
+        held = _Held(sock)
+        self._local.held = held
         with self._lock:
-            self._socks.append(sock)
+            self._held.add(held)
         setup: list[tuple[Any, ...]] = []
         if self.password is not None:
             auth = (self.username, self.password) if self.username else (self.password,)
@@ -90,10 +110,7 @@ class LiteRedis:
         return sock
 
     def _drop(self, sock: socket.socket) -> None:
-        self._local.sock = None
-        with self._lock:
-            if sock in self._socks:
-                self._socks.remove(sock)
+        self._local.held = None
         sock.close()
 
     def _exchange(self, sock: socket.socket, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -110,12 +127,16 @@ class LiteRedis:
                     reader.feed(data)
                     continue
                 replies.append(reply)
-        except OSError as exc:  # timeouts included: a late reply must never be read as ours
-            self._drop(sock)
+        except (OSError, hiredis.ProtocolError, UnicodeDecodeError) as exc:
+            self._drop(sock)  # timeouts included: a late reply must never be read as ours
             raise RespConnectionError(f"Redis at {self.host}:{self.port}: {exc}") from exc
-        except RespConnectionError:
+        except BaseException:  # e.g. KeyboardInterrupt mid-reply: the socket is out of step
             self._drop(sock)
             raise
+        for reply in replies:
+            if isinstance(reply, RespError) and str(reply).startswith(_TRANSIENT):
+                self._drop(sock)
+                raise RespConnectionError(f"Redis at {self.host}:{self.port}: {reply}")
         return replies
 
     def execute(self, *commands: tuple[Any, ...]) -> list[Any]:
@@ -128,9 +149,9 @@ class LiteRedis:
 
     def close(self) -> None:
         with self._lock:
-            socks, self._socks = self._socks, []
-        for sock in socks:
-            sock.close()
+            held = list(self._held)
+        for h in held:
+            h.sock.close()
 
     # -- commands ------------------------------------------------------------------
     def hgetall(self, key: str) -> dict[str, str]:

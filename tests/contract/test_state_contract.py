@@ -106,8 +106,8 @@ def test_a_transition_built_from_the_known_task_equals_the_stored_one(
     task, _ = state.create_task(_task(capability="code"), dispatch={"queue": "work.code"})
     running, claimed = state.claim(task.id, "a1")
     assert claimed
+    # charged after ``running`` was read (usage does not move the version)
     state.add_usage(task.id, Usage(calls=1, input_tokens=3, cost_usd=0.1))
-    running = state.get_task(task.id)
     done = state.transition(
         task.id,
         Status.SUCCEEDED,

@@ -152,7 +152,8 @@ def test_malformed_messages_are_dead_lettered_and_consumers_keep_going(
     broker = d.backends.broker
     broker.publish_raw(Q_INTAKE, b"this is not json")
     broker.publish_raw("work.code", b'{"v": 1, "type": "task.explode", "task_id": "x"}')
-    broker.publish("work.code", Envelope(type=MSG_RUN, task_id="no-such-task"))
+    # older than the grace an agent gives a task whose create may still be on its way
+    broker.publish("work.code", Envelope(type=MSG_RUN, task_id="no-such-task", time=1.0))
     task_id = d.submit("--capability", "code", "after the garbage")
     d.wait_status(task_id, "succeeded")
     reasons = [

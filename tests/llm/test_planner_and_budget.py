@@ -216,21 +216,26 @@ def test_a_call_whose_result_is_discarded_is_still_charged_and_in_metrics(
 def test_a_message_for_a_task_not_yet_stored_is_looked_at_again_then_dead_lettered(
     backends: Backends,
 ) -> None:
-    """Submit publishes while the create is on its way: the first look may miss it."""
+    """Submit publishes while the create is on its way (and may be retried)."""
     from types import SimpleNamespace
 
-    from orchestra_cli.engine.agent import UNKNOWN_TASK_DELIVERIES, Agent
-    from orchestra_cli.engine.worker import DeadLetter, Nack
+    from orchestra_cli.engine.agent import UNKNOWN_TASK_GRACE_SECONDS, Agent
+    from orchestra_cli.engine.worker import DeadLetter, Defer
     from orchestra_cli.llm.offline import OfflineProvider
     from orchestra_cli.models import MSG_RUN, Envelope
+    from orchestra_cli.util import now
 
     agent = Agent(backends, load_roles()["coder"], OfflineProvider(), PromptLibrary(), name="a")
-    env = Envelope(type=MSG_RUN, task_id="01a214fa-0000-7000-8000-000000000000")
 
-    def delivery(count: int) -> object:
-        return SimpleNamespace(envelope=env, delivery_count=count, queue="work.code")
+    def handle(age: float) -> object:
+        env = Envelope(
+            type=MSG_RUN, task_id="01a214fa-0000-7000-8000-000000000000", time=now() - age
+        )
+        delivery = SimpleNamespace(envelope=env, delivery_count=3, queue="work.code")
+        return agent.handle(delivery)  # type: ignore[arg-type]
 
-    for count in range(1, UNKNOWN_TASK_DELIVERIES):
-        assert isinstance(agent.handle(delivery(count)), Nack)  # type: ignore[arg-type]
-    last = agent.handle(delivery(UNKNOWN_TASK_DELIVERIES))  # type: ignore[arg-type]
-    assert isinstance(last, DeadLetter) and "does not exist" in last.reason
+    fresh, later = handle(0.1), handle(30)
+    assert isinstance(fresh, Defer) and fresh.delay < 1  # soon, and not counted as poison
+    assert isinstance(later, Defer) and later.delay >= 1
+    old = handle(UNKNOWN_TASK_GRACE_SECONDS + 1)
+    assert isinstance(old, DeadLetter) and "does not exist" in old.reason

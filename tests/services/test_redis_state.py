@@ -174,7 +174,7 @@ def test_script_connections_are_per_thread_per_process_and_closed_with_the_store
         other.start()
         other.join()
         assert len(store._owned) >= 1  # the main thread's (the other thread's may be gone)
-        conns = list(store._owned)
+        conns = [held.conn for held in store._owned]
     finally:
         cleanup_services(b)
     assert all(c._sock is None for c in conns)  # closed with the backends
@@ -266,3 +266,63 @@ def test_task_reads_in_a_fresh_process_never_import_redis_py(svc: Backends, home
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [task.id, 2, False]
+
+
+def test_a_failed_meanwhile_is_reported_even_when_the_scripts_reply_was_lost(
+    svc: Backends,
+) -> None:
+    import redis
+
+    store = _store(svc)
+    conn = store._script_connection()
+    real = conn.read_response
+    lost: list[bool] = []
+
+    def read_response(*args: object, **kwargs: object) -> object:
+        if not lost:  # the script ran; its reply never arrives
+            lost.append(True)
+            real(*args, **kwargs)
+            raise redis.ConnectionError("reply lost")
+        return real(*args, **kwargs)
+
+    conn.read_response = read_response  # type: ignore[method-assign]
+
+    def broken() -> None:
+        raise RuntimeError("broker down")
+
+    task = Task(title="t", input="x", capability="code")
+    with pytest.raises(RuntimeError, match="broker down"):  # not swallowed by the retry
+        store.create_task(task, dispatch={"queue": "work.code"}, meanwhile=broken)
+    assert lost and store.get_task(task.id).status == Status.QUEUED
+
+
+def test_short_lived_threads_use_neither_pool_slots_nor_sockets_for_good(home: Path) -> None:
+    import gc
+    import threading
+
+    settings = services_settings(home)
+    settings.redis.max_connections = 4
+    b = open_backends(settings)
+    try:
+        store = _store(b)
+        task, _ = store.create_task(Task(title="t", input="x"))
+        errors: list[BaseException] = []
+
+        def work() -> None:  # a script (own connection) and reads (light client)
+            try:
+                store.append_event(task.id, task.root_id, "note")
+                store.get_task(task.id)
+            except BaseException as exc:
+                errors.append(exc)
+
+        for _ in range(12):  # more threads, one after another, than the pool allows
+            t = threading.Thread(target=work)
+            t.start()
+            t.join()
+        assert errors == []
+        gc.collect()
+        assert store._lite is not None and len(store._lite._held) <= 1  # closed with threads
+        assert len(store._owned) <= 1
+        assert store.count_events(task.id, "note") == 12
+    finally:
+        cleanup_services(b)

@@ -39,7 +39,9 @@ def serve(
     token = resolve_token(app.settings)
     check_serving_allowed(token, host, insecure)
     app.setup_logging("api", foreground=True)
-    api = create_app(app.backends(), app.roles, token=token)
+    backends = app.backends()
+    backends.start_background()  # a long-running process: its upkeep threads too
+    api = create_app(backends, app.roles, token=token)
     sock = bind(host, port)
     url = url_of(sock)
 
