@@ -261,7 +261,7 @@ class RabbitConsumer:
         self.name = name
         self._tags: dict[str, str] = {}  # consumer tag → logical queue
         self._raw: list[tuple[int, Any, Any, bytes]] = []
-        self._ready: queue.Queue[RabbitDelivery] = queue.Queue()
+        self._ready: queue.SimpleQueue[RabbitDelivery] = queue.SimpleQueue()
         self._declared = _Declared()
         from orchestra_cli.broker.rabbitmq_link import Link
 
