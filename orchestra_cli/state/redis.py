@@ -349,7 +349,7 @@ class RedisStateStore:
         reply = self._run("create", payload, meanwhile)
         if reply[0] == "created":  # queued as well (reply[2]): the script applied just this
             return (_applied(task, Status.QUEUED, ts) if len(reply) > 2 else task), True
-        if reply[0] == "dup":  # our own earlier attempt got through
+        if reply[0] == "dup" or reply[1] == task.id:  # our own earlier attempt got through
             return self.get_task(task.id), True
         return self.get_task(reply[1]), False
 

@@ -6,9 +6,10 @@ never re-encode user data with Lua's cjson (which would turn ``[]`` into
 ``{}`` and round floats). Keys are built from the payload's prefix ``p``:
 this targets a single Redis server (or a replica set), not Redis Cluster.
 
-Every mutating script takes an operation token ``tok``: a retry of an
-operation whose reply was lost (a timeout while the server was paused)
-finds its token and becomes a no-op instead of applying twice.
+Every mutating script but CREATE takes an operation token ``tok``: a retry
+of an operation whose reply was lost (a timeout while the server was paused)
+finds its token and becomes a no-op instead of applying twice. A retried
+CREATE finds its own task id (or idempotency key) instead.
 """
 
 from __future__ import annotations
@@ -129,10 +130,10 @@ end
 """
 )
 
+# No operation token: a retried create finds its own task (or its key) and says so.
 CREATE = (
     PRELUDE
     + """
-if not first_time(a.tok) then return {'dup'} end
 local t = a.task
 if t.idem ~= '' then
   local existing = redis.call('GET', k('idem', t.idem))

@@ -326,3 +326,29 @@ def test_short_lived_threads_use_neither_pool_slots_nor_sockets_for_good(home: P
         assert store.count_events(task.id, "note") == 12
     finally:
         cleanup_services(b)
+
+
+def test_a_create_whose_reply_was_lost_is_retried_and_reports_the_task_created_once(
+    svc: Backends,
+) -> None:
+    import redis
+
+    store = _store(svc)
+    conn = store._script_connection()
+    real = conn.read_response
+    lost: list[bool] = []
+
+    def read_response(*args: object, **kwargs: object) -> object:
+        if not lost:  # the script ran; its reply never arrives
+            lost.append(True)
+            real(*args, **kwargs)
+            raise redis.TimeoutError("reply lost")
+        return real(*args, **kwargs)
+
+    conn.read_response = read_response  # type: ignore[method-assign]
+    task = Task(title="t", input="x", capability="code", idempotency_key="once")
+    stored, created = store.create_task(task, dispatch={"queue": "work.code"})
+    assert lost and created and stored.id == task.id and stored.status == Status.QUEUED
+    assert [e.type for e in store.events(root_id=task.id)] == ["created", "queued"]
+    again, created = store.create_task(Task(title="t2", input="y", idempotency_key="once"))
+    assert not created and again.id == task.id  # another create with the key: the first task
