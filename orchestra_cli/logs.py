@@ -138,12 +138,7 @@ class JsonlWriter:
         self._tail: _Tail | None = None
 
     def write(self, record: dict[str, Any]) -> None:
-        self.write_many([record])
-
-    def write_many(self, records: list[dict[str, Any]]) -> None:
-        """Append several lines with one ``write``."""
-        stamp = iso(now())
-        line = "".join(redact(dumps({"time": stamp, **r})) + "\n" for r in records).encode()
+        line = (redact(dumps({"time": iso(now()), **record})) + "\n").encode("utf-8")
         try:
             os.write(self._file(), line)
         except OSError:  # e.g. its file system went away: open the path afresh, once

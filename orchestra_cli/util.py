@@ -1,4 +1,4 @@
-"""Small shared helpers: time-ordered ids, UTC time, JSON encoding."""
+"""Small shared helpers: time-ordered ids, UTC time, JSON encoding, per-thread resources."""
 
 from __future__ import annotations
 
@@ -7,11 +7,61 @@ import json
 import math
 import os
 import random
+import threading
 import time
 import uuid
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
+
+R = TypeVar("R")
+
+
+class _Held(Generic[R]):
+    __slots__ = ("__weakref__", "pid", "resource")
+
+    def __init__(self, resource: R, close: Callable[[R], None]) -> None:
+        self.pid = os.getpid()
+        self.resource = resource
+        weakref.finalize(self, close, resource)  # when its thread (its threading.local) ends
+
+
+class PerThread(Generic[R]):
+    """One resource per thread, e.g. a connection: made on first use (again in a
+    forked child, whose parent's is not its own), closed when its thread ends, when
+    the thread drops it, or by ``close_all``."""
+
+    def __init__(self, make: Callable[[], R], close: Callable[[R], None]) -> None:
+        self._make = make
+        self._close = close
+        self._local = threading.local()
+        self._held: weakref.WeakSet[_Held[R]] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def get(self) -> R:
+        held: _Held[R] | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():
+            held = _Held(self._make(), self._close)
+            self._local.held = held
+            with self._lock:
+                self._held.add(held)
+        return held.resource
+
+    def drop(self) -> None:
+        """Close this thread's resource; the next ``get`` makes a new one."""
+        held: _Held[R] | None = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None:
+            self._close(held.resource)
+
+    def close_all(self) -> None:
+        with self._lock:
+            held = list(self._held)
+        for h in held:
+            self._close(h.resource)
+
 
 # Ids need uniqueness, not secrecy: a generator seeded from the OS (again in
 # every forked child) gives 74 random bits per millisecond without the system

@@ -159,19 +159,20 @@ class MeteredProvider:
             self._uncharged = response.usage
         else:
             self.meter.state.add_usage(self.task.id, response.usage)
-        line = {
-            "kind": "llm_call",
-            "task_id": self.task.id,
-            "root_id": self.task.root_id,
-            "agent": self.agent,
-            "role": request.role,
-            "purpose": request.purpose,
-            "provider": response.provider,
-            "model": response.model,
-            "stop_reason": response.stop_reason,
-            "duration_s": round(time.monotonic() - started, 4),
-            **response.usage.model_dump(),
-        }
         # written now, whatever happens to the task: the call's spend is on record
-        self.meter.journals.metrics.write(line)
+        self.meter.journals.metrics.write(
+            {
+                "kind": "llm_call",
+                "task_id": self.task.id,
+                "root_id": self.task.root_id,
+                "agent": self.agent,
+                "role": request.role,
+                "purpose": request.purpose,
+                "provider": response.provider,
+                "model": response.model,
+                "stop_reason": response.stop_reason,
+                "duration_s": round(time.monotonic() - started, 4),
+                **response.usage.model_dump(),
+            }
+        )
         return response

@@ -20,12 +20,10 @@ from __future__ import annotations
 import functools
 import heapq
 import logging
-import os
 import random
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,7 +43,7 @@ from orchestra_cli.state import resp
 from orchestra_cli.state.base import check_changes, rejection_reason  # one wording
 from orchestra_cli.state.redis_lock import RedisLock
 from orchestra_cli.status import TERMINAL, Status
-from orchestra_cli.util import dumps, loads, new_id, now
+from orchestra_cli.util import PerThread, dumps, loads, new_id, now
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +96,6 @@ def _applied(task: Task, to: Status, ts: float, changes: dict[str, Any] | None =
     return task.model_copy(update=fields)
 
 
-class _Owned:
-    """A thread's script connection; disconnected when the thread (its ``threading.local``)
-    ends, or with the store."""
-
-    __slots__ = ("__weakref__", "conn", "pid")
-
-    def __init__(self, conn: Any) -> None:
-        self.pid = os.getpid()
-        self.conn = conn
-        weakref.finalize(self, conn.disconnect)
-
-
 def _kind_of(exc: BaseException) -> str | None:
     """ "unreachable" (retry), "failed" (a Redis error reply), or None (not Redis's)."""
     if isinstance(exc, resp.RespConnectionError):
@@ -155,9 +141,14 @@ class RedisStateStore:
             if resp.supported(url)
             else None
         )
-        self._local = threading.local()  # each thread's script connection (_evalsha)
-        self._owned: weakref.WeakSet[_Owned] = weakref.WeakSet()  # for close()
-        self._owned_lock = threading.Lock()
+        # each thread's script connection (_evalsha), made outside redis-py's pool,
+        # which would count it against max_connections for good
+        self._script_conns: PerThread[Any] = PerThread(
+            lambda: self.r.connection_pool.connection_class(
+                **self.r.connection_pool.connection_kwargs
+            ),
+            lambda conn: conn.disconnect(),
+        )
 
     @property
     def r(self) -> Any:
@@ -272,7 +263,7 @@ class RedisStateStore:
         and the pool's checkout (a readiness poll: a system call, so a GIL
         hand-over in a busy agent) cost an agent ~140 us of CPU per task.
         """
-        conn = self._script_connection()
+        conn = self._script_conns.get()
         try:
             conn.send_command("EVALSHA", script.sha, 0, body)
             if meanwhile:  # sent: now it runs, and never again on a retry
@@ -291,19 +282,6 @@ class RedisStateStore:
             conn.disconnect()
             raise
         return reply
-
-    def _script_connection(self) -> Any:
-        owned: _Owned | None = getattr(self._local, "conn", None)
-        if owned is not None and owned.pid == os.getpid():
-            return owned.conn
-        # first use on this thread, or in a forked child (the parent's socket is not ours);
-        # made outside the pool, which would count it against max_connections for good
-        pool = self.r.connection_pool
-        owned = _Owned(pool.connection_class(**pool.connection_kwargs))
-        self._local.conn = owned
-        with self._owned_lock:
-            self._owned.add(owned)
-        return owned.conn
 
     def _task_spec(self, task: Task) -> dict[str, Any]:
         return {
@@ -349,7 +327,7 @@ class RedisStateStore:
         reply = self._run("create", payload, meanwhile)
         if reply[0] == "created":  # queued as well (reply[2]): the script applied just this
             return (_applied(task, Status.QUEUED, ts) if len(reply) > 2 else task), True
-        if reply[0] == "dup" or reply[1] == task.id:  # our own earlier attempt got through
+        if reply[1] == task.id:  # "existing", and it is ours: an earlier attempt got through
             return self.get_task(task.id), True
         return self.get_task(reply[1]), False
 
@@ -731,10 +709,7 @@ class RedisStateStore:
 
     def close(self) -> None:
         """Disconnect the pool and the threads' script connections."""
-        with self._owned_lock:
-            owned = list(self._owned)
-        for held in owned:
-            held.conn.disconnect()
+        self._script_conns.close_all()
         if self._lite is not None:
             self._lite.close()
         if self._client is not None:

@@ -11,14 +11,13 @@ first use. Writes, scripts, streams and ``rediss://`` URLs stay on redis-py.
 
 from __future__ import annotations
 
-import os
 import socket
-import threading
-import weakref
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+
+from orchestra_cli.util import PerThread
 
 
 class RespError(Exception):
@@ -39,17 +38,6 @@ def supported(url: str) -> bool:
     (``?db=…``) stay on redis-py, which reads them all."""
     parts = urlsplit(url)
     return parts.scheme == "redis" and not parts.query
-
-
-class _Held:
-    """A thread's socket; closed when the thread (and so its ``threading.local``) ends."""
-
-    __slots__ = ("__weakref__", "pid", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.pid = os.getpid()
-        self.sock = sock
-        weakref.finalize(self, sock.close)
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
@@ -76,15 +64,10 @@ class LiteRedis:
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.client_name = client_name
-        self._local = threading.local()
-        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()  # for close()
-        self._lock = threading.Lock()
+        self._socks = PerThread(self._connect, socket.socket.close)
 
     # -- the connection ----------------------------------------------------------
-    def _sock(self) -> socket.socket:
-        held: _Held | None = getattr(self._local, "held", None)
-        if held is not None and held.pid == os.getpid():
-            return held.sock
+    def _connect(self) -> socket.socket:
         try:
             sock = socket.create_connection((self.host, self.port), self.connect_timeout)
         except OSError as exc:
@@ -92,10 +75,6 @@ class LiteRedis:
             raise RespConnectionError(f"Error connecting to {where}: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.socket_timeout)
-        held = _Held(sock)
-        self._local.held = held
-        with self._lock:
-            self._held.add(held)
         setup: list[tuple[Any, ...]] = []
         if self.password is not None:
             auth = (self.username, self.password) if self.username else (self.password,)
@@ -105,13 +84,13 @@ class LiteRedis:
         setup.append(("CLIENT", "SETNAME", self.client_name))
         for reply in self._exchange(sock, setup):
             if isinstance(reply, RespError):
-                self._drop(sock)
+                sock.close()
                 raise reply
         return sock
 
     def _drop(self, sock: socket.socket) -> None:
-        self._local.held = None
-        sock.close()
+        self._socks.drop()
+        sock.close()  # also when it is not (yet) this thread's
 
     def _exchange(self, sock: socket.socket, commands: list[tuple[Any, ...]]) -> list[Any]:
         reader = hiredis.Reader(encoding="utf-8", replyError=RespError)
@@ -141,17 +120,14 @@ class LiteRedis:
 
     def execute(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Send ``commands`` at once and return their replies; the first error reply raises."""
-        replies = self._exchange(self._sock(), list(commands))
+        replies = self._exchange(self._socks.get(), list(commands))
         for reply in replies:
             if isinstance(reply, RespError):
                 raise reply
         return replies
 
     def close(self) -> None:
-        with self._lock:
-            held = list(self._held)
-        for h in held:
-            h.sock.close()
+        self._socks.close_all()
 
     # -- commands ------------------------------------------------------------------
     def hgetall(self, key: str) -> dict[str, str]:

@@ -173,8 +173,9 @@ def test_script_connections_are_per_thread_per_process_and_closed_with_the_store
         other = threading.Thread(target=lambda: store.create_task(Task(title="t", input="x")))
         other.start()
         other.join()
-        assert len(store._owned) >= 1  # the main thread's (the other thread's may be gone)
-        conns = [held.conn for held in store._owned]
+        held = store._script_conns._held
+        assert len(held) >= 1  # the main thread's (the other thread's may be gone)
+        conns = [h.resource for h in held]
     finally:
         cleanup_services(b)
     assert all(c._sock is None for c in conns)  # closed with the backends
@@ -268,24 +269,31 @@ def test_task_reads_in_a_fresh_process_never_import_redis_py(svc: Backends, home
     assert json.loads(out.stdout) == [task.id, 2, False]
 
 
+def _lose_the_next_script_reply(store: RedisStateStore, error: Exception) -> list[bool]:
+    """The next script of this thread runs, but its reply is lost: ``error`` instead.
+    The returned list holds True once that happened."""
+    conn = store._script_conns.get()
+    real = conn.read_response
+    lost: list[bool] = []
+
+    def read_response(*args: object, **kwargs: object) -> object:
+        if not lost:
+            lost.append(True)
+            real(*args, **kwargs)
+            raise error
+        return real(*args, **kwargs)
+
+    conn.read_response = read_response
+    return lost
+
+
 def test_a_failed_meanwhile_is_reported_even_when_the_scripts_reply_was_lost(
     svc: Backends,
 ) -> None:
     import redis
 
     store = _store(svc)
-    conn = store._script_connection()
-    real = conn.read_response
-    lost: list[bool] = []
-
-    def read_response(*args: object, **kwargs: object) -> object:
-        if not lost:  # the script ran; its reply never arrives
-            lost.append(True)
-            real(*args, **kwargs)
-            raise redis.ConnectionError("reply lost")
-        return real(*args, **kwargs)
-
-    conn.read_response = read_response  # type: ignore[method-assign]
+    lost = _lose_the_next_script_reply(store, redis.ConnectionError("reply lost"))
 
     def broken() -> None:
         raise RuntimeError("broker down")
@@ -321,8 +329,8 @@ def test_short_lived_threads_use_neither_pool_slots_nor_sockets_for_good(home: P
             t.join()
         assert errors == []
         gc.collect()
-        assert store._lite is not None and len(store._lite._held) <= 1  # closed with threads
-        assert len(store._owned) <= 1
+        assert store._lite is not None and len(store._lite._socks._held) <= 1  # with threads
+        assert len(store._script_conns._held) <= 1
         assert store.count_events(task.id, "note") == 12
     finally:
         cleanup_services(b)
@@ -334,18 +342,7 @@ def test_a_create_whose_reply_was_lost_is_retried_and_reports_the_task_created_o
     import redis
 
     store = _store(svc)
-    conn = store._script_connection()
-    real = conn.read_response
-    lost: list[bool] = []
-
-    def read_response(*args: object, **kwargs: object) -> object:
-        if not lost:  # the script ran; its reply never arrives
-            lost.append(True)
-            real(*args, **kwargs)
-            raise redis.TimeoutError("reply lost")
-        return real(*args, **kwargs)
-
-    conn.read_response = read_response  # type: ignore[method-assign]
+    lost = _lose_the_next_script_reply(store, redis.TimeoutError("reply lost"))
     task = Task(title="t", input="x", capability="code", idempotency_key="once")
     stored, created = store.create_task(task, dispatch={"queue": "work.code"})
     assert lost and created and stored.id == task.id and stored.status == Status.QUEUED
