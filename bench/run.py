@@ -190,14 +190,12 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
 
         def latency() -> list[float]:
             samples = []
-            for i in range(latency_n):
+            for i in range(latency_n):  # `task submit --wait`: only the task's end wakes it
                 start = time.perf_counter()
-                task, _ = svc.submit(SubmitRequest(text=f"lat {i}", capability="code"))
-                seq, done = 0, False
-                while not done:  # blocks on the task's event log, like Celery's result get
-                    events = state.events(root_id=task.id, after=seq, wait=1.0)
-                    seq = events[-1].seq if events else seq
-                    done = any(e.type == "succeeded" for e in events)
+                task, _ = svc.submit(SubmitRequest(text=f"lat {i}", capability="code"), wait=True)
+                task = svc.wait(task, 60, counted=True)
+                svc.flush()  # and its message's confirm, collected
+                assert task.status == "succeeded", task.status
                 samples.append(time.perf_counter() - start)
             return samples
 

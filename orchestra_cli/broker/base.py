@@ -98,9 +98,11 @@ class Broker(Protocol):
         priority: int = 0,
         delay: float = 0.0,
         confirm: bool = True,
+        linger: bool = True,
     ) -> None:
         """Durable once it returns; with ``confirm=False`` a broker may confirm it
-        later, in a window with others (``flush`` waits for that)."""
+        later, in a window with others (``flush`` waits for that), and write it
+        with the next few (bulk) unless ``linger=False`` (sent now)."""
         ...
 
     def flush(self) -> None:
@@ -141,7 +143,9 @@ class Broker(Protocol):
     def close(self) -> None: ...
 
 
-def publish_run(broker: Broker, task: Task, *, delay: float = 0.0, confirm: bool = True) -> None:
+def publish_run(
+    broker: Broker, task: Task, *, delay: float = 0.0, confirm: bool = True, linger: bool = True
+) -> None:
     """Put ``task`` on its capability's work queue for its next attempt."""
     broker.publish(
         work_queue(task.capability or ""),
@@ -149,14 +153,18 @@ def publish_run(broker: Broker, task: Task, *, delay: float = 0.0, confirm: bool
         priority=task.priority,
         delay=delay,
         confirm=confirm,
+        linger=linger,
     )
 
 
-def publish_submit(broker: Broker, task: Task, *, confirm: bool = True) -> None:
+def publish_submit(
+    broker: Broker, task: Task, *, confirm: bool = True, linger: bool = True
+) -> None:
     """Hand ``task`` to the orchestrator (intake) to plan and route."""
     broker.publish(
         Q_INTAKE,
         Envelope(type=MSG_SUBMIT, task_id=task.id),
         priority=task.priority,
         confirm=confirm,
+        linger=linger,
     )

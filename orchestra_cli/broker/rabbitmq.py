@@ -458,13 +458,14 @@ class RabbitBroker:
         props: pika.BasicProperties,
         delay: float = 0.0,
         confirm: bool = True,
+        linger: bool = True,
     ) -> None:
         link = self._publisher()
 
         def command(ch: Channel) -> None:
             publish_on(ch, link, self.topo, self._declared, queue, body, props, delay)
 
-        link.call(command, PUBLISH_TIMEOUT_SECONDS, confirm=confirm)
+        link.call(command, PUBLISH_TIMEOUT_SECONDS, confirm=confirm, linger=linger)
 
     def publish(
         self,
@@ -474,11 +475,12 @@ class RabbitBroker:
         priority: int = 0,
         delay: float = 0.0,
         confirm: bool = True,
+        linger: bool = True,
     ) -> None:
         """Persistent; visible after ``delay`` seconds. Returns once RabbitMQ has
         confirmed it, or with ``confirm=False`` at once (``flush`` waits for it)."""
         props = _properties(envelope.id, envelope.type, priority, {H_DELIVERIES: 0})
-        self._publish(queue, envelope.encode(), props, delay, confirm)
+        self._publish(queue, envelope.encode(), props, delay, confirm, linger)
 
     def flush(self, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:
         """Wait until every message published so far is confirmed."""

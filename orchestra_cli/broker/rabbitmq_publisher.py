@@ -283,13 +283,20 @@ class DirectLink:
         self._keeper.start()
 
     def call(
-        self, command: Command, timeout: float, *, confirm: bool = True, flush: bool = False
+        self,
+        command: Command,
+        timeout: float,
+        *,
+        confirm: bool = True,
+        flush: bool = False,
+        linger: bool = True,
     ) -> Any:
         """Run ``command(channel)`` on this thread; reconnects (within ``timeout``) if needed.
 
         With ``confirm`` it returns once RabbitMQ has confirmed everything
         published so far; without, once the window has room (``WINDOW``), its
-        message possibly not yet written (``BATCH``, ``LINGER_SECONDS``). A
+        message possibly not yet written (``BATCH``, ``LINGER_SECONDS``) unless
+        ``linger=False`` (written now: a caller that waits for something else). A
         returned (unroutable) message is reported to a call that published, or
         to ``flush``.
         """
@@ -308,7 +315,7 @@ class DirectLink:
                         before = channel.sent
                         result, done = command(channel), True
                         published = published or channel.sent != before
-                    below, batch = (1, 1) if confirm else (WINDOW, BATCH)
+                    below, batch = (1, 1) if confirm else (WINDOW, BATCH if linger else 1)
                     if not channel.wait(
                         deadline, below=below, report_returns=published, batch=batch
                     ):

@@ -123,21 +123,16 @@ def _watch_lines(app: AppContext, task: Task, timeout: float | None) -> int:
     return _outcome(current)
 
 
-def wait_for(app: AppContext, task_id: str, *, timeout: float | None = None) -> int:
-    """Block until the task ends (`task submit --wait`); print its outcome."""
+def wait_for(
+    app: AppContext, task: Task, *, timeout: float | None = None, counted: bool = False
+) -> int:
+    """Block until the task ends (`task submit --wait`); print its outcome. Only the
+    end wakes it (``TaskService.wait``); ``counted``: submitted with ``wait=True``."""
     from orchestra_cli.cli.render import task_json
 
-    service = app.service()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    seq = 0
-    while True:
-        task = service.get(task_id)
-        if task.status in TERMINAL:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            return _timed_out(task, timeout or 0)
-        events = _next_events(app, task.root_id, seq, deadline)
-        seq = events[-1].seq if events else seq
+    task = app.service().wait(task, timeout, counted=counted)
+    if task.status not in TERMINAL:
+        return _timed_out(task, timeout or 0)
     if app.json:
         app.print_json({"task": task_json(task)})
     else:

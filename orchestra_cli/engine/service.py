@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from orchestra_cli.status import TERMINAL, Status
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
+WAIT_STEP_SECONDS = 1.0  # longest block in ``wait`` before its deadline is checked
 
 
 @dataclass
@@ -93,7 +95,9 @@ class TaskService:
         if req.max_attempts is not None and req.max_attempts < 1:
             raise UsageError("max attempts must be at least 1", "e.g. --max-attempts 3")
 
-    def submit(self, req: SubmitRequest, *, confirm: bool = True) -> tuple[Task, bool]:
+    def submit(
+        self, req: SubmitRequest, *, confirm: bool = True, wait: bool = False
+    ) -> tuple[Task, bool]:
         """Store the task and route it (or hand it to the orchestrator); (task, created).
 
         It returns once the task and its message are durable. With
@@ -102,7 +106,13 @@ class TaskService:
         ``flush()`` (or closing the backends) waits for the rest; a message
         lost with a crashed submitter is re-sent by the recovery sweep, since
         the task is in state.
+
+        ``wait``: the caller waits for the outcome next (``wait(task.id,
+        counted=True)``). The store counts the waiter as it creates the task,
+        and the message is written at once but its confirm not waited for: the
+        task's end says more, and ``wait`` collects the confirm.
         """
+        confirm, linger = (False, False) if wait else (confirm, True)
         self.validate(req)
         defaults = self.b.settings.tasks
         task = Task(
@@ -116,9 +126,9 @@ class TaskService:
             idempotency_key=req.idempotency_key,
         )
         if req.capability is None:  # the orchestrator plans it
-            stored, created = self.state.create_task(task)
+            stored, created = self.state.create_task(task, watch=wait)
             if created:
-                publish_submit(self.b.broker, stored, confirm=confirm)
+                publish_submit(self.b.broker, stored, confirm=confirm, linger=linger)
             return stored, created
         # The submitter chose the capability: there is nothing to plan (every
         # planner routes such a task as given), so it is routed here, in the
@@ -132,17 +142,17 @@ class TaskService:
         sent: list[bool] = []
 
         def publish_early() -> None:
-            publish_run(self.b.broker, task, confirm=confirm)
+            publish_run(self.b.broker, task, confirm=confirm, linger=linger)
             sent.append(True)
 
         stored, created = self.state.create_task(
-            task, dispatch=data, meanwhile=publish_early if early else None
+            task, dispatch=data, meanwhile=publish_early if early else None, watch=wait
         )
         if created:
             if stored.status == Status.PENDING:  # not routed after all: the orchestrator will
-                publish_submit(self.b.broker, stored, confirm=confirm)
+                publish_submit(self.b.broker, stored, confirm=confirm, linger=linger)
             elif not sent:
-                publish_run(self.b.broker, stored, confirm=confirm)
+                publish_run(self.b.broker, stored, confirm=confirm, linger=linger)
             if not live:
                 self.directory.note_no_agent(stored, req.capability)
             self.b.journals.decisions.write(plan.record(stored))
@@ -151,6 +161,30 @@ class TaskService:
     def flush(self) -> None:
         """Wait until every message ``submit(confirm=False)`` sent is durable."""
         self.b.broker.flush()
+
+    def wait(self, task: Task, timeout: float | None = None, *, counted: bool = False) -> Task:
+        """Block until ``task`` has ended; the task then, or as it is after ``timeout``.
+
+        Only the task's end wakes the caller (``StateStore.wait_ended``);
+        ``counted``: submitted with ``wait=True``. The broker's confirm of what
+        this process published is collected after the first second (a message
+        it refused is an error then, not a silent hang).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        flushed = False
+        while task.status not in TERMINAL:
+            left = WAIT_STEP_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return self.state.get_task(task.id)
+            step = min(left, WAIT_STEP_SECONDS)
+            ended = self.state.wait_ended(task.id, step, counted=counted)
+            if ended is not None:
+                return ended
+            counted = True
+            if not flushed:
+                self.flush()
+                flushed = True
+        return task
 
     def get(self, task_id: str) -> Task:
         return self.state.get_task(task_id)

@@ -27,6 +27,7 @@ class StateStore(Protocol):
         *,
         dispatch: dict[str, Any] | None = None,
         meanwhile: Callable[[], None] | None = None,
+        watch: bool = False,
     ) -> tuple[Task, bool]:
         """Store a new task; with an idempotency key already used, return that one.
 
@@ -36,6 +37,8 @@ class StateStore(Protocol):
         ``meanwhile`` runs once, while the store works (Redis: after the
         command is sent, before its reply is read; SQLite: after the commit);
         its exception is raised once the create's outcome is known.
+        ``watch``: the caller will wait for the task's end
+        (``wait_ended(counted=True)``), counted as a waiter in the same step.
         """
         ...
 
@@ -111,6 +114,14 @@ class StateStore(Protocol):
         With ``wait`` and none there yet, block up to ``wait`` seconds for the
         next one (a live view learns of a change at once instead of polling).
         """
+        ...
+
+    def wait_ended(self, task_id: str, wait: float, *, counted: bool = False) -> Task | None:
+        """The task once it has ended (succeeded, failed, cancelled), or None if it
+        has not after ``wait`` seconds (bounded: callers loop). Only its end
+        wakes the caller, not its other events. ``counted``: counted as a waiter
+        already (``create_task(watch=True)`` or an earlier call). NotFoundError
+        when there is no such task."""
         ...
 
     def count_events(self, task_id: str, type: str) -> int: ...

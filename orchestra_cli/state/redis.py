@@ -55,6 +55,8 @@ MAX_BACKOFF_SECONDS = 2.0
 MIN_PREFIX_LENGTH = 4
 ID_LENGTH = 36
 LIST_PAGE = 200
+# A waiter's count outlives its BLPOPs (each renews it), not a waiter that went away.
+WAIT_TTL_SECONDS = 300
 
 _NOT_FOUND_HINT = "`orchestra task list` shows known ids"
 
@@ -189,6 +191,7 @@ class RedisStateStore:
                 "transition": lua.TRANSITION,
                 "claim": lua.CLAIM,
                 "event": lua.EVENT,
+                "wait_end": lua.WAIT_END,
                 "usage": lua.ADD_USAGE,
                 "save_agent": lua.SAVE_AGENT,
                 "stop_agent": lua.STOP_AGENT,
@@ -314,12 +317,15 @@ class RedisStateStore:
         *,
         dispatch: dict[str, Any] | None = None,
         meanwhile: Callable[[], None] | None = None,
+        watch: bool = False,
     ) -> tuple[Task, bool]:
         """Store a new task (queued at once with ``dispatch``); an idempotency key
         already used returns that task instead. ``meanwhile`` runs once the
-        script is sent, while Redis runs it."""
+        script is sent, while Redis runs it; ``watch`` counts a waiter for its end."""
         ts = now()
         payload: dict[str, Any] = {"task": self._task_spec(task), "time": ts}
+        if watch:
+            payload.update(watch=True, wttl=WAIT_TTL_SECONDS)
         if dispatch is not None:
             payload["tr"] = self._transition_spec(
                 task.id, Status.QUEUED, None, [Status.PENDING], dispatch, {}, ts
@@ -475,7 +481,6 @@ class RedisStateStore:
             "check_es": "0" if es is None else "1",
             "es": es or [],
             "fields": _encode_fields({**changes, **_timestamps(to, ts)}),
-            "terminal": "1" if to in TERMINAL else "0",
             "edata": dumps(event_data or {}),
         }
 
@@ -596,6 +601,47 @@ class RedisStateStore:
             )
             for _, f in entries
         ]
+
+    def wait_ended(self, task_id: str, wait: float, *, counted: bool = False) -> Task | None:
+        """The task once it has ended, or None after ``wait`` (bounded well inside
+        the socket timeout). BLPOP on the task's ``ended`` list, which the
+        transition that ends it fills (redis_scripts: ``watch_end``), pipelined
+        with HGETALL: Redis runs it as soon as the BLPOP returns (one round trip)."""
+        if not counted and self._watch_end(task_id, renew=False) in TERMINAL:
+            return self.get_task(task_id)
+        block = min(wait, self.settings.socket_timeout / 2)
+        if block > 0:
+            ended = self._call("wait for the task's end", lambda: self._blpop(task_id, block))
+            if ended is not None:
+                return ended
+        # still counted (or counted again, if the count expired); or it ended meanwhile
+        if self._watch_end(task_id, renew=True) in TERMINAL:
+            return self.get_task(task_id)
+        return None
+
+    def _watch_end(self, task_id: str, *, renew: bool) -> Status:
+        reply = self._run("wait_end", {"id": task_id, "renew": renew, "wttl": WAIT_TTL_SECONDS})
+        if reply == "missing":
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        return Status(reply)
+
+    def _blpop(self, task_id: str, block: float) -> Task | None:
+        """BLPOP + HGETALL on this thread's script connection (no pool checkout)."""
+        conn = self._script_conns.get()
+        try:
+            conn.send_packed_command(
+                conn.pack_commands(
+                    [
+                        ("BLPOP", self.key("ended", task_id), f"{block:.3f}"),
+                        ("HGETALL", self.key("t", task_id)),
+                    ]
+                )
+            )
+            popped, flat = conn.read_response(), conn.read_response()
+        except BaseException:  # a reply may still be on its way: never reuse the socket
+            conn.disconnect()
+            raise
+        return None if popped is None or not flat else _task_from_hash(flat)
 
     def count_events(self, task_id: str, type: str) -> int:
         """How many events of ``type`` the task has had (kept apart from trimming)."""

@@ -9,7 +9,8 @@ this targets a single Redis server (or a replica set), not Redis Cluster.
 Every mutating script but CREATE takes an operation token ``tok``: a retry
 of an operation whose reply was lost (a timeout while the server was paused)
 finds its token and becomes a no-op instead of applying twice. A retried
-CREATE finds its own task id (or idempotency key) instead.
+CREATE finds its own task id (or idempotency key) instead. ``watch`` (CREATE)
+and WAIT_END count a waiter for the task's end (``ended`` below).
 """
 
 from __future__ import annotations
@@ -39,6 +40,37 @@ local ALLOWED = """
 local function first_time(tok)
   if tok == nil or tok == '' then return true end
   return redis.call('SET', k('op', tok), '1', 'NX', 'EX', a.ttl) ~= false
+end
+
+local TERMINAL = {succeeded = true, failed = true, cancelled = true}
+
+-- Waiting for a task's end (``wait_ended``): a waiter counts itself in the
+-- task's ``waiting`` key, then blocks on BLPOP of its ``ended`` list; the
+-- transition that ends the task pushes one item per waiter. A waiter never
+-- wakes for the task's other events (the event stream would wake it for each).
+local function ended(id, status, n)
+  local key = k('ended', id)
+  for _ = 1, n do redis.call('LPUSH', key, status) end
+  redis.call('EXPIRE', key, 60)
+  redis.call('DEL', k('waiting', id))
+end
+
+-- Count a waiter in (``renew``: one already counted, unless its count expired);
+-- a task that has ended gets its item at once. Returns the status (nil: no task).
+local function watch_end(id, renew)
+  local cur = redis.call('HGET', k('t', id), 'status')
+  if not cur then return nil end
+  local status = cjson.decode(cur)
+  local key = k('waiting', id)
+  if TERMINAL[status] then
+    ended(id, status, 1)
+  elseif renew and redis.call('EXPIRE', key, a.wttl) == 1 then
+    return status
+  else
+    redis.call('INCR', key)
+    redis.call('EXPIRE', key, a.wttl)
+  end
+  return status
 end
 
 local function add_event(task_id, root_id, etype, time, head, data)
@@ -121,8 +153,14 @@ local function transition(tr, time)
   end
   local head = '{"from":"' .. status .. '","to":"' .. tr.to .. '","attempt":' .. now.attempts
     .. ',"agent":' .. now.agent
-  if tr.terminal == '1' and now.error ~= 'null' then head = head .. ',"error":' .. now.error end
+  if TERMINAL[tr.to] and now.error ~= 'null' then head = head .. ',"error":' .. now.error end
   add_event(tr.id, cjson.decode(cur[7]), tr.to, time, head .. '}', tr.edata)
+  if TERMINAL[tr.to] then
+    local waiting = redis.call('GET', k('waiting', tr.id))
+    if waiting then ended(tr.id, tr.to, tonumber(waiting)) end
+  elseif TERMINAL[status] then  -- reopened (retry): what it pushed when it ended is stale
+    redis.call('DEL', k('ended', tr.id))
+  end
   -- bare: the caller knows the task but not its usage (add_usage keeps the version)
   if tr.bare then return {'ok', usage or redis.call('HGET', key, 'usage')} end
   return {'ok', redis.call('HGETALL', key)}
@@ -137,10 +175,17 @@ CREATE = (
 local t = a.task
 if t.idem ~= '' then
   local existing = redis.call('GET', k('idem', t.idem))
-  if existing then return {'existing', existing} end
+  if existing then
+    if a.watch then watch_end(existing, false) end
+    return {'existing', existing}
+  end
   redis.call('SET', k('idem', t.idem), t.id)
 end
-if not create_one(t, a.time) then return {'existing', t.id} end
+if not create_one(t, a.time) then
+  if a.watch then watch_end(t.id, true) end  -- a retry: counted already, if it got through
+  return {'existing', t.id}
+end
+if a.watch then watch_end(t.id, false) end
 if a.tr then  -- routed at creation: queued, unless the transition was refused
   a.tr.bare = true
   if transition(a.tr, a.time)[1] == 'ok' then return {'created', t.id, 'queued'} end
@@ -203,6 +248,13 @@ local key = k('t', a.id)
 if redis.call('EXISTS', key) == 0 then return 0 end
 add_usage(key, a.delta)
 return 1
+"""
+)
+
+WAIT_END = (
+    PRELUDE
+    + """
+return watch_end(a.id, a.renew) or 'missing'
 """
 )
 

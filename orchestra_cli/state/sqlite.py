@@ -42,6 +42,7 @@ def _task_params(task: Task) -> tuple[Any, ...]:
 # how often a waiting event read looks at data_version: from 0.5 ms, doubling to 20 ms
 EVENT_WAIT_FIRST_STEP_SECONDS = 0.0005
 EVENT_WAIT_MAX_STEP_SECONDS = 0.02
+_NOT_FOUND_HINT = "`orchestra task list` shows known ids"
 
 
 class SQLiteStateStore:
@@ -87,8 +88,9 @@ class SQLiteStateStore:
         *,
         dispatch: dict[str, Any] | None = None,
         meanwhile: Callable[[], None] | None = None,
+        watch: bool = False,
     ) -> tuple[Task, bool]:
-        result = self._create(task, dispatch)
+        result = self._create(task, dispatch)  # watch: wait_ended needs no count here
         if meanwhile is not None:  # nothing to overlap with here: after the commit
             meanwhile()
         return result
@@ -129,9 +131,7 @@ class SQLiteStateStore:
     def _load(self, conn: sqlite3.Connection, task_id: str) -> Task:
         row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
-            raise NotFoundError(
-                f"task {task_id} not found", "`orchestra task list` shows known ids"
-            )
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
         return _row_to_task(row)
 
     def get_task(self, task_id: str) -> Task:
@@ -150,7 +150,7 @@ class SQLiteStateStore:
                 raise UsageError(
                     f"task id prefix {task_id} is ambiguous", "give more characters of the id"
                 )
-        raise NotFoundError(f"task {task_id} not found", "`orchestra task list` shows known ids")
+        raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
 
     def list_tasks(
         self,
@@ -303,17 +303,8 @@ class SQLiteStateStore:
         while True:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             rows = conn.execute(sql, params).fetchall()
-            if rows or time.monotonic() >= deadline:
+            if rows or not _changed(conn, version, deadline):
                 break
-            # another connection's commit moves data_version: look again only then;
-            # checked often at first (a change is usually near), less while quiet
-            step = EVENT_WAIT_FIRST_STEP_SECONDS
-            while conn.execute("PRAGMA data_version").fetchone()[0] == version:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                time.sleep(min(step, left))
-                step = min(step * 2, EVENT_WAIT_MAX_STEP_SECONDS)
         return [
             Event(
                 seq=r["seq"],
@@ -325,6 +316,20 @@ class SQLiteStateStore:
             )
             for r in rows
         ]
+
+    def wait_ended(self, task_id: str, wait: float, *, counted: bool = False) -> Task | None:
+        conn = self.db.conn()
+        deadline = time.monotonic() + wait
+        while True:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+            task = _row_to_task(row)
+            if task.status in TERMINAL:
+                return task
+            if not _changed(conn, version, deadline):
+                return None
 
     def count_events(self, task_id: str, type: str) -> int:
         row = (
@@ -415,3 +420,18 @@ class SQLiteStateStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _changed(conn: sqlite3.Connection, version: int, deadline: float) -> bool:
+    """Wait until another connection commits (``data_version`` moves); False at ``deadline``.
+
+    Checked often at first (a change is usually near), less while quiet.
+    """
+    step = EVENT_WAIT_FIRST_STEP_SECONDS
+    while conn.execute("PRAGMA data_version").fetchone()[0] == version:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(step, left))
+        step = min(step * 2, EVENT_WAIT_MAX_STEP_SECONDS)
+    return True

@@ -297,3 +297,73 @@ def test_an_event_read_can_wait_for_the_next_event(contract_backends: Backends) 
     assert [e.type for e in got] == ["queued"] and time.monotonic() - started < 1.5
     assert state.events(after=seq - 1, wait=5.0)[0].seq == seq  # there already: no wait
     timer.join()
+
+
+def test_a_wait_for_the_end_wakes_at_the_end_and_not_before(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task(capability="code"), watch=True)
+    steps = [
+        (0.1, lambda: state.transition(task.id, Status.QUEUED)),
+        (0.2, lambda: state.claim(task.id, "a1")),
+        (0.5, lambda: state.transition(task.id, Status.SUCCEEDED, result="done")),
+    ]
+    timers = [threading.Timer(delay, step) for delay, step in steps]
+    for timer in timers:
+        timer.start()
+    started = time.monotonic()
+    ended = state.wait_ended(task.id, 3.0, counted=True)
+    elapsed = time.monotonic() - started
+    assert ended is not None and ended.status == Status.SUCCEEDED and ended.result == "done"
+    assert 0.45 <= elapsed < 2.5  # the queued and running transitions did not wake it
+    assert ended == state.get_task(task.id)
+    for timer in timers:
+        timer.join()
+    # an ended task answers at once; so does a second waiter, with its own wake-up
+    started = time.monotonic()
+    again = state.wait_ended(task.id, 3.0)
+    assert again is not None and again.status == Status.SUCCEEDED
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(NotFoundError):
+        state.wait_ended("0" * 36, 0.1)
+
+
+def test_every_waiter_wakes_and_a_wait_times_out_with_none(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task(capability="code"))
+    started = time.monotonic()
+    assert state.wait_ended(task.id, 0.3) is None
+    assert 0.25 <= time.monotonic() - started < 2
+    woken: list[Status] = []
+
+    def waiter() -> None:
+        ended = state.wait_ended(task.id, 5.0)
+        woken.append(ended.status if ended is not None else Status.PENDING)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    state.transition(task.id, Status.CANCELLED, error="stopped")
+    for t in threads:
+        t.join(timeout=10)
+    assert woken == [Status.CANCELLED] * 3
+
+
+def test_a_task_reopened_after_its_end_is_waited_for_again(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task(capability="code"), watch=True)
+    state.transition(task.id, Status.FAILED, error="boom")
+    ended = state.wait_ended(task.id, 1.0, counted=True)
+    assert ended is not None and ended.status == Status.FAILED
+    state.create_task(_task(capability="code"))  # unrelated traffic
+    state.transition(task.id, Status.PENDING)  # an operator's retry
+    # what its first end left for waiters is gone: this one waits for the next end
+    assert state.wait_ended(task.id, 0.3) is None
+    state.transition(task.id, Status.QUEUED)
+    timer = threading.Timer(0.2, lambda: state.transition(task.id, Status.CANCELLED))
+    timer.start()
+    ended = state.wait_ended(task.id, 3.0)
+    assert ended is not None and ended.status == Status.CANCELLED
+    timer.join()

@@ -273,3 +273,26 @@ def test_a_running_orchestrator_is_in_the_registry_and_stops_when_asked(
     assert run.popen.wait(timeout=20) == 0
     assert d.backends.state.get_agent(name).status == "stopped"
     assert d.cli("health", "--check", "orchestrator", expect=0).code == 0  # idle: a warning
+
+
+def test_submit_wait_prints_the_outcome_and_exits_with_it(deployment: Deployment) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "200"
+    d.start("agent", "start", "coder")
+    done = d.cli("--json", "task", "submit", "--wait", "-c", "code", "embedded and waited")
+    task = json.loads(done.out)["task"]  # one document: the outcome
+    assert task["status"] == "succeeded" and task["result"]
+    failed = d.cli(
+        "task",
+        "submit",
+        "--wait",
+        "-c",
+        "code",
+        "--timeout",
+        "0.05",
+        "--max-attempts",
+        "1",
+        "x",
+        expect=1,
+    )
+    assert "timed out" in failed.out + failed.err

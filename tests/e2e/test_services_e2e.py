@@ -406,3 +406,47 @@ def test_task_submit_on_services_imports_neither_anthropic_nor_hvac(svc_env: Env
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()}
     assert "pika" in imported and "redis" in imported  # the check can see imports
     assert "anthropic" not in imported and "hvac" not in imported
+
+
+def test_submit_wait_returns_with_the_outcome_as_the_task_ends(svc_env: Env) -> None:
+    """`task submit --wait`: woken by the task's end (not its other events), with the
+    outcome as exit code, also for a task the orchestrator routes."""
+    with processes() as procs:
+        _start(svc_env, procs, ["run"], "orchestrator")
+        _start(
+            svc_env,
+            procs,
+            ["agent", "start", "coder", "--name", "waited"],
+            "waited",
+            ORCHESTRA_LLM__OFFLINE__LATENCY_MS="300",
+        )
+        args = ["--json", "task", "submit", "--wait", "--capability", "code", "hello"]
+        started = time.monotonic()
+        done = run_orchestra(args, svc_env.vars, svc_env.cwd)
+        assert done.code == 0, done
+        task = json.loads(done.out)["task"]
+        assert task["status"] == "succeeded" and task["result"]
+        assert 0.3 <= time.monotonic() - started < 30
+        planned = run_orchestra(  # no capability: through the orchestrator's intake
+            ["--json", "task", "submit", "--wait", "write a parser"], svc_env.vars, svc_env.cwd
+        )
+        assert planned.code == 0, planned
+        assert json.loads(planned.out)["task"]["status"] == "succeeded"
+        failing = run_orchestra(
+            [
+                "task",
+                "submit",
+                "--wait",
+                "-c",
+                "code",
+                "--timeout",
+                "0.1",
+                "--max-attempts",
+                "1",
+                "x",
+            ],
+            svc_env.vars,
+            svc_env.cwd,
+        )
+        assert failing.code == 1, failing
+        assert "timed out" in failing.out + failing.err

@@ -146,11 +146,12 @@ def submit(
         labels=labels,
         idempotency_key=idempotency_key,
     )
-    task, created = app.service().submit(req)
-    if app.json and not wait:
-        from orchestra_cli.cli.render import task_json
+    task, created = app.service().submit(req, wait=wait)
+    if app.json:  # one document: with --wait, the outcome's (wait_for)
+        if not wait:
+            from orchestra_cli.cli.render import task_json
 
-        app.print_json({"created": created, "task": task_json(task)})
+            app.print_json({"created": created, "task": task_json(task)})
     elif app.quiet:
         print(task.id, flush=True)
     else:
@@ -161,7 +162,7 @@ def submit(
         return 0
     from orchestra_cli.cli.watch import wait_for
 
-    return wait_for(app, task.id)
+    return wait_for(app, task, counted=True)
 
 
 @task_app.command("watch")
