@@ -644,9 +644,18 @@ class RedisStateStore:
         return None if popped is None or not flat else _task_from_hash(flat)
 
     def count_events(self, task_id: str, type: str) -> int:
-        """How many events of ``type`` the task has had (kept apart from trimming)."""
-        n = self._call("count events", lambda: self.r.hget(self.key("evc", task_id), type))
-        return int(n or 0)
+        """How many events of ``type`` the task has had (an audit: reads its tree's
+        whole event stream, which keeps ``stream_maxlen`` events per tree)."""
+        root = self.get_task(task_id).root_id
+        key = self.key("events", root)
+        count, after = 0, "-"
+        while True:
+            read = functools.partial(self.r.xrange, key, after, "+", count=1000)
+            page: list[Any] = self._call("count events", read)
+            count += sum(1 for _, f in page if f["task"] == task_id and f["type"] == type)
+            if len(page) < 1000:
+                return count
+            after = "(" + page[-1][0]
 
     # -- agents ------------------------------------------------------------
     def save_agent(self, agent: AgentRecord) -> bool:

@@ -8,7 +8,9 @@ this targets a single Redis server (or a replica set), not Redis Cluster.
 
 Every mutating script but CREATE takes an operation token ``tok``: a retry
 of an operation whose reply was lost (a timeout while the server was paused)
-finds its token and becomes a no-op instead of applying twice. A retried
+finds its token and becomes a no-op instead of applying twice. A versioned
+transition or a claim keeps it in the task's hash (``op``); the others in a
+key of its own that expires (``first_time``). A retried
 CREATE finds its own task id (or idempotency key) instead. ``watch`` (CREATE)
 and WAIT_END count a waiter for the task's end (``ended`` below).
 """
@@ -80,7 +82,6 @@ local function add_event(task_id, root_id, etype, time, head, data)
                   'time', time, 'head', head, 'data', data}
   redis.call('XADD', k('events'), 'MAXLEN', '~', a.max, id, unpack(fields))
   redis.call('XADD', k('events', root_id), 'MAXLEN', '~', a.max, id, unpack(fields))
-  redis.call('HINCRBY', k('evc', task_id), etype, 1)
   return seq
 end
 
@@ -103,23 +104,37 @@ local function create_one(t, time)
 end
 
 -- Usage holds only numbers, so decoding and re-encoding it with cjson is safe.
-local function add_usage(key, delta)
-  local u = cjson.decode(redis.call('HGET', key, 'usage'))
+local function add_usage(usage, delta)
+  local u = cjson.decode(usage)
   for name, v in pairs(cjson.decode(delta)) do u[name] = (u[name] or 0) + v end
-  local encoded = cjson.encode(u)
-  redis.call('HSET', key, 'usage', encoded)
-  return encoded
+  return cjson.encode(u)
 end
 
--- Check and apply one transition of task ``id`` (payload fields of ``tr``).
+-- Check and apply one transition of task ``tr.id``; ``tok`` is the operation's token.
+-- A versioned transition, a claim and a ``guarded`` one (the caller checked the
+-- status) keep it in the hash ('op'): a retry whose reply was lost finds it there
+-- ({'dup'}), and a retry after someone else's change fails the version (or
+-- status) check instead of applying twice. Others keep it as a key of its own
+-- (``first_time``). ``claim``: only from queued, attempts + 1; any other status
+-- returns {'current', hash}.
 -- Returns {'ok', hash} ({'ok', usage} with ``tr.bare``: the caller knows the rest)
--- | {'rejected', hash} | {'missing'}. One read, one write of the hash.
-local function transition(tr, time)
+-- | {'rejected', hash} | {'current', hash} | {'missing'} | {'dup'}. One read, one write.
+local function transition(tr, time, tok, claim, guarded)
   local key = k('t', tr.id)
   local cur = redis.call('HMGET', key, 'status', 'version', 'agent', 'attempts', 'error',
-                         'created_at', 'root_id')
+                         'created_at', 'root_id', 'usage', 'op')
   if not cur[1] then return {'missing'} end
+  local op = nil
+  if tok and tok ~= '' then
+    if claim or guarded or tr.ev ~= '' then
+      op = '"' .. tok .. '"'
+      if cur[9] == op then return {'dup'} end
+    elseif not first_time(tok) then
+      return {'dup'}
+    end
+  end
   local status = cjson.decode(cur[1])
+  if claim and status ~= 'queued' then return {'current', redis.call('HGETALL', key)} end
   local ok = true
   if tr.ev ~= '' and tonumber(tr.ev) ~= tonumber(cur[2]) then ok = false end
   if ok and tr.check_es == '1' then
@@ -129,16 +144,29 @@ local function transition(tr, time)
   end
   if ok and not ALLOWED[status][tr.to] then ok = false end
   if not ok then return {'rejected', redis.call('HGETALL', key)} end
+  local fields = tr.fields
+  if claim then
+    table.insert(fields, 'attempts')
+    table.insert(fields, tostring(tonumber(cur[4]) + 1))
+  end
   -- what the event head and the indexes need, after this change
   local now = {agent = cur[3], attempts = cur[4], error = cur[5]}
-  local fields = tr.fields
   for i = 1, #fields, 2 do
     if now[fields[i]] ~= nil then now[fields[i]] = fields[i + 1] end
   end
   table.insert(fields, 'version')
   table.insert(fields, tostring(tonumber(cur[2]) + 1))
+  local usage = cur[8]
+  if tr.usage then
+    usage = add_usage(usage, tr.usage)
+    table.insert(fields, 'usage')
+    table.insert(fields, usage)
+  end
+  if op then
+    table.insert(fields, 'op')
+    table.insert(fields, op)
+  end
   redis.call('HSET', key, unpack(fields))
-  local usage = tr.usage and add_usage(key, tr.usage)
   if status ~= tr.to then
     redis.call('ZREM', k('by', 'status', status), tr.id)
     redis.call('ZADD', k('by', 'status', tr.to), cur[6], tr.id)
@@ -161,8 +189,8 @@ local function transition(tr, time)
   elseif TERMINAL[status] then  -- reopened (retry): what it pushed when it ended is stale
     redis.call('DEL', k('ended', tr.id))
   end
-  -- bare: the caller knows the task but not its usage (add_usage keeps the version)
-  if tr.bare then return {'ok', usage or redis.call('HGET', key, 'usage')} end
+  -- bare: the caller knows the task but not its usage
+  if tr.bare then return {'ok', usage} end
   return {'ok', redis.call('HGETALL', key)}
 end
 """
@@ -197,22 +225,21 @@ return {'created', t.id}
 SUBTASKS = (
     PRELUDE
     + """
-if not first_time(a.tok) then return {'dup'} end
-local cur = redis.call('HGET', k('t', a.tr.id), 'status')
-if not cur then return {'missing'} end
-if cjson.decode(cur) ~= 'pending' then
+local cur = redis.call('HMGET', k('t', a.tr.id), 'status', 'op')
+if not cur[1] then return {'missing'} end
+if cur[2] == '"' .. a.tok .. '"' then return {'dup'} end  -- see transition()
+if cjson.decode(cur[1]) ~= 'pending' then
   return {'rejected', redis.call('HGETALL', k('t', a.tr.id))}
 end
 for _, child in ipairs(a.children) do create_one(child, a.time) end
-return transition(a.tr, a.time)
+return transition(a.tr, a.time, a.tok, false, true)
 """
 )
 
 TRANSITION = (
     PRELUDE
     + """
-if not first_time(a.tok) then return {'dup'} end
-return transition(a.tr, a.time)
+return transition(a.tr, a.time, a.tok)
 """
 )
 
@@ -221,14 +248,7 @@ return transition(a.tr, a.time)
 CLAIM = (
     PRELUDE
     + """
-if not first_time(a.tok) then return {'dup'} end
-local key = k('t', a.tr.id)
-local cur = redis.call('HMGET', key, 'status', 'attempts')
-if not cur[1] then return {'missing'} end
-if cjson.decode(cur[1]) ~= 'queued' then return {'current', redis.call('HGETALL', key)} end
-table.insert(a.tr.fields, 'attempts')
-table.insert(a.tr.fields, tostring(tonumber(cur[2]) + 1))
-return transition(a.tr, a.time)
+return transition(a.tr, a.time, a.tok, true)
 """
 )
 
@@ -245,8 +265,9 @@ ADD_USAGE = (
     + """
 if not first_time(a.tok) then return 1 end
 local key = k('t', a.id)
-if redis.call('EXISTS', key) == 0 then return 0 end
-add_usage(key, a.delta)
+local usage = redis.call('HGET', key, 'usage')
+if not usage then return 0 end
+redis.call('HSET', key, 'usage', add_usage(usage, a.delta))
 return 1
 """
 )
