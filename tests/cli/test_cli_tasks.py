@@ -189,3 +189,33 @@ def test_a_bad_batch_line_is_one_error_and_nothing_is_stored(
     result = cli("task", "submit", "--batch", str(batch), expect=2)
     assert message in result.err and len(result.err.strip().splitlines()) == 1
     assert json.loads(cli("--json", "task", "list").out) == []
+
+
+def test_plain_list_and_tree_say_what_the_rich_ones_say() -> None:
+    """Off a terminal `task list` and `task get` skip rich (~80 ms of a one-shot
+    command): the text must stay the same, line for line."""
+    import io
+
+    from rich.console import Console
+
+    from orchestra_cli.cli.render import task_tree, task_tree_text, tasks_table, tasks_text
+    from orchestra_cli.models import Task
+
+    root = Task(title="root [x]", input="i")
+    root.root_id = root.id
+    a = Task(title="child a", input="i", parent_id=root.id, root_id=root.id, agent="c-1")
+    b = Task(title="child b", input="i", parent_id=root.id, root_id=root.id, capability="code")
+    c = Task(title="grand\nchild", input="i", parent_id=a.id, root_id=root.id)
+    tasks = [root, a, c, b]
+
+    def rich_text(renderable: object) -> list[str]:
+        buf = io.StringIO()
+        Console(file=buf, width=200, no_color=True, highlight=False).print(renderable)
+        return [line.rstrip() for line in buf.getvalue().splitlines()]
+
+    flat = [t for t in tasks if "\n" not in t.title]  # rich folds a title's line breaks
+    assert tasks_text(flat).splitlines() == rich_text(tasks_table(flat))
+    assert tasks_text(tasks).splitlines()[3].endswith("grand child")  # one line per task
+    lines = task_tree_text(flat).splitlines()
+    assert lines == rich_text(task_tree(flat))
+    assert lines[1].startswith("├── ") and lines[-1].startswith("└── ")

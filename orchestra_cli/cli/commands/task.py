@@ -185,7 +185,7 @@ def get(
     task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
 ) -> None:
     """Show a task, its subtasks, result, error and usage."""
-    from orchestra_cli.cli.render import task_json, task_tree, usage_text
+    from orchestra_cli.cli.render import task_json, task_tree, task_tree_text, usage_text
 
     app: AppContext = ctx.obj
     service = app.service()
@@ -198,12 +198,17 @@ def get(
         data["tree_usage"] = total.model_dump()
         app.print_json(data)
         return
-    app.console.print(task_tree(tree))
-    app.console.print(
+    summary = (
         f"tokens: {usage_text(total)}   labels: "
-        f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}",
-        markup=False,
+        f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}"
     )
+    if not sys.stdout.isatty():  # into a pipe or file: plain text, without rich
+        error = f"error: {task.error}\n" if task.error else ""
+        result = f"result:\n{task.result}\n" if task.result is not None else ""
+        sys.stdout.write(f"{task_tree_text(tree)}{summary}\n{error}{result}")
+        return
+    app.console.print(task_tree(tree))
+    app.console.print(summary, markup=False)
     if task.error:
         app.console.print(f"error: {task.error}", markup=False, style="red")
     if task.result is not None:
@@ -226,7 +231,7 @@ def list_tasks(
     roots: Annotated[bool, typer.Option("--roots", help="Only top-level tasks.")] = False,
 ) -> None:
     """List tasks, newest first."""
-    from orchestra_cli.cli.render import task_json, tasks_table
+    from orchestra_cli.cli.render import task_json, tasks_table, tasks_text
     from orchestra_cli.errors import UsageError
     from orchestra_cli.status import Status
     from orchestra_cli.util import parse_since
@@ -248,8 +253,10 @@ def list_tasks(
         app.print_json([task_json(t) for t in tasks])
     elif not tasks:
         app.info("no tasks match")
-    else:
+    elif sys.stdout.isatty():
         app.console.print(tasks_table(tasks))
+    else:
+        sys.stdout.write(tasks_text(tasks))
 
 
 @task_app.command("cancel")
