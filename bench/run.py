@@ -3,7 +3,10 @@
 Prints one table and writes the same figures to ``bench/results/latest.json``.
 Each figure is the median of ``--reps`` repetitions after a discarded
 warm-up. Throughput is N no-op tasks from first submit to last completion;
-latency is submit → completion of ``--latency-n`` sequential tasks.
+latency is submit → completion of ``--latency-n`` sequential tasks; orchestra on
+Redis + RabbitMQ and Celery (the same broker and result store) are up together
+and their latency is measured in turns of 50 tasks, so a noisy spell on the
+shared machine falls on both alike.
 Besides: CLI start-up, `task list` / `task get` with 100,000 finished tasks in
 state, and the resident memory of an idle agent.
 """
@@ -22,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,7 @@ IDLE_SECONDS = 3.0
 STATE_TASKS = 100_000
 ORCH_THREADS = 4
 AGENTS, AGENT_THREADS = 1, 8  # coder agents (processes) x handler threads each
+LATENCY_BLOCK = 50  # latency tasks per turn when systems are measured side by side
 
 
 @dataclass
@@ -64,26 +68,50 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[index]
 
 
-def measure(
-    row: Row,
-    throughput: Callable[[], float],
-    latency: Callable[[], list[float]],
-    reps: int,
-    pids: Callable[[], list[int]],
-) -> Row:
-    """Throughput (median of ``reps``), CPU per task over ``pids`` + services, latency."""
-    throughput()  # warm-up, discarded
+@dataclass
+class System:
+    """One system under test, set up: its row, a throughput run, one latency sample."""
+
+    row: Row
+    throughput: Callable[[], float]  # N tasks, first submit to last completion: tasks/s
+    one: Callable[[int], float]  # one task, submit to completion, waited on: seconds
+    pids: Callable[[], list[int]]  # its processes, for CPU per task
+
+
+def measure_throughput(system: System, reps: int) -> None:
+    """Throughput (median of ``reps`` after a discarded warm-up) and CPU per task over
+    the system's processes + the services."""
+    row = system.row
+    system.throughput()  # warm-up, discarded
     cpu = []
     for _ in range(reps):
-        meter = CPUMeter(pids())
-        row.runs.append(throughput())
+        meter = CPUMeter(system.pids())
+        row.runs.append(system.throughput())
         cpu.append(meter.elapsed() / row.n * 1000)
     row.throughput = statistics.median(row.runs)
     row.cpu_ms_per_task = statistics.median(cpu)
-    samples = latency()
-    row.p50_ms = percentile(samples, 50) * 1000
-    row.p99_ms = percentile(samples, 99) * 1000
-    return row
+
+
+def measure_latency(systems: list[System], count: int, block: int = LATENCY_BLOCK) -> None:
+    """p50/p99 of ``count`` sequential tasks per system. With several systems, in turns
+    of ``block`` tasks (who goes first alternates): a noisy spell on the shared machine
+    then falls on all of them alike, instead of on whichever was measured then."""
+    samples: dict[int, list[float]] = {i: [] for i in range(len(systems))}
+    for system in systems:  # warm-up, discarded
+        for k in range(min(block, 50)):
+            system.one(k)
+    for turn, start in enumerate(range(0, count, block)):
+        order = list(range(len(systems)))
+        if turn % 2:
+            order.reverse()
+        for i in order:
+            samples[i] += [systems[i].one(k) for k in range(start, min(count, start + block))]
+    for i, system in enumerate(systems):
+        system.row.p50_ms = percentile(samples[i], 50) * 1000
+        system.row.p99_ms = percentile(samples[i], 99) * 1000
+        if len(systems) > 1:
+            others = [s.row.system for s in systems if s is not system]
+            system.row.note = f"latency in turns of {block} with {', '.join(others)}"
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -155,7 +183,8 @@ def orchestra(
         shutil.rmtree(home, ignore_errors=True)
 
 
-def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
+@contextmanager
+def orchestra_system(mode: str, n: int) -> Iterator[System]:
     from orchestra_cli.engine.roles import load_roles
     from orchestra_cli.engine.service import SubmitRequest, TaskService
 
@@ -167,7 +196,8 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
         f"1 orchestrator x {ORCH_THREADS} + {agents} agents x {concurrency} threads",
         "every transition + event persisted"
         + (" (Redis)" if mode == "services" else " (SQLite WAL)"),
-        "publisher confirms, windowed (throughput: flushed before the clock stops)"
+        "throughput: publisher confirms, windowed, flushed before the clock stops; "
+        "latency: `submit --wait`, the task's end instead of a confirm"
         if mode == "services"
         else "committed transaction",
     )
@@ -188,24 +218,21 @@ def orchestra_row(mode: str, n: int, latency_n: int, reps: int) -> Row:
                 time.sleep(0.002)
             return n / (time.perf_counter() - start)
 
-        def latency() -> list[float]:
-            samples = []
-            for i in range(latency_n):  # `task submit --wait`: only the task's end wakes it
-                start = time.perf_counter()
-                task, _ = svc.submit(SubmitRequest(text=f"lat {i}", capability="code"), wait=True)
-                task = svc.wait(task, 60, counted=True)  # its confirm: not waited for
-                assert task.status == "succeeded", task.status
-                samples.append(time.perf_counter() - start)
-            return samples
+        def one(i: int) -> float:  # `task submit --wait`: only the task's end wakes it
+            start = time.perf_counter()
+            task, _ = svc.submit(SubmitRequest(text=f"lat {i}", capability="code"), wait=True)
+            task = svc.wait(task, 60, counted=True)  # its end, not a publisher confirm
+            assert task.status == "succeeded", task.status
+            return time.perf_counter() - start
 
-        measure(row, throughput, latency, reps, lambda: [p.pid for p in procs])
+        yield System(row, throughput, one, lambda: [p.pid for p in procs])
         time.sleep(IDLE_SECONDS)  # the agent has handled every task and sits idle
         row.idle_agent_rss_mb = rss_mb(procs[1].pid)
-        return row
 
 
 # -- Celery ---------------------------------------------------------------------
-def celery_row(n: int, latency_n: int, reps: int) -> Row:
+@contextmanager
+def celery_system(n: int) -> Iterator[System]:
     queue = f"bench-celery-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "BENCH_QUEUE": queue, "PYTHONPATH": str(REPO)}
     os.environ["BENCH_QUEUE"] = queue
@@ -256,22 +283,22 @@ def celery_row(n: int, latency_n: int, reps: int) -> Row:
                 r.get(timeout=600)
             return n / (time.perf_counter() - start)
 
-        def latency() -> list[float]:
-            samples = []
-            for i in range(latency_n):
-                start = time.perf_counter()
-                noop.apply_async((i,), queue=queue).get(timeout=60, interval=POLL)
-                samples.append(time.perf_counter() - start)
-            return samples
+        def one(i: int) -> float:
+            start = time.perf_counter()
+            noop.apply_async((i,), queue=queue).get(timeout=60, interval=POLL)
+            return time.perf_counter() - start
 
-        return measure(row, throughput, latency, reps, lambda: with_descendants(worker.pid))
+        yield System(row, throughput, one, lambda: with_descendants(worker.pid))
     finally:
         _stop([worker])
         _delete_queue(queue)
 
 
 # -- Dramatiq -------------------------------------------------------------------
-def dramatiq_row(n: int, latency_n: int, reps: int) -> Row:
+@contextmanager
+def dramatiq_system(n: int) -> Iterator[System]:
+    import itertools
+
     import redis
 
     queue = f"bench-dramatiq-{uuid.uuid4().hex[:8]}"
@@ -313,18 +340,18 @@ def dramatiq_row(n: int, latency_n: int, reps: int) -> Row:
             wait_count(base + n)
             return n / (time.perf_counter() - start)
 
-        def latency() -> list[float]:
-            samples = []
-            for i in range(latency_n):
-                key = f"{queue}:item:{1_000_000 + i}"
-                start = time.perf_counter()
-                noop.send(1_000_000 + i)
-                while not r.exists(key):
-                    time.sleep(POLL)
-                samples.append(time.perf_counter() - start)
-            return samples
+        ids = itertools.count(1_000_000)  # a fresh item key per sample (warm-up included)
 
-        return measure(row, throughput, latency, reps, lambda: with_descendants(worker.pid))
+        def one(_: int) -> float:
+            item = next(ids)
+            key = f"{queue}:item:{item}"
+            start = time.perf_counter()
+            noop.send(item)
+            while not r.exists(key):
+                time.sleep(POLL)
+            return time.perf_counter() - start
+
+        yield System(row, throughput, one, lambda: with_descendants(worker.pid))
     finally:
         _stop([worker])
         _delete_queue(queue)
@@ -389,11 +416,12 @@ def print_table(rows: list[Row], startup: dict[str, float], queries: dict[str, f
     base = {r.system + "/" + r.mode: r for r in rows}
     orch = base.get("orchestra/services")
     for other in ("celery/rabbitmq+redis", "dramatiq/rabbitmq"):
-        if orch and other in base and orch.throughput and base[other].throughput:
-            print(
-                f"ratio orchestra(services) / {other.split('/')[0]}: throughput "
-                f"{orch.throughput / base[other].throughput:.2f}x"
-            )
+        them = base.get(other)
+        if orch and them and orch.throughput and them.throughput:
+            ratio = f"throughput {orch.throughput / them.throughput:.2f}x"
+            if orch.p50_ms and them.p50_ms:
+                ratio += f", latency p50 {orch.p50_ms / them.p50_ms:.2f}x"
+            print(f"ratio orchestra(services) / {other.split('/')[0]}: {ratio}")
     print()
     for label, ms in startup.items():
         print(f"start-up  {label:<42} {ms:7.0f} ms (median)")
@@ -403,6 +431,39 @@ def print_table(rows: list[Row], startup: dict[str, float], queries: dict[str, f
         if r.idle_agent_rss_mb is not None:
             label = f"idle agent RSS ({r.mode}, after the run)"
             print(f"memory    {label:<42} {r.idle_agent_rss_mb:7.1f} MB")
+
+
+def run_group(
+    names: list[str],
+    factories: dict[str, Callable[[], AbstractContextManager[System]]],
+    n: int,
+    reps: int,
+    latency_n: int,
+) -> list[Row]:
+    """Set the systems up together, measure each one's throughput, then their latency."""
+    systems: list[System] = []
+    failed: list[Row] = []
+    with ExitStack() as stack:
+        for name in names:
+            print(f"bench: {name} (N={n}, {reps} reps + warm-up)…", flush=True)
+            try:
+                system = stack.enter_context(factories[name]())
+                measure_throughput(system, reps)
+                systems.append(system)
+            except Exception as exc:
+                print(f"bench: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                note = f"failed: {type(exc).__name__}: {exc}"
+                failed.append(
+                    Row(name.split("-")[0], name.split("-")[-1], n, "-", "-", "-", note=note)
+                )
+        if systems:
+            together = " and ".join(s.row.system for s in systems)
+            print(f"bench: latency of {together} over {latency_n} tasks each…", flush=True)
+            try:
+                measure_latency(systems, latency_n)
+            except Exception as exc:
+                print(f"bench: latency failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return [s.row for s in systems] + failed
 
 
 def main() -> int:
@@ -420,42 +481,20 @@ def main() -> int:
     )
     args = parser.parse_args()
     wanted = set(args.systems.split(","))
+    factories: dict[str, Callable[[], AbstractContextManager[System]]] = {
+        "orchestra-services": lambda: orchestra_system("services", args.n),
+        "celery": lambda: celery_system(args.n),
+        "orchestra-embedded": lambda: orchestra_system("embedded", args.n),
+        "dramatiq": lambda: dramatiq_system(args.n),
+    }
+    # orchestra on the services and Celery share the broker and the result store: they
+    # are up together and their latency is measured in turns (measure_latency)
+    groups = [["orchestra-services", "celery"], ["orchestra-embedded"], ["dramatiq"]]
     rows: list[Row] = []
-    runners: list[tuple[str, Callable[[], Row]]] = [
-        (
-            "orchestra-services",
-            lambda: orchestra_row("services", args.n, args.latency_n, args.reps),
-        ),
-        (
-            "orchestra-embedded",
-            lambda: orchestra_row("embedded", args.n, args.latency_n, args.reps),
-        ),
-        ("celery", lambda: celery_row(args.n, args.latency_n, args.reps)),
-        ("dramatiq", lambda: dramatiq_row(args.n, args.latency_n, args.reps)),
-    ]
-    for name, runner in runners:
-        if name not in wanted:
-            continue
-        print(
-            f"bench: {name} (N={args.n}, {args.reps} reps + warm-up, "
-            f"latency over {args.latency_n})…",
-            flush=True,
-        )
-        try:
-            rows.append(runner())
-        except Exception as exc:
-            print(f"bench: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            rows.append(
-                Row(
-                    name.split("-")[0],
-                    name.split("-")[-1],
-                    args.n,
-                    "-",
-                    "-",
-                    "-",
-                    note=f"failed: {type(exc).__name__}: {exc}",
-                )
-            )
+    for group in groups:
+        names = [name for name in group if name in wanted]
+        if names:
+            rows += run_group(names, factories, args.n, args.reps, args.latency_n)
     startup = startup_times(10) if "startup" in wanted else {}
     queries: dict[str, float] = {}
     if "state" in wanted:

@@ -98,11 +98,13 @@ class Broker(Protocol):
         priority: int = 0,
         delay: float = 0.0,
         confirm: bool = True,
-        linger: bool = True,
+        awaited: bool = False,
     ) -> None:
         """Durable once it returns; with ``confirm=False`` a broker may confirm it
-        later, in a window with others (``flush`` waits for that), and write it
-        with the next few (bulk) unless ``linger=False`` (sent now)."""
+        later, in a window with others (``flush`` waits for that). ``awaited``: the
+        caller waits for the task's end, which says more than a confirm: sent at
+        once, without one (a message the broker loses, its task still queued in
+        state, is sent again by the recovery sweep)."""
         ...
 
     def flush(self) -> None:
@@ -144,7 +146,7 @@ class Broker(Protocol):
 
 
 def publish_run(
-    broker: Broker, task: Task, *, delay: float = 0.0, confirm: bool = True, linger: bool = True
+    broker: Broker, task: Task, *, delay: float = 0.0, confirm: bool = True, awaited: bool = False
 ) -> None:
     """Put ``task`` on its capability's work queue for its next attempt."""
     broker.publish(
@@ -153,12 +155,12 @@ def publish_run(
         priority=task.priority,
         delay=delay,
         confirm=confirm,
-        linger=linger,
+        awaited=awaited,
     )
 
 
 def publish_submit(
-    broker: Broker, task: Task, *, confirm: bool = True, linger: bool = True
+    broker: Broker, task: Task, *, confirm: bool = True, awaited: bool = False
 ) -> None:
     """Hand ``task`` to the orchestrator (intake) to plan and route."""
     broker.publish(
@@ -166,5 +168,5 @@ def publish_submit(
         Envelope(type=MSG_SUBMIT, task_id=task.id),
         priority=task.priority,
         confirm=confirm,
-        linger=linger,
+        awaited=awaited,
     )

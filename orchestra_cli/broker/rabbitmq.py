@@ -458,14 +458,14 @@ class RabbitBroker:
         props: pika.BasicProperties,
         delay: float = 0.0,
         confirm: bool = True,
-        linger: bool = True,
+        awaited: bool = False,
     ) -> None:
         link = self._publisher()
 
         def command(ch: Channel) -> None:
             publish_on(ch, link, self.topo, self._declared, queue, body, props, delay)
 
-        link.call(command, PUBLISH_TIMEOUT_SECONDS, confirm=confirm, linger=linger)
+        link.call(command, PUBLISH_TIMEOUT_SECONDS, confirm=confirm, plain=awaited)
 
     def publish(
         self,
@@ -475,12 +475,13 @@ class RabbitBroker:
         priority: int = 0,
         delay: float = 0.0,
         confirm: bool = True,
-        linger: bool = True,
+        awaited: bool = False,
     ) -> None:
         """Persistent; visible after ``delay`` seconds. Returns once RabbitMQ has
-        confirmed it, or with ``confirm=False`` at once (``flush`` waits for it)."""
+        confirmed it, or with ``confirm=False`` at once (``flush`` waits for it);
+        ``awaited``: on the link's channel without publisher confirms."""
         props = _properties(envelope.id, envelope.type, priority, {H_DELIVERIES: 0})
-        self._publish(queue, envelope.encode(), props, delay, confirm, linger)
+        self._publish(queue, envelope.encode(), props, delay, confirm, awaited)
 
     def flush(self, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:
         """Wait until every message published so far is confirmed."""

@@ -113,7 +113,7 @@ class ConfirmWindow:
         self._retry: list[Outgoing] = []
         self._returned: list[str] = []
         selected: list[bool] = []
-        self._impl.add_on_return_callback(self._on_return)
+        self._impl.add_on_return_callback(self.on_return)
         self._impl.confirm_delivery(
             ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.append(True)
         )
@@ -234,7 +234,8 @@ class ConfirmWindow:
             if out is not None and nacked:
                 self._retry.append(out)
 
-    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+    def on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        """A returned message (unroutable), of this channel or the plain one beside it."""
         self._returned.append(
             f"{method.reply_text} for routing key {method.routing_key!r} "
             f"(message {getattr(properties, 'message_id', '?')})"
@@ -260,6 +261,7 @@ class DirectLink:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._channel: ConfirmWindow | None = None
+        self._plain: Any = None  # the same connection's channel without confirms (call(plain=))
         self._carry: list[Outgoing] = []  # unconfirmed when a connection dropped
         self._closing = threading.Event()
         self._lingering = threading.Event()  # framed messages wait for the keep-alive
@@ -289,16 +291,17 @@ class DirectLink:
         *,
         confirm: bool = True,
         flush: bool = False,
-        linger: bool = True,
+        plain: bool = False,
     ) -> Any:
         """Run ``command(channel)`` on this thread; reconnects (within ``timeout``) if needed.
 
         With ``confirm`` it returns once RabbitMQ has confirmed everything
         published so far; without, once the window has room (``WINDOW``), its
-        message possibly not yet written (``BATCH``, ``LINGER_SECONDS``) unless
-        ``linger=False`` (written now: a caller that waits for something else). A
+        message possibly not yet written (``BATCH``, ``LINGER_SECONDS``). A
         returned (unroutable) message is reported to a call that published, or
-        to ``flush``.
+        to ``flush``. ``plain``: the command gets the connection's channel
+        without publisher confirms (its messages are written at once, never
+        tracked: a caller that waits for something that says more).
         """
         deadline = time.monotonic() + timeout
         self._acquire(timeout)
@@ -313,9 +316,9 @@ class DirectLink:
                 try:
                     if not done:  # once: after a drop its message is republished, not re-run
                         before = channel.sent
-                        result, done = command(channel), True
+                        result, done = command(self._plain if plain else channel), True
                         published = published or channel.sent != before
-                    below, batch = (1, 1) if confirm else (WINDOW, BATCH if linger else 1)
+                    below, batch = (1, 1) if confirm and not plain else (WINDOW, BATCH)
                     if not channel.wait(
                         deadline, below=below, report_returns=published, batch=batch
                     ):
@@ -349,8 +352,9 @@ class DirectLink:
             raise unavailable(self.url, "connection closed")
 
     def flush(self, timeout: float) -> None:
-        """Wait until RabbitMQ has confirmed everything published on this link."""
-        self.call(lambda ch: None, timeout, confirm=True, flush=True)
+        """Wait until RabbitMQ has confirmed everything published on this link; raise
+        for what it returned (read now: plain publishes have no confirm to wait for)."""
+        self.call(lambda ch: ch.pump(), timeout, confirm=True, flush=True)
 
     def close(self) -> None:
         """Wait (bounded) for outstanding confirms, then close."""
@@ -380,6 +384,8 @@ class DirectLink:
                 )
                 _one_write_per_message(self._conn)
                 self._channel = ConfirmWindow(self._conn.channel())
+                self._plain = self._conn.channel()
+                self._plain._impl.add_on_return_callback(self._channel.on_return)
                 self.generation += 1
                 self.on_connect(self._channel, self.generation)
                 for out in self._carry:  # what the dropped connection never confirmed
@@ -402,7 +408,7 @@ class DirectLink:
 
     def _teardown(self) -> None:
         conn, channel = self._conn, self._channel
-        self._conn, self._channel = None, None
+        self._conn, self._channel, self._plain = None, None, None
         if channel is not None:
             self._carry = channel.unconfirmed() + self._carry
         close_quietly(conn)

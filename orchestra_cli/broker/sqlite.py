@@ -257,7 +257,7 @@ class SQLiteBroker:
         priority: int = 0,
         delay: float = 0.0,
         confirm: bool = True,
-        linger: bool = True,
+        awaited: bool = False,
     ) -> None:
         """Committed when it returns (``confirm`` changes nothing here)."""
         self._insert(queue, envelope.encode(), priority, delay)

@@ -107,12 +107,12 @@ class TaskService:
         lost with a crashed submitter is re-sent by the recovery sweep, since
         the task is in state.
 
-        ``wait``: the caller waits for the outcome next (``wait(task.id,
+        ``wait``: the caller waits for the outcome next (``wait(task,
         counted=True)``). The store counts the waiter as it creates the task,
-        and the message is written at once but its confirm not waited for: the
-        task's end says more, and ``wait`` collects the confirm.
+        and the message goes out at once without a publisher confirm: the
+        task's end says more (a message the broker loses is sent again by the
+        recovery sweep; one it refuses is an error from ``wait``).
         """
-        confirm, linger = (False, False) if wait else (confirm, True)
         self.validate(req)
         defaults = self.b.settings.tasks
         task = Task(
@@ -128,7 +128,7 @@ class TaskService:
         if req.capability is None:  # the orchestrator plans it
             stored, created = self.state.create_task(task, watch=wait)
             if created:
-                publish_submit(self.b.broker, stored, confirm=confirm, linger=linger)
+                publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
             return stored, created
         # The submitter chose the capability: there is nothing to plan (every
         # planner routes such a task as given), so it is routed here, in the
@@ -142,7 +142,7 @@ class TaskService:
         sent: list[bool] = []
 
         def publish_early() -> None:
-            publish_run(self.b.broker, task, confirm=confirm, linger=linger)
+            publish_run(self.b.broker, task, confirm=confirm, awaited=wait)
             sent.append(True)
 
         stored, created = self.state.create_task(
@@ -150,9 +150,9 @@ class TaskService:
         )
         if created:
             if stored.status == Status.PENDING:  # not routed after all: the orchestrator will
-                publish_submit(self.b.broker, stored, confirm=confirm, linger=linger)
+                publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
             elif not sent:
-                publish_run(self.b.broker, stored, confirm=confirm, linger=linger)
+                publish_run(self.b.broker, stored, confirm=confirm, awaited=wait)
             if not live:
                 self.directory.note_no_agent(stored, req.capability)
             self.b.journals.decisions.write(plan.record(stored))

@@ -296,3 +296,31 @@ def test_bulk_publishes_are_written_in_batches_or_by_the_keep_alive_after_its_li
     broker.flush()
     assert link.outstanding == 0
     assert len(set(_drain(broker, publisher.BATCH))) == publisher.BATCH
+
+
+def test_awaited_publishes_go_out_at_once_without_a_confirm_and_returns_are_still_reported(
+    svc: Backends,
+) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="declares-the-queue"))
+    link = broker._publisher()
+    for i in range(3):
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"a{i}"), awaited=True)
+    assert link.outstanding == 0  # nothing to confirm: the caller waits for the task's end
+    assert link._channel is not None and link._channel.unwritten == 0  # written already
+    assert sorted(_drain(broker, 4)) == ["a0", "a1", "a2", "declares-the-queue"]
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        conn.channel().queue_delete(broker.topo.physical(Q))  # behind the publisher's back
+    finally:
+        conn.close()
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="lost"), awaited=True)
+    deadline = time.monotonic() + 5
+    while True:  # the return travels back on its own time: flush reads it when it is there
+        try:
+            broker.flush()
+        except BrokerError as exc:
+            assert "refused 1 message" in str(exc)
+            break
+        assert time.monotonic() < deadline, "the returned message was never reported"
+        time.sleep(0.05)
