@@ -96,7 +96,7 @@ def measure_latency(systems: list[System], count: int, block: int = LATENCY_BLOC
     """p50/p99 of ``count`` sequential tasks per system. With several systems, in turns
     of ``block`` tasks (who goes first alternates): a noisy spell on the shared machine
     then falls on all of them alike, instead of on whichever was measured then."""
-    samples: dict[int, list[float]] = {i: [] for i in range(len(systems))}
+    samples: list[list[float]] = [[] for _ in systems]
     for system in systems:  # warm-up, discarded
         for k in range(min(block, 50)):
             system.one(k)

@@ -74,7 +74,7 @@ def tasks_table(tasks: list[Task]) -> Table:
     for t in tasks:
         row = _task_row(t)
         table.add_row(
-            *row[:1], f"[{STATUS_STYLE[t.status]}]{row[1]}[/]", *row[2:-1], _escape(row[-1])
+            row[0], f"[{STATUS_STYLE[t.status]}]{row[1]}[/]", *row[2:-1], _escape(row[-1])
         )
     return table
 
@@ -85,7 +85,7 @@ def tasks_text(tasks: list[Task]) -> str:
     rows = [TASK_COLUMNS, *(_task_row(t) for t in tasks)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(TASK_COLUMNS) - 1)]
     lines = (
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False))
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True))
         + "  "
         + " ".join(r[-1].split())
         for r in rows

@@ -58,17 +58,15 @@ local function ended(id, status, n)
 end
 
 -- Count a waiter in (``renew``: one already counted, unless its count expired);
--- a task that has ended gets its item at once. Returns the status (nil: no task).
+-- returns the status (nil: no task). A task that has ended counts no one: the
+-- caller sees the status and does not wait.
 local function watch_end(id, renew)
   local cur = redis.call('HGET', k('t', id), 'status')
   if not cur then return nil end
   local status = cjson.decode(cur)
+  if TERMINAL[status] then return status end
   local key = k('waiting', id)
-  if TERMINAL[status] then
-    ended(id, status, 1)
-  elseif renew and redis.call('EXPIRE', key, a.wttl) == 1 then
-    return status
-  else
+  if not (renew and redis.call('EXPIRE', key, a.wttl) == 1) then
     redis.call('INCR', key)
     redis.call('EXPIRE', key, a.wttl)
   end

@@ -322,10 +322,7 @@ class SQLiteStateStore:
         deadline = time.monotonic() + wait
         while True:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
-            row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
-            task = _row_to_task(row)
+            task = self._load(conn, task_id)
             if task.status in TERMINAL:
                 return task
             if not _changed(conn, version, deadline):
