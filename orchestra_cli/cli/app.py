@@ -55,19 +55,46 @@ def _callback(
     ctx.call_on_close(app_ctx.close)
 
 
-def build_app() -> typer.Typer:
-    from orchestra_cli.cli.commands import (
-        agent,
-        api,
-        config,
-        health,
-        recover,
-        report,
-        run,
-        services,
-        snapshot,
-        task,
-    )
+# Top-level command name -> the module that registers it (``register(app)``).
+COMMAND_MODULES = {
+    "init": "config",
+    "config": "config",
+    "task": "task",
+    "agent": "agent",
+    "run": "run",
+    "demo": "run",
+    "health": "health",
+    "recover": "recover",
+    "api": "api",
+    "snapshot": "snapshot",
+    "rollback": "snapshot",
+    "report": "report",
+    "up": "services",
+    "down": "services",
+    "ps": "services",
+    "logs": "services",
+}
+_MODULE_ORDER = (
+    "config",
+    "task",
+    "agent",
+    "run",
+    "health",
+    "recover",
+    "api",
+    "snapshot",
+    "report",
+    "services",
+)
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The app with every command, or with only the module that registers ``only``.
+
+    Building typer's command tree costs milliseconds per command, so a command
+    line that names a known command builds that command's module alone.
+    """
+    import importlib
 
     app = typer.Typer(
         name="orchestra",
@@ -80,25 +107,35 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_callback)
-    config.register(app)
-    task.register(app)
-    agent.register(app)
-    run.register(app)
-    health.register(app)
-    recover.register(app)
-    api.register(app)
-    snapshot.register(app)
-    report.register(app)
-    services.register(app)
+    names = (COMMAND_MODULES[only],) if only in COMMAND_MODULES else _MODULE_ORDER
+    for name in names:
+        importlib.import_module(f"orchestra_cli.cli.commands.{name}").register(app)
     return app
 
 
-def build_command() -> Any:
-    """The click command behind the app (what `run_cli` executes)."""
+def invoked_command(args: list[str]) -> str | None:
+    """The top-level command a (hoisted) command line names, if any."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif arg == "--" or not arg.startswith("-"):
+            return None if arg == "--" else arg
+        elif arg in ("-h", "--help", "--version"):
+            return None
+    return None
+
+
+def build_command(args: list[str] | None = None) -> Any:
+    """The click command behind the app (what `run_cli` executes for ``args``)."""
     import os
 
+    only = None if args is None else invoked_command(args)
     if os.environ.get("_ORCHESTRA_COMPLETE"):  # a shell asking for completions
         from typer._completion_classes import completion_init
 
         completion_init()
-    return typer.main.get_command(build_app())
+        only = None
+    return typer.main.get_command(build_app(only))

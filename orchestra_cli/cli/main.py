@@ -44,7 +44,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     verbose = "-v" in args or "--verbose" in args or "--traceback" in args
     from orchestra_cli.cli.app import build_command
 
-    command = build_command()
+    command = build_command(args)
     try:
         result = command.main(args=args, prog_name="orchestra", standalone_mode=False)
     except typer.TyperException as exc:  # click's UsageError and friends

@@ -47,6 +47,27 @@ def test_task_submit_imports_neither_anthropic_nor_hvac_nor_pika(home: Path) -> 
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
 
 
+def test_a_named_command_builds_only_its_module_and_every_name_is_mapped() -> None:
+    import typer
+
+    from orchestra_cli.cli.app import COMMAND_MODULES, build_app, invoked_command
+
+    full = typer.main.get_command(build_app())
+    assert set(full.commands) == set(COMMAND_MODULES)  # type: ignore[attr-defined]
+    only = typer.main.get_command(build_app("up"))
+    assert set(only.commands) == {"up", "down", "ps", "logs"}  # type: ignore[attr-defined]
+    assert invoked_command(["--json", "--config", "task", "agent", "list"]) == "agent"
+    assert invoked_command(["--help", "task"]) is None
+    assert invoked_command(["--", "task"]) is None
+
+
+def test_subcommand_help_and_typos_still_see_the_whole_tree(cli: CliRunner) -> None:
+    assert "submit" in cli("task", "--help").out
+    assert "--limit" in cli("task", "list", "--help").out
+    typo = cli("tsk", "list", expect=2)
+    assert "No such command 'tsk'" in typo.err
+
+
 def test_unknown_command_is_a_usage_error_on_one_line(cli: CliRunner) -> None:
     result = cli("frobnicate", expect=2)
     assert result.err.startswith("orchestra: error: ") and result.err.count("\n") == 1

@@ -27,6 +27,7 @@ def health(
         typer.Option(
             "--check",
             "-c",
+            metavar="CHECK",
             help=f"Run only these ({', '.join(CHECK_NAMES)}); repeatable or comma-separated.",
         ),
     ] = None,

@@ -86,7 +86,8 @@ def submit(
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Attempts before failing.")] = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE, repeatable.")
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label; repeatable."),
     ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Submitting the same key again returns the same task.")
@@ -221,7 +222,12 @@ def list_tasks(
     ctx: typer.Context,
     status: Annotated[
         list[str] | None,
-        typer.Option("--status", "-s", help="Filter by status (repeatable or comma-separated)."),
+        typer.Option(
+            "--status",
+            "-s",
+            metavar="STATUS",
+            help="Filter by status (repeatable or comma-separated).",
+        ),
     ] = None,
     agent: Annotated[str | None, typer.Option(help="Filter by agent name.")] = None,
     since: Annotated[
