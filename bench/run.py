@@ -234,6 +234,7 @@ def orchestra_system(mode: str, n: int) -> Iterator[System]:
 @contextmanager
 def celery_system(n: int) -> Iterator[System]:
     queue = f"bench-celery-{uuid.uuid4().hex[:8]}"
+    done: list[str] = []  # ids whose result keys the run deletes at the end
     env = {**os.environ, "BENCH_QUEUE": queue, "PYTHONPATH": str(REPO)}
     os.environ["BENCH_QUEUE"] = queue
     worker = subprocess.Popen(
@@ -266,7 +267,9 @@ def celery_system(n: int) -> Iterator[System]:
         from bench.celery_app import app, noop
 
         app.conf.task_default_queue = queue
-        noop.apply_async((0,), queue=queue).get(timeout=60)
+        first = noop.apply_async((0,), queue=queue)
+        first.get(timeout=60)
+        done.append(first.id)
         row = Row(
             "celery",
             "rabbitmq+redis",
@@ -281,17 +284,37 @@ def celery_system(n: int) -> Iterator[System]:
             results = [noop.apply_async((i,), queue=queue) for i in range(n)]
             for r in results:
                 r.get(timeout=600)
-            return n / (time.perf_counter() - start)
+            rate = n / (time.perf_counter() - start)
+            done.extend(r.id for r in results)
+            return rate
 
         def one(i: int) -> float:
             start = time.perf_counter()
-            noop.apply_async((i,), queue=queue).get(timeout=60, interval=POLL)
-            return time.perf_counter() - start
+            result = noop.apply_async((i,), queue=queue)
+            result.get(timeout=60, interval=POLL)
+            elapsed = time.perf_counter() - start
+            done.append(result.id)
+            return elapsed
 
         yield System(row, throughput, one, lambda: with_descendants(worker.pid))
     finally:
         _stop([worker])
         _delete_queue(queue)
+        _delete_celery_results(done)
+
+
+def _delete_celery_results(ids: list[str]) -> None:
+    """Delete the result keys of exactly the tasks this run sent (no pattern delete:
+    the Redis database may hold a user's own Celery results)."""
+    import redis
+
+    from bench.celery_app import app
+
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = [app.backend.get_key_for_task(task_id) for task_id in ids]
+    for i in range(0, len(keys), 1000):
+        r.delete(*keys[i : i + 1000])
+    r.close()
 
 
 # -- Dramatiq -------------------------------------------------------------------
