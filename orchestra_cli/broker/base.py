@@ -107,8 +107,9 @@ class Broker(Protocol):
         state, is sent again by the recovery sweep)."""
         ...
 
-    def flush(self) -> None:
-        """Wait until everything published so far is durable."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything published so far is durable (at most ``timeout``
+        seconds, if given; the broker's publish timeout otherwise)."""
         ...
 
     def publish_raw(self, queue: str, body: bytes) -> None:

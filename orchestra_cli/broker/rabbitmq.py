@@ -483,12 +483,12 @@ class RabbitBroker:
         props = _properties(envelope.id, envelope.type, priority, {H_DELIVERIES: 0})
         self._publish(queue, envelope.encode(), props, delay, confirm, awaited)
 
-    def flush(self, timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Wait until every message published so far is confirmed."""
         with self._lock:
             link = self._link
         if link is not None:
-            link.flush(timeout)
+            link.flush(PUBLISH_TIMEOUT_SECONDS if timeout is None else timeout)
 
     def publish_raw(self, queue: str, body: bytes) -> None:
         """Arbitrary bytes (tests and tools; bypasses validation)."""

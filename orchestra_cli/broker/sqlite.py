@@ -262,7 +262,7 @@ class SQLiteBroker:
         """Committed when it returns (``confirm`` changes nothing here)."""
         self._insert(queue, envelope.encode(), priority, delay)
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Nothing to wait for: every publish is a committed transaction."""
 
     def publish_raw(self, queue: str, body: bytes) -> None:

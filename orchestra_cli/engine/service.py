@@ -17,7 +17,13 @@ from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.planner import Plan
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
-from orchestra_cli.errors import OrchestraError, TransitionRejected, UsageError
+from orchestra_cli.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    OrchestraError,
+    TransitionRejected,
+    UsageError,
+)
 from orchestra_cli.models import (
     MAX_PRIORITY,
     MSG_RESULT,
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
 WAIT_STEP_SECONDS = 1.0  # longest block in ``wait`` before its deadline is checked
+WAIT_FLUSH_SECONDS = 2.0  # longest ``wait`` spends asking the broker about its messages
 
 
 @dataclass
@@ -166,12 +173,14 @@ class TaskService:
         """Block until ``task`` has ended; the task then, or as it is after ``timeout``.
 
         Only the task's end wakes the caller (``StateStore.wait_ended``);
-        ``counted``: submitted with ``wait=True``. The broker's confirm of what
-        this process published is collected after the first second (a message
-        it refused is an error then, not a silent hang).
+        ``counted``: submitted with ``wait=True``. Between steps (one a second)
+        the broker is asked, briefly, what it did with this process's messages:
+        one it returned is an error (if the task has not ended after all), not a
+        silent hang; an unreachable broker is only a warning — the outcome is
+        read from the state store, and the recovery sweep re-sends a lost message.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        flushed = False
+        warned = False
         while task.status not in TERMINAL:
             left = WAIT_STEP_SECONDS if deadline is None else deadline - time.monotonic()
             if left <= 0:
@@ -181,9 +190,19 @@ class TaskService:
             if ended is not None:
                 return ended
             counted = True
-            if not flushed:
-                self.flush()
-                flushed = True
+            left = WAIT_FLUSH_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                continue
+            try:  # what did the broker do with the messages this process sent?
+                self.b.broker.flush(min(left, WAIT_FLUSH_SECONDS))
+            except BrokerUnavailable as exc:
+                if not warned:
+                    log.warning("waiting for task %s without the broker: %s", task.id, exc)
+                    warned = True
+            except BrokerError:  # it returned one: an error, unless the task ended anyway
+                task = self.state.get_task(task.id)
+                if task.status not in TERMINAL:
+                    raise
         return task
 
     def get(self, task_id: str) -> Task:

@@ -610,7 +610,7 @@ class RedisStateStore:
         if not counted and self._watch_end(task_id, renew=False) in TERMINAL:
             return self.get_task(task_id)
         block = min(wait, self.settings.socket_timeout / 2)
-        if block > 0:
+        if block >= 0.001:  # BLPOP's timeout has millisecond resolution, and 0 is forever
             ended = self._call("wait for the task's end", lambda: self._blpop(task_id, block))
             if ended is not None:
                 return ended

@@ -353,6 +353,14 @@ def test_every_waiter_wakes_and_a_wait_times_out_with_none(contract_backends: Ba
     assert time.monotonic() - cancelled_at < 1.5  # each woken by the end, not a time-out
 
 
+def test_a_sub_millisecond_wait_returns_at_once(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(_task(capability="code"))
+    started = time.monotonic()
+    assert state.wait_ended(task.id, 0.0004) is None  # not a BLPOP with timeout 0 (forever)
+    assert time.monotonic() - started < 0.5
+
+
 def test_a_task_reopened_after_its_end_is_waited_for_again(contract_backends: Backends) -> None:
     state = contract_backends.state
     task, _ = state.create_task(_task(capability="code"), watch=True)

@@ -324,3 +324,45 @@ def test_awaited_publishes_go_out_at_once_without_a_confirm_and_returns_are_stil
             break
         assert time.monotonic() < deadline, "the returned message was never reported"
         time.sleep(0.05)
+
+
+def test_a_waiter_without_the_broker_reads_the_outcome_from_state_within_its_timeout(
+    svc: Backends,
+) -> None:
+    import threading
+
+    from orchestra_cli.engine.roles import load_roles
+    from orchestra_cli.engine.service import SubmitRequest, TaskService
+    from orchestra_cli.models import Task
+    from orchestra_cli.status import Status
+
+    service = TaskService(svc, lambda: load_roles(svc.settings.agents.definitions_dir))
+    first, _ = service.submit(SubmitRequest("x", capability="code"), wait=True)
+    link = _broker(svc)._publisher()
+    # RabbitMQ goes away: the connection breaks and no reconnect can succeed
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        refused = s.getsockname()[1]
+    link.url, url = f"amqp://guest:guest@127.0.0.1:{refused}/%2f", link.url
+    try:
+        link._conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        started = time.monotonic()
+        timed_out = service.wait(first, 2.5, counted=True)  # the wait's own time-out holds
+        assert timed_out.status == Status.QUEUED
+        assert time.monotonic() - started < 4.5
+        second, _ = svc.state.create_task(
+            Task(title="t2", input="y", capability="code"), watch=True
+        )
+        svc.state.transition(second.id, Status.QUEUED)
+        claim = threading.Timer(1.5, lambda: svc.state.claim(second.id, "a1"))
+        end = threading.Timer(1.7, lambda: svc.state.transition(second.id, Status.SUCCEEDED))
+        claim.start()
+        end.start()
+        started = time.monotonic()
+        ended = service.wait(second, 30, counted=True)  # not the broker's error: the task's end
+        assert ended.status == Status.SUCCEEDED
+        assert time.monotonic() - started < 5
+        claim.join()
+        end.join()
+    finally:
+        link.url = url  # RabbitMQ is back, for the fixture's cleanup
