@@ -42,7 +42,7 @@ class Usage(BaseModel):
 class Task(BaseModel):
     """One unit of work; a root task may own a tree of subtasks."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     id: str = Field(default_factory=new_id)
     root_id: str = ""

@@ -32,7 +32,7 @@ CONFIG_FILE_NAME = "orchestra.yaml"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class OfflineLLMSettings(_Section):
@@ -145,6 +145,15 @@ class AgentSettings(_Section):
         86400.0, gt=0, description="stopped or dead agents leave the registry after this"
     )
 
+    @model_validator(mode="after")
+    def _ttl_outlasts_heartbeats(self) -> AgentSettings:
+        if self.ttl_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"ttl_seconds ({self.ttl_seconds:g}) must be at least twice heartbeat_seconds "
+                f"({self.heartbeat_seconds:g}), or every agent counts as dead between beats"
+            )
+        return self
+
 
 class TaskSettings(_Section):
     default_timeout: float = Field(600.0, gt=0)
@@ -192,6 +201,13 @@ class Settings(_Section):
     services: ServicesSettings = ServicesSettings()
     tasks: TaskSettings = TaskSettings()
     log: LogSettings = LogSettings()
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty (it would put the state in the current directory)")
+        return v
 
     @field_validator("home", mode="after")
     @classmethod
@@ -329,31 +345,35 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
-    """``ORCHESTRA_LLM__MODEL`` → ``llm.model``, for keys naming a known setting."""
+def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """``ORCHESTRA_LLM__MODEL`` → ``llm.model``, for keys naming a known setting;
+    each with (the variable it came from, its value)."""
     known = set(Settings.model_fields)
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
         dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         if dotted.split(".")[0] in known:
-            out[dotted] = value
+            out[dotted] = (name, value)
     if "ORCHESTRA_ENV" in env and "environment" not in out:
-        out["environment"] = env["ORCHESTRA_ENV"]
+        out["environment"] = ("ORCHESTRA_ENV", env["ORCHESTRA_ENV"])
     return out
 
 
 def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
     err = exc.errors()[0]
     dotted = ".".join(str(p) for p in err["loc"])
-    origin = sources.get(dotted, "configuration")
+    origin = sources.get(dotted) or next(  # a section's own check: where its keys came from
+        (src for key, src in sources.items() if key.startswith(dotted + ".")), "configuration"
+    )
     if err["type"] == "extra_forbidden":
         return ConfigError(
             f"{origin}: unknown key {dotted!r}",
             "remove it or check the spelling (`orchestra config show` lists every key)",
         )
-    return ConfigError(f"{origin}: {dotted}: {err['msg']}", f"fix {dotted} in {origin}")
+    message = err["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{origin}: {dotted}: {message}", f"fix {dotted} in {origin}")
 
 
 def load_settings(
@@ -376,9 +396,8 @@ def load_settings(
         ("env", _env_overrides(env)),
     ]
     for label, overrides in layers:
-        for dotted, value in overrides.items():
+        for dotted, (var, value) in overrides.items():
             _set_dotted(merged, dotted, value)
-            var = ENV_PREFIX + dotted.upper().replace(".", "__")
             sources[dotted] = f"{label} {var}" if label == ".env" else var
     try:
         settings = Settings.model_validate(merged)

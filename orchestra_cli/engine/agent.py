@@ -111,18 +111,18 @@ class Agent:
         )
 
     # -- lifecycle -----------------------------------------------------------
-    def _set_status(self, status: str) -> None:
+    def _set_status(self, status: str, *, fresh: bool = False) -> None:
         self.record.status = status
-        self._beat()
+        self._beat(fresh=fresh)
 
-    def _beat(self) -> None:
+    def _beat(self, *, fresh: bool = False) -> None:
         if self._stop.is_set() and self.record.status == "running":
             self.record.status = "draining"
         with self._lock:
             self.record.current = sorted(self._running)
             self.record.load = len(self._running)
         self.record.heartbeat_at = now()
-        if self.state.save_agent(self.record) and not self._stop.is_set():
+        if self.state.save_agent(self.record, fresh=fresh) and not self._stop.is_set():
             log.info("agent %s: stop requested; draining", self.name)
             self._stop.set()
 
@@ -147,7 +147,7 @@ class Agent:
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Register, consume until stopped (or asked to stop), drain, deregister."""
-        self._set_status("starting")
+        self._set_status("starting", fresh=True)  # a stop asked of an earlier run is done
         beat_done = threading.Event()
         beater = threading.Thread(
             target=self._heartbeat_loop,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from orchestra_cli.status import TERMINAL, Status
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
+_SURROGATES = re.compile("[\ud800-\udfff]")
 WAIT_STEP_SECONDS = 1.0  # longest block in ``wait`` before its deadline is checked
 WAIT_FLUSH_SECONDS = 2.0  # longest ``wait`` spends asking the broker about its messages
 
@@ -85,6 +88,10 @@ class TaskService:
         limit = self.b.settings.tasks.max_input_bytes
         if not req.text.strip():
             raise UsageError("task text is empty", "give the task as text, - for stdin, or --file")
+        if _SURROGATES.search(req.text):  # bytes that were not UTF-8 (argv, surrogateescape)
+            raise UsageError("task text is not UTF-8", "convert it to UTF-8")
+        if req.idempotency_key is not None and not req.idempotency_key.strip():
+            raise UsageError("the idempotency key is empty", "give a key, or leave the option out")
         if len(req.text.encode("utf-8")) > limit:
             raise UsageError(
                 f"task text is {len(req.text.encode()):,} bytes, over the {limit:,}-byte limit",
@@ -97,8 +104,11 @@ class TaskService:
             )
         if req.priority is not None and not 0 <= req.priority <= MAX_PRIORITY:
             raise UsageError(f"priority {req.priority} is out of range", "use 0 (low) to 9")
-        if req.timeout is not None and req.timeout <= 0:
-            raise UsageError("timeout must be positive", "give seconds, e.g. --timeout 300")
+        if req.timeout is not None and not (math.isfinite(req.timeout) and req.timeout > 0):
+            raise UsageError(
+                f"timeout {req.timeout:g} is not a positive number of seconds",
+                "give seconds, e.g. --timeout 300",
+            )
         if req.max_attempts is not None and req.max_attempts < 1:
             raise UsageError("max attempts must be at least 1", "e.g. --max-attempts 3")
 

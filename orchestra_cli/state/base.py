@@ -126,8 +126,11 @@ class StateStore(Protocol):
 
     def count_events(self, task_id: str, type: str) -> int: ...
 
-    def save_agent(self, agent: AgentRecord) -> bool:
-        """Upsert the registry record; returns whether a stop was requested."""
+    def save_agent(self, agent: AgentRecord, *, fresh: bool = False) -> bool:
+        """Upsert the registry record; returns whether a stop was requested.
+
+        ``fresh``: the process is (re)starting under this name, so a stop asked
+        of an earlier process with the name no longer applies."""
         ...
 
     def list_agents(self) -> list[AgentRecord]: ...

@@ -658,9 +658,10 @@ class RedisStateStore:
             after = "(" + page[-1][0]
 
     # -- agents ------------------------------------------------------------
-    def save_agent(self, agent: AgentRecord) -> bool:
+    def save_agent(self, agent: AgentRecord, *, fresh: bool = False) -> bool:
         """Upsert the registry record; returns whether a stop was requested."""
         payload = {
+            "fresh": fresh,
             "name": agent.name,
             "data": agent.model_dump_json(),
             "caps": dumps(agent.capabilities),

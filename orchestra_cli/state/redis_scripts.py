@@ -281,7 +281,7 @@ SAVE_AGENT = (
     PRELUDE
     + """
 local key = k('agent', a.name)
-local stop = redis.call('HGET', key, 'stop') or '0'
+local stop = a.fresh and '0' or (redis.call('HGET', key, 'stop') or '0')
 local old = redis.call('HGET', key, 'caps')
 if old then
   for _, cap in ipairs(cjson.decode(old)) do redis.call('SREM', k('cap', cap), a.name) end

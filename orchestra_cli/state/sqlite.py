@@ -337,17 +337,17 @@ class SQLiteStateStore:
         return int(row[0])
 
     # -- agents ----------------------------------------------------------
-    def save_agent(self, agent: AgentRecord) -> bool:
+    def save_agent(self, agent: AgentRecord, *, fresh: bool = False) -> bool:
         with self.db.write() as conn:
             row = conn.execute(
                 "SELECT stop_requested FROM agents WHERE name = ?", (agent.name,)
             ).fetchone()
-            stop = bool(row and row["stop_requested"])
+            stop = bool(row and row["stop_requested"]) and not fresh
             agent.stop_requested = stop
             conn.execute(
                 "INSERT INTO agents (name, heartbeat_at, stop_requested, data) VALUES (?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
-                "data = excluded.data",
+                "stop_requested = excluded.stop_requested, data = excluded.data",
                 (agent.name, agent.heartbeat_at, int(stop), agent.model_dump_json()),
             )
         return stop

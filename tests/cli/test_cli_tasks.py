@@ -72,6 +72,11 @@ def test_submit_reads_stdin_and_files(cli: CliRunner, monkeypatch: pytest.Monkey
         (["x", "--priority", "12"], "priority 12 is out of range"),
         (["x", "--label", "novalue"], "is not KEY=VALUE"),
         (["--file", "missing.txt"], "cannot read missing.txt"),
+        (["x", "--timeout", "nan"], "timeout nan is not a positive number"),
+        (["x", "--timeout", "inf"], "timeout inf is not a positive number"),
+        (["x", "--timeout", "0"], "timeout 0 is not a positive number"),
+        (["x", "--idempotency-key", " "], "the idempotency key is empty"),
+        (["ok \udcff\udcfe"], "task text is not UTF-8"),  # argv bytes, surrogate-escaped
     ],
 )
 def test_bad_submissions_get_a_one_line_error(
@@ -90,6 +95,22 @@ def test_non_utf8_and_oversized_input_are_rejected(
     monkeypatch.setenv("ORCHESTRA_TASKS__MAX_INPUT_BYTES", "1024")
     result = cli("task", "submit", "x" * 2000, expect=2)
     assert "over the 1,024-byte limit" in result.err
+
+
+def test_non_finite_or_empty_settings_are_config_errors(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRA_TASKS__DEFAULT_TIMEOUT", "inf")
+    assert "finite number" in cli("task", "list", expect=2).err
+    monkeypatch.delenv("ORCHESTRA_TASKS__DEFAULT_TIMEOUT")
+    monkeypatch.setenv("ORCHESTRA_AGENTS__TTL_SECONDS", "1")
+    assert "at least twice heartbeat_seconds" in cli("config", "validate", expect=2).err
+    monkeypatch.delenv("ORCHESTRA_AGENTS__TTL_SECONDS")
+    monkeypatch.setenv("ORCHESTRA_ENV", "prod")
+    assert cli("task", "list", expect=2).err.startswith("orchestra: error: ORCHESTRA_ENV: ")
+    monkeypatch.delenv("ORCHESTRA_ENV")
+    monkeypatch.setenv("ORCHESTRA_HOME", "")
+    assert "home: is empty" in cli("task", "list", expect=2).err
 
 
 def test_unknown_task_id_is_a_one_line_error(cli: CliRunner) -> None:

@@ -239,6 +239,8 @@ def test_agent_registry_round_trip_and_stop_request(contract_backends: Backends)
     assert state.request_agent_stop("coder-1").stop_requested
     assert state.save_agent(rec) is True  # the next heartbeat learns of it
     assert state.get_agent("coder-1").status == "running"
+    assert state.save_agent(rec, fresh=True) is False  # a new process under the name
+    assert state.save_agent(rec) is False and not state.get_agent("coder-1").stop_requested
     state.delete_agent("coder-1")
     with pytest.raises(NotFoundError):
         state.get_agent("coder-1")

@@ -209,6 +209,18 @@ def test_agent_stop_command_drains_a_running_agent(deployment: Deployment) -> No
     d.cli("agent", "stop", "stoppable", "--wait", "--timeout", "20")
     assert agent.popen.wait(timeout=20) == 0
     assert d.cli("agent", "status", "stoppable", expect=1).code == 1
+    # started again under the same name (a supervisor's restart): the old stop is done
+    again = d.start("agent", "start", "coder", "--name", "stoppable")
+    wait_until(
+        lambda: d.cli("agent", "status", "stoppable", expect=None).code == 0,
+        timeout=20,
+        what="agent to register again",
+    )
+    time.sleep(1.0)  # several heartbeats: it would have read the old stop by now
+    assert again.popen.poll() is None
+    assert not d.backends.state.get_agent("stoppable").stop_requested
+    d.cli("agent", "stop", "stoppable", "--wait", "--timeout", "20")
+    assert again.popen.wait(timeout=20) == 0
 
 
 def test_task_whose_message_was_lost_is_recovered_by_the_orchestrator_sweep(
