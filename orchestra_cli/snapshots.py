@@ -79,15 +79,17 @@ def create(backends: Backends, name: str | None = None) -> Snapshot:
 
 def list_snapshots(settings: Settings) -> list[Snapshot]:
     """Every snapshot in the data dir, oldest first."""
-    out = []
-    for meta in sorted(snapshot_dir(settings).glob("*.json")):
+    found = []
+    for meta in snapshot_dir(settings).glob("*.json"):
         try:
             snap = Snapshot(**json.loads(meta.read_text()))
-        except (ValueError, TypeError):
+            written = meta.stat().st_mtime_ns
+        except (OSError, ValueError, TypeError):
             continue
         if (meta.parent / snap.file).exists():
-            out.append(snap)
-    return out
+            # by creation time (file names sort `x-2` before `x`), then by when written
+            found.append((snap.created_at, written, snap))
+    return [snap for *_, snap in sorted(found, key=lambda f: (f[0], f[1]))]
 
 
 def find(settings: Settings, ref: str) -> Snapshot:

@@ -123,5 +123,6 @@ def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int
         ) from exc
     took = time.monotonic() - started
     note = f" ({existing:,} existing for their idempotency keys)" if existing else ""
-    app.info(f"submitted {len(requests):,} tasks in {took:.1f}s{note}")
+    noun = "task" if len(requests) == 1 else "tasks"
+    app.info(f"submitted {len(requests):,} {noun} in {took:.1f}s{note}")
     return 0

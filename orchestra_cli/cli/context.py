@@ -83,13 +83,19 @@ class AppContext:
 
         # off a terminal, rich would crop trees at 80 columns
         width = None if sys.stdout.isatty() else 200
-        return Console(no_color=self.no_color, highlight=False, width=width)
+        return Console(highlight=False, width=width, **self._colour())
 
     @cached_property
     def err_console(self) -> Console:
         from rich.console import Console
 
-        return Console(stderr=True, no_color=self.no_color, highlight=False)
+        # messages are never wrapped: ids and commands in them stay whole for copying
+        return Console(stderr=True, highlight=False, soft_wrap=True, **self._colour())
+
+    def _colour(self) -> dict[str, Any]:
+        """--no-color: no ANSI styling at all; otherwise rich's own choice, which
+        honours NO_COLOR and the terminal."""
+        return {"color_system": None} if self.no_color else {}
 
     def print_json(self, data: Any) -> None:
         from orchestra_cli.util import dumps

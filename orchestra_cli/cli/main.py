@@ -67,17 +67,33 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except BrokenPipeError:
         return ExitStatus.OK
-    except Exception as exc:
+    except OSError as exc:
+        if exc.filename is None:  # not about a file (a socket, say): an unexpected failure
+            return _internal_error(exc, verbose)
         if verbose:
             import traceback
 
             traceback.print_exc()
         _print_error(
-            f"internal error: {type(exc).__name__}: {exc} — rerun with -v for the "
-            "traceback and report it"
+            f"{exc.strerror or exc}: {exc.filename} — check the path and its permissions "
+            "(ORCHESTRA_HOME for state and logs, --output for reports)"
         )
-        return ExitStatus.FAILURE
+        return ExitStatus.USAGE
+    except Exception as exc:
+        return _internal_error(exc, verbose)
     return int(result) if isinstance(result, int) else ExitStatus.OK
+
+
+def _internal_error(exc: Exception, verbose: bool) -> int:
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    _print_error(
+        f"internal error: {type(exc).__name__}: {exc} — rerun with -v for the traceback and "
+        "report it"
+    )
+    return ExitStatus.FAILURE
 
 
 def main() -> None:

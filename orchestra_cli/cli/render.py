@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from orchestra_cli.util import human_duration, iso, now
@@ -62,6 +63,9 @@ def _task_row(t: Task) -> tuple[str, ...]:
     )
 
 
+MIN_WIDTHS = {"ID": 36, "STATUS": 9}
+
+
 def tasks_table(tasks: list[Task]) -> Table:
     """`task list` on a terminal (``tasks_text`` elsewhere)."""
     from rich.table import Table
@@ -69,7 +73,10 @@ def tasks_table(tasks: list[Task]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in TASK_COLUMNS:
         table.add_column(
-            col, overflow="fold" if col == "TITLE" else "ellipsis", no_wrap=col != "TITLE"
+            col,
+            overflow="fold" if col == "TITLE" else "ellipsis",
+            no_wrap=col != "TITLE",
+            min_width=MIN_WIDTHS.get(col),  # ids and statuses are never cut short
         )
     for t in tasks:
         row = _task_row(t)
@@ -82,8 +89,22 @@ def tasks_table(tasks: list[Task]) -> Table:
 def tasks_text(tasks: list[Task]) -> str:
     """The same columns as plain text, one line per task: `task list` into a pipe or
     file, where scripts read it (and rich's import and layout would be ~80 ms of it)."""
-    rows = [TASK_COLUMNS, *(_task_row(t) for t in tasks)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TASK_COLUMNS) - 1)]
+    return columns_text(TASK_COLUMNS, [_task_row(t) for t in tasks], MIN_WIDTHS)
+
+
+def columns_text(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    min_widths: Mapping[str, int] | None = None,
+) -> str:
+    """Aligned plain-text columns, one line per row, never wrapped (for pipes and
+    files, where scripts read them): the last column is free text, whitespace
+    folded to single spaces."""
+    rows = [header, *rows]
+    least = min_widths or {}
+    widths = [
+        max(least.get(header[i], 0), *(len(r[i]) for r in rows)) for i in range(len(header) - 1)
+    ]
     lines = (
         "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True))
         + "  "

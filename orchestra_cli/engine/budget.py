@@ -107,8 +107,9 @@ class Meter:
             raise BudgetExceeded(
                 f"budget exceeded for task tree {task.root_id}: spent {overrun}; "
                 "no further model calls",
-                f"raise it with --label {LABEL_USD}=… / {LABEL_TOKENS}=… or "
-                "llm.budget_usd / llm.budget_tokens, then `orchestra task retry`",
+                "submit the task again with a larger --budget; a task without a budget of "
+                "its own follows llm.budget_usd / llm.budget_tokens (raise them, then "
+                "`orchestra task retry`)",
             )
 
     def wrap(

@@ -284,7 +284,8 @@ class TaskService:
         task = self.state.get_task(task_id)
         if task.status not in (Status.FAILED, Status.CANCELLED):
             raise UsageError(
-                f"task {task.id} is {task.status}", "only failed or cancelled tasks can be retried"
+                f"task {task.id} has status {task.status}",
+                "only failed or cancelled tasks can be retried",
             )
         to_publish: list[Task] = []
         self._reopen(task, to_publish)

@@ -73,6 +73,18 @@ def test_unknown_command_is_a_usage_error_on_one_line(cli: CliRunner) -> None:
     assert result.err.startswith("orchestra: error: ") and result.err.count("\n") == 1
 
 
+def test_unusable_paths_are_one_line_errors_naming_the_path(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path("a-file").write_text("")
+    err = cli("report", "daily", "--output", "no/such/dir/r.html", expect=2).err
+    assert err.startswith("orchestra: error: No such file or directory: no/such/dir/r.html — ")
+    assert err.count("\n") == 1
+    monkeypatch.setenv("ORCHESTRA_HOME", str(Path("a-file").resolve()))
+    err = cli("task", "list", expect=2).err
+    assert "Not a directory: " in err and "a-file" in err and err.count("\n") == 1
+
+
 def test_init_writes_config_and_private_dotenv_and_refuses_to_overwrite(cli: CliRunner) -> None:
     cli("init")
     assert Path("orchestra.yaml").is_file()

@@ -27,6 +27,18 @@ def test_a_subset_of_checks_can_be_selected(cli: CliRunner) -> None:
     assert "unknown check 'vibes'" in cli("health", "-c", "vibes", expect=2).err
 
 
+def test_quiet_health_prints_only_what_needs_attention_and_piped_rows_stay_whole(
+    cli: CliRunner,
+) -> None:
+    assert cli("-q", "health", "--check", "state,broker").out == ""  # all ok: silence
+    quiet = cli("-q", "health", "--check", "state,agents").out.splitlines()
+    assert len(quiet) == 1 and quiet[0].split()[:2] == ["agents", "warn"]
+    lines = cli("health").out.splitlines()  # captured: not a terminal, so plain text
+    assert lines[0].split() == ["CHECK", "STATUS", "DETAIL"]
+    assert len(lines) == 1 + len(json.loads(cli("--json", "health").out)["checks"])
+    assert "\x1b[" not in cli("health").out
+
+
 def test_unreachable_services_exit_3_with_masked_urls(
     cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,6 +27,19 @@ def test_rollback_restores_the_state_of_the_snapshot_and_keeps_a_safety_copy(
     assert names == ["before-release", "pre-rollback", "pre-rollback"]
 
 
+def test_a_reused_name_rolls_back_to_the_newest_snapshot_of_that_name(cli: CliRunner) -> None:
+    first = cli("task", "submit", "-q", "first").out.strip()
+    cli("snapshot", "create", "--name", "before")
+    second = cli("task", "submit", "-q", "second").out.strip()
+    newer = json.loads(cli("--json", "snapshot", "create", "--name", "before").out)
+    cli("task", "submit", "-q", "third")
+    listed = [s["file"] for s in json.loads(cli("--json", "snapshot", "list").out)]
+    assert listed[-1] == newer["file"]  # oldest first, though `before-2` sorts before `before`
+    result = json.loads(cli("--json", "rollback", "--to", "before", "--yes").out)
+    assert result["restored"]["file"] == newer["file"]
+    assert {t["id"] for t in json.loads(cli("--json", "task", "list").out)} == {first, second}
+
+
 def test_rollback_to_an_unknown_snapshot_is_a_one_line_error(cli: CliRunner) -> None:
     assert "no snapshots yet" in cli("rollback", "--to", "latest", "--yes", expect=1).err
     cli("snapshot", "create")

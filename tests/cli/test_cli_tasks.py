@@ -128,6 +128,10 @@ def test_list_filters_and_rejects_unknown_status(cli: CliRunner) -> None:
     assert len(json.loads(cli("task", "list", "-s", "pending,queued", "--json").out)) == 3
     assert "unknown status 'runing'" in cli("task", "list", "-s", "runing", expect=2).err
     assert ids[0] in cli("task", "list").out
+    assert cli("-q", "task", "list").out.split() == ids[::-1]  # ids only, newest first
+    for short in ("", "01a"):
+        err = cli("task", "get", short, expect=2).err
+        assert "prefix of at least 4 characters" in err and err.count("\n") == 1
 
 
 def test_cancel_then_retry_a_pending_task(cli: CliRunner) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -60,6 +61,8 @@ def list_agents(
         agents = [a for a in agents if agent_state(a, _ttl(app)) != "stopped"]
     if app.json:
         app.print_json([agent_json(a, _ttl(app)) for a in agents])
+    elif app.quiet:  # names only, for scripts
+        sys.stdout.write("".join(f"{a.name}\n" for a in agents))
     elif not agents:
         app.info("no agents registered; start one with `orchestra agent start coder`")
     else:
@@ -112,7 +115,7 @@ def stop(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Agent name from `orchestra agent list`.")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait until it has drained.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 60.0,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 60.0,
 ) -> int:
     """Ask an agent to drain and stop (it finishes the tasks in hand)."""
     import time

@@ -16,7 +16,9 @@ def recover(
     ] = False,
     stale: Annotated[
         float | None,
-        typer.Option(help="Seconds without progress before pending/waiting work counts as stuck."),
+        typer.Option(
+            min=0, help="Seconds without progress before pending/waiting work counts as stuck."
+        ),
     ] = None,
 ) -> None:
     """Requeue tasks orphaned by dead agents, resubmit lost intake, re-aggregate parents.

@@ -57,7 +57,7 @@ def _parse_roles(spec: str | None, app: AppContext) -> list[str]:
 
 def demo(
     ctx: typer.Context,
-    latency_ms: Annotated[int, typer.Option(help="Simulated model think time.")] = 600,
+    latency_ms: Annotated[int, typer.Option(min=0, help="Simulated model think time.")] = 600,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's data dir.")] = False,
 ) -> int:
     """Run the sample workload: an orchestrator and the built-in agents on a multi-step task."""

@@ -10,6 +10,20 @@ import typer
 
 from orchestra_cli.cli.context import AppContext
 
+
+def _task_id(value: str) -> str:
+    value = value.strip()
+    if len(value) < MIN_PREFIX:
+        raise typer.BadParameter(
+            f"{value!r} is {'empty' if not value else 'too short'}: give the task id or a "
+            f"prefix of at least {MIN_PREFIX} characters"
+        )
+    return value
+
+
+MIN_PREFIX = 4
+TaskId = Annotated[str, typer.Argument(help="Task id (or a unique prefix).", callback=_task_id)]
+
 task_app = typer.Typer(help="Submit, watch, inspect and control tasks.", no_args_is_help=True)
 
 
@@ -169,9 +183,9 @@ def submit(
 @task_app.command("watch")
 def watch(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
+    task_id: TaskId,
     timeout: Annotated[
-        float | None, typer.Option(help="Give up after this many seconds (exit 1).")
+        float | None, typer.Option(min=0, help="Give up after this many seconds (exit 1).")
     ] = None,
 ) -> int:
     """Live view of a task and its subtasks; exits 0 if it succeeds, 1 otherwise."""
@@ -183,7 +197,7 @@ def watch(
 @task_app.command("get")
 def get(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
+    task_id: TaskId,
 ) -> None:
     """Show a task, its subtasks, result, error and usage."""
     from orchestra_cli.cli.render import task_json, task_tree, task_tree_text, usage_text
@@ -233,7 +247,9 @@ def list_tasks(
     since: Annotated[
         str | None, typer.Option(help="Created since: 30m, 2h, 7d or ISO time.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 50,
+    limit: Annotated[
+        int, typer.Option(help="At most this many, newest first.", min=1, max=1_000_000)
+    ] = 50,
     roots: Annotated[bool, typer.Option("--roots", help="Only top-level tasks.")] = False,
 ) -> None:
     """List tasks, newest first."""
@@ -257,6 +273,8 @@ def list_tasks(
     )
     if app.json:
         app.print_json([task_json(t) for t in tasks])
+    elif app.quiet:  # ids only, for scripts
+        sys.stdout.write("".join(f"{t.id}\n" for t in tasks))
     elif not tasks:
         app.info("no tasks match")
     elif sys.stdout.isatty():
@@ -268,7 +286,7 @@ def list_tasks(
 @task_app.command("cancel")
 def cancel(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
+    task_id: TaskId,
 ) -> None:
     """Cancel a task and its unfinished subtasks (a running one is told to stop)."""
     app: AppContext = ctx.obj
@@ -283,7 +301,7 @@ def cancel(
 @task_app.command("retry")
 def retry(
     ctx: typer.Context,
-    task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
+    task_id: TaskId,
 ) -> None:
     """Run a failed or cancelled task again."""
     from orchestra_cli.cli.render import task_json
