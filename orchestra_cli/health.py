@@ -14,7 +14,7 @@ from typing import Any
 from orchestra_cli.backends import Backends
 from orchestra_cli.engine.orchestrator import ORCHESTRATOR_ROLE
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
-from orchestra_cli.errors import ExitStatus, OrchestraError
+from orchestra_cli.errors import ConfigError, ExitStatus, OrchestraError
 from orchestra_cli.logs import Journals
 from orchestra_cli.models import Q_DEAD, Q_INTAKE, Q_RESULTS, work_queue
 from orchestra_cli.settings import Settings
@@ -297,6 +297,8 @@ def run_checks(ctx: HealthContext, names: list[str] | None = None) -> list[Check
             continue
         try:
             results.append(CHECKS[name](ctx))
+        except ConfigError:  # not a finding about the system: the command cannot run (exit 2)
+            raise
         except OrchestraError as exc:
             unavailable = exc.exit_status == ExitStatus.UNAVAILABLE
             results.append(Check(name, FAIL, str(exc), unavailable=unavailable))

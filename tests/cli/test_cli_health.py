@@ -39,6 +39,15 @@ def test_quiet_health_prints_only_what_needs_attention_and_piped_rows_stay_whole
     assert "\x1b[" not in cli("health").out
 
 
+def test_a_bad_configuration_is_one_usage_error_not_a_failed_check(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRA_STATE_URL", "redis://127.0.0.1:6379/0")  # no broker URL
+    err = cli("health", expect=2).err
+    assert err.startswith("orchestra: error: ") and "ORCHESTRA_BROKER_URL" in err
+    assert err.count("\n") == 1
+
+
 def test_unreachable_services_exit_3_with_masked_urls(
     cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
