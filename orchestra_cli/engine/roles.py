@@ -45,6 +45,11 @@ def _load_file(path: Path) -> RoleDefinition:
 
 def load_roles(extra_dir: Path | None = None) -> dict[str, RoleDefinition]:
     """Every role by name; the operator's directory overrides a shipped role."""
+    if extra_dir is not None and not extra_dir.is_dir():
+        raise ConfigError(
+            f"agents.definitions_dir {extra_dir} is not a directory",
+            "create it or fix agents.definitions_dir (ORCHESTRA_AGENTS__DEFINITIONS_DIR)",
+        )
     roles: dict[str, RoleDefinition] = {}
     for directory in (templates_dir() / "agents", extra_dir):
         if directory is None or not directory.is_dir():

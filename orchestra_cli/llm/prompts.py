@@ -64,6 +64,11 @@ class PromptLibrary:
     """Finds templates in the override dir first, then in the shipped templates."""
 
     def __init__(self, override_dir: Path | None = None) -> None:
+        if override_dir is not None and not override_dir.is_dir():
+            raise ConfigError(
+                f"prompts_dir {override_dir} is not a directory",
+                "create it or fix prompts_dir (ORCHESTRA_PROMPTS_DIR)",
+            )
         self.dirs = [d for d in (override_dir, templates_dir() / "prompts") if d is not None]
         self._cache: dict[str, PromptTemplate] = {}
 

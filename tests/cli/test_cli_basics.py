@@ -85,6 +85,17 @@ def test_unusable_paths_are_one_line_errors_naming_the_path(
     assert "Not a directory: " in err and "a-file" in err and err.count("\n") == 1
 
 
+def test_configured_directories_that_do_not_exist_are_config_errors(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRA_AGENTS__DEFINITIONS_DIR", "no-such-dir")
+    err = cli("config", "validate", expect=2).err
+    assert "definitions_dir no-such-dir is not a directory" in err
+    monkeypatch.delenv("ORCHESTRA_AGENTS__DEFINITIONS_DIR")
+    monkeypatch.setenv("ORCHESTRA_PROMPTS_DIR", "no-such-dir")
+    assert "prompts_dir no-such-dir is not a directory" in cli("config", "validate", expect=2).err
+
+
 def test_init_writes_config_and_private_dotenv_and_refuses_to_overwrite(cli: CliRunner) -> None:
     cli("init")
     assert Path("orchestra.yaml").is_file()
