@@ -152,3 +152,6 @@ def test_production_environment_warns_about_laptop_settings(
     assert any("offline model provider" in w for w in data["warnings"])
     result = cli("config", "validate", "--strict", expect=1)
     assert "warning: production on the embedded SQLite file" in result.err
+    assert result.err.splitlines()[-1] == (
+        "orchestra: error: 2 warnings, and --strict fails on them"
+    )

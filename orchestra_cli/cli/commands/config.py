@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,6 +132,13 @@ def validate(
         )
         for warning in warnings:
             app.err_console.print(f"warning: {warning}", markup=False, style="yellow")
+        if strict and warnings:
+            from orchestra_cli.cli.main import error_line
+
+            noun = "warning" if len(warnings) == 1 else "warnings"
+            print(
+                error_line(f"{len(warnings)} {noun}, and --strict fails on them"), file=sys.stderr
+            )
     return 1 if strict and warnings else 0
 
 
