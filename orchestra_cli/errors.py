@@ -87,6 +87,19 @@ class BrokerUnavailable(BrokerError):
     exit_status = ExitStatus.UNAVAILABLE
 
 
+class Undelivered(BrokerUnavailable):
+    """A task is stored but its message could not be sent (it runs later: the
+    orchestrator's recovery sweep sends the messages of stored tasks again)."""
+
+    def __init__(self, task_id: str, cause: BrokerError) -> None:
+        super().__init__(
+            f"task {task_id} is stored, but its message could not be sent: {cause.message}",
+            "do not submit it again: it runs once RabbitMQ is back (the orchestrator's "
+            "recovery sweep sends it; `orchestra recover` does it at once)",
+        )
+        self.task_id = task_id
+
+
 class MalformedMessage(BrokerError):
     """A message on a queue that is not a valid orchestra envelope."""
 

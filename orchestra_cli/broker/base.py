@@ -112,6 +112,11 @@ class Broker(Protocol):
         seconds, if given; the broker's publish timeout otherwise)."""
         ...
 
+    def connect(self) -> None:
+        """Open the publishing connection now: BrokerUnavailable before a caller
+        stores something whose message it could not then send."""
+        ...
+
     def publish_raw(self, queue: str, body: bytes) -> None:
         """Put arbitrary bytes on a queue (tests and tools; bypasses validation)."""
         ...

@@ -483,6 +483,10 @@ class RabbitBroker:
         props = _properties(envelope.id, envelope.type, priority, {H_DELIVERIES: 0})
         self._publish(queue, envelope.encode(), props, delay, confirm, awaited)
 
+    def connect(self) -> None:
+        """Open the publishing connection (if it is not open) and return."""
+        self._publisher()
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message published so far is confirmed."""
         with self._lock:

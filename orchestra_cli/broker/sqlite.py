@@ -265,6 +265,9 @@ class SQLiteBroker:
     def flush(self, timeout: float | None = None) -> None:
         """Nothing to wait for: every publish is a committed transaction."""
 
+    def connect(self) -> None:
+        """Nothing to open: the database is the broker."""
+
     def publish_raw(self, queue: str, body: bytes) -> None:
         self._insert(queue, body, 0, 0.0)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from orchestra_cli.cli.context import AppContext
 from orchestra_cli.engine.service import SubmitRequest
-from orchestra_cli.errors import OrchestraError, UsageError
+from orchestra_cli.errors import OrchestraError, Undelivered, UsageError
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "text": str,
@@ -103,7 +103,15 @@ def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int
     started = last_report = time.monotonic()
     existing = 0
     for done, req in enumerate(requests, 1):
-        task, created = service.submit(req, confirm=False)
+        try:
+            task, created = service.submit(req, confirm=False)
+        except Undelivered as exc:  # stored: its id goes out with the others
+            if app.json:
+                print(json.dumps({"created": True, "delivered": False, "task_id": exc.task_id}))
+            else:
+                print(exc.task_id)
+            sys.stdout.flush()
+            raise
         existing += not created
         if app.json:
             print(json.dumps({"created": created, "task": task_json(task)}), flush=False)

@@ -252,6 +252,11 @@ class Agent:
             if not isinstance(takeover, Task):
                 return takeover
             task = takeover
+        if task.status in (Status.PENDING, Status.WAITING):
+            # reopened (task retry) after this message was sent: the orchestrator sends
+            # the task a message of its own when it routes it again; this one is stale
+            log.info("dropping a stale run message for task %s (%s)", task.id, task.status)
+            return Ack()
         if task.status != Status.QUEUED:
             return DeadLetter(f"task {task.id} is {task.status}, not queued")
         try:

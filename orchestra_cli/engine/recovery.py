@@ -17,7 +17,7 @@ from typing import Any
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.retry import retry_or_fail
-from orchestra_cli.errors import OrchestraError, TransitionRejected
+from orchestra_cli.errors import NotFoundError, OrchestraError, TransitionRejected
 from orchestra_cli.models import (
     MSG_RESULT,
     Q_RESULTS,
@@ -71,6 +71,17 @@ class Recovery:
             return f"agent {task.agent} is alive but not working on it"
         return None
 
+    def _awaits_dependency(self, task: Task) -> bool:
+        """A subtask whose dependencies have not all ended is waiting, not stuck
+        (the orchestrator dispatches it when the last of them ends)."""
+        for dep in task.depends_on:
+            try:
+                if self.b.state.get_task(dep).status not in TERMINAL:
+                    return True
+            except NotFoundError:
+                continue
+        return False
+
     def scan(self) -> list[Finding]:
         """What a sweep would do, without doing it."""
         state = self.b.state
@@ -82,7 +93,7 @@ class Recovery:
             if reason:
                 findings.append(Finding(task.id, task.status, "requeue", reason))
         for task in state.list_tasks(status=[Status.PENDING.value], limit=SCAN_LIMIT):
-            if at - task.updated_at > self.stale:
+            if at - task.updated_at > self.stale and not self._awaits_dependency(task):
                 findings.append(
                     Finding(
                         task.id, task.status, "resubmit", f"pending for {at - task.updated_at:.0f}s"

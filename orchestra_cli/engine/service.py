@@ -6,12 +6,13 @@ and publishes what the orchestrator needs; none of them renders anything.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from orchestra_cli.backends import Backends
@@ -24,6 +25,7 @@ from orchestra_cli.errors import (
     BrokerUnavailable,
     OrchestraError,
     TransitionRejected,
+    Undelivered,
     UsageError,
 )
 from orchestra_cli.models import (
@@ -54,6 +56,17 @@ class SubmitRequest:
     max_attempts: int | None = None
     labels: dict[str, str] | None = None
     idempotency_key: str | None = None
+
+
+@contextlib.contextmanager
+def _undelivered(task_id: str) -> Iterator[None]:
+    """A broker error while sending the message of a stored task: Undelivered."""
+    try:
+        yield
+    except BrokerError as exc:
+        if isinstance(exc, Undelivered):
+            raise
+        raise Undelivered(task_id, exc) from exc
 
 
 def _title_from(text: str) -> str:
@@ -142,10 +155,14 @@ class TaskService:
             labels=req.labels or {},
             idempotency_key=req.idempotency_key,
         )
+        # an unreachable broker fails the submit before the task is stored; a broker
+        # lost after that fails it with Undelivered (the task runs later: see there)
+        self.b.broker.connect()
         if req.capability is None:  # the orchestrator plans it
             stored, created = self.state.create_task(task, watch=wait)
             if created:
-                publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
+                with _undelivered(stored.id):
+                    publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
             return stored, created
         # The submitter chose the capability: there is nothing to plan (every
         # planner routes such a task as given), so it is routed here, in the
@@ -162,14 +179,16 @@ class TaskService:
             publish_run(self.b.broker, task, confirm=confirm, awaited=wait)
             sent.append(True)
 
-        stored, created = self.state.create_task(
-            task, dispatch=data, meanwhile=publish_early if early else None, watch=wait
-        )
+        with _undelivered(task.id):  # raised by the early publish once the task is stored
+            stored, created = self.state.create_task(
+                task, dispatch=data, meanwhile=publish_early if early else None, watch=wait
+            )
         if created:
-            if stored.status == Status.PENDING:  # not routed after all: the orchestrator will
-                publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
-            elif not sent:
-                publish_run(self.b.broker, stored, confirm=confirm, awaited=wait)
+            with _undelivered(stored.id):
+                if stored.status == Status.PENDING:  # not routed after all: the orchestrator
+                    publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
+                elif not sent:
+                    publish_run(self.b.broker, stored, confirm=confirm, awaited=wait)
             if not live:
                 self.directory.note_no_agent(stored, req.capability)
             self.b.journals.decisions.write(plan.record(stored))

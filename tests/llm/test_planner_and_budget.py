@@ -239,3 +239,25 @@ def test_a_message_for_a_task_not_yet_stored_is_looked_at_again_then_dead_letter
     assert isinstance(later, Defer) and later.delay >= 1
     old = handle(UNKNOWN_TASK_GRACE_SECONDS + 1)
     assert isinstance(old, DeadLetter) and "does not exist" in old.reason
+
+
+def test_a_run_message_for_a_task_reopened_since_is_dropped_not_dead_lettered(
+    backends: Backends,
+) -> None:
+    """`task retry` reopens a task to pending; the orchestrator routes it with a new
+    message, so an older one still on the queue is stale, not poison."""
+    from types import SimpleNamespace
+
+    from orchestra_cli.engine.agent import Agent
+    from orchestra_cli.engine.worker import Ack
+    from orchestra_cli.llm.offline import OfflineProvider
+    from orchestra_cli.models import MSG_RUN, Envelope
+
+    agent = Agent(backends, load_roles()["coder"], OfflineProvider(), PromptLibrary(), name="a")
+    task, _ = backends.state.create_task(Task(title="t", input="x", capability="code"))
+    assert backends.state.get_task(task.id).status == Status.PENDING
+    delivery = SimpleNamespace(
+        envelope=Envelope(type=MSG_RUN, task_id=task.id), delivery_count=1, queue="work.code"
+    )
+    assert isinstance(agent.handle(delivery), Ack)  # type: ignore[arg-type]
+    assert backends.state.get_task(task.id).status == Status.PENDING  # left to the orchestrator

@@ -366,3 +366,43 @@ def test_a_waiter_without_the_broker_reads_the_outcome_from_state_within_its_tim
         end.join()
     finally:
         link.url = url  # RabbitMQ is back, for the fixture's cleanup
+
+
+def test_a_submit_fails_before_storing_when_the_broker_is_gone_and_names_the_task_after(
+    svc: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.broker import rabbitmq
+    from orchestra_cli.engine.roles import load_roles
+    from orchestra_cli.engine.service import SubmitRequest, TaskService
+    from orchestra_cli.errors import Undelivered
+    from orchestra_cli.status import Status
+
+    monkeypatch.setattr(rabbitmq, "PUBLISH_TIMEOUT_SECONDS", 2.0)  # the reconnect window
+    broker = _broker(svc)
+    service = TaskService(svc, lambda: load_roles(svc.settings.agents.definitions_dir))
+    service.submit(SubmitRequest("connects", capability="code"))
+    link = broker._publisher()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        refused = f"amqp://guest:guest@127.0.0.1:{s.getsockname()[1]}/%2f"
+    link.url, url = refused, link.url
+    try:
+        # the connection breaks after the submitter connected: the task is stored first
+        link._conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        with pytest.raises(Undelivered) as routed:
+            service.submit(SubmitRequest("routed", capability="code"))
+        assert svc.state.get_task(routed.value.task_id).status == Status.QUEUED
+        assert "do not submit it again" in str(routed.value)
+        with pytest.raises(Undelivered) as planned:
+            service.submit(SubmitRequest("planned"))
+        assert svc.state.get_task(planned.value.task_id).status == Status.PENDING
+        # unreachable before the submit: nothing is stored
+        link.close()
+        broker._url = refused
+        before = len(svc.state.list_tasks(limit=100))
+        with pytest.raises(BrokerUnavailable) as gone:
+            service.submit(SubmitRequest("never stored", capability="code"))
+        assert not isinstance(gone.value, Undelivered)
+        assert len(svc.state.list_tasks(limit=100)) == before == 3
+    finally:
+        link.url = broker._url = url  # RabbitMQ is back, for the fixture's cleanup

@@ -75,6 +75,22 @@ def test_stale_pending_task_is_resubmitted_and_dry_run_changes_nothing(fast: Bac
     assert fast.state.get_task(task.id).status == Status.PENDING
 
 
+def test_a_subtask_waiting_for_its_dependency_is_not_stuck(fast: Backends) -> None:
+    parent, _ = fast.state.create_task(Task(title="p", input="i"))
+    first = Task(title="a", input="i", parent_id=parent.id, root_id=parent.id, capability="code")
+    then = Task(title="b", input="i", parent_id=parent.id, root_id=parent.id, depends_on=[first.id])
+    fast.state.create_subtasks(parent.id, [first, then], "two steps")
+    fast.state.transition(first.id, Status.QUEUED)
+    fast.state.transition(first.id, Status.RUNNING, agent="a1", attempts=1)
+    fast.state.save_agent(
+        AgentRecord(name="a1", role="coder", capabilities=["code"], current=[first.id])
+    )
+    assert Recovery(fast, stale_seconds=0).scan() == []  # b waits for a, which runs
+    fast.state.transition(first.id, Status.SUCCEEDED, result="done")
+    findings = Recovery(fast, stale_seconds=0).scan()  # a ended and b was never dispatched
+    assert [(f.task_id, f.action) for f in findings] == [(then.id, "resubmit")]
+
+
 def test_parent_whose_subtasks_all_ended_is_reaggregated(fast: Backends) -> None:
     parent, _ = fast.state.create_task(Task(title="p", input="i"))
     child = Task(title="c", input="i", parent_id=parent.id, root_id=parent.id, capability="code")

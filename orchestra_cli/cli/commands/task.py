@@ -161,7 +161,16 @@ def submit(
         labels=labels,
         idempotency_key=idempotency_key,
     )
-    task, created = app.service().submit(req, wait=wait)
+    from orchestra_cli.errors import Undelivered
+
+    try:
+        task, created = app.service().submit(req, wait=wait)
+    except Undelivered as exc:  # stored: its id goes out, so a script does not submit it again
+        if app.json:
+            app.print_json({"created": True, "delivered": False, "task_id": exc.task_id})
+        else:
+            print(exc.task_id, flush=True)
+        raise
     if app.json:  # one document: with --wait, the outcome's (wait_for)
         if not wait:
             from orchestra_cli.cli.render import task_json
