@@ -273,6 +273,23 @@ class Orchestrator:
         if all(c.status in TERMINAL for c in children):
             self._aggregate(parent, children)
 
+    def _reopened_meanwhile(self, failed: Task) -> bool:
+        """A subtask retried (`task retry`) between the read of the children and the
+        parent's failure: the parent waits again (or the retry has reopened it)."""
+        if all(c.status in TERMINAL for c in self.state.children(failed.id)):
+            return False
+        try:
+            self.state.transition(
+                failed.id,
+                Status.WAITING,
+                expect_version=failed.version,
+                error=None,
+                event_data={"by": "retry", "reason": "a subtask was retried meanwhile"},
+            )
+        except TransitionRejected:
+            pass  # the operator's retry reopened it first
+        return True
+
     def _aggregate(self, parent: Task, children: list[Task]) -> None:
         failed = [c for c in children if c.status != Status.SUCCEEDED]
         try:
@@ -295,6 +312,8 @@ class Orchestrator:
                 )
         except TransitionRejected:
             return  # aggregated by another orchestrator thread
+        if failed and self._reopened_meanwhile(done):
+            return
         self.b.journals.decisions.write(
             {
                 "decision": "aggregate",

@@ -322,13 +322,17 @@ class TaskService:
         while parent_id is not None:  # reopen finished ancestors so they aggregate again
             parent = self.state.get_task(parent_id)
             if parent.status in (Status.FAILED, Status.CANCELLED):
-                self.state.transition(
-                    parent.id,
-                    Status.WAITING,
-                    expect_version=parent.version,
-                    error=None,
-                    event_data={"by": "operator"},
-                )
+                try:
+                    self.state.transition(
+                        parent.id,
+                        Status.WAITING,
+                        expect_version=parent.version,
+                        error=None,
+                        event_data={"by": "operator"},
+                    )
+                except TransitionRejected:  # the orchestrator saw the retry and reopened it
+                    if self.state.get_task(parent.id).status != Status.WAITING:
+                        raise
             parent_id = parent.parent_id
         for leaf in to_publish:
             publish_submit(self.b.broker, leaf)

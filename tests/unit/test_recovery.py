@@ -136,3 +136,25 @@ def test_long_silent_agents_are_pruned_from_the_registry(home: Path) -> None:
         assert [a.name for a in b.state.list_agents()] == ["fresh"]
     finally:
         b.close()
+
+
+def test_a_subtask_retried_while_its_parent_was_failing_leaves_the_parent_waiting(
+    fast: Backends,
+) -> None:
+    """The orchestrator read the children (one failed), then the operator retried
+    that child, then the orchestrator failed the parent: the parent waits again."""
+    from orchestra_cli.engine.orchestrator import Orchestrator
+    from orchestra_cli.engine.planner import RuleBasedPlanner
+    from orchestra_cli.engine.roles import load_roles
+    from orchestra_cli.engine.service import TaskService
+
+    parent, _ = fast.state.create_task(Task(title="p", input="i"))
+    child = Task(title="c", input="i", parent_id=parent.id, root_id=parent.id, capability="code")
+    fast.state.create_subtasks(parent.id, [child], "one step")
+    fast.state.transition(child.id, Status.FAILED, error="boom")
+    orchestrator = Orchestrator(fast, load_roles(), RuleBasedPlanner())
+    seen = fast.state.children(parent.id)  # the orchestrator's read: all ended
+    TaskService(fast, load_roles()).retry(child.id)  # parent still waiting: left alone
+    orchestrator._aggregate(fast.state.get_task(parent.id), seen)
+    assert fast.state.get_task(parent.id).status == Status.WAITING
+    assert fast.state.get_task(child.id).status == Status.PENDING
