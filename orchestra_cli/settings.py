@@ -304,7 +304,7 @@ def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) ->
     return user if user.is_file() else None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
@@ -388,7 +388,7 @@ def load_settings(
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path is not None:
-        for dotted, value in _flatten(_read_yaml(path)).items():
+        for dotted, value in _flatten(read_yaml(path)).items():
             _set_dotted(merged, dotted, value)
             sources[dotted] = str(path)
     layers = [

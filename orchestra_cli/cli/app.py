@@ -27,6 +27,7 @@ def _callback(
         str | None,
         typer.Option(
             "--config",
+            metavar="PATH",
             help="Config file (default: ./orchestra.yaml).",
             envvar="ORCHESTRA_CONFIG",
             show_envvar=False,

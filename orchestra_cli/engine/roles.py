@@ -29,12 +29,9 @@ class RoleDefinition(BaseModel):
 
 
 def _load_file(path: Path) -> RoleDefinition:
-    import yaml
+    from orchestra_cli.settings import read_yaml
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML", "fix the agent definition") from exc
+    data = read_yaml(path)  # errors name the file and line
     try:
         return RoleDefinition.model_validate(data)
     except ValidationError as exc:

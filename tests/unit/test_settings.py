@@ -39,6 +39,14 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
         load_settings(env={}, cwd=tmp_path)
 
 
+def test_invalid_yaml_in_an_agent_definition_names_the_line(tmp_path: Path) -> None:
+    from orchestra_cli.engine.roles import load_roles
+
+    (tmp_path / "x.yaml").write_text("name: x\n  bad: [\n")
+    with pytest.raises(ConfigError, match=r"x.yaml:2: "):
+        load_roles(tmp_path)
+
+
 def test_invalid_value_names_the_field_and_its_source(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"ORCHESTRA_AGENTS__CONCURRENCY: agents\.concurrency"):
         load_settings(env={"ORCHESTRA_AGENTS__CONCURRENCY": "lots"}, cwd=tmp_path)

@@ -175,6 +175,10 @@ def emit(
 ) -> None:
     from orchestra_cli.util import dumps
 
+    if app.json and fmt not in (Format.json, Format.table):
+        from orchestra_cli.errors import UsageError
+
+        raise UsageError(f"--json and --format {fmt.value} disagree", "give one of them")
     if app.json or fmt == Format.json:
         text = dumps(data, indent=2) + "\n"
     elif fmt == Format.markdown:

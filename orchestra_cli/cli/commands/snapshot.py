@@ -63,7 +63,9 @@ def rollback(
     ctx: typer.Context,
     to: Annotated[str, typer.Option("--to", help="Snapshot file, name, or 'latest'.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    force: Annotated[bool, typer.Option(help="Roll back even while agents are running.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Roll back even while agents are running.")
+    ] = False,
 ) -> None:
     """Replace the whole state with a snapshot (a pre-rollback snapshot is taken first)."""
     from orchestra_cli import snapshots
