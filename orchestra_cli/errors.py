@@ -91,10 +91,10 @@ class Undelivered(BrokerUnavailable):
     """A task is stored but its message could not be sent (it runs later: the
     orchestrator's recovery sweep sends the messages of stored tasks again)."""
 
-    def __init__(self, task_id: str, cause: BrokerError) -> None:
+    def __init__(self, task_id: str, cause: OrchestraError) -> None:
         super().__init__(
             f"task {task_id} is stored, but its message could not be sent: {cause.message}",
-            "do not submit it again: it runs once RabbitMQ is back (the orchestrator's "
+            "do not submit it again: it runs once the broker is back (the orchestrator's "
             "recovery sweep sends it; `orchestra recover` does it at once)",
         )
         self.task_id = task_id

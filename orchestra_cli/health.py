@@ -287,8 +287,13 @@ CHECKS: dict[str, Callable[[HealthContext], Check]] = {
 NEEDS_STATE = frozenset({"orchestrator", "agents", "parity"})
 
 
-def run_checks(ctx: HealthContext, names: list[str] | None = None) -> list[Check]:
-    """Run the named checks (all by default); a crashing check becomes a failed one."""
+def run_checks(
+    ctx: HealthContext, names: list[str] | None = None, *, raise_config: bool = False
+) -> list[Check]:
+    """Run the named checks (all by default); a crashing check becomes a failed one.
+
+    ``raise_config``: a bad configuration is raised (the CLI's exit 2) rather than
+    reported as failed checks (the API's health report)."""
     results: list[Check] = []
     for name in names or list(CHECKS):
         state_down = any(c.name == "state" and c.unavailable for c in results)
@@ -297,8 +302,10 @@ def run_checks(ctx: HealthContext, names: list[str] | None = None) -> list[Check
             continue
         try:
             results.append(CHECKS[name](ctx))
-        except ConfigError:  # not a finding about the system: the command cannot run (exit 2)
-            raise
+        except ConfigError as exc:
+            if raise_config:  # not a finding about the system: the command cannot run
+                raise
+            results.append(Check(name, FAIL, str(exc)))
         except OrchestraError as exc:
             unavailable = exc.exit_status == ExitStatus.UNAVAILABLE
             results.append(Check(name, FAIL, str(exc), unavailable=unavailable))

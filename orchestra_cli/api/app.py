@@ -23,7 +23,7 @@ from orchestra_cli.backends import Backends
 from orchestra_cli.cli.render import agent_json, agent_state, task_json
 from orchestra_cli.engine.roles import RoleDefinition
 from orchestra_cli.engine.service import TaskService
-from orchestra_cli.errors import OrchestraError, UsageError
+from orchestra_cli.errors import OrchestraError, Undelivered, UsageError
 from orchestra_cli.health import CHECKS
 from orchestra_cli.status import Status
 
@@ -75,8 +75,15 @@ def _statuses(values: list[str] | None) -> list[str] | None:
 def _task_routes(router: APIRouter, service: TaskService) -> None:
     @router.post("/tasks", status_code=201)
     def submit(body: SubmitBody, response: Response) -> dict[str, Any]:
-        """Submit a task: 201 when created, 200 for an idempotency key already used."""
-        task, created = service.submit(body.to_request())
+        """Submit a task: 201 when created, 200 for an idempotency key already used,
+        202 when it is stored but its message could not be sent yet (it runs once the
+        broker is back: the recovery sweep sends it; do not submit it again)."""
+        try:
+            task, created = service.submit(body.to_request())
+        except Undelivered as exc:
+            response.status_code = 202
+            stored = service.get(exc.task_id)
+            return {"created": True, "delivered": False, "task": task_json(stored)}
         if not created:
             response.status_code = 200
         return {"created": created, "task": task_json(task)}

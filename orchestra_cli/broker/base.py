@@ -107,9 +107,10 @@ class Broker(Protocol):
         state, is sent again by the recovery sweep)."""
         ...
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self, timeout: float | None = None, *, reconnect: bool = True) -> None:
         """Wait until everything published so far is durable (at most ``timeout``
-        seconds, if given; the broker's publish timeout otherwise)."""
+        seconds, if given; the broker's publish timeout otherwise). Without
+        ``reconnect``, a connection that is down is left for later (nothing waits)."""
         ...
 
     def connect(self) -> None:

@@ -485,13 +485,13 @@ class RabbitBroker:
 
     def connect(self) -> None:
         """Open the publishing connection (if it is not open) and return."""
-        self._publisher()
+        self._publisher().ensure_connected()
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self, timeout: float | None = None, *, reconnect: bool = True) -> None:
         """Wait until every message published so far is confirmed."""
         with self._lock:
             link = self._link
-        if link is not None:
+        if link is not None and (reconnect or link.connected):
             link.flush(PUBLISH_TIMEOUT_SECONDS if timeout is None else timeout)
 
     def publish_raw(self, queue: str, body: bytes) -> None:

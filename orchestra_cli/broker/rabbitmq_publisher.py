@@ -61,7 +61,7 @@ from orchestra_cli.broker.rabbitmq_link import (
     log_reconnect,
     unavailable,
 )
-from orchestra_cli.errors import BrokerError
+from orchestra_cli.errors import BrokerError, BrokerUnavailable
 from orchestra_cli.settings import RabbitMQSettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ WINDOW = 256  # unconfirmed messages a windowed publisher may have in flight
 BATCH = 64  # framed messages written together by a caller that does not wait (see above)
 LINGER_SECONDS = 0.005  # …or written this long after the first of them, by the keep-alive
 CLOSE_FLUSH_SECONDS = 10.0
+PUBLISH_CHECK_SECONDS = 5.0  # ensure_connected: how long a caller waits for a reconnect
 
 
 @dataclass
@@ -276,6 +277,18 @@ class DirectLink:
         conn = self._conn
         return bool(conn is not None and conn.is_open)
 
+    def ensure_connected(self) -> None:
+        """Reconnect now if the connection dropped (a few quick attempts, then
+        BrokerUnavailable), so a caller can fail before it stores anything."""
+        if self.connected:
+            return
+        self._acquire(PUBLISH_CHECK_SECONDS)
+        try:
+            if not self.connected:
+                self._reconnect(MAX_CONNECT_ATTEMPTS, time.monotonic() + PUBLISH_CHECK_SECONDS)
+        finally:
+            self._lock.release()
+
     def start(self) -> None:
         """Open the first connection (fail fast, with a hint, when RabbitMQ is not there)."""
         with self._lock:
@@ -326,6 +339,8 @@ class DirectLink:
                     return result
                 except COMMAND_ERRORS as exc:
                     raise BrokerError(f"RabbitMQ refused the message: {exc!r}") from exc
+                except BrokerUnavailable:
+                    raise  # no confirm in time: nothing says the topology is gone
                 except BrokerError:
                     self.generation += 1  # a returned message: declare the topology again
                     raise

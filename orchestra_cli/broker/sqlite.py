@@ -262,7 +262,7 @@ class SQLiteBroker:
         """Committed when it returns (``confirm`` changes nothing here)."""
         self._insert(queue, envelope.encode(), priority, delay)
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self, timeout: float | None = None, *, reconnect: bool = True) -> None:
         """Nothing to wait for: every publish is a committed transaction."""
 
     def connect(self) -> None:

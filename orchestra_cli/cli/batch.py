@@ -21,7 +21,7 @@ from typing import Any
 
 from orchestra_cli.cli.context import AppContext
 from orchestra_cli.engine.service import SubmitRequest
-from orchestra_cli.errors import OrchestraError, Undelivered, UsageError
+from orchestra_cli.errors import BrokerUnavailable, OrchestraError, Undelivered, UsageError
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "text": str,
@@ -111,7 +111,13 @@ def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int
             else:
                 print(exc.task_id)
             sys.stdout.flush()
-            raise
+            raise BrokerUnavailable(
+                f"{done:,} of {len(requests):,} tasks stored (ids on stdout); the last one's "
+                f"message was not sent and the {len(requests) - done:,} after it were not "
+                f"submitted: {exc.message}",
+                "submit only the lines after the last id again, once the broker is back "
+                "(the stored tasks run: the recovery sweep sends their messages)",
+            ) from exc
         existing += not created
         if app.json:
             print(json.dumps({"created": created, "task": task_json(task)}), flush=False)

@@ -71,15 +71,18 @@ class Recovery:
             return f"agent {task.agent} is alive but not working on it"
         return None
 
-    def _awaits_dependency(self, task: Task) -> bool:
+    def _awaits_dependency(self, task: Task, ended: dict[str, bool]) -> bool:
         """A subtask whose dependencies have not all ended is waiting, not stuck
-        (the orchestrator dispatches it when the last of them ends)."""
+        (the orchestrator dispatches it when the last of them ends). ``ended``
+        caches what one scan has read."""
         for dep in task.depends_on:
-            try:
-                if self.b.state.get_task(dep).status not in TERMINAL:
-                    return True
-            except NotFoundError:
-                continue
+            if dep not in ended:
+                try:
+                    ended[dep] = self.b.state.get_task(dep).status in TERMINAL
+                except NotFoundError:
+                    ended[dep] = True
+            if not ended[dep]:
+                return True
         return False
 
     def scan(self) -> list[Finding]:
@@ -92,8 +95,9 @@ class Recovery:
             reason = self._orphan_reason(task, agents, at)
             if reason:
                 findings.append(Finding(task.id, task.status, "requeue", reason))
+        ended: dict[str, bool] = {}
         for task in state.list_tasks(status=[Status.PENDING.value], limit=SCAN_LIMIT):
-            if at - task.updated_at > self.stale and not self._awaits_dependency(task):
+            if at - task.updated_at > self.stale and not self._awaits_dependency(task, ended):
                 findings.append(
                     Finding(
                         task.id, task.status, "resubmit", f"pending for {at - task.updated_at:.0f}s"

@@ -24,6 +24,7 @@ from orchestra_cli.errors import (
     BrokerError,
     BrokerUnavailable,
     OrchestraError,
+    StateUnavailable,
     TransitionRejected,
     Undelivered,
     UsageError,
@@ -59,12 +60,16 @@ class SubmitRequest:
 
 
 @contextlib.contextmanager
-def _undelivered(task_id: str) -> Iterator[None]:
-    """A broker error while sending the message of a stored task: Undelivered."""
+def _undelivered(task_id: str, *, state_too: bool = False) -> Iterator[None]:
+    """A broker error while sending the message of a stored task: Undelivered.
+    ``state_too``: the send alone is inside, so StateUnavailable is the broker's
+    too (the embedded broker is the database)."""
     try:
         yield
-    except BrokerError as exc:
-        if isinstance(exc, Undelivered):
+    except Undelivered:
+        raise
+    except (BrokerError, StateUnavailable) as exc:
+        if isinstance(exc, StateUnavailable) and not state_too:
             raise
         raise Undelivered(task_id, exc) from exc
 
@@ -101,8 +106,12 @@ class TaskService:
         limit = self.b.settings.tasks.max_input_bytes
         if not req.text.strip():
             raise UsageError("task text is empty", "give the task as text, - for stdin, or --file")
-        if _SURROGATES.search(req.text):  # bytes that were not UTF-8 (argv, surrogateescape)
-            raise UsageError("task text is not UTF-8", "convert it to UTF-8")
+        texts = {"task text": req.text, "title": req.title or "", "capability": req.capability}
+        texts |= {"idempotency key": req.idempotency_key or ""}
+        texts |= {f"label {k!r}": f"{k}={v}" for k, v in (req.labels or {}).items()}
+        for what, value in texts.items():  # bytes that were not UTF-8 (argv, surrogateescape)
+            if value and _SURROGATES.search(value):
+                raise UsageError(f"{what} is not UTF-8", "convert it to UTF-8")
         if req.idempotency_key is not None and not req.idempotency_key.strip():
             raise UsageError("the idempotency key is empty", "give a key, or leave the option out")
         if len(req.text.encode("utf-8")) > limit:
@@ -157,11 +166,12 @@ class TaskService:
         )
         # an unreachable broker fails the submit before the task is stored; a broker
         # lost after that fails it with Undelivered (the task runs later: see there)
-        self.b.broker.connect()
+        if req.idempotency_key is None:  # (with a key, submitting again is safe anyway)
+            self.b.broker.connect()
         if req.capability is None:  # the orchestrator plans it
             stored, created = self.state.create_task(task, watch=wait)
             if created:
-                with _undelivered(stored.id):
+                with _undelivered(stored.id, state_too=True):
                     publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
             return stored, created
         # The submitter chose the capability: there is nothing to plan (every
@@ -184,7 +194,7 @@ class TaskService:
                 task, dispatch=data, meanwhile=publish_early if early else None, watch=wait
             )
         if created:
-            with _undelivered(stored.id):
+            with _undelivered(stored.id, state_too=True):
                 if stored.status == Status.PENDING:  # not routed after all: the orchestrator
                     publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
                 elif not sent:
@@ -223,7 +233,9 @@ class TaskService:
             if left <= 0:
                 continue
             try:  # what did the broker do with the messages this process sent?
-                self.b.broker.flush(min(left, WAIT_FLUSH_SECONDS))
+                # returns of a live connection; a dropped one is not reconnected here (a
+                # connect attempt is not bounded by this wait's deadline)
+                self.b.broker.flush(min(left, WAIT_FLUSH_SECONDS), reconnect=False)
             except BrokerUnavailable as exc:
                 if not warned:
                     log.warning("waiting for task %s without the broker: %s", task.id, exc)

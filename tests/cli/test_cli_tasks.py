@@ -77,6 +77,8 @@ def test_submit_reads_stdin_and_files(cli: CliRunner, monkeypatch: pytest.Monkey
         (["x", "--timeout", "0"], "timeout 0 is not a positive number"),
         (["x", "--idempotency-key", " "], "the idempotency key is empty"),
         (["ok \udcff\udcfe"], "task text is not UTF-8"),  # argv bytes, surrogate-escaped
+        (["x", "--title", "t\udcff"], "title is not UTF-8"),
+        (["x", "--label", "k=\udcff"], "label 'k' is not UTF-8"),
     ],
 )
 def test_bad_submissions_get_a_one_line_error(

@@ -369,26 +369,26 @@ def test_a_waiter_without_the_broker_reads_the_outcome_from_state_within_its_tim
 
 
 def test_a_submit_fails_before_storing_when_the_broker_is_gone_and_names_the_task_after(
-    svc: Backends, monkeypatch: pytest.MonkeyPatch
+    home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from orchestra_cli.broker import rabbitmq
     from orchestra_cli.engine.roles import load_roles
     from orchestra_cli.engine.service import SubmitRequest, TaskService
     from orchestra_cli.errors import Undelivered
     from orchestra_cli.status import Status
+    from tests.support import StallingProxy
 
-    monkeypatch.setattr(rabbitmq, "PUBLISH_TIMEOUT_SECONDS", 2.0)  # the reconnect window
-    broker = _broker(svc)
-    service = TaskService(svc, lambda: load_roles(svc.settings.agents.definitions_dir))
-    service.submit(SubmitRequest("connects", capability="code"))
-    link = broker._publisher()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        refused = f"amqp://guest:guest@127.0.0.1:{s.getsockname()[1]}/%2f"
-    link.url, url = refused, link.url
+    monkeypatch.setattr(rabbitmq, "PUBLISH_TIMEOUT_SECONDS", 2.0)  # how long a publish waits
+    proxy = StallingProxy(("127.0.0.1", 5672))
+    settings = services_settings(home)
+    settings.broker_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2f"
+    svc = open_backends(settings)
     try:
-        # the connection breaks after the submitter connected: the task is stored first
-        link._conn._impl._transport._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        service = TaskService(svc, lambda: load_roles(svc.settings.agents.definitions_dir))
+        service.submit(SubmitRequest("connects", capability="code"))
+        service.submit(SubmitRequest("declares the intake queue"))  # (a blocking RPC)
+        # RabbitMQ hangs after the submitter connected: the task is stored, its message not
+        proxy.flowing.clear()
         with pytest.raises(Undelivered) as routed:
             service.submit(SubmitRequest("routed", capability="code"))
         assert svc.state.get_task(routed.value.task_id).status == Status.QUEUED
@@ -397,12 +397,22 @@ def test_a_submit_fails_before_storing_when_the_broker_is_gone_and_names_the_tas
             service.submit(SubmitRequest("planned"))
         assert svc.state.get_task(planned.value.task_id).status == Status.PENDING
         # unreachable before the submit: nothing is stored
-        link.close()
-        broker._url = refused
-        before = len(svc.state.list_tasks(limit=100))
-        with pytest.raises(BrokerUnavailable) as gone:
-            service.submit(SubmitRequest("never stored", capability="code"))
-        assert not isinstance(gone.value, Undelivered)
-        assert len(svc.state.list_tasks(limit=100)) == before == 3
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            refused = f"amqp://guest:guest@127.0.0.1:{s.getsockname()[1]}/%2f"
+        elsewhere = services_settings(home)
+        elsewhere.broker_url = refused
+        elsewhere.redis.key_prefix = settings.redis.key_prefix  # the same state store
+        other = open_backends(elsewhere)
+        try:
+            before = len(svc.state.list_tasks(limit=100))
+            with pytest.raises(BrokerUnavailable) as gone:
+                TaskService(other, service.roles).submit(SubmitRequest("never", capability="code"))
+            assert not isinstance(gone.value, Undelivered)
+            assert len(svc.state.list_tasks(limit=100)) == before == 4
+        finally:
+            other.close()
     finally:
-        link.url = broker._url = url  # RabbitMQ is back, for the fixture's cleanup
+        proxy.flowing.set()  # RabbitMQ answers again: the link recovers and closes cleanly
+        cleanup_services(svc)
+        proxy.close()

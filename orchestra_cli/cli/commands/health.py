@@ -49,7 +49,7 @@ def health(
     app.setup_logging("cli")
     hctx = HealthContext(app.settings, app.roles)
     try:
-        checks = run_checks(hctx, names or None)
+        checks = run_checks(hctx, names or None, raise_config=True)
     finally:
         hctx.close()
     code = exit_status(checks, strict)

@@ -167,7 +167,10 @@ def submit(
         task, created = app.service().submit(req, wait=wait)
     except Undelivered as exc:  # stored: its id goes out, so a script does not submit it again
         if app.json:
-            app.print_json({"created": True, "delivered": False, "task_id": exc.task_id})
+            from orchestra_cli.cli.render import task_json
+
+            stored = task_json(app.service().get(exc.task_id))
+            app.print_json({"created": True, "delivered": False, "task": stored})
         else:
             print(exc.task_id, flush=True)
         raise
