@@ -75,18 +75,7 @@ COMMAND_MODULES = {
     "ps": "services",
     "logs": "services",
 }
-_MODULE_ORDER = (
-    "config",
-    "task",
-    "agent",
-    "run",
-    "health",
-    "recover",
-    "api",
-    "snapshot",
-    "report",
-    "services",
-)
+_MODULES = tuple(dict.fromkeys(COMMAND_MODULES.values()))  # each once, in that order
 
 
 def build_app(only: str | None = None) -> typer.Typer:
@@ -108,7 +97,7 @@ def build_app(only: str | None = None) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_callback)
-    names = (COMMAND_MODULES[only],) if only in COMMAND_MODULES else _MODULE_ORDER
+    names = (COMMAND_MODULES[only],) if only in COMMAND_MODULES else _MODULES
     for name in names:
         importlib.import_module(f"orchestra_cli.cli.commands.{name}").register(app)
     return app

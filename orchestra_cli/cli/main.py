@@ -59,41 +59,37 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         print("\norchestra: interrupted", file=sys.stderr)
         return ExitStatus.INTERRUPTED
     except OrchestraError as exc:
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
-        _print_error(str(exc))
-        return exc.exit_status
+        return _report(str(exc), exc.exit_status, verbose)
     except BrokenPipeError:
         return ExitStatus.OK
     except OSError as exc:
         if exc.filename is None:  # not about a file (a socket, say): an unexpected failure
-            return _internal_error(exc, verbose)
-        if verbose:
-            import traceback
-
-            traceback.print_exc()
-        _print_error(
+            return _report(_internal(exc), ExitStatus.FAILURE, verbose)
+        message = (
             f"{exc.strerror or exc}: {exc.filename} — check the path and its permissions "
             "(ORCHESTRA_HOME for state and logs, --output for reports)"
         )
-        return ExitStatus.USAGE
+        return _report(message, ExitStatus.USAGE, verbose)
     except Exception as exc:
-        return _internal_error(exc, verbose)
+        return _report(_internal(exc), ExitStatus.FAILURE, verbose)
     return int(result) if isinstance(result, int) else ExitStatus.OK
 
 
-def _internal_error(exc: Exception, verbose: bool) -> int:
+def _internal(exc: Exception) -> str:
+    return (
+        f"internal error: {type(exc).__name__}: {exc} — rerun with -v for the traceback and "
+        "report it"
+    )
+
+
+def _report(message: str, code: int, verbose: bool) -> int:
+    """The one error line (after the traceback, with -v); the exit code."""
     if verbose:
         import traceback
 
         traceback.print_exc()
-    _print_error(
-        f"internal error: {type(exc).__name__}: {exc} — rerun with -v for the traceback and "
-        "report it"
-    )
-    return ExitStatus.FAILURE
+    _print_error(message)
+    return code
 
 
 def main() -> None:

@@ -64,12 +64,11 @@ def _undelivered(task_id: str, *, state_too: bool = False) -> Iterator[None]:
     """A broker error while sending the message of a stored task: Undelivered.
     ``state_too``: the send alone is inside, so StateUnavailable is the broker's
     too (the embedded broker is the database)."""
+    caught = (BrokerError, StateUnavailable) if state_too else BrokerError
     try:
         yield
-    except Undelivered:
-        raise
-    except (BrokerError, StateUnavailable) as exc:
-        if isinstance(exc, StateUnavailable) and not state_too:
+    except caught as exc:
+        if isinstance(exc, Undelivered):
             raise
         raise Undelivered(task_id, exc) from exc
 

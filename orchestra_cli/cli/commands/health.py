@@ -66,17 +66,14 @@ def health(
         )
         return code
     rows = [(c.name, c.level, c.summary) for c in checks]
-    if app.quiet:  # only what needs attention, nothing when all is well
+    if app.quiet or not sys.stdout.isatty():  # plain, never wrapped (pipes, files, -q)
         from orchestra_cli.cli.render import columns_text
 
-        problems = [r for r in rows if r[1] != "ok"]
-        if problems:
-            sys.stdout.write(columns_text(problems[0], problems[1:]))
-        return code
-    if not sys.stdout.isatty():  # into a pipe or file: plain, never wrapped
-        from orchestra_cli.cli.render import columns_text
-
-        sys.stdout.write(columns_text(("CHECK", "STATUS", "DETAIL"), rows))
+        if app.quiet:  # only what needs attention, nothing when all is well
+            problems = [r for r in rows if r[1] != "ok"]
+            sys.stdout.write(columns_text(problems[0], problems[1:]) if problems else "")
+        else:
+            sys.stdout.write(columns_text(("CHECK", "STATUS", "DETAIL"), rows))
         return code
     from rich.table import Table
 
