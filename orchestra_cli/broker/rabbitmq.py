@@ -195,6 +195,7 @@ class RabbitDelivery:
     def __init__(
         self,
         consumer: RabbitConsumer,
+        channel: Channel,
         generation: int,
         tag: int,
         queue: str,
@@ -204,6 +205,7 @@ class RabbitDelivery:
         body: bytes,
     ) -> None:
         self._consumer = consumer
+        self.channel = channel  # the one it came on: its tag means nothing on another
         self.generation = generation
         self.tag = tag
         self.queue = queue
@@ -215,10 +217,7 @@ class RabbitDelivery:
 
     def ack(self) -> None:
         """Done: remove the message."""
-        # An ack has no reply to wait for: queue it and let the handler go on. On
-        # the link's thread it is only framed (pika's channel ``_impl``): the I/O
-        # loop writes it on its next turn, without BlockingChannel's flush loop.
-        self._consumer.settle(self, lambda ch: ch._impl.basic_ack(self.tag), wait=False)
+        self._consumer.ack(self)
 
     def nack(self, *, delay: float = 0.0) -> None:
         """Back to the queue (after ``delay``) with its delivery count carried along."""
@@ -326,6 +325,7 @@ class RabbitConsumer:
         self._ready.put(
             RabbitDelivery(
                 self,
+                ch,
                 self._link.generation,
                 method.delivery_tag,
                 logical,
@@ -392,7 +392,23 @@ class RabbitConsumer:
                 return delivery
             # from before a reconnect: RabbitMQ has requeued it already
 
-    def settle(self, delivery: RabbitDelivery, op: Any, *, wait: bool = True) -> None:
+    def ack(self, delivery: RabbitDelivery) -> None:
+        """Ack on the calling thread, on the channel the message came on.
+
+        An ack has no reply to wait for, and pika only frames it (the channel's
+        ``_impl``), so the handler's thread writes it itself (``FrameWriter``)
+        instead of waking the I/O thread for it. A channel that closed since
+        refuses it: RabbitMQ has requeued the message already.
+        """
+        if delivery.settled:
+            return
+        delivery.settled = True
+        try:
+            delivery.channel._impl.basic_ack(delivery.tag)
+        except connection_errors() as exc:
+            log.debug("ack of %s on a closed channel: %r", delivery.envelope.task_id, exc)
+
+    def settle(self, delivery: RabbitDelivery, op: Any) -> None:
         """Run ``op(channel)`` on the connection thread, unless the delivery is stale."""
         if delivery.settled:
             return
@@ -403,10 +419,7 @@ class RabbitConsumer:
                 return  # the connection it came on is gone; RabbitMQ redelivers it
             op(ch)
 
-        if wait:
-            self._link.call(command, SETTLE_TIMEOUT_SECONDS)
-        else:
-            self._link.send(command)
+        self._link.call(command, SETTLE_TIMEOUT_SECONDS)
 
     def close(self) -> None:
         """Close the connection; RabbitMQ requeues whatever is unsettled."""
@@ -630,6 +643,12 @@ class RabbitBroker:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    from orchestra_cli.broker.rabbitmq_link import CONNECTION_ERRORS
+
+    return CONNECTION_ERRORS
 
 
 def _closed_by_broker() -> type[Exception]:

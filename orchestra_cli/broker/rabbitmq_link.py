@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport as _PlainTransport
 
 from orchestra_cli.errors import BrokerError, BrokerUnavailable
 from orchestra_cli.settings import RabbitMQSettings, mask_url
@@ -170,12 +171,6 @@ class Link:
                     self._pending.remove(item)
             raise unavailable(self.url, f"no connection for {timeout:g}s") from None
 
-    def send(self, command: Command) -> Future[Any]:
-        """Queue ``command`` without waiting (an ack needs no reply); failures are logged."""
-        future = self._enqueue(command).future
-        future.add_done_callback(self._log_failure)
-        return future
-
     def _enqueue(self, command: Command) -> _Pending:
         if self.failure is not None:
             raise self.failure
@@ -187,11 +182,6 @@ class Link:
         if wake:
             self._wake()
         return item
-
-    def _log_failure(self, future: Future[Any]) -> None:
-        exc = future.exception()
-        if exc is not None:  # the broker redelivers what was not settled
-            log.warning("RabbitMQ link %s: queued command failed: %r", self.name, exc)
 
     def close(self) -> None:
         """Run what is queued, then close the connection (the broker requeues unacked)."""
@@ -245,6 +235,7 @@ class Link:
     def _connect(self) -> None:
         params = connection_parameters(self.url, self.settings, self.name)
         self._conn = pika.BlockingConnection(params)
+        FrameWriter(self._conn, direct=True, owner=threading.get_ident())
         self._channel = self._conn.channel()
         self.generation += 1
         self.on_connect(self._channel, self.generation)
@@ -316,6 +307,91 @@ class Link:
     def _teardown(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None
         close_quietly(conn)
+
+
+class FrameWriter:
+    """Writes a connection's frames for pika (1.x internals): sooner, and from any thread.
+
+    pika queues each frame of a message (method, header, body) as a buffer of
+    its own and sends them once its I/O loop finds the socket writable: a
+    writability watch turned on and off, a turn of the loop, a ``send()`` per
+    frame. Here a message's frames are joined into one buffer (one system
+    call, one TCP segment for the broker to read) and, with ``direct``, sent
+    at once when nothing is queued before them; what the socket does not take
+    is queued for the loop as before (so is everything on a TLS connection).
+
+    ``owner``: the one thread that runs the connection's I/O loop (a ``Link``'s).
+    Another thread may then write a frame too (an ack: pika frames it without
+    touching shared state; only this output is shared, under a lock): sent at
+    once when nothing is queued, or handed over to the owner, which writes it
+    (woken through pika's thread-safe callback) before anything of its own.
+    Without ``owner`` every caller drives the connection (``DirectLink``, under
+    its own lock).
+    """
+
+    def __init__(self, conn: Any, *, direct: bool, owner: int | None = None) -> None:
+        self._conn = conn
+        self._impl = conn._impl
+        self._emit = self._impl._adapter_emit_data
+        self.direct = direct
+        self._owner = owner
+        self._lock = threading.RLock()  # an abort inside a write may write a close frame
+        self._handover: list[bytes] = []  # other threads' frames, for the owner to write
+        self._impl._output_marshaled_frames = self.output
+
+    def output(self, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        with self._lock:
+            self._impl.bytes_sent += len(data)
+            self._impl.frames_sent += len(frames)
+            if self._owner is not None and threading.get_ident() != self._owner:
+                wake = self._from_other_thread(data)
+            else:
+                wake = False
+                self._write([*self._handover, data])
+                self._handover.clear()
+        if wake:
+            try:
+                self._conn.add_callback_threadsafe(self._write_handover)
+            except Exception:  # the connection is closing: what was unsent goes with it
+                pass
+
+    def _from_other_thread(self, data: bytes) -> bool:
+        """Send ``data`` or hand it over; True when the owner must be woken for it."""
+        if not self._handover:
+            data = self._send_now(data)
+            if not data:
+                return False
+        self._handover.append(data)
+        return len(self._handover) == 1
+
+    def _write_handover(self) -> None:
+        with self._lock:
+            if self._handover:
+                self._write(self._handover)
+                self._handover.clear()
+
+    def _write(self, chunks: list[bytes]) -> None:
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self.direct:
+            data = self._send_now(data)
+        if data:
+            self._emit(data)
+
+    def _send_now(self, data: bytes) -> bytes:
+        """Send what the socket takes now, if nothing is queued before it; the rest."""
+        transport = self._impl._transport
+        if (
+            type(transport) is not _PlainTransport  # TLS frames its own records
+            or transport._tx_buffers  # the loop is writing (only it takes them out)
+            or transport._state != _PlainTransport._STATE_ACTIVE
+        ):
+            return data
+        try:
+            sent = transport._sock.send(data)
+        except OSError:  # would block, or broken: the transport's own write deals with it
+            return data
+        return data[sent:]
 
 
 def _noop() -> None:

@@ -55,6 +55,7 @@ from orchestra_cli.broker.rabbitmq_link import (
     MAX_RECONNECT_ATTEMPTS,
     Channel,
     Command,
+    FrameWriter,
     backoff,
     close_quietly,
     connection_parameters,
@@ -81,25 +82,6 @@ class Outgoing:
     body: bytes
     properties: pika.BasicProperties | None
     mandatory: bool
-
-
-def _one_write_per_message(conn: Any) -> None:
-    """Hand each message to the socket as one buffer, not three.
-
-    pika queues a message's frames (method, header, body) as separate buffers
-    and sends each with its own ``send()``; joined, a message costs one system
-    call here and one TCP segment for the broker to read.
-    """
-    impl = conn._impl
-    emit = impl._adapter_emit_data
-
-    def output(frames: list[bytes]) -> None:
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        impl.bytes_sent += len(data)
-        impl.frames_sent += len(frames)
-        emit(data)
-
-    impl._output_marshaled_frames = output
 
 
 class ConfirmWindow:
@@ -267,6 +249,7 @@ class DirectLink:
         self._closing = threading.Event()
         self._lingering = threading.Event()  # framed messages wait for the keep-alive
         self._keeper: threading.Thread | None = None
+        self._writer: FrameWriter | None = None
 
     @property
     def alive(self) -> bool:
@@ -323,13 +306,17 @@ class DirectLink:
             while True:
                 if self._conn is None or not self._conn.is_open:
                     self._reconnect(MAX_RECONNECT_ATTEMPTS, deadline)
-                channel = self._channel
-                assert channel is not None
+                channel, writer = self._channel, self._writer
+                assert channel is not None and writer is not None
                 attempts += 1
                 try:
                     if not done:  # once: after a drop its message is republished, not re-run
                         before = channel.sent
-                        result, done = command(self._plain if plain else channel), True
+                        writer.direct = plain  # written now: nothing to batch it with
+                        try:
+                            result, done = command(self._plain if plain else channel), True
+                        finally:
+                            writer.direct = False
                         published = published or channel.sent != before
                     below, batch = (1, 1) if confirm and not plain else (WINDOW, BATCH)
                     if not channel.wait(
@@ -397,7 +384,7 @@ class DirectLink:
                 self._conn = pika.BlockingConnection(
                     connection_parameters(self.url, self.settings, self.name)
                 )
-                _one_write_per_message(self._conn)
+                self._writer = FrameWriter(self._conn, direct=False)
                 self._channel = ConfirmWindow(self._conn.channel())
                 self._plain = self._conn.channel()
                 self._plain._impl.add_on_return_callback(self._channel.on_return)

@@ -5,7 +5,8 @@ checks the tree's budget before the call, prices the call, adds the usage
 to the task in state at once (so a failed attempt's spend still counts) and
 writes one ``metrics.jsonl`` line. An agent defers the charge of its last
 call (``defer_last``) to the transition that records the result, one state
-write instead of two; any other outcome charges it on its own. A tree over its budget raises
+write instead of two, and the call's line until then (a file write fewer
+before the result is stored); any other outcome charges it on its own. A tree over its budget raises
 ``BudgetExceeded`` and no request leaves the process.
 
 The budget is ``llm.budget_usd`` / ``llm.budget_tokens`` from the settings,
@@ -137,6 +138,7 @@ class MeteredProvider:
         self.name = inner.name
         self.defer_last = defer_last
         self._uncharged: Usage | None = None
+        self._unwritten: dict[str, object] | None = None  # its metrics line, written with it
 
     @property
     def uncharged(self) -> Usage | None:
@@ -144,8 +146,12 @@ class MeteredProvider:
         return self._uncharged
 
     def take_uncharged(self) -> Usage | None:
-        """The deferred charge, for the caller to add in its own transition."""
+        """The deferred charge, for the caller to add in its own transition (or
+        once it has); the call's metrics line is written now."""
         usage, self._uncharged = self._uncharged, None
+        line, self._unwritten = self._unwritten, None
+        if line is not None:
+            self.meter.journals.metrics.write(line)
         return usage
 
     def complete(self, request: LLMRequest) -> LLMResponse:
@@ -156,24 +162,22 @@ class MeteredProvider:
         started = time.monotonic()
         response = self.inner.complete(request)
         response.usage = self.meter.prices.charge(response.model, response.usage)
-        if self.defer_last:
-            self._uncharged = response.usage
-        else:
+        line = {
+            "kind": "llm_call",
+            "task_id": self.task.id,
+            "root_id": self.task.root_id,
+            "agent": self.agent,
+            "role": request.role,
+            "purpose": request.purpose,
+            "provider": response.provider,
+            "model": response.model,
+            "stop_reason": response.stop_reason,
+            "duration_s": round(time.monotonic() - started, 4),
+            **response.usage.model_dump(),
+        }
+        if self.defer_last:  # charged, and on record, with the caller's next write
+            self._uncharged, self._unwritten = response.usage, line
+        else:  # charged and on record now, whatever happens to the task
             self.meter.state.add_usage(self.task.id, response.usage)
-        # written now, whatever happens to the task: the call's spend is on record
-        self.meter.journals.metrics.write(
-            {
-                "kind": "llm_call",
-                "task_id": self.task.id,
-                "root_id": self.task.root_id,
-                "agent": self.agent,
-                "role": request.role,
-                "purpose": request.purpose,
-                "provider": response.provider,
-                "model": response.model,
-                "stop_reason": response.stop_reason,
-                "duration_s": round(time.monotonic() - started, 4),
-                **response.usage.model_dump(),
-            }
-        )
+            self.meter.journals.metrics.write(line)
         return response

@@ -6,8 +6,9 @@ with no hand-off through a dispatcher thread, and a handler only takes one
 when it is free. A handler returns what to do with its message and settles
 nothing itself, so an ack can only follow a committed state change; the
 handler's thread then settles it (the brokers' ``Delivery`` methods are
-thread-safe: RabbitMQ's hand the frame to the connection's own I/O thread,
-SQLite's use the thread's own connection).
+thread-safe: RabbitMQ's ack is written by the handler's thread itself, its
+other settlements run on the connection's I/O thread; SQLite's use the
+thread's own connection).
 """
 
 from __future__ import annotations

@@ -322,17 +322,25 @@ class RedisStateStore:
         """Store a new task (queued at once with ``dispatch``); an idempotency key
         already used returns that task instead. ``meanwhile`` runs once the
         script is sent, while Redis runs it; ``watch`` counts a waiter for its end."""
+        if dispatch is not None and task.status != Status.PENDING:
+            raise ValueError(f"task {task.id} is {task.status}: only a pending task is queued")
         ts = now()
-        payload: dict[str, Any] = {"task": self._task_spec(task), "time": ts}
+        # with ``dispatch``, stored as it is once queued (pending → queued), with both events:
+        # a task nobody has seen yet cannot have changed in between
+        stored = task if dispatch is None else _applied(task, Status.QUEUED, ts)
+        spec = self._task_spec(stored)
+        if dispatch is not None:
+            head = {"from": task.status.value, "to": Status.QUEUED.value}
+            spec["queued"] = {
+                "head": dumps({**head, "attempt": task.attempts, "agent": task.agent}),
+                "data": dumps(dispatch),
+            }
+        payload: dict[str, Any] = {"task": spec, "time": ts}
         if watch:
             payload.update(watch=True, wttl=WAIT_TTL_SECONDS)
-        if dispatch is not None:
-            payload["tr"] = self._transition_spec(
-                task.id, Status.QUEUED, None, [Status.PENDING], dispatch, {}, ts
-            )
         reply = self._run("create", payload, meanwhile)
-        if reply[0] == "created":  # queued as well (reply[2]): the script applied just this
-            return (_applied(task, Status.QUEUED, ts) if len(reply) > 2 else task), True
+        if reply[0] == "created":
+            return stored, True
         if reply[1] == task.id:  # "existing", and it is ours: an earlier attempt got through
             return self.get_task(task.id), True
         return self.get_task(reply[1]), False

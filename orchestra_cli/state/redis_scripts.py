@@ -60,15 +60,19 @@ end
 -- Count a waiter in (``renew``: one already counted, unless its count expired);
 -- returns the status (nil: no task). A task that has ended counts no one: the
 -- caller sees the status and does not wait.
+local function count_waiter(id)
+  local key = k('waiting', id)
+  redis.call('INCR', key)
+  redis.call('EXPIRE', key, a.wttl)
+end
+
 local function watch_end(id, renew)
   local cur = redis.call('HGET', k('t', id), 'status')
   if not cur then return nil end
   local status = cjson.decode(cur)
   if TERMINAL[status] then return status end
-  local key = k('waiting', id)
-  if not (renew and redis.call('EXPIRE', key, a.wttl) == 1) then
-    redis.call('INCR', key)
-    redis.call('EXPIRE', key, a.wttl)
+  if not (renew and redis.call('EXPIRE', k('waiting', id), a.wttl) == 1) then
+    count_waiter(id)
   end
   return status
 end
@@ -98,6 +102,8 @@ local function create_one(t, time)
   end
   redis.call('ZADD', k('tree', t.root), t.created, t.id)
   add_event(t.id, t.root, 'created', time, '{}', t.edata)
+  -- routed at creation: stored as queued, and its pending → queued event with it
+  if t.queued then add_event(t.id, t.root, 'queued', time, t.queued.head, t.queued.data) end
   return true
 end
 
@@ -211,11 +217,7 @@ if not create_one(t, a.time) then
   if a.watch then watch_end(t.id, true) end  -- a retry: counted already, if it got through
   return {'existing', t.id}
 end
-if a.watch then watch_end(t.id, false) end
-if a.tr then  -- routed at creation: queued, unless the transition was refused
-  a.tr.bare = true
-  if transition(a.tr, a.time)[1] == 'ok' then return {'created', t.id, 'queued'} end
-end
+if a.watch then count_waiter(t.id) end  -- new: it has not ended
 return {'created', t.id}
 """
 )

@@ -52,6 +52,9 @@ def test_a_task_routed_at_creation_is_queued_in_the_same_step(
     events = state.events(root_id=task.id)
     assert [e.type for e in events] == ["created", "queued"]
     assert events[1].data["from"] == "pending" and events[1].data["planner"] == "submit"
+    assert events[1].data["to"] == "queued" and events[1].data["queue"] == "work.code"
+    assert events[1].data["attempt"] == 0 and events[1].data["agent"] is None
+    assert events[0].data["title"] == "t" and events[0].data["capability"] == "code"
     again, created = state.create_task(_task(idempotency_key="k-2"), dispatch=route)
     assert not created and again.id == task.id
     assert len(state.events(root_id=task.id)) == 2  # the duplicate changed nothing

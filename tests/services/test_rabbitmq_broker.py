@@ -416,3 +416,50 @@ def test_a_submit_fails_before_storing_when_the_broker_is_gone_and_names_the_tas
         proxy.flowing.set()  # RabbitMQ answers again: the link recovers and closes cleanly
         cleanup_services(svc)
         proxy.close()
+
+
+def test_an_ack_is_written_by_the_handlers_thread_without_waking_the_io_thread(
+    svc: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.broker import rabbitmq_link
+
+    broker = _broker(svc)
+    for i in range(2):
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"m{i}"))
+    # the I/O thread sleeps up to 5 s unless data arrives, and waking it does nothing
+    monkeypatch.setattr(rabbitmq_link, "IO_TICK_SECONDS", 5.0)
+    monkeypatch.setattr(rabbitmq_link.Link, "_wake", lambda self: None)
+    consumer = broker.consumer([Q], prefetch=1, name="acker")
+    try:
+        first = consumer.get(timeout=10)
+        assert first is not None and first.envelope.task_id == "m0"
+        time.sleep(0.2)  # the I/O thread is back in its 5 s wait
+        started = time.monotonic()
+        first.ack()  # frees the only prefetch slot: the broker sends the next at once
+        second = consumer.get(timeout=10)
+        assert second is not None and second.envelope.task_id == "m1"
+        assert time.monotonic() - started < 2.0  # not left for the I/O thread's next turn
+        second.ack()
+        first.ack()  # settled already: a second ack is not sent (it would close the channel)
+    finally:
+        consumer.close()  # whatever it left unacked is ready again now
+    assert broker.depths()[Q] == 0  # both acked: nothing comes back
+
+
+def test_an_ack_on_a_connection_that_closed_is_dropped_and_the_message_redelivered(
+    svc: Backends,
+) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="held"))
+    consumer = broker.consumer([Q], prefetch=1, name="closing")
+    try:
+        held = consumer.get(timeout=10)
+        assert held is not None
+        assert close_connections_named(broker.topo.prefix) >= 1  # the consumer's among them
+        again = consumer.get(timeout=20)  # after the reconnect, on the new channel
+        assert again is not None and again.envelope.task_id == "held"
+        held.ack()  # its channel is gone: no error, no ack of the new delivery's tag
+        again.ack()
+    finally:
+        consumer.close()
+    assert broker.depths()[Q] == 0
