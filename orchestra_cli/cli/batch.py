@@ -106,8 +106,9 @@ def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int
         try:
             task, created = service.submit(req, confirm=False)
         except Undelivered as exc:  # stored: its id goes out with the others
-            if app.json:
-                print(json.dumps({"created": True, "delivered": False, "task_id": exc.task_id}))
+            if app.json:  # the shape of `task submit --json`'s line for it
+                stored = task_json(service.get(exc.task_id))
+                print(json.dumps({"created": True, "delivered": False, "task": stored}))
             else:
                 print(exc.task_id)
             sys.stdout.flush()

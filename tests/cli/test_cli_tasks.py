@@ -6,6 +6,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,3 +247,35 @@ def test_plain_list_and_tree_say_what_the_rich_ones_say() -> None:
     lines = task_tree_text(flat).splitlines()
     assert lines == rich_text(task_tree(flat))
     assert lines[1].startswith("├── ") and lines[-1].startswith("└── ")
+
+
+def test_a_task_stored_but_not_sent_is_named_in_the_same_shape_by_submit_and_batch(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.engine.service import TaskService
+    from orchestra_cli.errors import BrokerUnavailable, Undelivered
+
+    original = TaskService.submit
+    calls: list[str] = []
+
+    def flaky(self: TaskService, req: Any, **kw: Any) -> Any:
+        task, created = original(self, req, **kw)
+        calls.append(task.id)
+        if len(calls) == 2:  # stored, then the broker went away before its message
+            raise Undelivered(task.id, BrokerUnavailable("connection reset"))
+        return task, created
+
+    monkeypatch.setattr(TaskService, "submit", flaky)
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_text("one\ntwo\nthree\n")
+    result = cli("--json", "task", "submit", "--batch", str(batch), "-c", "code", expect=3)
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert [line["task"]["id"] for line in lines] == calls == calls[:2]  # the third never went
+    assert lines[1]["delivered"] is False and lines[1]["task"]["status"] == "queued"
+    assert "2 of 3 tasks stored" in result.err and "the 1 after it were not" in result.err
+    calls.clear()
+    calls.append("first")  # the next submit is the second call: it fails
+    single = cli("--json", "task", "submit", "four", "-c", "code", expect=3)
+    doc = json.loads(single.out)
+    assert doc["delivered"] is False and doc["created"] is True
+    assert doc["task"]["id"] == calls[-1] and doc["task"]["title"] == "four"
