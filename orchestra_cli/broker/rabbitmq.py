@@ -38,7 +38,7 @@ from orchestra_cli.util import new_id, now
 if TYPE_CHECKING:  # pika is imported on first use: `task list` / `task get` never pay for it
     import pika
 
-    from orchestra_cli.broker.rabbitmq_link import Link
+    from orchestra_cli.broker.rabbitmq_link import FrameWriter, Link
     from orchestra_cli.broker.rabbitmq_publisher import DirectLink
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ class RabbitDelivery:
         self,
         consumer: RabbitConsumer,
         channel: Channel,
+        writer: FrameWriter,
         generation: int,
         tag: int,
         queue: str,
@@ -206,6 +207,7 @@ class RabbitDelivery:
     ) -> None:
         self._consumer = consumer
         self.channel = channel  # the one it came on: its tag means nothing on another
+        self.writer = writer  # …and its connection's output
         self.generation = generation
         self.tag = tag
         self.queue = queue
@@ -322,10 +324,13 @@ class RabbitConsumer:
             log.warning("dead-lettering malformed message on %s: %s", logical, exc.message)
             self.to_dead(ch, method.delivery_tag, logical, props, body, exc.message, count)
             return
+        writer = self._link.writer
+        assert writer is not None  # set with the connection this message came on
         self._ready.put(
             RabbitDelivery(
                 self,
                 ch,
+                writer,
                 self._link.generation,
                 method.delivery_tag,
                 logical,
@@ -404,7 +409,9 @@ class RabbitConsumer:
             return
         delivery.settled = True
         try:
-            delivery.channel._impl.basic_ack(delivery.tag)
+            delivery.writer.from_other_thread(
+                lambda: delivery.channel._impl.basic_ack(delivery.tag)
+            )
         except connection_errors() as exc:
             log.debug("ack of %s on a closed channel: %r", delivery.envelope.task_id, exc)
 

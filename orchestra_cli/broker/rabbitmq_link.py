@@ -136,6 +136,7 @@ class Link:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._channel: Channel = None
+        self.writer: FrameWriter | None = None  # the current connection's (acks go through it)
         self._closing = threading.Event()
         self._ready = threading.Event()  # first connection made (or given up)
         self._thread = threading.Thread(target=self._run, name=f"amqp-{name}", daemon=True)
@@ -235,7 +236,7 @@ class Link:
     def _connect(self) -> None:
         params = connection_parameters(self.url, self.settings, self.name)
         self._conn = pika.BlockingConnection(params)
-        FrameWriter(self._conn, direct=True, owner=threading.get_ident())
+        self.writer = FrameWriter(self._conn, direct=True, owner=threading.get_ident())
         self._channel = self._conn.channel()
         self.generation += 1
         self.on_connect(self._channel, self.generation)
@@ -245,6 +246,12 @@ class Link:
     def _loop(self) -> None:
         while not self._closing.is_set():
             self._conn.process_data_events(time_limit=IO_TICK_SECONDS)
+            if not self._channel.is_open:
+                # closed by the broker with the connection left open (a channel error,
+                # e.g. RabbitMQ's consumer_timeout): pika raises nothing, so open afresh
+                raise self._channel._closing_reason or pika.exceptions.ChannelClosed(
+                    0, "channel closed"
+                )
             self._run_pending()
             if self.on_tick is not None:
                 self.on_tick(self._channel)
@@ -321,9 +328,10 @@ class FrameWriter:
     is queued for the loop as before (so is everything on a TLS connection).
 
     ``owner``: the one thread that runs the connection's I/O loop (a ``Link``'s).
-    Another thread may then write a frame too (an ack: pika frames it without
-    touching shared state; only this output is shared, under a lock): sent at
-    once when nothing is queued, or handed over to the owner, which writes it
+    Another thread may then write a frame too, through ``from_other_thread``
+    (an ack: pika checks the channel's state and frames it without changing
+    shared state; this output is what is shared, under a lock): sent at once
+    when nothing is queued, or handed over to the owner, which writes it
     (woken through pika's thread-safe callback) before anything of its own.
     Without ``owner`` every caller drives the connection (``DirectLink``, under
     its own lock).
@@ -356,6 +364,16 @@ class FrameWriter:
             except Exception:  # the connection is closing: what was unsent goes with it
                 pass
 
+    def from_other_thread(self, frame: Callable[[], None]) -> None:
+        """Run ``frame`` (e.g. a channel's ``basic_ack``: a state check, then a frame
+        through ``output``) on a thread other than the owner, as one step for the
+        owner: channels are closed through this output too, so the frame either
+        goes out while its channel is open or is refused (pika raises) after.
+        (pika's thread-safe wake-up, called with the lock held, takes none of the
+        locks the owner holds when it writes.)"""
+        with self._lock:
+            frame()
+
     def _from_other_thread(self, data: bytes) -> bool:
         """Send ``data`` or hand it over; True when the owner must be woken for it."""
         if not self._handover:
@@ -383,12 +401,18 @@ class FrameWriter:
         transport = self._impl._transport
         if (
             type(transport) is not _PlainTransport  # TLS frames its own records
-            or transport._tx_buffers  # the loop is writing (only it takes them out)
+            # the loop is writing: only it takes queued bytes out, and the count (unlike
+            # the buffer list, briefly empty while a partly sent chunk is put back) only
+            # drops once they are sent
+            or transport.get_write_buffer_size()
             or transport._state != _PlainTransport._STATE_ACTIVE
         ):
             return data
+        sock = transport._sock  # None once the transport closed (on the owner's thread)
+        if sock is None:
+            return data
         try:
-            sent = transport._sock.send(data)
+            sent = sock.send(data)
         except OSError:  # would block, or broken: the transport's own write deals with it
             return data
         return data[sent:]

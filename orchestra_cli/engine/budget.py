@@ -27,6 +27,7 @@ from orchestra_cli.logs import Journals
 from orchestra_cli.models import Task, Usage
 from orchestra_cli.settings import LLMSettings
 from orchestra_cli.state.base import StateStore
+from orchestra_cli.util import iso, now
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,10 @@ class MeteredProvider:
         usage, self._uncharged = self._uncharged, None
         line, self._unwritten = self._unwritten, None
         if line is not None:
-            self.meter.journals.metrics.write(line)
+            try:
+                self.meter.journals.metrics.write(line)
+            except OSError as exc:  # the charge still goes with the caller's write
+                log.warning("task %s: could not write a call's metrics line: %s", self.task.id, exc)
         return usage
 
     def complete(self, request: LLMRequest) -> LLMResponse:
@@ -163,6 +167,7 @@ class MeteredProvider:
         response = self.inner.complete(request)
         response.usage = self.meter.prices.charge(response.model, response.usage)
         line = {
+            "time": iso(now()),  # when the call ended, whenever the line is written
             "kind": "llm_call",
             "task_id": self.task.id,
             "root_id": self.task.root_id,

@@ -329,12 +329,12 @@ class RedisStateStore:
         # a task nobody has seen yet cannot have changed in between
         stored = task if dispatch is None else _applied(task, Status.QUEUED, ts)
         spec = self._task_spec(stored)
-        if dispatch is not None:
-            head = {"from": task.status.value, "to": Status.QUEUED.value}
-            spec["queued"] = {
-                "head": dumps({**head, "attempt": task.attempts, "agent": task.agent}),
-                "data": dumps(dispatch),
-            }
+        if dispatch is not None:  # the event head as the transition script writes it
+            head = (
+                f'{{"from":"{task.status.value}","to":"{Status.QUEUED.value}",'
+                f'"attempt":{dumps(task.attempts)},"agent":{dumps(task.agent)}}}'
+            )
+            spec["queued"] = {"head": head, "data": dumps(dispatch)}
         payload: dict[str, Any] = {"task": spec, "time": ts}
         if watch:
             payload.update(watch=True, wttl=WAIT_TTL_SECONDS)

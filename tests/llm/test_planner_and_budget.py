@@ -261,3 +261,30 @@ def test_a_run_message_for_a_task_reopened_since_is_dropped_not_dead_lettered(
     )
     assert isinstance(agent.handle(delivery), Ack)  # type: ignore[arg-type]
     assert backends.state.get_task(task.id).status == Status.PENDING  # left to the orchestrator
+
+
+def test_a_metrics_line_that_cannot_be_written_does_not_lose_the_calls_charge(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.engine.agent import Agent
+    from orchestra_cli.llm.offline import OfflineProvider
+    from orchestra_cli.logs import JsonlWriter
+
+    write = JsonlWriter.write
+
+    def disk_full(self: JsonlWriter, record: dict[str, object]) -> None:
+        if record.get("kind") == "llm_call":  # the line written with the deferred charge
+            raise OSError(28, "No space left on device")
+        write(self, record)
+
+    role = load_roles()["coder"]
+    agent = Agent(backends, role, OfflineProvider(), PromptLibrary(), name="a-full")
+    task, _ = backends.state.create_task(
+        Task(title="t", input="x", capability="code"), dispatch={"queue": "work.code"}
+    )
+    running, claimed = backends.state.claim(task.id, agent.name)
+    assert claimed
+    monkeypatch.setattr(JsonlWriter, "write", disk_full)
+    agent._execute(running)
+    after = backends.state.get_task(task.id)
+    assert after.status == Status.SUCCEEDED and after.usage.calls == 1  # charged with it

@@ -463,3 +463,23 @@ def test_an_ack_on_a_connection_that_closed_is_dropped_and_the_message_redeliver
     finally:
         consumer.close()
     assert broker.depths()[Q] == 0
+
+
+def test_a_consumer_whose_channel_the_broker_closed_opens_afresh_and_gets_its_messages(
+    svc: Backends,
+) -> None:
+    broker = _broker(svc)
+    broker.publish(Q, Envelope(type=MSG_RUN, task_id="m0"))
+    consumer = broker.consumer([Q], prefetch=1, name="chan")
+    try:
+        held = consumer.get(timeout=10)
+        assert held is not None
+        # a channel error (as RabbitMQ's consumer_timeout raises): the broker closes
+        # the channel and leaves the connection open, and pika says nothing
+        held.writer.from_other_thread(lambda: held.channel._impl.basic_ack(99_999))
+        again = consumer.get(timeout=20)  # requeued, and the link consumes again
+        assert again is not None and again.envelope.task_id == "m0"
+        again.ack()
+    finally:
+        consumer.close()
+    assert broker.depths()[Q] == 0

@@ -108,3 +108,27 @@ def test_another_threads_frames_wait_behind_queued_output_and_keep_their_order(
     writer.output([b"mine"])  # and its own next frame after them
     tail = len(big) + len(b"ack-1ack-2mine") - len(received)
     assert received + _read(broker, tail) == big + b"ack-1ack-2mine"
+
+
+def test_a_chunk_the_loop_is_putting_back_still_holds_other_threads_frames(
+    wired: Any,
+) -> None:
+    writer, conn, _, _, broker = wired
+    transport = writer._impl._transport
+    # pika's _produce after a partial send: the chunk is out of the list for a moment
+    # (popleft, then appendleft of its rest) while its bytes still count as queued
+    transport._tx_buffered_byte_count = 5
+    _from_thread(lambda: writer.output([b"ack"]))
+    assert len(conn.callbacks) == 1  # handed over, not written into the middle of a frame
+    broker.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        broker.recv(16)
+
+
+def test_a_frame_from_another_thread_after_the_transport_closed_is_handed_over(
+    wired: Any,
+) -> None:
+    writer, conn, _, _, _ = wired
+    writer._impl._transport._sock = None  # what pika's close leaves, on the owner's thread
+    _from_thread(lambda: writer.output([b"ack"]))
+    assert len(conn.callbacks) == 1  # no AttributeError in the handler's thread
