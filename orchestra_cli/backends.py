@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestra_cli.broker.base import Broker
 from orchestra_cli.errors import ConfigError
-from orchestra_cli.llm.base import LLMProvider
 from orchestra_cli.logs import Journals
 from orchestra_cli.secrets.base import ChainSecrets, SecretsProvider
 from orchestra_cli.settings import Settings, mask_url
 from orchestra_cli.state.base import StateStore
+
+if TYPE_CHECKING:  # its dataclasses cost a CLI query ~6 ms to build; it needs none of them
+    from orchestra_cli.llm.base import LLMProvider
 
 
 def _sqlite_path(url: str) -> Path:

@@ -356,9 +356,25 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
         dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         if dotted.split(".")[0] in known:
             out[dotted] = (name, value)
+        else:  # a secret (ORCHESTRA_API_TOKEN), ORCHESTRA_CONFIG…, or a misspelt setting
+            _refuse_near_miss(name, dotted.split(".")[0], known)
     if "ORCHESTRA_ENV" in env and "environment" not in out:
         out["environment"] = ("ORCHESTRA_ENV", env["ORCHESTRA_ENV"])
     return out
+
+
+def _refuse_near_miss(name: str, key: str, known: set[str]) -> None:
+    """ConfigError for a variable one typo away from a setting (``ORCHESTRA_STATE_ULR``):
+    ignored, it would leave that setting at its default without a word."""
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+    if close:
+        meant = ENV_PREFIX + close[0].upper() + name[len(ENV_PREFIX) + len(key) :]
+        raise ConfigError(
+            f"{name} is not a setting: did you mean {meant}?",
+            f"rename it to {meant}, or unset it (`orchestra config show` lists every key)",
+        )
 
 
 def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:

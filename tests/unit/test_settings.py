@@ -82,3 +82,24 @@ def test_dotenv_parser_handles_quotes_comments_and_export(tmp_path: Path) -> Non
     path.write_text("NOT A LINE\n")
     with pytest.raises(ConfigError, match=r"\.env:1: expected KEY=value"):
         read_dotenv(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("ORCHESTRA_STATE_ULR", "ORCHESTRA_STATE_URL"),
+        ("ORCHESTRA_BROKER_RUL", "ORCHESTRA_BROKER_URL"),
+        ("ORCHESTRA_RABITMQ__QUEUE_PREFIX", "ORCHESTRA_RABBITMQ__QUEUE_PREFIX"),
+    ],
+)
+def test_a_variable_one_typo_from_a_setting_is_refused_with_the_name_it_meant(
+    tmp_path: Path, name: str, meant: str
+) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={name: "redis://127.0.0.1:6379/0"}, cwd=tmp_path)
+    assert exc.value.message == f"{name} is not a setting: did you mean {meant}?"
+
+
+def test_other_orchestra_variables_are_left_alone(tmp_path: Path) -> None:
+    env = {"ORCHESTRA_CONFIG_NOTE": "x", "ORCHESTRA_TEST_REDIS_PORT": "1", "ORCHESTRA_X": "y"}
+    assert load_settings(env=env, cwd=tmp_path).sources == {}
