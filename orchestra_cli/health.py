@@ -181,6 +181,7 @@ def check_queues(ctx: HealthContext) -> Check:
     level = OK
     if dead:
         level = WARN
+        summary += " (`orchestra dlq list` shows them)"
     if stranded:
         level = WARN
         summary += f"; nobody consuming {', '.join(stranded)}"

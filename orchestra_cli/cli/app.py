@@ -66,6 +66,7 @@ COMMAND_MODULES = {
     "demo": "run",
     "health": "health",
     "recover": "recover",
+    "dlq": "dlq",
     "api": "api",
     "snapshot": "snapshot",
     "rollback": "snapshot",

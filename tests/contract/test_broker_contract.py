@@ -188,6 +188,17 @@ def test_direct_dead_letter_records_origin_and_reason(contract_backends: Backend
     dead = wait_until(lambda: broker.dead_letters(), timeout=5, what="dead letter")
     assert dead[0]["queue"] == Q and dead[0]["reason"] == "exhausted retries: boom"
     assert broker.depths().get(Q_DEAD, 0) == 1
+    broker.dead_letter(Q, _env("t10"), "exhausted retries: again")
+    wait_until(lambda: len(broker.dead_letters()) == 2, timeout=5, what="second dead letter")
+    assert [_task(d) for d in broker.dead_letters()] == ["t10", "t9"]  # newest first, kept
+    assert broker.purge(Q_DEAD) == 2  # `orchestra dlq purge`
+    assert broker.dead_letters() == [] and broker.depths().get(Q_DEAD, 0) == 0
+
+
+def _task(letter: dict[str, object]) -> str:
+    import json
+
+    return str(json.loads(str(letter["body"]))["task_id"])
 
 
 def test_competing_consumers_share_the_work_and_each_message_is_acked_once(
