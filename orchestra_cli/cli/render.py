@@ -66,23 +66,52 @@ def _task_row(t: Task) -> tuple[str, ...]:
 MIN_WIDTHS = {"ID": 36, "STATUS": 9}
 
 
-def tasks_table(tasks: list[Task]) -> Table:
-    """`task list` on a terminal (``tasks_text`` elsewhere)."""
+MIN_TITLE = 16
+OPTIONAL_COLUMNS = ("AGENT", "CAPABILITY", "TRIES", "AGE")  # left out first to last
+
+
+def _fitting(rows: list[tuple[str, ...]], width: int | None) -> list[str]:
+    """The columns to show in ``width``: every one if they fit with ``MIN_TITLE`` of
+    title; else without the optional ones, in order, until they do."""
+    columns = list(TASK_COLUMNS)
+    if width is None:
+        return columns
+    natural = {
+        col: max(len(col), MIN_WIDTHS.get(col, 0), *(len(r[i]) for r in rows))
+        for i, col in enumerate(TASK_COLUMNS)
+    }
+    natural["TITLE"] = MIN_TITLE
+
+    def needed() -> int:
+        return sum(natural[c] for c in columns) + 2 * (len(columns) - 1)
+
+    for col in OPTIONAL_COLUMNS:
+        if needed() <= width:
+            break
+        columns.remove(col)
+    return columns
+
+
+def tasks_table(tasks: list[Task], width: int | None = None) -> Table:
+    """`task list` on a terminal (``tasks_text`` elsewhere); in ``width`` columns
+    the agent, capability, tries and age give way before the title does."""
     from rich.table import Table
 
+    rows = [_task_row(t) for t in tasks]
+    shown = _fitting(rows, width)
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in TASK_COLUMNS:
+    for col in shown:
         table.add_column(
             col,
             overflow="fold" if col == "TITLE" else "ellipsis",
             no_wrap=col != "TITLE",
             min_width=MIN_WIDTHS.get(col),  # ids and statuses are never cut short
         )
-    for t in tasks:
-        row = _task_row(t)
-        table.add_row(
-            row[0], f"[{STATUS_STYLE[t.status]}]{row[1]}[/]", *row[2:-1], _escape(row[-1])
-        )
+    for t, row in zip(tasks, rows, strict=True):
+        cells = dict(zip(TASK_COLUMNS, row, strict=True))
+        cells["STATUS"] = f"[{STATUS_STYLE[t.status]}]{cells['STATUS']}[/]"
+        cells["TITLE"] = _escape(cells["TITLE"])
+        table.add_row(*(cells[col] for col in shown))
     return table
 
 

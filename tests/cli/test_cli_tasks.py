@@ -247,6 +247,16 @@ def test_plain_list_and_tree_say_what_the_rich_ones_say() -> None:
     lines = task_tree_text(flat).splitlines()
     assert lines == rich_text(task_tree(flat))
     assert lines[1].startswith("├── ") and lines[-1].startswith("└── ")
+    for width, header in [
+        (200, ["ID", "STATUS", "CAPABILITY", "AGENT", "TRIES", "AGE", "TITLE"]),
+        (80, ["ID", "STATUS", "TRIES", "AGE", "TITLE"]),  # the title stays on a narrow terminal
+        (70, ["ID", "STATUS", "TITLE"]),
+    ]:
+        buf = io.StringIO()
+        Console(file=buf, width=width, no_color=True).print(tasks_table(flat, width))
+        shown = buf.getvalue().splitlines()
+        assert shown[0].split() == header and "child a" in shown[2], width
+        assert max(len(line.rstrip()) for line in shown) <= width
 
 
 def test_a_task_stored_but_not_sent_is_named_in_the_same_shape_by_submit_and_batch(

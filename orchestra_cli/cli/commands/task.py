@@ -290,7 +290,7 @@ def list_tasks(
     elif not tasks:
         app.info("no tasks match")
     elif sys.stdout.isatty():
-        app.console.print(tasks_table(tasks))
+        app.console.print(tasks_table(tasks, app.console.width))
     else:
         sys.stdout.write(tasks_text(tasks))
 
