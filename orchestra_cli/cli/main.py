@@ -6,10 +6,11 @@ raises. ``main`` is the console script. (httpie's ``raw_main``/``program`` split
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from orchestra_cli.errors import ExitStatus, OrchestraError
@@ -48,8 +49,14 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     from orchestra_cli.cli.app import build_command
 
     command = build_command(args)
+    interrupted: list[bool] = []
     try:
-        result = command.main(args=args, prog_name="orchestra", standalone_mode=False)
+        with _noting_interrupts(interrupted):
+            result = command.main(args=args, prog_name="orchestra", standalone_mode=False)
+    except SystemExit:  # typer's answer to a closed stdout (`orchestra logs | head`)
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            return ExitStatus.OK
+        raise
     except typer.TyperException as exc:  # click's UsageError and friends
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
@@ -75,7 +82,33 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return _report(message, ExitStatus.USAGE, verbose)
     except Exception as exc:
         return _report(_internal(exc), ExitStatus.FAILURE, verbose)
-    return int(result) if isinstance(result, int) else ExitStatus.OK
+    code = int(result) if isinstance(result, int) else ExitStatus.OK
+    if interrupted and code == ExitStatus.INTERRUPTED:  # typer made Ctrl-C an exit code
+        print("\norchestra: interrupted", file=sys.stderr)
+    return code
+
+
+@contextlib.contextmanager
+def _noting_interrupts(seen: list[bool]) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as ever, noted in ``seen`` first (typer turns
+    it into exit code 130 without a word). Commands that handle SIGINT themselves
+    (run, agent start) put their own handler in place meanwhile."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, frame: object) -> None:
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _internal(exc: Exception) -> str:

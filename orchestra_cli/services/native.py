@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from orchestra_cli.errors import ServiceError
+from orchestra_cli.errors import ConfigError, ServiceError
 from orchestra_cli.services import definitions as defs
 from orchestra_cli.services.base import ProgressFn, ServiceStatus, UpReport, wait_healthy
 from orchestra_cli.services.logtail import follow_files, tail_lines
@@ -92,6 +92,7 @@ class NativeRuntime:
         for name in defs.SERVICE_NAMES:
             state = self._running_state(name)
             if state:
+                self._check_same_port(name, state)
                 report.already_running.append(name)
                 progress(name, "already running", f"pid {state['pid']}")
             else:
@@ -118,6 +119,18 @@ class NativeRuntime:
         report.statuses = self.status()
         report.env = defs.connection_env(self.settings, token)
         return report
+
+    def _check_same_port(self, name: str, state: dict[str, Any]) -> None:
+        """A running service on another port than the settings name: the URLs printed
+        would point at nothing (the settings changed since `orchestra up`)."""
+        recorded, setting = state.get("port"), self.ports[name].bound[0][1]
+        if isinstance(recorded, int) and recorded != self.ports[name].port:
+            var = defs.setting_env_var(setting)
+            raise ConfigError(
+                f"{name} is running on port {recorded}, but services.{setting} is "
+                f"{self.ports[name].port}",
+                f"set {var}={recorded} as when it was started, or run `orchestra down` first",
+            )
 
     def _check_ports_free(self, name: str) -> None:
         for port, setting in self.ports[name].bound:
@@ -328,7 +341,12 @@ class NativeRuntime:
             if state is None:
                 out.append(ServiceStatus(name, running=False, healthy=False, port=port))
                 continue
-            reason = probes[name]()
+            recorded = state.get("port")
+            reason: str | None
+            if isinstance(recorded, int) and recorded != port:  # started with other settings
+                port, reason = recorded, f"settings say port {self.ports[name].port}"
+            else:
+                reason = probes[name]()
             out.append(
                 ServiceStatus(
                     name,

@@ -33,6 +33,7 @@ def amqp_login(host: str, port: int, timeout: float = TIMEOUT) -> str | None:
 
     import pika
     import pika.exceptions
+    from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
     pika_log = logging.getLogger("pika")
     level = pika_log.level
@@ -45,12 +46,13 @@ def amqp_login(host: str, port: int, timeout: float = TIMEOUT) -> str | None:
             credentials=pika.PlainCredentials("guest", "guest"),
             connection_attempts=1,
             socket_timeout=timeout,
+            stack_timeout=timeout,  # the whole handshake: a hung broker answers nothing
             blocked_connection_timeout=timeout,
             heartbeat=0,
         )
         connection = pika.BlockingConnection(params)
         connection.close()
-    except (pika.exceptions.AMQPError, OSError) as exc:
+    except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as exc:
         return _reason(exc)
     finally:
         pika_log.setLevel(level)

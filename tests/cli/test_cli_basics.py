@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -194,3 +195,54 @@ def test_production_environment_warns_about_laptop_settings(
     assert result.err.splitlines()[-1] == (
         "orchestra: error: 2 warnings, and --strict fails on them"
     )
+
+
+def test_up_refuses_an_env_file_it_could_not_write_before_starting_anything(
+    cli: CliRunner, home: Path, tmp_path: Path
+) -> None:
+    result = cli("up", "--env-file", str(tmp_path / "missing" / ".env.services"), expect=2)
+    assert "--env-file" in result.err and "writable folder" in result.err
+    assert not (home / "services").exists()  # nothing was started
+    assert "is a directory" in cli("up", "--env-file", str(tmp_path), expect=2).err
+
+
+def test_a_reader_that_closes_the_pipe_early_is_not_an_error(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from orchestra_cli.cli.main import run_cli
+
+    assert run_cli(["task", "submit", "-q", "one"]) == 0
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert run_cli(["task", "list"]) == 0  # as `orchestra task list | head -1`
+
+
+def test_ctrl_c_exits_130_and_says_so(home: Path) -> None:
+    import signal
+    import time
+
+    env = {**os.environ, "ORCHESTRA_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestra_cli", "task", "submit", "x", "--wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.5)  # past start-up: waiting for an agent that never comes
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.rstrip().endswith("orchestra: interrupted")

@@ -137,6 +137,7 @@ def test_native_services_come_up_healthy_serve_clients_and_go_down(
     assert "already running" in again.err
     plain = dep.run("up", "-q")
     assert f"export ORCHESTRA_STATE_URL=redis://127.0.0.1:{ports['REDIS_PORT']}/0" in plain.out
+    _settings_changed_since_up(dep)
 
     assert "Ready to accept connections" in dep.run("logs", "redis").out
     assert "Server startup complete" in dep.run("logs", "rabbitmq").out
@@ -150,6 +151,7 @@ def test_native_services_come_up_healthy_serve_clients_and_go_down(
     rabbit = json.loads(dep.run("--json", "ps").out)["services"][1]
     assert rabbit["running"] and rabbit["healthy"] and rabbit["pid"] != pids["rabbitmq"]
     pids["erlang"] = rabbit["pid"]
+    _a_hung_broker_is_reported_not_waited_for(dep, pids["erlang"])
 
     down = dep.run("down", "--volumes")
     assert "stopped: vault, rabbitmq, redis" in down.err
@@ -176,3 +178,39 @@ def _follow_sees_new_lines(dep: Deployment) -> None:
         ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         code = proc.stop(signal.SIGTERM if ignored else signal.SIGINT)
     assert ignored or code == 0, proc.output()  # Ctrl-C is the normal way out of -f
+
+
+def _settings_changed_since_up(dep: Deployment) -> None:
+    """Services started on one port, settings now naming another: `ps` shows where they
+    run, `up` refuses to print URLs that point at nothing."""
+    moved = free_service_ports()["REDIS_PORT"]
+    env = {**dep.env, "ORCHESTRA_SERVICES__REDIS_PORT": str(moved)}
+    ps = run_orchestra(["--json", "ps"], env, dep.cwd)
+    redis_row = json.loads(ps.out)["services"][0]
+    assert ps.code == 1 and redis_row["running"] and not redis_row["healthy"]
+    assert redis_row["port"] == dep.ports["REDIS_PORT"]
+    assert redis_row["detail"] == f"settings say port {moved}"
+    up = run_orchestra(["up", "-q"], env, dep.cwd)
+    assert up.code == 2 and up.out == ""
+    assert (
+        f"redis is running on port {dep.ports['REDIS_PORT']}, but services.redis_port is {moved}"
+    ) in up.err
+
+
+def _a_hung_broker_is_reported_not_waited_for(dep: Deployment, erlang_pid: int) -> None:
+    """A stopped (not dead) RabbitMQ: `ps` reports it within its probe timeout instead
+    of crashing after pika's 15 s handshake timeout."""
+    os.kill(erlang_pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        ps = dep.run("--json", "ps", expect=1)
+        rabbit = json.loads(ps.out)["services"][1]
+        assert rabbit["running"] and not rabbit["healthy"] and rabbit["detail"]
+        assert time.monotonic() - started < 12
+    finally:
+        os.kill(erlang_pid, signal.SIGCONT)
+    wait_until(
+        lambda: json.loads(dep.run("--json", "ps", expect=None).out)["healthy"],
+        timeout=30,
+        what="rabbitmq answering again",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -35,7 +36,12 @@ RuntimeOption = Annotated[
 ]
 TimeoutOption = Annotated[
     float | None,
-    typer.Option("--timeout", min=1, help="Seconds to wait (default: services.timeout)."),
+    typer.Option(
+        "--timeout",
+        min=1,
+        max=86_400,
+        help="Seconds to wait, per service for down (default: services.timeout).",
+    ),
 ]
 SERVICE_NAMES = ("redis", "rabbitmq", "vault")
 BUSY_PHASES = {"starting", "started", "waiting", "stopping"}
@@ -111,6 +117,8 @@ def up(
     Exit 3 when a service cannot be started or does not become healthy.
     """
     app: AppContext = ctx.obj
+    if env_file is not None:
+        _check_writable(env_file)  # before anything starts, not after
     rt = _runtime(app, runtime, for_up=True)
     with ProgressView(app) as view:
         report = rt.up(wait=wait, timeout=timeout or app.settings.services.timeout, progress=view)
@@ -119,6 +127,15 @@ def up(
 
         write_env_file(env_file, report.env)
     _render_up(app, report, env_file)
+
+
+def _check_writable(path: Path) -> None:
+    from orchestra_cli.errors import UsageError
+
+    folder = path.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        what = "is a directory" if path.is_dir() else f"cannot be written in {folder}"
+        raise UsageError(f"--env-file {path} {what}", "give a file path in a writable folder")
 
 
 def _render_up(app: AppContext, report: UpReport, env_file: Path | None) -> None:
@@ -139,7 +156,7 @@ def _render_up(app: AppContext, report: UpReport, env_file: Path | None) -> None
     elif report.started:
         app.info(f"started ({report.runtime}): {', '.join(report.started)}")
     where = f"; also written to {env_file}" if env_file else ""
-    app.info(f'use the services in this shell with `eval "$(orchestra up -q)"`{where}:')
+    app.info(f'use the services in this shell with `eval "$(orchestra up --wait -q)"`{where}:')
     import shlex
 
     for key, value in report.env.items():
