@@ -377,12 +377,18 @@ def _refuse_near_miss(name: str, key: str, known: set[str]) -> None:
         )
 
 
+def _section_origin(section: str, message: str, sources: Mapping[str, str]) -> str:
+    """Where a section's own check got its keys: those its message names, else any."""
+    keys = [key for key in sources if key.startswith(section + ".")]
+    named = [key for key in keys if key.rsplit(".", 1)[-1] in message]
+    found = list(dict.fromkeys(sources[key] for key in (named or keys)))
+    return ", ".join(found) if found else "configuration"
+
+
 def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
     err = exc.errors()[0]
     dotted = ".".join(str(p) for p in err["loc"])
-    origin = sources.get(dotted) or next(  # a section's own check: where its keys came from
-        (src for key, src in sources.items() if key.startswith(dotted + ".")), "configuration"
-    )
+    origin = sources.get(dotted) or _section_origin(dotted, str(err["msg"]), sources)
     if err["type"] == "extra_forbidden":
         return ConfigError(
             f"{origin}: unknown key {dotted!r}",

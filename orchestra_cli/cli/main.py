@@ -63,7 +63,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             print(ctx.get_help(), file=sys.stderr)
             return ExitStatus.USAGE
         hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `orchestra --help`"
-        _print_error(f"{exc.format_message()} — {hint}")
+        message = exc.format_message().replace(": Value error, ", ": ")  # pydantic's wording
+        _print_error(f"{message} — {hint}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         print("\norchestra: interrupted", file=sys.stderr)

@@ -172,7 +172,11 @@ class NativeRuntime:
             "port": self.ports[name].port,
             "argv": launch.argv,
         }
-        self._state_path(name).write_text(json.dumps(state), encoding="utf-8")
+        # whole or not at all: a torn file would hide a running service from ps and down
+        path = self._state_path(name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        os.replace(tmp, path)
         return pid
 
     def _exit_reason(self, name: str) -> str | None:

@@ -246,3 +246,9 @@ def test_ctrl_c_exits_130_and_says_so(home: Path) -> None:
         proc.kill()
     assert proc.returncode == 130
     assert err.rstrip().endswith("orchestra: interrupted")
+
+
+def test_a_value_outside_a_choice_is_named_without_pydantics_wording(cli: CliRunner) -> None:
+    err = cli("up", "--runtime", "podman", expect=2).err
+    assert "Invalid value for '--runtime': 'podman' is not one of" in err
+    assert "Value error" not in err

@@ -103,3 +103,10 @@ def test_a_variable_one_typo_from_a_setting_is_refused_with_the_name_it_meant(
 def test_other_orchestra_variables_are_left_alone(tmp_path: Path) -> None:
     env = {"ORCHESTRA_CONFIG_NOTE": "x", "ORCHESTRA_TEST_REDIS_PORT": "1", "ORCHESTRA_X": "y"}
     assert load_settings(env=env, cwd=tmp_path).sources == {}
+
+
+def test_a_clash_between_two_settings_names_the_variable_that_made_it(tmp_path: Path) -> None:
+    env = {"ORCHESTRA_SERVICES__VAULT_PORT": "18300", "ORCHESTRA_SERVICES__REDIS_PORT": "16672"}
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env=env, cwd=tmp_path)
+    assert exc.value.message.startswith("ORCHESTRA_SERVICES__REDIS_PORT: services: redis_port")
