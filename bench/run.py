@@ -163,7 +163,12 @@ def orchestra(
     backends = open_backends(load_settings(env=env).settings)
     try:
         deadline = time.monotonic() + 30
-        while not [a for a in backends.state.list_agents() if a.status == "running"]:
+        # the coder agent itself (the orchestrator registers as running too, sooner)
+        while not [
+            a
+            for a in backends.state.list_agents()
+            if a.status == "running" and "code" in a.capabilities
+        ]:
             if time.monotonic() > deadline:
                 raise RuntimeError("orchestra agent did not start")
             time.sleep(0.1)
