@@ -92,6 +92,9 @@ class ServiceRuntime(Protocol):
         ...
 
 
+STILL_UP = "; the others keep running (`orchestra down` stops them)"
+
+
 def wait_healthy(
     probes: Mapping[str, Probe],
     *,
@@ -122,14 +125,14 @@ def wait_healthy(
             gone = exited(name) if exited else None
             if gone:
                 progress(name, "failed", gone)
-                raise ServiceError(f"{name} {gone}", f"see `orchestra logs {name}`")
+                raise ServiceError(f"{name} {gone}", f"see `orchestra logs {name}`{STILL_UP}")
         if pending and time.monotonic() - start > timeout:
             name = next(iter(pending))
             progress(name, "failed", reasons.get(name, "not healthy"))
             raise ServiceError(
                 f"{', '.join(pending)} not healthy after {timeout:.0f}s "
                 f"({name}: {reasons.get(name, 'no answer')})",
-                f"see `orchestra logs {name}` or raise --timeout",
+                f"see `orchestra logs {name}` or raise --timeout{STILL_UP}",
             )
         if pending:
             time.sleep(POLL_SECONDS)

@@ -284,7 +284,7 @@ class NativeRuntime:
         state = self._running_state(name)
         if state is None:
             self._state_path(name).unlink(missing_ok=True)
-            progress(name, "stopped", "not running")
+            progress(name, "not running", "nothing to stop")
             return False
         lead = state["pid"]
         pids = [lead, *(p for p in self._erlang_vm(name) if p != lead)]

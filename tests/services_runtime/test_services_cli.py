@@ -123,6 +123,7 @@ def test_wait_healthy_times_out_with_the_last_reason() -> None:
             progress=lambda *a: None,
         )
     assert "redis not healthy after 0s (redis: connection refused)" in str(info.value)
+    assert "the others keep running (`orchestra down` stops them)" in info.value.hint
 
 
 def test_wait_healthy_fails_at_once_when_the_process_exited() -> None:

@@ -45,7 +45,13 @@ TimeoutOption = Annotated[
 ]
 SERVICE_NAMES = ("redis", "rabbitmq", "vault")
 BUSY_PHASES = {"starting", "started", "waiting", "stopping"}
-STYLES = {"healthy": "green", "already running": "green", "failed": "bold red", "stopped": "dim"}
+STYLES = {
+    "healthy": "green",
+    "already running": "green",
+    "failed": "bold red",
+    "stopped": "dim",
+    "not running": "dim",
+}
 
 
 class ProgressView:
