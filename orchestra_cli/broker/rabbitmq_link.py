@@ -354,10 +354,10 @@ class FrameWriter:
             self._impl.frames_sent += len(frames)
             if self._owner is not None and threading.get_ident() != self._owner:
                 wake = self._from_other_thread(data)
-            else:
+            else:  # the owner: what was handed over first, then this
                 wake = False
-                self._write([*self._handover, data])
-                self._handover.clear()
+                self._handover.append(data)
+                self._write_handover()
         if wake:
             try:
                 self._conn.add_callback_threadsafe(self._write_handover)
@@ -384,17 +384,17 @@ class FrameWriter:
         return len(self._handover) == 1
 
     def _write_handover(self) -> None:
+        """On the owner's thread: write what waits in ``_handover``, in order."""
         with self._lock:
-            if self._handover:
-                self._write(self._handover)
-                self._handover.clear()
-
-    def _write(self, chunks: list[bytes]) -> None:
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if self.direct:
-            data = self._send_now(data)
-        if data:
-            self._emit(data)
+            if not self._handover:
+                return
+            chunks = self._handover
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            if self.direct:
+                data = self._send_now(data)
+            if data:
+                self._emit(data)
 
     def _send_now(self, data: bytes) -> bytes:
         """Send what the socket takes now, if nothing is queued before it; the rest."""

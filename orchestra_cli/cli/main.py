@@ -67,8 +67,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         _print_error(f"{message} — {hint}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        print("\norchestra: interrupted", file=sys.stderr)
-        return ExitStatus.INTERRUPTED
+        return _interrupted()
     except OrchestraError as exc:
         return _report(str(exc), exc.exit_status, verbose)
     except BrokenPipeError:
@@ -85,8 +84,13 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return _report(_internal(exc), ExitStatus.FAILURE, verbose)
     code = int(result) if isinstance(result, int) else ExitStatus.OK
     if interrupted and code == ExitStatus.INTERRUPTED:  # typer made Ctrl-C an exit code
-        print("\norchestra: interrupted", file=sys.stderr)
+        return _interrupted()
     return code
+
+
+def _interrupted() -> int:
+    print("\norchestra: interrupted", file=sys.stderr)
+    return ExitStatus.INTERRUPTED
 
 
 @contextlib.contextmanager

@@ -50,6 +50,10 @@ class StateStore(Protocol):
         """The task with this id (or unique id prefix); NotFoundError otherwise."""
         ...
 
+    def get_tasks(self, task_ids: Iterable[str]) -> dict[str, Task]:
+        """The tasks among these (whole) ids, by id, in one read; unknown ids left out."""
+        ...
+
     def list_tasks(
         self,
         *,

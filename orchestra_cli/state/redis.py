@@ -311,6 +311,11 @@ class RedisStateStore:
         return [_task_from_hash(h) for h in self._call("read tasks", fetch) if h]
 
     # -- tasks -------------------------------------------------------------
+    def get_tasks(self, task_ids: Iterable[str]) -> dict[str, Task]:
+        """The tasks among these ids, by id: one pipelined read."""
+        ids = list(dict.fromkeys(task_ids))
+        return {t.id: t for t in self._load_many(ids)} if ids else {}
+
     def create_task(
         self,
         task: Task,
@@ -329,12 +334,12 @@ class RedisStateStore:
         # a task nobody has seen yet cannot have changed in between
         stored = task if dispatch is None else _applied(task, Status.QUEUED, ts)
         spec = self._task_spec(stored)
-        if dispatch is not None:  # the event head as the transition script writes it
-            head = (
-                f'{{"from":"{task.status.value}","to":"{Status.QUEUED.value}",'
-                f'"attempt":{dumps(task.attempts)},"agent":{dumps(task.agent)}}}'
-            )
-            spec["queued"] = {"head": head, "data": dumps(dispatch)}
+        if dispatch is not None:  # the script writes its pending → queued event too
+            spec["queued"] = {
+                "attempt": dumps(task.attempts),
+                "agent": dumps(task.agent),
+                "data": dumps(dispatch),
+            }
         payload: dict[str, Any] = {"task": spec, "time": ts}
         if watch:
             payload.update(watch=True, wttl=WAIT_TTL_SECONDS)

@@ -57,15 +57,15 @@ local function ended(id, status, n)
   redis.call('DEL', k('waiting', id))
 end
 
--- Count a waiter in (``renew``: one already counted, unless its count expired);
--- returns the status (nil: no task). A task that has ended counts no one: the
--- caller sees the status and does not wait.
 local function count_waiter(id)
   local key = k('waiting', id)
   redis.call('INCR', key)
   redis.call('EXPIRE', key, a.wttl)
 end
 
+-- Count a waiter in (``renew``: one already counted, unless its count expired);
+-- returns the status (nil: no task). A task that has ended counts no one: the
+-- caller sees the status and does not wait.
 local function watch_end(id, renew)
   local cur = redis.call('HGET', k('t', id), 'status')
   if not cur then return nil end
@@ -87,6 +87,12 @@ local function add_event(task_id, root_id, etype, time, head, data)
   return seq
 end
 
+-- A transition event's head (attempt and agent as stored: JSON); open, for an error.
+local function event_head(from, to, attempt, agent)
+  return '{"from":"' .. from .. '","to":"' .. to .. '","attempt":' .. attempt
+    .. ',"agent":' .. agent
+end
+
 local function create_one(t, time)
   local key = k('t', t.id)
   if redis.call('EXISTS', key) == 1 then return false end
@@ -103,7 +109,10 @@ local function create_one(t, time)
   redis.call('ZADD', k('tree', t.root), t.created, t.id)
   add_event(t.id, t.root, 'created', time, '{}', t.edata)
   -- routed at creation: stored as queued, and its pending → queued event with it
-  if t.queued then add_event(t.id, t.root, 'queued', time, t.queued.head, t.queued.data) end
+  if t.queued then
+    local head = event_head('pending', 'queued', t.queued.attempt, t.queued.agent) .. '}'
+    add_event(t.id, t.root, 'queued', time, head, t.queued.data)
+  end
   return true
 end
 
@@ -183,8 +192,7 @@ local function transition(tr, time, tok, claim, guarded)
       redis.call('ZADD', k('by', 'agent', new_agent), cur[6], tr.id)
     end
   end
-  local head = '{"from":"' .. status .. '","to":"' .. tr.to .. '","attempt":' .. now.attempts
-    .. ',"agent":' .. now.agent
+  local head = event_head(status, tr.to, now.attempts, now.agent)
   if TERMINAL[tr.to] and now.error ~= 'null' then head = head .. ',"error":' .. now.error end
   add_event(tr.id, cjson.decode(cur[7]), tr.to, time, head .. '}', tr.edata)
   if TERMINAL[tr.to] then

@@ -185,6 +185,21 @@ class SQLiteStateStore:
         )
         return [_row_to_task(r) for r in rows]
 
+    def get_tasks(self, task_ids: Iterable[str]) -> dict[str, Task]:
+        ids = list(dict.fromkeys(task_ids))
+        found: dict[str, Task] = {}
+        for start in range(0, len(ids), 500):  # within SQLite's bound-variable limit
+            chunk = ids[start : start + 500]
+            rows = (
+                self.db.conn()
+                .execute(
+                    f"SELECT data FROM tasks WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                )
+                .fetchall()
+            )
+            found.update((t.id, t) for t in map(_row_to_task, rows))
+        return found
+
     def status_counts(self) -> dict[str, int]:
         rows = self.db.conn().execute("SELECT status, count(*) FROM tasks GROUP BY status")
         return {str(status): int(n) for status, n in rows.fetchall()}

@@ -84,6 +84,17 @@ def test_unknown_task_id_raises_not_found(contract_backends: Backends) -> None:
         contract_backends.state.get_task("00000000-0000-7000-8000-000000000000")
 
 
+def test_many_tasks_are_read_at_once_by_id_and_unknown_ids_left_out(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    a, _ = state.create_task(_task(title="a"))
+    b, _ = state.create_task(_task(title="b"))
+    found = state.get_tasks([a.id, "0" * 36, b.id, a.id])
+    assert found == {a.id: state.get_task(a.id), b.id: state.get_task(b.id)}
+    assert state.get_tasks([]) == {}
+
+
 def test_task_is_found_by_a_unique_id_prefix(contract_backends: Backends) -> None:
     task, _ = contract_backends.state.create_task(_task())
     assert contract_backends.state.get_task(task.id[:30]).id == task.id

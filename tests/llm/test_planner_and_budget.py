@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,12 +178,24 @@ def test_end_to_end_run_records_tokens_and_cost_in_state_and_metrics(
     assert sum(c["cost_usd"] for c in calls) == pytest.approx(tree["cost_usd"])
 
 
+def _claimed_by_a_coder(backends: Backends, llm: Any, name: str) -> tuple[Any, Task]:
+    """A coder agent on ``llm`` and a task it has claimed (running), to ``_execute``."""
+    from orchestra_cli.engine.agent import Agent
+
+    agent = Agent(backends, load_roles()["coder"], llm, PromptLibrary(), name=name)
+    task, _ = backends.state.create_task(
+        Task(title="t", input="x", capability="code"), dispatch={"queue": "work.code"}
+    )
+    running, claimed = backends.state.claim(task.id, agent.name)
+    assert claimed
+    return agent, running
+
+
 def test_a_call_whose_result_is_discarded_is_still_charged_and_in_metrics(
     backends: Backends,
 ) -> None:
     """The agent defers the last call's charge and line to its success; a refused
     success (the task was cancelled meanwhile) still charges and writes them."""
-    from orchestra_cli.engine.agent import Agent
     from orchestra_cli.llm.base import LLMRequest, LLMResponse
     from orchestra_cli.llm.offline import OfflineProvider
     from orchestra_cli.models import Usage
@@ -194,14 +207,8 @@ def test_a_call_whose_result_is_discarded_is_still_charged_and_in_metrics(
             response.usage = Usage(calls=1, input_tokens=7, output_tokens=3)
             return response
 
-    role = load_roles()["coder"]
-    agent = Agent(backends, role, CancelledMeanwhile(), PromptLibrary(), name="a-test")
-    task, _ = backends.state.create_task(
-        Task(title="t", input="x", capability="code"), dispatch={"queue": "work.code"}
-    )
-    running, claimed = backends.state.claim(task.id, agent.name)
-    assert claimed
-    agent._execute(running)
+    agent, task = _claimed_by_a_coder(backends, CancelledMeanwhile(), "a-test")
+    agent._execute(task)
     after = backends.state.get_task(task.id)
     assert after.status == Status.CANCELLED
     assert after.usage.calls == 1 and after.usage.input_tokens == 7  # charged all the same
@@ -266,7 +273,6 @@ def test_a_run_message_for_a_task_reopened_since_is_dropped_not_dead_lettered(
 def test_a_metrics_line_that_cannot_be_written_does_not_lose_the_calls_charge(
     backends: Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestra_cli.engine.agent import Agent
     from orchestra_cli.llm.offline import OfflineProvider
     from orchestra_cli.logs import JsonlWriter
 
@@ -277,14 +283,8 @@ def test_a_metrics_line_that_cannot_be_written_does_not_lose_the_calls_charge(
             raise OSError(28, "No space left on device")
         write(self, record)
 
-    role = load_roles()["coder"]
-    agent = Agent(backends, role, OfflineProvider(), PromptLibrary(), name="a-full")
-    task, _ = backends.state.create_task(
-        Task(title="t", input="x", capability="code"), dispatch={"queue": "work.code"}
-    )
-    running, claimed = backends.state.claim(task.id, agent.name)
-    assert claimed
+    agent, task = _claimed_by_a_coder(backends, OfflineProvider(), "a-full")
     monkeypatch.setattr(JsonlWriter, "write", disk_full)
-    agent._execute(running)
+    agent._execute(task)
     after = backends.state.get_task(task.id)
     assert after.status == Status.SUCCEEDED and after.usage.calls == 1  # charged with it

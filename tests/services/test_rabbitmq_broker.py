@@ -446,39 +446,24 @@ def test_an_ack_is_written_by_the_handlers_thread_without_waking_the_io_thread(
     assert broker.depths()[Q] == 0  # both acked: nothing comes back
 
 
-def test_an_ack_on_a_connection_that_closed_is_dropped_and_the_message_redelivered(
-    svc: Backends,
+@pytest.mark.parametrize("closed", ["connection", "channel"])
+def test_a_consumer_whose_connection_or_channel_the_broker_closed_gets_its_message_again(
+    svc: Backends, closed: str
 ) -> None:
     broker = _broker(svc)
     broker.publish(Q, Envelope(type=MSG_RUN, task_id="held"))
-    consumer = broker.consumer([Q], prefetch=1, name="closing")
+    consumer = broker.consumer([Q], prefetch=1, name=f"closed-{closed}")
     try:
         held = consumer.get(timeout=10)
         assert held is not None
-        assert close_connections_named(broker.topo.prefix) >= 1  # the consumer's among them
-        again = consumer.get(timeout=20)  # after the reconnect, on the new channel
+        if closed == "connection":
+            assert close_connections_named(broker.topo.prefix) >= 1  # the consumer's among them
+        else:  # a channel error (as RabbitMQ's consumer_timeout raises): the broker closes
+            # the channel and leaves the connection open, and pika says nothing
+            held.writer.from_other_thread(lambda: held.channel._impl.basic_ack(99_999))
+        again = consumer.get(timeout=20)  # requeued, and the link consumes again
         assert again is not None and again.envelope.task_id == "held"
         held.ack()  # its channel is gone: no error, no ack of the new delivery's tag
-        again.ack()
-    finally:
-        consumer.close()
-    assert broker.depths()[Q] == 0
-
-
-def test_a_consumer_whose_channel_the_broker_closed_opens_afresh_and_gets_its_messages(
-    svc: Backends,
-) -> None:
-    broker = _broker(svc)
-    broker.publish(Q, Envelope(type=MSG_RUN, task_id="m0"))
-    consumer = broker.consumer([Q], prefetch=1, name="chan")
-    try:
-        held = consumer.get(timeout=10)
-        assert held is not None
-        # a channel error (as RabbitMQ's consumer_timeout raises): the broker closes
-        # the channel and leaves the connection open, and pika says nothing
-        held.writer.from_other_thread(lambda: held.channel._impl.basic_ack(99_999))
-        again = consumer.get(timeout=20)  # requeued, and the link consumes again
-        assert again is not None and again.envelope.task_id == "m0"
         again.ack()
     finally:
         consumer.close()

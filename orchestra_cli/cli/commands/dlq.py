@@ -29,20 +29,16 @@ def _task_id(body: str) -> str | None:
 
 def _letters(app: AppContext, limit: int) -> list[dict[str, Any]]:
     """The broker's letters, each with its task id and what that task's status is now."""
-    from orchestra_cli.errors import NotFoundError
-
     backends = app.backends()
-    out = []
-    for letter in backends.broker.dead_letters(limit):
-        task_id = _task_id(letter["body"])
-        status = None
-        if task_id is not None:
-            try:
-                status = backends.state.get_task(task_id).status.value
-            except NotFoundError:
-                status = "missing"
-        out.append({**letter, "task_id": task_id, "task_status": status})
-    return out
+    letters = [
+        {**letter, "task_id": _task_id(letter["body"])}
+        for letter in backends.broker.dead_letters(limit)
+    ]
+    tasks = backends.state.get_tasks(x["task_id"] for x in letters if x["task_id"])
+    for x in letters:
+        task = tasks.get(x["task_id"]) if x["task_id"] else None
+        x["task_status"] = task.status.value if task else ("missing" if x["task_id"] else None)
+    return letters
 
 
 @dlq_app.command("list")
