@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from orchestra_cli.schema import Field, Model
 from orchestra_cli.status import Status
 from orchestra_cli.util import new_id, now
 
@@ -14,7 +13,7 @@ MAX_PRIORITY = 9
 DEFAULT_PRIORITY = 5
 
 
-class Usage(BaseModel):
+class Usage(Model, extra="ignore"):
     """Token usage and cost, summed per call, task, tree and agent."""
 
     calls: int = 0
@@ -39,10 +38,8 @@ class Usage(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
-class Task(BaseModel):
+class Task(Model, extra="ignore"):
     """One unit of work; a root task may own a tree of subtasks."""
-
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     id: str = Field(default_factory=new_id)
     root_id: str = ""
@@ -50,7 +47,7 @@ class Task(BaseModel):
     title: str
     input: str
     capability: str | None = None
-    priority: int = Field(DEFAULT_PRIORITY, ge=0, le=MAX_PRIORITY)
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=0, le=MAX_PRIORITY)
     status: Status = Status.PENDING
     attempts: int = 0
     max_attempts: int = 3
@@ -69,7 +66,7 @@ class Task(BaseModel):
     finished_at: float | None = None
     version: int = 0
 
-    def model_post_init(self, __context: Any) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not self.root_id:
             self.root_id = self.id
 
@@ -84,7 +81,7 @@ class Task(BaseModel):
         return (self.finished_at or now()) - self.started_at
 
 
-class Event(BaseModel):
+class Event(Model, extra="ignore"):
     """One entry of the event log: every transition and notable decision."""
 
     seq: int
@@ -95,7 +92,7 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class AgentRecord(BaseModel):
+class AgentRecord(Model, extra="ignore"):
     """An agent in the live registry."""
 
     name: str
@@ -120,10 +117,8 @@ class AgentRecord(BaseModel):
         return self.status != "stopped" and ((at or now()) - self.heartbeat_at) <= ttl
 
 
-class Envelope(BaseModel):
+class Envelope(Model, extra="forbid"):
     """The versioned JSON envelope of every queued message."""
-
-    model_config = ConfigDict(extra="forbid")
 
     v: int = ENVELOPE_VERSION
     id: str = Field(default_factory=new_id)

@@ -1,4 +1,4 @@
-"""Settings: YAML file + ``.env`` + ``ORCHESTRA_*`` environment, validated by pydantic.
+"""Settings: YAML file + ``.env`` + ``ORCHESTRA_*`` environment, checked by ``schema``.
 
 Precedence, lowest first: built-in defaults, the config file, ``ORCHESTRA_*``
 keys in ``./.env``, ``ORCHESTRA_*`` environment variables (nested with ``__``:
@@ -16,27 +16,19 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-
 from orchestra_cli.errors import ConfigError
+from orchestra_cli.schema import Field, Model, SchemaError
 
 ENV_PREFIX = "ORCHESTRA_"
 CONFIG_FILE_NAME = "orchestra.yaml"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+class _Section(Model, extra="forbid", validate_assignment=True):
+    """A group of settings: unknown keys refused, assignments checked."""
 
 
 class OfflineLLMSettings(_Section):
-    latency_ms: int = Field(0, ge=0, description="simulated think time per call")
+    latency_ms: int = Field(default=0, ge=0, description="simulated think time per call")
 
 
 class ModelPrice(_Section):
@@ -44,22 +36,24 @@ class ModelPrice(_Section):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    cache_write: float | None = Field(None, ge=0, description="default 1.25 × input")
-    cache_read: float | None = Field(None, ge=0, description="default 0.1 × input")
+    cache_write: float | None = Field(default=None, ge=0, description="default 1.25 × input")
+    cache_read: float | None = Field(default=None, ge=0, description="default 0.1 × input")
 
 
 class LLMSettings(_Section):
     provider: Literal["auto", "anthropic", "offline"] = "auto"
     model: str = "claude-sonnet-5-5"
-    max_tokens: int = Field(2048, ge=1)
-    temperature: float = Field(0.2, ge=0, le=1)
-    timeout: float = Field(60.0, gt=0)
-    base_url: str | None = Field(None, description="default: ANTHROPIC_BASE_URL or the API")
-    max_retries: int = Field(4, ge=0, le=20, description="retries on 429/529/5xx/timeouts")
-    retry_backoff_seconds: float = Field(1.0, ge=0, description="first backoff, doubled")
-    max_reasks: int = Field(2, ge=0, le=10, description="re-asks on invalid structured output")
-    budget_usd: float | None = Field(None, gt=0, description="per task tree")
-    budget_tokens: int | None = Field(None, gt=0, description="per task tree")
+    max_tokens: int = Field(default=2048, ge=1)
+    temperature: float = Field(default=0.2, ge=0, le=1)
+    timeout: float = Field(default=60.0, gt=0)
+    base_url: str | None = Field(default=None, description="default: ANTHROPIC_BASE_URL or the API")
+    max_retries: int = Field(default=4, ge=0, le=20, description="retries on 429/529/5xx/timeouts")
+    retry_backoff_seconds: float = Field(default=1.0, ge=0, description="first backoff, doubled")
+    max_reasks: int = Field(
+        default=2, ge=0, le=10, description="re-asks on invalid structured output"
+    )
+    budget_usd: float | None = Field(default=None, gt=0, description="per task tree")
+    budget_tokens: int | None = Field(default=None, gt=0, description="per task tree")
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict, description="model (or prefix) → price; adds to the built-ins"
     )
@@ -67,36 +61,40 @@ class LLMSettings(_Section):
 
 
 class VaultSettings(_Section):
-    timeout: float = Field(5.0, gt=0)
-    cache_seconds: float = Field(30.0, ge=0, description="in-process secret cache")
-    renew_before_seconds: float = Field(60.0, ge=0, description="renew the token this early")
+    timeout: float = Field(default=5.0, gt=0)
+    cache_seconds: float = Field(default=30.0, ge=0, description="in-process secret cache")
+    renew_before_seconds: float = Field(
+        default=60.0, ge=0, description="renew the token this early"
+    )
     approle_mount: str = "approle"
 
 
 class BrokerSettings(_Section):
-    lease_seconds: float = Field(30.0, gt=0, description="embedded: claim lease, renewed")
-    max_deliveries: int = Field(5, ge=1, description="deliveries before a poison message")
+    lease_seconds: float = Field(default=30.0, gt=0, description="embedded: claim lease, renewed")
+    max_deliveries: int = Field(default=5, ge=1, description="deliveries before a poison message")
     queue_type: Literal["classic", "quorum"] = "classic"
 
 
 class RedisSettings(_Section):
     """The Redis state store (``state_url: redis://…``)."""
 
-    key_prefix: str = Field("orchestra", min_length=1, description="namespace of every key")
-    stream_maxlen: int = Field(100_000, ge=1, description="events kept per stream (approx.)")
-    socket_timeout: float = Field(5.0, gt=0, description="seconds per command")
-    connect_timeout: float = Field(2.0, gt=0)
-    health_check_interval: int = Field(15, ge=0, description="ping idle connections (s)")
-    max_connections: int = Field(64, ge=1, description="pool size per process")
+    key_prefix: str = Field(default="orchestra", min_length=1, description="namespace of every key")
+    stream_maxlen: int = Field(
+        default=100_000, ge=1, description="events kept per stream (approx.)"
+    )
+    socket_timeout: float = Field(default=5.0, gt=0, description="seconds per command")
+    connect_timeout: float = Field(default=2.0, gt=0)
+    health_check_interval: int = Field(default=15, ge=0, description="ping idle connections (s)")
+    max_connections: int = Field(default=64, ge=1, description="pool size per process")
 
 
 class RabbitMQSettings(_Section):
     """The RabbitMQ broker (``broker_url: amqp://…``)."""
 
-    queue_prefix: str = Field("orchestra", min_length=1, description="namespace of queues")
-    heartbeat: int = Field(30, ge=0, description="AMQP heartbeat (s); 0 disables")
-    blocked_connection_timeout: float = Field(60.0, gt=0)
-    connect_timeout: float = Field(5.0, gt=0)
+    queue_prefix: str = Field(default="orchestra", min_length=1, description="namespace of queues")
+    heartbeat: int = Field(default=30, ge=0, description="AMQP heartbeat (s); 0 disables")
+    blocked_connection_timeout: float = Field(default=60.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
 
 
 class ServicesSettings(_Section):
@@ -108,18 +106,17 @@ class ServicesSettings(_Section):
     """
 
     runtime: Literal["auto", "docker", "native"] = "auto"
-    redis_port: int = Field(16379, ge=1, le=65535)
-    amqp_port: int = Field(16672, ge=1, le=65535)
+    redis_port: int = Field(default=16379, ge=1, le=65535)
+    amqp_port: int = Field(default=16672, ge=1, le=65535)
     rabbitmq_dist_port: int = Field(
-        26672, ge=1, le=65535, description="Erlang distribution port (native)"
+        default=26672, ge=1, le=65535, description="Erlang distribution port (native)"
     )
-    rabbitmq_management_port: int = Field(16673, ge=1, le=65535, description="docker only")
-    vault_port: int = Field(18200, ge=1, le=65534)
-    timeout: float = Field(120.0, gt=0, description="seconds `up --wait` waits for health")
-    compose_file: Path | None = Field(None, description="default: ./compose.yaml")
+    rabbitmq_management_port: int = Field(default=16673, ge=1, le=65535, description="docker only")
+    vault_port: int = Field(default=18200, ge=1, le=65534)
+    timeout: float = Field(default=120.0, gt=0, description="seconds `up --wait` waits for health")
+    compose_file: Path | None = Field(default=None, description="default: ./compose.yaml")
 
-    @model_validator(mode="after")
-    def _distinct_ports(self) -> ServicesSettings:
+    def model_post_init(self, context: Any, /) -> None:  # every port its own
         ports = {
             "redis_port": self.redis_port,
             "amqp_port": self.amqp_port,
@@ -133,48 +130,46 @@ class ServicesSettings(_Section):
             if port in seen:
                 raise ValueError(f"{seen[port]} and {name} are both {port}; give each its own port")
             seen[port] = name
-        return self
 
 
 class AgentSettings(_Section):
-    heartbeat_seconds: float = Field(2.0, gt=0)
-    ttl_seconds: float = Field(10.0, gt=0, description="an agent is dead after this silence")
-    concurrency: int = Field(1, ge=1, le=256)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    ttl_seconds: float = Field(
+        default=10.0, gt=0, description="an agent is dead after this silence"
+    )
+    concurrency: int = Field(default=1, ge=1, le=256)
     definitions_dir: Path | None = None
     prune_after_seconds: float = Field(
-        86400.0, gt=0, description="stopped or dead agents leave the registry after this"
+        default=86400.0, gt=0, description="stopped or dead agents leave the registry after this"
     )
 
-    @model_validator(mode="after")
-    def _ttl_outlasts_heartbeats(self) -> AgentSettings:
+    def model_post_init(self, context: Any, /) -> None:  # ttl outlasts heartbeats
         if self.ttl_seconds < 2 * self.heartbeat_seconds:
             raise ValueError(
                 f"ttl_seconds ({self.ttl_seconds:g}) must be at least twice heartbeat_seconds "
                 f"({self.heartbeat_seconds:g}), or every agent counts as dead between beats"
             )
-        return self
 
 
 class TaskSettings(_Section):
-    default_timeout: float = Field(600.0, gt=0)
-    default_max_attempts: int = Field(3, ge=1, le=100)
-    max_input_bytes: int = Field(1_000_000, ge=1)
-    retry_backoff_seconds: float = Field(1.0, ge=0)
+    default_timeout: float = Field(default=600.0, gt=0)
+    default_max_attempts: int = Field(default=3, ge=1, le=100)
+    max_input_bytes: int = Field(default=1_000_000, ge=1)
+    retry_backoff_seconds: float = Field(default=1.0, ge=0)
     default_capability: str = "code"
     recovery_interval_seconds: float = Field(
-        15.0, ge=0, description="orchestrator's stuck-work sweep; 0 disables"
+        default=15.0, ge=0, description="orchestrator's stuck-work sweep; 0 disables"
     )
 
 
-class LogSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    max_bytes: int = Field(10_000_000, ge=1024)
-    backups: int = Field(5, ge=0)
+def _upper(v: Any) -> Any:
+    return v.upper() if isinstance(v, str) else v
 
-    @field_validator("level", mode="before")
-    @classmethod
-    def _upper(cls, v: Any) -> Any:
-        return v.upper() if isinstance(v, str) else v
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", before=_upper)
+    max_bytes: int = Field(default=10_000_000, ge=1024)
+    backups: int = Field(default=5, ge=0)
 
 
 def _default_home() -> Path:
@@ -183,10 +178,20 @@ def _default_home() -> Path:
     return Path(user_data_dir("orchestra", appauthor=False))
 
 
+def _home_not_empty(v: Any) -> Any:
+    if isinstance(v, str) and not v.strip():
+        raise ValueError("is empty (it would put the state in the current directory)")
+    return v
+
+
+def _expand(v: Path) -> Path:
+    return v.expanduser()
+
+
 class Settings(_Section):
     """Every documented setting (README, ``orchestra config show``)."""
 
-    home: Path = Field(default_factory=_default_home)
+    home: Path = Field(default_factory=_default_home, before=_home_not_empty, after=_expand)
     environment: Literal["development", "staging", "production"] = "development"
     state_url: str | None = None
     broker_url: str | None = None
@@ -201,18 +206,6 @@ class Settings(_Section):
     services: ServicesSettings = ServicesSettings()
     tasks: TaskSettings = TaskSettings()
     log: LogSettings = LogSettings()
-
-    @field_validator("home", mode="before")
-    @classmethod
-    def _not_empty(cls, v: Any) -> Any:
-        if isinstance(v, str) and not v.strip():
-            raise ValueError("is empty (it would put the state in the current directory)")
-        return v
-
-    @field_validator("home", mode="after")
-    @classmethod
-    def _expand(cls, v: Path) -> Path:
-        return v.expanduser()
 
     @property
     def db_path(self) -> Path:
@@ -385,7 +378,7 @@ def _section_origin(section: str, message: str, sources: Mapping[str, str]) -> s
     return ", ".join(found) if found else "configuration"
 
 
-def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
+def _describe_error(exc: SchemaError, sources: Mapping[str, str]) -> ConfigError:
     err = exc.errors()[0]
     dotted = ".".join(str(p) for p in err["loc"])
     origin = sources.get(dotted) or _section_origin(dotted, str(err["msg"]), sources)
@@ -423,7 +416,7 @@ def load_settings(
             sources[dotted] = f"{label} {var}" if label == ".env" else var
     try:
         settings = Settings.model_validate(merged)
-    except ValidationError as exc:
+    except SchemaError as exc:
         raise _describe_error(exc, sources) from None
     return LoadedSettings(settings=settings, config_file=path, sources=sources)
 

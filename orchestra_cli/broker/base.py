@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 from orchestra_cli.errors import MalformedMessage
 from orchestra_cli.models import (
     ENVELOPE_VERSION,
@@ -22,6 +20,7 @@ from orchestra_cli.models import (
     Task,
     work_queue,
 )
+from orchestra_cli.schema import SchemaError
 
 
 def decode_envelope(body: bytes) -> Envelope:
@@ -32,7 +31,7 @@ def decode_envelope(body: bytes) -> Envelope:
         raise MalformedMessage("message body is not UTF-8") from None
     try:
         env = Envelope.model_validate_json(text)
-    except ValidationError as exc:
+    except SchemaError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise MalformedMessage(f"invalid envelope: {where}: {first['msg']}") from None

@@ -63,7 +63,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             print(ctx.get_help(), file=sys.stderr)
             return ExitStatus.USAGE
         hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `orchestra --help`"
-        message = exc.format_message().replace(": Value error, ", ": ")  # pydantic's wording
+        message = exc.format_message()
         _print_error(f"{message} — {hint}")
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
@@ -140,8 +140,9 @@ class _NoPydanticPlugins(types.ModuleType):
     """Stands in for pydantic's plugin loader in the console script: no plugins.
 
     pydantic looks for plugins (``importlib.metadata`` entry points) as it builds
-    its first model, and importing ``importlib.metadata`` alone is ~25 ms of a
-    one-shot command (~10% of `task list`); orchestra uses no pydantic plugin.
+    its first model, and importing ``importlib.metadata`` alone is ~25 ms; the
+    commands that still build pydantic models (an agent's structured output, the
+    LLM planner, the API) pay it otherwise. orchestra uses no pydantic plugin.
     Any other name of the module loads the real one.
     """
 

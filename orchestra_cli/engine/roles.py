@@ -5,27 +5,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from orchestra_cli.errors import ConfigError, UsageError
 from orchestra_cli.models import AgentRecord
+from orchestra_cli.schema import Field, Model, SchemaError
 from orchestra_cli.templates import templates_dir
 
 
-class RoleDefinition(BaseModel):
+class RoleDefinition(Model, extra="forbid"):
     """What an agent of this role can do and how it calls the model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     description: str = ""
     capabilities: list[str] = Field(min_length=1)
     model: str = "claude-sonnet-5-5"
     prompt: str = "execute-coder"
-    max_tokens: int = Field(4096, ge=1)
-    temperature: float = Field(0.2, ge=0, le=1)
-    concurrency: int = Field(1, ge=1, le=256)
-    timeout: float = Field(600, gt=0)
+    max_tokens: int = Field(default=4096, ge=1)
+    temperature: float = Field(default=0.2, ge=0, le=1)
+    concurrency: int = Field(default=1, ge=1, le=256)
+    timeout: float = Field(default=600, gt=0)
 
 
 def _load_file(path: Path) -> RoleDefinition:
@@ -34,7 +31,7 @@ def _load_file(path: Path) -> RoleDefinition:
     data = read_yaml(path)  # errors name the file and line
     try:
         return RoleDefinition.model_validate(data)
-    except ValidationError as exc:
+    except SchemaError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "definition"
         raise ConfigError(f"{path}: {field}: {err['msg']}", "fix the agent definition") from None

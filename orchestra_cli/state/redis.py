@@ -73,7 +73,7 @@ def _task_from_hash(flat: list[str] | dict[str, str]) -> Task:
     """A Task from HGETALL (a dict) or a script's flat [field, value, …] reply.
 
     Every value is already JSON, so the hash becomes one JSON document that
-    pydantic parses in one pass (field names are ours: no escaping needed).
+    ``Task.model_validate_json`` parses in one pass (field names are ours: no escaping needed).
     """
     items = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
     return Task.model_validate_json("{" + ",".join(f'"{n}":{v}' for n, v in items) + "}")
