@@ -5,8 +5,8 @@ Each figure is the median of ``--reps`` repetitions after a discarded
 warm-up. Throughput is N no-op tasks from first submit to last completion;
 latency is submit → completion of ``--latency-n`` sequential tasks; orchestra on
 Redis + RabbitMQ and Celery (the same broker and result store) are up together
-and their latency is measured in turns of 50 tasks, so a noisy spell on the
-shared machine falls on both alike.
+and measured in turns (throughput: one repetition each per turn; latency: 50
+tasks each per turn), so a noisy spell on the shared machine falls on both alike.
 Besides: CLI start-up, `task list` / `task get` with 100,000 finished tasks in
 state, and the resident memory of an idle agent.
 """
@@ -78,18 +78,40 @@ class System:
     pids: Callable[[], list[int]]  # its processes, for CPU per task
 
 
-def measure_throughput(system: System, reps: int) -> None:
-    """Throughput (median of ``reps`` after a discarded warm-up) and CPU per task over
-    the system's processes + the services."""
-    row = system.row
-    system.throughput()  # warm-up, discarded
-    cpu = []
-    for _ in range(reps):
-        meter = CPUMeter(system.pids())
-        row.runs.append(system.throughput())
-        cpu.append(meter.elapsed() / row.n * 1000)
-    row.throughput = statistics.median(row.runs)
-    row.cpu_ms_per_task = statistics.median(cpu)
+def measure_throughput(systems: list[System], reps: int) -> list[tuple[System, str]]:
+    """Throughput (median of ``reps`` after a discarded warm-up each) and CPU per task
+    over the system's processes + the services. With several systems, in turns: each
+    repetition runs every system once, who goes first alternating, so a slow spell of
+    the shared machine falls on all of them alike. Returns the systems that failed."""
+    failed: list[tuple[System, str]] = []
+    cpu: dict[int, list[float]] = {id(s): [] for s in systems}
+
+    def run(system: System, measured: bool) -> None:
+        if any(system is f for f, _ in failed):
+            return
+        try:
+            meter = CPUMeter(system.pids())
+            rate = system.throughput()
+        except Exception as exc:
+            print(
+                f"bench: {system.row.system} failed: {type(exc).__name__}: {exc}", file=sys.stderr
+            )
+            failed.append((system, f"failed: {type(exc).__name__}: {exc}"))
+            return
+        if measured:
+            system.row.runs.append(rate)
+            cpu[id(system)].append(meter.elapsed() / system.row.n * 1000)
+
+    for system in systems:
+        run(system, measured=False)  # warm-up, discarded
+    for rep in range(reps):
+        for system in systems if rep % 2 == 0 else systems[::-1]:
+            run(system, measured=True)
+    for system in systems:
+        if system.row.runs:
+            system.row.throughput = statistics.median(system.row.runs)
+            system.row.cpu_ms_per_task = statistics.median(cpu[id(system)])
+    return failed
 
 
 def measure_latency(systems: list[System], count: int, block: int = LATENCY_BLOCK) -> None:
@@ -111,7 +133,10 @@ def measure_latency(systems: list[System], count: int, block: int = LATENCY_BLOC
         system.row.p99_ms = percentile(samples[i], 99) * 1000
         if len(systems) > 1:
             others = [s.row.system for s in systems if s is not system]
-            system.row.note = f"latency in turns of {block} with {', '.join(others)}"
+            system.row.note = (
+                f"throughput and latency in turns with {', '.join(others)} "
+                f"(latency: {block} tasks a turn)"
+            )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -468,22 +493,32 @@ def run_group(
     reps: int,
     latency_n: int,
 ) -> list[Row]:
-    """Set the systems up together, measure each one's throughput, then their latency."""
+    """Set the systems up together, measure their throughput, then their latency (each
+    in turns when there are several)."""
     systems: list[System] = []
     failed: list[Row] = []
     with ExitStack() as stack:
         for name in names:
-            print(f"bench: {name} (N={n}, {reps} reps + warm-up)…", flush=True)
+            print(f"bench: starting {name}…", flush=True)
             try:
-                system = stack.enter_context(factories[name]())
-                measure_throughput(system, reps)
-                systems.append(system)
+                systems.append(stack.enter_context(factories[name]()))
             except Exception as exc:
                 print(f"bench: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 note = f"failed: {type(exc).__name__}: {exc}"
                 failed.append(
                     Row(name.split("-")[0], name.split("-")[-1], n, "-", "-", "-", note=note)
                 )
+        if systems:
+            together = " and ".join(s.row.system for s in systems)
+            turns = ", in turns" if len(systems) > 1 else ""
+            print(
+                f"bench: throughput of {together} (N={n}, {reps} reps + warm-up{turns})…",
+                flush=True,
+            )
+            for system, note in measure_throughput(systems, reps):
+                system.row.note = note
+                systems.remove(system)
+                failed.append(system.row)
         if systems:
             together = " and ".join(s.row.system for s in systems)
             print(f"bench: latency of {together} over {latency_n} tasks each…", flush=True)
