@@ -72,6 +72,25 @@ class CPUMeter:
         return sum(now[pid] - self._start[pid] for pid in self.pids)
 
 
+def settle(
+    pids: Iterable[int], *, busy_share: float = 0.1, window: float = 0.25, limit: float = 15.0
+) -> float:
+    """Wait until ``pids`` and the services use less than ``busy_share`` of a core over
+    ``window`` seconds (work a run left queued is done), at most ``limit`` seconds;
+    return how long it took. Between turns of two systems, so that one's trailing
+    work neither burdens the other's turn nor goes missing from its own CPU count."""
+    import time
+
+    pids = list(pids)
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        meter = CPUMeter(pids)
+        time.sleep(window)
+        if meter.elapsed() < busy_share * window:
+            break
+    return time.monotonic() - start
+
+
 def with_descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (Dramatiq's and Celery's worker children)."""
     parents: dict[int, list[int]] = {}

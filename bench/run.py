@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.cpu import CPUMeter, with_descendants
+from bench.cpu import CPUMeter, settle, with_descendants
 from bench.state_probe import query_times, rss_mb, wall_ms
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +92,7 @@ def measure_throughput(systems: list[System], reps: int) -> list[tuple[System, s
         try:
             meter = CPUMeter(system.pids())
             rate = system.throughput()
+            settle(system.pids())  # its trailing work, in its own turn and CPU count
         except Exception as exc:
             print(
                 f"bench: {system.row.system} failed: {type(exc).__name__}: {exc}", file=sys.stderr
