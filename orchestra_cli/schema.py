@@ -14,6 +14,7 @@ Input is checked like pydantic's lax mode, with its wording: ``"5"`` is an int,
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import math
@@ -117,13 +118,17 @@ class Model:
         if validate_assignment is not None:
             cls._validate_assignment = validate_assignment
         hints = typing.get_type_hints(cls)
+        inherited = cls.model_fields  # the parent's (its defaults left the class dict)
         fields: dict[str, FieldInfo] = {}
         converters: dict[str, Converter] = {}
         for name, hint in hints.items():
             if name.startswith("_") or typing.get_origin(hint) is ClassVar:
                 continue
             value = cls.__dict__.get(name, MISSING)
-            info = value if isinstance(value, FieldInfo) else FieldInfo(value)
+            if value is MISSING and name in inherited:
+                info = inherited[name]
+            else:
+                info = value if isinstance(value, FieldInfo) else FieldInfo(value)
             if name in cls.__dict__:
                 delattr(cls, name)  # instances hold the value; no class attribute shadows it
             fields[name] = info
@@ -193,15 +198,25 @@ class Model:
     @classmethod
     def model_validate_json(cls: type[M], text: str | bytes) -> M:
         try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise SchemaError((), f"Invalid JSON: {exc}", "json_invalid") from None
+            data = _DECODER.decode(text if isinstance(text, str) else text.decode())
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise SchemaError((), f"Invalid JSON: {reason}", "json_invalid") from None
         return cls._build(data, ())
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if self._validate_assignment and name in self.model_fields:
-            value = self._converters[name](value, (name,))
-        self.__dict__[name] = value
+        if name not in self.model_fields:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        if not self._validate_assignment:
+            self.__dict__[name] = value
+            return
+        before = self.__dict__[name]
+        self.__dict__[name] = self._converters[name](value, (name,))
+        try:
+            self._post_init(())  # the record's own check sees the new value
+        except SchemaError:
+            self.__dict__[name] = before
+            raise
 
     # -- output ---------------------------------------------------------------
     def model_dump(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
@@ -251,7 +266,18 @@ def _json_default(value: Any) -> Any:
         return value.value
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 # str enums (Status) are str to the encoder; records, paths and other enums go by default
@@ -349,7 +375,9 @@ def _long_enough(least: int) -> Callable[[Any, Loc], None]:
 def _matching(pattern: str) -> Callable[[Any, Loc], None]:
     import re
 
-    compiled = re.compile(pattern)
+    # `$` ends the text, as in pydantic's engine (Python's also matches before a final \n)
+    ends = pattern.endswith("$") and not pattern.endswith("\\$")
+    compiled = re.compile(pattern[:-1] + "\\Z" if ends else pattern)
 
     def check(value: Any, loc: Loc) -> None:
         if value is not None and not compiled.search(value):
@@ -433,12 +461,12 @@ def _as_is(hint: Any, info: FieldInfo) -> frozenset[type]:
     )
     taken = set()
     for option in options:
-        plain = option is type(None) or option in (str, int, float, bool)
+        plain = option is type(None) or option in (str, int, bool)  # a float: is it finite?
         if plain or (isinstance(option, type) and issubclass(option, enum.Enum)):
             taken.add(option)
         else:
             return frozenset()  # a container or a record: converted every time
-    return frozenset(taken)  # exact types: True is no int here, 600 no float
+    return frozenset(taken)  # exact types: True is no int here
 
 
 def _any(value: Any, loc: Loc) -> Any:
@@ -478,6 +506,10 @@ def _int(value: Any, loc: Loc) -> int:
         try:
             return int(value.strip())
         except ValueError:
+            with contextlib.suppress(ValueError, OverflowError):
+                number = float(value)
+                if number.is_integer():
+                    return int(number)
             raise SchemaError(
                 loc,
                 "Input should be a valid integer, unable to parse string as an integer",
@@ -487,9 +519,7 @@ def _int(value: Any, loc: Loc) -> int:
 
 
 def _float(value: Any, loc: Loc) -> float:
-    if type(value) is float or (isinstance(value, int) and not isinstance(value, bool)):
-        number = float(value)
-    elif isinstance(value, str):
+    if isinstance(value, str):
         try:
             number = float(value.strip())
         except ValueError:
@@ -498,8 +528,11 @@ def _float(value: Any, loc: Loc) -> float:
                 "Input should be a valid number, unable to parse string as a number",
                 "float_parsing",
             ) from None
-    elif isinstance(value, float | bool):
-        number = float(value)
+    elif isinstance(value, float | int):
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
     else:
         raise SchemaError(loc, "Input should be a valid number", "float_type")
     if not math.isfinite(number):

@@ -31,10 +31,14 @@ def decode_envelope(body: bytes) -> Envelope:
         raise MalformedMessage("message body is not UTF-8") from None
     try:
         env = Envelope.model_validate_json(text)
+        if "\\u" in text:  # an escape may hold a lone surrogate, which cannot be sent on
+            env.encode()
     except SchemaError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise MalformedMessage(f"invalid envelope: {where}: {first['msg']}") from None
+    except Exception as exc:  # whatever else a body can do, it is not a message to handle
+        raise MalformedMessage(f"invalid envelope: {type(exc).__name__}: {exc}") from None
     if env.v != ENVELOPE_VERSION:
         raise MalformedMessage(f"unsupported envelope version {env.v}")
     if env.type not in MESSAGE_TYPES:

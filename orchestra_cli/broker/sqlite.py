@@ -136,6 +136,9 @@ class SQLiteConsumer:
         with self._cond:
             self._held.add(row["id"])
         count = row["deliveries"]
+        if count > self.max_deliveries:  # before decoding: whatever made it poison
+            self.dead_letter(row["id"], f"delivered {count - 1} times without an ack (poison)")
+            return self._claim()
         try:
             env = decode_envelope(bytes(row["body"]))
         except MalformedMessage as exc:
@@ -146,9 +149,6 @@ class SQLiteConsumer:
                 exc.message,
             )
             self.dead_letter(row["id"], exc.message)
-            return self._claim()
-        if count > self.max_deliveries:
-            self.dead_letter(row["id"], f"delivered {count - 1} times without an ack (poison)")
             return self._claim()
         return SQLiteDelivery(self, row["id"], row["queue"], env, count)
 

@@ -140,3 +140,69 @@ def test_an_unsupported_annotation_fails_when_the_class_is_made() -> None:
 
         class Odd(Model):
             when: complex = 1j
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type": "task.run", "task_id": "x", "time": 1' + b"0" * 400 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"type": "task.run", "task_id": "x", "time": NaN}',
+        b'{"type": "task.run", "task_id": "x", "payload": {"n": Infinity}}',
+        b'{"type": "task.run", "task_id": "\\ud800"}',
+        b"null",
+        b'{"type": 1, "task_id": "x"}',
+        b'{"type": "task.run", "task_id": "x", "payload": []}',
+    ],
+    ids=["huge-number", "deep-nesting", "nan", "infinity", "lone-surrogate", "null", "int", "list"],
+)
+def test_any_bad_body_is_a_malformed_message_never_another_exception(body: bytes) -> None:
+    with pytest.raises(MalformedMessage, match="invalid envelope"):
+        decode_envelope(body)
+
+
+def test_numbers_out_of_range_are_errors_about_the_field() -> None:
+    with pytest.raises(SchemaError) as exc:
+        Outer.model_validate({"name": "x", "ratio": 10**400})
+    assert exc.value.loc == ("ratio",) and "finite number" in exc.value.msg
+    with pytest.raises(SchemaError, match="finite number"):
+        Task(title="t", input="i", timeout=float("inf"))
+    with pytest.raises(SchemaError, match="Infinity is not a number JSON allows"):
+        Task.model_validate_json('{"title": "t", "input": "i", "created_at": Infinity}')
+
+
+def test_whole_numbers_written_as_decimals_are_integers() -> None:
+    assert Outer.model_validate({"name": "x", "inner": {"size": "64.0"}}).inner.size == 64
+    with pytest.raises(SchemaError, match="integer"):
+        Outer.model_validate({"name": "x", "inner": {"size": "64.5"}})
+
+
+def test_assignment_reruns_the_records_own_check_and_refuses_unknown_names() -> None:
+    settings = Settings()
+    with pytest.raises(SchemaError, match="twice heartbeat_seconds"):
+        settings.agents.ttl_seconds = 1
+    assert settings.agents.ttl_seconds == 10  # left as it was
+    with pytest.raises(AttributeError, match="no field 'bogus'"):
+        settings.bogus = 1  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="no field 'stauts'"):
+        Task(title="t", input="i").stauts = "queued"  # type: ignore[attr-defined]
+
+
+def test_a_pattern_ending_in_dollar_does_not_take_a_final_newline() -> None:
+    with pytest.raises(SchemaError, match="pattern"):
+        RoleDefinition(name="coder\n", capabilities=["code"])
+
+
+def test_a_subclass_keeps_the_defaults_of_its_parent() -> None:
+    class Base(Model):
+        x: int = 1
+
+    class Child(Base):
+        y: int = 2
+
+    assert (Child().x, Child().y) == (1, 2)
+
+
+def test_sets_and_bytes_in_free_form_fields_are_written_as_lists_and_text() -> None:
+    task = Task(title="t", input="i", result={"tags": {"b"}, "raw": b"ok"})
+    assert json.loads(task.model_dump_json())["result"] == {"tags": ["b"], "raw": "ok"}
