@@ -83,11 +83,11 @@ def measure_throughput(systems: list[System], reps: int) -> list[tuple[System, s
     over the system's processes + the services. With several systems, in turns: each
     repetition runs every system once, who goes first alternating, so a slow spell of
     the shared machine falls on all of them alike. Returns the systems that failed."""
-    failed: list[tuple[System, str]] = []
+    failed: dict[int, str] = {}  # id(system) → why
     cpu: dict[int, list[float]] = {id(s): [] for s in systems}
 
     def run(system: System, measured: bool) -> None:
-        if any(system is f for f, _ in failed):
+        if id(system) in failed:
             return
         try:
             meter = CPUMeter(system.pids())
@@ -97,7 +97,7 @@ def measure_throughput(systems: list[System], reps: int) -> list[tuple[System, s
             print(
                 f"bench: {system.row.system} failed: {type(exc).__name__}: {exc}", file=sys.stderr
             )
-            failed.append((system, f"failed: {type(exc).__name__}: {exc}"))
+            failed[id(system)] = f"failed: {type(exc).__name__}: {exc}"
             return
         if measured:
             system.row.runs.append(rate)
@@ -112,7 +112,7 @@ def measure_throughput(systems: list[System], reps: int) -> list[tuple[System, s
         if system.row.runs:
             system.row.throughput = statistics.median(system.row.runs)
             system.row.cpu_ms_per_task = statistics.median(cpu[id(system)])
-    return failed
+    return [(s, failed[id(s)]) for s in systems if id(s) in failed]
 
 
 def measure_latency(systems: list[System], count: int, block: int = LATENCY_BLOCK) -> None:

@@ -221,16 +221,19 @@ class Model:
     # -- output ---------------------------------------------------------------
     def model_dump(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
         to_json = mode == "json"
-        values = self.__dict__
-        out = {}
-        for name in self.model_fields:
-            value = values[name]
-            out[name] = value if type(value) in _PLAIN else _dump(value, to_json)
-        return out
+        values = self.__dict__  # (read in place: this runs for every task a store writes)
+        return {
+            name: value if type(value := values[name]) in _PLAIN else _dump(value, to_json)
+            for name in self.model_fields
+        }
 
     def model_dump_json(self) -> str:
+        return _JSON.encode(self._values())
+
+    def _values(self) -> dict[str, Any]:
+        """The fields' values as they are, in declaration order."""
         values = self.__dict__
-        return _JSON.encode({name: values[name] for name in self.model_fields})
+        return {name: values[name] for name in self.model_fields}
 
     def model_copy(self: M, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> M:
         """A copy with ``update`` applied as is (unchecked, as pydantic's)."""
@@ -251,17 +254,16 @@ class Model:
     __hash__ = None  # type: ignore[assignment]  # mutable, like pydantic's models
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={self.__dict__[k]!r}" for k in self.model_fields)
+        inner = ", ".join(f"{k}={v!r}" for k, v in self)
         return f"{type(self).__name__}({inner})"
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter((k, self.__dict__[k]) for k in self.model_fields)
+        return iter(self._values().items())
 
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Model):
-        values = value.__dict__
-        return {name: values[name] for name in value.model_fields}
+        return value._values()
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path):
@@ -294,11 +296,8 @@ def _dump(value: Any, to_json: bool) -> Any:
         return {k: _dump(v, to_json) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_dump(v, to_json) for v in value]
-    if to_json:
-        if isinstance(value, enum.Enum):
-            return value.value
-        if isinstance(value, Path):
-            return str(value)
+    if to_json and isinstance(value, enum.Enum | Path):
+        return _json_default(value)
     return value
 
 
