@@ -144,6 +144,18 @@ class LLMOutputInvalid(LLMError):
     raw_output: str = ""
 
 
+class LLMRefusal(LLMError):
+    """The model declined the request (``stop_reason: refusal``); it would again."""
+
+    retryable = False
+
+
+class LLMTruncated(LLMError):
+    """The output stopped at ``max_tokens`` and the allowed continuations ran out."""
+
+    retryable = False
+
+
 class BudgetExceeded(LLMError):
     """A task tree spent its token or USD budget; no more calls are made."""
 
@@ -155,4 +167,9 @@ class TaskTimeout(OrchestraError):
 
 
 class TaskCancelled(OrchestraError):
-    """A task was cancelled while it ran."""
+    """A task was cancelled while it ran.
+
+    ``usage`` is what a model call stopped mid-way had used, so it is charged.
+    """
+
+    usage: object = None

@@ -22,6 +22,7 @@ class Usage(Model, extra="ignore"):
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
+    unpriced_calls: int = 0  # calls to a model without a price: their cost is unknown
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -31,6 +32,7 @@ class Usage(Model, extra="ignore"):
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
             cost_usd=round(self.cost_usd + other.cost_usd, 8),
+            unpriced_calls=self.unpriced_calls + other.unpriced_calls,
         )
 
     @property

@@ -52,6 +52,9 @@ class LLMSettings(_Section):
     max_reasks: int = Field(
         default=2, ge=0, le=10, description="re-asks on invalid structured output"
     )
+    max_continuations: int = Field(
+        default=2, ge=0, le=10, description="continuations of an answer cut at max_tokens"
+    )
     budget_usd: float | None = Field(default=None, gt=0, description="per task tree")
     budget_tokens: int | None = Field(default=None, gt=0, description="per task tree")
     prices: dict[str, ModelPrice] = Field(

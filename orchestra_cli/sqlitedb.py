@@ -90,6 +90,19 @@ CREATE TABLE IF NOT EXISTS messages (
     reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, priority DESC, id);
+CREATE TABLE IF NOT EXISTS budget_spent (
+    root_id TEXT PRIMARY KEY,
+    tokens INTEGER NOT NULL,
+    usd REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget_holds (
+    root_id TEXT NOT NULL,
+    hold_id TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    usd REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (root_id, hold_id)
+);
 """
 
 

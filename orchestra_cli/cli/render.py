@@ -45,6 +45,8 @@ def usage_text(usage: Usage) -> str:
     if not usage.calls:
         return "-"
     cost = f" ${usage.cost_usd:.4f}" if usage.cost_usd else ""
+    if usage.unpriced_calls:  # some calls went to a model without a price
+        cost = f" ≥${usage.cost_usd:.4f} (cost of {usage.unpriced_calls} call(s) unknown)"
     return f"{usage.total_tokens:,} tok{cost}"
 
 

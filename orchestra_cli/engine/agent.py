@@ -38,6 +38,7 @@ from orchestra_cli.errors import (
     TransitionRejected,
 )
 from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse
+from orchestra_cli.llm.outcomes import complete_text
 from orchestra_cli.llm.prompts import PromptLibrary
 from orchestra_cli.models import (
     MSG_RESULT,
@@ -382,25 +383,37 @@ class Agent:
     def _call_llm(
         self, task: Task, cancel: threading.Event, metered: MeteredProvider
     ) -> LLMResponse:
-        prompt = self.prompts.render(
+        # the tree's goal first (the same for every step: a cached prefix), then this step
+        root = task if task.is_root else self.state.get_task(task.root_id)
+        step_title, step_input = (
+            ("the whole task above", "Do the whole task.")
+            if task.is_root
+            else (task.title, task.input)
+        )
+        prefix, prompt = self.prompts.render_parts(
             self.role.prompt,
-            title=task.title,
-            input=task.input,
+            tree_title=root.title,
+            tree_input=root.input,
+            title=step_title,
+            input=step_input,
             context=self._context(task),
             memory=self._memory(task),
         )
         request = LLMRequest(
             system=self.role.description,
             prompt=prompt,
+            prompt_prefix=prefix,
             model=self.role.model,
             max_tokens=self.role.max_tokens,
             temperature=self.role.temperature,
             purpose="execute",
             role=self.role.name,
             cancel=cancel,
+            effort=self.role.effort,
         )
-        # budget check before the call, usage and cost charged to the task per call
-        response = metered.complete(request)
+        # each call reserves its worst case against the tree's budget and is charged
+        continuations = self.b.settings.llm.max_continuations
+        response = complete_text(metered, request, max_continuations=continuations)
         with self._lock:  # per-agent totals, saved to the registry with the next heartbeat
             self.record.usage = self.record.usage + response.usage
         return response

@@ -14,6 +14,7 @@ from typing import Protocol
 from orchestra_cli.engine.budget import Meter
 from orchestra_cli.errors import LLMError
 from orchestra_cli.llm.base import LLMProvider, LLMRequest
+from orchestra_cli.llm.outcomes import complete_text
 from orchestra_cli.llm.prompts import PromptLibrary
 from orchestra_cli.models import Task
 
@@ -48,6 +49,7 @@ class LLMAggregator:
         model: str,
         max_tokens: int,
         temperature: float,
+        max_continuations: int = 2,
     ) -> None:
         self.llm = llm
         self.prompts = prompts
@@ -55,14 +57,17 @@ class LLMAggregator:
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.max_continuations = max_continuations
 
     def aggregate(self, parent: Task, children: list[Task]) -> str:
         plain = assemble(children)
+        prefix, prompt = self.prompts.render_parts(
+            "aggregate", title=parent.title, input=parent.input, results=plain
+        )
         request = LLMRequest(
             system="You combine the work of a team of agents into one answer.",
-            prompt=self.prompts.render(
-                "aggregate", title=parent.title, input=parent.input, results=plain
-            ),
+            prompt=prompt,
+            prompt_prefix=prefix,
             model=self.model,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
@@ -70,7 +75,8 @@ class LLMAggregator:
             role="orchestrator",
         )
         try:
-            return self.meter.wrap(self.llm, parent, agent="orchestrator").complete(request).text
+            metered = self.meter.wrap(self.llm, parent, agent="orchestrator")
+            return complete_text(metered, request, max_continuations=self.max_continuations).text
         except LLMError as exc:
             log.warning(
                 "aggregating task %s with the model failed (%s); using the plain assembly",

@@ -1,13 +1,19 @@
 """Per-task-tree budgets and per-call metering.
 
-Every model call made for a task goes through a ``MeteredProvider``: it
-checks the tree's budget before the call, prices the call, adds the usage
-to the task in state at once (so a failed attempt's spend still counts) and
-writes one ``metrics.jsonl`` line. An agent defers the charge of its last
-call (``defer_last``) to the transition that records the result, one state
-write instead of two, and the call's line until then (a file write fewer
-before the result is stored); any other outcome charges it on its own. A tree over its budget raises
-``BudgetExceeded`` and no request leaves the process.
+Every model call made for a task goes through a ``MeteredProvider``. For a
+tree with a budget it first *reserves* the call's worst case in the state
+store's budget ledger (``state/ledger.py``): the input the provider counts
+(``count_tokens``: the API's free count, or an upper bound) plus ``max_tokens``
+of output at the model's dearest rates — atomically, so agents on many
+machines can never together spend more than the budget — with ``max_tokens``
+lowered to what is left. A call that cannot be granted one output token is
+refused with ``BudgetExceeded`` and no request leaves the process. After the
+call the hold is settled with what the call really used (a cancelled stream
+included). Each call is priced, added to the task in state at once (so a
+failed attempt's spend still counts) and written as one ``metrics.jsonl``
+line. An agent defers the charge of its last call (``defer_last``) to the
+transition that records the result, one state write instead of two, and
+the call's line until then; any other outcome charges it on its own.
 
 The budget is ``llm.budget_usd`` / ``llm.budget_tokens`` from the settings,
 overridden per tree by the root task's labels ``budget_usd`` /
@@ -18,21 +24,29 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from orchestra_cli.errors import BudgetExceeded, UsageError
+from orchestra_cli.errors import (
+    BudgetExceeded,
+    LLMError,
+    OrchestraError,
+    TaskCancelled,
+    UsageError,
+)
 from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse
 from orchestra_cli.llm.pricing import PriceTable
 from orchestra_cli.logs import Journals
 from orchestra_cli.models import Task, Usage
 from orchestra_cli.settings import LLMSettings
 from orchestra_cli.state.base import StateStore
-from orchestra_cli.util import iso, now
+from orchestra_cli.state.ledger import Ask, Ledger, Limits
+from orchestra_cli.util import iso, new_id, now
 
 log = logging.getLogger(__name__)
 
 LABEL_USD = "budget_usd"
 LABEL_TOKENS = "budget_tokens"
+HOLD_MARGIN_SECONDS = 60.0  # a hold outlives the longest its call can run by this
 
 
 def tokens_of(usage: Usage) -> int:
@@ -53,14 +67,6 @@ class Budget:
     @property
     def unlimited(self) -> bool:
         return self.usd is None and self.tokens is None
-
-    def overrun(self, spent: Usage) -> str | None:
-        """Why ``spent`` is at or over this budget, or None while within it."""
-        if self.tokens is not None and tokens_of(spent) >= self.tokens:
-            return f"{tokens_of(spent):,} of {self.tokens:,} budgeted tokens"
-        if self.usd is not None and spent.cost_usd >= self.usd:
-            return f"${spent.cost_usd:.4f} of the ${self.usd:.4f} budget"
-        return None
 
 
 def _label(root: Task, key: str) -> str | None:
@@ -86,6 +92,14 @@ def budget_for(root: Task, settings: LLMSettings) -> Budget:
     return Budget(usd=usd, tokens=tokens)
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A call's reservation in its tree's ledger, settled once the call is over."""
+
+    root_id: str
+    hold_id: str
+
+
 class Meter:
     """Builds metered providers that share state, journals and the price table."""
 
@@ -95,29 +109,89 @@ class Meter:
         self.settings = settings
         self.prices = PriceTable(settings.prices)
 
-    def check(self, task: Task) -> None:
-        """Raise BudgetExceeded when ``task``'s tree has spent its budget."""
+    def budget(self, task: Task) -> Budget:
         root = task if task.is_root else self.state.get_task(task.root_id)
-        budget = budget_for(root, self.settings)
+        return budget_for(root, self.settings)
+
+    def reserve(
+        self, task: Task, request: LLMRequest, provider: LLMProvider
+    ) -> tuple[LLMRequest, Hold | None]:
+        """Hold ``request``'s worst case in the tree's ledger (or raise BudgetExceeded);
+        the request comes back with ``max_tokens`` lowered to what the budget has left."""
+        budget = self.budget(task)
         if budget.unlimited:
-            return
-        spent = Usage()
-        for t in self.state.tree(task.root_id):
-            spent = spent + t.usage
-        overrun = budget.overrun(spent)
-        if overrun is not None:
+            return request, None
+        ask = self._ask(request, provider, budget)
+        hold = Hold(task.root_id, new_id())
+        ttl = max(self.settings.timeout * (self.settings.max_retries + 1), task.timeout)
+        ledger = self.state.reserve_budget(
+            hold.root_id,
+            hold.hold_id,
+            ask,
+            Limits(tokens=budget.tokens, usd=budget.usd),
+            ttl=ttl + HOLD_MARGIN_SECONDS,
+        )
+        if ledger.granted < 1:
             raise BudgetExceeded(
-                f"budget exceeded for task tree {task.root_id}: spent {overrun}; "
-                "no further model calls",
+                f"budget exceeded for task tree {task.root_id}: "
+                f"{_exhausted(budget, ledger, ask)}; no further model calls",
                 "submit the task again with a larger --budget; a task without a budget of "
                 "its own follows llm.budget_usd / llm.budget_tokens (raise them, then "
                 "`orchestra task retry`)",
             )
+        if ledger.granted < request.max_tokens:
+            log.info(
+                "task %s: max_tokens %d lowered to %d, what the tree's budget has left",
+                task.id,
+                request.max_tokens,
+                ledger.granted,
+            )
+            request = replace(request, max_tokens=ledger.granted)
+        return request, hold
+
+    def _ask(self, request: LLMRequest, provider: LLMProvider, budget: Budget) -> Ask:
+        model = request.model if provider.name != "offline" else f"offline/{request.model}"
+        try:
+            in_price, out_price = self.prices.rates(model)
+        except KeyError:
+            if budget.usd is not None:
+                error = LLMError(
+                    f"model {model} has no price, so a USD budget cannot be kept",
+                    "add the model to llm.prices, or give the tree a token budget",
+                )
+                error.retryable = False
+                raise error from None
+            in_price = out_price = 0.0
+        return Ask(provider.count_tokens(request), request.max_tokens, in_price, out_price)
+
+    def settle(self, hold: Hold | None, usage: Usage | None) -> None:
+        """Release ``hold``, adding what the call used (nothing: it billed nothing)."""
+        if hold is None:
+            return
+        used = usage or Usage()
+        try:
+            self.state.settle_budget(hold.root_id, hold.hold_id, tokens_of(used), used.cost_usd)
+        except OrchestraError as exc:  # the hold expires; say so, the outcome stands
+            log.warning("tree %s: could not settle a budget hold: %s", hold.root_id, exc)
 
     def wrap(
         self, provider: LLMProvider, task: Task, *, agent: str, defer_last: bool = False
     ) -> MeteredProvider:
         return MeteredProvider(self, provider, task, agent, defer_last=defer_last)
+
+
+def _exhausted(budget: Budget, ledger: Ledger, ask: Ask) -> str:
+    """Why a reservation was refused, in the budget's own unit."""
+    held = ledger.held_tokens
+    note = f" (+{held:,} held by calls in flight)" if held else ""
+    if budget.tokens is not None and (
+        ledger.spent_tokens + held + ask.input + 1 > budget.tokens or budget.usd is None
+    ):
+        spent = f"spent {ledger.spent_tokens:,} of {budget.tokens:,} budgeted tokens{note}"
+        return f"{spent}; this call needs {ask.input:,} input tokens and at least 1 output"
+    usd = budget.usd or 0.0
+    held_usd = f" (+${ledger.held_usd:.4f} held by calls in flight)" if ledger.held_usd else ""
+    return f"spent ${ledger.spent_usd:.4f} of the ${usd:.4f} budget{held_usd}"
 
 
 class MeteredProvider:
@@ -158,15 +232,43 @@ class MeteredProvider:
                 log.warning("task %s: could not write a call's metrics line: %s", self.task.id, exc)
         return usage
 
+    def count_tokens(self, request: LLMRequest) -> int:
+        return self.inner.count_tokens(request)
+
     def complete(self, request: LLMRequest) -> LLMResponse:
         earlier = self.take_uncharged()
-        if earlier is not None:  # an earlier call counts before this call's budget check
+        if earlier is not None:  # an earlier call counts before this call's reservation
             self.meter.state.add_usage(self.task.id, earlier)
-        self.meter.check(self.task)
+        request, hold = self.meter.reserve(self.task, request, self.inner)
         started = time.monotonic()
-        response = self.inner.complete(request)
+        try:
+            response = self.inner.complete(request)
+        except TaskCancelled as exc:  # a stream stopped mid-answer: charge what it used
+            used = exc.usage if isinstance(exc.usage, Usage) else None
+            if used is not None:
+                used = self.meter.prices.charge(request.model, used)
+                line = self._line(request, used, request.model, "cancelled", started)
+                self.meter.state.add_usage(self.task.id, used)
+                self.meter.journals.metrics.write(line)
+            self.meter.settle(hold, used)
+            raise
+        except BaseException:
+            self.meter.settle(hold, None)  # a failed request is not billed
+            raise
         response.usage = self.meter.prices.charge(response.model, response.usage)
-        line = {
+        self.meter.settle(hold, response.usage)
+        line = self._line(request, response.usage, response.model, response.stop_reason, started)
+        if self.defer_last:  # charged, and on record, with the caller's next write
+            self._uncharged, self._unwritten = response.usage, line
+        else:  # charged and on record now, whatever happens to the task
+            self.meter.state.add_usage(self.task.id, response.usage)
+            self.meter.journals.metrics.write(line)
+        return response
+
+    def _line(
+        self, request: LLMRequest, usage: Usage, model: str, stop: str, started: float
+    ) -> dict[str, object]:
+        return {
             "time": iso(now()),  # when the call ended, whenever the line is written
             "kind": "llm_call",
             "task_id": self.task.id,
@@ -174,15 +276,10 @@ class MeteredProvider:
             "agent": self.agent,
             "role": request.role,
             "purpose": request.purpose,
-            "provider": response.provider,
-            "model": response.model,
-            "stop_reason": response.stop_reason,
+            "provider": self.inner.name,
+            "model": model,
+            "stop_reason": stop,
             "duration_s": round(time.monotonic() - started, 4),
-            **response.usage.model_dump(),
+            **usage.model_dump(),
+            **({"cost_usd": None} if usage.unpriced_calls else {}),
         }
-        if self.defer_last:  # charged, and on record, with the caller's next write
-            self._uncharged, self._unwritten = response.usage, line
-        else:  # charged and on record now, whatever happens to the task
-            self.meter.state.add_usage(self.task.id, response.usage)
-            self.meter.journals.metrics.write(line)
-        return response

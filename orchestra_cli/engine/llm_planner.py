@@ -1,15 +1,18 @@
 """The LLM planner: asks the model for a plan, validates it, falls back to rules.
 
-The plan comes back as a forced ``submit_plan`` tool call validated by
-pydantic against the capabilities registered right now (unknown
-capabilities, dangling or circular dependencies are validation errors, so
-the model is re-asked with them). A plan that is still unusable, or any
+The plan comes back as JSON output (``output_config.format``, never a forced
+tool call, which current models refuse) whose schema lists the capabilities
+registered right now as an enum, so constrained decoding can only produce a
+routable plan; pydantic validates it again (unknown capabilities, dangling
+or circular dependencies are validation errors, so the model is re-asked
+with them). A plan that is still unusable, or any
 model failure, falls back to ``RuleBasedPlanner`` and the plan's reason
 says why, so ``decisions.jsonl`` records it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Self
 
@@ -20,17 +23,16 @@ from orchestra_cli.engine.planner import Plan, PlannedSubtask, Planner
 from orchestra_cli.errors import LLMError, LLMOutputInvalid
 from orchestra_cli.llm.base import LLMProvider, LLMRequest
 from orchestra_cli.llm.prompts import PromptLibrary
-from orchestra_cli.llm.structured import complete_structured, tool_for
+from orchestra_cli.llm.structured import complete_structured
 from orchestra_cli.logs import redact
 from orchestra_cli.models import Task
 
 log = logging.getLogger(__name__)
 
-PLAN_TOOL = "submit_plan"
 PLAN_PROMPT = "plan"
 MAX_SUBTASKS = 12
 SYSTEM = (
-    "You plan work for a team of software agents. Call the submit_plan tool exactly once. "
+    "You plan work for a team of software agents. Answer with the plan as JSON. "
     "Split the task only when it needs several kinds of work; otherwise route it whole."
 )
 
@@ -108,6 +110,20 @@ class PlanOutput(BaseModel):
         return Plan(planner, self.reason, subtasks=steps, alternatives=["route whole"])
 
 
+def plan_schema(capabilities: set[str]) -> dict[str, Any]:
+    """``PlanOutput``'s JSON schema with ``capabilities`` as the enum of every capability."""
+    schema = copy.deepcopy(_BASE_SCHEMA)
+    options = sorted(capabilities)
+    step = schema["$defs"]["PlanStep"]["properties"]["capability"]
+    step["enum"] = options
+    top = schema["properties"]["capability"]
+    top["anyOf"] = [{"type": "string", "enum": options}, {"type": "null"}]
+    return schema
+
+
+_BASE_SCHEMA = PlanOutput.model_json_schema()
+
+
 class LLMPlanner:
     """``Planner`` backed by the model, with ``fallback`` when the plan is unusable."""
 
@@ -133,9 +149,6 @@ class LLMPlanner:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.max_reasks = max_reasks
-        self.tool = tool_for(
-            PlanOutput, PLAN_TOOL, "Submit the plan: route the task whole or split it."
-        )
 
     def plan(self, task: Task, capabilities: set[str]) -> Plan:
         if task.capability:
@@ -165,7 +178,7 @@ class LLMPlanner:
             self.meter.wrap(self.llm, task, agent="orchestrator"),
             request,
             PlanOutput,
-            tool=self.tool,
+            schema=plan_schema(capabilities),
             max_reasks=self.max_reasks,
             context={"capabilities": capabilities},
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from orchestra_cli.errors import ConfigError, UsageError
 from orchestra_cli.models import AgentRecord
@@ -23,6 +24,7 @@ class RoleDefinition(Model, extra="forbid"):
     temperature: float = Field(default=0.2, ge=0, le=1)
     concurrency: int = Field(default=1, ge=1, le=256)
     timeout: float = Field(default=600, gt=0)
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None  # the model's default
 
 
 def _load_file(path: Path) -> RoleDefinition:

@@ -85,6 +85,7 @@ class Runtime:
             model=s.llm.model,
             max_tokens=s.llm.max_tokens,
             temperature=s.llm.temperature,
+            max_continuations=s.llm.max_continuations,
         )
 
     def add_orchestrator(self, concurrency: int = 1) -> Orchestrator:

@@ -4,14 +4,25 @@ Retries are ours, not the SDK's (it gets ``max_retries=0``): every retry is
 then logged with host, error class and attempts left, honours ``retry-after``
 on 429, 529 (overloaded) and 5xx, and stops at once when the task is
 cancelled. Library exceptions become orchestra errors here and nowhere else.
+
+Every call streams (the SDK's ``messages.stream``): a long answer is never cut
+by a request timeout, usage comes from the stream's events, and a cancel or a
+task's time-out closes the stream within ``CANCEL_POLL_SECONDS`` — the call
+is then charged for what it had used (``TaskCancelled.usage``). Requests put
+the stable parts first with ``cache_control`` breakpoints after them (tools and
+system, then the tree's shared context), never force a tool, and ask for
+structured answers through JSON outputs (``output_config.format``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from orchestra_cli.errors import LLMAuthError, LLMError, TaskCancelled
@@ -30,6 +41,7 @@ MAX_LLM_ATTEMPTS = 5  # default: the first call and llm.max_retries (4) retries
 MAX_RETRY_AFTER_SECONDS = 60.0  # a longer retry-after is capped, not obeyed blindly
 MAX_BACKOFF_SECONDS = 30.0
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx, 529 (overloaded) included
+CANCEL_POLL_SECONDS = 0.1  # a cancel closes an in-flight stream within this (plus a read)
 
 
 class _Retry(Exception):
@@ -98,18 +110,40 @@ class AnthropicProvider:
         backoff = min(self.backoff_seconds * 2.0 ** (attempt - 1), MAX_BACKOFF_SECONDS)
         return backoff * (0.5 + random.random() / 2)  # "equal jitter"
 
+    def count_tokens(self, request: LLMRequest) -> int:
+        """The API's count of ``request``'s input (free); an upper bound if it fails."""
+        import anthropic
+
+        params = _params(request)
+        for key in ("max_tokens", "stream"):
+            params.pop(key, None)
+        try:
+            return int(self._client.messages.count_tokens(**params).input_tokens)
+        except anthropic.AnthropicError as exc:
+            log.warning(
+                "counting tokens at %s failed (%s); reserving an upper bound", self.base_url, exc
+            )
+            return upper_bound_tokens(request)
+
     def _attempt(self, request: LLMRequest) -> LLMResponse:
         import anthropic
 
+        stream: Any = None
         try:
-            message = self._client.messages.create(**_params(request))
+            # streamed, so a long output outlives no request timeout and a cancel
+            # (or the task's time-out) closes the connection mid-answer
+            with self._client.messages.stream(**_params(request)) as stream:
+                with _WATCH.closing(request.cancel, stream):
+                    message = stream.get_final_message()
         except anthropic.APITimeoutError as exc:
+            _check_cancel(request.cancel, stream)
             err = LLMError(
                 f"the Anthropic API at {self.base_url} timed out",
                 "raise llm.timeout or try again later",
             )
             raise _Retry(err, None) from exc
         except anthropic.APIConnectionError as exc:
+            _check_cancel(request.cancel, stream)
             err = LLMError(
                 f"cannot reach the Anthropic API at {self.base_url}",
                 "check the network, or ANTHROPIC_BASE_URL / llm.base_url",
@@ -120,16 +154,97 @@ class AnthropicProvider:
             if exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500:
                 raise _Retry(error, _retry_after(exc)) from exc
             raise error from exc
-        except anthropic.AnthropicError as exc:
+        except Exception as exc:  # the SDK's or its HTTP client's; a cancel closes the socket
+            _check_cancel(request.cancel, stream)
             raise LLMError(
                 f"the Anthropic SDK failed: {redact(str(exc))}", "see the log with -v"
             ) from exc
+        _check_cancel(request.cancel, stream)
         return _response(message)
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise TaskCancelled("cancelled while calling the model")
+class _CancelWatch:
+    """One thread that closes the streams of calls whose cancel event is set.
+
+    A thread per call would cost a thread per slot; this one wakes every
+    ``CANCEL_POLL_SECONDS`` only while some call is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, tuple[threading.Event, Any]] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def closing(self, cancel: threading.Event | None, stream: Any) -> Iterator[None]:
+        if cancel is None:
+            yield
+            return
+        key = id(stream)
+        with self._cond:
+            self._calls[key] = (cancel, stream)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="llm-cancel", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._calls.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._calls:
+                    self._cond.wait()
+                due = [(k, s) for k, (c, s) in self._calls.items() if c.is_set()]
+                for key, _ in due:
+                    self._calls.pop(key, None)
+            for _, stream in due:
+                _interrupt(stream)
+            time.sleep(CANCEL_POLL_SECONDS)
+
+
+_WATCH = _CancelWatch()
+
+
+def _interrupt(stream: Any) -> None:
+    """Stop a stream another thread is reading: shut its socket down, then close it.
+
+    Closing alone does not wake a ``recv`` already blocked on the socket (it
+    returns only when the next bytes arrive); ``shutdown`` does. The socket
+    comes from httpx's documented ``network_stream`` response extension.
+    """
+    try:
+        network = stream.response.extensions.get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except Exception as exc:  # already closed, or a transport without a socket
+        log.debug("shutting a cancelled stream's socket down: %s", exc)
+    try:
+        stream.close()
+    except Exception as exc:
+        log.debug("closing a cancelled stream: %s", exc)
+
+
+def upper_bound_tokens(request: LLMRequest) -> int:
+    """No tokenizer makes more tokens than UTF-8 bytes: a safe input estimate."""
+    return len(request.as_text().encode()) + 16 * (2 + len(request.followups))
+
+
+def _check_cancel(cancel: threading.Event | None, stream: Any = None) -> None:
+    """Raise TaskCancelled, with what a stopped stream had used, once ``cancel`` is set."""
+    if cancel is None or not cancel.is_set():
+        return
+    error = TaskCancelled("cancelled while calling the model")
+    if stream is not None:
+        try:
+            error.usage = _usage(stream.current_message_snapshot.usage)
+        except Exception:  # the stream stopped before its first event: nothing used
+            error.usage = None
+    raise error
 
 
 def _sleep(delay: float, cancel: threading.Event | None) -> None:
@@ -179,6 +294,8 @@ def _status_error(exc: anthropic.APIStatusError, model: str) -> LLMError:
 
 
 def _turn_blocks(turn: Turn) -> list[dict[str, Any]]:
+    if turn.blocks:  # the model's own content, thinking signatures and all
+        return [dict(b) for b in turn.blocks]
     blocks: list[dict[str, Any]] = [
         {"type": "tool_result", "tool_use_id": r.call_id, "content": r.content}
         | ({"is_error": True} if r.is_error else {})
@@ -193,50 +310,80 @@ def _turn_blocks(turn: Turn) -> list[dict[str, Any]]:
 
 
 def _params(request: LLMRequest) -> dict[str, Any]:
-    messages: list[dict[str, Any]] = [{"role": "user", "content": request.prompt}]
+    """The Messages API request: stable parts first, with cache breakpoints after them."""
+    import anthropic
+
+    cached = {"type": "ephemeral"}
+    first: str | list[dict[str, Any]] = request.prompt
+    if request.prompt_prefix:  # the tree's shared context, then this step
+        first = [
+            {"type": "text", "text": request.prompt_prefix, "cache_control": cached},
+            {"type": "text", "text": request.prompt},
+        ]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": first}]
     messages += [{"role": t.role, "content": _turn_blocks(t)} for t in request.followups]
     params: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens,
-        # no temperature: this SDK's Messages API no longer takes sampling parameters
+        # no temperature and no tool_choice: current models take no sampling
+        # parameters and answer forced tool use with a 400 (tool_choice stays auto)
         "messages": messages,
     }
-    if request.system:
-        params["system"] = request.system
+    if request.system:  # tools come before it in the prefix: this breakpoint covers both
+        params["system"] = [{"type": "text", "text": request.system, "cache_control": cached}]
     if request.tools:
         params["tools"] = [
             {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+            | ({"strict": True} if t.strict else {})
             for t in request.tools
         ]
-    if request.tool_choice:
-        params["tool_choice"] = {"type": "tool", "name": request.tool_choice}
+    config: dict[str, Any] = {}
+    if request.output_schema is not None:
+        schema = anthropic.transform_schema(request.output_schema)
+        config["format"] = {"type": "json_schema", "schema": schema}
+    if request.effort:
+        config["effort"] = request.effort
+    if config:
+        params["output_config"] = config
     return params
+
+
+def _usage(u: Any) -> Usage:
+    return Usage(
+        calls=1,
+        input_tokens=u.input_tokens or 0,
+        output_tokens=u.output_tokens or 0,
+        cache_read_tokens=u.cache_read_input_tokens or 0,
+        cache_write_tokens=u.cache_creation_input_tokens or 0,
+    )
 
 
 def _response(message: Message) -> LLMResponse:
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[ToolCall] = []
     for block in message.content:
         if block.type == "text":
             texts.append(block.text)
+        elif block.type == "thinking":
+            thoughts.append(block.thinking)
         elif block.type == "tool_use":
             calls.append(ToolCall(id=block.id, name=block.name, input=block.input))
-    u = message.usage
-    usage = Usage(
-        calls=1,
-        input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens,
-        cache_read_tokens=u.cache_read_input_tokens or 0,
-        cache_write_tokens=u.cache_creation_input_tokens or 0,
-    )
-    stop = cast(str, message.stop_reason or "end_turn")
-    if stop == "max_tokens":
-        log.warning("model %s stopped at max_tokens; the output is truncated", message.model)
     return LLMResponse(
-        text="\n".join(texts),
+        text="".join(texts),
         model=message.model,
         provider=AnthropicProvider.name,
-        usage=usage,
-        stop_reason=stop,
+        usage=_usage(message.usage),
+        stop_reason=cast(str, message.stop_reason or "end_turn"),
         tool_calls=calls,
+        blocks=[_plain(b.model_dump(mode="json", exclude_none=True)) for b in message.content],
+        thinking="\n".join(t for t in thoughts if t),
     )
+
+
+def _plain(block: dict[str, Any]) -> dict[str, Any]:
+    """A content block as the API takes it back (the SDK's parse-only fields dropped)."""
+    block.pop("parsed_output", None)
+    if block.get("type") == "text" and not block.get("citations"):
+        block.pop("citations", None)
+    return block

@@ -31,17 +31,20 @@ class OfflineProvider:
                 import time
 
                 time.sleep(self.latency)
-        digest = hashlib.sha256(f"{request.system}\n{request.prompt}".encode()).hexdigest()[:8]
+        whole = f"{request.system}\n{request.prompt_prefix}{request.prompt}"
+        digest = hashlib.sha256(whole.encode()).hexdigest()[:8]
         first_line = next((ln for ln in request.prompt.splitlines() if ln.strip()), "")[:120]
         text = (
             f"{OFFLINE_LABEL} {request.role or 'agent'} {request.purpose} result {digest}: "
             f"deterministic stand-in output for: {first_line}"
         )
         usage = Usage(
-            calls=1,
-            input_tokens=max(1, len(request.system + request.prompt) // 4),
-            output_tokens=max(1, len(text) // 4),
+            calls=1, input_tokens=self.count_tokens(request), output_tokens=max(1, len(text) // 4)
         )
         return LLMResponse(
             text=text, model=f"offline/{request.model}", provider=self.name, usage=usage
         )
+
+    def count_tokens(self, request: LLMRequest) -> int:
+        """What the call is billed for: a quarter of the characters sent."""
+        return max(1, len(request.system + request.prompt_prefix + request.prompt) // 4)

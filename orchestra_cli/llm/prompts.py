@@ -7,8 +7,11 @@ A template starts with a front-matter block naming its variables::
     ---
     Do {{title}} with {{input}}.
 
-A file of the same name in the configured ``prompts_dir`` overrides the
-shipped one, so operators can tune prompts without touching the package.
+A line ``<!-- cache -->`` splits a template into its stable prefix (the same
+for every step of a task tree: sent first and cached) and the step's own part
+(``render_parts``). A file of the same name in the configured ``prompts_dir``
+overrides the shipped one, so operators can tune prompts without touching the
+package.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from orchestra_cli.errors import ConfigError
 from orchestra_cli.templates import templates_dir
 
 _VAR = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+CACHE_MARKER = "<!-- cache -->"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,12 @@ class PromptTemplate:
                 "pass them or remove them from the template's variables",
             )
         return _VAR.sub(lambda m: str(values.get(m.group(1), m.group(0))), self.body)
+
+    def render_parts(self, **values: object) -> tuple[str, str]:
+        """(the stable prefix, the rest): split at the ``<!-- cache -->`` line, if any."""
+        text = self.render(**values)
+        head, marker, tail = text.partition(f"\n{CACHE_MARKER}\n")
+        return (head, tail) if marker else ("", text)
 
 
 def _parse(name: str, path: Path) -> PromptTemplate:
@@ -88,3 +98,6 @@ class PromptLibrary:
 
     def render(self, name: str, **values: object) -> str:
         return self.get(name).render(**values)
+
+    def render_parts(self, name: str, **values: object) -> tuple[str, str]:
+        return self.get(name).render_parts(**values)

@@ -1,9 +1,15 @@
-"""Structured output: a pydantic model as a forced tool call, re-asked when invalid.
+"""Structured output: JSON outputs with a schema, validated, re-asked when invalid.
 
-The model is asked to call one tool whose input schema is the pydantic
-model's JSON schema. Input that does not validate is sent back as an error
-``tool_result`` with the validation messages, at most ``max_reasks`` times;
-then ``LLMOutputInvalid`` carries the last raw output. Never an open loop.
+The request carries the pydantic model's JSON schema as the answer's format
+(``LLMRequest.output_schema``: the API's ``output_config.format``), so the
+model's constrained decoding produces JSON of that shape — never a forced
+tool call, which current models refuse. The text is still parsed and
+validated with pydantic (the API does not enforce every keyword: lengths,
+cross-field rules), and an answer that does not validate is sent back with
+the validation messages, at most ``max_reasks`` times; then
+``LLMOutputInvalid`` carries the last raw output. Never an open loop. A
+refusal is final (``LLMRefusal``); an answer cut at ``max_tokens`` is re-asked
+for a shorter one.
 """
 
 from __future__ import annotations
@@ -16,14 +22,8 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from orchestra_cli.errors import LLMOutputInvalid
-from orchestra_cli.llm.base import (
-    LLMProvider,
-    LLMRequest,
-    LLMResponse,
-    ToolResult,
-    ToolSpec,
-    Turn,
-)
+from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse, Turn
+from orchestra_cli.llm.outcomes import check_final
 from orchestra_cli.models import Usage
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,6 @@ class Structured(Generic[M]):
     response: LLMResponse
 
 
-def tool_for(model: type[BaseModel], name: str, description: str) -> ToolSpec:
-    """A tool whose input schema is ``model``'s JSON schema."""
-    return ToolSpec(name=name, description=description, input_schema=model.model_json_schema())
-
-
 def describe_errors(exc: ValidationError) -> str:
     """Validation errors as ``path: message`` pairs, short enough to send back."""
     parts = []
@@ -60,39 +55,18 @@ def describe_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _raw(response: LLMResponse) -> str:
-    calls = [{"name": c.name, "input": c.input} for c in response.tool_calls]
-    text = json.dumps(calls, default=str) if calls else response.text
-    return text[:RAW_OUTPUT_CHARS]
-
-
-def _check(
-    response: LLMResponse, model: type[M], tool: str, context: dict[str, Any] | None
-) -> tuple[M | None, Turn]:
-    """The validated value, or None and the turn that re-asks."""
-    call = next((c for c in response.tool_calls if c.name == tool), None)
-    if call is None:
-        # every tool_use needs a tool_result in the next turn, even a wrong tool's
-        wrong = tuple(
-            ToolResult(call_id=c.id, content=f"Unknown tool; call {tool}.", is_error=True)
-            for c in response.tool_calls
-        )
-        text = f"Respond only by calling the {tool} tool."
-        return None, Turn(role="user", text=text, tool_results=wrong)
+def _check(response: LLMResponse, model: type[M], context: dict[str, Any] | None) -> M | str:
+    """The validated value, or what is wrong with the answer."""
+    if response.stop_reason == "max_tokens":
+        return "the answer was cut off at the output limit; answer again, more briefly"
     try:
-        return model.model_validate(call.input, context=context), Turn(role="user")
+        data = json.loads(response.text)
+    except ValueError as exc:
+        return f"the answer is not valid JSON ({exc})"
+    try:
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
-        error = describe_errors(exc)
-    return None, Turn(
-        role="user",
-        tool_results=(
-            ToolResult(
-                call_id=call.id,
-                content=f"Invalid input: {error}. Call {tool} again with corrected input.",
-                is_error=True,
-            ),
-        ),
-    )
+        return f"invalid: {describe_errors(exc)}"
 
 
 def complete_structured(
@@ -100,38 +74,35 @@ def complete_structured(
     request: LLMRequest,
     model: type[M],
     *,
-    tool: ToolSpec,
+    schema: dict[str, Any],
     max_reasks: int,
     context: dict[str, Any] | None = None,
 ) -> Structured[M]:
-    """Ask for ``model`` through ``tool``; re-ask on invalid output; raise LLMOutputInvalid."""
+    """Ask for ``model`` as JSON following ``schema``; re-ask on invalid output."""
     attempts = max_reasks + 1
-    req = replace(request, tools=[tool], tool_choice=tool.name, followups=[])
+    req = replace(request, output_schema=schema, followups=[])
     usage = Usage()
     for attempt in range(1, attempts + 1):
         response = provider.complete(req)
         usage = usage + response.usage
-        value, reask = _check(response, model, tool.name, context)
-        if value is not None:
-            return Structured(value=value, attempts=attempt, usage=usage, response=response)
-        problem = reask.text or reask.tool_results[0].content
+        check_final(response, request.model)  # a refusal is final, never re-asked
+        checked = _check(response, model, context)
+        if not isinstance(checked, str):
+            return Structured(value=checked, attempts=attempt, usage=usage, response=response)
         log.warning(
-            "%s output from %s invalid (attempt %d of %d): %s",
-            tool.name,
+            "structured output from %s %s (attempt %d of %d)",
             response.model,
+            checked,
             attempt,
             attempts,
-            problem,
         )
         if attempt == attempts:
             error = LLMOutputInvalid(
-                f"the model's {tool.name} output was invalid after {attempts} attempt(s): "
-                f"{problem}",
+                f"the model's structured output was invalid after {attempts} attempt(s): {checked}",
                 "adjust the prompt template or raise llm.max_reasks",
             )
-            error.raw_output = _raw(response)
+            error.raw_output = response.text[:RAW_OUTPUT_CHARS]
             raise error
-        answer = Turn(role="assistant", text=response.text, tool_calls=tuple(response.tool_calls))
-        turns = [answer, reask] if answer.text or answer.tool_calls else [reask]
-        req = replace(req, followups=[*req.followups, *turns])
+        reask = Turn(role="user", text=f"That answer is {checked}. Answer again with valid JSON.")
+        req = replace(req, followups=[*req.followups, response.as_turn(), reask])
     raise AssertionError("unreachable: the loop returns or raises")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
+from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.status import Status, can_transition
 
 # Fields a transition may change besides the status.
@@ -105,6 +106,16 @@ class StateStore(Protocol):
         ...
 
     def add_usage(self, task_id: str, usage: Usage) -> None: ...
+
+    def reserve_budget(
+        self, root_id: str, hold_id: str, ask: Ask, limits: Limits, *, ttl: float
+    ) -> Ledger:
+        """Atomically hold a call's worst case against its tree's budget (ledger.py)."""
+        ...
+
+    def settle_budget(self, root_id: str, hold_id: str, tokens: int, usd: float) -> None:
+        """Release a hold; add the call's real usage to the tree's spend."""
+        ...
 
     def append_event(
         self, task_id: str, root_id: str, type: str, data: dict[str, Any] | None = None

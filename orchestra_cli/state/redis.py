@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import heapq
 import logging
+import math
 import random
 import sys
 import threading
@@ -41,6 +42,7 @@ from orchestra_cli.settings import RedisSettings, mask_url
 from orchestra_cli.state import redis_scripts as lua
 from orchestra_cli.state import resp
 from orchestra_cli.state.base import check_changes, rejection_reason  # one wording
+from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.state.redis_lock import RedisLock
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import PerThread, dumps, loads, new_id, now
@@ -57,6 +59,7 @@ ID_LENGTH = 36
 LIST_PAGE = 200
 # A waiter's count outlives its BLPOPs (each renews it), not a waiter that went away.
 WAIT_TTL_SECONDS = 300
+LEDGER_KEEP_SECONDS = 30 * 86400  # a tree's spend outlives any retry of it
 
 _NOT_FOUND_HINT = "`orchestra task list` shows known ids"
 
@@ -193,6 +196,8 @@ class RedisStateStore:
                 "event": lua.EVENT,
                 "wait_end": lua.WAIT_END,
                 "usage": lua.ADD_USAGE,
+                "reserve": lua.RESERVE,
+                "settle": lua.SETTLE,
                 "save_agent": lua.SAVE_AGENT,
                 "stop_agent": lua.STOP_AGENT,
                 "delete_agent": lua.DELETE_AGENT,
@@ -574,6 +579,34 @@ class RedisStateStore:
         if not self._run("usage", {"id": task_id, "delta": usage.model_dump_json()}):
             raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
 
+    # -- budget ledger -----------------------------------------------------
+    def reserve_budget(
+        self, root_id: str, hold_id: str, ask: Ask, limits: Limits, *, ttl: float
+    ) -> Ledger:
+        """Hold ``ask``'s worst case (its output lowered to what is left), or refuse."""
+        reply = self._run(
+            "reserve",
+            {
+                "root": root_id,
+                "hold": hold_id,
+                "input": ask.input,
+                "max_out": ask.max_out,
+                "in_price": ask.in_price,
+                "out_price": ask.out_price,
+                "limit_tokens": limits.tokens,
+                "limit_usd": limits.usd,
+                "hold_ttl": math.ceil(ttl),
+                "keep": LEDGER_KEEP_SECONDS,
+            },
+        )
+        spent_t, spent_u, held_t, held_u, out = (_text(v) for v in reply)
+        return Ledger(int(spent_t), float(spent_u), int(held_t), float(held_u), int(out))
+
+    def settle_budget(self, root_id: str, hold_id: str, tokens: int, usd: float) -> None:
+        """Release a hold and add what the call really used to the tree's spend."""
+        payload = {"root": root_id, "hold": hold_id, "tokens": tokens, "usd": usd}
+        self._run("settle", {**payload, "keep": LEDGER_KEEP_SECONDS})
+
     # -- events ------------------------------------------------------------
     def append_event(
         self, task_id: str, root_id: str, type: str, data: dict[str, Any] | None = None
@@ -784,3 +817,8 @@ class RedisStateStore:
         if self._client is not None:
             self._client.close()
             self._client.connection_pool.disconnect()
+
+
+def _text(value: Any) -> str:
+    """A script's reply item (bytes from redis-py, or already text) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

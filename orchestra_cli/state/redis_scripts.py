@@ -326,3 +326,64 @@ redis.call('ZREM', k('agents'), a.name)
 return 1
 """
 )
+
+# The budget ledger (state/ledger.py): ``budget:<root>`` holds the tree's spend
+# (tokens, usd), ``holds:<root>`` each call in flight's worst case as
+# "tokens usd expires". Expired holds (their process died) are dropped first;
+# the arithmetic in RESERVE is ledger.grant's.
+LEDGER = """
+local function ledger_keys(root) return k('budget', root), k('holds', root) end
+local function fmt(x) return string.format('%.17g', x) end
+"""
+
+RESERVE = (
+    PRELUDE
+    + LEDGER
+    + """
+local spent_key, holds_key = ledger_keys(a.root)
+local now = tonumber(redis.call('TIME')[1])
+local held_t, held_u = 0, 0
+local holds = redis.call('HGETALL', holds_key)
+for i = 1, #holds, 2 do
+  local t, u, exp = string.match(holds[i + 1], '(%S+) (%S+) (%S+)')
+  if tonumber(exp) < now then
+    redis.call('HDEL', holds_key, holds[i])
+  else
+    held_t, held_u = held_t + tonumber(t), held_u + tonumber(u)
+  end
+end
+local spent_t = tonumber(redis.call('HGET', spent_key, 'tokens') or '0')
+local spent_u = tonumber(redis.call('HGET', spent_key, 'usd') or '0')
+local out = a.max_out
+if a.limit_tokens ~= cjson.null then
+  out = math.min(out, a.limit_tokens - spent_t - held_t - a.input)
+end
+if a.limit_usd ~= cjson.null then
+  local left = a.limit_usd - spent_u - held_u - a.input * a.in_price
+  if left < 0 then out = 0
+  elseif a.out_price > 0 then out = math.min(out, math.floor(left / a.out_price + 1e-9)) end
+end
+if out < 0 then out = 0 end
+if out > 0 then
+  local usd = a.input * a.in_price + out * a.out_price
+  local entry = (a.input + out) .. ' ' .. fmt(usd) .. ' ' .. (now + a.hold_ttl)
+  redis.call('HSET', holds_key, a.hold, entry)
+  redis.call('EXPIRE', holds_key, a.keep)
+end
+return {spent_t, fmt(spent_u), held_t, fmt(held_u), out}
+"""
+)
+
+SETTLE = (
+    PRELUDE
+    + LEDGER
+    + """
+if not first_time(a.tok) then return 1 end
+local spent_key, holds_key = ledger_keys(a.root)
+redis.call('HDEL', holds_key, a.hold)
+redis.call('HINCRBY', spent_key, 'tokens', a.tokens)
+redis.call('HINCRBYFLOAT', spent_key, 'usd', fmt(a.usd))
+redis.call('EXPIRE', spent_key, a.keep)
+return 1
+"""
+)

@@ -12,6 +12,7 @@ from orchestra_cli.errors import NotFoundError, TransitionRejected, UsageError
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.sqlitedb import SQLiteDB
 from orchestra_cli.state.base import check_changes, rejection_reason
+from orchestra_cli.state.ledger import Ask, Ledger, Limits, grant
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import dumps, loads, now
 
@@ -296,6 +297,48 @@ class SQLiteStateStore:
             task.usage = task.usage + usage
             conn.execute(
                 "UPDATE tasks SET data = ? WHERE id = ?", (task.model_dump_json(), task_id)
+            )
+
+    # -- budget ledger ---------------------------------------------------
+    def reserve_budget(
+        self, root_id: str, hold_id: str, ask: Ask, limits: Limits, *, ttl: float
+    ) -> Ledger:
+        """Hold ``ask``'s worst case (its output lowered to what is left), or refuse."""
+        with self.db.write() as conn:
+            current = now()
+            conn.execute(
+                "DELETE FROM budget_holds WHERE root_id = ? AND expires_at < ?", (root_id, current)
+            )
+            row = conn.execute(
+                "SELECT tokens, usd FROM budget_spent WHERE root_id = ?", (root_id,)
+            ).fetchone()
+            spent = (row["tokens"], row["usd"]) if row else (0, 0.0)
+            held_row = conn.execute(
+                "SELECT COALESCE(SUM(tokens), 0) AS t, COALESCE(SUM(usd), 0.0) AS u "
+                "FROM budget_holds WHERE root_id = ?",
+                (root_id,),
+            ).fetchone()
+            held = (int(held_row["t"]), float(held_row["u"]))
+            out = grant(ask, limits, spent, held)
+            if out > 0:
+                tokens = ask.input + out
+                usd = ask.input * ask.in_price + out * ask.out_price
+                conn.execute(
+                    "INSERT OR REPLACE INTO budget_holds VALUES (?,?,?,?,?)",
+                    (root_id, hold_id, tokens, usd, current + ttl),
+                )
+        return Ledger(spent[0], spent[1], held[0], held[1], out)
+
+    def settle_budget(self, root_id: str, hold_id: str, tokens: int, usd: float) -> None:
+        """Release a hold and add what the call really used to the tree's spend."""
+        with self.db.write() as conn:
+            conn.execute(
+                "DELETE FROM budget_holds WHERE root_id = ? AND hold_id = ?", (root_id, hold_id)
+            )
+            conn.execute(
+                "INSERT INTO budget_spent VALUES (?,?,?) ON CONFLICT(root_id) DO UPDATE SET "
+                "tokens = tokens + excluded.tokens, usd = usd + excluded.usd",
+                (root_id, tokens, usd),
             )
 
     # -- events ----------------------------------------------------------

@@ -1,18 +1,34 @@
-"""A local Messages API server for the real ``anthropic`` SDK.
+"""A local Messages API server for the real ``anthropic`` SDK, faithful to today's API.
 
-Speaks ``POST /v1/messages`` closely enough for the SDK: text and tool_use
-content blocks, usage with cache tokens, stop reasons, and error bodies
-``{"type": "error", "error": {...}}`` with ``retry-after`` headers. Each test
+It answers ``POST /v1/messages`` (plain JSON, or server-sent events when the
+request says ``stream: true``) and ``POST /v1/messages/count_tokens``, and
+checks requests the way the API does for current models:
+
+- forced tool use (``tool_choice`` of type ``tool`` or ``any``) is a 400 on the
+  models that reject it (Claude Sonnet 5.5, Opus 5.5, Fable 5.1);
+- ``thinking: {"type": "disabled"}`` is a 400 on Sonnet 5.5 (use ``between_tools``);
+- an assistant message last in ``messages`` (a prefill) is a 400 on those models;
+- thinking blocks sent back must be unchanged (the signature is checked);
+- ``max_tokens`` is honoured: a longer scripted output is cut and stops with
+  ``max_tokens``;
+- prompt caching: each ``cache_control`` breakpoint's prefix is written to a
+  cache on first sight and read from it after (when it is at least the
+  model's minimum cacheable length), and usage reports both.
+
+Tokens are counted as ⌈UTF-8 bytes / 4⌉ of the request's text (system, tools,
+messages), the same for ``count_tokens`` and the message's usage. Each test
 scripts a queue of replies; when the queue is empty ``default`` answers.
-Run standalone (``python -m tests.llm.fake_anthropic``) it serves a default
-that plans with ``submit_plan`` and answers every other call with text.
+Run standalone (``python -m tests.llm.fake_anthropic``) it serves the defaults.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,28 +44,48 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+NO_FORCED_TOOLS = ("claude-sonnet-5-5", "claude-opus-5-5", "claude-fable-5-1")
+MIN_CACHEABLE = {"claude-sonnet-5-5": 512}  # tokens; other models 1,024
+DEFAULT_MIN_CACHEABLE = 1024
 _ids = itertools.count(1)
+_SECRET = b"fake-anthropic-thinking"
 
 
 @dataclass
 class Reply:
-    """One scripted reply: a message (``content``) or an error (``status`` ≥ 400)."""
+    """One scripted reply: a message (``content``) or an error (``status`` ≥ 400).
+
+    ``usage`` None: counted from the request and the content. ``delay``: seconds
+    before the answer starts; ``chunk_delay``: between streamed deltas.
+    """
 
     content: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200
     stop_reason: str | None = None
-    usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 10, "output_tokens": 5})
+    usage: dict[str, int] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    delay: float = 0.0
+    chunk_delay: float = 0.0
 
 
 def text(body: str, **kw: Any) -> Reply:
     return Reply(content=[{"type": "text", "text": body}], stop_reason="end_turn", **kw)
 
 
-def tool_use(name: str, data: Any, **kw: Any) -> Reply:
+def tool_use(name: str, data: Any, *, say: str = "", **kw: Any) -> Reply:
     block = {"type": "tool_use", "id": f"toolu_{next(_ids):06d}", "name": name, "input": data}
-    return Reply(content=[block], stop_reason="tool_use", **kw)
+    content = ([{"type": "text", "text": say}] if say else []) + [block]
+    return Reply(content=content, stop_reason="tool_use", **kw)
+
+
+def thinking(summary: str) -> dict[str, Any]:
+    """A signed thinking block (the API's signature stands for the full thought)."""
+    return {"type": "thinking", "thinking": summary, "signature": _sign(summary)}
+
+
+def refusal(**kw: Any) -> Reply:
+    return Reply(content=[], stop_reason="refusal", **kw)
 
 
 def error(status: int, message: str = "", retry_after: str | None = None) -> Reply:
@@ -57,36 +93,93 @@ def error(status: int, message: str = "", retry_after: str | None = None) -> Rep
     return Reply(status=status, headers=headers, message=message or ERROR_TYPES.get(status, ""))
 
 
+def tokens(text_: str) -> int:
+    return math.ceil(len(text_.encode()) / 4)
+
+
+def _sign(summary: str) -> str:
+    return hashlib.sha256(_SECRET + summary.encode()).hexdigest()
+
+
+def _schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    fmt = (body.get("output_config") or {}).get("format") or {}
+    return fmt.get("schema") if fmt.get("type") == "json_schema" else None
+
+
+def _capabilities(schema: dict[str, Any]) -> list[str]:
+    """The capability enum a plan schema carries (JSON outputs keep plans routable)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            cap = (node.get("properties") or {}).get("capability") or {}
+            for option in [cap, *(cap.get("anyOf") or [])]:
+                found.extend(v for v in option.get("enum", []) if v not in found)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return found
+
+
 def default_reply(body: dict[str, Any]) -> Reply:
-    """A plan (two steps) for planner calls, a text answer for every other call."""
-    tools = body.get("tools") or []
-    if any(t.get("name") == "submit_plan" for t in tools):
-        return tool_use(
-            "submit_plan",
-            {
-                "decompose": True,
-                "reason": "design first, then build",
-                "subtasks": [
-                    {"title": "Design it", "capability": "architecture", "input": "design"},
-                    {
-                        "title": "Build it",
-                        "capability": "code",
-                        "input": "build",
-                        "depends_on": ["Design it"],
-                    },
-                ],
-            },
-            usage={"input_tokens": 100, "output_tokens": 40},
-        )
-    return text(
-        "fake model answer",
-        usage={
-            "input_tokens": 200,
-            "output_tokens": 50,
-            "cache_read_input_tokens": 30,
-            "cache_creation_input_tokens": 20,
-        },
-    )
+    """A two-step plan for a plan schema, a text answer for every other call
+    (usage counted from the request, as the API bills it)."""
+    schema = _schema_of(body)
+    if schema is not None and "subtasks" in json.dumps(schema):
+        caps = _capabilities(schema) or ["architecture", "code"]
+        first, second = ("architecture", "code") if "architecture" in caps else (caps[0], caps[-1])
+        plan = {
+            "decompose": True,
+            "reason": "design first, then build",
+            "capability": None,
+            "subtasks": [
+                {"title": "Design it", "capability": first, "input": "design", "depends_on": []},
+                {
+                    "title": "Build it",
+                    "capability": second,
+                    "input": "build",
+                    "depends_on": ["Design it"],
+                },
+            ],
+        }
+        return text(json.dumps(plan))
+    return text("fake model answer")
+
+
+def _block_text(block: Any) -> str:
+    if isinstance(block, str):
+        return block
+    kind = block.get("type")
+    if kind == "text":
+        return str(block.get("text", ""))
+    if kind == "thinking":
+        return str(block.get("thinking", ""))
+    if kind == "tool_use":
+        return block.get("name", "") + json.dumps(block.get("input"), sort_keys=True)
+    if kind == "tool_result":
+        content = block.get("content", "")
+        return content if isinstance(content, str) else "".join(map(_block_text, content))
+    return ""
+
+
+def _segments(body: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The request's text in the API's prefix order (tools, system, messages),
+    each piece with whether a cache breakpoint follows it."""
+    out: list[tuple[str, bool]] = []
+    for tool in body.get("tools") or []:
+        out.append((json.dumps(tool, sort_keys=True), "cache_control" in tool))
+    system = body.get("system") or []
+    for block in [system] if isinstance(system, str) else system:
+        out.append((_block_text(block), isinstance(block, dict) and "cache_control" in block))
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        for block in [content] if isinstance(content, str) else content or []:
+            out.append((_block_text(block), isinstance(block, dict) and "cache_control" in block))
+    return out
 
 
 class FakeAnthropic:
@@ -96,10 +189,15 @@ class FakeAnthropic:
         self.api_key = api_key
         self.replies: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.count_requests: list[dict[str, Any]] = []
         self.default: Callable[[dict[str, Any]], Reply] = default_reply
+        self.cache: set[str] = set()
+        self.closed_early = 0  # streams the client closed before their end
+        self.billed: list[dict[str, int]] = []  # the usage of every message answered
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
+        self.server.fake = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -119,68 +217,243 @@ class FakeAnthropic:
         with self._lock:
             self.replies.extend(replies)
 
+    # -- the API's rules -------------------------------------------------------
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        # SDKs send the key as x-api-key or (newer ones) as a bearer token
+        bearer = headers.get("authorization", "").removeprefix("Bearer ")
+        return self.api_key in (headers.get("x-api-key"), bearer)
+
+    @staticmethod
+    def _invalid(body: dict[str, Any]) -> str | None:
+        model = str(body.get("model", ""))
+        strict_model = model.startswith(NO_FORCED_TOOLS)
+        choice = (body.get("tool_choice") or {}).get("type")
+        if strict_model and choice in ("tool", "any"):
+            return (
+                f"tool_choice: forced tool use (type {choice!r}) is not supported on {model}; "
+                "use tool_choice auto with strict tools, or structured outputs"
+            )
+        if (
+            model.startswith("claude-sonnet-5-5")
+            and (body.get("thinking") or {}).get("type") == "disabled"
+        ):
+            return "thinking: type 'disabled' is not supported on this model; use 'between_tools'"
+        messages = body.get("messages") or []
+        if strict_model and messages and messages[-1].get("role") == "assistant":
+            return "messages: prefilling the assistant message is not supported on this model"
+        for message in messages:
+            content = message.get("content")
+            for block in content if isinstance(content, list) else []:
+                if block.get("type") == "thinking" and block.get("signature") != _sign(
+                    block.get("thinking", "")
+                ):
+                    return "messages: a thinking block was changed; send it back unchanged"
+        if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] < 1:
+            return "max_tokens: an integer of at least 1 is required"
+        return None
+
+    def count(self, body: dict[str, Any]) -> int:
+        return sum(tokens(piece) for piece, _ in _segments(body))
+
+    def _cache_usage(self, body: dict[str, Any]) -> tuple[int, int, int]:
+        """(uncached input, cache writes, cache reads) for this request."""
+        model = str(body.get("model", ""))
+        minimum = next((v for k, v in MIN_CACHEABLE.items() if model.startswith(k)), 1024)
+        total = written = read = 0
+        digest = hashlib.sha256(model.encode())
+        for piece, breakpoint in _segments(body):
+            total += tokens(piece)
+            digest.update(piece.encode() + b"\0")
+            if not breakpoint or total - written - read < 1 or total < minimum:
+                continue
+            key = digest.hexdigest()
+            with self._lock:
+                hit = key in self.cache
+                self.cache.add(key)
+            if hit:
+                read, written = total, 0
+            else:
+                written = total - read
+        return total - written - read, written, read
+
+    def _message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        content = json.loads(json.dumps(reply.content))  # the script stays reusable
+        stop = reply.stop_reason
+        out_tokens = sum(tokens(_block_text(b)) for b in content)
+        limit = body["max_tokens"]
+        if reply.usage is not None:
+            out_tokens = reply.usage.get("output_tokens", out_tokens)
+        if out_tokens > limit:  # honour max_tokens: cut the last text and say so
+            for block in content:
+                if block.get("type") == "text":
+                    block["text"] = block["text"][: max(1, limit * 4)]
+            content = [b for b in content if b.get("type") != "tool_use"]
+            out_tokens, stop = limit, "max_tokens"
+        fresh, written, read = self._cache_usage(body)
+        usage = {
+            "input_tokens": fresh,
+            "output_tokens": out_tokens,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
+        }
+        if reply.usage is not None:
+            usage.update({k: v for k, v in reply.usage.items() if k != "output_tokens"})
+        with self._lock:
+            self.billed.append(usage)
+        return {
+            "id": f"msg_{next(_ids):06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "claude-sonnet-5-5"),
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+
     def _next(self, body: dict[str, Any], headers: dict[str, str]) -> Reply:
         with self._lock:
             self.requests.append({"body": body, "headers": headers})
-            # SDKs send the key as x-api-key or (newer ones) as a bearer token
-            bearer = headers.get("authorization", "").removeprefix("Bearer ")
-            if self.api_key not in (headers.get("x-api-key"), bearer):
+            if not self._authorized(headers):
                 return error(401, "invalid x-api-key")
+        problem = self._invalid(body)
+        if problem is not None:
+            return error(400, problem)
+        with self._lock:
             return self.replies.popleft() if self.replies else self.default(body)
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+class _Handler(BaseHTTPRequestHandler):
+    """One request; ``server.fake`` is the FakeAnthropic it belongs to."""
 
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
+    protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if self.path.split("?")[0] != "/v1/messages":
-                    return self._send(
-                        404,
-                        {
-                            "type": "error",
-                            "error": {"type": "not_found_error", "message": self.path},
-                        },
-                    )
-                reply = fake._next(body, {k.lower(): v for k, v in self.headers.items()})
-                if reply.status >= 400:
-                    kind = ERROR_TYPES.get(reply.status, "api_error")
-                    payload = {"type": "error", "error": {"type": kind, "message": reply.message}}
-                    return self._send(reply.status, payload, reply.headers)
-                usage = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-                usage.update(reply.usage)
-                message = {
-                    "id": f"msg_{next(_ids):06d}",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": body.get("model", "claude-sonnet-5-5"),
-                    "content": reply.content,
-                    "stop_reason": reply.stop_reason,
-                    "stop_sequence": None,
-                    "usage": usage,
-                }
-                return self._send(200, message, reply.headers)
+    @property
+    def fake(self) -> FakeAnthropic:
+        return self.server.fake  # type: ignore[attr-defined,no-any-return]
 
-            def _send(
-                self, status: int, payload: Any, headers: dict[str, str] | None = None
-            ) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.send_header("request-id", f"req_{next(_ids):06d}")
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
 
-        return Handler
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        path = self.path.split("?")[0]
+        if path == "/v1/messages/count_tokens":
+            return self._count(body, headers)
+        if path != "/v1/messages":
+            return self._error(404, "not_found_error", self.path)
+        reply = self.fake._next(body, headers)
+        if reply.delay and not body.get("stream"):
+            time.sleep(reply.delay)
+        if reply.status >= 400:
+            kind = ERROR_TYPES.get(reply.status, "api_error")
+            return self._error(reply.status, kind, reply.message, reply.headers)
+        message = self.fake._message(body, reply)
+        if body.get("stream"):
+            return self._stream(message, reply)
+        return self._send(200, message, reply.headers)
+
+    def _count(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+        with self.fake._lock:
+            self.fake.count_requests.append(body)
+        if not self.fake._authorized(headers):
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        return self._send(200, {"input_tokens": self.fake.count(body)})
+
+    def _error(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        payload = {"type": "error", "error": {"type": kind, "message": message}}
+        self._send(status, payload, headers)
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.send_header("request-id", f"req_{next(_ids):06d}")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, message: dict[str, Any], reply: Reply) -> None:
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("request-id", f"req_{next(_ids):06d}")
+        self.send_header("connection", "close")
+        self.end_headers()
+        try:
+            self._events(message, reply)
+        except (BrokenPipeError, ConnectionResetError):
+            with self.fake._lock:
+                self.fake.closed_early += 1
+
+    def _emit(self, event: str, data: dict[str, Any], pause: float = 0.0) -> None:
+        if pause:
+            time.sleep(pause)
+        self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+        self.wfile.flush()
+
+    def _events(self, message: dict[str, Any], reply: Reply) -> None:
+        usage = message["usage"]
+        start = {**message, "content": [], "stop_reason": None}
+        start["usage"] = {**usage, "output_tokens": 1}
+        self._emit("message_start", {"type": "message_start", "message": start})
+        waited = 0.0
+        while waited < reply.delay:  # a model thinking: pings keep the line alive
+            step = min(0.5, reply.delay - waited)
+            self._emit("ping", {"type": "ping"}, step)
+            waited += step
+        for index, block in enumerate(message["content"]):
+            self._block(index, block, reply.chunk_delay)
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+        self._emit(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": delta,
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
+        self._emit("message_stop", {"type": "message_stop"})
+
+    def _block(self, index: int, block: dict[str, Any], pause: float) -> None:
+        kind = block["type"]
+        empty: dict[str, Any] = {
+            "text": {"type": "text", "text": ""},
+            "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+            "tool_use": {**block, "input": {}},
+        }[kind]
+        self._emit(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": empty},
+        )
+        if kind == "text":
+            body = block["text"]
+            pieces = [body[i : i + 16] for i in range(0, len(body), 16)] or [""]
+            deltas = [{"type": "text_delta", "text": p} for p in pieces]
+        elif kind == "thinking":
+            deltas = [
+                {"type": "thinking_delta", "thinking": block["thinking"]},
+                {"type": "signature_delta", "signature": block["signature"]},
+            ]
+        else:
+            raw = json.dumps(block["input"])
+            deltas = [
+                {"type": "input_json_delta", "partial_json": raw[i : i + 16]}
+                for i in range(0, len(raw), 16)
+            ]
+        for delta in deltas:
+            self._emit(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+                pause,
+            )
+        self._emit("content_block_stop", {"type": "content_block_stop", "index": index})
 
 
 def main() -> None:

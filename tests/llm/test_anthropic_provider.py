@@ -39,8 +39,12 @@ def test_text_reply_becomes_a_response_with_tokens_including_cache(fake: FakeAnt
     assert (u.calls, u.input_tokens, u.output_tokens) == (1, 12, 7)
     assert (u.cache_read_tokens, u.cache_write_tokens) == (3, 4)
     sent = fake.requests[0]["body"]
-    assert sent["system"] == "be brief"
+    assert sent["stream"] is True  # every call streams
+    assert sent["system"] == [
+        {"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}
+    ]
     assert sent["messages"] == [{"role": "user", "content": "say hi"}]
+    assert "tool_choice" not in sent and "temperature" not in sent
 
 
 def test_rate_limit_waits_out_retry_after_then_succeeds(

@@ -34,12 +34,14 @@ def test_cost_counts_input_output_and_cache_tokens_at_the_model_price() -> None:
     # 2 + 1 + 1 (cache reads) + 2.5 (cache writes at 1.25 × input)
     assert table.cost("claude-test-1", usage) == pytest.approx(6.5)
     assert table.cost("offline/claude-sonnet-5-5", usage) == 0.0
-    assert table.cost("claude-sonnet-5-5", Usage(output_tokens=1_000_000)) == 15.0
+    assert table.cost("claude-sonnet-5-5", Usage(output_tokens=1_000_000)) == 10.0
 
 
-def test_unknown_model_is_charged_the_highest_known_price() -> None:
+def test_unknown_model_is_counted_in_tokens_and_its_cost_reported_unknown() -> None:
     table = PriceTable()
-    assert table.cost("mystery-model", Usage(output_tokens=1_000_000)) == 75.0
+    assert table.cost("mystery-model", Usage(output_tokens=1_000_000)) is None
+    charged = table.charge("mystery-model", Usage(calls=2, output_tokens=5))
+    assert charged.output_tokens == 5 and charged.unpriced_calls == 2
 
 
 def test_auto_provider_is_anthropic_when_the_api_key_resolves(

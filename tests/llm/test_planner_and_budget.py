@@ -20,7 +20,7 @@ from orchestra_cli.llm.anthropic import AnthropicProvider
 from orchestra_cli.llm.prompts import PromptLibrary
 from orchestra_cli.models import Task
 from orchestra_cli.status import TERMINAL, Status
-from tests.llm.fake_anthropic import FakeAnthropic, text, tool_use
+from tests.llm.fake_anthropic import FakeAnthropic, Reply, default_reply, text
 from tests.support import Proc, clean_env, processes, run_orchestra, wait_until
 
 CAPS = {"architecture", "code", "review"}
@@ -47,10 +47,10 @@ def root(backends: Backends, text_: str = "design and build an API") -> Task:
     return task
 
 
-def test_planner_turns_a_forced_tool_call_into_a_plan_with_dependencies(
+def test_planner_asks_for_json_output_with_the_live_capabilities_as_an_enum(
     fake: FakeAnthropic, backends: Backends
 ) -> None:
-    fake.script(tool_use("submit_plan", VALID_PLAN))
+    fake.script(text(json.dumps(VALID_PLAN)))
     task = root(backends)
     plan = planner(fake, backends).plan(task, CAPS)
     assert plan.planner == "llm"
@@ -59,8 +59,12 @@ def test_planner_turns_a_forced_tool_call_into_a_plan_with_dependencies(
         ("Build", "code", [0]),
     ]
     body = fake.requests[0]["body"]
-    assert body["tool_choice"] == {"type": "tool", "name": "submit_plan"}
-    assert body["tools"][0]["input_schema"]["properties"]["subtasks"]
+    assert "tool_choice" not in body and "tools" not in body  # never forced tool use
+    schema = body["output_config"]["format"]["schema"]
+    assert body["output_config"]["format"]["type"] == "json_schema"
+    step = schema["$defs"]["PlanStep"]["properties"]["capability"]
+    assert step["enum"] == sorted(CAPS)  # constrained decoding: only routable plans
+    assert schema["additionalProperties"] is False
     assert backends.state.get_task(task.id).usage.calls == 1  # the plan call is charged
 
 
@@ -68,15 +72,14 @@ def test_malformed_plan_is_reasked_with_the_validation_error_then_accepted(
     fake: FakeAnthropic, backends: Backends
 ) -> None:
     bad = {**VALID_PLAN, "subtasks": [{**VALID_PLAN["subtasks"][0], "capability": "magic"}]}
-    fake.script(tool_use("submit_plan", bad), tool_use("submit_plan", VALID_PLAN))
+    fake.script(text(json.dumps(bad)), text(json.dumps(VALID_PLAN)))
     plan = planner(fake, backends).plan(root(backends), CAPS)
     assert plan.planner == "llm" and len(plan.subtasks) == 2
     assert "attempt 2" in plan.reason
     reask = fake.requests[1]["body"]["messages"]
     assert [m["role"] for m in reask] == ["user", "assistant", "user"]
-    result = reask[2]["content"][0]
-    assert result["type"] == "tool_result" and result["is_error"] is True
-    assert "unknown capability 'magic'" in result["content"]
+    assert reask[1]["content"] == [{"type": "text", "text": json.dumps(bad)}]
+    assert "unknown capability 'magic'" in reask[2]["content"][0]["text"]
 
 
 def test_plan_still_invalid_after_the_reasks_falls_back_to_rules_and_says_why(
@@ -85,20 +88,21 @@ def test_plan_still_invalid_after_the_reasks_falls_back_to_rules_and_says_why(
     fake.script(*[text("I would rather chat")] * 3)
     plan = planner(fake, backends).plan(root(backends), CAPS)
     assert plan.planner == "rules"
-    assert plan.reason.startswith("LLM plan unusable (the model's submit_plan output was invalid")
+    assert plan.reason.startswith("LLM plan unusable (the model's structured output was invalid")
+    assert "not valid JSON" in plan.reason
     assert len(fake.requests) == 3  # bounded: 1 + max_reasks
 
 
-def _run_tree(backends: Backends, labels: dict[str, str]) -> Task:
+def _run_tree(backends: Backends, labels: dict[str, str], text_: str) -> Task:
     runtime = Runtime(backends, load_roles())
     runtime.add_orchestrator()
-    for role in ("architect", "coder"):
+    for role in ("architect", "coder", "infra", "reviewer"):
         runtime.add_agent(role)
     stop = threading.Event()
     threads = runtime.start(stop)
     try:
         service = TaskService(backends, runtime.roles)
-        task, _ = service.submit(SubmitRequest(text="design and build an API", labels=labels))
+        task, _ = service.submit(SubmitRequest(text=text_, labels=labels))
         wait_until(
             lambda: backends.state.get_task(task.id).status in TERMINAL,
             timeout=60,
@@ -111,18 +115,61 @@ def _run_tree(backends: Backends, labels: dict[str, str]) -> Task:
     return backends.state.get_task(task.id)
 
 
+def long_answers(size: int) -> Any:
+    """Plans as usual; every other answer ``size`` bytes long."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        return default_reply(body) if "output_config" in body else text("x" * size)
+
+    return reply
+
+
+def _billed_tokens(fake: FakeAnthropic) -> int:
+    return sum(
+        u["input_tokens"]
+        + u["output_tokens"]
+        + u["cache_read_input_tokens"]
+        + u["cache_creation_input_tokens"]
+        for u in fake.billed
+    )
+
+
+def test_a_token_budget_is_never_exceeded_at_the_endpoint_by_parallel_agents(
+    fake: FakeAnthropic, backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Build and deploy run in parallel after the design; every call reserves its worst
+    case (input counted by the API, plus max_tokens lowered to what is left) first."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+    fake.default = long_answers(1600)  # 400 tokens an answer, cut to what is left
+    budget = 1500
+    done = _run_tree(
+        backends, {"budget_tokens": str(budget)}, "design, build and deploy an API to k8s"
+    )
+    billed = _billed_tokens(fake)
+    assert 0 < billed <= budget, f"the endpoint billed {billed} tokens for a {budget} budget"
+    assert done.status == Status.FAILED
+    tree = backends.state.tree(done.id)
+    refused = [t for t in tree if t.parent_id and t.error and "budget exceeded" in t.error]
+    assert refused, [(t.title, t.status, t.attempts, t.error) for t in tree]
+    assert all(t.attempts == 1 for t in refused)  # not retried: a retry would fail the same way
+    # every request the API answered was granted: max_tokens never exceeded what was left
+    assert all(r["body"]["max_tokens"] <= budget for r in fake.requests)
+    assert len(fake.count_requests) >= len(fake.requests)  # each call was counted first
+
+
 def test_budget_exceeded_mid_tree_fails_remaining_work_without_calling_the_api(
     fake: FakeAnthropic, backends: Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-    # plan: 140 tokens, design: 300 tokens → 440 ≥ 300 before the build call
-    done = _run_tree(backends, {"budget_tokens": "300"})
+    fake.default = long_answers(4000)  # 1,000 tokens: it fills any grant
+    done = _run_tree(backends, {"budget_tokens": "3000"}, "design and build an API")
     assert done.status == Status.FAILED
-    assert len(fake.requests) == 2  # plan + design; the build call never left the process
+    assert _billed_tokens(fake) <= 3000
     build = next(t for t in backends.state.tree(done.id) if t.title == "Build it")
     assert build.status == Status.FAILED
-    assert build.error and "budget exceeded" in build.error and "440 of 300" in build.error
+    assert build.error and "budget exceeded" in build.error and "of 3,000 budgeted" in build.error
     assert build.attempts == 1  # not retried: a retry would fail the same way
 
 
@@ -164,10 +211,12 @@ def test_end_to_end_run_records_tokens_and_cost_in_state_and_metrics(
     task = data.get("task", data)
     assert task["status"] == "succeeded", data
     tree = data["tree_usage"]
-    # plan (100+40) + design, build and the parent's aggregation (200+50+30+20 each)
-    assert tree["calls"] == 4
-    assert tree["input_tokens"] == 700 and tree["output_tokens"] == 190
-    assert tree["cache_read_tokens"] == 90 and tree["cache_write_tokens"] == 60
+    # plan + design, build and the parent's aggregation: what the endpoint billed, exactly
+    assert tree["calls"] == 4 == len(fake.billed)
+    assert tree["input_tokens"] == sum(u["input_tokens"] for u in fake.billed)
+    assert tree["output_tokens"] == sum(u["output_tokens"] for u in fake.billed)
+    assert tree["cache_read_tokens"] == sum(u["cache_read_input_tokens"] for u in fake.billed)
+    assert tree["cache_write_tokens"] == sum(u["cache_creation_input_tokens"] for u in fake.billed)
     assert tree["cost_usd"] > 0
     assert task["result"] == "fake model answer"  # the model combined the subtask results
     lines = [json.loads(ln) for ln in (home / "metrics.jsonl").read_text().splitlines()]
@@ -176,6 +225,10 @@ def test_end_to_end_run_records_tokens_and_cost_in_state_and_metrics(
     assert {c["purpose"] for c in calls} == {"plan", "execute", "aggregate"}
     assert all(c["root_id"] == task_id and c["cost_usd"] > 0 for c in calls)
     assert sum(c["cost_usd"] for c in calls) == pytest.approx(tree["cost_usd"])
+    decisions = [json.loads(ln) for ln in (home / "decisions.jsonl").read_text().splitlines()]
+    plans = [d for d in decisions if d.get("task_id") == task_id]
+    assert plans and all("rule-based" not in json.dumps(d) for d in plans), plans
+    assert any(d.get("planner") == "llm" or "llm" in json.dumps(d) for d in plans), plans
 
 
 def _claimed_by_a_coder(backends: Backends, llm: Any, name: str) -> tuple[Any, Task]:

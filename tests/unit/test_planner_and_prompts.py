@@ -42,9 +42,18 @@ def test_builtin_roles_cover_the_four_roles_and_their_prompts_exist() -> None:
     assert known_capabilities(roles) >= CAPS
     library = PromptLibrary()
     for role in roles.values():
-        assert "{{" not in library.render(
-            role.prompt, title="t", input="i", context="c", memory="m"
+        prefix, step = library.render_parts(
+            role.prompt,
+            tree_title="g",
+            tree_input="gi",
+            title="t",
+            input="i",
+            context="c",
+            memory="m",
         )
+        assert "{{" not in prefix + step
+        # the tree's goal is the stable, cached prefix; the step's own text comes after it
+        assert "gi" in prefix and "t" in step and "gi" not in step
 
 
 def test_missing_prompt_variable_is_a_clear_error() -> None:
