@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +82,14 @@ def test_help_and_submit_do_not_import_anthropic_or_hvac(tmp_path: object) -> No
     assert proc.returncode == 0, proc.stderr.decode()
     result = run_orchestra(["--help"], clean_env({"ORCHESTRA_HOME": str(home)}), home.parent)
     assert result.code == 0, result
+
+
+def test_config_show_names_the_price_tables_date(tmp_path: Path) -> None:
+    env = clean_env({"ORCHESTRA_HOME": str(tmp_path), "COLUMNS": "200"})
+    shown = run_orchestra(["config", "show"], env, tmp_path)
+    assert shown.code == 0, shown
+    assert "built-in table of 2026-10-24" in shown.out
+    data = run_orchestra(["--json", "config", "show"], env, tmp_path)
+    table = json.loads(data.out)["price_table"]
+    assert table["as_of"] == "2026-10-24"
+    assert table["usd_per_million_tokens"]["claude-sonnet-5-5"]["output"] == 10.0

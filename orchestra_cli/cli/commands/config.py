@@ -56,6 +56,7 @@ def show(
 ) -> None:
     """Print the effective settings (secrets masked)."""
     from orchestra_cli.backends import open_secrets
+    from orchestra_cli.llm.pricing import BUILTIN_PRICES, PRICES_AS_OF, PRICES_SOURCE
     from orchestra_cli.secrets.base import KNOWN_SECRETS
     from orchestra_cli.settings import settings_rows
 
@@ -73,6 +74,13 @@ def show(
                 "config_file": str(loaded.config_file) if loaded.config_file else None,
                 "settings": {k: ({"value": v, "source": s} if sources else v) for k, v, s in rows},
                 "secrets": secrets,
+                "price_table": {
+                    "as_of": PRICES_AS_OF,
+                    "source": PRICES_SOURCE,
+                    "usd_per_million_tokens": {
+                        k: v.model_dump() for k, v in BUILTIN_PRICES.items()
+                    },
+                },
             }
         )
         return
@@ -86,6 +94,10 @@ def show(
     for key, value, source in rows:
         cells = [key, "-" if value is None else str(value)]
         table.add_row(*([*cells, source] if sources else cells))
+    table_of = f"built-in table of {PRICES_AS_OF} ({len(BUILTIN_PRICES)} models; llm.prices adds)"
+    table.add_row(
+        *(["price table", table_of, PRICES_SOURCE] if sources else ["price table", table_of])
+    )
     for name, info in secrets.items():
         cells = [f"secret {name}", "*** (set)" if info["set"] else "(not set)"]
         table.add_row(*([*cells, info["source"] or "-"] if sources else cells))
