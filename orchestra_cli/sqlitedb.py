@@ -90,6 +90,24 @@ CREATE TABLE IF NOT EXISTS messages (
     reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, priority DESC, id);
+CREATE TABLE IF NOT EXISTS steps (
+    task_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    time REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (task_id, n)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    task_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha TEXT,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (task_id, path)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS budget_spent (
     root_id TEXT PRIMARY KEY,
     tokens INTEGER NOT NULL,

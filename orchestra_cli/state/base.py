@@ -107,6 +107,28 @@ class StateStore(Protocol):
 
     def add_usage(self, task_id: str, usage: Usage) -> None: ...
 
+    def record_step(
+        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
+    ) -> bool:
+        """Store step ``n`` of a task (and a ``step`` event); False if ``n`` exists already."""
+        ...
+
+    def steps(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's steps in order (``n``, ``time`` and the step's own fields)."""
+        ...
+
+    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
+        """Record a task's changed files, content-addressed (None: deleted)."""
+        ...
+
+    def artifacts(self, task_id: str) -> dict[str, tuple[str | None, int]]:
+        """A task's files: path → (content hash or None for a deletion, size)."""
+        ...
+
+    def blob(self, sha: str) -> bytes:
+        """An artifact's content by its hash."""
+        ...
+
     def reserve_budget(
         self, root_id: str, hold_id: str, ask: Ask, limits: Limits, *, ttl: float
     ) -> Ledger:

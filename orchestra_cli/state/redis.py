@@ -17,7 +17,9 @@ the status table and the expected version and appends its event atomically.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import heapq
 import logging
 import math
@@ -197,6 +199,7 @@ class RedisStateStore:
                 "wait_end": lua.WAIT_END,
                 "usage": lua.ADD_USAGE,
                 "reserve": lua.RESERVE,
+                "record_step": lua.RECORD_STEP,
                 "settle": lua.SETTLE,
                 "save_agent": lua.SAVE_AGENT,
                 "stop_agent": lua.STOP_AGENT,
@@ -578,6 +581,60 @@ class RedisStateStore:
         """Add token usage and cost to the task."""
         if not self._run("usage", {"id": task_id, "delta": usage.model_dump_json()}):
             raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+
+    # -- step log ------------------------------------------------------------
+    def record_step(
+        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
+    ) -> bool:
+        """Store step ``n`` of a task and its ``step`` event; False if ``n`` exists already."""
+        payload = {"id": task_id, "root": root_id, "n": n, "time": now()}
+        body = {**payload, "data": dumps({**data, "time": payload["time"]})}
+        return bool(self._run("record_step", {**body, "event": dumps({"n": n, **event})}))
+
+    def steps(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's steps in order, each with its ``n`` and ``time``."""
+        raw = self._call("steps", lambda: self.r.hgetall(self.key("steps", task_id)))
+        items = sorted((int(_text(n)), _text(v)) for n, v in raw.items())
+        return [{**loads(v), "n": n} for n, v in items]
+
+    # -- artifacts -----------------------------------------------------------
+    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
+        """Record a task's changed files (content-addressed); None: the file was deleted."""
+        if not changes:
+            return
+        manifest: dict[str, str] = {}
+        blobs: dict[str, bytes] = {}
+        for path, data in changes.items():
+            if data is None:
+                manifest[path] = "- 0"
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            blobs[sha] = data
+            manifest[path] = f"{sha} {len(data)}"
+
+        def write() -> None:
+            pipe = self.r.pipeline(transaction=True)
+            for sha, data in blobs.items():  # base64: the client decodes replies as text
+                pipe.set(self.key("blob", sha), base64.b64encode(data).decode(), nx=True)
+            pipe.hset(self.key("art", task_id), mapping=manifest)
+            pipe.execute()
+
+        self._call("save artifacts", write)
+
+    def artifacts(self, task_id: str) -> dict[str, tuple[str | None, int]]:
+        """A task's files: path → (content hash, size); a hash of None is a deletion."""
+        raw = self._call("artifacts", lambda: self.r.hgetall(self.key("art", task_id)))
+        out: dict[str, tuple[str | None, int]] = {}
+        for path, value in sorted((_text(k), _text(v)) for k, v in raw.items()):
+            sha, size = value.split(" ")
+            out[path] = (None if sha == "-" else sha, int(size))
+        return out
+
+    def blob(self, sha: str) -> bytes:
+        data = self._call("blob", lambda: self.r.get(self.key("blob", sha)))
+        if data is None:
+            raise NotFoundError(f"artifact content {sha[:12]} not found", _NOT_FOUND_HINT)
+        return base64.b64decode(data)
 
     # -- budget ledger -----------------------------------------------------
     def reserve_budget(

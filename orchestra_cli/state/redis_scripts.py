@@ -387,3 +387,14 @@ redis.call('EXPIRE', spent_key, a.keep)
 return 1
 """
 )
+
+# The step log: ``steps:<task>`` maps each step's number to its JSON; a number is
+# written once (HSETNX), so an agent that lost the task cannot overwrite a step.
+RECORD_STEP = (
+    PRELUDE
+    + """
+if redis.call('HSETNX', k('steps', a.id), a.n, a.data) == 0 then return 0 end
+add_event(a.id, a.root, 'step', a.time, '{}', a.event)
+return 1
+"""
+)

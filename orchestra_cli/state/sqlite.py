@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -298,6 +299,58 @@ class SQLiteStateStore:
             conn.execute(
                 "UPDATE tasks SET data = ? WHERE id = ?", (task.model_dump_json(), task_id)
             )
+
+    # -- step log ----------------------------------------------------------
+    def record_step(
+        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
+    ) -> bool:
+        """Store step ``n`` of a task and its ``step`` event; False if ``n`` exists already."""
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO steps (task_id, n, time, data) VALUES (?,?,?,?)",
+                (task_id, n, now(), dumps(data)),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._event(conn, task_id, root_id, "step", {"n": n, **event})
+        return True
+
+    def steps(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's steps in order, each with its ``n`` and ``time``."""
+        rows = self.db.conn().execute(
+            "SELECT n, time, data FROM steps WHERE task_id = ? ORDER BY n", (task_id,)
+        )
+        return [{**loads(r["data"]), "n": r["n"], "time": r["time"]} for r in rows]
+
+    # -- artifacts -------------------------------------------------------
+    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
+        """Record a task's changed files (content-addressed); None: the file was deleted."""
+        with self.db.write() as conn:
+            for path, data in changes.items():
+                if data is None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO artifacts VALUES (?,?,NULL,0)", (task_id, path)
+                    )
+                    continue
+                sha = hashlib.sha256(data).hexdigest()
+                conn.execute("INSERT OR IGNORE INTO blobs VALUES (?,?)", (sha, data))
+                conn.execute(
+                    "INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?)",
+                    (task_id, path, sha, len(data)),
+                )
+
+    def artifacts(self, task_id: str) -> dict[str, tuple[str | None, int]]:
+        """A task's files: path → (content hash, size); a hash of None is a deletion."""
+        rows = self.db.conn().execute(
+            "SELECT path, sha, size FROM artifacts WHERE task_id = ? ORDER BY path", (task_id,)
+        )
+        return {r["path"]: (r["sha"], r["size"]) for r in rows}
+
+    def blob(self, sha: str) -> bytes:
+        row = self.db.conn().execute("SELECT data FROM blobs WHERE sha = ?", (sha,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"artifact content {sha[:12]} not found", _NOT_FOUND_HINT)
+        return bytes(row["data"])
 
     # -- budget ledger ---------------------------------------------------
     def reserve_budget(
