@@ -18,7 +18,7 @@ import pytest
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.tools.config import McpServerConfig
 from orchestra_cli.tools.mcp import McpServerError, McpServers, expand
-from tests.support import wait_until
+from tests.support import service_reachable, wait_until
 
 pytestmark = pytest.mark.integration
 TEST_SERVER = str(Path(__file__).with_name("mcp_test_server.py"))
@@ -236,14 +236,7 @@ def http_server() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-
+        listening = lambda: service_reachable("127.0.0.1", port)  # noqa: E731
         wait_until(listening, timeout=20, what="the MCP HTTP server")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
