@@ -96,3 +96,24 @@ def _write(tmp_path: Path, body: str) -> Path:
     directory.mkdir(exist_ok=True)
     (directory / "custom.yaml").write_text(BASE + body)
     return directory
+
+
+def test_the_readme_example_role_is_valid_and_decides_as_described(tmp_path: Path) -> None:
+    from orchestra_cli.tools.permissions import Decision
+    from orchestra_cli.tools.toolbox import Toolbox
+    from tests.support import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Tools, MCP servers and permissions", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    (directory / "release.yaml").write_text(example)
+    role = load_roles(directory)["release"]
+    assert set(role.mcp_servers) == {"git", "docs"}
+    toolbox = Toolbox(role.tools, permissions=role.permissions)  # no servers started
+    assert toolbox.decide("Bash", {"command": "git status && make test"}) is Decision.ALLOW
+    assert toolbox.decide("Bash", {"command": "git status; rm -rf ~"}) is Decision.DENY
+    assert toolbox.decide("Edit", {"file_path": "CHANGELOG.md"}) is Decision.ALLOW
+    assert toolbox.decide("Edit", {"file_path": "setup.py"}) is Decision.DENY
+    assert role.permissions.ask == ["mcp__git__git_commit"]
