@@ -44,6 +44,11 @@ def register_secret(value: str) -> None:
         _known_secrets.add(value)
 
 
+def known_secrets() -> frozenset[str]:
+    """Every secret value registered so far (tools strip them from a command's environment)."""
+    return frozenset(_known_secrets)
+
+
 def redact(text: str) -> str:
     """Mask known secret values, API-key-like strings and URL passwords."""
     for value in _known_secrets:

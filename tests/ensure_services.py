@@ -2,6 +2,8 @@
 
 Uses running servers; starts missing ones from Debian's packages where it
 can (redis-server, rabbitmq-server); otherwise fails with a clear message.
+Also installs Debian's bubblewrap (`bwrap`), the sandbox of the Bash tool, when
+it is missing (the sandbox tests fail without it when CI is set).
 Run by `make test` before pytest.
 """
 
@@ -36,13 +38,26 @@ def wait_for(addr: tuple[str, int], seconds: float) -> bool:
 
 
 def apt_install(package: str) -> None:
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        print(f"ensure_services: installing {package} with apt-get", flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", package],
-            check=False,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    """Install a Debian package as root; refresh the package lists only if that fails."""
+    if not (shutil.which("apt-get") and os.geteuid() == 0):
+        return
+    print(f"ensure_services: installing {package} with apt-get", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", package]
+    if subprocess.run(install, check=False, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        subprocess.run(install, check=False, env=env)
+
+
+def ensure_bwrap() -> None:
+    """The Bash tool's sandbox; a warning only (its tests skip, or fail in CI)."""
+    if not shutil.which("bwrap"):
+        apt_install("bubblewrap")
+    if not shutil.which("bwrap"):
+        print(
+            "ensure_services: warning: bwrap (Debian's bubblewrap) is not installed — "
+            "the Bash sandbox tests will skip (fail with CI set); apt-get install bubblewrap",
+            file=sys.stderr,
         )
 
 
@@ -92,6 +107,7 @@ def ensure_rabbitmq() -> str | None:
 
 
 def main() -> int:
+    ensure_bwrap()
     problems = [p for p in (ensure_redis(), ensure_rabbitmq()) if p]
     for problem in problems:
         print(f"ensure_services: error: {problem}", file=sys.stderr)

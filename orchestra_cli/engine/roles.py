@@ -10,6 +10,13 @@ from orchestra_cli.errors import ConfigError, UsageError
 from orchestra_cli.models import AgentRecord
 from orchestra_cli.schema import Field, Model, SchemaError
 from orchestra_cli.templates import templates_dir
+from orchestra_cli.tools.config import (
+    McpServerConfig,
+    PermissionsConfig,
+    SandboxConfig,
+    check_servers,
+    known_tools,
+)
 
 
 class RoleDefinition(Model, extra="forbid"):
@@ -25,6 +32,12 @@ class RoleDefinition(Model, extra="forbid"):
     concurrency: int = Field(default=1, ge=1, le=256)
     timeout: float = Field(default=600, gt=0)
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None  # the model's default
+    # the tool layer (orchestra_cli.tools): README "Tools, MCP servers and permissions"
+    tools: list[str] = Field(default_factory=list, after=known_tools)
+    mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict, after=check_servers)
+    permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    max_turns: int = Field(default=25, ge=1, le=500)
 
 
 def _load_file(path: Path) -> RoleDefinition:

@@ -1,0 +1,87 @@
+"""The tool keys of a role file: ``tools``, ``mcp_servers``, ``permissions``, ``sandbox``.
+
+Light on purpose (no ``mcp`` import): the role loader checks these for every
+command that reads the agent definitions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from orchestra_cli.schema import Field, Model
+from orchestra_cli.tools.base import Sandbox
+from orchestra_cli.tools.permissions import Rule
+
+BUILTIN_TOOLS = ("Read", "Write", "Edit", "Glob", "Grep", "Bash", "WebFetch")
+SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(?:_[A-Za-z0-9-]+)*$")  # no "__" inside
+
+
+def known_tools(names: list[str]) -> list[str]:
+    """``names`` if each is a built-in tool, once (a ``ValueError`` names the first that is not)."""
+    for name in names:
+        if name not in BUILTIN_TOOLS:
+            raise ValueError(
+                f"unknown tool {name!r}; the built-in tools are {', '.join(BUILTIN_TOOLS)}"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError("a tool is listed twice")
+    return names
+
+
+class McpServerConfig(Model, extra="forbid"):
+    """One MCP server, as in Claude Desktop's and the Claude Agent SDK's ``mcpServers``:
+    ``{command, args, env}`` for stdio, ``{type: http, url, headers}`` for streamable HTTP."""
+
+    type: Literal["stdio", "http"] = "stdio"
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    startup_timeout: float = Field(default=30.0, gt=0)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.type == "stdio":
+            if not self.command:
+                raise ValueError("a stdio server needs a command (or type: http with a url)")
+            if self.url or self.headers:
+                raise ValueError("url and headers are for type: http; a stdio server has command")
+            return
+        if self.command or self.args or self.env or self.cwd:
+            raise ValueError("command, args, env and cwd are for stdio; an http server has url")
+        if not self.url or urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError("an http server needs an http(s) url")
+
+
+class PermissionsConfig(Model, extra="forbid"):
+    """``allow`` / ``ask`` / ``deny`` rules. Without ``allow``, the role's tools and every
+    tool of its MCP servers are allowed."""
+
+    allow: list[str] | None = None
+    ask: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+    def model_post_init(self, context: Any, /) -> None:
+        for rule in (*(self.allow or ()), *self.ask, *self.deny):
+            Rule.parse(rule)
+
+
+class SandboxConfig(Model, extra="forbid"):
+    """Where ``Bash`` runs: ``bwrap`` (refused without bubblewrap), ``auto`` (unsandboxed
+    where bwrap is missing) or ``none``; ``network`` lets the sandbox reach the network."""
+
+    mode: Sandbox = Sandbox.BWRAP
+    network: bool = False
+
+
+def check_servers(servers: dict[str, McpServerConfig]) -> dict[str, McpServerConfig]:
+    for name in servers:
+        if not SERVER_NAME.match(name):
+            raise ValueError(
+                f"MCP server name {name!r}: letters, digits, '-' and single '_' only "
+                "(its tools are named mcp__<server>__<tool>)"
+            )
+    return servers

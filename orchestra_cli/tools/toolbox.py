@@ -1,0 +1,251 @@
+"""A role's tools in one place: what the model is offered, what may run, and running it.
+
+with Toolbox.for_role(role) as toolbox:
+    ctx = toolbox.context(workspace, cancel=cancel, deadline=deadline)
+    response = provider.complete(LLMRequest(..., tools=toolbox.specs()))
+    outputs = toolbox.run(response.tool_calls, ctx)  # concurrently, in call order
+    results = [out.result(call.id) for call, out in zip(response.tool_calls, outputs)]
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+from orchestra_cli.errors import TaskCancelled
+from orchestra_cli.llm.base import ToolCall, ToolSpec
+from orchestra_cli.logs import known_secrets
+from orchestra_cli.tools import paths
+from orchestra_cli.tools.base import (
+    BuiltinTool,
+    Limits,
+    ToolContext,
+    ToolInputError,
+    ToolOutput,
+    cap,
+    error,
+)
+from orchestra_cli.tools.bash import Bash
+from orchestra_cli.tools.config import McpServerConfig, PermissionsConfig, SandboxConfig
+from orchestra_cli.tools.files import Edit, Read, Write
+from orchestra_cli.tools.permissions import Decision, Permissions, Ruling
+from orchestra_cli.tools.search import Glob, Grep
+from orchestra_cli.tools.web import WebFetch
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from orchestra_cli.engine.roles import RoleDefinition
+    from orchestra_cli.tools.mcp import McpServers, McpTool
+
+log = logging.getLogger(__name__)
+BUILTINS: dict[str, type[BuiltinTool]] = {
+    tool.name: tool for tool in (Read, Write, Edit, Glob, Grep, Bash, WebFetch)
+}
+MCP_TIMEOUT = 120.0  # an MCP call's time limit when the task has no deadline sooner
+MAX_PARALLEL_CALLS = 8
+
+
+class Toolbox:
+    """The built-in tools a role lists, its MCP servers (started here), its permissions."""
+
+    def __init__(
+        self,
+        tools: Sequence[str] = (),
+        *,
+        mcp_servers: Mapping[str, McpServerConfig] | None = None,
+        permissions: PermissionsConfig | None = None,
+        sandbox: SandboxConfig | None = None,
+        limits: Limits | None = None,
+        fetch_private: bool = False,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        unknown = [name for name in tools if name not in BUILTINS]
+        if unknown:
+            raise ValueError(f"unknown built-in tools: {', '.join(unknown)}")
+        self._builtins = {name: BUILTINS[name]() for name in tools}
+        self._sandbox = sandbox or SandboxConfig()
+        self._limits = limits or Limits()
+        self._fetch_private = fetch_private
+        servers = dict(mcp_servers or {})
+        rules = permissions or PermissionsConfig()
+        allow = rules.allow
+        if allow is None:  # by default the role's own tools are allowed
+            allow = [*tools, *(f"mcp__{name}__*" for name in servers)]
+        self.permissions = Permissions(allow, rules.ask, rules.deny)
+        self._mcp: McpServers | None = None
+        self._mcp_tools: dict[str, McpTool] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        if servers:
+            from orchestra_cli.tools.mcp import McpServers  # imports the mcp SDK
+
+            self._mcp = McpServers(servers, environ)
+            self._mcp.start()
+            self._mcp_tools = {tool.name: tool for tool in self._mcp.tools()}
+
+    @classmethod
+    def for_role(cls, role: RoleDefinition, **options: Any) -> Toolbox:
+        """The toolbox a role file describes (its MCP servers start now)."""
+        return cls(
+            role.tools,
+            mcp_servers=role.mcp_servers,
+            permissions=role.permissions,
+            sandbox=role.sandbox,
+            **options,
+        )
+
+    # -- what the model sees ----------------------------------------------------
+    def names(self) -> list[str]:
+        """Every tool the role has, permitted or not."""
+        return [*self._builtins, *self._mcp_tools]
+
+    def specs(self) -> list[ToolSpec]:
+        """The tools offered to the model: those some ``allow`` or ``ask`` rule lets run."""
+        specs = [tool.spec() for name, tool in self._builtins.items() if self._offered(name)]
+        for name, tool in self._mcp_tools.items():
+            if self._offered(name):
+                specs.append(ToolSpec(name, tool.description, tool.input_schema))
+        return specs
+
+    def _offered(self, name: str) -> bool:
+        return self.permissions.offered(name)
+
+    def decide(self, name: str, input: Any = None, ctx: ToolContext | None = None) -> Decision:
+        """``allow``, ``ask`` or ``deny`` for a call (unknown tools are denied)."""
+        return self.ruling(name, input, ctx).decision
+
+    def ruling(self, name: str, input: Any = None, ctx: ToolContext | None = None) -> Ruling:
+        """The decision and the rule that made it. With ``ctx``, a ``file_path`` is matched
+        as the workspace-relative path it resolves to (so ``Write(docs/*)`` is not fooled by
+        an absolute path, ``..`` or a symlink)."""
+        if name not in self._builtins and name not in self._mcp_tools:
+            return Ruling(Decision.DENY, None)
+        if not isinstance(input, Mapping):
+            return self.permissions.decide(name, None)
+        path = input.get("file_path")
+        if ctx is not None and isinstance(path, str):
+            try:
+                real = paths.resolve(ctx.workspace, path)
+            except ToolInputError:
+                pass  # outside the workspace: the tool refuses it whatever the rules say
+            else:
+                input = {**input, "file_path": paths.shown(ctx.workspace, real)}
+        return self.permissions.decide(name, input)
+
+    def idempotent(self, name: str) -> bool:
+        """Whether a call that started but recorded no result may simply run again."""
+        if name in self._builtins:
+            return self._builtins[name].idempotent
+        tool = self._mcp_tools.get(name)
+        return tool.idempotent if tool is not None else False
+
+    def context(
+        self,
+        workspace: Path,
+        *,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+        secrets: frozenset[str] | None = None,
+    ) -> ToolContext:
+        """A context for one task's calls with this role's sandbox, network and limits."""
+        return ToolContext(
+            workspace=workspace,
+            cancel=cancel or threading.Event(),
+            deadline=deadline,
+            secrets=known_secrets() if secrets is None else secrets,
+            network=self._sandbox.network,
+            sandbox=self._sandbox.mode,
+            fetch_private=self._fetch_private,
+            limits=self._limits,
+        )
+
+    # -- running calls ------------------------------------------------------------
+    @overload
+    def run(self, call: ToolCall, ctx: ToolContext) -> ToolOutput: ...
+    @overload
+    def run(self, call: Sequence[ToolCall], ctx: ToolContext) -> list[ToolOutput]: ...
+    def run(
+        self, call: ToolCall | Sequence[ToolCall], ctx: ToolContext
+    ) -> ToolOutput | list[ToolOutput]:
+        """Run one call, or several concurrently (results in call order). A refused or
+        failed call is an error result; only cancellation raises (``TaskCancelled``)."""
+        if isinstance(call, ToolCall):
+            return self._run_one(call, ctx)
+        calls = list(call)
+        if len(calls) <= 1:
+            return [self._run_one(c, ctx) for c in calls]
+        futures = [self._executor().submit(self._run_one, c, ctx) for c in calls]
+        concurrent.futures.wait(futures)
+        for future in futures:
+            failure = future.exception()
+            if isinstance(failure, TaskCancelled):
+                raise failure
+        return [future.result() for future in futures]
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    MAX_PARALLEL_CALLS, thread_name_prefix="tool"
+                )
+            return self._pool
+
+    def _run_one(self, call: ToolCall, ctx: ToolContext) -> ToolOutput:
+        ruling = self.ruling(call.name, call.input, ctx)
+        if ruling.decision is Decision.DENY:
+            if call.name not in self._builtins and call.name not in self._mcp_tools:
+                return error(
+                    f"{call.name} is not a tool of this role; use one of the tools offered"
+                )
+            return error(f"{call.name} is not permitted for this role ({ruling.reason})")
+        if ruling.decision is Decision.ASK:
+            return error(
+                f"{call.name} needs a person's approval ({ruling.reason}); approvals are not "
+                "available yet, so the call was not run"
+            )
+        ctx.check_cancel()
+        try:
+            return self._execute(call, ctx)
+        except TaskCancelled:
+            raise
+        except Exception as exc:  # a bug in a tool must not end the task's loop
+            log.exception("tool %s failed", call.name)
+            return error(f"{call.name} failed: {type(exc).__name__}: {exc}")
+
+    def _execute(self, call: ToolCall, ctx: ToolContext) -> ToolOutput:
+        builtin = self._builtins.get(call.name)
+        if builtin is not None:
+            return builtin.run(call.input, ctx)
+        assert self._mcp is not None
+        if not isinstance(call.input, Mapping):
+            return error(f"{call.name}: the input must be a JSON object")
+        timeout = ctx.remaining(MCP_TIMEOUT)
+        if timeout <= 0:
+            return error(f"{call.name}: the task's time is up; the call was not made")
+        out = self._mcp.call(call.name, call.input, timeout=timeout, cancel=ctx.cancel)
+        return ToolOutput(cap(ctx.redact(out.content), ctx.limits), out.is_error)
+
+    def close(self) -> None:
+        """Stop the MCP servers and the worker threads."""
+        if self._mcp is not None:
+            self._mcp.close()
+            self._mcp = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> Toolbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

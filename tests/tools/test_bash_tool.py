@@ -1,0 +1,221 @@
+"""Bash in the bubblewrap sandbox (real bwrap, real processes) and unsandboxed."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestra_cli.errors import TaskCancelled
+from orchestra_cli.logs import register_secret
+from orchestra_cli.tools import bash as bash_module
+from orchestra_cli.tools.base import Limits, Sandbox, ToolContext
+from orchestra_cli.tools.bash import Bash
+
+pytestmark = pytest.mark.integration
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids whose command line contains ``marker`` (this test's own sleeps)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline and "pytest" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def unique_seconds(whole: str) -> str:
+    """A sleep length no other process on the machine is likely to use (to find ours)."""
+    return f"{whole}.{time.monotonic_ns() % 100000}"
+
+
+def gone(marker: str, within: float = 2.0) -> bool:
+    deadline = time.monotonic() + within
+    while processes_with(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections (outside any sandbox)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.listen(8)
+    yield server.getsockname()[1]
+    server.close()
+
+
+def run(ctx: ToolContext, command: str, **extra: object) -> tuple[str, bool]:
+    out = Bash().run({"command": command, **extra}, ctx)
+    return out.content, out.is_error
+
+
+def test_sandboxed_bash_runs_in_the_workspace(sandboxed: ToolContext) -> None:
+    content, failed = run(sandboxed, "pwd; echo hello")
+    assert not failed
+    assert content.splitlines() == [str(sandboxed.workspace.resolve()), "hello"]
+
+
+def test_the_sandboxed_system_is_read_only_and_the_workspace_writable(
+    sandboxed: ToolContext,
+) -> None:
+    content, failed = run(sandboxed, "touch /usr/orchestra-sandbox-test")
+    assert failed and "Read-only file system" in content
+    assert not Path("/usr/orchestra-sandbox-test").exists()
+    content, failed = run(sandboxed, "echo made > made.txt && cat made.txt")
+    assert (content, failed) == ("made", False)
+    assert (sandboxed.workspace / "made.txt").read_text() == "made\n"
+
+
+def test_the_sandbox_has_its_own_tmp(sandboxed: ToolContext) -> None:
+    marker = f"orchestra-private-tmp-{time.monotonic_ns()}"
+    content, failed = run(sandboxed, f"echo x > /tmp/{marker} && ls /tmp")
+    assert not failed and marker in content
+    assert not Path("/tmp", marker).exists()
+
+
+def test_the_sandbox_has_no_network_unless_the_role_allows_it(
+    sandboxed: ToolContext, listener: int
+) -> None:
+    (sandboxed.workspace / "probe.py").write_text(
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {listener}), timeout=2)\n"
+        "except OSError as exc:\n"
+        "    sys.exit(f'no connection: {exc}')\n"
+        "print('connected')\n"
+    )
+    probe = f"{sys.executable} probe.py"
+    content, failed = run(sandboxed, probe)
+    assert failed and content.startswith("no connection: ")
+    content, failed = run(sandboxed, f"curl -sS -m 2 http://127.0.0.1:{listener}/")
+    assert failed and "curl: (7)" in content
+    networked = ToolContext(workspace=sandboxed.workspace, network=True)
+    assert run(networked, probe) == ("connected", False)
+
+
+@pytest.mark.parametrize("sandbox", [Sandbox.BWRAP, Sandbox.NONE])
+def test_secrets_in_the_environment_are_not_visible_to_the_command(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox
+) -> None:
+    if sandbox is Sandbox.BWRAP:
+        from tests.tools.conftest import require_bwrap
+
+        require_bwrap()
+    register_secret("registered-secret-value-1234")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key-000000")
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.vaulttoken")
+    monkeypatch.setenv("ORCHESTRA_API_TOKEN", "api-token-value")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_github_token")
+    monkeypatch.setenv("DB_PASSWORD", "db-password-value")
+    monkeypatch.setenv("INNOCENT_LOOKING", "prefix-registered-secret-value-1234")
+    monkeypatch.setenv("CONTEXT_ONLY", "ctx-secret-value")
+    monkeypatch.setenv("HARMLESS", "kept")
+    ctx = ToolContext(workspace=workspace, sandbox=sandbox, secrets=frozenset({"ctx-secret-value"}))
+    content, failed = run(ctx, "env")
+    assert not failed
+    for leaked in (
+        "ANTHROPIC_API_KEY",
+        "VAULT_TOKEN",
+        "ORCHESTRA_",
+        "GITHUB_TOKEN",
+        "DB_PASSWORD",
+        "INNOCENT_LOOKING",
+        "CONTEXT_ONLY",
+        "registered-secret-value",
+    ):
+        assert leaked not in content
+    assert "HARMLESS=kept" in content
+
+
+def test_secret_values_in_the_output_are_redacted(sandboxed: ToolContext) -> None:
+    ctx = ToolContext(workspace=sandboxed.workspace, secrets=frozenset({"hunter2-secret"}))
+    assert run(ctx, "echo the password is hunter2-secret") == ("the password is ***", False)
+
+
+@pytest.mark.parametrize("sandbox", [Sandbox.BWRAP, Sandbox.NONE])
+def test_a_command_past_its_time_limit_is_killed_with_its_children(
+    workspace: Path, sandbox: Sandbox
+) -> None:
+    if sandbox is Sandbox.BWRAP:
+        from tests.tools.conftest import require_bwrap
+
+        require_bwrap()
+    ctx = ToolContext(workspace=workspace, sandbox=sandbox)
+    marker = unique_seconds("31")
+    started = time.monotonic()
+    content, failed = run(ctx, f"sleep {marker} & echo started; sleep {marker}", timeout=700)
+    assert time.monotonic() - started < 3
+    assert failed and content.startswith("started") and "time limit" in content
+    assert gone(f"sleep {marker}")
+
+
+def test_a_background_child_does_not_outlive_the_call(sandboxed: ToolContext) -> None:
+    marker = unique_seconds("32")
+    started = time.monotonic()
+    content, failed = run(sandboxed, f"(setsid sleep {marker} &); sleep {marker} & echo done")
+    assert (content, failed) == ("done", False)
+    assert time.monotonic() - started < 3
+    assert gone(f"sleep {marker}")
+
+
+def test_cancel_kills_a_running_command_within_a_second(sandboxed: ToolContext) -> None:
+    marker = unique_seconds("33")
+    cancel = threading.Event()
+    ctx = ToolContext(workspace=sandboxed.workspace, cancel=cancel)
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(TaskCancelled):
+        run(ctx, f"sh -c 'sleep {marker}' & sleep {marker}")
+    assert time.monotonic() - started < 1.3
+    assert gone(f"sleep {marker}", within=1.0)
+
+
+def test_huge_output_is_capped_with_a_marker(workspace: Path, sandboxed: ToolContext) -> None:
+    ctx = ToolContext(workspace=workspace, limits=Limits(max_output_chars=1000))
+    content, failed = run(ctx, "echo first; yes line | head -c 5000000; echo; echo last")
+    assert not failed
+    assert content.startswith("first") and content.endswith("last")
+    assert "[truncated " in content and len(content) < 1200
+
+
+def test_non_utf8_output_comes_back_with_replacement_characters(sandboxed: ToolContext) -> None:
+    content, failed = run(sandboxed, r"printf 'ok \377\376 done\n'")
+    assert (content, failed) == ("ok \ufffd\ufffd done", False)
+
+
+def test_a_non_zero_exit_is_an_error_result_with_the_code(sandboxed: ToolContext) -> None:
+    assert run(sandboxed, "echo failing >&2; exit 3") == ("failing\n[exit code 3]", True)
+
+
+def test_a_task_past_its_deadline_does_not_run_the_command(sandboxed: ToolContext) -> None:
+    ctx = ToolContext(workspace=sandboxed.workspace, deadline=time.monotonic() - 1)
+    content, failed = run(ctx, "touch ran")
+    assert failed and "time is up" in content
+    assert not (sandboxed.workspace / "ran").exists()
+
+
+def test_without_bwrap_bash_is_refused_unless_the_role_opts_in(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bash_module, "bwrap", lambda: None)  # a machine without bubblewrap
+    content, failed = run(ToolContext(workspace=workspace, sandbox=Sandbox.BWRAP), "touch ran")
+    assert failed and "bubblewrap" in content and "sandbox: {mode: auto}" in content
+    assert not (workspace / "ran").exists()
+    assert run(ToolContext(workspace=workspace, sandbox=Sandbox.AUTO), "touch ran && echo ok") == (
+        "ok",
+        False,
+    )
