@@ -13,14 +13,16 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter, MeteredProvider
+from orchestra_cli.engine.loop import AgentLoop
 from orchestra_cli.engine.retry import retry_or_fail
-from orchestra_cli.engine.roles import RoleDefinition
+from orchestra_cli.engine.roles import RoleDefinition, role_acts
 from orchestra_cli.engine.worker import (
     Ack,
     Action,
@@ -30,6 +32,7 @@ from orchestra_cli.engine.worker import (
     Defer,
     Nack,
 )
+from orchestra_cli.engine.workspace import Workspace
 from orchestra_cli.errors import (
     NotFoundError,
     OrchestraError,
@@ -103,6 +106,7 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._deadlines = Deadlines(f"timeouts-{self.name}")  # one thread, not one per task
+        self.toolbox: Any = None  # the role's tools (and MCP servers), from run() to its end
         self.loop = ConsumerLoop(
             backends.broker,
             [work_queue(c) for c in role.capabilities],
@@ -167,10 +171,16 @@ class Agent:
         log.info(
             "agent %s (%s) running on %s", self.name, self.role.name, ", ".join(self.loop.queues)
         )
+        if role_acts(self.role):
+            from orchestra_cli.tools.toolbox import Toolbox  # MCP servers start with the agent
+
+            self.toolbox = Toolbox.for_role(self.role)
         self._set_status("running")
         try:
             self.loop.run(self._stop)
         finally:
+            if self.toolbox is not None:
+                self.toolbox.close()  # and stop with it
             self.record.status = "draining"
             beat_done.set()
             beater.join(timeout=5)
@@ -325,7 +335,10 @@ class Agent:
         metered = self.meter.wrap(self.llm, task, agent=self.name, defer_last=True)
         try:
             try:
-                response = self._call_llm(task, cancel, metered)
+                if self.toolbox is not None:
+                    response = self._act(task, cancel, metered)
+                else:
+                    response = self._call_llm(task, cancel, metered)
                 if timed_out.is_set():
                     raise TaskTimeout(f"timed out after {task.timeout:g}s")
             except BaseException:
@@ -380,9 +393,7 @@ class Agent:
             or "(none)"
         )
 
-    def _call_llm(
-        self, task: Task, cancel: threading.Event, metered: MeteredProvider
-    ) -> LLMResponse:
+    def _request(self, task: Task, cancel: threading.Event) -> LLMRequest:
         # the tree's goal first (the same for every step: a cached prefix), then this step
         root = task if task.is_root else self.state.get_task(task.root_id)
         step_title, step_input = (
@@ -399,7 +410,7 @@ class Agent:
             context=self._context(task),
             memory=self._memory(task),
         )
-        request = LLMRequest(
+        return LLMRequest(
             system=self.role.description,
             prompt=prompt,
             prompt_prefix=prefix,
@@ -411,11 +422,41 @@ class Agent:
             cancel=cancel,
             effort=self.role.effort,
         )
+
+    def _call_llm(
+        self, task: Task, cancel: threading.Event, metered: MeteredProvider
+    ) -> LLMResponse:
         # each call reserves its worst case against the tree's budget and is charged
         continuations = self.b.settings.llm.max_continuations
-        response = complete_text(metered, request, max_continuations=continuations)
+        response = complete_text(
+            metered, self._request(task, cancel), max_continuations=continuations
+        )
         with self._lock:  # per-agent totals, saved to the registry with the next heartbeat
             self.record.usage = self.record.usage + response.usage
+        return response
+
+    def _act(self, task: Task, cancel: threading.Event, metered: MeteredProvider) -> LLMResponse:
+        """The tool-use loop (engine/loop.py) in the task's workspace, every step durable."""
+        workspace = Workspace(self.state, self.b.settings.home, task)
+        loop = AgentLoop(
+            self.state,
+            metered,
+            self.toolbox,
+            task,
+            self._request(task, cancel),
+            workspace=workspace.prepare(),
+            max_turns=self.role.max_turns,
+            max_continuations=self.b.settings.llm.max_continuations,
+            deadline=time.monotonic() + task.timeout,
+            after_tools=workspace.save,
+        )
+        try:
+            response = loop.run()
+        finally:
+            with self._lock:
+                self.record.usage = self.record.usage + loop.spent
+        workspace.save()
+        workspace.remove()  # its files are artifacts in the state store now
         return response
 
     def _succeed(self, task: Task, response: LLMResponse, metered: MeteredProvider) -> Action:

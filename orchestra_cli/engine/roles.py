@@ -40,6 +40,11 @@ class RoleDefinition(Model, extra="forbid"):
     max_turns: int = Field(default=25, ge=1, le=500)
 
 
+def role_acts(role: RoleDefinition) -> bool:
+    """Whether agents of ``role`` run the tool-use loop (it has tools or MCP servers)."""
+    return bool(role.tools or role.mcp_servers)
+
+
 def _load_file(path: Path) -> RoleDefinition:
     from orchestra_cli.settings import read_yaml
 

@@ -228,7 +228,8 @@ def test_a_task_with_a_capability_needs_no_orchestrator_and_one_without_waits_fo
                 what="the pinned task to succeed with no orchestrator",
             )
             events = b.state.events(root_id=pinned_id)
-            assert [e.type for e in events] == ["created", "queued", "running", "succeeded"]
+            transitions = [e.type for e in events if e.type != "step"]  # the loop logs steps
+            assert transitions == ["created", "queued", "running", "succeeded"]
             assert events[1].data["planner"] == "submit" and events[1].data["live_agents"] == 1
             time.sleep(0.5)
             assert b.state.get_task(planned_id).status == Status.PENDING  # the planner's job

@@ -1,0 +1,357 @@
+"""The agent loop: model turn → tool calls → their results → the next turn, every step durable.
+
+Each step is written to the task's step log in the state store before the
+next one starts (``StateStore.record_step``), so a task redelivered after its
+agent died goes on from where it was, on any machine:
+
+- ``prompt`` (step 0): the system prompt, the cached prefix and the prompt as
+  sent. A resumed task is asked with exactly these, never re-rendered.
+- ``model``: one model turn — its content blocks as returned (thinking and
+  its signature included), stop reason, usage, duration. A recorded turn is
+  never asked again: no double spend.
+- ``tool_start`` then ``tool_result``: one tool call. A call with a recorded
+  result never runs again; one that started but recorded nothing runs again
+  only if its tool is idempotent, otherwise the model is told its outcome is
+  unknown.
+
+A step number is written once: an agent that lost its task to another (it
+was presumed dead) cannot write over the new owner's steps; it stops. The
+loop ends when the model ends its turn, and fails with a reason at the role's
+``max_turns``; the tree's budget and the task's time-out bound each call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestra_cli.errors import LLMError, LLMTruncated, TaskCancelled
+from orchestra_cli.llm.base import (
+    LLMProvider,
+    LLMRequest,
+    LLMResponse,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+    Turn,
+)
+from orchestra_cli.llm.outcomes import CONTINUE_PROMPT, check_final
+from orchestra_cli.models import Task, Usage
+from orchestra_cli.state.base import StateStore
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_OUTCOME = (
+    "The outcome of this call is unknown: the agent running it stopped before it "
+    "recorded a result, and {tool} is not safe to repeat blindly. Check its effects "
+    "before calling it again."
+)
+SHORT_INPUT_CHARS = 120
+
+
+class ToolRunner(Protocol):
+    """What the loop needs of a role's tools (``tools.toolbox.Toolbox``)."""
+
+    def specs(self) -> list[ToolSpec]: ...
+
+    def idempotent(self, name: str) -> bool: ...
+
+    def context(
+        self,
+        workspace: Path,
+        *,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> Any: ...
+
+    def run(self, call: Sequence[ToolCall], ctx: Any) -> list[Any]: ...
+
+
+@dataclass
+class Replay:
+    """The conversation rebuilt from a task's steps."""
+
+    turns: list[Turn] = field(default_factory=list)
+    model_turns: int = 0
+    pending: list[ToolCall] = field(default_factory=list)  # the last turn's calls
+    results: dict[str, ToolResult] = field(default_factory=dict)
+    started: set[str] = field(default_factory=set)
+    last: dict[str, Any] | None = None  # the last model step
+    answer: list[str] = field(default_factory=list)  # the final answer's pieces so far
+
+
+def _calls(blocks: list[dict[str, Any]]) -> list[ToolCall]:
+    return [
+        ToolCall(id=b["id"], name=b["name"], input=b.get("input"))
+        for b in blocks
+        if b.get("type") == "tool_use"
+    ]
+
+
+def replay(steps: list[dict[str, Any]]) -> Replay:
+    """The turns the steps after the prompt make, and what the last turn still waits for."""
+    r = Replay()
+    for step in steps[1:]:
+        kind = step.get("kind")
+        if kind == "model":
+            _close_pending(r)
+            blocks = list(step.get("blocks") or [])
+            r.turns.append(Turn(role="assistant", text=step.get("text", ""), blocks=tuple(blocks)))
+            r.model_turns += 1
+            r.last = step
+            r.pending = _calls(blocks)
+            if r.pending:
+                r.answer = []
+            else:
+                r.answer.append(step.get("text", ""))
+            if step.get("stop_reason") == "max_tokens" and not r.pending:
+                r.turns.append(Turn(role="user", text=CONTINUE_PROMPT))
+        elif kind == "tool_start":
+            r.started.add(step["call_id"])
+        elif kind == "tool_result":
+            r.results[step["call_id"]] = ToolResult(
+                step["call_id"], step.get("content", ""), bool(step.get("is_error"))
+            )
+    if r.pending and all(c.id in r.results for c in r.pending):
+        _close_pending(r)
+    return r
+
+
+def _close_pending(r: Replay) -> None:
+    """The user turn carrying the results of the last turn's calls."""
+    if r.pending:
+        results = tuple(r.results[c.id] for c in r.pending if c.id in r.results)
+        r.turns.append(Turn(role="user", tool_results=results))
+        r.pending = []
+
+
+def short(value: Any) -> str:
+    """A tool input in one line, for events and the live view."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= SHORT_INPUT_CHARS else text[: SHORT_INPUT_CHARS - 1] + "…"
+
+
+class AgentLoop:
+    """Runs one task's loop for an agent; ``run`` returns the final answer."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        llm: LLMProvider,
+        tools: ToolRunner,
+        task: Task,
+        base: LLMRequest,
+        *,
+        workspace: Path,
+        max_turns: int,
+        max_continuations: int,
+        deadline: float | None = None,
+        after_tools: Callable[[], object] | None = None,
+    ) -> None:
+        self.state = state
+        self.llm = llm
+        self.tools = tools
+        self.task = task
+        self.base = base
+        self.workspace = workspace
+        self.max_turns = max_turns
+        self.max_continuations = max_continuations
+        self.deadline = deadline
+        self.after_tools = after_tools  # e.g. save the workspace's files as artifacts
+        self.spent = Usage()  # the calls this run made (a resumed task's earlier ones excluded)
+        self._n = 0
+        self._lock = threading.Lock()
+
+    # -- the step log ------------------------------------------------------------
+    def _record(self, data: dict[str, Any], event: dict[str, Any]) -> None:
+        with self._lock:
+            n = self._n
+            if not self.state.record_step(self.task.id, self.task.root_id, n, data, event):
+                raise TaskCancelled(
+                    f"step {n} of task {self.task.id} was written by another agent; "
+                    "it has taken the task over"
+                )
+            self._n = n + 1
+
+    def _steps(self) -> list[dict[str, Any]]:
+        steps = self.state.steps(self.task.id)
+        self._n = len(steps)
+        if steps:
+            return steps
+        prompt = {
+            "kind": "prompt",
+            "system": self.base.system,
+            "prefix": self.base.prompt_prefix,
+            "prompt": self.base.prompt,
+            "model": self.base.model,
+            "tools": [t.name for t in self.tools.specs()],
+        }
+        self._record(prompt, {"kind": "prompt", "tools": prompt["tools"]})
+        return [prompt]
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> LLMResponse:
+        steps = self._steps()
+        first = steps[0]
+        request = replace(
+            self.base,
+            system=first.get("system", self.base.system),
+            prompt_prefix=first.get("prefix", self.base.prompt_prefix),
+            prompt=first.get("prompt", self.base.prompt),
+            tools=self.tools.specs(),
+        )
+        r = replay(steps)
+        if r.model_turns:
+            log.info(
+                "task %s: resuming after %d step(s), %d model turn(s)",
+                self.task.id,
+                len(steps),
+                r.model_turns,
+            )
+        continuations = 0
+        while True:
+            self._check_cancel()
+            if r.pending:
+                self._resolve(r)
+                continue
+            if r.last is not None and self._finished(r.last):
+                return self._answer(r)
+            if r.model_turns >= self.max_turns:
+                error = LLMError(
+                    f"the agent reached its max_turns ({self.max_turns}) without finishing",
+                    "raise max_turns in the role file, or split the task",
+                )
+                error.retryable = False
+                raise error
+            response = self.llm.complete(replace(request, followups=list(r.turns)))
+            check_final(response, request.model)
+            continuations = continuations + 1 if response.stop_reason == "max_tokens" else 0
+            if continuations > self.max_continuations:
+                raise LLMTruncated(
+                    f"output truncated at max_tokens ({request.max_tokens}) after "
+                    f"{self.max_continuations} continuation(s)",
+                    "raise max_tokens in the role file (or llm.max_tokens)",
+                )
+            self._model_step(response, turn=r.model_turns + 1)
+            self.spent = self.spent + response.usage
+            r = self._advance(r, response)
+
+    def _finished(self, step: dict[str, Any]) -> bool:
+        return step.get("stop_reason") not in (
+            "max_tokens",
+            "pause_turn",
+            "tool_use",
+        ) and not _calls(list(step.get("blocks") or []))
+
+    def _advance(self, r: Replay, response: LLMResponse) -> Replay:
+        """The replay after a new model turn (without reading the steps back)."""
+        step = {
+            "kind": "model",
+            "blocks": response.blocks,
+            "text": response.text,
+            "stop_reason": response.stop_reason,
+            "model": response.model,
+        }
+        _close_pending(r)
+        r.turns.append(response.as_turn())
+        r.model_turns += 1
+        r.last = step
+        r.pending = list(response.tool_calls)
+        if r.pending:
+            r.answer = []
+        else:
+            r.answer.append(response.text)
+        if response.stop_reason == "max_tokens" and not r.pending:
+            r.turns.append(Turn(role="user", text=CONTINUE_PROMPT))
+        return r
+
+    def _model_step(self, response: LLMResponse, *, turn: int) -> None:
+        calls = [{"name": c.name, "input": short(c.input)} for c in response.tool_calls]
+        self._record(
+            {
+                "kind": "model",
+                "blocks": response.blocks,
+                "text": response.text,
+                "thinking": response.thinking,
+                "stop_reason": response.stop_reason,
+                "model": response.model,
+                "usage": response.usage.model_dump(),
+            },
+            {
+                "kind": "model",
+                "turn": turn,
+                "max_turns": self.max_turns,
+                "stop_reason": response.stop_reason,
+                "tool_calls": calls,
+                "tokens": response.usage.total_tokens,
+            },
+        )
+
+    def _resolve(self, r: Replay) -> None:
+        """Run (or account for) every call of the last turn that has no result yet."""
+        todo: list[ToolCall] = []
+        for call in r.pending:
+            if call.id in r.results:
+                continue
+            if call.id in r.started and not self.tools.idempotent(call.name):
+                content = UNKNOWN_OUTCOME.format(tool=call.name)
+                self._result(call, content, True, 0.0)
+                r.results[call.id] = ToolResult(call.id, content, True)
+                continue
+            if call.id not in r.started:
+                self._record(
+                    {
+                        "kind": "tool_start",
+                        "call_id": call.id,
+                        "name": call.name,
+                        "input": call.input,
+                    },
+                    {"kind": "tool_start", "tool": call.name, "input": short(call.input)},
+                )
+            todo.append(call)
+        if todo:
+            ctx = self.tools.context(
+                self.workspace, cancel=self.base.cancel, deadline=self.deadline
+            )
+            started = time.monotonic()
+            outputs = self.tools.run(todo, ctx)
+            took = time.monotonic() - started
+            if self.after_tools is not None:  # the files first: a result never outruns them
+                self.after_tools()
+            for call, out in zip(todo, outputs, strict=True):
+                self._result(call, out.content, out.is_error, took)
+                r.results[call.id] = ToolResult(call.id, out.content, out.is_error)
+        _close_pending(r)
+
+    def _result(self, call: ToolCall, content: str, is_error: bool, took: float) -> None:
+        self._record(
+            {
+                "kind": "tool_result",
+                "call_id": call.id,
+                "name": call.name,
+                "content": content,
+                "is_error": is_error,
+                "duration_s": round(took, 4),
+            },
+            {"kind": "tool_result", "tool": call.name, "is_error": is_error},
+        )
+
+    def _answer(self, r: Replay) -> LLMResponse:
+        last = r.last or {}
+        return LLMResponse(
+            text="".join(r.answer),
+            model=str(last.get("model") or self.base.model),
+            provider=self.llm.name,
+            usage=self.spent,
+            stop_reason=str(last.get("stop_reason") or "end_turn"),
+        )
+
+    def _check_cancel(self) -> None:
+        cancel = self.base.cancel
+        if cancel is not None and cancel.is_set():
+            raise TaskCancelled("cancelled between steps")
