@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from orchestra_cli.ids import SHORT_LENGTH, short_id
 from orchestra_cli.util import human_duration, iso, now
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ TASK_COLUMNS = ("ID", "STATUS", "CAPABILITY", "AGENT", "TRIES", "AGE", "TITLE")
 
 def _task_row(t: Task) -> tuple[str, ...]:
     return (
-        t.id,
+        short_id(t.id),
         t.status.value,
         t.capability or "-",
         t.agent or "-",
@@ -63,7 +64,7 @@ def _task_row(t: Task) -> tuple[str, ...]:
     )
 
 
-MIN_WIDTHS = {"ID": 36, "STATUS": 9}
+MIN_WIDTHS = {"ID": SHORT_LENGTH, "STATUS": 9}
 
 
 MIN_TITLE = 16
@@ -155,7 +156,7 @@ def _label_parts(task: Task) -> list[tuple[str, str]]:
     parts = [
         (f"{STATUS_ICON[status]} {status}", STATUS_STYLE[status]),
         (task.title, "bold"),
-        (task.id, "dim"),
+        (short_id(task.id), "dim"),
     ]
     if task.capability:
         parts.append((f"cap={task.capability}", ""))

@@ -4,7 +4,8 @@ Layout (``P`` is ``redis.key_prefix``, so deployments and test runs can share
 one server):
 
 - ``P:t:<id>`` a hash per task, every field JSON-encoded;
-- ``P:ids`` (lexical, for id prefixes), ``P:by:created``, ``P:by:status:<s>``,
+- ``P:ids`` (lexical, for id prefixes), ``P:tails`` (lexical, ``<short id>:<id>``),
+  ``P:by:created``, ``P:by:status:<s>``,
   ``P:by:agent:<a>``, ``P:by:roots``, ``P:tree:<root>``, ``P:children:<parent>``:
   sorted sets scored by creation time, so listing stays fast at 100k tasks;
 - ``P:events`` and ``P:events:<root>``: streams whose entry id is ``<seq>-0``,
@@ -29,12 +30,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from orchestra_cli import ids
 from orchestra_cli.errors import (
     NotFoundError,
     StateError,
     StateUnavailable,
     TransitionRejected,
-    UsageError,
 )
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.settings import RedisSettings, mask_url
@@ -52,13 +53,11 @@ T = TypeVar("T")
 MAX_REDIS_ATTEMPTS = 8
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 2.0
-MIN_PREFIX_LENGTH = 4
-ID_LENGTH = 36
 LIST_PAGE = 200
 # A waiter's count outlives its BLPOPs (each renews it), not a waiter that went away.
 WAIT_TTL_SECONDS = 300
 
-_NOT_FOUND_HINT = "`orchestra task list` shows known ids"
+_NOT_FOUND_HINT = ids.NOT_FOUND_HINT
 
 
 def _encode_fields(values: dict[str, Any]) -> list[str]:
@@ -372,24 +371,37 @@ class RedisStateStore:
         return self._transition_result(parent_id, Status.WAITING, None, [Status.PENDING], reply)
 
     def get_task(self, task_id: str) -> Task:
-        """The task with this id (or unique id prefix of at least 4 characters)."""
+        """The task with this id, or the one a prefix or short id names (``ids.resolve``)."""
         found = self._call("get task", lambda: self._reads.hgetall(self.key("t", task_id)))
         if found:
             return _task_from_hash(found)
-        if MIN_PREFIX_LENGTH <= len(task_id) < ID_LENGTH:
-            ids = self._call(
+        whole = ids.resolve(task_id, self._ids_by_prefix, self._ids_by_tail, self._titles)
+        found = self._call("get task", lambda: self._reads.hgetall(self.key("t", whole)))
+        if not found:
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        return _task_from_hash(found)
+
+    def _ids_by_prefix(self, prefix: str, limit: int) -> list[str]:
+        return list(
+            self._call(
                 "find task",
                 lambda: self._reads.zrangebylex(
-                    self.key("ids"), f"[{task_id}", f"({task_id}\xff", start=0, num=2
+                    self.key("ids"), f"[{prefix}", f"({prefix}\xff", start=0, num=limit
                 ),
             )
-            if len(ids) > 1:
-                raise UsageError(
-                    f"task id prefix {task_id} is ambiguous", "give more characters of the id"
-                )
-            if ids:
-                return self.get_task(ids[0])
-        raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        )
+
+    def _ids_by_tail(self, tail: str, limit: int) -> list[str]:
+        members = self._call(  # "<short id>:<id>", written by the create script
+            "find task",
+            lambda: self._reads.zrangebylex(
+                self.key("tails"), f"[{tail}", f"({tail}\xff", start=0, num=limit
+            ),
+        )
+        return [m.partition(":")[2] for m in members]
+
+    def _titles(self, task_ids: list[str]) -> dict[str, str]:
+        return {i: t.title for i, t in self.get_tasks(task_ids).items()}
 
     def _index_pages(self, key: str, low: float | str) -> Iterator[tuple[float, str]]:
         """(score, id) of one index, newest first (ties: higher id first), paged."""

@@ -226,7 +226,7 @@ def get(
         app.print_json(data)
         return
     summary = (
-        f"tokens: {usage_text(total)}   labels: "
+        f"id: {task.id}   tokens: {usage_text(total)}   labels: "
         f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}"
     )
     if not sys.stdout.isatty():  # into a pipe or file: plain text, without rich
