@@ -433,6 +433,8 @@ class RedisStateStore:
         since: float | None = None,
         limit: int = 50,
         roots_only: bool = False,
+        capability: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Task]:
         """Newest first; walks the most selective index and filters the rest."""
         statuses = [str(s) for s in status or []]
@@ -451,6 +453,8 @@ class RedisStateStore:
                 and (not agent or t.agent == agent)
                 and (since is None or t.created_at >= since)
                 and (not roots_only or t.parent_id is None)
+                and (not capability or t.capability == capability)
+                and all(t.labels.get(k) == v for k, v in (labels or {}).items())
             )
 
         out: list[Task] = []

@@ -169,6 +169,8 @@ class SQLiteStateStore:
         since: float | None = None,
         limit: int = 50,
         roots_only: bool = False,
+        capability: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Task]:
         where, params = [], []  # type: list[str], list[Any]
         statuses = list(status or [])
@@ -183,6 +185,12 @@ class SQLiteStateStore:
             params.append(since)
         if roots_only:
             where.append("parent_id IS NULL")
+        if capability:
+            where.append("json_extract(data, '$.capability') = ?")
+            params.append(capability)
+        for key, value in (labels or {}).items():
+            where.append("json_extract(data, '$.labels.' || ?) = ?")  # the key quoted for a path
+            params.extend([dumps(key), value])
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = (
             self.db.conn()

@@ -248,6 +248,17 @@ def test_list_filters_by_status_agent_roots_and_limit(contract_backends: Backend
     assert state.list_tasks(since=state.get_task(ids[4]).created_at + 10) == []
 
 
+def test_list_filters_by_capability_and_every_label(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    a, _ = state.create_task(_task(capability="code", labels={"team": "core", "env": "ci"}))
+    state.create_task(_task(capability="review", labels={"team": "core"}))
+    c, _ = state.create_task(_task(capability="code", labels={"team": "web", "a.b": "x"}))
+    assert [t.id for t in state.list_tasks(capability="code")] == [c.id, a.id]
+    assert [t.id for t in state.list_tasks(capability="code", labels={"team": "core"})] == [a.id]
+    assert [t.id for t in state.list_tasks(labels={"a.b": "x"})] == [c.id]  # a key with a dot
+    assert state.list_tasks(labels={"team": "core", "env": "prod"}) == []
+
+
 def test_events_are_read_after_a_sequence_number(contract_backends: Backends) -> None:
     state = contract_backends.state
     task, _ = state.create_task(_task())

@@ -287,13 +287,17 @@ def test_a_running_orchestrator_is_in_the_registry_and_stops_when_asked(
     assert d.cli("health", "--check", "orchestrator", expect=0).code == 0  # idle: a warning
 
 
-def test_submit_wait_prints_the_outcome_and_exits_with_it(deployment: Deployment) -> None:
+def test_submit_wait_prints_the_result_and_exits_with_the_outcome(deployment: Deployment) -> None:
     d = deployment
     d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "200"
     d.start("agent", "start", "coder")
     done = d.cli("--json", "task", "submit", "--wait", "-c", "code", "embedded and waited")
     task = json.loads(done.out)["task"]  # one document: the outcome
     assert task["status"] == "succeeded" and task["result"]
+    plain = d.cli("task", "submit", "--wait", "-c", "code", "print the result")
+    assert plain.out.startswith("[offline] coder execute result")  # the result, not the id
+    assert "waiting for its outcome" in plain.err and "follow it with" not in plain.err
+    assert "warning" not in plain.err  # the coder agent serves code
     failed = d.cli(
         "task",
         "submit",
