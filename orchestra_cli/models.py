@@ -91,6 +91,15 @@ class Event(Model, extra="ignore"):
     time: float
     data: dict[str, Any] = Field(default_factory=dict)
 
+    def detail(self) -> str:
+        """``queued -> running agent=coder-1 attempt=1``: what the event says, one line."""
+        d = self.data
+        parts = [f"{d['from']} -> {d['to']}"] if "from" in d and "to" in d else []
+        for key in ("agent", "attempt", "capability", "reason", "error", "why", "retry_in"):
+            if d.get(key) not in (None, "", 0):
+                parts.append(f"{key}={d[key]}")
+        return " ".join(map(str, parts))
+
 
 class AgentRecord(Model, extra="ignore"):
     """An agent in the live registry."""

@@ -225,16 +225,9 @@ def task_tree_text(tasks: list[Task]) -> str:
 
 def event_line(event: Event, titles: dict[str, str] | None = None) -> str:
     """One plain line per event, for logs and non-TTY output."""
-    d = event.data
-    detail = []
-    if "from" in d and "to" in d:
-        detail.append(f"{d['from']} -> {d['to']}")
-    for key in ("agent", "attempt", "capability", "reason", "error", "why", "retry_in"):
-        if d.get(key) not in (None, "", 0):
-            detail.append(f"{key}={d[key]}")
     title = (titles or {}).get(event.task_id)
     where = f"{event.task_id}" + (f" ({title})" if title else "")
-    return f"{iso(event.time)} {event.type:<10} {where} {' '.join(map(str, detail))}".rstrip()
+    return f"{iso(event.time)} {event.type:<10} {where} {event.detail()}".rstrip()
 
 
 def agent_state(agent: AgentRecord, ttl: float) -> str:

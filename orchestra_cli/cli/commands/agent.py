@@ -26,10 +26,13 @@ def start(
     """Run one agent worker in the foreground until stopped (Ctrl-C drains)."""
     import threading
 
+    from orchestra_cli.engine.agent import default_agent_name
     from orchestra_cli.engine.runtime import Runtime, install_stop_signals, run_until_stopped
+    from orchestra_cli.proclogs import agent_log_component
 
     app: AppContext = ctx.obj
-    app.setup_logging(f"agent-{role}", foreground=True)
+    name = name or default_agent_name(role)
+    app.setup_logging(agent_log_component(name), foreground=True)  # `orchestra logs NAME`
     runtime = Runtime(app.backends(), app.roles)
     agent = runtime.add_agent(role, name=name, concurrency=concurrency)
     stop = threading.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -237,8 +238,13 @@ def _ps_table(statuses: list[ServiceStatus]) -> Any:
 
 def logs(
     ctx: typer.Context,
-    service: Annotated[
-        str | None, typer.Argument(help=f"One of {', '.join(SERVICE_NAMES)} (default: all).")
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help=f"A service ({', '.join(SERVICE_NAMES)}; default: all of them), or an "
+            "orchestra process: orchestrator, an agent's name, api, cli.",
+            metavar="[SERVICE|PROCESS]",
+        ),
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
@@ -246,20 +252,72 @@ def logs(
     tail: Annotated[
         int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines.")
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            "-t",
+            metavar="ID",
+            help="Every process's lines about this task (and its subtasks) and its state "
+            "changes, merged by time.",
+        ),
+    ] = None,
     runtime: RuntimeOption = None,
 ) -> int:
-    """Print (or follow) the service logs."""
+    """Print (or follow) the logs of a service or an orchestra process."""
     import sys
 
     from orchestra_cli.errors import UsageError
 
-    if service is not None and service not in SERVICE_NAMES:
-        raise UsageError(f"unknown service {service!r}", f"choose from {', '.join(SERVICE_NAMES)}")
     app: AppContext = ctx.obj
+    if task is not None:
+        if name is not None or follow:
+            raise UsageError("--task reads every log at once", "drop the name and -f")
+        return _print_lines(app, _task_lines(app, task, tail))
+    if name is not None and name not in SERVICE_NAMES:
+        return _print_lines(app, _process_lines(app, name, follow=follow, tail=tail), follow)
     rt = _runtime(app, runtime, for_up=False)
     try:
-        for line in rt.log_lines(service, follow=follow, tail=tail):
+        for line in rt.log_lines(name, follow=follow, tail=tail):
             sys.stdout.write(line + "\n")
+            if follow:
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how one stops following
+    return 0
+
+
+def _process_lines(
+    app: AppContext, name: str, *, follow: bool, tail: int | None
+) -> Iterator[dict[str, Any]]:
+    from orchestra_cli import proclogs
+    from orchestra_cli.services.logtail import follow_files, tail_lines
+
+    path = proclogs.log_path(app.settings.logs_dir, name)
+    process = name.removeprefix(proclogs.AGENT_PREFIX)
+    following = follow_files({process: path}) if follow else None  # from the end as of now
+    yield from proclogs.records(path, process, tail_lines(path, tail))
+    for _, line in following or ():
+        yield from proclogs.records(path, process, [line])
+
+
+def _task_lines(app: AppContext, task_id: str, tail: int | None) -> list[dict[str, Any]]:
+    from orchestra_cli import proclogs
+
+    found = proclogs.task_timeline(app.backends().state, app.settings.logs_dir, task_id)
+    return found if tail is None else found[-tail:] if tail else []
+
+
+def _print_lines(app: AppContext, lines: Iterable[dict[str, Any]], follow: bool = False) -> int:
+    """Records as JSON lines with --json, else as readable text."""
+    import sys
+
+    from orchestra_cli.proclogs import format_record
+    from orchestra_cli.util import dumps
+
+    try:
+        for record in lines:
+            sys.stdout.write((dumps(record) if app.json else format_record(record)) + "\n")
             if follow:
                 sys.stdout.flush()
     except KeyboardInterrupt:
