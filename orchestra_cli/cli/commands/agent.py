@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
+
+AgentName = Annotated[
+    str,
+    typer.Argument(
+        help="Agent name from `orchestra agent list`.", autocompletion=complete.agent_names
+    ),
+]
 
 agent_app = typer.Typer(help="Run agents and inspect the agent registry.", no_args_is_help=True)
 
@@ -15,7 +23,12 @@ agent_app = typer.Typer(help="Run agents and inspect the agent registry.", no_ar
 @agent_app.command("start")
 def start(
     ctx: typer.Context,
-    role: Annotated[str, typer.Argument(help="Role from templates/agents (e.g. coder).")],
+    role: Annotated[
+        str,
+        typer.Argument(
+            help="Role from templates/agents (e.g. coder).", autocompletion=complete.roles
+        ),
+    ],
     name: Annotated[
         str | None, typer.Option(help="Registry name (default: role-host-pid).")
     ] = None,
@@ -75,7 +88,7 @@ def list_agents(
 @agent_app.command("status")
 def status(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Agent name from `orchestra agent list`.")],
+    name: AgentName,
 ) -> int:
     """One agent's registry record; exit 1 when it is dead or stopped."""
     from orchestra_cli.cli.render import agent_json
@@ -116,7 +129,7 @@ def status(
 @agent_app.command("stop")
 def stop(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Agent name from `orchestra agent list`.")],
+    name: AgentName,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until it has drained.")] = False,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 60.0,
 ) -> int:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 DEMO_TASK = (
@@ -17,7 +18,11 @@ DEMO_TASK = (
 def run(
     ctx: typer.Context,
     agents: Annotated[
-        str | None, typer.Option(help="Also run these built-in agents here: ROLE,ROLE… or 'all'.")
+        str | None,
+        typer.Option(
+            help="Also run these built-in agents here: ROLE,ROLE… or 'all'.",
+            autocompletion=complete.comma_list(complete.roles),
+        ),
     ] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-n", min=1, help="Orchestrator handler threads.")

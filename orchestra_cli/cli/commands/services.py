@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 if TYPE_CHECKING:
@@ -244,6 +245,7 @@ def logs(
             help=f"A service ({', '.join(SERVICE_NAMES)}; default: all of them), or an "
             "orchestra process: orchestrator, an agent's name, api, cli.",
             metavar="[SERVICE|PROCESS]",
+            autocompletion=complete.log_names,
         ),
     ] = None,
     follow: Annotated[
@@ -258,6 +260,7 @@ def logs(
             "--task",
             "-t",
             metavar="ID",
+            autocompletion=complete.task_ids,
             help="Every process's lines about this task (and its subtasks) and its state "
             "changes, merged by time.",
         ),

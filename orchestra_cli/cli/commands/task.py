@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 if TYPE_CHECKING:
@@ -26,7 +27,14 @@ def _task_id(value: str) -> str:
 
 
 MIN_PREFIX = 4
-TaskId = Annotated[str, typer.Argument(help="Task id (or a unique prefix).", callback=_task_id)]
+TaskId = Annotated[
+    str,
+    typer.Argument(
+        help="Task id, its short id (the last 8 characters) or a unique prefix.",
+        callback=_task_id,
+        autocompletion=complete.task_ids,
+    ),
+]
 
 task_app = typer.Typer(help="Submit, watch, inspect and control tasks.", no_args_is_help=True)
 
@@ -98,7 +106,12 @@ def submit(
     title: Annotated[str | None, typer.Option(help="Short title (default: first line).")] = None,
     capability: Annotated[
         str | None,
-        typer.Option("--capability", "-c", help="Route to this capability; skips planning."),
+        typer.Option(
+            "--capability",
+            "-c",
+            help="Route to this capability; skips planning.",
+            autocompletion=complete.capabilities,
+        ),
     ] = None,
     priority: Annotated[int | None, typer.Option("--priority", "-p", help="0 (low) to 9.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
@@ -272,9 +285,13 @@ def list_tasks(
             "-s",
             metavar="STATUS",
             help="Filter by status (repeatable or comma-separated).",
+            autocompletion=complete.comma_list(complete.statuses),
         ),
     ] = None,
-    agent: Annotated[str | None, typer.Option(help="Filter by agent name.")] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(help="Filter by agent name.", autocompletion=complete.agent_names),
+    ] = None,
     since: Annotated[
         str | None, typer.Option(help="Created since: 30m, 2h, 7d or ISO time.")
     ] = None,
@@ -283,7 +300,10 @@ def list_tasks(
     ] = 50,
     roots: Annotated[bool, typer.Option("--roots", help="Only top-level tasks.")] = False,
     capability: Annotated[
-        str | None, typer.Option("--capability", "-c", help="Filter by capability.")
+        str | None,
+        typer.Option(
+            "--capability", "-c", help="Filter by capability.", autocompletion=complete.capabilities
+        ),
     ] = None,
     label: Annotated[
         list[str] | None,
