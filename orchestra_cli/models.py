@@ -119,6 +119,7 @@ class AgentRecord(Model, extra="ignore"):
     heartbeat_at: float = Field(default_factory=now)
     stop_requested: bool = False
     current: list[str] = Field(default_factory=list)
+    applied: dict[str, str] = Field(default_factory=dict)  # setting -> "value (source)"
     usage: Usage = Field(default_factory=Usage)  # every model call this agent made
 
     def is_alive(self, ttl: float, at: float | None = None) -> bool:

@@ -46,13 +46,13 @@ def start(
     app: AppContext = ctx.obj
     name = name or default_agent_name(role)
     app.setup_logging(agent_log_component(name), foreground=True)  # `orchestra logs NAME`
-    runtime = Runtime(app.backends(), app.roles)
+    runtime = Runtime(app.backends(), app.roles, sources=app.loaded.sources)
     agent = runtime.add_agent(role, name=name, concurrency=concurrency)
     stop = threading.Event()
     received = install_stop_signals(stop, app.info)
     app.info(
         f"agent {agent.name} ({role}: {', '.join(agent.role.capabilities)}) consuming; "
-        f"{agent.concurrency} at a time; Ctrl-C to stop"
+        f"{agent.record.applied['concurrency']} at a time; Ctrl-C to stop"
     )
     run_until_stopped(runtime, stop)
     app.info(f"agent {agent.name} stopped")
@@ -116,13 +116,15 @@ def status(
             "heartbeat_at",
             "heartbeat_age_s",
         ):
-            value = data[key]
+            value = agent.applied.get(key, data[key])  # with why, when the agent said
             if isinstance(value, list):
                 value = ", ".join(map(str, value)) or "-"
             print(f"{key:<16} {value}")
         from orchestra_cli.cli.render import usage_text
 
         print(f"{'usage':<16} {usage_text(agent.usage)}")
+        if "task_timeout" in agent.applied:
+            print(f"{'task_timeout':<16} {agent.applied['task_timeout']}")
     return 0 if data["state"] in ("running", "starting", "draining", "stopping") else 1
 
 

@@ -56,12 +56,14 @@ def show(
 ) -> None:
     """Print the effective settings (secrets masked)."""
     from orchestra_cli.backends import open_secrets
+    from orchestra_cli.engine.applied import for_roles
     from orchestra_cli.secrets.base import KNOWN_SECRETS
     from orchestra_cli.settings import settings_rows
 
     app: AppContext = ctx.obj
     loaded = app.loaded
     rows = settings_rows(loaded)
+    agents = for_roles(app.roles, loaded.settings, loaded.sources)
     chain = open_secrets(loaded.settings)
     secrets = {}
     for name in KNOWN_SECRETS:
@@ -73,6 +75,13 @@ def show(
                 "config_file": str(loaded.config_file) if loaded.config_file else None,
                 "settings": {k: ({"value": v, "source": s} if sources else v) for k, v, s in rows},
                 "secrets": secrets,
+                "agents": {  # what an agent of each role runs with (engine/applied.py)
+                    role: {
+                        k: {"value": a.value, "source": a.source, "note": a.note}
+                        for k, a in v.items()
+                    }
+                    for role, v in agents.items()
+                },
             }
         )
         return
@@ -86,6 +95,11 @@ def show(
     for key, value, source in rows:
         cells = [key, "-" if value is None else str(value)]
         table.add_row(*([*cells, source] if sources else cells))
+    for role, values in agents.items():  # as applied, whatever the settings above say
+        for what, a in values.items():
+            cells = [f"agent {role} {what.replace('_', ' ')}", f"{a.value:g}"]
+            source = a.source + (f"; {a.note}" if a.note else "")
+            table.add_row(*([*cells, source] if sources else cells))
     for name, info in secrets.items():
         cells = [f"secret {name}", "*** (set)" if info["set"] else "(not set)"]
         table.add_row(*([*cells, info["source"] or "-"] if sources else cells))

@@ -35,7 +35,7 @@ def run(
 
     app: AppContext = ctx.obj
     app.setup_logging("orchestrator", foreground=True)
-    runtime = Runtime(app.backends(), app.roles)
+    runtime = Runtime(app.backends(), app.roles, sources=app.loaded.sources)
     runtime.add_orchestrator(concurrency)
     roles = _parse_roles(agents, app)
     for role in roles:
