@@ -118,18 +118,33 @@ def up(
         Path | None,
         typer.Option("--env-file", help="Also write the variables to export to this file (0600)."),
     ] = None,
+    services: Annotated[
+        str | None,
+        typer.Option(
+            "--services",
+            "-s",
+            metavar="NAME,…",
+            help=f"Only these: {','.join(SERVICE_NAMES)} (default: all; Vault is optional).",
+            autocompletion=complete.comma_list(complete.services),
+        ),
+    ] = None,
 ) -> None:
     """Start Redis, RabbitMQ and Vault (idempotent) and print the variables to export.
 
     stdout is `export KEY=value` lines, so `eval "$(orchestra up --wait -q)"` works.
     Exit 3 when a service cannot be started or does not become healthy.
     """
+    from orchestra_cli.services.definitions import select_services, write_selected
+
     app: AppContext = ctx.obj
+    chosen = select_services(services)
     if env_file is not None:
         _check_writable(env_file)  # before anything starts, not after
     rt = _runtime(app, runtime, for_up=True)
     with ProgressView(app) as view:
-        report = rt.up(wait=wait, timeout=timeout or app.settings.services.timeout, progress=view)
+        wait_for = timeout or app.settings.services.timeout
+        report = rt.up(wait=wait, timeout=wait_for, progress=view, services=chosen)
+    write_selected(app.settings, chosen)
     if env_file is not None:
         from orchestra_cli.services.definitions import write_env_file
 
@@ -193,11 +208,15 @@ def down(
 
 
 def ps(ctx: typer.Context, runtime: RuntimeOption = None) -> int:
-    """Each service: state, pid, port, health, uptime. Exit 1 when any is down or unhealthy."""
+    """Each service: state, pid, port, health, uptime. Exit 1 when any is down or unhealthy
+    (of those the last `up --services` started)."""
     app: AppContext = ctx.obj
+    from orchestra_cli.services.definitions import read_selected
+
     rt = _runtime(app, runtime, for_up=False)
     statuses = rt.status()
-    healthy = all(s.running and s.healthy for s in statuses)
+    wanted = read_selected(app.settings)  # one left out of `up --services` may be down
+    healthy = all(s.running and s.healthy for s in statuses if s.running or s.name in wanted)
     if app.json:
         app.print_json(
             {"runtime": rt.name, "healthy": healthy, "services": [s.to_json() for s in statuses]}
