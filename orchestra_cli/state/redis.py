@@ -115,9 +115,15 @@ def _kind_of(exc: BaseException) -> str | None:
 class RedisStateStore:
     """StateStore on Redis; one connection pool per process, shared by threads."""
 
-    def __init__(self, url: str, settings: RedisSettings | None = None) -> None:
+    def __init__(
+        self, url: str, settings: RedisSettings | None = None, *, patient: bool = True
+    ) -> None:
+        """``patient=False`` (one-shot commands): until Redis has answered once, a
+        connection error is retried only within ``connect_timeout``, so `task list`
+        with Redis down fails in that time instead of after every backoff."""
         self.url = mask_url(url)  # for display; the client got the real one
         self.settings = settings or RedisSettings()
+        self._patient = patient
         self.prefix = self.settings.key_prefix
         self.maxlen = str(self.settings.stream_maxlen)
         # An operation token only has to outlive the retries of its own call (every
@@ -205,9 +211,10 @@ class RedisStateStore:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn``, retrying connection errors with bounded, jittered backoff."""
+        deadline = None if self._patient else time.monotonic() + self.settings.connect_timeout
         for attempt in range(1, MAX_REDIS_ATTEMPTS + 1):
             try:
-                return fn()
+                result = fn()
             except Exception as exc:
                 kind = _kind_of(exc)
                 if kind is None:
@@ -215,13 +222,13 @@ class RedisStateStore:
                 if kind == "failed":
                     raise StateError(f"Redis at {self._masked} failed {what}: {exc}") from exc
                 left = MAX_REDIS_ATTEMPTS - attempt
-                if left == 0:
+                delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)
+                if left == 0 or (deadline is not None and time.monotonic() + delay > deadline):
                     raise StateUnavailable(
                         f"cannot reach Redis at {self._masked} ({type(exc).__name__})",
                         "start it with `orchestra up` or set ORCHESTRA_STATE_URL",
                     ) from exc
-                delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
-                delay *= random.uniform(0.5, 1.0)
                 log.warning(
                     "Redis at %s: %s during %s; retrying in %.2fs (%d attempts left)",
                     self._host,
@@ -231,6 +238,9 @@ class RedisStateStore:
                     left,
                 )
                 time.sleep(delay)
+            else:
+                self._patient = True  # it answered: from now on, retry as long as ever
+                return result
         raise AssertionError("unreachable")
 
     def _run(
