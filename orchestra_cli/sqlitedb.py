@@ -55,6 +55,7 @@ CREATE INDEX IF NOT EXISTS tasks_root ON tasks(root_id);
 CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_at);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_tail ON tasks(substr(id, 29));  -- short ids (ids.py)
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL,

@@ -15,11 +15,27 @@ COMPLETE_VAR = "_ORCHESTRA_COMPLETE"
 FILES = {"bash": "orchestra.bash", "zsh": "_orchestra", "fish": "orchestra.fish"}
 
 
+# Candidates come in the order orchestra gives them (task ids newest first), not sorted.
+_KEEP_ORDER = {
+    "bash": ("complete -o default -F", "complete -o default -o nosort -F"),
+    "zsh": (
+        "compdef _orchestra_completion orchestra",
+        "zstyle ':completion:*:*:orchestra:*' sort false\ncompdef _orchestra_completion orchestra",
+    ),
+    "fish": (
+        "complete --command orchestra --no-files",
+        "complete --command orchestra --no-files --keep-order",
+    ),
+}
+
+
 def script(shell: str) -> str:
     """The completion script for ``shell`` (bash, zsh or fish)."""
     from typer._completion_shared import get_completion_script
 
-    return get_completion_script(prog_name="orchestra", complete_var=COMPLETE_VAR, shell=shell)
+    text = get_completion_script(prog_name="orchestra", complete_var=COMPLETE_VAR, shell=shell)
+    old, new = _KEEP_ORDER[shell]
+    return text.replace(old, new, 1)
 
 
 def write_all(directory: Path) -> list[Path]:

@@ -26,6 +26,7 @@ class AppContext:
         self.no_color = no_color
         self._backends: Backends | None = None
         self._logging = False
+        self._long_running = False  # run, agent start, api serve: set by setup_logging
 
     @cached_property
     def loaded(self) -> LoadedSettings:
@@ -48,7 +49,9 @@ class AppContext:
             self.setup_logging("cli")
             from orchestra_cli.backends import open_backends
 
-            self._backends = open_backends(self.settings)
+            # a one-shot command gives up on an unreachable Redis within its connect
+            # timeout; a long-running process retries as it always does
+            self._backends = open_backends(self.settings, patient=self._long_running)
         return self._backends
 
     def service(self) -> TaskService:
@@ -65,6 +68,7 @@ class AppContext:
         if self._logging:
             return
         self._logging = True
+        self._long_running = foreground
         from orchestra_cli.logs import setup_logging
 
         s = self.settings

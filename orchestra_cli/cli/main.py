@@ -58,15 +58,10 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             return ExitStatus.OK
         raise
     except typer.TyperException as exc:  # click's UsageError and friends
-        ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            print(ctx.get_help(), file=sys.stderr)
-            return ExitStatus.USAGE
-        hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `orchestra --help`"
-        message = exc.format_message()
-        _print_error(f"{message} — {hint}")
-        return exc.exit_code
-    except (typer.Abort, KeyboardInterrupt):
+        return _usage_error(exc)
+    except typer.Abort:
+        return _aborted(bool(interrupted))
+    except KeyboardInterrupt:
         return _interrupted()
     except OrchestraError as exc:
         return _report(str(exc), exc.exit_status, verbose)
@@ -86,6 +81,25 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     if interrupted and code == ExitStatus.INTERRUPTED:  # typer made Ctrl-C an exit code
         return _interrupted()
     return code
+
+
+def _usage_error(exc: Any) -> int:
+    """click's UsageError and friends: one line naming the command's --help."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        print(ctx.get_help(), file=sys.stderr)
+        return ExitStatus.USAGE
+    hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `orchestra --help`"
+    _print_error(f"{exc.format_message()} — {hint}")
+    return int(exc.exit_code)
+
+
+def _aborted(interrupted: bool) -> int:
+    """A confirmation answered no (or Ctrl-D): 1, "not confirmed"; Ctrl-C at it: 130."""
+    if interrupted:
+        return _interrupted()
+    _print_error("not confirmed — nothing was changed (pass --yes to skip the question)")
+    return ExitStatus.FAILURE
 
 
 def _interrupted() -> int:

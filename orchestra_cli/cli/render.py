@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from orchestra_cli.ids import SHORT_LENGTH, short_id
 from orchestra_cli.util import human_duration, iso, now
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ TASK_COLUMNS = ("ID", "STATUS", "CAPABILITY", "AGENT", "TRIES", "AGE", "TITLE")
 
 def _task_row(t: Task) -> tuple[str, ...]:
     return (
-        t.id,
+        short_id(t.id),
         t.status.value,
         t.capability or "-",
         t.agent or "-",
@@ -65,7 +66,7 @@ def _task_row(t: Task) -> tuple[str, ...]:
     )
 
 
-MIN_WIDTHS = {"ID": 36, "STATUS": 9}
+MIN_WIDTHS = {"ID": SHORT_LENGTH, "STATUS": 9}
 
 
 MIN_TITLE = 16
@@ -157,7 +158,7 @@ def _label_parts(task: Task) -> list[tuple[str, str]]:
     parts = [
         (f"{STATUS_ICON[status]} {status}", STATUS_STYLE[status]),
         (task.title, "bold"),
-        (task.id, "dim"),
+        (short_id(task.id), "dim"),
     ]
     if task.capability:
         parts.append((f"cap={task.capability}", ""))
@@ -226,16 +227,9 @@ def task_tree_text(tasks: list[Task]) -> str:
 
 def event_line(event: Event, titles: dict[str, str] | None = None) -> str:
     """One plain line per event, for logs and non-TTY output."""
-    d = event.data
-    detail = []
-    if "from" in d and "to" in d:
-        detail.append(f"{d['from']} -> {d['to']}")
-    for key in ("agent", "attempt", "capability", "reason", "error", "why", "retry_in"):
-        if d.get(key) not in (None, "", 0):
-            detail.append(f"{key}={d[key]}")
     title = (titles or {}).get(event.task_id)
     where = f"{event.task_id}" + (f" ({title})" if title else "")
-    return f"{iso(event.time)} {event.type:<10} {where} {' '.join(map(str, detail))}".rstrip()
+    return f"{iso(event.time)} {event.type:<10} {where} {event.detail()}".rstrip()
 
 
 def agent_state(agent: AgentRecord, ttl: float) -> str:

@@ -63,17 +63,18 @@ def watch_task(app: AppContext, task_id: str, *, timeout: float | None = None) -
 def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
     from rich.live import Live
 
-    from orchestra_cli.cli.render import task_tree
+    from orchestra_cli.cli.watchview import live_view
 
     service = app.service()
     deadline = None if timeout is None else time.monotonic() + timeout
     seq = 0
     tree = service.subtree(task.id)
-    with Live(task_tree(tree), console=app.console, refresh_per_second=8, transient=False) as live:
+    with Live(live_view(tree, {}), console=app.console, auto_refresh=False) as live:
         while True:
             tree = service.subtree(task.id)
-            live.update(task_tree(tree))
             current = tree[0]
+            stuck = {} if current.status in TERMINAL else service.blockers(tree)
+            live.update(live_view(tree, stuck), refresh=True)
             if current.status in TERMINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -124,10 +125,16 @@ def _watch_lines(app: AppContext, task: Task, timeout: float | None) -> int:
 
 
 def wait_for(
-    app: AppContext, task: Task, *, timeout: float | None = None, counted: bool = False
+    app: AppContext,
+    task: Task,
+    *,
+    timeout: float | None = None,
+    counted: bool = False,
+    result: bool = False,
 ) -> int:
-    """Block until the task ends (`task submit --wait`); print its outcome. Only the
-    end wakes it (``TaskService.wait``); ``counted``: submitted with ``wait=True``."""
+    """Block until the task ends (`task submit --wait`); print its outcome, and with
+    ``result`` its result on stdout (like Celery's ``.get()``). Only the end wakes it
+    (``TaskService.wait``); ``counted``: submitted with ``wait=True``."""
     from orchestra_cli.cli.render import task_json
 
     task = app.service().wait(task, timeout, counted=counted)
@@ -135,6 +142,10 @@ def wait_for(
         return _timed_out(task, timeout or 0)
     if app.json:
         app.print_json({"task": task_json(task)})
-    else:
-        _summary(app, task)
+        return _outcome(task)
+    if result and task.result is not None:
+        text = task.result if isinstance(task.result, str) else dumps(task.result, indent=2)
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
+    _summary(app, task)
     return _outcome(task)

@@ -15,6 +15,7 @@ import threading
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery, publish_run
+from orchestra_cli.engine import blockers
 from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator
 from orchestra_cli.engine.planner import Plan, Planner
 from orchestra_cli.engine.retry import retry_or_fail
@@ -36,7 +37,7 @@ from orchestra_cli.util import new_id, now
 
 log = logging.getLogger(__name__)
 
-ORCHESTRATOR_ROLE = "orchestrator"
+ORCHESTRATOR_ROLE = blockers.ORCHESTRATOR_ROLE
 
 
 class Orchestrator:

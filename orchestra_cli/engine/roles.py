@@ -45,12 +45,23 @@ def role_acts(role: RoleDefinition) -> bool:
     return bool(role.tools or role.mcp_servers)
 
 
+# role name -> the file it was last loaded from and the keys that file sets
+_ORIGINS: dict[str, tuple[Path, frozenset[str]]] = {}
+
+
+def role_origin(name: str) -> tuple[Path, frozenset[str]] | None:
+    """The file a loaded role came from and the keys it sets (the rest are defaults)."""
+    return _ORIGINS.get(name)
+
+
 def _load_file(path: Path) -> RoleDefinition:
     from orchestra_cli.settings import read_yaml
 
     data = read_yaml(path)  # errors name the file and line
     try:
-        return RoleDefinition.model_validate(data)
+        role = RoleDefinition.model_validate(data)
+        _ORIGINS[role.name] = (path, frozenset(data))
+        return role
     except SchemaError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "definition"

@@ -11,12 +11,13 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
 from orchestra_cli.backends import Backends, open_llm, open_secrets
+from orchestra_cli.engine import applied
 from orchestra_cli.engine.agent import Agent
 from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator, LLMAggregator
 from orchestra_cli.engine.orchestrator import Orchestrator
@@ -41,6 +42,7 @@ class Runtime:
     backends: Backends
     roles: dict[str, RoleDefinition]
     components: list[Component] = field(default_factory=list)
+    sources: Mapping[str, str] = field(default_factory=dict)  # where each setting came from
 
     def __post_init__(self) -> None:
         self.backends.start_background()
@@ -104,9 +106,14 @@ class Runtime:
     ) -> Agent:
         role = get_role(self.roles, role_name)
         self.prompts.get(role.prompt)  # a missing prompt fails now, not on the first task
+        settings = self.backends.settings
+        threads = applied.concurrency(role, settings, self.sources, concurrency)
         agent = Agent(
-            self.backends, role, self.llm, self.prompts, name=name, concurrency=concurrency
+            self.backends, role, self.llm, self.prompts, name=name, concurrency=int(threads.value)
         )
+        # what it runs with and why, for `agent status`
+        timeout = applied.task_timeout(role, settings, self.sources)
+        agent.record.applied = {"concurrency": str(threads), "task_timeout": str(timeout)}
         self.components.append(agent)
         return agent
 

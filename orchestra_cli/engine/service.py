@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
+from orchestra_cli.engine.blockers import Blocker, blockers
 from orchestra_cli.engine.planner import Plan
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
@@ -73,8 +74,20 @@ def _undelivered(task_id: str, *, state_too: bool = False) -> Iterator[None]:
         raise Undelivered(task_id, exc) from exc
 
 
+_MD_LEAD = re.compile(r"^(?:#{1,6}\s+|>\s*|[-*+]\s+|\d+[.)]\s+|\[[ xX]\]\s+)+")
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MD_EMPHASIS = re.compile(r"(\*\*|__|\*|`+|~~)(?=\S)(.+?)(?<=\S)\1")
+
+
+def plain_title(line: str) -> str:
+    """A markdown line as a title: ``# Spec`` → ``Spec``, ``**Fix** [it](url)`` → ``Fix it``."""
+    text = _MD_LEAD.sub("", line.strip()).rstrip("#").strip()
+    text = _MD_LINK.sub(r"\1", text)
+    return _MD_EMPHASIS.sub(r"\2", text).strip() or line.strip()
+
+
 def _title_from(text: str) -> str:
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    first = next((plain_title(ln) for ln in text.splitlines() if ln.strip()), "")
     return first if len(first) <= TITLE_LENGTH else first[: TITLE_LENGTH - 1] + "…"
 
 
@@ -244,6 +257,11 @@ class TaskService:
                 if task.status not in TERMINAL:
                     raise
         return task
+
+    def blockers(self, tasks: list[Task]) -> dict[str, Blocker]:
+        """The tasks among ``tasks`` that cannot move now, with why and the fix."""
+        ttl = self.b.settings.agents.ttl_seconds
+        return blockers(tasks, self.directory.agents(), self.roles, ttl)
 
     def get(self, task_id: str) -> Task:
         return self.state.get_task(task_id)

@@ -75,8 +75,15 @@ class ServiceRuntime(Protocol):
 
     name: str
 
-    def up(self, *, wait: bool, timeout: float, progress: ProgressFn) -> UpReport:
-        """Start what is not running (idempotent); with ``wait``, until healthy."""
+    def up(
+        self,
+        *,
+        wait: bool,
+        timeout: float,
+        progress: ProgressFn,
+        services: tuple[str, ...] = ("redis", "rabbitmq", "vault"),
+    ) -> UpReport:
+        """Start ``services`` where not running (idempotent); with ``wait``, until healthy."""
         ...
 
     def down(self, *, volumes: bool, timeout: float, progress: ProgressFn) -> list[str]:

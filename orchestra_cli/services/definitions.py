@@ -14,6 +14,7 @@ HOST = "127.0.0.1"
 SERVICE_NAMES = ("redis", "rabbitmq", "vault")
 TOKEN_ENV = "BAO_DEV_ROOT_TOKEN_ID"  # the variable `bao server -dev` itself reads
 RUNTIME_MARKER = "runtime"
+SELECTED_MARKER = "selected"  # the services the last `up --services` asked for
 
 
 @dataclass(frozen=True)
@@ -78,26 +79,48 @@ def vault_token(settings: Settings) -> str:
     return token
 
 
-def connection_env(settings: Settings, token: str) -> dict[str, str]:
+def select_services(spec: str | None) -> tuple[str, ...]:
+    """``redis,rabbitmq`` → those services, in start order; None or empty: all three."""
+    from orchestra_cli.errors import UsageError
+
+    names = [n.strip().lower() for n in (spec or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in SERVICE_NAMES]
+    if unknown:
+        raise UsageError(
+            f"unknown service {unknown[0]!r}",
+            f"choose from {', '.join(SERVICE_NAMES)} (comma-separated)",
+        )
+    return tuple(n for n in SERVICE_NAMES if n in names) if names else SERVICE_NAMES
+
+
+def connection_env(
+    settings: Settings, token: str, services: tuple[str, ...] = SERVICE_NAMES
+) -> dict[str, str]:
     """The variables that point orchestra (and the bao CLI) at these services."""
     s = settings.services
-    return {
-        "ORCHESTRA_STATE_URL": f"redis://{HOST}:{s.redis_port}/0",
-        "ORCHESTRA_BROKER_URL": f"amqp://guest:guest@{HOST}:{s.amqp_port}/%2F",
-        "ORCHESTRA_SECRETS_URL": f"vault://{HOST}:{s.vault_port}/secret/orchestra",
-        "VAULT_TOKEN": token,
-        "BAO_ADDR": f"http://{HOST}:{s.vault_port}",
+    env = {
+        "redis": {"ORCHESTRA_STATE_URL": f"redis://{HOST}:{s.redis_port}/0"},
+        "rabbitmq": {"ORCHESTRA_BROKER_URL": f"amqp://guest:guest@{HOST}:{s.amqp_port}/%2F"},
+        "vault": {
+            "ORCHESTRA_SECRETS_URL": f"vault://{HOST}:{s.vault_port}/secret/orchestra",
+            "VAULT_TOKEN": token,
+            "BAO_ADDR": f"http://{HOST}:{s.vault_port}",
+        },
     }
+    return {k: v for name in services for k, v in env[name].items()}
 
 
-def health_probes(settings: Settings) -> dict[str, Probe]:
+def health_probes(
+    settings: Settings, services: tuple[str, ...] = SERVICE_NAMES
+) -> dict[str, Probe]:
     """One real protocol-level health check per service."""
     s = settings.services
-    return {
+    every: dict[str, Probe] = {
         "redis": lambda: probes.redis_ping(HOST, s.redis_port),
         "rabbitmq": lambda: probes.amqp_login(HOST, s.amqp_port),
         "vault": lambda: probes.vault_health(HOST, s.vault_port),
     }
+    return {name: every[name] for name in services}
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -123,3 +146,19 @@ def write_runtime_marker(settings: Settings, runtime: str) -> None:
     base = services_dir(settings)
     base.mkdir(parents=True, exist_ok=True)
     (base / RUNTIME_MARKER).write_text(runtime + "\n", encoding="utf-8")
+
+
+def write_selected(settings: Settings, services: tuple[str, ...]) -> None:
+    """Record which services ``up`` was asked for (``ps`` judges only those)."""
+    base = services_dir(settings)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / SELECTED_MARKER).write_text(",".join(services) + "\n", encoding="utf-8")
+
+
+def read_selected(settings: Settings) -> tuple[str, ...]:
+    """The services the last ``up`` started (all three when it named none)."""
+    try:
+        text = (services_dir(settings) / SELECTED_MARKER).read_text(encoding="utf-8")
+    except OSError:
+        return SERVICE_NAMES
+    return select_services(text.strip())

@@ -122,24 +122,34 @@ class DockerRuntime:
             )
         return proc.stdout
 
-    def up(self, *, wait: bool, timeout: float, progress: ProgressFn) -> UpReport:
-        """``compose up -d`` (idempotent by nature), then our health wait."""
+    def up(
+        self,
+        *,
+        wait: bool,
+        timeout: float,
+        progress: ProgressFn,
+        services: tuple[str, ...] = defs.SERVICE_NAMES,
+    ) -> UpReport:
+        """``compose up -d [SERVICE…]`` (idempotent by nature), then our health wait."""
         self._require_engine()
-        token = defs.vault_token(self.settings)
+        token = defs.vault_token(self.settings)  # compose.yaml reads it, even without vault
         before = {s.name for s in self.status() if s.running}
-        for name in defs.SERVICE_NAMES:
+        for name in services:
             progress(name, "already running" if name in before else "starting", "")
-        self._run("up", "-d", token=token)
+        self._run("up", "-d", *services, token=token)
         defs.write_runtime_marker(self.settings, self.name)
         report = UpReport(runtime=self.name)
-        report.already_running = [n for n in defs.SERVICE_NAMES if n in before]
-        report.started = [n for n in defs.SERVICE_NAMES if n not in before]
+        report.already_running = [n for n in services if n in before]
+        report.started = [n for n in services if n not in before]
         for name in report.started:
             progress(name, "started", "container up")
         if wait:
-            wait_healthy(defs.health_probes(self.settings), timeout=timeout, progress=progress)
+            probes = defs.health_probes(self.settings, services)
+            wait_healthy(probes, timeout=timeout, progress=progress)
         report.statuses = self.status()
-        report.env = defs.connection_env(self.settings, token)
+        report.env = defs.connection_env(
+            self.settings, token if "vault" in services else "", services
+        )
         return report
 
     def down(self, *, volumes: bool, timeout: float, progress: ProgressFn) -> list[str]:

@@ -85,11 +85,18 @@ class NativeRuntime:
 
     # ---- up ----------------------------------------------------------------------------
 
-    def up(self, *, wait: bool, timeout: float, progress: ProgressFn) -> UpReport:
+    def up(
+        self,
+        *,
+        wait: bool,
+        timeout: float,
+        progress: ProgressFn,
+        services: tuple[str, ...] = defs.SERVICE_NAMES,
+    ) -> UpReport:
         """Start the services that are not running; with ``wait``, until all are healthy."""
         report = UpReport(runtime=self.name)
         to_start = []
-        for name in defs.SERVICE_NAMES:
+        for name in services:
             state = self._running_state(name)
             if state:
                 self._check_same_port(name, state)
@@ -97,7 +104,7 @@ class NativeRuntime:
                 progress(name, "already running", f"pid {state['pid']}")
             else:
                 to_start.append(name)
-        token = defs.vault_token(self.settings)
+        token = defs.vault_token(self.settings) if "vault" in services else ""
         # find every binary and check every port before starting anything, so a
         # missing package or a busy port never leaves a half-started set
         launches = {name: self._launch(name, token) for name in to_start}
@@ -111,13 +118,13 @@ class NativeRuntime:
             progress(name, "started", f"pid {pid}")
         if wait:
             wait_healthy(
-                defs.health_probes(self.settings),
+                defs.health_probes(self.settings, services),
                 timeout=timeout,
                 progress=progress,
                 exited=self._exit_reason,
             )
         report.statuses = self.status()
-        report.env = defs.connection_env(self.settings, token)
+        report.env = defs.connection_env(self.settings, token, services)
         return report
 
     def _check_same_port(self, name: str, state: dict[str, Any]) -> None:

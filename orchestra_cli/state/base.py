@@ -63,8 +63,10 @@ class StateStore(Protocol):
         since: float | None = None,
         limit: int = 50,
         roots_only: bool = False,
+        capability: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Task]:
-        """Newest first."""
+        """Newest first; ``labels``: every one of these key=value labels."""
         ...
 
     def status_counts(self) -> dict[str, int]:

@@ -4,7 +4,8 @@ Layout (``P`` is ``redis.key_prefix``, so deployments and test runs can share
 one server):
 
 - ``P:t:<id>`` a hash per task, every field JSON-encoded;
-- ``P:ids`` (lexical, for id prefixes), ``P:by:created``, ``P:by:status:<s>``,
+- ``P:ids`` (lexical, for id prefixes), ``P:tails`` (lexical, ``<short id>:<id>``),
+  ``P:by:created``, ``P:by:status:<s>``,
   ``P:by:agent:<a>``, ``P:by:roots``, ``P:tree:<root>``, ``P:children:<parent>``:
   sorted sets scored by creation time, so listing stays fast at 100k tasks;
 - ``P:events`` and ``P:events:<root>``: streams whose entry id is ``<seq>-0``,
@@ -32,12 +33,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from orchestra_cli import ids
 from orchestra_cli.errors import (
     NotFoundError,
     StateError,
     StateUnavailable,
     TransitionRejected,
-    UsageError,
 )
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.settings import RedisSettings, mask_url
@@ -56,14 +57,12 @@ T = TypeVar("T")
 MAX_REDIS_ATTEMPTS = 8
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 2.0
-MIN_PREFIX_LENGTH = 4
-ID_LENGTH = 36
 LIST_PAGE = 200
 # A waiter's count outlives its BLPOPs (each renews it), not a waiter that went away.
 WAIT_TTL_SECONDS = 300
 LEDGER_KEEP_SECONDS = 30 * 86400  # a tree's spend outlives any retry of it
 
-_NOT_FOUND_HINT = "`orchestra task list` shows known ids"
+_NOT_FOUND_HINT = ids.NOT_FOUND_HINT
 
 
 def _encode_fields(values: dict[str, Any]) -> list[str]:
@@ -121,9 +120,15 @@ def _kind_of(exc: BaseException) -> str | None:
 class RedisStateStore:
     """StateStore on Redis; one connection pool per process, shared by threads."""
 
-    def __init__(self, url: str, settings: RedisSettings | None = None) -> None:
+    def __init__(
+        self, url: str, settings: RedisSettings | None = None, *, patient: bool = True
+    ) -> None:
+        """``patient=False`` (one-shot commands): until Redis has answered once, a
+        connection error is retried only within ``connect_timeout``, so `task list`
+        with Redis down fails in that time instead of after every backoff."""
         self.url = mask_url(url)  # for display; the client got the real one
         self.settings = settings or RedisSettings()
+        self._patient = patient
         self.prefix = self.settings.key_prefix
         self.maxlen = str(self.settings.stream_maxlen)
         # An operation token only has to outlive the retries of its own call (every
@@ -214,9 +219,10 @@ class RedisStateStore:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn``, retrying connection errors with bounded, jittered backoff."""
+        deadline = None if self._patient else time.monotonic() + self.settings.connect_timeout
         for attempt in range(1, MAX_REDIS_ATTEMPTS + 1):
             try:
-                return fn()
+                result = fn()
             except Exception as exc:
                 kind = _kind_of(exc)
                 if kind is None:
@@ -224,13 +230,13 @@ class RedisStateStore:
                 if kind == "failed":
                     raise StateError(f"Redis at {self._masked} failed {what}: {exc}") from exc
                 left = MAX_REDIS_ATTEMPTS - attempt
-                if left == 0:
+                delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)
+                if left == 0 or (deadline is not None and time.monotonic() + delay > deadline):
                     raise StateUnavailable(
                         f"cannot reach Redis at {self._masked} ({type(exc).__name__})",
                         "start it with `orchestra up` or set ORCHESTRA_STATE_URL",
                     ) from exc
-                delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
-                delay *= random.uniform(0.5, 1.0)
                 log.warning(
                     "Redis at %s: %s during %s; retrying in %.2fs (%d attempts left)",
                     self._host,
@@ -240,6 +246,9 @@ class RedisStateStore:
                     left,
                 )
                 time.sleep(delay)
+            else:
+                self._patient = True  # it answered: from now on, retry as long as ever
+                return result
         raise AssertionError("unreachable")
 
     def _run(
@@ -380,24 +389,37 @@ class RedisStateStore:
         return self._transition_result(parent_id, Status.WAITING, None, [Status.PENDING], reply)
 
     def get_task(self, task_id: str) -> Task:
-        """The task with this id (or unique id prefix of at least 4 characters)."""
+        """The task with this id, or the one a prefix or short id names (``ids.resolve``)."""
         found = self._call("get task", lambda: self._reads.hgetall(self.key("t", task_id)))
         if found:
             return _task_from_hash(found)
-        if MIN_PREFIX_LENGTH <= len(task_id) < ID_LENGTH:
-            ids = self._call(
+        whole = ids.resolve(task_id, self._ids_by_prefix, self._ids_by_tail, self._titles)
+        found = self._call("get task", lambda: self._reads.hgetall(self.key("t", whole)))
+        if not found:
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        return _task_from_hash(found)
+
+    def _ids_by_prefix(self, prefix: str, limit: int) -> list[str]:
+        return list(
+            self._call(
                 "find task",
                 lambda: self._reads.zrangebylex(
-                    self.key("ids"), f"[{task_id}", f"({task_id}\xff", start=0, num=2
+                    self.key("ids"), f"[{prefix}", f"({prefix}\xff", start=0, num=limit
                 ),
             )
-            if len(ids) > 1:
-                raise UsageError(
-                    f"task id prefix {task_id} is ambiguous", "give more characters of the id"
-                )
-            if ids:
-                return self.get_task(ids[0])
-        raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        )
+
+    def _ids_by_tail(self, tail: str, limit: int) -> list[str]:
+        members = self._call(  # "<short id>:<id>", written by the create script
+            "find task",
+            lambda: self._reads.zrangebylex(
+                self.key("tails"), f"[{tail}", f"({tail}\xff", start=0, num=limit
+            ),
+        )
+        return [m.partition(":")[2] for m in members]
+
+    def _titles(self, task_ids: list[str]) -> dict[str, str]:
+        return {i: t.title for i, t in self.get_tasks(task_ids).items()}
 
     def _index_pages(self, key: str, low: float | str) -> Iterator[tuple[float, str]]:
         """(score, id) of one index, newest first (ties: higher id first), paged."""
@@ -429,6 +451,8 @@ class RedisStateStore:
         since: float | None = None,
         limit: int = 50,
         roots_only: bool = False,
+        capability: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Task]:
         """Newest first; walks the most selective index and filters the rest."""
         statuses = [str(s) for s in status or []]
@@ -447,6 +471,8 @@ class RedisStateStore:
                 and (not agent or t.agent == agent)
                 and (since is None or t.created_at >= since)
                 and (not roots_only or t.parent_id is None)
+                and (not capability or t.capability == capability)
+                and all(t.labels.get(k) == v for k, v in (labels or {}).items())
             )
 
         out: list[Task] = []

@@ -98,6 +98,7 @@ local function create_one(t, time)
   if redis.call('EXISTS', key) == 1 then return false end
   redis.call('HSET', key, unpack(t.fields))
   redis.call('ZADD', k('ids'), 0, t.id)
+  redis.call('ZADD', k('tails'), 0, string.sub(t.id, 29) .. ':' .. t.id)  -- short ids
   redis.call('ZADD', k('by', 'created'), t.created, t.id)
   redis.call('ZADD', k('by', 'status', t.status), t.created, t.id)
   if t.agent ~= '' then redis.call('ZADD', k('by', 'agent', t.agent), t.created, t.id) end

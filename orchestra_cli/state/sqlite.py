@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from orchestra_cli.errors import NotFoundError, TransitionRejected, UsageError
+from orchestra_cli import ids
+from orchestra_cli.errors import NotFoundError, TransitionRejected
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.sqlitedb import SQLiteDB
 from orchestra_cli.state.base import check_changes, rejection_reason
@@ -44,7 +45,8 @@ def _task_params(task: Task) -> tuple[Any, ...]:
 # how often a waiting event read looks at data_version: from 0.5 ms, doubling to 20 ms
 EVENT_WAIT_FIRST_STEP_SECONDS = 0.0005
 EVENT_WAIT_MAX_STEP_SECONDS = 0.02
-_NOT_FOUND_HINT = "`orchestra task list` shows known ids"
+_NOT_FOUND_HINT = ids.NOT_FOUND_HINT
+_TAIL = f"substr(id, {ids.TAIL_START + 1})"  # the short id, as tasks_tail indexes it
 
 
 class SQLiteStateStore:
@@ -141,18 +143,25 @@ class SQLiteStateStore:
         row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is not None:
             return _row_to_task(row)
-        if 4 <= len(task_id) < 36:
-            rows = conn.execute(
-                "SELECT data FROM tasks WHERE id >= ? AND id < ? LIMIT 2",
-                (task_id, task_id + "\uffff"),
-            ).fetchall()
-            if len(rows) == 1:
-                return _row_to_task(rows[0])
-            if len(rows) > 1:
-                raise UsageError(
-                    f"task id prefix {task_id} is ambiguous", "give more characters of the id"
-                )
-        raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        found = ids.resolve(task_id, self._ids_by_prefix, self._ids_by_tail, self._titles)
+        return self._load(conn, found)
+
+    def _ids_by_prefix(self, prefix: str, limit: int) -> list[str]:
+        rows = self.db.conn().execute(
+            "SELECT id FROM tasks WHERE id >= ? AND id < ? LIMIT ?",
+            (prefix, prefix + "\uffff", limit),
+        )
+        return [r[0] for r in rows]
+
+    def _ids_by_tail(self, tail: str, limit: int) -> list[str]:
+        rows = self.db.conn().execute(  # the tasks_tail index
+            f"SELECT id FROM tasks WHERE {_TAIL} >= ? AND {_TAIL} < ? LIMIT ?",
+            (tail, tail + "\uffff", limit),
+        )
+        return [r[0] for r in rows]
+
+    def _titles(self, task_ids: list[str]) -> dict[str, str]:
+        return {i: t.title for i, t in self.get_tasks(task_ids).items()}
 
     def list_tasks(
         self,
@@ -162,6 +171,8 @@ class SQLiteStateStore:
         since: float | None = None,
         limit: int = 50,
         roots_only: bool = False,
+        capability: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Task]:
         where, params = [], []  # type: list[str], list[Any]
         statuses = list(status or [])
@@ -176,6 +187,12 @@ class SQLiteStateStore:
             params.append(since)
         if roots_only:
             where.append("parent_id IS NULL")
+        if capability:
+            where.append("json_extract(data, '$.capability') = ?")
+            params.append(capability)
+        for key, value in (labels or {}).items():
+            where.append("json_extract(data, '$.labels.' || ?) = ?")  # the key quoted for a path
+            params.extend([dumps(key), value])
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = (
             self.db.conn()

@@ -130,7 +130,7 @@ def test_list_filters_and_rejects_unknown_status(cli: CliRunner) -> None:
     assert json.loads(cli("task", "list", "--status", "running", "--json").out) == []
     assert len(json.loads(cli("task", "list", "-s", "pending,queued", "--json").out)) == 3
     assert "unknown status 'runing'" in cli("task", "list", "-s", "runing", expect=2).err
-    assert ids[0] in cli("task", "list").out
+    assert ids[0][-8:] in cli("task", "list").out  # the short id
     assert cli("-q", "task", "list").out.split() == ids[::-1]  # ids only, newest first
     for short in ("", "01a"):
         err = cli("task", "get", short, expect=2).err
@@ -249,8 +249,9 @@ def test_plain_list_and_tree_say_what_the_rich_ones_say() -> None:
     assert lines[1].startswith("├── ") and lines[-1].startswith("└── ")
     for width, header in [
         (200, ["ID", "STATUS", "CAPABILITY", "AGENT", "TRIES", "AGE", "TITLE"]),
-        (80, ["ID", "STATUS", "TRIES", "AGE", "TITLE"]),  # the title stays on a narrow terminal
-        (70, ["ID", "STATUS", "TITLE"]),
+        (80, ["ID", "STATUS", "CAPABILITY", "AGENT", "TRIES", "AGE", "TITLE"]),  # short ids
+        (55, ["ID", "STATUS", "TRIES", "AGE", "TITLE"]),  # the title stays on a narrow terminal
+        (40, ["ID", "STATUS", "TITLE"]),
     ]:
         buf = io.StringIO()
         Console(file=buf, width=width, no_color=True).print(tasks_table(flat, width))

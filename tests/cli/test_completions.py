@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from orchestra_cli.cli.completion import FILES, script
+from tests.conftest import CliRunner
 from tests.support import REPO
 
 
@@ -37,3 +42,56 @@ def test_bash_completion_offers_commands_and_options() -> None:
 
     assert "task" in complete("orchestra ta", 1)
     assert "--capability" in complete("orchestra task submit --cap", 3)
+
+
+def _in_bash(line: str) -> list[str]:
+    """What a real bash offers for ``line`` (the cursor at its end) with the committed
+    completions/orchestra.bash sourced, `orchestra` on PATH."""
+    words = line.split(" ")
+    script = (
+        f"source {REPO / 'completions' / 'orchestra.bash'}\n"
+        f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
+        f"COMP_CWORD={len(words) - 1}\n"
+        "_orchestra_completion orchestra\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    out = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script],
+        env={**os.environ, "PATH": path},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return [ln for ln in out.stdout.splitlines() if ln]
+
+
+def test_bash_completes_task_ids_newest_first_and_agent_names(cli: CliRunner) -> None:
+    from orchestra_cli.backends import open_backends
+    from orchestra_cli.models import AgentRecord
+    from orchestra_cli.settings import load_settings
+
+    ids = [cli("task", "submit", "-q", f"task {i}").out.strip() for i in range(5)]
+    backends = open_backends(load_settings(None).settings)
+    try:
+        backends.state.save_agent(AgentRecord(name="coder-1", role="coder", capabilities=["code"]))
+    finally:
+        backends.close()
+    offered = _in_bash("orchestra task get ")
+    assert offered[:5] == [i[-8:] for i in reversed(ids)]  # short ids, the newest first
+    assert _in_bash(f"orchestra task watch {ids[0][-8:-3]}") == [ids[0][-8:]]
+    assert _in_bash("orchestra agent status cod") == ["coder-1"]
+    assert _in_bash("orchestra logs --task ")[:3] == offered[:3]
+    assert _in_bash("orchestra agent start rev") == ["reviewer"]
+    assert "failed" in _in_bash("orchestra task list --status ")
+    assert _in_bash("orchestra task list -s queued,ru") == ["queued,running"]
+    assert "code" in _in_bash("orchestra task submit -c ")
+    assert _in_bash("orchestra logs rab") == ["rabbitmq"]
+
+
+def test_value_completion_offers_nothing_when_the_config_is_broken(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path("orchestra.yaml").write_text("state_url: [unclosed\n")
+    assert _in_bash("orchestra task get ") == []

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from orchestra_cli.backends import Backends
-from orchestra_cli.errors import NotFoundError, TransitionRejected
+from orchestra_cli.errors import NotFoundError, TransitionRejected, UsageError
 from orchestra_cli.models import AgentRecord, Task, Usage
 from orchestra_cli.status import Status
 
@@ -98,6 +98,36 @@ def test_many_tasks_are_read_at_once_by_id_and_unknown_ids_left_out(
 def test_task_is_found_by_a_unique_id_prefix(contract_backends: Backends) -> None:
     task, _ = contract_backends.state.create_task(_task())
     assert contract_backends.state.get_task(task.id[:30]).id == task.id
+
+
+def test_a_task_is_found_by_its_short_id_or_a_prefix_of_it(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    first, _ = state.create_task(_task(title="first"))
+    second, _ = state.create_task(_task(title="second"))
+    for task in (first, second):
+        assert state.get_task(task.id[-8:]).id == task.id  # the short id tables show
+        assert state.get_task(task.id[-12:]).id == task.id  # the id's last group
+        assert state.get_task(task.id[-8:-2].upper()).id == task.id  # a prefix of it
+
+
+def test_an_ambiguous_id_names_every_candidate(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    same_minute = "0192ab34-5678-7abc-8def-"
+    a, _ = state.create_task(_task(title="alpha", id=same_minute + "1234aaaa1111"))
+    b, _ = state.create_task(_task(title="beta", id=same_minute + "5678bbbb2222"))
+    c, _ = state.create_task(_task(title="gamma", id="0192ab99-5678-7abc-8def-9999aaaa1177"))
+    with pytest.raises(UsageError) as prefix:
+        state.get_task("0192ab34")
+    assert f"{a.id} (alpha)" in str(prefix.value) and f"{b.id} (beta)" in str(prefix.value)
+    assert c.id not in str(prefix.value)
+    with pytest.raises(UsageError) as tail:
+        state.get_task("aaaa11")  # two short ids start so
+    assert a.id in str(tail.value) and c.id in str(tail.value) and b.id not in str(tail.value)
+    assert "give more characters" in str(tail.value)
+    assert state.get_task("aaaa1111").id == a.id
+    assert state.get_task("1234aaaa1111").id == a.id
+    with pytest.raises(NotFoundError):
+        state.get_task("cccc1111")
 
 
 def test_allowed_transition_bumps_version_and_appends_event(contract_backends: Backends) -> None:
@@ -216,6 +246,17 @@ def test_list_filters_by_status_agent_roots_and_limit(contract_backends: Backend
     assert [t.id for t in state.list_tasks(agent="agent-x")] == [ids[0]]
     assert len(state.list_tasks(roots_only=True, limit=50)) == 5
     assert state.list_tasks(since=state.get_task(ids[4]).created_at + 10) == []
+
+
+def test_list_filters_by_capability_and_every_label(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    a, _ = state.create_task(_task(capability="code", labels={"team": "core", "env": "ci"}))
+    state.create_task(_task(capability="review", labels={"team": "core"}))
+    c, _ = state.create_task(_task(capability="code", labels={"team": "web", "a.b": "x"}))
+    assert [t.id for t in state.list_tasks(capability="code")] == [c.id, a.id]
+    assert [t.id for t in state.list_tasks(capability="code", labels={"team": "core"})] == [a.id]
+    assert [t.id for t in state.list_tasks(labels={"a.b": "x"})] == [c.id]  # a key with a dot
+    assert state.list_tasks(labels={"team": "core", "env": "prod"}) == []
 
 
 def test_events_are_read_after_a_sequence_number(contract_backends: Backends) -> None:

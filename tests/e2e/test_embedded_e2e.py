@@ -196,6 +196,22 @@ def test_sigterm_drains_the_agent_which_finishes_its_task(deployment: Deployment
     assert d.backends.state.get_agent("drainer").status == "stopped"
 
 
+def test_ctrl_c_drains_run_with_its_agents_and_a_clean_drain_exits_0(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "1000"
+    run = d.start("run", "--agents", "coder")
+    task_id = d.submit("--capability", "code", "finish me")
+    d.wait_status(task_id, "running")
+    assert run.stop(signal.SIGINT, timeout=20) == 0, run.output()  # was 130
+    assert d.task(task_id).status == "succeeded"
+    assert "orchestrator stopped" in run.output()
+    agent = d.start("agent", "start", "coder")
+    wait_until(lambda: "consuming" in agent.output(), what="the agent to start")
+    assert agent.stop(signal.SIGINT, timeout=20) == 0, agent.output()
+
+
 def test_agent_stop_command_drains_a_running_agent(deployment: Deployment) -> None:
     d = deployment
     agent = d.start("agent", "start", "coder", "--name", "stoppable")
@@ -287,13 +303,17 @@ def test_a_running_orchestrator_is_in_the_registry_and_stops_when_asked(
     assert d.cli("health", "--check", "orchestrator", expect=0).code == 0  # idle: a warning
 
 
-def test_submit_wait_prints_the_outcome_and_exits_with_it(deployment: Deployment) -> None:
+def test_submit_wait_prints_the_result_and_exits_with_the_outcome(deployment: Deployment) -> None:
     d = deployment
     d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "200"
     d.start("agent", "start", "coder")
     done = d.cli("--json", "task", "submit", "--wait", "-c", "code", "embedded and waited")
     task = json.loads(done.out)["task"]  # one document: the outcome
     assert task["status"] == "succeeded" and task["result"]
+    plain = d.cli("task", "submit", "--wait", "-c", "code", "print the result")
+    assert plain.out.startswith("[offline] coder execute result")  # the result, not the id
+    assert "waiting for its outcome" in plain.err and "follow it with" not in plain.err
+    assert "warning" not in plain.err  # the coder agent serves code
     failed = d.cli(
         "task",
         "submit",

@@ -214,3 +214,21 @@ def _a_hung_broker_is_reported_not_waited_for(dep: Deployment, erlang_pid: int) 
         timeout=30,
         what="rabbitmq answering again",
     )
+
+
+@pytest.mark.timeout(120)
+def test_up_with_services_starts_only_those_and_ps_judges_only_them(
+    deployment: Deployment,
+) -> None:
+    dep, ports = deployment, deployment.ports
+    up = json.loads(
+        dep.run("--json", "up", "--runtime", "native", "--services", "redis", "--wait").out
+    )
+    assert up["started"] == ["redis"]
+    assert up["env"] == {"ORCHESTRA_STATE_URL": f"redis://127.0.0.1:{ports['REDIS_PORT']}/0"}
+    _use_redis(ports["REDIS_PORT"])
+    ps = json.loads(dep.run("--json", "ps").out)  # exit 0: RabbitMQ and Vault were not asked for
+    assert ps["healthy"] is True
+    assert [s["running"] for s in ps["services"]] == [True, False, False]
+    bad = dep.run("up", "--services", "redis,postgres", expect=2)
+    assert "unknown service 'postgres'" in bad.err

@@ -107,7 +107,7 @@ def test_down_with_nothing_running_succeeds(cli: CliRunner, ports: dict[str, int
 
 def test_logs_rejects_an_unknown_service(cli: CliRunner) -> None:
     result = cli("logs", "postgres", expect=2)
-    assert "unknown service 'postgres'" in result.err
+    assert "unknown service or process 'postgres'" in result.err
 
 
 def test_logs_before_any_up_says_how_to_start(cli: CliRunner, ports: dict[str, int]) -> None:

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
+
+AgentName = Annotated[
+    str,
+    typer.Argument(
+        help="Agent name from `orchestra agent list`.", autocompletion=complete.agent_names
+    ),
+]
 
 agent_app = typer.Typer(help="Run agents and inspect the agent registry.", no_args_is_help=True)
 
@@ -15,7 +23,12 @@ agent_app = typer.Typer(help="Run agents and inspect the agent registry.", no_ar
 @agent_app.command("start")
 def start(
     ctx: typer.Context,
-    role: Annotated[str, typer.Argument(help="Role from templates/agents (e.g. coder).")],
+    role: Annotated[
+        str,
+        typer.Argument(
+            help="Role from templates/agents (e.g. coder).", autocompletion=complete.roles
+        ),
+    ],
     name: Annotated[
         str | None, typer.Option(help="Registry name (default: role-host-pid).")
     ] = None,
@@ -26,21 +39,24 @@ def start(
     """Run one agent worker in the foreground until stopped (Ctrl-C drains)."""
     import threading
 
+    from orchestra_cli.engine.agent import default_agent_name
     from orchestra_cli.engine.runtime import Runtime, install_stop_signals, run_until_stopped
+    from orchestra_cli.proclogs import agent_log_component
 
     app: AppContext = ctx.obj
-    app.setup_logging(f"agent-{role}", foreground=True)
-    runtime = Runtime(app.backends(), app.roles)
+    name = name or default_agent_name(role)
+    app.setup_logging(agent_log_component(name), foreground=True)  # `orchestra logs NAME`
+    runtime = Runtime(app.backends(), app.roles, sources=app.loaded.sources)
     agent = runtime.add_agent(role, name=name, concurrency=concurrency)
     stop = threading.Event()
-    received = install_stop_signals(stop, app.info)
+    install_stop_signals(stop, app.info)
     app.info(
         f"agent {agent.name} ({role}: {', '.join(agent.role.capabilities)}) consuming; "
-        f"{agent.concurrency} at a time; Ctrl-C to stop"
+        f"{agent.record.applied['concurrency']} at a time; Ctrl-C to stop"
     )
     run_until_stopped(runtime, stop)
     app.info(f"agent {agent.name} stopped")
-    return 130 if received and received[0] == 2 else 0
+    return 0  # drained cleanly, Ctrl-C or not (a second Ctrl-C exits 130 at once)
 
 
 def _ttl(app: AppContext) -> float:
@@ -72,7 +88,7 @@ def list_agents(
 @agent_app.command("status")
 def status(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Agent name from `orchestra agent list`.")],
+    name: AgentName,
 ) -> int:
     """One agent's registry record; exit 1 when it is dead or stopped."""
     from orchestra_cli.cli.render import agent_json
@@ -100,20 +116,22 @@ def status(
             "heartbeat_at",
             "heartbeat_age_s",
         ):
-            value = data[key]
+            value = agent.applied.get(key, data[key])  # with why, when the agent said
             if isinstance(value, list):
                 value = ", ".join(map(str, value)) or "-"
             print(f"{key:<16} {value}")
         from orchestra_cli.cli.render import usage_text
 
         print(f"{'usage':<16} {usage_text(agent.usage)}")
+        if "task_timeout" in agent.applied:
+            print(f"{'task_timeout':<16} {agent.applied['task_timeout']}")
     return 0 if data["state"] in ("running", "starting", "draining", "stopping") else 1
 
 
 @agent_app.command("stop")
 def stop(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Agent name from `orchestra agent list`.")],
+    name: AgentName,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until it has drained.")] = False,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 60.0,
 ) -> int:

@@ -56,6 +56,7 @@ def show(
 ) -> None:
     """Print the effective settings (secrets masked)."""
     from orchestra_cli.backends import open_secrets
+    from orchestra_cli.engine.applied import for_roles
     from orchestra_cli.llm.pricing import BUILTIN_PRICES, PRICES_AS_OF, PRICES_SOURCE
     from orchestra_cli.secrets.base import KNOWN_SECRETS
     from orchestra_cli.settings import settings_rows
@@ -63,6 +64,7 @@ def show(
     app: AppContext = ctx.obj
     loaded = app.loaded
     rows = settings_rows(loaded)
+    agents = for_roles(app.roles, loaded.settings, loaded.sources)
     chain = open_secrets(loaded.settings)
     secrets = {}
     for name in KNOWN_SECRETS:
@@ -81,6 +83,13 @@ def show(
                         k: v.model_dump() for k, v in BUILTIN_PRICES.items()
                     },
                 },
+                "agents": {  # what an agent of each role runs with (engine/applied.py)
+                    role: {
+                        k: {"value": a.value, "source": a.source, "note": a.note}
+                        for k, a in v.items()
+                    }
+                    for role, v in agents.items()
+                },
             }
         )
         return
@@ -98,6 +107,11 @@ def show(
     table.add_row(
         *(["price table", table_of, PRICES_SOURCE] if sources else ["price table", table_of])
     )
+    for role, values in agents.items():  # as applied, whatever the settings above say
+        for what, a in values.items():
+            cells = [f"agent {role} {what.replace('_', ' ')}", f"{a.value:g}"]
+            source = a.source + (f"; {a.note}" if a.note else "")
+            table.add_row(*([*cells, source] if sources else cells))
     for name, info in secrets.items():
         cells = [f"secret {name}", "*** (set)" if info["set"] else "(not set)"]
         table.add_row(*([*cells, info["source"] or "-"] if sources else cells))

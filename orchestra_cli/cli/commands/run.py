@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 DEMO_TASK = (
@@ -17,7 +18,11 @@ DEMO_TASK = (
 def run(
     ctx: typer.Context,
     agents: Annotated[
-        str | None, typer.Option(help="Also run these built-in agents here: ROLE,ROLE… or 'all'.")
+        str | None,
+        typer.Option(
+            help="Also run these built-in agents here: ROLE,ROLE… or 'all'.",
+            autocompletion=complete.comma_list(complete.roles),
+        ),
     ] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-n", min=1, help="Orchestrator handler threads.")
@@ -30,13 +35,13 @@ def run(
 
     app: AppContext = ctx.obj
     app.setup_logging("orchestrator", foreground=True)
-    runtime = Runtime(app.backends(), app.roles)
+    runtime = Runtime(app.backends(), app.roles, sources=app.loaded.sources)
     runtime.add_orchestrator(concurrency)
     roles = _parse_roles(agents, app)
     for role in roles:
         runtime.add_agent(role)
     stop = threading.Event()
-    received = install_stop_signals(stop, app.info)
+    install_stop_signals(stop, app.info)
     app.info(
         f"orchestrator running on {runtime.backends.broker.url}"
         + (f" with agents {', '.join(roles)}" if roles else "")
@@ -44,7 +49,7 @@ def run(
     )
     run_until_stopped(runtime, stop)
     app.info("orchestrator stopped")
-    return 130 if received and received[0] == 2 else 0
+    return 0  # drained cleanly, Ctrl-C or not (a second Ctrl-C exits 130 at once)
 
 
 def _parse_roles(spec: str | None, app: AppContext) -> list[str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 if TYPE_CHECKING:
@@ -116,18 +118,33 @@ def up(
         Path | None,
         typer.Option("--env-file", help="Also write the variables to export to this file (0600)."),
     ] = None,
+    services: Annotated[
+        str | None,
+        typer.Option(
+            "--services",
+            "-s",
+            metavar="NAME,…",
+            help=f"Only these: {','.join(SERVICE_NAMES)} (default: all; Vault is optional).",
+            autocompletion=complete.comma_list(complete.services),
+        ),
+    ] = None,
 ) -> None:
     """Start Redis, RabbitMQ and Vault (idempotent) and print the variables to export.
 
     stdout is `export KEY=value` lines, so `eval "$(orchestra up --wait -q)"` works.
     Exit 3 when a service cannot be started or does not become healthy.
     """
+    from orchestra_cli.services.definitions import select_services, write_selected
+
     app: AppContext = ctx.obj
+    chosen = select_services(services)
     if env_file is not None:
         _check_writable(env_file)  # before anything starts, not after
     rt = _runtime(app, runtime, for_up=True)
     with ProgressView(app) as view:
-        report = rt.up(wait=wait, timeout=timeout or app.settings.services.timeout, progress=view)
+        wait_for = timeout or app.settings.services.timeout
+        report = rt.up(wait=wait, timeout=wait_for, progress=view, services=chosen)
+    write_selected(app.settings, chosen)
     if env_file is not None:
         from orchestra_cli.services.definitions import write_env_file
 
@@ -191,11 +208,15 @@ def down(
 
 
 def ps(ctx: typer.Context, runtime: RuntimeOption = None) -> int:
-    """Each service: state, pid, port, health, uptime. Exit 1 when any is down or unhealthy."""
+    """Each service: state, pid, port, health, uptime. Exit 1 when any is down or unhealthy
+    (of those the last `up --services` started)."""
     app: AppContext = ctx.obj
+    from orchestra_cli.services.definitions import read_selected
+
     rt = _runtime(app, runtime, for_up=False)
     statuses = rt.status()
-    healthy = all(s.running and s.healthy for s in statuses)
+    wanted = read_selected(app.settings)  # one left out of `up --services` may be down
+    healthy = all(s.running and s.healthy for s in statuses if s.running or s.name in wanted)
     if app.json:
         app.print_json(
             {"runtime": rt.name, "healthy": healthy, "services": [s.to_json() for s in statuses]}
@@ -237,8 +258,14 @@ def _ps_table(statuses: list[ServiceStatus]) -> Any:
 
 def logs(
     ctx: typer.Context,
-    service: Annotated[
-        str | None, typer.Argument(help=f"One of {', '.join(SERVICE_NAMES)} (default: all).")
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help=f"A service ({', '.join(SERVICE_NAMES)}; default: all of them), or an "
+            "orchestra process: orchestrator, an agent's name, api, cli.",
+            metavar="[SERVICE|PROCESS]",
+            autocompletion=complete.log_names,
+        ),
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
@@ -246,20 +273,73 @@ def logs(
     tail: Annotated[
         int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines.")
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            "-t",
+            metavar="ID",
+            autocompletion=complete.task_ids,
+            help="Every process's lines about this task (and its subtasks) and its state "
+            "changes, merged by time.",
+        ),
+    ] = None,
     runtime: RuntimeOption = None,
 ) -> int:
-    """Print (or follow) the service logs."""
+    """Print (or follow) the logs of a service or an orchestra process."""
     import sys
 
     from orchestra_cli.errors import UsageError
 
-    if service is not None and service not in SERVICE_NAMES:
-        raise UsageError(f"unknown service {service!r}", f"choose from {', '.join(SERVICE_NAMES)}")
     app: AppContext = ctx.obj
+    if task is not None:
+        if name is not None or follow:
+            raise UsageError("--task reads every log at once", "drop the name and -f")
+        return _print_lines(app, _task_lines(app, task, tail))
+    if name is not None and name not in SERVICE_NAMES:
+        return _print_lines(app, _process_lines(app, name, follow=follow, tail=tail), follow)
     rt = _runtime(app, runtime, for_up=False)
     try:
-        for line in rt.log_lines(service, follow=follow, tail=tail):
+        for line in rt.log_lines(name, follow=follow, tail=tail):
             sys.stdout.write(line + "\n")
+            if follow:
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how one stops following
+    return 0
+
+
+def _process_lines(
+    app: AppContext, name: str, *, follow: bool, tail: int | None
+) -> Iterator[dict[str, Any]]:
+    from orchestra_cli import proclogs
+    from orchestra_cli.services.logtail import follow_files, tail_lines
+
+    path = proclogs.log_path(app.settings.logs_dir, name)
+    process = name.removeprefix(proclogs.AGENT_PREFIX)
+    following = follow_files({process: path}) if follow else None  # from the end as of now
+    yield from proclogs.records(path, process, tail_lines(path, tail))
+    for _, line in following or ():
+        yield from proclogs.records(path, process, [line])
+
+
+def _task_lines(app: AppContext, task_id: str, tail: int | None) -> list[dict[str, Any]]:
+    from orchestra_cli import proclogs
+
+    found = proclogs.task_timeline(app.backends().state, app.settings.logs_dir, task_id)
+    return found if tail is None else found[-tail:] if tail else []
+
+
+def _print_lines(app: AppContext, lines: Iterable[dict[str, Any]], follow: bool = False) -> int:
+    """Records as JSON lines with --json, else as readable text."""
+    import sys
+
+    from orchestra_cli.proclogs import format_record
+    from orchestra_cli.util import dumps
+
+    try:
+        for record in lines:
+            sys.stdout.write((dumps(record) if app.json else format_record(record)) + "\n")
             if follow:
                 sys.stdout.flush()
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 snapshot_app = typer.Typer(
@@ -61,7 +62,14 @@ def list_(ctx: typer.Context) -> None:
 
 def rollback(
     ctx: typer.Context,
-    to: Annotated[str, typer.Option("--to", help="Snapshot file, name, or 'latest'.")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="Snapshot file, name, or 'latest'.",
+            autocompletion=complete.snapshot_names,
+        ),
+    ],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Roll back even while agents are running.")

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
+
+if TYPE_CHECKING:
+    from orchestra_cli.engine.service import TaskService
+    from orchestra_cli.models import Task
 
 
 def _task_id(value: str) -> str:
@@ -22,7 +27,14 @@ def _task_id(value: str) -> str:
 
 
 MIN_PREFIX = 4
-TaskId = Annotated[str, typer.Argument(help="Task id (or a unique prefix).", callback=_task_id)]
+TaskId = Annotated[
+    str,
+    typer.Argument(
+        help="Task id, its short id (the last 8 characters) or a unique prefix.",
+        callback=_task_id,
+        autocompletion=complete.task_ids,
+    ),
+]
 
 task_app = typer.Typer(help="Submit, watch, inspect and control tasks.", no_args_is_help=True)
 
@@ -94,7 +106,12 @@ def submit(
     title: Annotated[str | None, typer.Option(help="Short title (default: first line).")] = None,
     capability: Annotated[
         str | None,
-        typer.Option("--capability", "-c", help="Route to this capability; skips planning."),
+        typer.Option(
+            "--capability",
+            "-c",
+            help="Route to this capability; skips planning.",
+            autocompletion=complete.capabilities,
+        ),
     ] = None,
     priority: Annotated[int | None, typer.Option("--priority", "-p", help="0 (low) to 9.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds per attempt.")] = None,
@@ -163,13 +180,14 @@ def submit(
     )
     from orchestra_cli.errors import Undelivered
 
+    service = app.service()
     try:
-        task, created = app.service().submit(req, wait=wait)
+        task, created = service.submit(req, wait=wait)
     except Undelivered as exc:  # stored: its id goes out, so a script does not submit it again
         if app.json:
             from orchestra_cli.cli.render import task_json
 
-            stored = task_json(app.service().get(exc.task_id))
+            stored = task_json(service.get(exc.task_id))
             app.print_json({"created": True, "delivered": False, "task": stored})
         else:
             print(exc.task_id, flush=True)
@@ -179,17 +197,31 @@ def submit(
             from orchestra_cli.cli.render import task_json
 
             app.print_json({"created": created, "task": task_json(task)})
-    elif app.quiet:
+    elif app.quiet or not wait:  # with --wait, stdout is the result (wait_for)
         print(task.id, flush=True)
-    else:
-        note = "" if created else " (existing task for this idempotency key)"
-        print(task.id, flush=True)
-        app.info(f"submitted{note}; follow it with: orchestra task watch {task.id}")
+    _say_submitted(app, service, task, created=created, wait=wait)
     if not wait:
         return 0
     from orchestra_cli.cli.watch import wait_for
 
-    return wait_for(app, task, counted=True)
+    return wait_for(app, task, counted=True, result=not app.quiet)
+
+
+def _say_submitted(
+    app: AppContext, service: TaskService, task: Task, *, created: bool, wait: bool
+) -> None:
+    """On stderr: what became of the submission, and (even with -q or --json) why it
+    cannot move yet — the registry read the routing did is still fresh."""
+    note = "" if created else " (existing task for this idempotency key)"
+    if app.json:
+        pass
+    elif wait:
+        app.info(f"submitted {task.id}{note}; waiting for its outcome")
+    else:
+        app.info(f"submitted{note}; follow it with: orchestra task watch {task.id}")
+    blocker = service.blockers([task]).get(task.id) if created else None
+    if blocker is not None:
+        print(f"orchestra: warning: {blocker}", file=sys.stderr, flush=True)
 
 
 @task_app.command("watch")
@@ -226,7 +258,7 @@ def get(
         app.print_json(data)
         return
     summary = (
-        f"tokens: {usage_text(total)}   labels: "
+        f"id: {task.id}   tokens: {usage_text(total)}   labels: "
         f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}"
     )
     if not sys.stdout.isatty():  # into a pipe or file: plain text, without rich
@@ -253,9 +285,13 @@ def list_tasks(
             "-s",
             metavar="STATUS",
             help="Filter by status (repeatable or comma-separated).",
+            autocompletion=complete.comma_list(complete.statuses),
         ),
     ] = None,
-    agent: Annotated[str | None, typer.Option(help="Filter by agent name.")] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(help="Filter by agent name.", autocompletion=complete.agent_names),
+    ] = None,
     since: Annotated[
         str | None, typer.Option(help="Created since: 30m, 2h, 7d or ISO time.")
     ] = None,
@@ -263,6 +299,18 @@ def list_tasks(
         int, typer.Option(help="At most this many, newest first.", min=1, max=1_000_000)
     ] = 50,
     roots: Annotated[bool, typer.Option("--roots", help="Only top-level tasks.")] = False,
+    capability: Annotated[
+        str | None,
+        typer.Option(
+            "--capability", "-c", help="Filter by capability.", autocompletion=complete.capabilities
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label", "-l", metavar="KEY=VALUE", help="Only tasks with this label; repeatable."
+        ),
+    ] = None,
 ) -> None:
     """List tasks, newest first."""
     from orchestra_cli.cli.render import task_json, tasks_table, tasks_text
@@ -282,6 +330,8 @@ def list_tasks(
         since=parse_since(since) if since else None,
         limit=limit,
         roots_only=roots,
+        capability=capability,
+        labels=_parse_labels(label or []) or None,
     )
     if app.json:
         app.print_json([task_json(t) for t in tasks])

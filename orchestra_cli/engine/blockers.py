@@ -1,0 +1,72 @@
+"""Why a task cannot move, and the command that gets it moving.
+
+The live view (``task watch``) and ``task submit`` ask here, so the reason a
+task waits reads the same wherever it is shown: a queued task whose
+capability no live agent serves waits for one; unplanned work and parents
+waiting on their subtasks need a live orchestrator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from orchestra_cli.engine.roles import RoleDefinition
+from orchestra_cli.models import AgentRecord, Task
+from orchestra_cli.status import Status
+
+ORCHESTRATOR_ROLE = "orchestrator"  # as engine.orchestrator registers itself
+
+
+@dataclass(frozen=True)
+class Blocker:
+    reason: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.reason} — {self.fix}"
+
+
+def start_agent_command(capability: str, roles: dict[str, RoleDefinition]) -> str:
+    """`orchestra agent start ROLE` for a role that serves ``capability``."""
+    names = sorted(name for name, r in roles.items() if capability in r.capabilities)
+    return f"orchestra agent start {names[0] if names else f'<a role with {capability}>'}"
+
+
+def no_agent(capability: str, roles: dict[str, RoleDefinition]) -> Blocker:
+    return Blocker(
+        f"no live agent serves {capability}",
+        f"start one: {start_agent_command(capability, roles)}",
+    )
+
+
+def live_capabilities(agents: Iterable[AgentRecord], ttl: float) -> tuple[set[str], bool]:
+    """The capabilities live agents serve, and whether an orchestrator is live."""
+    caps: set[str] = set()
+    orchestrator = False
+    for agent in agents:
+        if not agent.is_alive(ttl):
+            continue
+        if agent.role == ORCHESTRATOR_ROLE:
+            orchestrator = True
+        else:
+            caps.update(agent.capabilities)
+    return caps, orchestrator
+
+
+def blockers(
+    tasks: Iterable[Task],
+    agents: Iterable[AgentRecord],
+    roles: dict[str, RoleDefinition],
+    ttl: float,
+) -> dict[str, Blocker]:
+    """The tasks among ``tasks`` that cannot move now, by id, with why and the fix."""
+    caps, orchestrator = live_capabilities(agents, ttl)
+    out: dict[str, Blocker] = {}
+    for task in tasks:
+        if task.status == Status.QUEUED and task.capability and task.capability not in caps:
+            out[task.id] = no_agent(task.capability, roles)
+        elif task.status in (Status.PENDING, Status.WAITING) and not orchestrator:
+            what = "to plan it" if task.status == Status.PENDING else "to finish it"
+            out[task.id] = Blocker(f"no orchestrator running {what}", "start one: orchestra run")
+    return out
