@@ -41,6 +41,7 @@ from orchestra_cli.llm.base import (
     Turn,
 )
 from orchestra_cli.llm.outcomes import CONTINUE_PROMPT, check_final
+from orchestra_cli.logs import redact
 from orchestra_cli.models import Task, Usage
 from orchestra_cli.state.base import StateStore
 
@@ -130,6 +131,17 @@ def _close_pending(r: Replay) -> None:
         r.pending = []
 
 
+def redacted(value: Any) -> Any:
+    """``value`` with known secrets and credential-like strings masked (logs.redact)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
 def short(value: Any) -> str:
     """A tool input in one line, for events and the live view."""
     text = " ".join(str(value).split())
@@ -168,7 +180,9 @@ class AgentLoop:
         self._lock = threading.Lock()
 
     # -- the step log ------------------------------------------------------------
-    def _record(self, data: dict[str, Any], event: dict[str, Any]) -> None:
+    def _record(self, data: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+        if data.get("kind") != "model":  # a model turn goes back as it came (signatures)
+            data = redacted(data)
         with self._lock:
             n = self._n
             if not self.state.record_step(self.task.id, self.task.root_id, n, data, event):
@@ -177,6 +191,7 @@ class AgentLoop:
                     "it has taken the task over"
                 )
             self._n = n + 1
+        return data
 
     def _steps(self) -> list[dict[str, Any]]:
         steps = self.state.steps(self.task.id)
@@ -191,8 +206,7 @@ class AgentLoop:
             "model": self.base.model,
             "tools": [t.name for t in self.tools.specs()],
         }
-        self._record(prompt, {"kind": "prompt", "tools": prompt["tools"]})
-        return [prompt]
+        return [self._record(prompt, {"kind": "prompt", "tools": prompt["tools"]})]
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> LLMResponse:
@@ -228,7 +242,9 @@ class AgentLoop:
                 )
                 error.retryable = False
                 raise error
+            asked = time.monotonic()
             response = self.llm.complete(replace(request, followups=list(r.turns)))
+            took = time.monotonic() - asked
             check_final(response, request.model)
             continuations = continuations + 1 if response.stop_reason == "max_tokens" else 0
             if continuations > self.max_continuations:
@@ -237,7 +253,7 @@ class AgentLoop:
                     f"{self.max_continuations} continuation(s)",
                     "raise max_tokens in the role file (or llm.max_tokens)",
                 )
-            self._model_step(response, turn=r.model_turns + 1)
+            self._model_step(response, turn=r.model_turns + 1, took=took)
             self.spent = self.spent + response.usage
             r = self._advance(r, response)
 
@@ -270,7 +286,7 @@ class AgentLoop:
             r.turns.append(Turn(role="user", text=CONTINUE_PROMPT))
         return r
 
-    def _model_step(self, response: LLMResponse, *, turn: int) -> None:
+    def _model_step(self, response: LLMResponse, *, turn: int, took: float) -> None:
         calls = [{"name": c.name, "input": short(c.input)} for c in response.tool_calls]
         self._record(
             {
@@ -281,6 +297,8 @@ class AgentLoop:
                 "stop_reason": response.stop_reason,
                 "model": response.model,
                 "usage": response.usage.model_dump(),
+                "turn": turn,
+                "duration_s": round(took, 4),
             },
             {
                 "kind": "model",

@@ -14,6 +14,8 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
@@ -40,6 +42,9 @@ from orchestra_cli.models import (
 )
 from orchestra_cli.status import TERMINAL, Status
 
+if TYPE_CHECKING:
+    from orchestra_cli.engine.workspace import FileEntry
+
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
@@ -58,6 +63,7 @@ class SubmitRequest:
     max_attempts: int | None = None
     labels: dict[str, str] | None = None
     idempotency_key: str | None = None
+    workspace: dict[str, bytes] | None = None  # the tree's starting files (engine/workspace.py)
 
 
 @contextlib.contextmanager
@@ -176,6 +182,10 @@ class TaskService:
             labels=req.labels or {},
             idempotency_key=req.idempotency_key,
         )
+        if req.workspace:  # stored before the task, so no agent can start without it
+            from orchestra_cli.engine.workspace import base_key
+
+            self.state.save_artifacts(base_key(task.id), dict(req.workspace))
         # an unreachable broker fails the submit before the task is stored; a broker
         # lost after that fails it with Undelivered (the task runs later: see there)
         if req.idempotency_key is None:  # (with a key, submitting again is safe anyway)
@@ -274,6 +284,29 @@ class TaskService:
         """The task followed by every task below it."""
         task = self.state.get_task(task_id)
         return [task, *_descendants(self.state.tree(task.root_id), task.id)]
+
+    def steps(self, task_id: str) -> tuple[Task, list[dict[str, Any]]]:
+        """A task and its steps (``task transcript``), secrets redacted."""
+        from orchestra_cli.engine.loop import redacted
+
+        task = self.get(task_id)
+        return task, [redacted(step) for step in self.state.steps(task.id)]
+
+    def files(self, task_id: str) -> tuple[Task, list[FileEntry]]:
+        """A root's tree's final files, or a subtask's own changes (``task files``)."""
+        from orchestra_cli.engine.workspace import task_files, tree_files
+
+        task = self.get(task_id)
+        if task.is_root:
+            return task, list(tree_files(self.state, task.id).values())
+        return task, task_files(self.state, task.id)
+
+    def export(self, task_id: str, directory: Path) -> tuple[Task, list[FileEntry]]:
+        """Write the final files of ``task_id``'s tree to ``directory`` (``task export``)."""
+        from orchestra_cli.engine.workspace import export
+
+        task = self.get(task_id)
+        return task, export(self.state, task.root_id, directory)
 
     def tree_usage(self, tasks: list[Task]) -> Usage:
         total = Usage()

@@ -65,13 +65,26 @@ def scan(directory: Path) -> dict[str, bytes]:
     return files
 
 
-def upload_base(state: StateStore, root_id: str, directory: Path) -> int:
-    """Store ``directory`` as the tree's starting files; returns how many."""
+def read_base(directory: Path) -> dict[str, bytes]:
+    """A directory's files as a tree's base (``task submit --workspace``), within the caps."""
     if not directory.is_dir():
         raise UsageError(f"--workspace {directory} is not a directory", "give a directory")
-    files = scan(directory)
-    state.save_artifacts(base_key(root_id), dict(files))
-    return len(files)
+    files: dict[str, bytes] = {}
+    total = 0
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        rel = path.relative_to(directory).as_posix()
+        size = path.stat().st_size
+        total += size
+        if size > MAX_FILE_BYTES or total > MAX_TREE_BYTES or len(files) >= MAX_FILES:
+            raise UsageError(
+                f"--workspace {directory} is too large at {rel} (a file may have "
+                f"{MAX_FILE_BYTES:,} bytes, the whole {MAX_TREE_BYTES:,} in {MAX_FILES:,} files)",
+                "upload a smaller directory (leave out build output and dependencies)",
+            )
+        files[rel] = path.read_bytes()
+    return files
 
 
 def layers(task: Task) -> list[str]:

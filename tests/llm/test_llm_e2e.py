@@ -10,63 +10,11 @@ from typing import Any
 
 import pytest
 
+from tests.llm.deployment import Deployment
 from tests.llm.fake_anthropic import FakeAnthropic, Reply, default_reply, refusal, text
-from tests.support import Proc, clean_env, processes, run_orchestra, wait_until
+from tests.support import processes, run_orchestra, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-class Deployment:
-    """An embedded deployment: `orchestra run` plus one coder agent of one slot."""
-
-    def __init__(self, fake: FakeAnthropic, tmp_path: Path, procs: list[Proc]) -> None:
-        self.home = tmp_path / "home"
-        self.cwd = tmp_path / "cwd"
-        self.cwd.mkdir()
-        self.env = clean_env(
-            {
-                "ORCHESTRA_HOME": str(self.home),
-                "ANTHROPIC_API_KEY": fake.api_key,
-                "ANTHROPIC_BASE_URL": fake.url,
-                "ORCHESTRA_AGENTS__HEARTBEAT_SECONDS": "0.5",
-                "ORCHESTRA_LLM__RETRY_BACKOFF_SECONDS": "0.05",
-            }
-        )
-        procs.append(Proc(["run"], self.env, self.cwd, tmp_path / "run.log"))
-        procs.append(
-            Proc(
-                ["agent", "start", "coder", "--name", "coder-1", "--concurrency", "1"],
-                self.env,
-                self.cwd,
-                tmp_path / "coder.log",
-            )
-        )
-        wait_until(self._coder_running, timeout=30, interval=0.3, what="the coder agent")
-
-    def _coder_running(self) -> bool:
-        got = self.cli("agent", "list")
-        return any(a["name"] == "coder-1" and a["status"] == "running" for a in got)
-
-    def cli(self, *args: str) -> Any:
-        got = run_orchestra(["--json", *args], self.env, self.cwd)
-        assert got.code in (0, 1), got
-        return json.loads(got.out)
-
-    def submit(self, text_: str, *extra: str) -> str:
-        got = run_orchestra(["task", "submit", "-q", *extra, text_], self.env, self.cwd)
-        assert got.code == 0, got
-        return got.out.strip()
-
-    def task(self, task_id: str) -> dict[str, Any]:
-        data = self.cli("task", "get", task_id)
-        return data.get("task", data)  # type: ignore[no-any-return]
-
-    def finished(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
-        def done() -> dict[str, Any] | None:
-            task = self.task(task_id)
-            return task if task["status"] in ("succeeded", "failed", "cancelled") else None
-
-        return wait_until(done, timeout=timeout, interval=0.3, what=f"task {task_id}")
 
 
 @pytest.fixture

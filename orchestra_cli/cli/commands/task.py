@@ -1,4 +1,4 @@
-"""`orchestra task submit|watch|get|list|cancel|retry`."""
+"""`orchestra task submit|watch|get|list|cancel|retry|transcript|files|export`."""
 
 from __future__ import annotations
 
@@ -132,6 +132,14 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait for the outcome; exit 1 if it fails.")
     ] = False,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            help="Upload this directory as the tree's starting files (size-capped).",
+            file_okay=False,
+        ),
+    ] = None,
     batch: Annotated[
         str | None,
         typer.Option(
@@ -152,10 +160,11 @@ def submit(
     if budget is not None:
         labels.update(_parse_budget(budget))
     if batch is not None:
-        if text is not None or file is not None or wait or idempotency_key or title:
+        if text is not None or file is not None or wait or idempotency_key or title or workspace:
             raise UsageError(
                 "--batch takes its tasks from the file",
-                "drop TEXT, --file, --title, --idempotency-key and --wait (set them per line)",
+                "drop TEXT, --file, --title, --idempotency-key, --workspace and --wait "
+                "(set them per line)",
             )
         from orchestra_cli.cli.batch import read_batch, submit_batch
 
@@ -178,6 +187,10 @@ def submit(
         labels=labels,
         idempotency_key=idempotency_key,
     )
+    if workspace is not None:
+        from orchestra_cli.engine.workspace import read_base
+
+        req.workspace = read_base(workspace)
     from orchestra_cli.errors import Undelivered
 
     service = app.service()
@@ -374,6 +387,59 @@ def retry(
         app.print_json(task_json(task))
     else:
         app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch {task.id}")
+
+
+@task_app.command("transcript")
+def transcript(ctx: typer.Context, task_id: TaskId) -> None:
+    """Every step of a task: the prompt as sent, model turns, tool calls and results."""
+    app: AppContext = ctx.obj
+    task, steps = app.service().steps(task_id)
+    if app.json:
+        app.print_json({"task_id": task.id, "status": task.status.value, "steps": steps})
+        return
+    from orchestra_cli.cli.transcript import render
+
+    sys.stdout.write(render(task, steps))
+
+
+@task_app.command("files")
+def files(ctx: typer.Context, task_id: TaskId) -> None:
+    """The files a task changed (a root task: its tree's final files)."""
+    app: AppContext = ctx.obj
+    task, entries = app.service().files(task_id)
+    if app.json:
+        app.print_json(
+            {
+                "task_id": task.id,
+                "files": [
+                    {"path": e.path, "size": e.size, "sha256": e.sha, "task_id": e.task_id}
+                    for e in entries
+                ],
+            }
+        )
+        return
+    if not entries:
+        app.info(f"task {task.id} has no files")
+        return
+    width = max(len(e.path) for e in entries)
+    for e in entries:
+        what = "deleted" if e.sha is None else f"{e.size:>9,} B  {e.sha[:12]}"
+        print(f"{e.path:<{width}}  {what}  {e.task_id[-8:]}")
+
+
+@task_app.command("export")
+def export(
+    ctx: typer.Context,
+    task_id: TaskId,
+    directory: Annotated[Path, typer.Argument(help="Where to write the files (created).")],
+) -> None:
+    """Write the final files of the task's tree to DIRECTORY."""
+    app: AppContext = ctx.obj
+    task, written = app.service().export(task_id, directory)
+    if app.json:
+        app.print_json({"root_id": task.root_id, "written": [e.path for e in written]})
+        return
+    app.info(f"wrote {len(written)} file(s) of task tree {task.root_id} to {directory}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,173 @@
+"""Agents that act, end to end: `orchestra run` and agent processes, the fake endpoint
+scripting multi-turn tool use, the real sandbox and MCP servers, kill -9 mid-loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.llm.deployment import Deployment
+from tests.llm.fake_anthropic import FakeAnthropic, Reply, text, tool_use
+from tests.support import processes, run_orchestra, wait_until
+from tests.tools.conftest import require_bwrap
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+APP = "def add(a, b):\n    return a + b\n"
+TEST = "from app import add\nassert add(2, 3) == 5\nprint('ok: add works')\n"
+
+
+def calls(*pairs: tuple[str, dict[str, Any]]) -> Reply:
+    blocks = [
+        {
+            "type": "tool_use",
+            "id": f"toolu_e2e_{name}_{i}_{time.monotonic_ns()}",
+            "name": name,
+            "input": data,
+        }
+        for i, (name, data) in enumerate(pairs)
+    ]
+    return Reply(content=blocks, stop_reason="tool_use")
+
+
+def results_of(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool results the last user message of a request carried."""
+    content = request["body"]["messages"][-1]["content"]
+    return [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+
+
+@pytest.fixture
+def deployment(fake: FakeAnthropic, tmp_path: Path) -> Iterator[Deployment]:
+    require_bwrap()
+    with processes() as procs:
+        yield Deployment(fake, tmp_path, procs)
+
+
+def test_a_coder_writes_a_module_and_its_test_runs_it_in_the_sandbox_and_exports_it(
+    fake: FakeAnthropic, deployment: Deployment, tmp_path: Path
+) -> None:
+    fake.script(
+        calls(
+            ("Read", {"file_path": "/etc/passwd"}),
+            ("Write", {"file_path": "app.py", "content": APP}),
+            ("Write", {"file_path": "test_app.py", "content": TEST}),
+        ),
+        tool_use("Bash", {"command": "python3 test_app.py && touch /usr/escaped"}),
+        text("app.py and its test are written and pass"),
+    )
+    task_id = deployment.submit("write add() with a test", "--capability", "code")
+    task = deployment.finished(task_id)
+    assert task["status"] == "succeeded", task
+    assert task["result"] == "app.py and its test are written and pass"
+    refused, wrote_app, wrote_test = results_of(fake.requests[1])
+    assert refused["is_error"] is True and "outside" in refused["content"]
+    assert not wrote_app.get("is_error") and not wrote_test.get("is_error")
+    (ran,) = results_of(fake.requests[2])
+    assert "ok: add works" in ran["content"]  # the test ran, in the workspace
+    assert "Read-only file system" in ran["content"] or "Permission denied" in ran["content"]
+    assert not Path("/usr/escaped").exists()
+    # the files are the task's artifacts: listed, exported, and in the transcript
+    listed = deployment.cli("task", "files", task_id)
+    assert sorted(f["path"] for f in listed["files"]) == ["app.py", "test_app.py"]
+    out = tmp_path / "exported"
+    got = run_orchestra(["task", "export", task_id, str(out)], deployment.env, deployment.cwd)
+    assert got.code == 0, got
+    assert (out / "app.py").read_text() == APP and (out / "test_app.py").read_text() == TEST
+    steps = deployment.cli("task", "transcript", task_id)["steps"]
+    assert [s["kind"] for s in steps].count("model") == 3
+    plain = run_orchestra(["task", "transcript", task_id], deployment.env, deployment.cwd)
+    assert "── Bash → error" in plain.out and "ok: add works" in plain.out  # touch failed
+    assert fake.api_key not in plain.out
+
+
+def test_an_mcp_servers_tool_is_called_and_its_result_reaches_the_next_turn(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    server = shutil.which("mcp-server-time", path=str(Path(sys.executable).parent))
+    assert server, "mcp-server-time is in the dev extra"
+    roles = tmp_path / "roles"
+    roles.mkdir()
+    (roles / "clock.yaml").write_text(
+        "name: clock\ncapabilities: [time]\nprompt: execute-coder\n"
+        f"mcp_servers:\n  time:\n    command: {server}\n    args: [--local-timezone, UTC]\n"
+    )
+    env = {"ORCHESTRA_AGENTS__DEFINITIONS_DIR": str(roles)}
+    fake.script(
+        tool_use("mcp__time__get_current_time", {"timezone": "UTC"}),
+        text("it is now"),
+    )
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, env=env, role="clock")
+        task = deployment.finished(deployment.submit("what time is it", "--capability", "time"))
+    assert task["status"] == "succeeded", task
+    offered = [t["name"] for t in fake.requests[0]["body"]["tools"]]
+    assert "mcp__time__get_current_time" in offered
+    (result,) = results_of(fake.requests[1])
+    assert not result.get("is_error") and "UTC" in result["content"]
+
+
+def test_kill_9_mid_loop_resumes_without_asking_a_turn_or_running_a_call_again(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    require_bwrap()
+    env = {
+        "ORCHESTRA_AGENTS__TTL_SECONDS": "2",
+        "ORCHESTRA_BROKER__LEASE_SECONDS": "2",
+    }
+    fake.script(
+        tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"}),
+        text("never seen: the agent dies during this call", delay=30),
+        text("resumed and finished"),
+    )
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, env=env)
+        task_id = deployment.submit("run it once", "--capability", "code")
+        wait_until(lambda: len(fake.requests) == 2, timeout=30, what="the second turn's call")
+        deployment.agent.kill9()  # mid-loop: one turn and one tool call on record
+        deployment.start_agent("2")
+        task = deployment.finished(task_id, timeout=60)
+    assert task["status"] == "succeeded", task
+    assert task["result"] == "resumed and finished"
+    assert len(fake.requests) == 3  # turn 1 was not asked again; turn 2 asked once more
+    resumed = fake.requests[2]["body"]["messages"]
+    assert [m["role"] for m in resumed] == ["user", "assistant", "user"]
+    (ran,) = results_of(fake.requests[2])
+    assert ran["content"].strip() == "ran"  # the recorded call's result, not a second run
+    files = deployment.cli("task", "files", task_id)["files"]
+    out = tmp_path / "out"
+    run_orchestra(["task", "export", task_id, str(out)], deployment.env, deployment.cwd)
+    assert (out / "runs.txt").read_text() == "ran\n", files  # the command ran once
+
+
+def test_cancel_kills_a_running_bash_command_and_its_children(
+    fake: FakeAnthropic, deployment: Deployment
+) -> None:
+    marker = f"orchestra-e2e-{os.getpid()}-{time.monotonic_ns()}"
+    fake.script(
+        tool_use("Bash", {"command": f"sh -c 'sleep 300; echo {marker}' & sleep 300"}),
+        text("never"),
+    )
+    task_id = deployment.submit("hang", "--capability", "code")
+
+    def sleeping() -> bool:
+        found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+        return bool(found.stdout.strip())
+
+    wait_until(sleeping, timeout=30, what="the command to run")
+    cancelled = run_orchestra(["task", "cancel", task_id], deployment.env, deployment.cwd)
+    assert cancelled.code == 0, cancelled
+    wait_until(lambda: not sleeping(), timeout=5, interval=0.1, what="the command to be killed")
+    assert deployment.task(task_id)["status"] == "cancelled"
+    assert len(fake.requests) == 1  # nothing was asked after the cancel
+    _ = signal  # (the process group is killed by the tool layer; nothing to send here)
+    _ = json
