@@ -145,6 +145,9 @@ class AgentSettings(_Section):
     prune_after_seconds: float = Field(
         default=86400.0, gt=0, description="stopped or dead agents leave the registry after this"
     )
+    max_delegation_depth: int = Field(
+        default=3, ge=0, le=10, description="levels of delegate/spawn below a tree's root"
+    )
 
     def model_post_init(self, context: Any, /) -> None:  # ttl outlasts heartbeats
         if self.ttl_seconds < 2 * self.heartbeat_seconds:

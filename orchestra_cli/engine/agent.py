@@ -22,7 +22,12 @@ from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter, MeteredProvider
 from orchestra_cli.engine.loop import AgentLoop
 from orchestra_cli.engine.retry import retry_or_fail
-from orchestra_cli.engine.roles import RoleDefinition, role_acts
+from orchestra_cli.engine.roles import (
+    RoleDefinition,
+    known_capabilities,
+    load_roles,
+    role_acts,
+)
 from orchestra_cli.engine.worker import (
     Ack,
     Action,
@@ -53,6 +58,7 @@ from orchestra_cli.models import (
     work_queue,
 )
 from orchestra_cli.status import TERMINAL, Status
+from orchestra_cli.tools.config import ENGINE_TOOLS
 from orchestra_cli.util import new_id, now
 
 log = logging.getLogger(__name__)
@@ -174,7 +180,13 @@ class Agent:
         if role_acts(self.role):
             from orchestra_cli.tools.toolbox import Toolbox  # MCP servers start with the agent
 
-            self.toolbox = Toolbox.for_role(self.role)
+            builtins = [t for t in self.role.tools if t not in ENGINE_TOOLS]
+            self.toolbox = Toolbox(
+                builtins,
+                mcp_servers=self.role.mcp_servers,
+                permissions=self.role.permissions,
+                sandbox=self.role.sandbox,
+            )
         self._set_status("running")
         try:
             self.loop.run(self._stop)
@@ -435,13 +447,30 @@ class Agent:
             self.record.usage = self.record.usage + response.usage
         return response
 
+    def _tools_for(self, task: Task) -> Any:
+        """The role's toolbox, with delegate/spawn/wait beside it when the role lists them."""
+        engine = [t for t in self.role.tools if t in ENGINE_TOOLS]
+        if not engine:
+            return self.toolbox
+        from orchestra_cli.engine.delegation import DelegatingTools
+
+        caps = known_capabilities(load_roles(self.b.settings.agents.definitions_dir))
+        return DelegatingTools(
+            self.b,
+            self.toolbox,
+            task,
+            engine,
+            sorted(caps),
+            max_depth=self.b.settings.agents.max_delegation_depth,
+        )
+
     def _act(self, task: Task, cancel: threading.Event, metered: MeteredProvider) -> LLMResponse:
         """The tool-use loop (engine/loop.py) in the task's workspace, every step durable."""
         workspace = Workspace(self.state, self.b.settings.home, task)
         loop = AgentLoop(
             self.state,
             metered,
-            self.toolbox,
+            self._tools_for(task),
             task,
             self._request(task, cancel),
             workspace=workspace.prepare(),

@@ -15,15 +15,17 @@ from orchestra_cli.tools.base import Sandbox
 from orchestra_cli.tools.permissions import Rule
 
 BUILTIN_TOOLS = ("Read", "Write", "Edit", "Glob", "Grep", "Bash", "WebFetch")
+ENGINE_TOOLS = ("delegate", "spawn", "wait")  # the engine's own (engine/delegation.py)
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(?:_[A-Za-z0-9-]+)*$")  # no "__" inside
 
 
 def known_tools(names: list[str]) -> list[str]:
     """``names`` if each is a built-in tool, once (a ``ValueError`` names the first that is not)."""
     for name in names:
-        if name not in BUILTIN_TOOLS:
+        if name not in BUILTIN_TOOLS and name not in ENGINE_TOOLS:
             raise ValueError(
-                f"unknown tool {name!r}; the built-in tools are {', '.join(BUILTIN_TOOLS)}"
+                f"unknown tool {name!r}; the built-in tools are "
+                f"{', '.join(BUILTIN_TOOLS + ENGINE_TOOLS)}"
             )
     if len(set(names)) != len(names):
         raise ValueError("a tool is listed twice")

@@ -41,11 +41,12 @@ class Deployment:
         procs.append(Proc(["run"], self.env, self.cwd, tmp_path / "run.log"))
         self.agent = self.start_agent("1")
 
-    def start_agent(self, suffix: str) -> Proc:
-        """One agent of the role with one slot, running once this returns."""
-        name = f"{self.role}-{suffix}"
+    def start_agent(self, suffix: str, role: str | None = None) -> Proc:
+        """One agent of the role (or ``role``) with one slot, running once this returns."""
+        role = role or self.role
+        name = f"{role}-{suffix}"
         proc = Proc(
-            ["agent", "start", self.role, "--name", name, "--concurrency", "1"],
+            ["agent", "start", role, "--name", name, "--concurrency", "1"],
             self.env,
             self.cwd,
             self.tmp / f"{name}.log",

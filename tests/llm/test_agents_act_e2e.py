@@ -171,3 +171,72 @@ def test_cancel_kills_a_running_bash_command_and_its_children(
     assert len(fake.requests) == 1  # nothing was asked after the cancel
     _ = signal  # (the process group is killed by the tool layer; nothing to send here)
     _ = json
+
+
+LEAD_ROLE = """name: lead
+description: Leads the work and hands parts of it to the team.
+capabilities: [lead]
+prompt: execute-coder
+tools: [delegate, spawn, wait]
+"""
+
+
+def _lead(fake: FakeAnthropic, tmp_path: Path, procs: list[Any]) -> Deployment:
+    roles = tmp_path / "roles"
+    roles.mkdir()
+    (roles / "lead.yaml").write_text(LEAD_ROLE)
+    env = {
+        "ORCHESTRA_AGENTS__DEFINITIONS_DIR": str(roles),
+        "ORCHESTRA_AGENTS__TTL_SECONDS": "2",
+        "ORCHESTRA_BROKER__LEASE_SECONDS": "2",
+    }
+    deployment = Deployment(fake, tmp_path, procs, env=env, role="lead")
+    deployment.start_agent("1", role="coder")
+    return deployment
+
+
+def test_a_delegation_creates_a_child_in_the_tree_and_the_parent_goes_on_with_its_result(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    fake.script(
+        tool_use("delegate", {"capability": "code", "task": "write add()", "title": "add"}),
+        text("child: add() is written"),  # the coder's turn
+        text("parent: the team wrote add()"),
+    )
+    with processes() as procs:
+        deployment = _lead(fake, tmp_path, procs)
+        task_id = deployment.submit("lead the work", "--capability", "lead")
+        task = deployment.finished(task_id)
+        tree = deployment.cli("task", "get", task_id)
+    assert task["status"] == "succeeded", task
+    assert task["result"] == "parent: the team wrote add()"
+    offered = {t["name"] for t in fake.requests[0]["body"]["tools"]}
+    assert offered == {"delegate", "spawn", "wait"}
+    schema = next(t for t in fake.requests[0]["body"]["tools"] if t["name"] == "delegate")
+    assert "code" in schema["input_schema"]["properties"]["capability"]["enum"]
+    (child,) = tree["subtasks"]
+    assert child["parent_id"] == task_id and child["capability"] == "code"
+    assert child["status"] == "succeeded" and child["title"] == "add"
+    (result,) = results_of(fake.requests[2])
+    assert "child: add() is written" in result["content"] and not result.get("is_error")
+
+
+def test_a_parent_resumed_after_kill_9_waits_for_the_same_child_instead_of_a_second(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    fake.script(
+        tool_use("delegate", {"capability": "code", "task": "slow work"}),
+        text("child: done slowly", delay=8),
+        text("parent: resumed and done"),
+    )
+    with processes() as procs:
+        deployment = _lead(fake, tmp_path, procs)
+        task_id = deployment.submit("lead the work", "--capability", "lead")
+        wait_until(lambda: len(fake.requests) == 2, timeout=30, what="the child's call")
+        deployment.agent.kill9()  # the parent dies while it waits for its child
+        deployment.start_agent("2")
+        task = deployment.finished(task_id, timeout=60)
+        tree = deployment.cli("task", "get", task_id)
+    assert task["status"] == "succeeded", task
+    assert len(tree["subtasks"]) == 1  # the resumed delegate found its child
+    assert len(fake.requests) == 3  # the parent's first turn was not asked again
