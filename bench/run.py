@@ -166,6 +166,7 @@ def orchestra(
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
     env["ORCHESTRA_HOME"] = str(home)
     env["ORCHESTRA_LOG__LEVEL"] = "WARNING"
+    env["ORCHESTRA_AGENTS__DEFINITIONS_DIR"] = str(REPO / "bench" / "roles")  # a coder without tools
     run_id = uuid.uuid4().hex[:8]
     if mode == "services":
         env["ORCHESTRA_STATE_URL"] = REDIS_URL

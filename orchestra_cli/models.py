@@ -96,11 +96,29 @@ class Event(Model, extra="ignore"):
     def detail(self) -> str:
         """``queued -> running agent=coder-1 attempt=1``: what the event says, one line."""
         d = self.data
+        if self.type == "step":
+            return step_detail(d)
         parts = [f"{d['from']} -> {d['to']}"] if "from" in d and "to" in d else []
         for key in ("agent", "attempt", "capability", "reason", "error", "why", "retry_in"):
             if d.get(key) not in (None, "", 0):
                 parts.append(f"{key}={d[key]}")
         return " ".join(map(str, parts))
+
+
+def step_detail(d: dict[str, Any]) -> str:
+    """A ``step`` event in one line: ``turn 2/40 tool_use → Bash`` or ``Bash: ls -la``."""
+    kind = d.get("kind")
+    if kind == "model":
+        tools = ", ".join(c.get("name", "?") for c in d.get("tool_calls") or [])
+        turn = f"turn {d.get('turn')}/{d.get('max_turns')}" if d.get("turn") else "turn"
+        return f"{turn} {d.get('stop_reason')}" + (f" → {tools}" if tools else "")
+    if kind == "tool_start":
+        return f"{d.get('tool')}: {d.get('input', '')}"
+    if kind == "tool_result":
+        return f"{d.get('tool')} {'error' if d.get('is_error') else 'ok'}"
+    if kind == "prompt":
+        return f"prompt; tools: {', '.join(d.get('tools') or []) or '-'}"
+    return str(kind)
 
 
 class AgentRecord(Model, extra="ignore"):

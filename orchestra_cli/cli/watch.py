@@ -69,18 +69,20 @@ def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     seq = 0
     tree = service.subtree(task.id)
+    steps: dict[str, Event] = {}  # each task's latest step, for "what it is doing now"
     with Live(live_view(tree, {}), console=app.console, auto_refresh=False) as live:
         while True:
             tree = service.subtree(task.id)
             current = tree[0]
             stuck = {} if current.status in TERMINAL else service.blockers(tree)
-            live.update(live_view(tree, stuck), refresh=True)
+            live.update(live_view(tree, stuck, steps=steps), refresh=True)
             if current.status in TERMINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 return _timed_out(current, timeout or 0)
             events = _next_events(app, task.root_id, seq, deadline)  # the tree changed
             seq = events[-1].seq if events else seq
+            steps.update({e.task_id: e for e in events if e.type == "step"})
     _summary(app, current)
     return _outcome(current)
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from orchestra_cli.engine.blockers import Blocker
+    from orchestra_cli.models import Event
 
 # name, width (None: the rest), right-aligned
 COLUMNS = (
@@ -121,9 +122,13 @@ def rows(tree: list[Task], at: float) -> list[tuple[Task, tuple[str, ...]]]:
 
 
 def live_view(
-    tree: list[Task], stuck: Mapping[str, Blocker], at: float | None = None
+    tree: list[Task],
+    stuck: Mapping[str, Blocker],
+    at: float | None = None,
+    steps: Mapping[str, Event] | None = None,
 ) -> RenderableType:
-    """The whole view: header, table, then a line per task that cannot move."""
+    """The whole view: header, table (a running task's current step under its row), then a
+    line per task that cannot move."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -143,6 +148,11 @@ def live_view(
         style = STATUS_STYLE[task.status.value]
         table.add_row(*(Text(c, style=style if i == 1 else "") for i, c in enumerate(cells)))
     parts: list[RenderableType] = [Text(header(tree, at), style="bold"), table]
+    for task in tree:  # what each running task is doing now: its latest step
+        step = (steps or {}).get(task.id)
+        if step is not None and task.status == Status.RUNNING:
+            line = f"↳ {short_id(task.id)}: {step.detail()} · {max(0.0, at - step.time):.0f}s"
+            parts.append(Text(line if len(line) <= 80 else line[:79] + "…", style="dim"))
     for task_id, blocker in stuck.items():
         # two lines, so the command stays whole at 80 columns
         parts.append(Text(f"! {short_id(task_id)}: {blocker.reason}", style="yellow"))

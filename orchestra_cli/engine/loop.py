@@ -22,6 +22,7 @@ loop ends when the model ends its turn, and fails with a reason at the role's
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -142,8 +143,14 @@ def redacted(value: Any) -> Any:
     return value
 
 
+MAIN_ARGUMENTS = ("command", "file_path", "pattern", "url", "path", "capability", "task")
+
+
 def short(value: Any) -> str:
-    """A tool input in one line, for events and the live view."""
+    """A tool input in one line, for events and the live view: its main argument, if any."""
+    if isinstance(value, dict):
+        main = next((value[k] for k in MAIN_ARGUMENTS if isinstance(value.get(k), str)), None)
+        value = main if main is not None else json.dumps(value, ensure_ascii=False)
     text = " ".join(str(value).split())
     return text if len(text) <= SHORT_INPUT_CHARS else text[: SHORT_INPUT_CHARS - 1] + "…"
 

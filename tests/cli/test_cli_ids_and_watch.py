@@ -137,3 +137,37 @@ def test_a_title_taken_from_markdown_drops_the_markup(cli: CliRunner) -> None:
     assert plain_title("- [ ] see [the docs](http://x/y) > here") == "see the docs > here"
     assert plain_title("2 * 3 * 4 = 24") == "2 * 3 * 4 = 24"
     assert plain_title("###") == "###"
+
+
+def test_a_running_task_shows_its_current_step_turn_tool_and_time() -> None:
+    from orchestra_cli.models import Event
+
+    tree = _tree()
+    implement = tree[2]
+    assert implement.status == Status.RUNNING
+    at = tree[0].created_at + 10
+    step = Event(
+        seq=9,
+        task_id=implement.id,
+        root_id=tree[0].id,
+        type="step",
+        time=at - 3,
+        data={"n": 4, "kind": "tool_start", "tool": "Bash", "input": "python3 test_app.py"},
+    )
+    screen = _screen(live_view(tree, {}, at=at, steps={implement.id: step}), 80)
+    assert f"↳ {implement.id[-8:]}: Bash: python3 test_app.py · 3s" in screen
+    turn = Event(
+        seq=10,
+        task_id=implement.id,
+        root_id=tree[0].id,
+        type="step",
+        time=at,
+        data={
+            "kind": "model",
+            "turn": 2,
+            "max_turns": 40,
+            "stop_reason": "tool_use",
+            "tool_calls": [{"name": "Write"}, {"name": "Bash"}],
+        },
+    )
+    assert turn.detail() == "turn 2/40 tool_use → Write, Bash"

@@ -29,6 +29,13 @@ def test_demo_finishes_with_a_succeeded_tree_of_several_agents(tmp_path: Path) -
     assert result.out.count("✔ succeeded") >= 5
     data_dir = re.search(r"on (\S*orchestra-demo-\S+)", result.err.replace("\n", ""))
     assert data_dir and not Path(data_dir.group(1)).exists()  # cleaned up
+    # the agents acted: the coder wrote a module and its test and ran it with Bash, the
+    # reviewer read them; the tree's files were exported
+    assert "Write ok" in result.out and "Bash: python3 test_app.py" in result.out
+    assert "Bash ok" in result.out and "Read ok" in result.out
+    exported = tmp_path / "orchestra-demo-output"
+    assert sorted(p.name for p in exported.iterdir()) == ["DESIGN.md", "app.py", "test_app.py"]
+    assert "[offline]" in (exported / "app.py").read_text()
 
 
 def _run_in_pty(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[int, str]:

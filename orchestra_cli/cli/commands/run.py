@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -64,12 +65,17 @@ def demo(
     ctx: typer.Context,
     latency_ms: Annotated[int, typer.Option(min=0, help="Simulated model think time.")] = 600,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's data dir.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Export the tree's files here (default ./orchestra-demo-output)."
+        ),
+    ] = None,
 ) -> int:
     """Run the sample workload: an orchestrator and the built-in agents on a multi-step task."""
     import shutil
     import tempfile
     import threading
-    from pathlib import Path
 
     from orchestra_cli.backends import open_backends
     from orchestra_cli.cli.render import task_tree
@@ -114,9 +120,17 @@ def demo(
         )
         app.info(f"submitted {task.id}: {DEMO_TASK}")
         code = watch_task(app, task.id, timeout=120)
+        service = TaskService(backends, app.roles)
         if not app.json:
             app.console.print()
-            app.console.print(task_tree(TaskService(backends, app.roles).subtree(task.id)))
+            app.console.print(task_tree(service.subtree(task.id)))
+        # what the agents made: the coder's module and its test, the design note
+        target = output or Path("orchestra-demo-output")
+        _, written = service.export(task.id, target)
+        app.info(
+            f"the agents' files ({', '.join(e.path for e in written) or 'none'}) are in "
+            f"{target}/ — the same as `orchestra task export {task.id} {target}`"
+        )
         return code
     finally:
         stop.set()
