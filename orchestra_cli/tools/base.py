@@ -8,7 +8,6 @@ when the task's cancel event is set, so the loop stops between steps.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections.abc import Mapping
@@ -18,14 +17,9 @@ from typing import Any, ClassVar, Protocol
 
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.llm.base import ToolResult, ToolSpec
+from orchestra_cli.tools.config import Sandbox
 
-
-class Sandbox(enum.StrEnum):
-    """Where ``Bash`` runs. Only ``bwrap`` is safe; the others are an explicit opt-in."""
-
-    BWRAP = "bwrap"  # in bubblewrap; refused when bwrap is not installed
-    AUTO = "auto"  # in bubblewrap where installed, else unsandboxed
-    NONE = "none"  # never sandboxed
+__all__ = ["Sandbox"]  # defined with the role-file keys, used by every tool
 
 
 @dataclass(frozen=True)
