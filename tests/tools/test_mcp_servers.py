@@ -80,6 +80,7 @@ def test_tools_are_offered_as_mcp_server_tool_with_the_servers_schema(
     assert echo.input_schema["properties"]["text"]["type"] == "string"
     assert echo.input_schema["required"] == ["text"]
     assert echo.idempotent and not tools["mcp__t__add"].idempotent  # the read-only hint
+    assert not any("far_too_long" in name for name in tools)  # over the API's 64 characters
 
 
 def test_a_call_returns_the_tools_text(servers: McpServers) -> None:
