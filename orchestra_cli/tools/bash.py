@@ -3,7 +3,8 @@
 The sandbox (Debian's ``bubblewrap``): the host's root read-only, the
 workspace writable at its own path (the working directory), a private /tmp
 and /run, new namespaces for everything (no network unless the role allows
-it), a new session, and death with its parent. The command's environment has
+it), no capabilities (even when the agent runs as root), a new session, and
+death with its parent. The command's environment has
 no secrets: ``ANTHROPIC_*``, ``VAULT_*``, ``ORCHESTRA_*``, names that look like
 credentials and every value the secrets layer knows are removed. A time limit
 and cancel kill the whole process group; so does the command's end, so a
@@ -48,6 +49,8 @@ def sandbox_argv(executable: str, workspace: Path, *, network: bool) -> list[str
     argv = [executable, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     argv += ["--tmpfs", "/tmp", "--tmpfs", "/run"]  # /run: no docker or dbus socket
     argv += ["--bind", ws, ws, "--chdir", ws, "--unshare-all", "--die-with-parent", "--new-session"]
+    # run by root, bwrap keeps every capability: the command could remount / writable
+    argv += ["--cap-drop", "ALL"]
     if network:
         argv.append("--share-net")
         resolv = Path("/etc/resolv.conf").resolve()

@@ -80,6 +80,15 @@ def test_the_sandboxed_system_is_read_only_and_the_workspace_writable(
     assert (sandboxed.workspace / "made.txt").read_text() == "made\n"
 
 
+def test_the_sandboxed_command_has_no_capabilities_and_cannot_remount_the_system(
+    sandboxed: ToolContext,
+) -> None:
+    content, failed = run(sandboxed, "grep CapEff /proc/self/status")
+    assert (content, failed) == ("CapEff:\t0000000000000000", False)
+    content, failed = run(sandboxed, "mount -o remount,bind,rw / && touch /usr/orchestra-escape")
+    assert failed and not Path("/usr/orchestra-escape").exists()
+
+
 def test_the_sandbox_has_its_own_tmp(sandboxed: ToolContext) -> None:
     marker = f"orchestra-private-tmp-{time.monotonic_ns()}"
     content, failed = run(sandboxed, f"echo x > /tmp/{marker} && ls /tmp")
