@@ -48,6 +48,7 @@ class ToolContext:
     network: bool = False  # Bash's sandbox shares the host's network
     sandbox: Sandbox = Sandbox.BWRAP
     fetch_private: bool = False  # WebFetch may reach loopback and private addresses
+    hidden: tuple[Path, ...] = ()  # not visible in Bash's sandbox (orchestra's home, .env)
     limits: Limits = Limits()
 
     def check_cancel(self) -> None:

@@ -43,11 +43,20 @@ def bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-def sandbox_argv(executable: str, workspace: Path, *, network: bool) -> list[str]:
-    """bwrap's arguments up to the ``--`` before the command."""
+def sandbox_argv(
+    executable: str, workspace: Path, *, network: bool, hidden: tuple[Path, ...] = ()
+) -> list[str]:
+    """bwrap's arguments up to the ``--`` before the command; ``hidden`` directories are
+    empty in the sandbox and hidden files read as empty (the workspace stays visible)."""
     ws = str(workspace.resolve())
     argv = [executable, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     argv += ["--tmpfs", "/tmp", "--tmpfs", "/run"]  # /run: no docker or dbus socket
+    for path in hidden:
+        real = path.resolve()
+        if real.is_dir():
+            argv += ["--tmpfs", str(real)]
+        elif real.exists():
+            argv += ["--ro-bind", "/dev/null", str(real)]
     argv += ["--bind", ws, ws, "--chdir", ws, "--unshare-all", "--die-with-parent", "--new-session"]
     # run by root, bwrap keeps every capability: the command could remount / writable
     argv += ["--cap-drop", "ALL"]
@@ -157,9 +166,11 @@ def _pump(
     deadline: float,
     cancel: threading.Event,
 ) -> bool:
-    """Read output until EOF or a while after the shell exits; True on the time limit."""
+    """Read output until the shell has exited and the output ended (or a moment after
+    the exit, when a background child holds the pipe); True on the time limit."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
+    ended = False  # the output's EOF: the shell may still be exiting, or running on
     exited_at: float | None = None
     while True:
         if cancel.is_set():
@@ -168,15 +179,18 @@ def _pump(
         now = time.monotonic()
         if now >= deadline:
             return True
-        if selector.select(min(POLL_SECONDS, deadline - now)):
+        wait = min(POLL_SECONDS, deadline - now)
+        if ended:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
+        elif selector.select(wait):
             chunk = os.read(fd, 65536)
-            if not chunk:
-                return False
+            ended = not chunk
             capture.add(chunk)
         if proc.poll() is not None:
             exited_at = exited_at or now
-            if now - exited_at > EXIT_GRACE_SECONDS:
-                return False  # a background child still holds the pipe: it dies with the group
+            if ended or now - exited_at > EXIT_GRACE_SECONDS:
+                return False  # a background child still holding the pipe dies with the group
 
 
 class Bash(BuiltinTool):
@@ -223,7 +237,10 @@ class Bash(BuiltinTool):
         sandboxed = executable is not None
         argv = ["bash" if shutil.which("bash") else "sh", "-c", command]
         if executable is not None:
-            argv = [*sandbox_argv(executable, ctx.workspace, network=ctx.network), *argv]
+            sandbox = sandbox_argv(
+                executable, ctx.workspace, network=ctx.network, hidden=ctx.hidden
+            )
+            argv = [*sandbox, *argv]
         env = clean_env(os.environ, ctx.secrets, home="/tmp" if sandboxed else None)
         done = run_command(
             argv,

@@ -62,6 +62,7 @@ class Toolbox:
         sandbox: SandboxConfig | None = None,
         limits: Limits | None = None,
         fetch_private: bool = False,
+        hide: Sequence[Path] = (),
         environ: Mapping[str, str] | None = None,
     ) -> None:
         unknown = [name for name in tools if name not in BUILTINS]
@@ -71,6 +72,7 @@ class Toolbox:
         self._sandbox = sandbox or SandboxConfig()
         self._limits = limits or Limits()
         self._fetch_private = fetch_private
+        self._hidden = tuple(hide)  # e.g. orchestra's home and .env: not for the sandbox to read
         servers = dict(mcp_servers or {})
         rules = permissions or PermissionsConfig()
         allow = rules.allow
@@ -161,6 +163,7 @@ class Toolbox:
             network=self._sandbox.network,
             sandbox=self._sandbox.mode,
             fetch_private=self._fetch_private,
+            hidden=self._hidden,
             limits=self._limits,
         )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -89,6 +91,30 @@ def test_the_sandboxed_command_has_no_capabilities_and_cannot_remount_the_system
     assert failed and not Path("/usr/orchestra-escape").exists()
 
 
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A directory the sandbox can see (under /var/tmp: its /tmp is private)."""
+    path = Path(tempfile.mkdtemp(prefix="orchestra-test-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path)
+
+
+def test_hidden_paths_are_not_readable_in_the_sandbox(
+    sandboxed: ToolContext, outside_tmp: Path
+) -> None:
+    home = outside_tmp / "orchestra-home"
+    home.mkdir()
+    (home / "orchestra.db").write_text("other tasks' data")
+    dotenv = outside_tmp / ".env"
+    dotenv.write_text("ANTHROPIC_API_KEY=sk-ant-in-dotenv")
+    command = f"cat {home}/orchestra.db {dotenv}; ls -A {home}; echo end"
+    assert "other tasks' data" in run(sandboxed, command)[0]  # visible without hiding
+    ctx = ToolContext(workspace=sandboxed.workspace, hidden=(home, dotenv))
+    content, _ = run(ctx, command)
+    assert "other tasks' data" not in content and "sk-ant" not in content
+    assert content.endswith("end") and "No such file" in content
+
+
 def test_the_sandbox_has_its_own_tmp(sandboxed: ToolContext) -> None:
     marker = f"orchestra-private-tmp-{time.monotonic_ns()}"
     content, failed = run(sandboxed, f"echo x > /tmp/{marker} && ls /tmp")
@@ -135,7 +161,7 @@ def test_secrets_in_the_environment_are_not_visible_to_the_command(
     monkeypatch.setenv("HARMLESS", "kept")
     ctx = ToolContext(workspace=workspace, sandbox=sandbox, secrets=frozenset({"ctx-secret-value"}))
     content, failed = run(ctx, "env")
-    assert not failed
+    assert not failed, content
     for leaked in (
         "ANTHROPIC_API_KEY",
         "VAULT_TOKEN",
@@ -228,3 +254,12 @@ def test_without_bwrap_bash_is_refused_unless_the_role_opts_in(
         "ok",
         False,
     )
+
+
+def test_a_command_that_closes_its_output_early_is_not_killed(workspace: Path) -> None:
+    # coreutils close stdout before they exit: the output's end is not the command's end
+    ctx = ToolContext(workspace=workspace, sandbox=Sandbox.NONE)
+    results = {run(ctx, "exec /bin/echo hi") for _ in range(30)}
+    assert results == {("hi", False)}
+    assert run(ctx, "exec >&- 2>&-; sleep 0.3; touch finished") == ("(no output)", False)
+    assert (workspace / "finished").exists()
