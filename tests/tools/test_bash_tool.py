@@ -263,3 +263,17 @@ def test_a_command_that_closes_its_output_early_is_not_killed(workspace: Path) -
     assert results == {("hi", False)}
     assert run(ctx, "exec >&- 2>&-; sleep 0.3; touch finished") == ("(no output)", False)
     assert (workspace / "finished").exists()
+
+
+def test_a_missing_bwrap_skips_the_sandbox_tests_on_a_laptop_and_fails_them_in_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.tools import conftest
+
+    monkeypatch.setattr(conftest.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        conftest.require_bwrap()
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the sandbox tests"):
+        conftest.require_bwrap()
