@@ -88,12 +88,20 @@ def error(message: str) -> ToolOutput:
 class Tool(Protocol):
     """One tool: a name the model calls, its input schema, and how to run it."""
 
-    name: str
-    description: str
-    input_schema: dict[str, Any]
-    idempotent: bool  # running it again after a crash cannot do harm
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def input_schema(self) -> dict[str, Any]: ...
+    @property
+    def idempotent(self) -> bool:
+        """Whether running it again after a crash mid-call cannot do harm."""
+        ...
 
-    def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolOutput: ...
+    def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolOutput:
+        """The result the model reads; raise only ``TaskCancelled``."""
+        ...
 
 
 class ToolInputError(ValueError):

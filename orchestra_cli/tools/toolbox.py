@@ -23,6 +23,7 @@ from orchestra_cli.tools import paths
 from orchestra_cli.tools.base import (
     BuiltinTool,
     Limits,
+    Tool,
     ToolContext,
     ToolInputError,
     ToolOutput,
@@ -51,7 +52,8 @@ MAX_PARALLEL_CALLS = 8
 
 
 class Toolbox:
-    """The built-in tools a role lists, its MCP servers (started here), its permissions."""
+    """The built-in tools a role lists (plus ``extra`` tools of the caller's), its MCP
+    servers (started here), and its permissions."""
 
     def __init__(
         self,
@@ -63,12 +65,17 @@ class Toolbox:
         limits: Limits | None = None,
         fetch_private: bool = False,
         hide: Sequence[Path] = (),
+        extra: Sequence[Tool] = (),
         environ: Mapping[str, str] | None = None,
     ) -> None:
         unknown = [name for name in tools if name not in BUILTINS]
         if unknown:
             raise ValueError(f"unknown built-in tools: {', '.join(unknown)}")
-        self._builtins = {name: BUILTINS[name]() for name in tools}
+        self._builtins: dict[str, Tool] = {name: BUILTINS[name]() for name in tools}
+        for tool in extra:  # the loop's own tools (delegate, spawn…), offered like built-ins
+            if tool.name in self._builtins or tool.name.startswith("mcp__"):
+                raise ValueError(f"tool name {tool.name!r} is taken")
+            self._builtins[tool.name] = tool
         self._sandbox = sandbox or SandboxConfig()
         self._limits = limits or Limits()
         self._fetch_private = fetch_private
@@ -77,7 +84,7 @@ class Toolbox:
         rules = permissions or PermissionsConfig()
         allow = rules.allow
         if allow is None:  # by default the role's own tools are allowed
-            allow = [*tools, *(f"mcp__{name}__*" for name in servers)]
+            allow = [*self._builtins, *(f"mcp__{name}__*" for name in servers)]
         self.permissions = Permissions(allow, rules.ask, rules.deny)
         self._mcp: McpServers | None = None
         self._mcp_tools: dict[str, McpTool] = {}
@@ -108,7 +115,11 @@ class Toolbox:
 
     def specs(self) -> list[ToolSpec]:
         """The tools offered to the model: those some ``allow`` or ``ask`` rule lets run."""
-        specs = [tool.spec() for name, tool in self._builtins.items() if self._offered(name)]
+        specs = [
+            ToolSpec(name, tool.description, tool.input_schema)
+            for name, tool in self._builtins.items()
+            if self._offered(name)
+        ]
         for name, tool in self._mcp_tools.items():
             if self._offered(name):
                 specs.append(ToolSpec(name, tool.description, tool.input_schema))
@@ -221,12 +232,13 @@ class Toolbox:
             return error(f"{call.name} failed: {type(exc).__name__}: {exc}")
 
     def _execute(self, call: ToolCall, ctx: ToolContext) -> ToolOutput:
-        builtin = self._builtins.get(call.name)
-        if builtin is not None:
-            return builtin.run(call.input, ctx)
-        assert self._mcp is not None
         if not isinstance(call.input, Mapping):
             return error(f"{call.name}: the input must be a JSON object")
+        tool = self._builtins.get(call.name)
+        if tool is not None:
+            out = tool.run(call.input, ctx)  # built-ins cap and redact; extra tools may not
+            return ToolOutput(cap(ctx.redact(out.content), ctx.limits), out.is_error)
+        assert self._mcp is not None
         timeout = ctx.remaining(MCP_TIMEOUT)
         if timeout <= 0:
             return error(f"{call.name}: the task's time is up; the call was not made")
