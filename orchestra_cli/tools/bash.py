@@ -29,7 +29,15 @@ from typing import Any, ClassVar
 
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.logs import known_secrets
-from orchestra_cli.tools.base import Args, BuiltinTool, Sandbox, ToolContext, ToolOutput, error
+from orchestra_cli.tools.base import (
+    Args,
+    BuiltinTool,
+    Limits,
+    Sandbox,
+    ToolContext,
+    ToolOutput,
+    error,
+)
 
 SECRET_ENV_PREFIXES = ("ANTHROPIC_", "VAULT_", "ORCHESTRA_", "BAO_")
 SECRET_ENV_NAMES = re.compile(r"(?i)(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY)")
@@ -193,6 +201,16 @@ def _pump(
                 return False  # a background child still holding the pipe dies with the group
 
 
+def _rlimits(limits: Limits) -> list[str]:
+    """util-linux's prlimit before the shell: a fork bomb or a runaway file stops at the
+    limit (processes count per user across the machine; memory needs cgroups, not here)."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        return []
+    nproc, fsize = limits.bash_max_processes, limits.bash_max_file_bytes
+    return [prlimit, f"--nproc={nproc}", f"--fsize={fsize}", "--"]
+
+
 class Bash(BuiltinTool):
     name = "Bash"
     description = (
@@ -235,7 +253,7 @@ class Bash(BuiltinTool):
                 "the role run Bash unsandboxed (sandbox: {mode: auto} or {mode: none})"
             )
         sandboxed = executable is not None
-        argv = ["bash" if shutil.which("bash") else "sh", "-c", command]
+        argv = [*_rlimits(limits), "bash" if shutil.which("bash") else "sh", "-c", command]
         if executable is not None:
             sandbox = sandbox_argv(
                 executable, ctx.workspace, network=ctx.network, hidden=ctx.hidden

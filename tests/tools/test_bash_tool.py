@@ -219,6 +219,15 @@ def test_cancel_kills_a_running_command_within_a_second(sandboxed: ToolContext) 
     assert gone(f"sleep {marker}", within=1.0)
 
 
+def test_process_and_file_size_limits_apply_to_the_command(sandboxed: ToolContext) -> None:
+    limits = Limits(bash_max_processes=3000, bash_max_file_bytes=100_000)
+    ctx = ToolContext(workspace=sandboxed.workspace, limits=limits)
+    assert run(ctx, "ulimit -u; ulimit -f") == ("3000\n97", False)  # -f is in 1024-byte blocks
+    content, failed = run(ctx, "head -c 200000 /dev/zero > big.bin")
+    assert failed and "[exit code" in content
+    assert (sandboxed.workspace / "big.bin").stat().st_size == 100_000
+
+
 def test_huge_output_is_capped_with_a_marker(workspace: Path, sandboxed: ToolContext) -> None:
     ctx = ToolContext(workspace=workspace, limits=Limits(max_output_chars=1000))
     content, failed = run(ctx, "echo first; yes line | head -c 5000000; echo; echo last")
