@@ -32,7 +32,7 @@ class Limits:
     line_chars: int = 2000  # Read cuts longer lines
     bash_timeout: float = 120.0  # Bash's default time limit (seconds)
     bash_max_timeout: float = 600.0  # the most a call may ask for
-    bash_max_processes: int = 4096  # RLIMIT_NPROC: counts the user's processes machine-wide
+    bash_max_processes: int = 8192  # RLIMIT_NPROC: counts the user's threads machine-wide
     bash_max_file_bytes: int = 1_000_000_000  # RLIMIT_FSIZE: the largest file it may write
     fetch_bytes: int = 1_000_000  # WebFetch stops reading beyond this
     fetch_timeout: float = 30.0
