@@ -6,7 +6,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from orchestra_cli.logs import register_secret
 from orchestra_cli.tools import bash as bash_module
 from orchestra_cli.tools.base import Limits, Sandbox, ToolContext
 from orchestra_cli.tools.bash import Bash
+from tests.tools.conftest import CancelLater
 
 pytestmark = pytest.mark.integration
 
@@ -209,13 +209,11 @@ def test_a_background_child_does_not_outlive_the_call(sandboxed: ToolContext) ->
 
 def test_cancel_kills_a_running_command_within_a_second(sandboxed: ToolContext) -> None:
     marker = unique_seconds("33")
-    cancel = threading.Event()
-    ctx = ToolContext(workspace=sandboxed.workspace, cancel=cancel)
-    threading.Timer(0.3, cancel.set).start()
-    started = time.monotonic()
+    cancel = CancelLater(0.3)
+    ctx = ToolContext(workspace=sandboxed.workspace, cancel=cancel.event)
     with pytest.raises(TaskCancelled):
         run(ctx, f"sh -c 'sleep {marker}' & sleep {marker}")
-    assert time.monotonic() - started < 1.3
+    assert cancel.since() < 1.0
     assert gone(f"sleep {marker}", within=1.0)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from orchestra_cli.tools.base import Limits, Sandbox, ToolContext, ToolOutput
 from orchestra_cli.tools.config import McpServerConfig, PermissionsConfig, SandboxConfig
 from orchestra_cli.tools.permissions import Decision
 from orchestra_cli.tools.toolbox import Toolbox
+from tests.tools.conftest import CancelLater
 from tests.tools.test_mcp_servers import TEST_SERVER, alive
 
 UNSANDBOXED = SandboxConfig(mode=Sandbox.NONE)
@@ -131,13 +131,11 @@ def test_several_calls_run_concurrently_and_come_back_in_call_order(workspace: P
 @pytest.mark.integration
 def test_cancel_during_concurrent_calls_raises_task_cancelled(workspace: Path) -> None:
     toolbox = Toolbox(["Bash", "Read"], sandbox=UNSANDBOXED)
-    cancel = threading.Event()
-    ctx = toolbox.context(workspace, cancel=cancel)
-    threading.Timer(0.2, cancel.set).start()
-    started = time.monotonic()
+    cancel = CancelLater(0.2)
+    ctx = toolbox.context(workspace, cancel=cancel.event)
     with pytest.raises(TaskCancelled):
         toolbox.run([call("Bash", command="sleep 20"), call("Read", file_path="x")], ctx)
-    assert time.monotonic() - started < 1.5
+    assert cancel.since() < 1.0
     toolbox.close()
 
 
