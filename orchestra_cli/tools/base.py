@@ -8,7 +8,6 @@ when the task's cancel event is set, so the loop stops between steps.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections.abc import Mapping
@@ -18,14 +17,9 @@ from typing import Any, ClassVar, Protocol
 
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.llm.base import ToolResult, ToolSpec
+from orchestra_cli.tools.config import Sandbox
 
-
-class Sandbox(enum.StrEnum):
-    """Where ``Bash`` runs. Only ``bwrap`` is safe; the others are an explicit opt-in."""
-
-    BWRAP = "bwrap"  # in bubblewrap; refused when bwrap is not installed
-    AUTO = "auto"  # in bubblewrap where installed, else unsandboxed
-    NONE = "none"  # never sandboxed
+__all__ = ["Sandbox"]  # defined with the role-file keys, used by every tool
 
 
 @dataclass(frozen=True)
@@ -38,6 +32,8 @@ class Limits:
     line_chars: int = 2000  # Read cuts longer lines
     bash_timeout: float = 120.0  # Bash's default time limit (seconds)
     bash_max_timeout: float = 600.0  # the most a call may ask for
+    bash_max_processes: int = 8192  # RLIMIT_NPROC: counts the user's threads machine-wide
+    bash_max_file_bytes: int = 1_000_000_000  # RLIMIT_FSIZE: the largest file it may write
     fetch_bytes: int = 1_000_000  # WebFetch stops reading beyond this
     fetch_timeout: float = 30.0
     search_results: int = 500  # Glob's and Grep's entries, before ``head_limit``
@@ -54,6 +50,7 @@ class ToolContext:
     network: bool = False  # Bash's sandbox shares the host's network
     sandbox: Sandbox = Sandbox.BWRAP
     fetch_private: bool = False  # WebFetch may reach loopback and private addresses
+    hidden: tuple[Path, ...] = ()  # not visible in Bash's sandbox (orchestra's home, .env)
     limits: Limits = Limits()
 
     def check_cancel(self) -> None:
@@ -93,12 +90,20 @@ def error(message: str) -> ToolOutput:
 class Tool(Protocol):
     """One tool: a name the model calls, its input schema, and how to run it."""
 
-    name: str
-    description: str
-    input_schema: dict[str, Any]
-    idempotent: bool  # running it again after a crash cannot do harm
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def input_schema(self) -> dict[str, Any]: ...
+    @property
+    def idempotent(self) -> bool:
+        """Whether running it again after a crash mid-call cannot do harm."""
+        ...
 
-    def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolOutput: ...
+    def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolOutput:
+        """The result the model reads; raise only ``TaskCancelled``."""
+        ...
 
 
 class ToolInputError(ValueError):

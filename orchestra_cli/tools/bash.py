@@ -3,7 +3,8 @@
 The sandbox (Debian's ``bubblewrap``): the host's root read-only, the
 workspace writable at its own path (the working directory), a private /tmp
 and /run, new namespaces for everything (no network unless the role allows
-it), a new session, and death with its parent. The command's environment has
+it), no capabilities (even when the agent runs as root), a new session, and
+death with its parent. The command's environment has
 no secrets: ``ANTHROPIC_*``, ``VAULT_*``, ``ORCHESTRA_*``, names that look like
 credentials and every value the secrets layer knows are removed. A time limit
 and cancel kill the whole process group; so does the command's end, so a
@@ -28,7 +29,15 @@ from typing import Any, ClassVar
 
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.logs import known_secrets
-from orchestra_cli.tools.base import Args, BuiltinTool, Sandbox, ToolContext, ToolOutput, error
+from orchestra_cli.tools.base import (
+    Args,
+    BuiltinTool,
+    Limits,
+    Sandbox,
+    ToolContext,
+    ToolOutput,
+    error,
+)
 
 SECRET_ENV_PREFIXES = ("ANTHROPIC_", "VAULT_", "ORCHESTRA_", "BAO_")
 SECRET_ENV_NAMES = re.compile(r"(?i)(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY)")
@@ -42,12 +51,23 @@ def bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-def sandbox_argv(executable: str, workspace: Path, *, network: bool) -> list[str]:
-    """bwrap's arguments up to the ``--`` before the command."""
+def sandbox_argv(
+    executable: str, workspace: Path, *, network: bool, hidden: tuple[Path, ...] = ()
+) -> list[str]:
+    """bwrap's arguments up to the ``--`` before the command; ``hidden`` directories are
+    empty in the sandbox and hidden files read as empty (the workspace stays visible)."""
     ws = str(workspace.resolve())
     argv = [executable, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     argv += ["--tmpfs", "/tmp", "--tmpfs", "/run"]  # /run: no docker or dbus socket
+    for path in hidden:
+        real = path.resolve()
+        if real.is_dir():
+            argv += ["--tmpfs", str(real)]
+        elif real.exists():
+            argv += ["--ro-bind", "/dev/null", str(real)]
     argv += ["--bind", ws, ws, "--chdir", ws, "--unshare-all", "--die-with-parent", "--new-session"]
+    # run by root, bwrap keeps every capability: the command could remount / writable
+    argv += ["--cap-drop", "ALL"]
     if network:
         argv.append("--share-net")
         resolv = Path("/etc/resolv.conf").resolve()
@@ -154,9 +174,11 @@ def _pump(
     deadline: float,
     cancel: threading.Event,
 ) -> bool:
-    """Read output until EOF or a while after the shell exits; True on the time limit."""
+    """Read output until the shell has exited and the output ended (or a moment after
+    the exit, when a background child holds the pipe); True on the time limit."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
+    ended = False  # the output's EOF: the shell may still be exiting, or running on
     exited_at: float | None = None
     while True:
         if cancel.is_set():
@@ -165,15 +187,28 @@ def _pump(
         now = time.monotonic()
         if now >= deadline:
             return True
-        if selector.select(min(POLL_SECONDS, deadline - now)):
+        wait = min(POLL_SECONDS, deadline - now)
+        if ended:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
+        elif selector.select(wait):
             chunk = os.read(fd, 65536)
-            if not chunk:
-                return False
+            ended = not chunk
             capture.add(chunk)
         if proc.poll() is not None:
             exited_at = exited_at or now
-            if now - exited_at > EXIT_GRACE_SECONDS:
-                return False  # a background child still holds the pipe: it dies with the group
+            if ended or now - exited_at > EXIT_GRACE_SECONDS:
+                return False  # a background child still holding the pipe dies with the group
+
+
+def _rlimits(limits: Limits) -> list[str]:
+    """util-linux's prlimit before the shell: a fork bomb or a runaway file stops at the
+    limit (processes count per user across the machine; memory needs cgroups, not here)."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        return []
+    nproc, fsize = limits.bash_max_processes, limits.bash_max_file_bytes
+    return [prlimit, f"--nproc={nproc}", f"--fsize={fsize}", "--"]
 
 
 class Bash(BuiltinTool):
@@ -218,9 +253,12 @@ class Bash(BuiltinTool):
                 "the role run Bash unsandboxed (sandbox: {mode: auto} or {mode: none})"
             )
         sandboxed = executable is not None
-        argv = ["bash" if shutil.which("bash") else "sh", "-c", command]
+        argv = [*_rlimits(limits), "bash" if shutil.which("bash") else "sh", "-c", command]
         if executable is not None:
-            argv = [*sandbox_argv(executable, ctx.workspace, network=ctx.network), *argv]
+            sandbox = sandbox_argv(
+                executable, ctx.workspace, network=ctx.network, hidden=ctx.hidden
+            )
+            argv = [*sandbox, *argv]
         env = clean_env(os.environ, ctx.secrets, home="/tmp" if sandboxed else None)
         done = run_command(
             argv,

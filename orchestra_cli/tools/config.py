@@ -1,18 +1,40 @@
 """The tool keys of a role file: ``tools``, ``mcp_servers``, ``permissions``, ``sandbox``.
 
-Light on purpose (no ``mcp`` import): the role loader checks these for every
-command that reads the agent definitions.
+Light on purpose: the role loader checks these for every command that reads
+the agent definitions, so this module imports neither ``mcp`` nor the tools
+(their dataclasses cost ~15 ms to create); ``Sandbox`` and the rule syntax live
+here and the tools import them.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from orchestra_cli.schema import Field, Model
-from orchestra_cli.tools.base import Sandbox
-from orchestra_cli.tools.permissions import Rule
+
+RULE = re.compile(r"^(?P<name>[A-Za-z0-9_*?\[\]!-]+)(?:\((?P<arg>.*)\))?$", re.DOTALL)
+
+
+class Sandbox(enum.StrEnum):
+    """Where ``Bash`` runs. Only ``bwrap`` is safe; the others are an explicit opt-in."""
+
+    BWRAP = "bwrap"  # in bubblewrap; refused when bwrap is not installed
+    AUTO = "auto"  # in bubblewrap where installed, else unsandboxed
+    NONE = "none"  # never sandboxed
+
+
+def parse_rule(text: str) -> tuple[str, str | None]:
+    """A permissions rule as (tool-name pattern, argument pattern or None)."""
+    match = RULE.match(text.strip())
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a tool-name pattern (examples: Bash, mcp__git__*, Bash(git *))"
+        )
+    return match["name"], match["arg"]
+
 
 BUILTIN_TOOLS = ("Read", "Write", "Edit", "Glob", "Grep", "Bash", "WebFetch")
 ENGINE_TOOLS = ("delegate", "spawn", "wait")  # the engine's own (engine/delegation.py)
@@ -68,7 +90,7 @@ class PermissionsConfig(Model, extra="forbid"):
 
     def model_post_init(self, context: Any, /) -> None:
         for rule in (*(self.allow or ()), *self.ask, *self.deny):
-            Rule.parse(rule)
+            parse_rule(rule)
 
 
 class SandboxConfig(Model, extra="forbid"):

@@ -44,6 +44,7 @@ PREFIX = "mcp__"
 RESTART_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # backoff between restarts, then the last
 STOP_TIMEOUT = 15.0  # the SDK gives a server 2 s after stdin closes, then 2 s after SIGTERM
 MAX_TOOL_PAGES = 50
+MODEL_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # the Messages API's rule
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -223,6 +224,14 @@ class _Server:
             params = PaginatedRequestParams(cursor=cursor) if cursor else None
             page = await session.list_tools(params=params)
             for tool in page.tools:
+                if not MODEL_TOOL_NAME.match(tool_name(self.name, tool.name)):
+                    log.warning(
+                        "MCP server %s: tool %r is not offered (the model API takes names of "
+                        "1-64 letters, digits, '_' and '-', prefix included)",
+                        self.name,
+                        tool.name,
+                    )
+                    continue
                 hints = tool.annotations
                 idempotent = bool(hints and (hints.read_only_hint or hints.idempotent_hint))
                 schema = dict(tool.input_schema or {"type": "object"})

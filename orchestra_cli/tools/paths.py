@@ -72,12 +72,12 @@ def read_bytes(workspace: Path, path: Path, most: int) -> bytes:
     except OSError as exc:
         raise ToolInputError(f"cannot open {shown(workspace, path)}: {exc.strerror}") from None
     _check_fd(workspace, fd, path)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ToolInputError(f"{shown(workspace, path)} is {what}")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            raise ToolInputError(f"{shown(workspace, path)} is a directory")
-        if not stat.S_ISREG(info.st_mode):
-            raise ToolInputError(f"{shown(workspace, path)} is not a regular file")
         if info.st_size > most:
             raise ToolInputError(
                 f"{shown(workspace, path)} is {info.st_size} bytes, over the {most}-byte limit"

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_RULE = re.compile(r"^(?P<name>[A-Za-z0-9_*?\[\]!-]+)(?:\((?P<arg>.*)\))?$", re.DOTALL)
+from orchestra_cli.tools.config import parse_rule
+
 # the input field a rule's "(…)" matches, by tool
 SUBJECT_FIELDS = {
     "Bash": "command",
@@ -51,12 +51,8 @@ class Rule:
     @classmethod
     def parse(cls, text: str) -> Rule:
         """A rule from its text; ``ValueError`` names what is wrong."""
-        match = _RULE.match(text.strip())
-        if not match:
-            raise ValueError(
-                f"{text!r} is not a tool-name pattern (examples: Bash, mcp__git__*, Bash(git *))"
-            )
-        return cls(match["name"], match["arg"], text)
+        name, arg = parse_rule(text)
+        return cls(name, arg, text)
 
     def names(self, tool: str) -> bool:
         return fnmatch.fnmatchcase(tool, self.name)

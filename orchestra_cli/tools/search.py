@@ -137,8 +137,8 @@ class Glob(BuiltinTool):
     idempotent = True
 
     def execute(self, args: Args, ctx: ToolContext) -> ToolOutput:
-        pattern = glob_regex(args.text("pattern").removeprefix("./"))
         base = _base(args, ctx)
+        pattern = glob_regex(self._relative(args.text("pattern"), base))
         found = []
         for path, relative in _walk(ctx.workspace.resolve(), base):
             if pattern.match(relative):
@@ -147,6 +147,16 @@ class Glob(BuiltinTool):
         found.sort(key=_mtime, reverse=True)
         shown = [paths.shown(ctx.workspace, path) for path in found]
         return ToolOutput(_listing(shown, ctx.limits.search_results, "files"))
+
+    @staticmethod
+    def _relative(pattern: str, base: Path) -> str:
+        """The pattern relative to the search directory (an absolute one must be inside it)."""
+        if not pattern.startswith("/"):
+            return pattern.removeprefix("./")
+        prefix = f"{base}/"
+        if not pattern.startswith(prefix):
+            raise ToolInputError(f"pattern {pattern} is not under the searched directory {base}")
+        return pattern[len(prefix) :]
 
 
 class Grep(BuiltinTool):

@@ -1,10 +1,13 @@
 """A role's tools in one place: what the model is offered, what may run, and running it.
 
-with Toolbox.for_role(role) as toolbox:
+with Toolbox.for_role(role, hide=[settings.home]) as toolbox:  # MCP servers start
     ctx = toolbox.context(workspace, cancel=cancel, deadline=deadline)
     response = provider.complete(LLMRequest(..., tools=toolbox.specs()))
-    outputs = toolbox.run(response.tool_calls, ctx)  # concurrently, in call order
-    results = [out.result(call.id) for call, out in zip(response.tool_calls, outputs)]
+    calls = response.tool_calls
+    if any(toolbox.decide(c.name, c.input, ctx) is Decision.ASK for c in calls):
+        ...  # park the task for a person (human-in-the-loop); run() refuses them
+    outputs = toolbox.run(calls, ctx)  # concurrently, results in call order
+    results = [out.result(c.id) for c, out in zip(calls, outputs, strict=True)]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from orchestra_cli.tools import paths
 from orchestra_cli.tools.base import (
     BuiltinTool,
     Limits,
+    Tool,
     ToolContext,
     ToolInputError,
     ToolOutput,
@@ -51,7 +55,8 @@ MAX_PARALLEL_CALLS = 8
 
 
 class Toolbox:
-    """The built-in tools a role lists, its MCP servers (started here), its permissions."""
+    """The built-in tools a role lists (plus ``extra`` tools of the caller's), its MCP
+    servers (started here), and its permissions."""
 
     def __init__(
         self,
@@ -62,20 +67,27 @@ class Toolbox:
         sandbox: SandboxConfig | None = None,
         limits: Limits | None = None,
         fetch_private: bool = False,
+        hide: Sequence[Path] = (),
+        extra: Sequence[Tool] = (),
         environ: Mapping[str, str] | None = None,
     ) -> None:
         unknown = [name for name in tools if name not in BUILTINS]
         if unknown:
             raise ValueError(f"unknown built-in tools: {', '.join(unknown)}")
-        self._builtins = {name: BUILTINS[name]() for name in tools}
+        self._local: dict[str, Tool] = {name: BUILTINS[name]() for name in tools}
+        for tool in extra:  # the loop's own tools (delegate, spawn…), offered like built-ins
+            if tool.name in self._local or tool.name.startswith("mcp__"):
+                raise ValueError(f"tool name {tool.name!r} is taken")
+            self._local[tool.name] = tool
         self._sandbox = sandbox or SandboxConfig()
         self._limits = limits or Limits()
         self._fetch_private = fetch_private
+        self._hidden = tuple(hide)  # e.g. orchestra's home and .env: not for the sandbox to read
         servers = dict(mcp_servers or {})
         rules = permissions or PermissionsConfig()
         allow = rules.allow
         if allow is None:  # by default the role's own tools are allowed
-            allow = [*tools, *(f"mcp__{name}__*" for name in servers)]
+            allow = [*self._local, *(f"mcp__{name}__*" for name in servers)]
         self.permissions = Permissions(allow, rules.ask, rules.deny)
         self._mcp: McpServers | None = None
         self._mcp_tools: dict[str, McpTool] = {}
@@ -102,11 +114,15 @@ class Toolbox:
     # -- what the model sees ----------------------------------------------------
     def names(self) -> list[str]:
         """Every tool the role has, permitted or not."""
-        return [*self._builtins, *self._mcp_tools]
+        return [*self._local, *self._mcp_tools]
 
     def specs(self) -> list[ToolSpec]:
         """The tools offered to the model: those some ``allow`` or ``ask`` rule lets run."""
-        specs = [tool.spec() for name, tool in self._builtins.items() if self._offered(name)]
+        specs = [
+            ToolSpec(name, tool.description, tool.input_schema)
+            for name, tool in self._local.items()
+            if self._offered(name)
+        ]
         for name, tool in self._mcp_tools.items():
             if self._offered(name):
                 specs.append(ToolSpec(name, tool.description, tool.input_schema))
@@ -123,7 +139,7 @@ class Toolbox:
         """The decision and the rule that made it. With ``ctx``, a ``file_path`` is matched
         as the workspace-relative path it resolves to (so ``Write(docs/*)`` is not fooled by
         an absolute path, ``..`` or a symlink)."""
-        if name not in self._builtins and name not in self._mcp_tools:
+        if name not in self._local and name not in self._mcp_tools:
             return Ruling(Decision.DENY, None)
         if not isinstance(input, Mapping):
             return self.permissions.decide(name, None)
@@ -139,8 +155,8 @@ class Toolbox:
 
     def idempotent(self, name: str) -> bool:
         """Whether a call that started but recorded no result may simply run again."""
-        if name in self._builtins:
-            return self._builtins[name].idempotent
+        if name in self._local:
+            return self._local[name].idempotent
         tool = self._mcp_tools.get(name)
         return tool.idempotent if tool is not None else False
 
@@ -161,6 +177,7 @@ class Toolbox:
             network=self._sandbox.network,
             sandbox=self._sandbox.mode,
             fetch_private=self._fetch_private,
+            hidden=self._hidden,
             limits=self._limits,
         )
 
@@ -198,7 +215,7 @@ class Toolbox:
     def _run_one(self, call: ToolCall, ctx: ToolContext) -> ToolOutput:
         ruling = self.ruling(call.name, call.input, ctx)
         if ruling.decision is Decision.DENY:
-            if call.name not in self._builtins and call.name not in self._mcp_tools:
+            if call.name not in self._local and call.name not in self._mcp_tools:
                 return error(
                     f"{call.name} is not a tool of this role; use one of the tools offered"
                 )
@@ -218,12 +235,13 @@ class Toolbox:
             return error(f"{call.name} failed: {type(exc).__name__}: {exc}")
 
     def _execute(self, call: ToolCall, ctx: ToolContext) -> ToolOutput:
-        builtin = self._builtins.get(call.name)
-        if builtin is not None:
-            return builtin.run(call.input, ctx)
-        assert self._mcp is not None
         if not isinstance(call.input, Mapping):
             return error(f"{call.name}: the input must be a JSON object")
+        tool = self._local.get(call.name)
+        if tool is not None:
+            out = tool.run(call.input, ctx)  # built-ins cap and redact; extra tools may not
+            return ToolOutput(cap(ctx.redact(out.content), ctx.limits), out.is_error)
+        assert self._mcp is not None
         timeout = ctx.remaining(MCP_TIMEOUT)
         if timeout <= 0:
             return error(f"{call.name}: the task's time is up; the call was not made")

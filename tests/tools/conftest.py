@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,20 @@ def require_bwrap() -> None:
 def sandboxed(ctx: ToolContext) -> ToolContext:
     require_bwrap()
     return ToolContext(workspace=ctx.workspace, sandbox=Sandbox.BWRAP)
+
+
+class CancelLater:
+    """A cancel event set after ``delay`` seconds; ``since()`` is the time since it was set."""
+
+    def __init__(self, delay: float) -> None:
+        self.event = threading.Event()
+        self.at: float | None = None
+        threading.Timer(delay, self._fire).start()
+
+    def _fire(self) -> None:
+        self.at = time.monotonic()
+        self.event.set()
+
+    def since(self) -> float:
+        assert self.at is not None, "the cancel event was never set"
+        return time.monotonic() - self.at

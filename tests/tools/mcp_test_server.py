@@ -53,6 +53,12 @@ def pid() -> int:
     return os.getpid()
 
 
+@server.tool(name="a_tool_name_far_too_long_for_the_messages_api_once_prefixed_by_mcp")
+def long_name() -> str:
+    """Never offered: its full name would be over 64 characters."""
+    return "unreachable"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", type=int)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from orchestra_cli.logs import register_secret
 from orchestra_cli.tools import bash as bash_module
 from orchestra_cli.tools.base import Limits, Sandbox, ToolContext
 from orchestra_cli.tools.bash import Bash
+from tests.tools.conftest import CancelLater
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +82,39 @@ def test_the_sandboxed_system_is_read_only_and_the_workspace_writable(
     assert (sandboxed.workspace / "made.txt").read_text() == "made\n"
 
 
+def test_the_sandboxed_command_has_no_capabilities_and_cannot_remount_the_system(
+    sandboxed: ToolContext,
+) -> None:
+    content, failed = run(sandboxed, "grep CapEff /proc/self/status")
+    assert (content, failed) == ("CapEff:\t0000000000000000", False)
+    content, failed = run(sandboxed, "mount -o remount,bind,rw / && touch /usr/orchestra-escape")
+    assert failed and not Path("/usr/orchestra-escape").exists()
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A directory the sandbox can see (under /var/tmp: its /tmp is private)."""
+    path = Path(tempfile.mkdtemp(prefix="orchestra-test-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path)
+
+
+def test_hidden_paths_are_not_readable_in_the_sandbox(
+    sandboxed: ToolContext, outside_tmp: Path
+) -> None:
+    home = outside_tmp / "orchestra-home"
+    home.mkdir()
+    (home / "orchestra.db").write_text("other tasks' data")
+    dotenv = outside_tmp / ".env"
+    dotenv.write_text("ANTHROPIC_API_KEY=sk-ant-in-dotenv")
+    command = f"cat {home}/orchestra.db {dotenv}; ls -A {home}; echo end"
+    assert "other tasks' data" in run(sandboxed, command)[0]  # visible without hiding
+    ctx = ToolContext(workspace=sandboxed.workspace, hidden=(home, dotenv))
+    content, _ = run(ctx, command)
+    assert "other tasks' data" not in content and "sk-ant" not in content
+    assert content.endswith("end") and "No such file" in content
+
+
 def test_the_sandbox_has_its_own_tmp(sandboxed: ToolContext) -> None:
     marker = f"orchestra-private-tmp-{time.monotonic_ns()}"
     content, failed = run(sandboxed, f"echo x > /tmp/{marker} && ls /tmp")
@@ -126,7 +161,7 @@ def test_secrets_in_the_environment_are_not_visible_to_the_command(
     monkeypatch.setenv("HARMLESS", "kept")
     ctx = ToolContext(workspace=workspace, sandbox=sandbox, secrets=frozenset({"ctx-secret-value"}))
     content, failed = run(ctx, "env")
-    assert not failed
+    assert not failed, content
     for leaked in (
         "ANTHROPIC_API_KEY",
         "VAULT_TOKEN",
@@ -174,14 +209,21 @@ def test_a_background_child_does_not_outlive_the_call(sandboxed: ToolContext) ->
 
 def test_cancel_kills_a_running_command_within_a_second(sandboxed: ToolContext) -> None:
     marker = unique_seconds("33")
-    cancel = threading.Event()
-    ctx = ToolContext(workspace=sandboxed.workspace, cancel=cancel)
-    threading.Timer(0.3, cancel.set).start()
-    started = time.monotonic()
+    cancel = CancelLater(0.3)
+    ctx = ToolContext(workspace=sandboxed.workspace, cancel=cancel.event)
     with pytest.raises(TaskCancelled):
         run(ctx, f"sh -c 'sleep {marker}' & sleep {marker}")
-    assert time.monotonic() - started < 1.3
+    assert cancel.since() < 1.0
     assert gone(f"sleep {marker}", within=1.0)
+
+
+def test_process_and_file_size_limits_apply_to_the_command(sandboxed: ToolContext) -> None:
+    limits = Limits(bash_max_processes=3000, bash_max_file_bytes=100_000)
+    ctx = ToolContext(workspace=sandboxed.workspace, limits=limits)
+    assert run(ctx, "ulimit -u; ulimit -f") == ("3000\n97", False)  # -f is in 1024-byte blocks
+    content, failed = run(ctx, "head -c 200000 /dev/zero > big.bin")
+    assert failed and "[exit code" in content
+    assert (sandboxed.workspace / "big.bin").stat().st_size == 100_000
 
 
 def test_huge_output_is_capped_with_a_marker(workspace: Path, sandboxed: ToolContext) -> None:
@@ -219,3 +261,26 @@ def test_without_bwrap_bash_is_refused_unless_the_role_opts_in(
         "ok",
         False,
     )
+
+
+def test_a_command_that_closes_its_output_early_is_not_killed(workspace: Path) -> None:
+    # coreutils close stdout before they exit: the output's end is not the command's end
+    ctx = ToolContext(workspace=workspace, sandbox=Sandbox.NONE)
+    results = {run(ctx, "exec /bin/echo hi") for _ in range(30)}
+    assert results == {("hi", False)}
+    assert run(ctx, "exec >&- 2>&-; sleep 0.3; touch finished") == ("(no output)", False)
+    assert (workspace / "finished").exists()
+
+
+def test_a_missing_bwrap_skips_the_sandbox_tests_on_a_laptop_and_fails_them_in_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.tools import conftest
+
+    monkeypatch.setattr(conftest.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        conftest.require_bwrap()
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the sandbox tests"):
+        conftest.require_bwrap()

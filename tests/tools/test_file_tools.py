@@ -273,3 +273,9 @@ def test_an_open_rechecks_a_path_swapped_for_a_symlink_after_its_check(
     with pytest.raises(ToolInputError):  # a final symlink is never followed by an open
         paths.read_bytes(workspace, workspace / "f.txt", 1000)
     assert (outside / "f.txt").read_text() == "secret"
+
+
+def test_read_of_a_directory_is_an_error_result(ctx: ToolContext, workspace: Path) -> None:
+    (workspace / "d").mkdir()
+    out = Read().run({"file_path": "d"}, ctx)
+    assert out.is_error and "is a directory" in out.content

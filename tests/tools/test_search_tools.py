@@ -153,3 +153,10 @@ def test_grep_with_a_bad_regex_is_an_error_result(ctx: ToolContext) -> None:
 def test_grep_with_an_unknown_output_mode_is_an_error_result(ctx: ToolContext) -> None:
     out = Grep().run({"pattern": "x", "output_mode": "lines"}, ctx)
     assert out.is_error and "output_mode" in out.content
+
+
+def test_glob_takes_an_absolute_pattern_inside_the_workspace(ctx: ToolContext, tree: Path) -> None:
+    out = Glob().run({"pattern": f"{tree.resolve()}/src/*.py"}, ctx)
+    assert out.content == "src/app.py"
+    out = Glob().run({"pattern": "/etc/*"}, ctx)
+    assert out.is_error and "not under the searched directory" in out.content

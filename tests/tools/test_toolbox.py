@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from orchestra_cli.engine.roles import load_roles
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.llm.base import ToolCall, ToolResult
-from orchestra_cli.tools.base import Limits, Sandbox
+from orchestra_cli.tools.base import Limits, Sandbox, ToolContext, ToolOutput
 from orchestra_cli.tools.config import McpServerConfig, PermissionsConfig, SandboxConfig
 from orchestra_cli.tools.permissions import Decision
 from orchestra_cli.tools.toolbox import Toolbox
+from tests.tools.conftest import CancelLater
 from tests.tools.test_mcp_servers import TEST_SERVER, alive
 
 UNSANDBOXED = SandboxConfig(mode=Sandbox.NONE)
+
+
+class Remember:
+    """A tool of the caller's own (as the loop's delegate will be), on the Tool protocol."""
+
+    name = "remember"
+    description = "Remember a fact."
+    input_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"fact": {"type": "string"}},
+        "required": ["fact"],
+    }
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.facts: list[str] = []
+
+    def run(self, input: Mapping[str, Any], ctx: ToolContext) -> ToolOutput:
+        if input.get("fact") == "crash":
+            raise RuntimeError("a bug in the tool")
+        self.facts.append(str(input["fact"]))
+        return ToolOutput(f"remembered {input['fact']} " + "!" * 500)
 
 
 def call(name: str, **input: object) -> ToolCall:
@@ -107,13 +131,11 @@ def test_several_calls_run_concurrently_and_come_back_in_call_order(workspace: P
 @pytest.mark.integration
 def test_cancel_during_concurrent_calls_raises_task_cancelled(workspace: Path) -> None:
     toolbox = Toolbox(["Bash", "Read"], sandbox=UNSANDBOXED)
-    cancel = threading.Event()
-    ctx = toolbox.context(workspace, cancel=cancel)
-    threading.Timer(0.2, cancel.set).start()
-    started = time.monotonic()
+    cancel = CancelLater(0.2)
+    ctx = toolbox.context(workspace, cancel=cancel.event)
     with pytest.raises(TaskCancelled):
         toolbox.run([call("Bash", command="sleep 20"), call("Read", file_path="x")], ctx)
-    assert time.monotonic() - started < 1.5
+    assert cancel.since() < 1.0
     toolbox.close()
 
 
@@ -183,3 +205,19 @@ def test_the_toolbox_is_a_context_manager_that_closes_its_servers() -> None:
         pid = int(toolbox.run(call("mcp__t__pid"), toolbox.context(Path("."))).content)
         assert alive(pid)
     assert not alive(pid)
+
+
+def test_a_callers_own_tool_is_offered_run_capped_and_its_crash_is_an_error_result(
+    workspace: Path,
+) -> None:
+    remember = Remember()
+    toolbox = Toolbox(["Read"], extra=[remember], limits=Limits(max_output_chars=100))
+    assert names(toolbox) == ["Read", "remember"] and toolbox.idempotent("remember")
+    ctx = toolbox.context(workspace)
+    out = toolbox.run(call("remember", fact="the sky is blue"), ctx)
+    assert not out.is_error and "[truncated" in out.content and len(out.content) < 140
+    crash = toolbox.run(call("remember", fact="crash"), ctx)
+    assert crash.is_error and crash.content == "remember failed: RuntimeError: a bug in the tool"
+    assert remember.facts == ["the sky is blue"]
+    with pytest.raises(ValueError, match="'Read' is taken"):
+        Toolbox(["Read"], extra=[type("Clash", (Remember,), {"name": "Read"})()])
