@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from orchestra_cli import __version__
@@ -181,11 +182,15 @@ class Agent:
             from orchestra_cli.tools.toolbox import Toolbox  # MCP servers start with the agent
 
             builtins = [t for t in self.role.tools if t not in ENGINE_TOOLS]
+            # the sandbox sees the host read-only: orchestra's home (the database, logs,
+            # other tasks' workspaces) and a .env beside the agent are emptied inside it
+            hidden = [self.b.settings.home, Path.cwd() / ".env"]
             self.toolbox = Toolbox(
                 builtins,
                 mcp_servers=self.role.mcp_servers,
                 permissions=self.role.permissions,
                 sandbox=self.role.sandbox,
+                hide=[p for p in hidden if p.exists()],
             )
         self._set_status("running")
         try:

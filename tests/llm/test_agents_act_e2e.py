@@ -62,7 +62,10 @@ def test_a_coder_writes_a_module_and_its_test_runs_it_in_the_sandbox_and_exports
             ("Write", {"file_path": "app.py", "content": APP}),
             ("Write", {"file_path": "test_app.py", "content": TEST}),
         ),
-        tool_use("Bash", {"command": "python3 test_app.py && touch /usr/escaped"}),
+        tool_use(
+            "Bash",
+            {"command": f"python3 test_app.py && ls -a {deployment.home}; touch /usr/escaped"},
+        ),
         text("app.py and its test are written and pass"),
     )
     task_id = deployment.submit("write add() with a test", "--capability", "code")
@@ -74,6 +77,7 @@ def test_a_coder_writes_a_module_and_its_test_runs_it_in_the_sandbox_and_exports
     assert not wrote_app.get("is_error") and not wrote_test.get("is_error")
     (ran,) = results_of(fake.requests[2])
     assert "ok: add works" in ran["content"]  # the test ran, in the workspace
+    assert "orchestra.db" not in ran["content"]  # orchestra's home is empty in the sandbox
     assert "Read-only file system" in ran["content"] or "Permission denied" in ran["content"]
     assert not Path("/usr/escaped").exists()
     # the files are the task's artifacts: listed, exported, and in the transcript
