@@ -104,11 +104,15 @@ def test_the_readme_example_role_is_valid_and_decides_as_described(tmp_path: Pat
     from tests.support import REPO
 
     readme = (REPO / "README.md").read_text()
-    section = readme.split("## Tools, MCP servers and permissions", 1)[1]
+    section = readme.split("## Agents that act: the loop, tools, MCP servers, delegation", 1)[1]
+    lead = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    section = section.split("A role file gains these keys:", 1)[1]
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     directory = tmp_path / "agents"
     directory.mkdir()
     (directory / "release.yaml").write_text(example)
+    (directory / "lead.yaml").write_text(lead)
+    assert load_roles(directory)["lead"].tools[-3:] == ["delegate", "spawn", "wait"]
     role = load_roles(directory)["release"]
     assert set(role.mcp_servers) == {"git", "docs"}
     toolbox = Toolbox(role.tools, permissions=role.permissions)  # no servers started
