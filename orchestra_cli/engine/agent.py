@@ -21,7 +21,7 @@ from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter, MeteredProvider
-from orchestra_cli.engine.loop import AgentLoop
+from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, short
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import (
     RoleDefinition,
@@ -362,6 +362,8 @@ class Agent:
                 # no result to record: charge the call before any other outcome is
                 self._charge(task, metered)
                 raise
+        except AwaitingApproval as exc:  # parked for a person: no slot, no lease held
+            return self._block(task, exc)
         except TaskCancelled as exc:
             if timed_out.is_set():
                 return self._fail(task, f"timed out after {task.timeout:g}s")
@@ -379,6 +381,26 @@ class Agent:
                 if self._running.get(task.id) is cancel:
                     del self._running[task.id]
         return self._succeed(task, response, metered)
+
+    def _block(self, task: Task, waiting: AwaitingApproval) -> Action:
+        """running → blocked: the calls wait for `orchestra task approve` / `reject`."""
+        tools = [f"{c.name}({short(c.input)})" for c in waiting.calls]
+        try:
+            self.state.transition(
+                task.id,
+                Status.BLOCKED,
+                expect_version=task.version,
+                event_data={
+                    "reason": "approval",
+                    "waits_for": tools,
+                    "hint": f"orchestra task approve {task.id} (or reject --reason …)",
+                },
+            )
+        except TransitionRejected as exc:  # cancelled meanwhile, or taken over
+            log.info("task %s not parked for approval: %s", task.id, exc)
+        else:
+            log.info("task %s waits for approval of %s", task.id, ", ".join(tools))
+        return Ack()
 
     def _charge(self, task: Task, metered: MeteredProvider) -> None:
         """Charge a deferred call now; its spend is in metrics.jsonl either way."""
@@ -485,13 +507,14 @@ class Agent:
             after_tools=workspace.save,
         )
         try:
-            response = loop.run()
+            return loop.run()
         finally:
             with self._lock:
                 self.record.usage = self.record.usage + loop.spent
-        workspace.save()
-        workspace.remove()  # its files are artifacts in the state store now
-        return response
+            try:
+                workspace.save()  # whatever the outcome: a retry or resume starts from it
+            finally:
+                workspace.remove()  # its files are artifacts in the state store now
 
     def _succeed(self, task: Task, response: LLMResponse, metered: MeteredProvider) -> Action:
         try:

@@ -56,12 +56,22 @@ UNKNOWN_OUTCOME = (
 SHORT_INPUT_CHARS = 120
 
 
+class AwaitingApproval(Exception):
+    """Calls an ``ask`` rule holds for a person's answer; the task parks as ``blocked``."""
+
+    def __init__(self, calls: list[ToolCall]) -> None:
+        super().__init__(", ".join(f"{c.name}({short(c.input)})" for c in calls))
+        self.calls = calls
+
+
 class ToolRunner(Protocol):
     """What the loop needs of a role's tools (``tools.toolbox.Toolbox``)."""
 
     def specs(self) -> list[ToolSpec]: ...
 
     def idempotent(self, name: str) -> bool: ...
+
+    def decide(self, name: str, input: Any = None, ctx: Any = None) -> Any: ...
 
     def context(
         self,
@@ -71,7 +81,7 @@ class ToolRunner(Protocol):
         deadline: float | None = None,
     ) -> Any: ...
 
-    def run(self, call: Sequence[ToolCall], ctx: Any) -> list[Any]: ...
+    def run(self, call: Sequence[ToolCall], ctx: Any, *, approved: Any = ()) -> list[Any]: ...
 
 
 @dataclass
@@ -83,6 +93,8 @@ class Replay:
     pending: list[ToolCall] = field(default_factory=list)  # the last turn's calls
     results: dict[str, ToolResult] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)
+    awaiting: set[str] = field(default_factory=set)  # calls parked for a person's answer
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # call id → approval
     last: dict[str, Any] | None = None  # the last model step
     answer: list[str] = field(default_factory=list)  # the final answer's pieces so far
 
@@ -115,6 +127,10 @@ def replay(steps: list[dict[str, Any]]) -> Replay:
                 r.turns.append(Turn(role="user", text=CONTINUE_PROMPT))
         elif kind == "tool_start":
             r.started.add(step["call_id"])
+        elif kind == "awaiting_approval":
+            r.awaiting.add(step["call_id"])
+        elif kind == "approval":
+            r.answers[step["call_id"]] = step
         elif kind == "tool_result":
             r.results[step["call_id"]] = ToolResult(
                 step["call_id"], step.get("content", ""), bool(step.get("is_error"))
@@ -146,6 +162,11 @@ def redacted(value: Any) -> Any:
 MAIN_ARGUMENTS = ("command", "file_path", "pattern", "url", "path", "capability", "task")
 
 
+def _value(decision: Any) -> str:
+    """A permission decision (``tools.permissions.Decision``) as its plain name."""
+    return str(getattr(decision, "value", decision))
+
+
 def short(value: Any) -> str:
     """A tool input in one line, for events and the live view: its main argument, if any."""
     if isinstance(value, dict):
@@ -153,6 +174,12 @@ def short(value: Any) -> str:
         value = main if main is not None else json.dumps(value, ensure_ascii=False)
     text = " ".join(str(value).split())
     return text if len(text) <= SHORT_INPUT_CHARS else text[: SHORT_INPUT_CHARS - 1] + "…"
+
+
+def allowed_always(state: StateStore, task: Task, steps: list[dict[str, Any]]) -> set[str]:
+    """Tools a person approved with ``--always``: ``allow`` steps on the tree's root."""
+    root_steps = steps if task.is_root else state.steps(task.root_id)
+    return {str(s["tool"]) for s in root_steps if s.get("kind") == "allow"}
 
 
 class AgentLoop:
@@ -183,6 +210,7 @@ class AgentLoop:
         self.deadline = deadline
         self.after_tools = after_tools  # e.g. save the workspace's files as artifacts
         self.spent = Usage()  # the calls this run made (a resumed task's earlier ones excluded)
+        self.always: set[str] = set()  # tools a person allowed for the rest of the tree
         self._n = 0
         self._lock = threading.Lock()
 
@@ -227,6 +255,7 @@ class AgentLoop:
             tools=self.tools.specs(),
         )
         r = replay(steps)
+        self.always = allowed_always(self.state, self.task, steps)
         if r.model_turns:
             log.info(
                 "task %s: resuming after %d step(s), %d model turn(s)",
@@ -318,11 +347,26 @@ class AgentLoop:
         )
 
     def _resolve(self, r: Replay) -> None:
-        """Run (or account for) every call of the last turn that has no result yet."""
+        """Run (or account for) every call of the last turn that has no result yet; calls
+        an ``ask`` rule holds without an answer park the task (``AwaitingApproval``)."""
+        ctx = self.tools.context(self.workspace, cancel=self.base.cancel, deadline=self.deadline)
         todo: list[ToolCall] = []
+        held: list[ToolCall] = []
+        approved: set[str] = set()
         for call in r.pending:
             if call.id in r.results:
                 continue
+            if _value(self.tools.decide(call.name, call.input, ctx)) == "ask":
+                answer = r.answers.get(call.id)
+                if answer is None and call.name not in self.always:
+                    held.append(call)
+                    continue
+                if answer is not None and answer.get("decision") == "reject":
+                    content = f"A person rejected this call: {answer.get('reason') or '-'}"
+                    self._result(call, content, True, 0.0)
+                    r.results[call.id] = ToolResult(call.id, content, True)
+                    continue
+                approved.add(call.id)
             if call.id in r.started and not self.tools.idempotent(call.name):
                 content = UNKNOWN_OUTCOME.format(tool=call.name)
                 self._result(call, content, True, 0.0)
@@ -340,18 +384,31 @@ class AgentLoop:
                 )
             todo.append(call)
         if todo:
-            ctx = self.tools.context(
-                self.workspace, cancel=self.base.cancel, deadline=self.deadline
-            )
             started = time.monotonic()
-            outputs = self.tools.run(todo, ctx)
+            outputs = self.tools.run(todo, ctx, approved=approved)
             took = time.monotonic() - started
             if self.after_tools is not None:  # the files first: a result never outruns them
                 self.after_tools()
             for call, out in zip(todo, outputs, strict=True):
                 self._result(call, out.content, out.is_error, took)
                 r.results[call.id] = ToolResult(call.id, out.content, out.is_error)
+        if held:
+            self._hold(held, r)
         _close_pending(r)
+
+    def _hold(self, calls: list[ToolCall], r: Replay) -> None:
+        for call in calls:
+            if call.id not in r.awaiting:
+                self._record(
+                    {
+                        "kind": "awaiting_approval",
+                        "call_id": call.id,
+                        "name": call.name,
+                        "input": call.input,
+                    },
+                    {"kind": "awaiting_approval", "tool": call.name, "input": short(call.input)},
+                )
+        raise AwaitingApproval(calls)
 
     def _result(self, call: ToolCall, content: str, is_error: bool, took: float) -> None:
         self._record(

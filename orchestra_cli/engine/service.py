@@ -43,6 +43,7 @@ from orchestra_cli.models import (
 from orchestra_cli.status import TERMINAL, Status
 
 if TYPE_CHECKING:
+    from orchestra_cli.engine.approvals import Waiting
     from orchestra_cli.engine.workspace import FileEntry
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,41 @@ class TaskService:
 
         task = self.get(task_id)
         return task, [redacted(step) for step in self.state.steps(task.id)]
+
+    def inbox(self) -> list[Waiting]:
+        """Everything waiting for a person (``orchestra inbox``)."""
+        from orchestra_cli.engine.approvals import inbox
+
+        return inbox(self.state)
+
+    def waiting(self, task: Task) -> list[Waiting]:
+        """What a blocked task waits for."""
+        from orchestra_cli.engine.approvals import waiting
+
+        return waiting(self.state, task)
+
+    def answer(
+        self,
+        task_id: str,
+        *,
+        approve: bool,
+        reason: str = "",
+        step: int | None = None,
+        always: bool = False,
+    ) -> Task:
+        """Approve or reject a blocked task's waiting call(s) (``task approve|reject``)."""
+        from orchestra_cli.engine.approvals import answer
+
+        task = self.get(task_id)
+        return answer(
+            self.state,
+            self.b.broker,
+            task,
+            approve=approve,
+            reason=reason,
+            step=step,
+            always=always,
+        )
 
     def files(self, task_id: str) -> tuple[Task, list[FileEntry]]:
         """A root's tree's final files, or a subtask's own changes (``task files``)."""

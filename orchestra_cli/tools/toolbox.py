@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -183,20 +183,29 @@ class Toolbox:
 
     # -- running calls ------------------------------------------------------------
     @overload
-    def run(self, call: ToolCall, ctx: ToolContext) -> ToolOutput: ...
-    @overload
-    def run(self, call: Sequence[ToolCall], ctx: ToolContext) -> list[ToolOutput]: ...
     def run(
-        self, call: ToolCall | Sequence[ToolCall], ctx: ToolContext
+        self, call: ToolCall, ctx: ToolContext, *, approved: Collection[str] = ()
+    ) -> ToolOutput: ...
+    @overload
+    def run(
+        self, call: Sequence[ToolCall], ctx: ToolContext, *, approved: Collection[str] = ()
+    ) -> list[ToolOutput]: ...
+    def run(
+        self,
+        call: ToolCall | Sequence[ToolCall],
+        ctx: ToolContext,
+        *,
+        approved: Collection[str] = (),
     ) -> ToolOutput | list[ToolOutput]:
         """Run one call, or several concurrently (results in call order). A refused or
-        failed call is an error result; only cancellation raises (``TaskCancelled``)."""
+        failed call is an error result; only cancellation raises (``TaskCancelled``).
+        ``approved``: ids of calls a person approved (an ``ask`` rule lets them run)."""
         if isinstance(call, ToolCall):
-            return self._run_one(call, ctx)
+            return self._run_one(call, ctx, approved)
         calls = list(call)
         if len(calls) <= 1:
-            return [self._run_one(c, ctx) for c in calls]
-        futures = [self._executor().submit(self._run_one, c, ctx) for c in calls]
+            return [self._run_one(c, ctx, approved) for c in calls]
+        futures = [self._executor().submit(self._run_one, c, ctx, approved) for c in calls]
         concurrent.futures.wait(futures)
         for future in futures:
             failure = future.exception()
@@ -212,7 +221,9 @@ class Toolbox:
                 )
             return self._pool
 
-    def _run_one(self, call: ToolCall, ctx: ToolContext) -> ToolOutput:
+    def _run_one(
+        self, call: ToolCall, ctx: ToolContext, approved: Collection[str] = ()
+    ) -> ToolOutput:
         ruling = self.ruling(call.name, call.input, ctx)
         if ruling.decision is Decision.DENY:
             if call.name not in self._local and call.name not in self._mcp_tools:
@@ -220,10 +231,10 @@ class Toolbox:
                     f"{call.name} is not a tool of this role; use one of the tools offered"
                 )
             return error(f"{call.name} is not permitted for this role ({ruling.reason})")
-        if ruling.decision is Decision.ASK:
+        if ruling.decision is Decision.ASK and call.id not in approved:
             return error(
-                f"{call.name} needs a person's approval ({ruling.reason}); approvals are not "
-                "available yet, so the call was not run"
+                f"{call.name} needs a person's approval ({ruling.reason}); it was not "
+                "approved, so the call was not run"
             )
         ctx.check_cancel()
         try:

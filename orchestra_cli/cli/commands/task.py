@@ -264,16 +264,24 @@ def get(
     task = service.get(task_id)
     tree = service.subtree(task.id)
     total = service.tree_usage(tree)
+    waits = [w for t in tree for w in service.waiting(t)]
     if app.json:
         data = task_json(task)
         data["subtasks"] = [task_json(t) for t in tree if t.id != task.id]
         data["tree_usage"] = total.model_dump()
+        data["waiting_for"] = [w.to_json() for w in waits]
         app.print_json(data)
         return
     summary = (
         f"id: {task.id}   tokens: {usage_text(total)}   labels: "
         f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}"
     )
+    for w in waits:  # what a blocked task waits for, and the command that answers it
+        summary += (
+            f"\nwaits for approval: {w.tool} {_short(w.input)} (task {w.task.id[-8:]}, "
+            f"step {w.step}) — orchestra task approve {w.task.id} | "
+            f"reject {w.task.id} --reason TEXT"
+        )
     if not sys.stdout.isatty():  # into a pipe or file: plain text, without rich
         error = f"error: {task.error}\n" if task.error else ""
         result = f"result:\n{task.result}\n" if task.result is not None else ""
@@ -384,6 +392,47 @@ def retry(
     app: AppContext = ctx.obj
     task = app.service().retry(task_id)
     if app.json:
+        app.print_json(task_json(task))
+    else:
+        app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch {task.id}")
+
+
+@task_app.command("approve")
+def approve(
+    ctx: typer.Context,
+    task_id: TaskId,
+    step: Annotated[
+        int | None, typer.Option(help="Only the call waiting at this step (see `inbox`).")
+    ] = None,
+    always: Annotated[
+        bool, typer.Option("--always", help="Allow the tool for the rest of the tree.")
+    ] = False,
+) -> None:
+    """Run the tool call(s) a blocked task waits on; the task goes on, on any agent."""
+    _answered(ctx.obj, ctx.obj.service().answer(task_id, approve=True, step=step, always=always))
+
+
+@task_app.command("reject")
+def reject(
+    ctx: typer.Context,
+    task_id: TaskId,
+    reason: Annotated[str, typer.Option(help="Why; the model reads it as the call's result.")],
+    step: Annotated[int | None, typer.Option(help="Only the call waiting at this step.")] = None,
+) -> None:
+    """Do not run the call(s) a blocked task waits on; the model is told why."""
+    _answered(ctx.obj, ctx.obj.service().answer(task_id, approve=False, reason=reason, step=step))
+
+
+def _short(value: object) -> str:
+    from orchestra_cli.engine.loop import short
+
+    return short(value)
+
+
+def _answered(app: AppContext, task: Task) -> None:
+    if app.json:
+        from orchestra_cli.cli.render import task_json
+
         app.print_json(task_json(task))
     else:
         app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch {task.id}")

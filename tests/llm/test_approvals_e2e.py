@@ -1,0 +1,142 @@
+"""Humans in the loop: a tool call behind `ask` waits for a person, on both backends,
+with real `orchestra run` and agent processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.contract.conftest import AMQP_URL, REDIS_URL
+from tests.llm.deployment import Deployment
+from tests.llm.fake_anthropic import FakeAnthropic, text, tool_use
+from tests.services.conftest import delete_queues_with_prefix
+from tests.support import Proc, processes, require_service, run_orchestra, wait_until
+from tests.tools.conftest import require_bwrap
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CAREFUL = """name: careful
+description: Writes files freely, runs commands only with a person's approval.
+capabilities: [careful]
+prompt: execute-coder
+tools: [Write, Bash]
+permissions:
+  allow: [Write]
+  ask: [Bash]
+"""
+
+
+@pytest.fixture(params=["embedded", "services"])
+def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    roles = tmp_path / "roles"
+    roles.mkdir()
+    (roles / "careful.yaml").write_text(CAREFUL)
+    env = {
+        "ORCHESTRA_AGENTS__DEFINITIONS_DIR": str(roles),
+        "ORCHESTRA_AGENTS__TTL_SECONDS": "2",
+        "ORCHESTRA_BROKER__LEASE_SECONDS": "2",
+    }
+    if request.param == "embedded":
+        yield env
+        return
+    require_service("Redis", "127.0.0.1", 6379)
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    prefix = f"orchestra-hitl-{uuid.uuid4().hex[:10]}"
+    yield {
+        **env,
+        "ORCHESTRA_STATE_URL": REDIS_URL,
+        "ORCHESTRA_BROKER_URL": AMQP_URL,
+        "ORCHESTRA_REDIS__KEY_PREFIX": prefix,
+        "ORCHESTRA_RABBITMQ__QUEUE_PREFIX": prefix,
+    }
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+    delete_queues_with_prefix(prefix, AMQP_URL)
+
+
+def _results(request: dict[str, Any]) -> list[dict[str, Any]]:
+    content = request["body"]["messages"][-1]["content"]
+    return [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+
+
+def _restart_everything(deployment: Deployment, procs: list[Proc], suffix: str) -> None:
+    for proc in list(procs):
+        proc.stop()
+        procs.remove(proc)
+    procs.append(Proc(["run"], deployment.env, deployment.cwd, deployment.tmp / f"run-{suffix}"))
+    deployment.agent = deployment.start_agent(suffix)
+
+
+def test_a_call_behind_ask_waits_without_a_slot_survives_a_restart_and_runs_once_approved(
+    fake: FakeAnthropic, tmp_path: Path, backend_env: dict[str, str]
+) -> None:
+    require_bwrap()
+    fake.script(
+        tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"}),
+        text("meanwhile: the other task"),  # the second task, in the freed slot
+        text("done after approval"),
+    )
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, env=backend_env, role="careful")
+        task_id = deployment.submit("run the command", "--capability", "careful")
+        wait_until(lambda: deployment.task(task_id)["status"] == "blocked", timeout=30)
+        # the agent's one slot is free: another task runs while the first one waits
+        other = deployment.finished(deployment.submit("other", "--capability", "careful"))
+        assert other["status"] == "succeeded" and other["result"] == "meanwhile: the other task"
+        inbox = deployment.cli("inbox")
+        assert [(i["task_id"], i["tool"]) for i in inbox] == [(task_id, "Bash")]
+        shown = run_orchestra(["task", "get", task_id], deployment.env, deployment.cwd)
+        assert "waits for approval: Bash echo ran >> runs.txt" in shown.out
+        assert f"orchestra task approve {task_id}" in shown.out
+        _restart_everything(deployment, procs, "2")  # orchestrator and every agent
+        assert deployment.task(task_id)["status"] == "blocked"
+        approved = run_orchestra(["task", "approve", task_id], deployment.env, deployment.cwd)
+        assert approved.code == 0, approved
+        task = deployment.finished(task_id)
+        again = run_orchestra(["task", "approve", task_id], deployment.env, deployment.cwd)
+    assert task["status"] == "succeeded" and task["result"] == "done after approval"
+    assert task["agent"] == "careful-2"  # resumed on a different agent
+    (ran,) = _results(fake.requests[2])
+    assert ran["content"].strip() == "ran"  # it ran once, after the approval
+    assert len(fake.requests) == 3  # the first turn was not asked again
+    assert again.code == 2 and "waits for no approval" in again.err
+    assert again.err.count("\n") == 1
+
+
+def test_a_rejected_call_never_runs_and_the_reason_reaches_the_model(
+    fake: FakeAnthropic, tmp_path: Path, backend_env: dict[str, str]
+) -> None:
+    require_bwrap()
+    fake.script(
+        tool_use("Bash", {"command": "touch ran.txt"}),
+        text("understood, not running it"),
+    )
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, env=backend_env, role="careful")
+        task_id = deployment.submit("run the command", "--capability", "careful")
+        wait_until(lambda: deployment.task(task_id)["status"] == "blocked", timeout=30)
+        env, cwd = deployment.env, deployment.cwd
+        no_reason = run_orchestra(["task", "reject", task_id, "--reason", " "], env, cwd)
+        wrong_step = run_orchestra(["task", "approve", task_id, "--step", "99"], env, cwd)
+        assert deployment.task(task_id)["status"] == "blocked"  # nothing changed
+        rejected = run_orchestra(
+            ["task", "reject", task_id, "--reason", "not on a Friday"], env, cwd
+        )
+        assert rejected.code == 0, rejected
+        task = deployment.finished(task_id)
+        files = deployment.cli("task", "files", task_id)["files"]
+    for bad in (no_reason, wrong_step):
+        assert bad.code == 2 and bad.err.count("\n") == 1, bad
+    assert "needs a reason" in no_reason.err and "no call waiting at step 99" in wrong_step.err
+    assert task["status"] == "succeeded", task
+    (result,) = _results(fake.requests[1])
+    assert result["is_error"] is True and "not on a Friday" in result["content"]
+    assert files == []  # the command never ran
