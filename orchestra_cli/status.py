@@ -20,7 +20,8 @@ TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.FAILED, Status
 
 # from-status → statuses it may move to. running → queued is a retry or a
 # redelivery; failed/cancelled → pending (a leaf) or waiting (a parent) is an
-# operator's `task retry`; running → blocked parks a task for a person's answer
+# operator's `task retry` (succeeded → pending too, with a note: feedback on a step
+# that is re-run, and on its dependents); running → blocked parks a task for a person's answer
 # (`task approve` / `reject` put it back on its way: blocked → queued).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.QUEUED, Status.WAITING, Status.FAILED, Status.CANCELLED}),
@@ -30,7 +31,7 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
         {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.QUEUED, Status.BLOCKED}
     ),
     Status.BLOCKED: frozenset({Status.QUEUED, Status.FAILED, Status.CANCELLED}),
-    Status.SUCCEEDED: frozenset(),
+    Status.SUCCEEDED: frozenset({Status.PENDING, Status.WAITING}),  # `task retry --note`
     Status.FAILED: frozenset({Status.PENDING, Status.WAITING}),
     Status.CANCELLED: frozenset({Status.PENDING, Status.WAITING}),
 }

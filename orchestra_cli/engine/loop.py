@@ -176,6 +176,20 @@ def short(value: Any) -> str:
     return text if len(text) <= SHORT_INPUT_CHARS else text[: SHORT_INPUT_CHARS - 1] + "…"
 
 
+def restart(state: StateStore, task: Task, note: str) -> None:
+    """Mark a fresh start in the task's step log (``task retry --note``): the loop replays
+    only what comes after it; the transcript keeps the earlier attempt."""
+    n = len(state.steps(task.id))
+    while not state.record_step(task.id, task.root_id, n, {"kind": "restart", "note": note}, {}):
+        n += 1
+
+
+def current(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps of the current attempt: those after the last ``restart``."""
+    last = max((i for i, s in enumerate(steps) if s.get("kind") == "restart"), default=-1)
+    return steps[last + 1 :]
+
+
 def allowed_always(state: StateStore, task: Task, steps: list[dict[str, Any]]) -> set[str]:
     """Tools a person approved with ``--always``: ``allow`` steps on the tree's root."""
     root_steps = steps if task.is_root else state.steps(task.root_id)
@@ -229,8 +243,9 @@ class AgentLoop:
         return data
 
     def _steps(self) -> list[dict[str, Any]]:
-        steps = self.state.steps(self.task.id)
-        self._n = len(steps)
+        every = self.state.steps(self.task.id)
+        self._n = len(every)
+        steps = current(every)
         if steps:
             return steps
         prompt = {

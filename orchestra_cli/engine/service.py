@@ -390,36 +390,50 @@ class TaskService:
         except OrchestraError as exc:  # a hint only: agents also learn it from state
             log.warning("control message not sent (%s); agents will see it at their heartbeat", exc)
 
-    def retry(self, task_id: str) -> Task:
+    def retry(self, task_id: str, note: str | None = None) -> Task:
         """Run a failed or cancelled task again (for a parent: its unfinished subtasks).
 
         Subtasks cancelled because this one failed (their dependency) are reopened
         too. Everything is reopened bottom-up — subtasks, then the task, then its
         finished ancestors — and only then published, so no result can find a
         half-reopened tree and aggregate it as failed again.
+
+        With ``note`` (feedback) a finished step — succeeded too — runs again from
+        scratch with the note added to its input, and so do its dependents that
+        already ran.
         """
         task = self.state.get_task(task_id)
-        if task.status not in (Status.FAILED, Status.CANCELLED):
+        allowed = (Status.FAILED, Status.CANCELLED) + ((Status.SUCCEEDED,) if note else ())
+        if task.status not in allowed:
             raise UsageError(
                 f"task {task.id} has status {task.status}",
-                "only failed or cancelled tasks can be retried",
+                "only finished tasks can be retried with --note"
+                if note
+                else "only failed or cancelled tasks can be retried (--note TEXT re-runs a "
+                "succeeded step with your feedback)",
+            )
+        if note is not None and self.state.children(task.id):
+            raise UsageError(
+                f"task {task.id} has subtasks: --note re-runs one step",
+                "give the id of the subtask to send back (`orchestra task get` lists them)",
             )
         to_publish: list[Task] = []
-        self._reopen(task, to_publish)
+        self._reopen(task, to_publish, note=note)
         if task.parent_id is not None:
             siblings = {t.id: t for t in self.state.children(task.parent_id)}
             unblocked = [task.id]
             while unblocked:  # and whatever was cancelled because those failed, transitively
                 failed_id = unblocked.pop()
                 for sibling in list(siblings.values()):
-                    if _blocked_by(sibling, failed_id):
-                        self._reopen(sibling, to_publish)
+                    ran = note is not None and failed_id in sibling.depends_on
+                    if (ran and sibling.status in TERMINAL) or _blocked_by(sibling, failed_id):
+                        self._reopen(sibling, to_publish, note="" if ran else None)
                         del siblings[sibling.id]
                         unblocked.append(sibling.id)
         parent_id = task.parent_id
         while parent_id is not None:  # reopen finished ancestors so they aggregate again
             parent = self.state.get_task(parent_id)
-            if parent.status in (Status.FAILED, Status.CANCELLED):
+            if parent.status in TERMINAL:
                 try:
                     self.state.transition(
                         parent.id,
@@ -436,18 +450,27 @@ class TaskService:
             publish_submit(self.b.broker, leaf)
         return self.state.get_task(task.id)
 
-    def _reopen(self, task: Task, to_publish: list[Task]) -> None:
+    def _reopen(self, task: Task, to_publish: list[Task], *, note: str | None = None) -> None:
+        """``note`` (not None): a step run again from scratch, the note (if any) in its input."""
         children = self.state.children(task.id)
         for child in children:
             if child.status in (Status.FAILED, Status.CANCELLED):
                 self._reopen(child, to_publish)
+        changes: dict[str, Any] = {}
+        if note is not None:
+            from orchestra_cli.engine.loop import restart
+
+            restart(self.state, task, note)  # its loop starts afresh (history kept)
+            if note:
+                changes["input"] = f"{task.input}\n\n# A note on your previous attempt\n{note}"
         reopened = self.state.transition(
             task.id,
             Status.WAITING if children else Status.PENDING,
             expect_version=task.version,
             attempts=0,
             error=None,
-            event_data={"by": "operator"},
+            event_data={"by": "operator", **({"note": note} if note else {})},
+            **changes,
         )
         if not children:
             to_publish.append(reopened)

@@ -11,7 +11,9 @@ from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.status import Status, can_transition
 
 # Fields a transition may change besides the status.
-MUTABLE_FIELDS = frozenset({"agent", "result", "error", "attempts", "capability", "usage"})
+MUTABLE_FIELDS = frozenset(
+    {"agent", "result", "error", "attempts", "capability", "usage", "input"}  # input: retry --note
+)
 
 
 class StateStore(Protocol):

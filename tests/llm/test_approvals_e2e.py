@@ -140,3 +140,47 @@ def test_a_rejected_call_never_runs_and_the_reason_reaches_the_model(
     (result,) = _results(fake.requests[1])
     assert result["is_error"] is True and "not on a Friday" in result["content"]
     assert files == []  # the command never ran
+
+
+def _requests_with(fake: FakeAnthropic, needle: str) -> list[dict[str, Any]]:
+    return [r for r in fake.requests if needle in str(r["body"]["messages"])]
+
+
+def test_retry_with_a_note_reruns_a_succeeded_step_with_the_note_and_then_its_dependents(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    require_bwrap()
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, role="coder")
+        deployment.start_agent("1", role="architect")
+        root = deployment.submit("design and build an API")  # planned: design → build
+        first = deployment.finished(root)
+        assert first["status"] == "succeeded", first
+        tree = deployment.cli("task", "get", root)["subtasks"]
+        design = next(t for t in tree if t["title"] == "Design it")
+        build = next(t for t in tree if t["title"] == "Build it")
+        builds_before = len(_requests_with(fake, "# Your step: Build it"))
+        env, cwd = deployment.env, deployment.cwd
+        plain = run_orchestra(["task", "retry", design["id"]], env, cwd)
+        noted = run_orchestra(
+            ["task", "retry", design["id"], "--note", "use REST, not RPC"], env, cwd
+        )
+        assert noted.code == 0, noted
+
+        def rebuilt() -> bool:
+            got = deployment.cli("task", "get", root)
+            return (
+                got["status"] == "succeeded"
+                and len(_requests_with(fake, "# Your step: Build it")) > builds_before
+            )
+
+        wait_until(rebuilt, timeout=60, what="the tree to run again")
+        after = {t["title"]: t for t in deployment.cli("task", "get", root)["subtasks"]}
+    assert plain.code == 2 and "--note" in plain.err  # a succeeded step needs the note
+    noted_requests = _requests_with(fake, "use REST, not RPC")
+    assert noted_requests, "the note reached the step's prompt"
+    assert "# A note on your previous attempt" in str(noted_requests[0]["body"]["messages"])
+    assert after["Design it"]["status"] == after["Build it"]["status"] == "succeeded"
+    assert build["id"] == after["Build it"]["id"]  # the same step, run again
+    transcript = deployment.cli("task", "transcript", design["id"])["steps"]
+    assert [s["kind"] for s in transcript].count("prompt") == 2  # both attempts kept

@@ -385,12 +385,22 @@ def cancel(
 def retry(
     ctx: typer.Context,
     task_id: TaskId,
+    note: Annotated[
+        str | None,
+        typer.Option(
+            help="Feedback: re-run this finished step (succeeded too) with the note in its "
+            "prompt; its dependents run again after it."
+        ),
+    ] = None,
 ) -> None:
-    """Run a failed or cancelled task again."""
+    """Run a failed or cancelled task again (with --note, any finished step)."""
     from orchestra_cli.cli.render import task_json
+    from orchestra_cli.errors import UsageError
 
     app: AppContext = ctx.obj
-    task = app.service().retry(task_id)
+    if note is not None and not note.strip():
+        raise UsageError("--note is empty", "say what the step should do differently")
+    task = app.service().retry(task_id, note=note)
     if app.json:
         app.print_json(task_json(task))
     else:
