@@ -21,7 +21,7 @@ from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter, MeteredProvider
-from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, short
+from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused, short
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import (
     RoleDefinition,
@@ -364,6 +364,8 @@ class Agent:
                 raise
         except AwaitingApproval as exc:  # parked for a person: no slot, no lease held
             return self._block(task, exc)
+        except Paused:
+            return self._block(task, None)
         except TaskCancelled as exc:
             if timed_out.is_set():
                 return self._fail(task, f"timed out after {task.timeout:g}s")
@@ -382,18 +384,24 @@ class Agent:
                     del self._running[task.id]
         return self._succeed(task, response, metered)
 
-    def _block(self, task: Task, waiting: AwaitingApproval) -> Action:
-        """running → blocked: the calls wait for `orchestra task approve` / `reject`."""
-        tools = [f"{c.name}({short(c.input)})" for c in waiting.calls]
+    def _block(self, task: Task, waiting: AwaitingApproval | None) -> Action:
+        """running → blocked: the calls wait for `orchestra task approve` / `reject`, or
+        (``waiting`` None) the tree was paused and waits for `orchestra task resume`."""
+        tools = [f"{c.name}({short(c.input)})" for c in waiting.calls] if waiting else ["resume"]
+        hint = (
+            f"orchestra task approve {task.id} (or reject --reason …)"
+            if waiting
+            else f"orchestra task resume {task.root_id}"
+        )
         try:
             self.state.transition(
                 task.id,
                 Status.BLOCKED,
                 expect_version=task.version,
                 event_data={
-                    "reason": "approval",
+                    "reason": "approval" if waiting else "paused",
                     "waits_for": tools,
-                    "hint": f"orchestra task approve {task.id} (or reject --reason …)",
+                    "hint": hint,
                 },
             )
         except TransitionRejected as exc:  # cancelled meanwhile, or taken over

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestra_cli.broker.base import Broker, publish_run
+from orchestra_cli.engine.loop import TREE_MARKS
 from orchestra_cli.errors import TransitionRejected, UsageError
 from orchestra_cli.models import Task
 from orchestra_cli.state.base import StateStore
@@ -43,7 +44,7 @@ class Waiting:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": "approval",
+            "kind": "paused" if self.tool == "pause" else "approval",
             "task_id": self.task.id,
             "root_id": self.task.root_id,
             "title": self.task.title,
@@ -81,9 +82,17 @@ def waiting(state: StateStore, task: Task) -> list[Waiting]:
 
 
 def inbox(state: StateStore) -> list[Waiting]:
-    """Everything waiting for a person, oldest first."""
+    """Everything waiting for a person, oldest first: calls to approve, paused trees."""
     blocked = state.list_tasks(status=[Status.BLOCKED.value], limit=INBOX_LIMIT)
     items = [w for task in blocked for w in waiting(state, task)]
+    roots = {t.root_id for t in blocked}
+    open_roots = state.list_tasks(status=[Status.WAITING.value], limit=INBOX_LIMIT)
+    roots |= {t.id for t in open_roots if t.is_root}
+    for root_id in sorted(roots):
+        marks = [s for s in state.steps(root_id) if s.get("kind") in ("pause", "resume")]
+        if marks and marks[-1]["kind"] == "pause":
+            root = state.get_task(root_id)
+            items.append(Waiting(root, marks[-1]["n"], "", "pause", None, marks[-1]["time"]))
     return sorted(items, key=lambda w: w.since)
 
 
@@ -155,7 +164,7 @@ def _release(state: StateStore, broker: Broker, task: Task, decision: str) -> Ta
             task.id,
             Status.QUEUED,
             expect_status=[Status.BLOCKED],
-            event_data={"reason": f"{decision}d", "by": "operator"},
+            event_data={"reason": decision.rstrip("e") + "ed", "by": "operator"},
         )
     except TransitionRejected as exc:
         raise UsageError(
@@ -163,3 +172,58 @@ def _release(state: StateStore, broker: Broker, task: Task, decision: str) -> Ta
         ) from None
     publish_run(broker, queued)
     return queued
+
+
+# -- pause and resume ----------------------------------------------------------------
+# A tree is paused while the last pause/resume step on its root is a pause. Its
+# agents stop between steps (a running model turn finishes first) and park the task
+# as blocked; the orchestrator dispatches none of its subtasks; resume puts what
+# the pause parked back on its way.
+
+
+def _mark(state: StateStore, root_id: str, kind: str) -> None:
+    n = len(state.steps(root_id))
+    while not state.record_step(root_id, root_id, n, {"kind": kind}, {"kind": kind}):
+        n += 1
+
+
+def is_paused(state: StateStore, root_id: str) -> bool:
+    marks = [s["kind"] for s in state.steps(root_id) if s.get("kind") in ("pause", "resume")]
+    return bool(marks) and marks[-1] == "pause"
+
+
+def pause(state: StateStore, task: Task) -> Task:
+    """Stop ``task``'s tree taking new steps; returns its root."""
+    root = task if task.is_root else state.get_task(task.root_id)
+    if root.status in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED):
+        raise UsageError(f"task tree {root.id} has ended ({root.status})", "nothing to pause")
+    if is_paused(state, root.id):
+        raise UsageError(
+            f"task tree {root.id} is paused already", f"resume it: orchestra task resume {root.id}"
+        )
+    _mark(state, root.id, "pause")
+    return root
+
+
+def resume(state: StateStore, broker: Broker, task: Task) -> list[Task]:
+    """Let a paused tree go on; returns the tasks put back on their way."""
+    from orchestra_cli.broker.base import publish_submit
+
+    root = task if task.is_root else state.get_task(task.root_id)
+    if not is_paused(state, root.id):
+        raise UsageError(
+            f"task tree {root.id} is not paused", "`orchestra inbox` lists paused trees"
+        )
+    _mark(state, root.id, "resume")
+    moved = []
+    for t in state.tree(root.id):
+        steps = state.steps(t.id) if t.status == Status.BLOCKED else []
+        own = [s for s in steps if s.get("kind") not in TREE_MARKS]  # a lone root's marks too
+        if own and own[-1].get("kind") == "paused":  # parked by the pause, not a question
+            try:
+                moved.append(_release(state, broker, t, "resume"))
+            except UsageError:
+                continue  # cancelled meanwhile
+    if root.status == Status.WAITING:  # its subtasks not dispatched while paused
+        publish_submit(broker, root)
+    return moved

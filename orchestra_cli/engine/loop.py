@@ -54,6 +54,9 @@ UNKNOWN_OUTCOME = (
     "before calling it again."
 )
 SHORT_INPUT_CHARS = 120
+# steps a person writes on a tree's root whatever runs there (approvals.py): a loop
+# running the root itself steps over them
+TREE_MARKS = ("pause", "resume", "allow")
 
 
 class AwaitingApproval(Exception):
@@ -62,6 +65,10 @@ class AwaitingApproval(Exception):
     def __init__(self, calls: list[ToolCall]) -> None:
         super().__init__(", ".join(f"{c.name}({short(c.input)})" for c in calls))
         self.calls = calls
+
+
+class Paused(Exception):
+    """The task's tree was paused (`orchestra task pause`); the task parks as blocked."""
 
 
 class ToolRunner(Protocol):
@@ -234,7 +241,11 @@ class AgentLoop:
             data = redacted(data)
         with self._lock:
             n = self._n
-            if not self.state.record_step(self.task.id, self.task.root_id, n, data, event):
+            while not self.state.record_step(self.task.id, self.task.root_id, n, data, event):
+                taken = next((s for s in self.state.steps(self.task.id) if s["n"] == n), {})
+                if taken.get("kind") in TREE_MARKS:  # a person paused the tree meanwhile
+                    n += 1
+                    continue
                 raise TaskCancelled(
                     f"step {n} of task {self.task.id} was written by another agent; "
                     "it has taken the task over"
@@ -281,6 +292,7 @@ class AgentLoop:
         continuations = 0
         while True:
             self._check_cancel()
+            self._check_paused()
             if r.pending:
                 self._resolve(r)
                 continue
@@ -447,6 +459,14 @@ class AgentLoop:
             usage=self.spent,
             stop_reason=str(last.get("stop_reason") or "end_turn"),
         )
+
+    def _check_paused(self) -> None:
+        """Between steps: a paused tree takes no new step (the last turn has finished)."""
+        from orchestra_cli.engine.approvals import is_paused
+
+        if is_paused(self.state, self.task.root_id):
+            self._record({"kind": "paused"}, {"kind": "paused"})
+            raise Paused(self.task.root_id)
 
     def _check_cancel(self) -> None:
         cancel = self.base.cancel

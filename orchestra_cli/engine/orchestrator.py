@@ -235,6 +235,10 @@ class Orchestrator:
                 pass
             return
         if all(d.status == Status.SUCCEEDED for d in deps):
+            from orchestra_cli.engine.approvals import is_paused
+
+            if is_paused(self.state, task.root_id):  # `task resume` dispatches it
+                return
             self._dispatch(task, task.capability or "")
 
     # -- results -----------------------------------------------------------

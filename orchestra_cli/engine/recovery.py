@@ -96,7 +96,14 @@ class Recovery:
             if reason:
                 findings.append(Finding(task.id, task.status, "requeue", reason))
         ended: dict[str, bool] = {}
+        paused: dict[str, bool] = {}  # a paused tree's pending work waits for `task resume`
         for task in state.list_tasks(status=[Status.PENDING.value], limit=SCAN_LIMIT):
+            if task.root_id not in paused:
+                from orchestra_cli.engine.approvals import is_paused
+
+                paused[task.root_id] = is_paused(state, task.root_id)
+            if paused[task.root_id]:
+                continue
             if at - task.updated_at > self.stale and not self._awaits_dependency(task, ended):
                 findings.append(
                     Finding(

@@ -328,6 +328,18 @@ class TaskService:
             always=always,
         )
 
+    def pause(self, task_id: str) -> Task:
+        """Stop a tree taking new steps (``task pause``); returns its root."""
+        from orchestra_cli.engine.approvals import pause
+
+        return pause(self.state, self.get(task_id))
+
+    def resume(self, task_id: str) -> list[Task]:
+        """Let a paused tree go on (``task resume``); returns the tasks put back."""
+        from orchestra_cli.engine.approvals import resume
+
+        return resume(self.state, self.b.broker, self.get(task_id))
+
     def files(self, task_id: str) -> tuple[Task, list[FileEntry]]:
         """A root's tree's final files, or a subtask's own changes (``task files``)."""
         from orchestra_cli.engine.workspace import task_files, tree_files

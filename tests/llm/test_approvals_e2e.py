@@ -3,6 +3,7 @@ with real `orchestra run` and agent processes."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,3 +185,37 @@ def test_retry_with_a_note_reruns_a_succeeded_step_with_the_note_and_then_its_de
     assert build["id"] == after["Build it"]["id"]  # the same step, run again
     transcript = deployment.cli("task", "transcript", design["id"])["steps"]
     assert [s["kind"] for s in transcript].count("prompt") == 2  # both attempts kept
+
+
+def test_pause_stops_new_steps_and_resume_goes_on_from_there(
+    fake: FakeAnthropic, tmp_path: Path, backend_env: dict[str, str]
+) -> None:
+    require_bwrap()
+    fake.script(
+        tool_use("Write", {"file_path": "a.txt", "content": "a"}),
+        tool_use("Write", {"file_path": "b.txt", "content": "b"}, delay=3),
+        text("both written"),
+    )
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, env=backend_env, role="careful")
+        env, cwd = deployment.env, deployment.cwd
+        task_id = deployment.submit("write two files", "--capability", "careful")
+        wait_until(lambda: len(fake.requests) == 2, timeout=30, what="the second turn")
+        paused = run_orchestra(["task", "pause", task_id], env, cwd)
+        assert paused.code == 0, paused
+        wait_until(lambda: deployment.task(task_id)["status"] == "blocked", timeout=30)
+        time.sleep(1.5)
+        assert len(fake.requests) == 2  # the turn in flight finished; no new step started
+        inbox = deployment.cli("inbox")
+        assert [(i["kind"], i["task_id"]) for i in inbox] == [("paused", task_id)]
+        twice = run_orchestra(["task", "pause", task_id], env, cwd)
+        resumed = run_orchestra(["task", "resume", task_id], env, cwd)
+        assert resumed.code == 0, resumed
+        task = deployment.finished(task_id)
+        files = sorted(f["path"] for f in deployment.cli("task", "files", task_id)["files"])
+        again = run_orchestra(["task", "resume", task_id], env, cwd)
+    assert twice.code == 2 and "paused already" in twice.err
+    assert task["status"] == "succeeded" and task["result"] == "both written"
+    assert files == ["a.txt", "b.txt"]
+    assert len(fake.requests) == 3
+    assert (again.code == 2 and "has ended" in again.err) or "not paused" in again.err

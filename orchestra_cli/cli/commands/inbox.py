@@ -8,7 +8,7 @@ from orchestra_cli.cli.context import AppContext
 
 
 def inbox(ctx: typer.Context) -> None:
-    """Tool calls waiting for approval (oldest first) and the commands that answer them."""
+    """What waits for a person: tool calls to approve and paused trees, oldest first."""
     from orchestra_cli.engine.loop import short
     from orchestra_cli.util import human_duration, now
 
@@ -22,11 +22,18 @@ def inbox(ctx: typer.Context) -> None:
         return
     at = now()
     for w in items:
+        waited = human_duration(at - w.since)
+        if w.tool == "pause":
+            print(f"{w.task.id[-8:]}  paused tree  for {waited}  — {w.task.title}")
+            continue
         print(
             f"{w.task.id[-8:]}  step {w.step}  {w.tool} {short(w.input)}  "
-            f"waiting {human_duration(at - w.since)}  — {w.task.title}"
+            f"waiting {waited}  — {w.task.title}"
         )
-    app.info("answer with: orchestra task approve ID [--step N] [--always] | reject ID --reason …")
+    app.info(
+        "answer with: orchestra task approve ID [--step N] [--always] | reject ID --reason … "
+        "| resume ID"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -448,6 +448,28 @@ def _answered(app: AppContext, task: Task) -> None:
         app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch {task.id}")
 
 
+@task_app.command("pause")
+def pause(ctx: typer.Context, task_id: TaskId) -> None:
+    """Stop the task's tree taking new steps (running turns finish first)."""
+    app: AppContext = ctx.obj
+    root = app.service().pause(task_id)
+    if app.json:
+        app.print_json({"root_id": root.id, "paused": True})
+    else:
+        app.info(f"task tree {root.id} is paused; go on with: orchestra task resume {root.id}")
+
+
+@task_app.command("resume")
+def resume(ctx: typer.Context, task_id: TaskId) -> None:
+    """Let a paused tree go on from where it stopped."""
+    app: AppContext = ctx.obj
+    moved = app.service().resume(task_id)
+    if app.json:
+        app.print_json({"resumed": [t.id for t in moved]})
+    else:
+        app.info(f"resumed; {len(moved)} parked task(s) are queued again")
+
+
 @task_app.command("transcript")
 def transcript(ctx: typer.Context, task_id: TaskId) -> None:
     """Every step of a task: the prompt as sent, model turns, tool calls and results."""
