@@ -15,13 +15,13 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter, MeteredProvider
-from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused, short
+from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused, ToolRunner, short
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import (
     RoleDefinition,
@@ -61,6 +61,9 @@ from orchestra_cli.models import (
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.tools.config import ENGINE_TOOLS
 from orchestra_cli.util import new_id, now
+
+if TYPE_CHECKING:
+    from orchestra_cli.tools.toolbox import Toolbox
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._deadlines = Deadlines(f"timeouts-{self.name}")  # one thread, not one per task
-        self.toolbox: Any = None  # the role's tools (and MCP servers), from run() to its end
+        self.toolbox: Toolbox | None = None  # the role's tools (and MCP servers), run() to its end
         self.loop = ConsumerLoop(
             backends.broker,
             [work_queue(c) for c in role.capabilities],
@@ -482,17 +485,19 @@ class Agent:
             self.record.usage = self.record.usage + response.usage
         return response
 
-    def _tools_for(self, task: Task) -> Any:
+    def _tools_for(self, task: Task) -> ToolRunner:
         """The role's toolbox, with delegate/spawn/wait beside it when the role lists them."""
         engine = [t for t in self.role.tools if t in ENGINE_TOOLS]
+        assert self.toolbox is not None, "only a role that acts runs the loop"
+        toolbox: ToolRunner = self.toolbox  # checked against the protocol here
         if not engine:
-            return self.toolbox
+            return toolbox
         from orchestra_cli.engine.delegation import DelegatingTools
 
         caps = known_capabilities(load_roles(self.b.settings.agents.definitions_dir))
         return DelegatingTools(
             self.b,
-            self.toolbox,
+            toolbox,
             task,
             engine,
             sorted(caps),
