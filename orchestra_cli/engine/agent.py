@@ -507,6 +507,9 @@ class Agent:
     def _act(self, task: Task, cancel: threading.Event, metered: MeteredProvider) -> LLMResponse:
         """The tool-use loop (engine/loop.py) in the task's workspace, every step durable."""
         workspace = Workspace(self.state, self.b.settings.home, task)
+        # each turn is charged as it ends, not with the next write: a tool that runs for
+        # long (or a kill -9 meanwhile) must not hold the turn's usage in memory only
+        metered = self.meter.wrap(self.llm, task, agent=self.name)
         loop = AgentLoop(
             self.state,
             metered,

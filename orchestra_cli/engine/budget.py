@@ -23,6 +23,7 @@ overridden per tree by the root task's labels ``budget_usd`` /
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 LABEL_USD = "budget_usd"
 LABEL_TOKENS = "budget_tokens"
 HOLD_MARGIN_SECONDS = 60.0  # a hold outlives the longest its call can run by this
+COUNT_MARGIN, COUNT_SLACK_TOKENS = 0.02, 8  # on top of count_tokens, which estimates
 
 
 def tokens_of(usage: Usage) -> int:
@@ -162,7 +164,10 @@ class Meter:
                 error.retryable = False
                 raise error from None
             in_price = out_price = 0.0
-        return Ask(provider.count_tokens(request), request.max_tokens, in_price, out_price)
+        # the API's count is an estimate ("may differ by a small amount"): reserve a margin
+        counted = provider.count_tokens(request)
+        margin = math.ceil(counted * COUNT_MARGIN) + COUNT_SLACK_TOKENS
+        return Ask(counted + margin, request.max_tokens, in_price, out_price)
 
     def settle(self, hold: Hold | None, usage: Usage | None) -> None:
         """Release ``hold``, adding what the call used (nothing: it billed nothing)."""
@@ -243,11 +248,12 @@ class MeteredProvider:
         started = time.monotonic()
         try:
             response = self.inner.complete(request)
-        except TaskCancelled as exc:  # a stream stopped mid-answer: charge what it used
+        except (TaskCancelled, LLMError) as exc:  # a stream stopped mid-answer: charge it
             used = exc.usage if isinstance(exc.usage, Usage) else None
             if used is not None:
                 used = self.meter.prices.charge(request.model, used)
-                line = self._line(request, used, request.model, "cancelled", started)
+                stop = "cancelled" if isinstance(exc, TaskCancelled) else "broken"
+                line = self._line(request, used, request.model, stop, started)
                 self.meter.state.add_usage(self.task.id, used)
                 self.meter.journals.metrics.write(line)
             self.meter.settle(hold, used)

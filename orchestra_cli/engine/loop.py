@@ -53,6 +53,10 @@ UNKNOWN_OUTCOME = (
     "recorded a result, and {tool} is not safe to repeat blindly. Check its effects "
     "before calling it again."
 )
+CUT_OFF = (
+    "This call was cut off at the output limit (max_tokens) before its input was "
+    "complete, so it was not run. Call it again, with a shorter input if you can."
+)
 SHORT_INPUT_CHARS = 120
 # steps a person writes on a tree's root whatever runs there (approvals.py): a loop
 # running the root itself steps over them
@@ -239,6 +243,7 @@ class AgentLoop:
     def _record(self, data: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
         if data.get("kind") != "model":  # a model turn goes back as it came (signatures)
             data = redacted(data)
+        event = redacted(event)  # the event log, `task watch` and the WebSocket see it
         with self._lock:
             n = self._n
             while not self.state.record_step(self.task.id, self.task.root_id, n, data, event):
@@ -278,6 +283,8 @@ class AgentLoop:
             system=first.get("system", self.base.system),
             prompt_prefix=first.get("prefix", self.base.prompt_prefix),
             prompt=first.get("prompt", self.base.prompt),
+            # the model the task began with: thinking blocks are tied to it
+            model=first.get("model", self.base.model),
             tools=self.tools.specs(),
         )
         r = replay(steps)
@@ -376,6 +383,12 @@ class AgentLoop:
     def _resolve(self, r: Replay) -> None:
         """Run (or account for) every call of the last turn that has no result yet; calls
         an ``ask`` rule holds without an answer park the task (``AwaitingApproval``)."""
+        if r.last is not None and r.last.get("stop_reason") == "max_tokens":
+            for call in r.pending:  # its input may be cut short: never run it
+                if call.id not in r.results:
+                    self._give(r, call, CUT_OFF, True)
+            _close_pending(r)
+            return
         ctx = self.tools.context(self.workspace, cancel=self.base.cancel, deadline=self.deadline)
         todo: list[ToolCall] = []
         held: list[ToolCall] = []
@@ -383,22 +396,44 @@ class AgentLoop:
         for call in r.pending:
             if call.id in r.results:
                 continue
-            if _value(self.tools.decide(call.name, call.input, ctx)) == "ask":
-                answer = r.answers.get(call.id)
-                if answer is None and call.name not in self.always:
-                    held.append(call)
-                    continue
-                if answer is not None and answer.get("decision") == "reject":
-                    content = f"A person rejected this call: {answer.get('reason') or '-'}"
-                    self._result(call, content, True, 0.0)
-                    r.results[call.id] = ToolResult(call.id, content, True)
-                    continue
-                approved.add(call.id)
-            if call.id in r.started and not self.tools.idempotent(call.name):
-                content = UNKNOWN_OUTCOME.format(tool=call.name)
-                self._result(call, content, True, 0.0)
-                r.results[call.id] = ToolResult(call.id, content, True)
-                continue
+            verdict = self._verdict(call, r, ctx)
+            if verdict == "held":
+                held.append(call)
+            elif verdict != "answered" and not self._unknown(call, r):
+                if verdict == "approved":
+                    approved.add(call.id)
+                todo.append(call)
+        self._run_calls(todo, approved, ctx, r)
+        if held:
+            self._hold(held, r)
+        _close_pending(r)
+
+    def _verdict(self, call: ToolCall, r: Replay, ctx: Any) -> str:
+        """``run``, ``approved`` (a person said yes), ``answered`` (no: its result is the
+        rejection) or ``held`` (an ``ask`` rule waits for a person)."""
+        if _value(self.tools.decide(call.name, call.input, ctx)) != "ask":
+            return "run"
+        answer = r.answers.get(call.id)
+        if answer is None:
+            return "approved" if call.name in self.always else "held"
+        if answer.get("decision") == "reject":
+            self._give(r, call, f"A person rejected this call: {answer.get('reason') or '-'}", True)
+            return "answered"
+        return "approved"
+
+    def _unknown(self, call: ToolCall, r: Replay) -> bool:
+        """A call that started before its agent died and must not simply run again."""
+        if call.id in r.started and not self.tools.idempotent(call.name):
+            self._give(r, call, UNKNOWN_OUTCOME.format(tool=call.name), True)
+            return True
+        return False
+
+    def _give(self, r: Replay, call: ToolCall, content: str, is_error: bool) -> None:
+        self._result(call, content, is_error, 0.0)
+        r.results[call.id] = ToolResult(call.id, content, is_error)
+
+    def _run_calls(self, todo: list[ToolCall], approved: set[str], ctx: Any, r: Replay) -> None:
+        for call in todo:
             if call.id not in r.started:
                 self._record(
                     {
@@ -409,19 +444,16 @@ class AgentLoop:
                     },
                     {"kind": "tool_start", "tool": call.name, "input": short(call.input)},
                 )
-            todo.append(call)
-        if todo:
-            started = time.monotonic()
-            outputs = self.tools.run(todo, ctx, approved=approved)
-            took = time.monotonic() - started
-            if self.after_tools is not None:  # the files first: a result never outruns them
-                self.after_tools()
-            for call, out in zip(todo, outputs, strict=True):
-                self._result(call, out.content, out.is_error, took)
-                r.results[call.id] = ToolResult(call.id, out.content, out.is_error)
-        if held:
-            self._hold(held, r)
-        _close_pending(r)
+        if not todo:
+            return
+        started = time.monotonic()
+        outputs = self.tools.run(todo, ctx, approved=approved)
+        took = time.monotonic() - started
+        if self.after_tools is not None:  # the files first: a result never outruns them
+            self.after_tools()
+        for call, out in zip(todo, outputs, strict=True):
+            self._result(call, out.content, out.is_error, took)
+            r.results[call.id] = ToolResult(call.id, out.content, out.is_error)
 
     def _hold(self, calls: list[ToolCall], r: Replay) -> None:
         for call in calls:

@@ -190,7 +190,7 @@ def submit(
     if workspace is not None:
         from orchestra_cli.engine.workspace import read_base
 
-        req.workspace = read_base(workspace)
+        req.workspace = read_base(workspace, hide=(app.settings.home,))
     from orchestra_cli.errors import Undelivered
 
     service = app.service()
