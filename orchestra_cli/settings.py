@@ -135,6 +135,15 @@ class ServicesSettings(_Section):
             seen[port] = name
 
 
+class NotifySettings(_Section):
+    """Webhook notifications (``orchestra run`` sends them; notify.py)."""
+
+    webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="POSTed JSON: inbox and tree_failed"
+    )
+    timeout: float = Field(default=5.0, gt=0, description="per delivery attempt")
+
+
 class AgentSettings(_Section):
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     ttl_seconds: float = Field(
@@ -212,6 +221,7 @@ class Settings(_Section):
     services: ServicesSettings = ServicesSettings()
     tasks: TaskSettings = TaskSettings()
     log: LogSettings = LogSettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def db_path(self) -> Path:

@@ -99,6 +99,17 @@ class Runtime:
             aggregator=self.aggregator(),
         )
         self.components.append(orch)
+        notify = self.backends.settings.notify
+        if notify.webhook_url:  # inbox and tree_failed events, from this process
+            from orchestra_cli.logs import register_secret
+            from orchestra_cli.notify import SECRET_NAME, Notifier
+
+            secret = self.secrets.get(SECRET_NAME)
+            if secret:
+                register_secret(secret)
+            self.components.append(
+                Notifier(self.backends, notify.webhook_url, secret, notify.timeout)
+            )
         return orch
 
     def add_agent(

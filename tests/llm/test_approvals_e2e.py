@@ -219,3 +219,80 @@ def test_pause_stops_new_steps_and_resume_goes_on_from_there(
     assert files == ["a.txt", "b.txt"]
     assert len(fake.requests) == 3
     assert (again.code == 2 and "has ended" in again.err) or "not paused" in again.err
+
+
+class Receiver:
+    """A local webhook receiver: answers 500 to its first request, then 200."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(500 if len(receiver.got) == 1 else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def events(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(body) for _, body in self.got]
+
+
+def test_the_webhook_receives_signed_inbox_and_tree_failed_events_retried_with_backoff(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    import hashlib
+    import hmac
+    import json
+
+    from tests.llm.fake_anthropic import refusal
+
+    receiver = Receiver()
+    roles = tmp_path / "roles"
+    roles.mkdir()
+    (roles / "careful.yaml").write_text(CAREFUL)
+    secret = "whsec-" + uuid.uuid4().hex
+    env = {
+        "ORCHESTRA_AGENTS__DEFINITIONS_DIR": str(roles),
+        "ORCHESTRA_NOTIFY__WEBHOOK_URL": receiver.url,
+        "ORCHESTRA_WEBHOOK_SECRET": secret,
+    }
+    fake.script(tool_use("Bash", {"command": "make deploy"}), refusal())
+    try:
+        with processes() as procs:
+            deployment = Deployment(fake, tmp_path, procs, env=env, role="careful")
+            asks = deployment.submit("deploy it", "--capability", "careful")
+            wait_until(lambda: deployment.task(asks)["status"] == "blocked", timeout=30)
+            refused = deployment.submit("something it refuses", "--capability", "careful")
+            deployment.finished(refused)
+
+            def both() -> bool:
+                kinds = {(e["type"], e["task_id"]) for e in receiver.events()}
+                return {("inbox", asks), ("tree_failed", refused)} <= kinds
+
+            wait_until(both, timeout=30, what="the webhook events")
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+    assert len(receiver.got) >= 3  # the first delivery was answered 500 and sent again
+    for headers, body in receiver.got:
+        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["x-orchestra-signature"], expected)
+        assert headers["x-orchestra-event"] == json.loads(body)["type"]
+    inbox = next(e for e in receiver.events() if e["type"] == "inbox")
+    assert inbox["kind"] == "approval" and "Bash(make deploy)" in inbox["waits_for"]
+    assert secret not in "".join(p.output() for p in procs)  # never in a log
