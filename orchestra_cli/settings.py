@@ -167,6 +167,9 @@ class AgentSettings(_Section):
 
 
 class TaskSettings(_Section):
+    review_plans: bool = Field(
+        default=False, description="every tree's plan waits for `task approve` before it runs"
+    )
     default_timeout: float = Field(default=600.0, gt=0)
     default_max_attempts: int = Field(default=3, ge=1, le=100)
     max_input_bytes: int = Field(default=1_000_000, ge=1)

@@ -22,15 +22,18 @@ TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.FAILED, Status
 # redelivery; failed/cancelled → pending (a leaf) or waiting (a parent) is an
 # operator's `task retry` (succeeded → pending too, with a note: feedback on a step
 # that is re-run, and on its dependents); running → blocked parks a task for a person's answer
-# (`task approve` / `reject` put it back on its way: blocked → queued).
+# (`task approve` / `reject` put it back on its way: blocked → queued); pending →
+# blocked → pending is a root whose plan waits for review (plan_review.py).
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.QUEUED, Status.WAITING, Status.FAILED, Status.CANCELLED}),
+    Status.PENDING: frozenset(
+        {Status.QUEUED, Status.WAITING, Status.FAILED, Status.CANCELLED, Status.BLOCKED}
+    ),
     Status.WAITING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
     Status.QUEUED: frozenset({Status.RUNNING, Status.FAILED, Status.CANCELLED}),
     Status.RUNNING: frozenset(
         {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.QUEUED, Status.BLOCKED}
     ),
-    Status.BLOCKED: frozenset({Status.QUEUED, Status.FAILED, Status.CANCELLED}),
+    Status.BLOCKED: frozenset({Status.QUEUED, Status.PENDING, Status.FAILED, Status.CANCELLED}),
     Status.SUCCEEDED: frozenset({Status.PENDING, Status.WAITING}),  # `task retry --note`
     Status.FAILED: frozenset({Status.PENDING, Status.WAITING}),
     Status.CANCELLED: frozenset({Status.PENDING, Status.WAITING}),

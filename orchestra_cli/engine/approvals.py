@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestra_cli.broker.base import Broker, publish_run
+from orchestra_cli.engine import plan_review
 from orchestra_cli.engine.loop import TREE_MARKS
 from orchestra_cli.errors import TransitionRejected, UsageError
 from orchestra_cli.models import Task
@@ -44,7 +45,7 @@ class Waiting:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": "paused" if self.tool == "pause" else "approval",
+            "kind": {"pause": "paused", "plan": "plan"}.get(self.tool, "approval"),
             "task_id": self.task.id,
             "root_id": self.task.root_id,
             "title": self.task.title,
@@ -57,9 +58,14 @@ class Waiting:
 
 
 def waiting(state: StateStore, task: Task) -> list[Waiting]:
-    """The calls ``task`` waits on (none unless it is blocked)."""
+    """The calls (or the plan) ``task`` waits on (none unless it is blocked)."""
     if task.status != Status.BLOCKED:
         return []
+    plan = plan_review.under_review(state, task)
+    if plan is not None:
+        body = plan["plan"]
+        summary = [s["title"] for s in body.get("subtasks") or []] or [body.get("capability")]
+        return [Waiting(task, plan["n"], "", "plan", summary, float(plan["time"]))]
     steps = state.steps(task.id)
     answers = {s["call_id"]: s for s in steps if s.get("kind") == "approval"}
     results = {s["call_id"] for s in steps if s.get("kind") == "tool_result"}
@@ -127,6 +133,8 @@ def answer(
     """Record a person's answer to the task's waiting call(s); the task runs on."""
     if not approve and not reason.strip():
         raise UsageError("a rejection needs a reason", "pass --reason TEXT; the model reads it")
+    if plan_review.under_review(state, task) is not None:
+        return _answer_plan(state, broker, task, approve=approve, reason=reason, by=by)
     items = _pick(task, waiting(state, task), step)
     decision = "approve" if approve else "reject"
     fresh = [w for w in items if w.answer is None]
@@ -147,6 +155,27 @@ def answer(
     if always and approve:
         _allow(state, task, {w.tool for w in items})
     return _release(state, broker, task, decision)
+
+
+def _answer_plan(
+    state: StateStore, broker: Broker, task: Task, *, approve: bool, reason: str, by: str
+) -> Task:
+    """Approve the plan under review (it runs as it stands) or reject it (planned again)."""
+    from orchestra_cli.broker.base import publish_submit
+
+    kind = "plan_approved" if approve else "plan_rejected"
+    plan_review.record(state, task, kind, by=by, **({} if approve else {"reason": reason}))
+    try:
+        pending = state.transition(
+            task.id,
+            Status.PENDING,
+            expect_status=[Status.BLOCKED],
+            event_data={"reason": kind.replace("_", " "), "by": by},
+        )
+    except TransitionRejected as exc:
+        raise UsageError(f"task {task.id} is no longer blocked ({exc})", "see `task get`") from None
+    publish_submit(broker, pending)  # the orchestrator carries it out, or plans again
+    return pending
 
 
 def _allow(state: StateStore, task: Task, tools: set[str]) -> None:

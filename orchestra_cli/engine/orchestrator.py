@@ -15,7 +15,7 @@ import threading
 from orchestra_cli import __version__
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery, publish_run
-from orchestra_cli.engine import blockers
+from orchestra_cli.engine import blockers, plan_review
 from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator
 from orchestra_cli.engine.planner import Plan, Planner
 from orchestra_cli.engine.retry import retry_or_fail
@@ -154,7 +154,13 @@ class Orchestrator:
 
     def _plan(self, task: Task) -> None:
         caps = self.capabilities()
-        plan = self.planner.plan(task, caps)
+        if plan_review.wants_review(task, self.b.settings.tasks.review_plans):
+            reviewed = self._reviewed_plan(task, caps)
+            if reviewed is None:
+                return  # it waits for a person now
+            plan = reviewed
+        else:
+            plan = self.planner.plan(task, caps)
         self._log_decision(task, plan)
         if not plan.decomposed:
             # the route decision rides on the queued event: one state write, not two
@@ -181,6 +187,47 @@ class Orchestrator:
         except TransitionRejected:
             return  # another orchestrator planned it first
         self._advance_children(task.id)
+
+    def _reviewed_plan(self, task: Task, caps: set[str]) -> Plan | None:
+        """The approved plan, or None after parking a new one for review (plan_review.py)."""
+        recorded, status = plan_review.latest(self.state, task.id)
+        if status == "approved" and recorded is not None:
+            return plan_review.plan_from(recorded["plan"])
+        reasons = plan_review.rejections(self.state, task.id)
+        if len(reasons) >= plan_review.MAX_PLAN_REJECTIONS:
+            self._fail_root(task, f"its plan was rejected {len(reasons)} times: {reasons[-1]}")
+            return None
+        asked = task
+        if reasons:  # plan again, with what the person said
+            notes = "\n".join(f"- {r}" for r in reasons)
+            asked = task.model_copy(
+                update={"input": f"{task.input}\n\n# A person rejected earlier plans\n{notes}"}
+            )
+        plan = self.planner.plan(asked, caps)
+        self.b.journals.decisions.write({**plan.record(task), "review": "waiting"})
+        plan_review.record(self.state, task, "plan", plan=plan_review.plan_json(plan))
+        try:
+            self.state.transition(
+                task.id,
+                Status.BLOCKED,
+                expect_status=[Status.PENDING],
+                event_data={
+                    "reason": "plan review",
+                    "waits_for": [f"plan by {plan.planner}: {len(plan.subtasks) or 1} step(s)"],
+                    "hint": f"orchestra task plan {task.id}; then approve or reject --reason",
+                },
+            )
+        except TransitionRejected:
+            pass  # planned by another orchestrator meanwhile
+        return None
+
+    def _fail_root(self, task: Task, error: str) -> None:
+        try:
+            self.state.transition(
+                task.id, Status.FAILED, expect_status=[Status.PENDING], error=error
+            )
+        except TransitionRejected:
+            pass
 
     def _log_decision(self, task: Task, plan: Plan) -> None:
         self.b.journals.decisions.write(plan.record(task))

@@ -328,6 +328,27 @@ class TaskService:
             always=always,
         )
 
+    def plan(self, task_id: str, replace_with: Path | None = None) -> tuple[Task, dict[str, Any]]:
+        """The plan a root waits on review with (``task plan``); ``replace_with``: a person's
+        plan file, checked like a model's, recorded as the plan to approve."""
+        from orchestra_cli.engine import plan_review
+
+        task = self.get(task_id)
+        recorded = plan_review.under_review(self.state, task)
+        if recorded is None:
+            latest, status = plan_review.latest(self.state, task.id)
+            if replace_with is not None or latest is None:
+                raise UsageError(
+                    f"task {task.id} has no plan waiting for review ({task.status})",
+                    "submit with --review-plan (or set tasks.review_plans) to review plans",
+                )
+            return task, {**plan_review.plan_shown(latest), "status": status}
+        if replace_with is not None:
+            plan = plan_review.read_plan_file(replace_with, self.capabilities())
+            plan_review.record(self.state, task, "plan", plan=plan, by="operator")
+            recorded = plan_review.under_review(self.state, task) or recorded
+        return task, {**plan_review.plan_shown(recorded), "status": "review"}
+
     def pause(self, task_id: str) -> Task:
         """Stop a tree taking new steps (``task pause``); returns its root."""
         from orchestra_cli.engine.approvals import pause

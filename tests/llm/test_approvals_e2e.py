@@ -296,3 +296,49 @@ def test_the_webhook_receives_signed_inbox_and_tree_failed_events_retried_with_b
     inbox = next(e for e in receiver.events() if e["type"] == "inbox")
     assert inbox["kind"] == "approval" and "Bash(make deploy)" in inbox["waits_for"]
     assert secret not in "".join(p.output() for p in procs)  # never in a log
+
+
+def test_a_plan_under_review_spends_nothing_until_approved_and_can_be_edited_or_rejected(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    import json
+
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, role="coder")
+        env, cwd = deployment.env, deployment.cwd
+        root = deployment.submit("design and build an API", "--review-plan")
+        wait_until(lambda: deployment.task(root)["status"] == "blocked", timeout=30)
+        time.sleep(1.0)
+        assert len(fake.requests) == 1  # the plan call; nothing of the plan has run
+        assert deployment.cli("task", "get", root)["subtasks"] == []
+        inbox = deployment.cli("inbox")
+        assert [(i["kind"], i["task_id"]) for i in inbox] == [("plan", root)]
+        shown = deployment.cli("task", "plan", root)
+        assert [s["title"] for s in shown["subtasks"]] == ["Design it", "Build it"]
+        # the operator keeps only the build step (no architect runs here)
+        edited = {"decompose": False, "reason": "just build it", "capability": "code"}
+        plan_file = tmp_path / "plan.json"
+        plan_file.write_text(json.dumps(edited))
+        bad_file = tmp_path / "bad.json"
+        bad_file.write_text(json.dumps({**edited, "capability": "magic"}))
+        bad = run_orchestra(["task", "plan", root, "--set", str(bad_file)], env, cwd)
+        good = run_orchestra(["task", "plan", root, "--set", str(plan_file)], env, cwd)
+        assert good.code == 0, good
+        approved = run_orchestra(["task", "approve", root], env, cwd)
+        assert approved.code == 0, approved
+        done = deployment.finished(root)
+        # a second tree: its plan is rejected with a reason and planned again with it
+        other = deployment.submit("design and build a CLI", "--review-plan")
+        wait_until(lambda: deployment.task(other)["status"] == "blocked", timeout=30)
+        asked = len(fake.requests)
+        rejected = run_orchestra(
+            ["task", "reject", other, "--reason", "no design step, please"], env, cwd
+        )
+        assert rejected.code == 0, rejected
+        wait_until(lambda: len(fake.requests) > asked, timeout=30, what="the plan again")
+        wait_until(lambda: deployment.task(other)["status"] == "blocked", timeout=30)
+    assert bad.code == 2 and "unknown capability 'magic'" in bad.err
+    assert done["status"] == "succeeded", done
+    assert done["capability"] == "code"  # routed whole, as the edited plan said
+    replanned = fake.requests[asked]["body"]["messages"][0]["content"]
+    assert "no design step, please" in json.dumps(replanned)

@@ -123,6 +123,12 @@ def submit(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Submitting the same key again returns the same task.")
     ] = None,
+    review_plan: Annotated[
+        bool,
+        typer.Option(
+            "--review-plan", help="The plan waits for `task approve` before any of it runs."
+        ),
+    ] = False,
     budget: Annotated[
         str | None,
         typer.Option(
@@ -157,6 +163,8 @@ def submit(
 
     app: AppContext = ctx.obj
     labels = _parse_labels(label or [])
+    if review_plan:
+        labels["review_plan"] = "true"
     if budget is not None:
         labels.update(_parse_budget(budget))
     if batch is not None:
@@ -446,6 +454,33 @@ def _answered(app: AppContext, task: Task) -> None:
         app.print_json(task_json(task))
     else:
         app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch {task.id}")
+
+
+@task_app.command("plan")
+def plan(
+    ctx: typer.Context,
+    task_id: TaskId,
+    set_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--set", help="Replace the plan under review with this JSON file.", dir_okay=False
+        ),
+    ] = None,
+) -> None:
+    """Show the plan a tree waits on review with (or replace it with --set FILE)."""
+    import json
+
+    app: AppContext = ctx.obj
+    task, shown = app.service().plan(task_id, set_file)
+    if app.json:
+        app.print_json({"task_id": task.id, **shown})
+        return
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    if shown.get("status") == "review":
+        app.info(
+            f"approve it: orchestra task approve {task.id}; or reject {task.id} --reason TEXT; "
+            f"or edit it and: orchestra task plan {task.id} --set FILE"
+        )
 
 
 @task_app.command("pause")
