@@ -12,6 +12,9 @@ from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from orchestra_cli.engine.approvals import Waiting
     from orchestra_cli.engine.service import TaskService
     from orchestra_cli.models import Task
 
@@ -272,6 +275,8 @@ def get(
     task = service.get(task_id)
     tree = service.subtree(task.id)
     total = service.tree_usage(tree)
+    from orchestra_cli.engine.loop import short
+
     waits = [w for t in tree for w in service.waiting(t)]
     if app.json:
         data = task_json(task)
@@ -285,11 +290,7 @@ def get(
         f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}"
     )
     for w in waits:  # what a blocked task waits for, and the command that answers it
-        summary += (
-            f"\nwaits for approval: {w.tool} {_short(w.input)} (task {w.task.id[-8:]}, "
-            f"step {w.step}) — orchestra task approve {w.task.id} | "
-            f"reject {w.task.id} --reason TEXT"
-        )
+        summary += "\n" + _waits_line(w, short)
     if not sys.stdout.isatty():  # into a pipe or file: plain text, without rich
         error = f"error: {task.error}\n" if task.error else ""
         result = f"result:\n{task.result}\n" if task.result is not None else ""
@@ -302,6 +303,19 @@ def get(
     if task.result is not None:
         app.console.print("result:", style="bold")
         app.console.print(str(task.result), markup=False)
+
+
+def _waits_line(w: Waiting, short: Callable[[object], str]) -> str:
+    who = f"task {w.task.id[-8:]}"
+    if w.tool == "plan":
+        return (
+            f"waits for plan review ({who}): orchestra task plan {w.task.id}, then "
+            f"approve {w.task.id} | reject {w.task.id} --reason TEXT"
+        )
+    return (
+        f"waits for approval: {w.tool} {short(w.input)} ({who}, step {w.step}) — "
+        f"orchestra task approve {w.task.id} | reject {w.task.id} --reason TEXT"
+    )
 
 
 @task_app.command("list")
@@ -415,96 +429,6 @@ def retry(
         app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch {task.id}")
 
 
-@task_app.command("approve")
-def approve(
-    ctx: typer.Context,
-    task_id: TaskId,
-    step: Annotated[
-        int | None, typer.Option(help="Only the call waiting at this step (see `inbox`).")
-    ] = None,
-    always: Annotated[
-        bool, typer.Option("--always", help="Allow the tool for the rest of the tree.")
-    ] = False,
-) -> None:
-    """Run the tool call(s) a blocked task waits on; the task goes on, on any agent."""
-    _answered(ctx.obj, ctx.obj.service().answer(task_id, approve=True, step=step, always=always))
-
-
-@task_app.command("reject")
-def reject(
-    ctx: typer.Context,
-    task_id: TaskId,
-    reason: Annotated[str, typer.Option(help="Why; the model reads it as the call's result.")],
-    step: Annotated[int | None, typer.Option(help="Only the call waiting at this step.")] = None,
-) -> None:
-    """Do not run the call(s) a blocked task waits on; the model is told why."""
-    _answered(ctx.obj, ctx.obj.service().answer(task_id, approve=False, reason=reason, step=step))
-
-
-def _short(value: object) -> str:
-    from orchestra_cli.engine.loop import short
-
-    return short(value)
-
-
-def _answered(app: AppContext, task: Task) -> None:
-    if app.json:
-        from orchestra_cli.cli.render import task_json
-
-        app.print_json(task_json(task))
-    else:
-        app.info(f"task {task.id} is {task.status} again; watch it: orchestra task watch {task.id}")
-
-
-@task_app.command("plan")
-def plan(
-    ctx: typer.Context,
-    task_id: TaskId,
-    set_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--set", help="Replace the plan under review with this JSON file.", dir_okay=False
-        ),
-    ] = None,
-) -> None:
-    """Show the plan a tree waits on review with (or replace it with --set FILE)."""
-    import json
-
-    app: AppContext = ctx.obj
-    task, shown = app.service().plan(task_id, set_file)
-    if app.json:
-        app.print_json({"task_id": task.id, **shown})
-        return
-    print(json.dumps(shown, indent=2, ensure_ascii=False))
-    if shown.get("status") == "review":
-        app.info(
-            f"approve it: orchestra task approve {task.id}; or reject {task.id} --reason TEXT; "
-            f"or edit it and: orchestra task plan {task.id} --set FILE"
-        )
-
-
-@task_app.command("pause")
-def pause(ctx: typer.Context, task_id: TaskId) -> None:
-    """Stop the task's tree taking new steps (running turns finish first)."""
-    app: AppContext = ctx.obj
-    root = app.service().pause(task_id)
-    if app.json:
-        app.print_json({"root_id": root.id, "paused": True})
-    else:
-        app.info(f"task tree {root.id} is paused; go on with: orchestra task resume {root.id}")
-
-
-@task_app.command("resume")
-def resume(ctx: typer.Context, task_id: TaskId) -> None:
-    """Let a paused tree go on from where it stopped."""
-    app: AppContext = ctx.obj
-    moved = app.service().resume(task_id)
-    if app.json:
-        app.print_json({"resumed": [t.id for t in moved]})
-    else:
-        app.info(f"resumed; {len(moved)} parked task(s) are queued again")
-
-
 @task_app.command("transcript")
 def transcript(ctx: typer.Context, task_id: TaskId) -> None:
     """Every step of a task: the prompt as sent, model turns, tool calls and results."""
@@ -559,4 +483,7 @@ def export(
 
 
 def register(app: typer.Typer) -> None:
+    from orchestra_cli.cli.commands import people  # approve, reject, plan, pause, resume
+
+    people.register_on(task_app)
     app.add_typer(task_app, name="task")
