@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -17,23 +16,10 @@ dlq_app = typer.Typer(
 COLUMNS = ("AGE", "QUEUE", "TASK", "NOW", "TRIES", "REASON")
 
 
-def _task_id(body: str) -> str | None:
-    """The task a letter was for (a malformed body may name none)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    task_id = doc.get("task_id") if isinstance(doc, dict) else None
-    return task_id if isinstance(task_id, str) and task_id else None
-
-
 def _letters(app: AppContext, limit: int) -> list[dict[str, Any]]:
     """The broker's letters, each with its task id and what that task's status is now."""
     backends = app.backends()
-    letters = [
-        {**letter, "task_id": _task_id(letter["body"])}
-        for letter in backends.broker.dead_letters(limit)
-    ]
+    letters = backends.broker.dead_letters(limit)  # each with its task id, if it names one
     tasks = backends.state.get_tasks(x["task_id"] for x in letters if x["task_id"])
     for x in letters:
         task = tasks.get(x["task_id"]) if x["task_id"] else None
@@ -68,9 +54,9 @@ def list_letters(
         (
             human_duration(now() - x["enqueued_at"]) if x["enqueued_at"] else "-",
             x["queue"] or "-",
-            x["task_id"] or "-",
+            x["task_id"] or (f"undecodable ({x['size']} bytes)" if x["undecodable"] else "-"),
             x["task_status"] or "-",
-            str(x["deliveries"] or 0),
+            "?" if x["deliveries"] is None else str(x["deliveries"]),
             x["reason"] or "-",
         )
         for x in letters
