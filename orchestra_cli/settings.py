@@ -95,6 +95,12 @@ class RabbitMQSettings(_Section):
     heartbeat: int = Field(default=30, ge=0, description="AMQP heartbeat (s); 0 disables")
     blocked_connection_timeout: float = Field(default=60.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
+    max_outage_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="a running consumer gives up (its process exits 3) after RabbitMQ has "
+        "been unreachable this long; 0 rides out an outage of any length",
+    )
 
 
 class ServicesSettings(_Section):

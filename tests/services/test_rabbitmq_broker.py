@@ -162,7 +162,8 @@ def test_delayed_publishes_keep_working_past_the_delay_queue_expiry(
     from orchestra_cli.broker import rabbitmq_topology
     from orchestra_cli.models import MSG_RUN, Envelope
 
-    monkeypatch.setattr(rabbitmq_topology, "DELAY_QUEUE_IDLE_MS", 1500)  # expires 1.6 s after declare
+    # expires 1.6 s after declare
+    monkeypatch.setattr(rabbitmq_topology, "DELAY_QUEUE_IDLE_MS", 1500)
     sent = []
     deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:
