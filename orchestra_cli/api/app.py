@@ -25,6 +25,7 @@ from orchestra_cli.engine.roles import RoleDefinition
 from orchestra_cli.engine.service import TaskService
 from orchestra_cli.errors import OrchestraError, Undelivered, UsageError
 from orchestra_cli.health import CHECKS
+from orchestra_cli.state.base import MAX_EVENT_SEQ
 from orchestra_cli.status import Status
 
 MAX_LIST = 1000
@@ -130,7 +131,7 @@ def _task_routes(router: APIRouter, service: TaskService) -> None:
 
     @router.get("/events")
     def events(
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_EVENT_SEQ)] = 0,
         root_id: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = MAX_LIST,
     ) -> dict[str, Any]:
@@ -177,7 +178,9 @@ def _health_router(
         check: Annotated[list[str] | None, Query()] = None,
         strict: bool = False,
     ) -> dict[str, Any]:
-        """`orchestra health` as JSON: 200 healthy, 503 otherwise; details need the token."""
+        """`orchestra health` as JSON: 200 healthy, 503 otherwise. Without the token only
+        ``{"healthy": …}``: the checks name paths, URLs, hosts, pids and which secrets are
+        set, which are nobody's business but the operator's."""
         from orchestra_cli.health import HealthContext, exit_status, run_checks
 
         names = [n.strip() for item in check or [] for n in item.split(",") if n.strip()]
@@ -193,14 +196,14 @@ def _health_router(
             hctx.close()
         code = exit_status(checks, strict)
         response.status_code = 200 if code == 0 else 503
-        # open to load balancers without a token, so the details (URLs, versions) are not
-        authorized = token_ok(token, bearer(request.headers.get("authorization")))
+        # open to load balancers without a token: they learn healthy or not, nothing else
+        if not token_ok(token, bearer(request.headers.get("authorization"))):
+            return {"healthy": code == 0}
         return {
             "healthy": code == 0,
             "exit_code": int(code),
             "checks": [
-                {"name": c.name, "level": c.level, "summary": c.summary}
-                | ({"details": c.details} if authorized else {})
+                {"name": c.name, "level": c.level, "summary": c.summary, "details": c.details}
                 for c in checks
             ],
         }
@@ -214,7 +217,7 @@ def _stream_router(service: TaskService, token: str | None) -> APIRouter:
     async def task_events(
         websocket: WebSocket,
         task_id: str,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_EVENT_SEQ)] = 0,
         token_param: Annotated[str | None, Query(alias="token")] = None,
     ) -> None:
         """Replay the task tree's events (after ``after``), follow them, end with the task."""

@@ -13,7 +13,7 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    usd: float | None = Field(default=None, gt=0)
+    usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     tokens: int | None = Field(default=None, gt=0)
 
 

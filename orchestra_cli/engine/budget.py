@@ -17,6 +17,7 @@ overridden per tree by the root task's labels ``budget_usd`` /
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -66,6 +67,21 @@ class Budget:
 def _label(root: Task, key: str) -> str | None:
     value = root.labels.get(key)
     return value.strip() if value and value.strip() else None
+
+
+def check_budget_labels(labels: dict[str, str]) -> None:
+    """UsageError unless the budget labels are a positive, finite amount (as --budget is)."""
+    usd, tokens = labels.get(LABEL_USD), labels.get(LABEL_TOKENS)
+    hint = "use e.g. --budget 0.50 (USD) or --budget 20000tok, or budget {usd, tokens} in the API"
+    try:
+        amount = float(usd.strip().lstrip("$")) if usd and usd.strip() else None
+        count = int(tokens.strip().replace("_", "").replace(",", "")) if tokens else None
+    except ValueError:
+        raise UsageError("the budget is not a number", hint) from None
+    if amount is not None and not (math.isfinite(amount) and amount > 0):
+        raise UsageError(f"a budget of {usd} USD is not a positive, finite amount", hint)
+    if count is not None and count <= 0:
+        raise UsageError(f"a budget of {tokens} tokens is not a positive number", hint)
 
 
 def budget_for(root: Task, settings: LLMSettings) -> Budget:
