@@ -21,7 +21,7 @@ from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter
-from orchestra_cli.errors import NotFoundError, TransitionRejected
+from orchestra_cli.errors import NotFoundError, OrchestraError, TransitionRejected
 from orchestra_cli.models import (
     MSG_RESULT,
     MSG_SUBMIT,
@@ -76,7 +76,12 @@ class Orchestrator:
 
     def run(self, stop: threading.Event) -> None:
         log.info("orchestrator %s started", self.name)
-        for target, label in ((self._sweep_loop, "sweep"), (self._presence_loop, "presence")):
+        loops = (
+            (self._sweep_loop, "sweep"),
+            (self._presence_loop, "presence"),
+            (self._takeover_loop, "takeover"),
+        )
+        for target, label in loops:
             threading.Thread(
                 target=target, args=(stop,), name=f"{self.name}-{label}", daemon=True
             ).start()
@@ -118,6 +123,21 @@ class Orchestrator:
                 locked_sweep(self.b, ttl=interval * 2)
             except Exception:  # the next sweep tries again; it must never stop the loop
                 log.exception("recovery sweep failed")
+
+    def _takeover_loop(self, stop: threading.Event) -> None:
+        """Take over a dead agent's running tasks within its TTL (plus a poll)."""
+        from orchestra_cli.engine.recovery import DEAD_AGENT_POLL_SECONDS, DeadAgentWatch
+
+        if self.b.settings.tasks.recovery_interval_seconds <= 0:
+            return  # recovery switched off: no takeovers either
+        watch = DeadAgentWatch(self.b)
+        while not stop.wait(DEAD_AGENT_POLL_SECONDS):
+            try:
+                watch.poll()
+            except OrchestraError as exc:  # an outage: the next poll tries again
+                log.debug("dead-agent watch: %s", exc)
+            except Exception:  # it must never stop the loop
+                log.exception("dead-agent watch failed")
 
     # -- dispatch on message type -----------------------------------------
     def handle(self, delivery: Delivery) -> Action:
