@@ -51,14 +51,19 @@ MAX_LETTER_BODY_SHOWN = 2000  # characters of a dead letter's body that `dlq lis
 
 def describe_letter(body: bytes) -> dict[str, Any]:
     """What `dlq list` shows of a dead letter's body: its task (when the body names
-    one), its size, the body's start, and why it cannot be decoded (None when it can).
+    one), its size, the body's start, why it cannot be decoded (None when it can), and
+    the task's submission when the message carries it.
 
     Never raises: a letter is dead because something was wrong with it.
     """
     task_id: str | None = None
     problem: str | None = None
+    spec: dict[str, Any] | None = None
     try:
-        task_id = decode_envelope(body).task_id or None
+        env = decode_envelope(body)
+        task_id = env.task_id or None
+        found = env.payload.get("task")
+        spec = found if isinstance(found, dict) and found.get("id") == task_id else None
     except MalformedMessage as exc:
         problem = exc.message
         task_id = _named_task(body)
@@ -67,6 +72,7 @@ def describe_letter(body: bytes) -> dict[str, Any]:
         "size": len(body),
         "undecodable": problem,
         "body": body.decode("utf-8", "replace")[:MAX_LETTER_BODY_SHOWN],
+        "spec": spec,  # the submission a root task's messages carry (`dlq resubmit`)
     }
 
 
@@ -222,13 +228,36 @@ class Broker(Protocol):
     def close(self) -> None: ...
 
 
+# What a root task's messages carry of it, so a message whose task the state store
+# lost (a Redis without persistence, restarted) can be submitted again (`dlq resubmit`).
+SPEC_FIELDS = (
+    "id",
+    "title",
+    "input",
+    "capability",
+    "priority",
+    "timeout",
+    "max_attempts",
+    "labels",
+    "idempotency_key",
+)
+
+
+def task_spec(task: Task) -> dict[str, Any]:
+    """The submission of a root task (``payload["task"]`` of its messages); {} for a subtask,
+    which its root's resubmission plans again."""
+    if not task.is_root:
+        return {}
+    return {"task": {name: getattr(task, name) for name in SPEC_FIELDS}}
+
+
 def publish_run(
     broker: Broker, task: Task, *, delay: float = 0.0, confirm: bool = True, awaited: bool = False
 ) -> None:
     """Put ``task`` on its capability's work queue for its next attempt."""
     broker.publish(
         work_queue(task.capability or ""),
-        Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
+        Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1, payload=task_spec(task)),
         priority=task.priority,
         delay=delay,
         confirm=confirm,
@@ -242,7 +271,7 @@ def publish_submit(
     """Hand ``task`` to the orchestrator (intake) to plan and route."""
     broker.publish(
         Q_INTAKE,
-        Envelope(type=MSG_SUBMIT, task_id=task.id),
+        Envelope(type=MSG_SUBMIT, task_id=task.id, payload=task_spec(task)),
         priority=task.priority,
         confirm=confirm,
         awaited=awaited,

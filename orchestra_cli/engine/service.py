@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
@@ -237,6 +238,30 @@ class TaskService:
             if not live:
                 self.directory.note_no_agent(stored, req.capability)
             self.b.journals.decisions.write(plan.record(stored))
+        return stored, created
+
+    def resubmit_lost(self, spec: dict[str, Any]) -> tuple[Task, bool]:
+        """A root task the state store lost, from the submission its messages carried
+        (``broker.base.task_spec``): stored again under its id as pending and handed to
+        the orchestrator; (task, created) — not created when the id exists again."""
+        from orchestra_cli.schema import SchemaError
+
+        try:
+            task = Task.model_validate({**spec, "status": Status.PENDING.value})
+        except SchemaError as exc:
+            raise UsageError(f"a dead letter's task cannot be read: {exc}", "see the log") from exc
+        self.validate(
+            SubmitRequest(
+                text=task.input,
+                title=task.title,
+                labels=task.labels,
+                idempotency_key=task.idempotency_key,
+            )
+        )
+        stored, created = self.state.create_task(task)
+        if created:
+            with _undelivered(stored.id, state_too=True):
+                publish_submit(self.b.broker, stored)
         return stored, created
 
     def flush(self) -> None:

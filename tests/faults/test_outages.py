@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -24,12 +21,12 @@ from orchestra_cli.broker.rabbitmq_link import MAX_RECONNECT_ATTEMPTS
 from orchestra_cli.models import MSG_RUN, Envelope
 from tests.e2e.test_services_e2e import Env, _start, _submit, _succeeded
 from tests.e2e.test_services_e2e import svc_env as svc_env
+from tests.faults.conftest import PrivateRedis
 from tests.support import (
     Proc,
     StallingProxy,
     processes,
     run_orchestra,
-    service_reachable,
     wait_until,
 )
 
@@ -185,36 +182,12 @@ def test_tries_that_fail_because_a_service_is_down_never_make_a_message_poison(
     assert backends.broker.dead_letters() == []
 
 
-@pytest.fixture
-def private_redis() -> Iterator[subprocess.Popen[bytes]]:
-    """A redis-server of the test's own on a free port (stopped and continued at will)."""
-    if not shutil.which("redis-server"):
-        if os.environ.get("CI"):
-            pytest.fail("redis-server not installed (CI must run the outage tests)")
-        pytest.skip("redis-server not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    server.port = port  # type: ignore[attr-defined]
-    try:
-        wait_until(lambda: service_reachable("127.0.0.1", port), timeout=10, what="redis-server")
-        yield server
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        server.terminate()
-        server.wait(timeout=10)
-
-
 def test_a_redis_outage_past_the_retry_window_leaves_no_poison_and_every_task_done(
-    svc_env: Env, private_redis: subprocess.Popen[bytes]
+    svc_env: Env, private_redis: PrivateRedis
 ) -> None:
     env = _variant(
         svc_env,
-        ORCHESTRA_STATE_URL=f"redis://127.0.0.1:{private_redis.port}/0",  # type: ignore[attr-defined]
+        ORCHESTRA_STATE_URL=private_redis.url,
         ORCHESTRA_REDIS__SOCKET_TIMEOUT="0.5",
         ORCHESTRA_REDIS__CONNECT_TIMEOUT="0.5",
         ORCHESTRA_BROKER__MAX_DELIVERIES="2",
@@ -225,9 +198,9 @@ def test_a_redis_outage_past_the_retry_window_leaves_no_poison_and_every_task_do
         b = env.backends()
         try:
             wait_until(lambda: _succeeded(b) >= 2, timeout=60, what="some progress")
-            os.kill(private_redis.pid, signal.SIGSTOP)
+            os.kill(private_redis.server.pid, signal.SIGSTOP)
             time.sleep(15)  # past Redis's bounded retries (MAX_REDIS_ATTEMPTS) several times
-            os.kill(private_redis.pid, signal.SIGCONT)
+            os.kill(private_redis.server.pid, signal.SIGCONT)
             wait_until(lambda: _succeeded(b) >= 20, timeout=120, interval=0.3, what="all 20")
             assert all(b.state.count_events(t.id, "succeeded") == 1 for t in b.state.list_tasks())
             assert b.broker.dead_letters() == [], system.output()[-3000:]
