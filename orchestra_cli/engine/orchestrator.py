@@ -73,6 +73,9 @@ class Orchestrator:
             version=__version__,
         )
         self.directory = AgentDirectory(self.state, backends.settings.agents.ttl_seconds)
+        from orchestra_cli.engine.recovery import DeadAgentWatch
+
+        self.watch = DeadAgentWatch(backends)  # takeovers; and whether heartbeats are fresh
 
     def run(self, stop: threading.Event) -> None:
         log.info("orchestrator %s started", self.name)
@@ -120,20 +123,20 @@ class Orchestrator:
             return
         while not stop.wait(interval):
             try:
-                locked_sweep(self.b, ttl=interval * 2)
+                # just after a state outage every heartbeat is stale: orphans wait a round
+                locked_sweep(self.b, ttl=interval * 2, orphans=self.watch.settled())
             except Exception:  # the next sweep tries again; it must never stop the loop
                 log.exception("recovery sweep failed")
 
     def _takeover_loop(self, stop: threading.Event) -> None:
         """Take over a dead agent's running tasks within its TTL (plus a poll)."""
-        from orchestra_cli.engine.recovery import DEAD_AGENT_POLL_SECONDS, DeadAgentWatch
+        from orchestra_cli.engine.recovery import DEAD_AGENT_POLL_SECONDS
 
         if self.b.settings.tasks.recovery_interval_seconds <= 0:
             return  # recovery switched off: no takeovers either
-        watch = DeadAgentWatch(self.b)
         while not stop.wait(DEAD_AGENT_POLL_SECONDS):
             try:
-                watch.poll()
+                self.watch.poll()
             except OrchestraError as exc:  # an outage: the next poll tries again
                 log.debug("dead-agent watch: %s", exc)
             except Exception:  # it must never stop the loop

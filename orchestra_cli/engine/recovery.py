@@ -11,6 +11,7 @@ so a sweep racing the normal flow, or another orchestrator's sweep, is harmless.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -86,13 +87,17 @@ class Recovery:
                 return True
         return False
 
-    def scan(self) -> list[Finding]:
-        """What a sweep would do, without doing it."""
+    def scan(self, *, orphans: bool = True) -> list[Finding]:
+        """What a sweep would do, without doing it. ``orphans=False`` leaves running
+        tasks alone (just after a state outage every heartbeat looks stale)."""
         state = self.b.state
         at = now()
         agents = {a.name: a for a in state.list_agents()}
         findings = []
-        for task in state.list_tasks(status=[Status.RUNNING.value], limit=SCAN_LIMIT):
+        running = (
+            state.list_tasks(status=[Status.RUNNING.value], limit=SCAN_LIMIT) if orphans else []
+        )
+        for task in running:
             reason = self._orphan_reason(task, agents, at)
             if reason:
                 findings.append(Finding(task.id, task.status, "requeue", reason))
@@ -154,9 +159,9 @@ class Recovery:
                 )
         return findings
 
-    def sweep(self, *, dry_run: bool = False) -> list[Finding]:
+    def sweep(self, *, dry_run: bool = False, orphans: bool = True) -> list[Finding]:
         """Scan, then (unless ``dry_run``) apply each finding; returns them."""
-        findings = self.scan()
+        findings = self.scan(orphans=orphans)
         if not dry_run:
             self.apply(findings)
         return findings
@@ -244,6 +249,15 @@ class DeadAgentWatch:
         self.b = backends
         self.ttl = backends.settings.agents.ttl_seconds
         self._alive: set[str] = set()
+        self._failed_at: float | None = None  # monotonic time of the last failed read
+        # how long after an outage heartbeats may still be stale: a TTL and two beats
+        self.settle_seconds = self.ttl + 2 * backends.settings.agents.heartbeat_seconds
+
+    def settled(self) -> bool:
+        """No failed read for ``settle_seconds``: heartbeats can be believed again (the
+        sweep leaves running tasks alone until then)."""
+        failed = self._failed_at
+        return failed is None or time.monotonic() - failed > self.settle_seconds
 
     def poll(self) -> list[Finding]:
         """One look at the registry; the takeovers it made."""
@@ -251,6 +265,7 @@ class DeadAgentWatch:
             agents = self.b.state.list_agents()
         except OrchestraError:
             self._alive = set()
+            self._failed_at = time.monotonic()
             raise
         alive = {a.name for a in agents if a.is_alive(self.ttl)}
         expired, self._alive = self._alive - alive, alive
@@ -281,7 +296,7 @@ def prune_agents(backends: Backends) -> list[str]:
     return gone
 
 
-def locked_sweep(backends: Backends, ttl: float) -> list[Finding] | None:
+def locked_sweep(backends: Backends, ttl: float, *, orphans: bool = True) -> list[Finding] | None:
     """One sweep (and registry pruning) under the store's lock when it has one (Redis).
 
     None when another orchestrator holds the lock and is sweeping right now.
@@ -291,7 +306,7 @@ def locked_sweep(backends: Backends, ttl: float) -> list[Finding] | None:
     if lock is not None and not lock.acquire():
         return None
     try:
-        findings = Recovery(backends).sweep()
+        findings = Recovery(backends).sweep(orphans=orphans)
         prune_agents(backends)
         return findings
     finally:

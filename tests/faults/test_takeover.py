@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -113,20 +114,44 @@ def test_heartbeats_gone_stale_in_a_state_outage_take_no_agents_work(
     backends: Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from orchestra_cli.engine.recovery import DeadAgentWatch
-    from orchestra_cli.errors import StateUnavailable
 
     task_id = _running_on(backends, "coder-y")
     watch = DeadAgentWatch(backends)
     watch.poll()
-    real = backends.state.list_agents
-
-    def down() -> object:
-        raise StateUnavailable("cannot reach Redis")
-
-    monkeypatch.setattr(backends.state, "list_agents", down)
-    with pytest.raises(StateUnavailable):
-        watch.poll()
-    monkeypatch.setattr(backends.state, "list_agents", real)
+    _outage_seen_by(watch, backends, monkeypatch)
     _age(backends, "coder-y", backends.settings.agents.ttl_seconds + 1)  # the outage's gap
     assert watch.poll() == []  # not seen alive since the outage: its next beat decides
     assert backends.state.get_task(task_id).status == Status.RUNNING
+
+
+def test_the_sweep_leaves_running_tasks_alone_until_heartbeats_can_be_believed_again(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.engine import recovery
+    from orchestra_cli.util import now
+
+    task_id = _running_on(backends, "coder-z")
+    watch = recovery.DeadAgentWatch(backends)
+    _outage_seen_by(watch, backends, monkeypatch)
+    _age(backends, "coder-z", backends.settings.agents.ttl_seconds + 1)  # the outage's gap
+    monkeypatch.setattr(recovery, "now", lambda: now() + 100)  # running long enough to sweep
+    assert not watch.settled()
+    assert recovery.locked_sweep(backends, ttl=5, orphans=watch.settled()) == []
+    assert backends.state.get_task(task_id).status == Status.RUNNING
+    watch._failed_at = time.monotonic() - watch.settle_seconds - 1  # the agents beat since
+    assert watch.settled()
+    swept = recovery.locked_sweep(backends, ttl=5, orphans=watch.settled())
+    assert swept is not None and [f.task_id for f in swept] == [task_id]
+
+
+def _outage_seen_by(watch: Any, backends: Backends, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One poll of ``watch`` while the state store is unreachable."""
+    from orchestra_cli.errors import StateUnavailable
+
+    def down(*args: object, **kwargs: object) -> object:
+        raise StateUnavailable("cannot reach Redis")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backends.state, "list_agents", down)
+        with pytest.raises(StateUnavailable):
+            watch.poll()
