@@ -38,6 +38,12 @@ def publish_with_headers(
         conn.close()
 
 
+def has_consumer(b: Any, queue: str) -> bool:
+    """Whether a consumer is on ``queue`` (a process connects after it says it runs)."""
+    info = b.broker.health([queue])["queues"].get(queue)
+    return bool(info and info["consumers"])
+
+
 class PrivateRedis:
     """A redis-server of the test's own, without persistence, on a free port: paused
     (SIGSTOP), continued, or restarted — which loses everything it held."""

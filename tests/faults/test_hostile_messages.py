@@ -16,7 +16,9 @@ from orchestra_cli.backends import Backends
 from orchestra_cli.broker.rabbitmq import RabbitBroker
 from orchestra_cli.models import MSG_RESULT, MSG_RUN, MSG_SUBMIT, Q_DEAD, Envelope
 from tests.conftest import CliRunner
-from tests.faults.conftest import publish_with_headers
+from tests.e2e.test_services_e2e import Env, _start
+from tests.e2e.test_services_e2e import svc_env as svc_env
+from tests.faults.conftest import has_consumer, publish_with_headers
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -130,3 +132,35 @@ def test_dlq_list_shows_undecodable_letters_with_their_size_and_reason(cli: CliR
     assert all(x["undecodable"] and x["task_id"] is None for x in letters)
     table = cli("dlq", "list").out
     assert "undecodable (100000 bytes)" in table and "undecodable (21 bytes)" in table
+
+
+@pytest.mark.slow
+def test_a_running_agent_and_orchestrator_survive_hostile_headers_and_go_on_working(
+    svc_env: Env,
+) -> None:
+    from tests.support import processes, run_orchestra
+
+    with processes() as procs:
+        system = _start(svc_env, procs, ["run", "--agents", "coder"], "system")
+        b = svc_env.backends()
+        try:
+            wait_until(lambda: has_consumer(b, "work.code"), timeout=60, what="the agent consuming")
+            for queue, kind in QUEUES.items():
+                body = Envelope(type=kind, task_id=f"hostile-{queue}").encode()
+                publish_with_headers(
+                    f"{svc_env.prefix}.{queue}", body, {"x-orchestra-deliveries": "abc"}
+                )
+            done = run_orchestra(
+                ["task", "submit", "--wait", "-q", "after the garbage"], svc_env.vars, svc_env.cwd
+            )
+            assert done.code == 0, str(done)
+            letters = wait_until(
+                lambda: len(found := b.broker.dead_letters()) == 3 and found,
+                timeout=30,
+                what="the 3 hostile messages dead-lettered",
+            )
+        finally:
+            b.close()
+        assert {x["queue"] for x in letters} == set(QUEUES)
+        assert system.popen.poll() is None, system.output()  # nothing stopped or restarted
+        assert "gave up" not in system.output()

@@ -21,7 +21,7 @@ from orchestra_cli.broker.rabbitmq_link import MAX_RECONNECT_ATTEMPTS
 from orchestra_cli.models import MSG_RUN, Envelope
 from tests.e2e.test_services_e2e import Env, _start, _submit, _succeeded
 from tests.e2e.test_services_e2e import svc_env as svc_env
-from tests.faults.conftest import PrivateRedis
+from tests.faults.conftest import PrivateRedis, has_consumer
 from tests.support import (
     Proc,
     StallingProxy,
@@ -94,12 +94,7 @@ def _wait_for_consumer(env: Env, queue: str) -> None:
     """Until a consumer is on ``queue`` (it connects after the process says it runs)."""
     b = env.backends()
     try:
-
-        def consuming() -> bool:
-            info = b.broker.health([queue])["queues"].get(queue)
-            return bool(info and info["consumers"])
-
-        wait_until(consuming, timeout=30, interval=0.2, what=f"a consumer on {queue}")
+        wait_until(lambda: has_consumer(b, queue), timeout=30, what=f"a consumer on {queue}")
     finally:
         b.close()
 
