@@ -76,6 +76,21 @@ def _label(root: Task, key: str) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
+def check_budget_labels(labels: dict[str, str]) -> None:
+    """UsageError unless the budget labels are a positive, finite amount (as --budget is)."""
+    usd, tokens = labels.get(LABEL_USD), labels.get(LABEL_TOKENS)
+    hint = "use e.g. --budget 0.50 (USD) or --budget 20000tok, or budget {usd, tokens} in the API"
+    try:
+        amount = float(usd.strip().lstrip("$")) if usd and usd.strip() else None
+        count = int(tokens.strip().replace("_", "").replace(",", "")) if tokens else None
+    except ValueError:
+        raise UsageError("the budget is not a number", hint) from None
+    if amount is not None and not (math.isfinite(amount) and amount > 0):
+        raise UsageError(f"a budget of {usd} USD is not a positive, finite amount", hint)
+    if count is not None and count <= 0:
+        raise UsageError(f"a budget of {tokens} tokens is not a positive number", hint)
+
+
 def budget_for(root: Task, settings: LLMSettings) -> Budget:
     """The budget of ``root``'s tree: its labels, else the settings."""
     usd, tokens = settings.budget_usd, settings.budget_tokens

@@ -22,7 +22,7 @@ from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter
-from orchestra_cli.errors import NotFoundError, TransitionRejected
+from orchestra_cli.errors import NotFoundError, OrchestraError, TransitionRejected
 from orchestra_cli.models import (
     MSG_RESULT,
     MSG_SUBMIT,
@@ -74,10 +74,18 @@ class Orchestrator:
             version=__version__,
         )
         self.directory = AgentDirectory(self.state, backends.settings.agents.ttl_seconds)
+        from orchestra_cli.engine.recovery import DeadAgentWatch
+
+        self.watch = DeadAgentWatch(backends)  # takeovers; and whether heartbeats are fresh
 
     def run(self, stop: threading.Event) -> None:
         log.info("orchestrator %s started", self.name)
-        for target, label in ((self._sweep_loop, "sweep"), (self._presence_loop, "presence")):
+        loops = (
+            (self._sweep_loop, "sweep"),
+            (self._presence_loop, "presence"),
+            (self._takeover_loop, "takeover"),
+        )
+        for target, label in loops:
             threading.Thread(
                 target=target, args=(stop,), name=f"{self.name}-{label}", daemon=True
             ).start()
@@ -116,9 +124,24 @@ class Orchestrator:
             return
         while not stop.wait(interval):
             try:
-                locked_sweep(self.b, ttl=interval * 2)
+                # just after a state outage every heartbeat is stale: orphans wait a round
+                locked_sweep(self.b, ttl=interval * 2, orphans=self.watch.settled())
             except Exception:  # the next sweep tries again; it must never stop the loop
                 log.exception("recovery sweep failed")
+
+    def _takeover_loop(self, stop: threading.Event) -> None:
+        """Take over a dead agent's running tasks within its TTL (plus a poll)."""
+        from orchestra_cli.engine.recovery import DEAD_AGENT_POLL_SECONDS
+
+        if self.b.settings.tasks.recovery_interval_seconds <= 0:
+            return  # recovery switched off: no takeovers either
+        while not stop.wait(DEAD_AGENT_POLL_SECONDS):
+            try:
+                self.watch.poll()
+            except OrchestraError as exc:  # an outage: the next poll tries again
+                log.debug("dead-agent watch: %s", exc)
+            except Exception:  # it must never stop the loop
+                log.exception("dead-agent watch failed")
 
     # -- dispatch on message type -----------------------------------------
     def handle(self, delivery: Delivery) -> Action:

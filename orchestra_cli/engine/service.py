@@ -49,6 +49,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
+# every task record carries these into each `task list --json`, API page and event
+MAX_TITLE_CHARS = 500
+MAX_LABELS = 50
+MAX_LABEL_KEY_CHARS = 100
+MAX_LABEL_VALUE_CHARS = 1000
+MAX_KEY_CHARS = 200  # an idempotency key
 _SURROGATES = re.compile("[\ud800-\udfff]")
 WAIT_STEP_SECONDS = 1.0  # longest block in ``wait`` before its deadline is checked
 WAIT_FLUSH_SECONDS = 2.0  # longest ``wait`` spends asking the broker about its messages
@@ -98,6 +104,31 @@ def _title_from(text: str) -> str:
     return first if len(first) <= TITLE_LENGTH else first[: TITLE_LENGTH - 1] + "…"
 
 
+def _check_sizes(req: SubmitRequest) -> None:
+    """Titles, labels and keys are small; the text is the place for anything long."""
+    if req.title is not None and len(req.title) > MAX_TITLE_CHARS:
+        raise UsageError(
+            f"the title is {len(req.title):,} characters, over the {MAX_TITLE_CHARS} limit",
+            "shorten it (the task text holds the detail; a title defaults to its first line)",
+        )
+    labels = req.labels or {}
+    if len(labels) > MAX_LABELS:
+        raise UsageError(f"{len(labels)} labels, over the {MAX_LABELS} limit", "use fewer labels")
+    for key, value in labels.items():
+        if len(key) > MAX_LABEL_KEY_CHARS or len(value) > MAX_LABEL_VALUE_CHARS:
+            raise UsageError(
+                f"label {key[:40]!r} is too long",
+                f"keys up to {MAX_LABEL_KEY_CHARS} characters, values up to "
+                f"{MAX_LABEL_VALUE_CHARS}",
+            )
+    if req.idempotency_key is not None and len(req.idempotency_key) > MAX_KEY_CHARS:
+        raise UsageError(
+            f"the idempotency key is {len(req.idempotency_key):,} characters, over the "
+            f"{MAX_KEY_CHARS} limit",
+            "use a shorter key (a hash of a long one works)",
+        )
+
+
 class TaskService:
     def __init__(
         self,
@@ -133,6 +164,11 @@ class TaskService:
                 raise UsageError(f"{what} is not UTF-8", "convert it to UTF-8")
         if req.idempotency_key is not None and not req.idempotency_key.strip():
             raise UsageError("the idempotency key is empty", "give a key, or leave the option out")
+        _check_sizes(req)
+        if any(key.startswith("budget_") for key in req.labels or {}):
+            from orchestra_cli.engine.budget import check_budget_labels  # llm.* is not cheap
+
+            check_budget_labels(req.labels or {})
         if len(req.text.encode("utf-8")) > limit:
             raise UsageError(
                 f"task text is {len(req.text.encode()):,} bytes, over the {limit:,}-byte limit",
@@ -225,6 +261,30 @@ class TaskService:
             if not live:
                 self.directory.note_no_agent(stored, req.capability)
             self.b.journals.decisions.write(plan.record(stored))
+        return stored, created
+
+    def resubmit_lost(self, spec: dict[str, Any]) -> tuple[Task, bool]:
+        """A root task the state store lost, from the submission its messages carried
+        (``broker.base.task_spec``): stored again under its id as pending and handed to
+        the orchestrator; (task, created) — not created when the id exists again."""
+        from orchestra_cli.schema import SchemaError
+
+        try:
+            task = Task.model_validate({**spec, "status": Status.PENDING.value})
+        except SchemaError as exc:
+            raise UsageError(f"a dead letter's task cannot be read: {exc}", "see the log") from exc
+        self.validate(
+            SubmitRequest(
+                text=task.input,
+                title=task.title,
+                labels=task.labels,
+                idempotency_key=task.idempotency_key,
+            )
+        )
+        stored, created = self.state.create_task(task)
+        if created:
+            with _undelivered(stored.id, state_too=True):
+                publish_submit(self.b.broker, stored)
         return stored, created
 
     def flush(self) -> None:
