@@ -18,6 +18,7 @@ from orchestra_cli import __version__
 from orchestra_cli.api import docs
 from orchestra_cli.api.auth import TOKEN_HINT, bearer, check_token, token_ok
 from orchestra_cli.api.errors import install_error_handlers, status_of
+from orchestra_cli.api.people import people_routes
 from orchestra_cli.api.schemas import SubmitBody
 from orchestra_cli.api.stream import deny, event_json, stream_task_events
 from orchestra_cli.backends import Backends
@@ -52,6 +53,7 @@ def create_app(
 
     guarded = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=docs.GUARDED)
     _task_routes(guarded, service)
+    people_routes(guarded, service)  # transcripts, files, inbox, approvals, plans, pause
     _agent_routes(guarded, service)
 
     @guarded.get("/openapi.json", include_in_schema=False)
@@ -135,11 +137,6 @@ def _task_routes(router: APIRouter, service: TaskService) -> None:
     def cancel(task_id: str) -> dict[str, Any]:
         """Cancel a task and its unfinished subtasks."""
         return {"cancelled": [t.id for t in service.cancel(task_id)]}
-
-    @router.post("/tasks/{task_id}/retry", responses=docs.CHANGES)
-    def retry(task_id: str) -> dict[str, Any]:
-        """Run a failed or cancelled task again."""
-        return task_json(service.retry(task_id))
 
     @router.get("/events")
     def events(

@@ -40,6 +40,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 GUARDED = errors(401, 422, 503)  # every route behind the token
 BY_ID = errors(404)
 CHANGES = errors(404, 409)
+CHANGES_WITH_BODY = errors(400, 404, 409)  # a route that reads a JSON body
 
 
 def _names(values: list[str]) -> str:

@@ -85,22 +85,27 @@ def under_review(state: StateStore, task: Task) -> dict[str, Any] | None:
 
 def read_plan_file(path: Path, capabilities: set[str]) -> dict[str, Any]:
     """A plan written by a person (``task plan --set FILE``), checked like a model's."""
-    from pydantic import ValidationError
-
-    from orchestra_cli.engine.llm_planner import PlanOutput
-    from orchestra_cli.llm.structured import describe_errors
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}", "give a JSON file") from None
     except ValueError as exc:
         raise UsageError(f"{path} is not JSON ({exc})", "see `task plan ROOT --json`") from None
+    return check_plan(data, capabilities, where=str(path))
+
+
+def check_plan(data: Any, capabilities: set[str], *, where: str = "the plan") -> dict[str, Any]:
+    """A person's plan (the shape `task plan --json` prints), checked like a model's."""
+    from pydantic import ValidationError
+
+    from orchestra_cli.engine.llm_planner import PlanOutput
+    from orchestra_cli.llm.structured import describe_errors
+
     try:
         checked = PlanOutput.model_validate(data, context={"capabilities": capabilities})
     except ValidationError as exc:
         raise UsageError(
-            f"{path}: {describe_errors(exc)}", "fix the plan and set it again"
+            f"{where}: {describe_errors(exc)}", "fix the plan and set it again"
         ) from None
     return plan_json(checked.to_plan("operator"))
 

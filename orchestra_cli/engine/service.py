@@ -388,7 +388,9 @@ class TaskService:
             always=always,
         )
 
-    def plan(self, task_id: str, replace_with: Path | None = None) -> tuple[Task, dict[str, Any]]:
+    def plan(
+        self, task_id: str, replace_with: Path | dict[str, Any] | None = None
+    ) -> tuple[Task, dict[str, Any]]:
         """The plan a root waits on review with (``task plan``); ``replace_with``: a person's
         plan file, checked like a model's, recorded as the plan to approve."""
         from orchestra_cli.engine import plan_review
@@ -404,7 +406,12 @@ class TaskService:
                 )
             return task, {**plan_review.plan_shown(latest), "status": status}
         if replace_with is not None:
-            plan = plan_review.read_plan_file(replace_with, self.capabilities())
+            caps = self.capabilities()
+            plan = (
+                plan_review.read_plan_file(replace_with, caps)
+                if isinstance(replace_with, Path)
+                else plan_review.check_plan(replace_with, caps)
+            )
             plan_review.record(self.state, task, "plan", plan=plan, by="operator")
             recorded = plan_review.under_review(self.state, task) or recorded
         return task, {**plan_review.plan_shown(recorded), "status": "review"}

@@ -158,3 +158,47 @@ def test_event_stream_refuses_a_bad_token_and_an_unknown_task(client: TestClient
         with client.websocket_connect("/v1/tasks/nope/events", headers=AUTH):
             pass
     assert missing.value.status_code == 404 and "not found" in missing.value.json()["error"]
+
+
+def _blocked_on_a_call(backends: Backends) -> str:
+    """A task an agent parked for approval of a Bash call, as the loop leaves it."""
+    from orchestra_cli.models import Task
+    from orchestra_cli.status import Status
+
+    state = backends.state
+    task, _ = state.create_task(Task(title="deploy", input="d", capability="code"))
+    state.transition(task.id, Status.QUEUED)
+    running, _ = state.claim(task.id, "coder-1")
+    blocks = [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "x"}}]
+    steps = [
+        {"kind": "prompt", "system": "s", "prefix": "", "prompt": "p"},
+        {"kind": "model", "blocks": blocks, "stop_reason": "tool_use", "usage": {}},
+        {"kind": "awaiting_approval", "call_id": "toolu_1", "name": "Bash", "input": "x"},
+    ]
+    for n, step in enumerate(steps):
+        state.record_step(task.id, task.id, n, step, {})
+    state.transition(task.id, Status.BLOCKED, expect_version=running.version)
+    return task.id
+
+
+def test_the_inbox_approve_and_transcript_routes_answer_as_the_cli_does(
+    client: TestClient, backends: Backends
+) -> None:
+    task_id = _blocked_on_a_call(backends)
+    inbox = client.get("/v1/inbox", headers=AUTH)
+    assert inbox.status_code == 200
+    assert [(i["kind"], i["task_id"], i["tool"], i["step"]) for i in inbox.json()] == [
+        ("approval", task_id, "Bash", 2)
+    ]
+    wrong = client.post(f"/v1/tasks/{task_id}/approve", json={"step": 7}, headers=AUTH)
+    assert wrong.status_code == 422 and "no call waiting at step 7" in wrong.json()["error"]
+    no_reason = client.post(f"/v1/tasks/{task_id}/reject", json={"reason": ""}, headers=AUTH)
+    assert no_reason.status_code == 422
+    approved = client.post(f"/v1/tasks/{task_id}/approve", json={"step": 2}, headers=AUTH)
+    assert approved.status_code == 200 and approved.json()["status"] == "queued"
+    again = client.post(f"/v1/tasks/{task_id}/approve", headers=AUTH)
+    assert again.status_code == 422 and "waits for no approval" in again.json()["error"]
+    steps = client.get(f"/v1/tasks/{task_id}/transcript", headers=AUTH).json()["steps"]
+    assert [s["kind"] for s in steps][-1] == "approval"
+    assert client.get(f"/v1/tasks/{task_id}/files", headers=AUTH).json()["files"] == []
+    assert client.get("/v1/inbox", headers=AUTH).json() == []
