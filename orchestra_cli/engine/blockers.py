@@ -3,7 +3,8 @@
 The live view (``task watch``) and ``task submit`` ask here, so the reason a
 task waits reads the same wherever it is shown: a queued task whose
 capability no live agent serves waits for one; unplanned work and parents
-waiting on their subtasks need a live orchestrator.
+waiting on their subtasks need a live orchestrator; a blocked task waits for a
+person.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ def blockers(
     for task in tasks:
         if task.status == Status.QUEUED and task.capability and task.capability not in caps:
             out[task.id] = no_agent(task.capability, roles)
+        elif task.status == Status.BLOCKED:  # a person's answer (approvals.py)
+            out[task.id] = Blocker(
+                "waits for a person (a call to approve, a plan to review, or a pause)",
+                f"see `orchestra inbox`; answer: orchestra task approve {task.id} | reject "
+                f"{task.id} --reason TEXT | resume {task.root_id}",
+            )
         elif task.status in (Status.PENDING, Status.WAITING) and not orchestrator:
             what = "to plan it" if task.status == Status.PENDING else "to finish it"
             out[task.id] = Blocker(f"no orchestrator running {what}", "start one: orchestra run")

@@ -428,6 +428,16 @@ class TaskService:
 
         return resume(self.state, self.b.broker, self.get(task_id))
 
+    def conflicts(self, task: Task) -> list[str]:
+        """Files two branches of ``task``'s tree changed differently (the later one kept)."""
+        found = self.state.events(root_id=task.root_id, limit=10_000)
+        return [
+            f"{e.data.get('path')}: {' and '.join(e.data.get('tasks') or [])} "
+            f"(kept {e.data.get('kept')})"
+            for e in found
+            if e.type == "artifact_conflict"
+        ]
+
     def files(self, task_id: str) -> tuple[Task, list[FileEntry]]:
         """A root's tree's final files, or a subtask's own changes (``task files``)."""
         from orchestra_cli.engine.workspace import task_files, tree_files

@@ -62,3 +62,29 @@ def test_rollback_refuses_while_agents_run_unless_forced(cli: CliRunner) -> None
         backends.close()
     assert "agent(s) are running" in cli("rollback", "--to", "s1", "--yes", expect=2).err
     cli("rollback", "--to", "s1", "--yes", "--force")
+
+
+def test_a_rollback_brings_back_a_tasks_files_and_steps(cli: CliRunner, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from orchestra_cli.backends import open_backends
+    from orchestra_cli.settings import load_settings
+
+    task_id = cli("task", "submit", "-q", "-c", "code", "write it").out.strip()
+    backends = open_backends(load_settings(None).settings)
+    try:
+        state = backends.state
+        state.save_artifacts(task_id, {"app.py": b"v1"})
+        state.record_step(task_id, task_id, 0, {"kind": "prompt", "prompt": "p"}, {})
+        cli("snapshot", "create", "--name", "with-files")
+        state.save_artifacts(task_id, {"app.py": b"v2", "extra.py": b"x"})
+        cli("rollback", "--to", "with-files", "--yes")
+        files = json.loads(cli("--json", "task", "files", task_id).out)["files"]
+        assert [f["path"] for f in files] == ["app.py"]
+        out = Path(str(tmp_path)) / "out"
+        cli("task", "export", task_id, str(out))
+        assert (out / "app.py").read_bytes() == b"v1"
+        steps = json.loads(cli("--json", "task", "transcript", task_id).out)["steps"]
+        assert [s["kind"] for s in steps] == ["prompt"]
+    finally:
+        backends.close()

@@ -213,6 +213,11 @@ def test_a_workspace_starts_from_its_dependencies_files_and_reports_a_conflict(
     assert (path / "a.txt").read_bytes() == b"a"
     conflicts = [e for e in state.events(root_id=c.root_id) if e.type == "artifact_conflict"]
     assert conflicts and conflicts[0].data["path"] == "shared.txt"
+    from orchestra_cli.engine.roles import load_roles
+    from orchestra_cli.engine.service import TaskService
+
+    shown = TaskService(backends, load_roles()).conflicts(c)  # what `task get` prints
+    assert shown == [f"shared.txt: {a.id} and {b.id} (kept {b.id})"]
     (path / "a.txt").unlink()
     (path / "new.txt").write_text("n")
     assert ws.save() == 2

@@ -148,11 +148,11 @@ def _requests_with(fake: FakeAnthropic, needle: str) -> list[dict[str, Any]]:
 
 
 def test_retry_with_a_note_reruns_a_succeeded_step_with_the_note_and_then_its_dependents(
-    fake: FakeAnthropic, tmp_path: Path
+    fake: FakeAnthropic, tmp_path: Path, backend_env: dict[str, str]
 ) -> None:
     require_bwrap()
     with processes() as procs:
-        deployment = Deployment(fake, tmp_path, procs, role="coder")
+        deployment = Deployment(fake, tmp_path, procs, env=backend_env, role="coder")
         deployment.start_agent("1", role="architect")
         root = deployment.submit("design and build an API")  # planned: design → build
         first = deployment.finished(root)
@@ -253,7 +253,7 @@ class Receiver:
 
 
 def test_the_webhook_receives_signed_inbox_and_tree_failed_events_retried_with_backoff(
-    fake: FakeAnthropic, tmp_path: Path
+    fake: FakeAnthropic, tmp_path: Path, backend_env: dict[str, str]
 ) -> None:
     import hashlib
     import hmac
@@ -262,12 +262,9 @@ def test_the_webhook_receives_signed_inbox_and_tree_failed_events_retried_with_b
     from tests.llm.fake_anthropic import refusal
 
     receiver = Receiver()
-    roles = tmp_path / "roles"
-    roles.mkdir()
-    (roles / "careful.yaml").write_text(CAREFUL)
     secret = "whsec-" + uuid.uuid4().hex
     env = {
-        "ORCHESTRA_AGENTS__DEFINITIONS_DIR": str(roles),
+        **backend_env,
         "ORCHESTRA_NOTIFY__WEBHOOK_URL": receiver.url,
         "ORCHESTRA_WEBHOOK_SECRET": secret,
     }
@@ -299,12 +296,12 @@ def test_the_webhook_receives_signed_inbox_and_tree_failed_events_retried_with_b
 
 
 def test_a_plan_under_review_spends_nothing_until_approved_and_can_be_edited_or_rejected(
-    fake: FakeAnthropic, tmp_path: Path
+    fake: FakeAnthropic, tmp_path: Path, backend_env: dict[str, str]
 ) -> None:
     import json
 
     with processes() as procs:
-        deployment = Deployment(fake, tmp_path, procs, role="coder")
+        deployment = Deployment(fake, tmp_path, procs, env=backend_env, role="coder")
         env, cwd = deployment.env, deployment.cwd
         root = deployment.submit("design and build an API", "--review-plan")
         wait_until(lambda: deployment.task(root)["status"] == "blocked", timeout=30)

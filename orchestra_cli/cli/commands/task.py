@@ -283,6 +283,7 @@ def get(
         data["subtasks"] = [task_json(t) for t in tree if t.id != task.id]
         data["tree_usage"] = total.model_dump()
         data["waiting_for"] = [w.to_json() for w in waits]
+        data["file_conflicts"] = service.conflicts(task)
         app.print_json(data)
         return
     summary = (
@@ -291,6 +292,8 @@ def get(
     )
     for w in waits:  # what a blocked task waits for, and the command that answers it
         summary += "\n" + _waits_line(w, short)
+    for conflict in service.conflicts(task):  # two branches changed one file
+        summary += f"\nfile conflict: {conflict}"
     if not sys.stdout.isatty():  # into a pipe or file: plain text, without rich
         error = f"error: {task.error}\n" if task.error else ""
         result = f"result:\n{task.result}\n" if task.result is not None else ""
