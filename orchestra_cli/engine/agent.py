@@ -40,8 +40,10 @@ from orchestra_cli.engine.worker import (
 )
 from orchestra_cli.engine.workspace import Workspace
 from orchestra_cli.errors import (
+    BrokerUnavailable,
     NotFoundError,
     OrchestraError,
+    StateUnavailable,
     TaskCancelled,
     TaskTimeout,
     TransitionRejected,
@@ -365,15 +367,17 @@ class Agent:
                 # no result to record: charge the call before any other outcome is
                 self._charge(task, metered)
                 raise
-        except AwaitingApproval as exc:  # parked for a person: no slot, no lease held
-            return self._block(task, exc)
-        except Paused:
-            return self._block(task, None)
+        except (AwaitingApproval, Paused) as exc:  # parked for a person: no slot or lease
+            return self._block(task, exc if isinstance(exc, AwaitingApproval) else None)
         except TaskCancelled as exc:
             if timed_out.is_set():
                 return self._fail(task, f"timed out after {task.timeout:g}s")
             log.info("task %s cancelled while running: %s", task.id, exc)
             return Ack()
+        except (StateUnavailable, BrokerUnavailable):
+            # an outage, not the task's failure: the consume loop puts the message back
+            # without counting a delivery, and the task resumes from its steps
+            raise
         except OrchestraError as exc:
             return self._fail(task, str(exc), retryable=getattr(exc, "retryable", True))
         except Exception as exc:

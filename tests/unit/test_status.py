@@ -12,8 +12,9 @@ def test_the_happy_path_is_allowed() -> None:
     assert all(can_transition(a, b) for a, b in itertools.pairwise(path))
 
 
-def test_succeeded_is_final() -> None:
-    assert TRANSITIONS[Status.SUCCEEDED] == frozenset()
+def test_succeeded_is_final_but_for_a_step_sent_back_with_a_note() -> None:
+    # `task retry --note`: only back to pending (a step) or waiting (its parent)
+    assert TRANSITIONS[Status.SUCCEEDED] == frozenset({Status.PENDING, Status.WAITING})
     assert is_terminal("succeeded") and Status.SUCCEEDED in TERMINAL
 
 
