@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestra_cli import __version__
+from orchestra_cli import __version__, tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter, MeteredProvider
@@ -337,6 +337,7 @@ class Agent:
             return False
         return record.is_alive(self.b.settings.agents.ttl_seconds)
 
+    @tracing.traced(tracing.agent_span, kind="CONSUMER")
     def _execute(self, task: Task) -> Action:
         cancel = threading.Event()
         timed_out = threading.Event()

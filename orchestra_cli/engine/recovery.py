@@ -14,6 +14,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from orchestra_cli import metrics
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.retry import retry_or_fail
@@ -179,6 +180,7 @@ class Recovery:
                         "alternatives": ["leave it (it would never end)"],
                     }
                 )
+        metrics.recovered(findings)
         return findings
 
     def _apply(self, finding: Finding) -> bool:

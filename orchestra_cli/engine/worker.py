@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestra_cli import tracing
 from orchestra_cli.broker.base import Broker, Consumer, Delivery
 from orchestra_cli.errors import OrchestraError
 
@@ -131,7 +132,8 @@ class ConsumerLoop:
 
     def _handle(self, delivery: Delivery) -> Action:
         try:
-            return self.handler(delivery)
+            with tracing.consumed(delivery.envelope):
+                return self.handler(delivery)
         except OrchestraError as exc:
             log.warning(
                 "handling %s failed: %s; retrying",
