@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -225,16 +225,11 @@ class StateCollector:
         return []  # no fixed names: nothing collected at registration
 
     def _last_seq(self) -> int:
+        """The log's last sequence number, in O(log n) reads (sequences only grow)."""
         try:
-            latest = self.b.state.events(after=0, limit=1)
+            return _last(lambda seq: bool(self.b.state.events(after=seq, limit=1)))
         except Exception:  # the store is down now; count from whatever comes first
             return 0
-        if not latest:
-            return 0
-        seq = latest[0].seq
-        while batch := self.b.state.events(after=seq, limit=EVENTS_PER_READ):
-            seq = batch[-1].seq
-        return seq
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -329,6 +324,19 @@ class StateCollector:
         )
         yield inflight
         yield slots
+
+
+def _last(after: Callable[[int], bool]) -> int:
+    """The largest sequence number, where ``after(n)`` says whether one is above ``n``."""
+    if not after(0):
+        return 0
+    lo, hi = 0, 1  # some above lo; find an hi with none above it
+    while after(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if after(mid) else (lo, mid)
+    return hi
 
 
 def _gauge(

@@ -193,3 +193,16 @@ def test_the_orchestrators_recovery_sweep_is_counted_by_action(deployment: Deplo
         what="the sweep to requeue the ghost's task",
     )
     assert d.task(task.id).status == Status.QUEUED
+    samples = scrape(url)  # counted from the orchestrator's start: not the task's first moves
+    assert (
+        value(
+            samples, "orchestra_task_transitions_total", from_status="pending", to_status="queued"
+        )
+        == 0
+    )
+    assert (
+        value(
+            samples, "orchestra_task_transitions_total", from_status="running", to_status="queued"
+        )
+        == 1
+    )
