@@ -172,6 +172,21 @@ def traced(
     return decorate
 
 
+def failing(fn: Callable[P, R]) -> Callable[P, R]:
+    """Mark the current span an error with the message ``fn(self, task, error, …)`` is given
+    (a task that fails without raising: the agent's ``_fail``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if wanted() and len(args) >= 3:
+            from opentelemetry import trace
+
+            failed(trace.get_current_span(), str(args[2]))
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @contextmanager
 def span(name: str, attrs: Attrs | None = None, *, kind: str = "INTERNAL") -> Iterator[Any]:
     """A span around a block (a no-op object when tracing is off)."""

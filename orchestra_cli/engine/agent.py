@@ -553,6 +553,7 @@ class Agent:
         # task's success notice would be a message, a claim and an ack for nothing.
         return task.parent_id is not None or task.status != Status.SUCCEEDED
 
+    @tracing.failing
     def _fail(self, task: Task, error: str, *, retryable: bool = True) -> Action:
         """Apply the retry policy now: the task never waits in ``running`` for a notice."""
         log.warning("task %s attempt %d failed: %s", task.id, task.attempts, error)

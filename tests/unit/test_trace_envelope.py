@@ -37,3 +37,21 @@ def test_with_otel_variables_a_new_envelope_carries_the_current_span() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.splitlines()[0] == "True"
+
+
+def test_a_task_that_fails_without_raising_marks_its_span_an_error() -> None:
+    code = (
+        "from orchestra_cli import tracing\n"
+        "class Agent:\n"
+        "    @tracing.failing\n"
+        "    def _fail(self, task, error):\n"
+        "        return 'ack'\n"
+        "with tracing.span('invoke_agent coder') as s:\n"
+        "    Agent()._fail(None, 'timed out after 5s')\n"
+        "print(s.status.status_code.name, s.status.description)\n"
+    )
+    env = {"OTEL_TRACES_EXPORTER": "console", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.splitlines()[0] == "ERROR timed out after 5s"
