@@ -123,10 +123,12 @@ class ServiceError(OrchestraError):
 class LLMError(OrchestraError):
     """The LLM provider failed.
 
-    ``retryable`` says whether running the task again could help.
+    ``retryable`` says whether running the task again could help; ``usage`` is what a
+    call that broke off had used (it is charged).
     """
 
     retryable: bool = True
+    usage: object = None
 
 
 class LLMAuthError(LLMError):

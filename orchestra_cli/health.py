@@ -89,7 +89,20 @@ def check_state(ctx: HealthContext) -> Check:
             info,
             unavailable=True,
         )
-    return Check("state", OK, f"{info['url']} ({info.get('latency_ms')} ms)", info)
+    summary = f"{info['url']} ({info.get('latency_ms')} ms)"
+    kept = info.get("persistence")
+    if kept is not None and not kept.get("aof") and kept.get("rdb") is False:
+        # a restart loses every task while their messages wait in RabbitMQ (they end
+        # dead-lettered as 'task does not exist'): nothing to recover from
+        level = WARN if ctx.settings.environment == "development" else FAIL
+        return Check(
+            "state",
+            level,
+            f"{summary}: Redis keeps nothing across a restart (neither AOF nor RDB "
+            "snapshots) — set appendonly yes (or save points) in its config",
+            info,
+        )
+    return Check("state", OK, summary, info)
 
 
 def check_broker(ctx: HealthContext) -> Check:

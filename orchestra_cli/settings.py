@@ -98,6 +98,12 @@ class RabbitMQSettings(_Section):
     heartbeat: int = Field(default=30, ge=0, description="AMQP heartbeat (s); 0 disables")
     blocked_connection_timeout: float = Field(default=60.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
+    max_outage_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="a running consumer gives up (its process exits 3) after RabbitMQ has "
+        "been unreachable this long; 0 rides out an outage of any length",
+    )
 
 
 class ServicesSettings(_Section):
@@ -135,6 +141,15 @@ class ServicesSettings(_Section):
             seen[port] = name
 
 
+class NotifySettings(_Section):
+    """Webhook notifications (``orchestra run`` sends them; notify.py)."""
+
+    webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="POSTed JSON: inbox and tree_failed"
+    )
+    timeout: float = Field(default=5.0, gt=0, description="per delivery attempt")
+
+
 class AgentSettings(_Section):
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     ttl_seconds: float = Field(
@@ -158,6 +173,9 @@ class AgentSettings(_Section):
 
 
 class TaskSettings(_Section):
+    review_plans: bool = Field(
+        default=False, description="every tree's plan waits for `task approve` before it runs"
+    )
     default_timeout: float = Field(default=600.0, gt=0)
     default_max_attempts: int = Field(default=3, ge=1, le=100)
     max_input_bytes: int = Field(default=1_000_000, ge=1)
@@ -212,6 +230,7 @@ class Settings(_Section):
     services: ServicesSettings = ServicesSettings()
     tasks: TaskSettings = TaskSettings()
     log: LogSettings = LogSettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def db_path(self) -> Path:
@@ -282,25 +301,32 @@ def read_dotenv(path: Path) -> dict[str, str]:
 def find_config_file(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:
     """The config file in effect: ``--config``, ``$ORCHESTRA_CONFIG``, ./, user dir."""
     if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found", "check the --config path")
-        return path
+        return _config_file(Path(explicit).expanduser(), "", "check the --config path")
     if env.get("ORCHESTRA_CONFIG"):
         path = Path(env["ORCHESTRA_CONFIG"]).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"config file {path} (from ORCHESTRA_CONFIG) not found",
-                "fix or unset ORCHESTRA_CONFIG",
-            )
-        return path
-    local = cwd / CONFIG_FILE_NAME
-    if local.is_file():
+        return _config_file(path, " (from ORCHESTRA_CONFIG)", "fix or unset ORCHESTRA_CONFIG")
+    local = _found(cwd / CONFIG_FILE_NAME)
+    if local is not None:
         return local
     from platformdirs import user_config_dir
 
-    user = Path(user_config_dir("orchestra", appauthor=False)) / CONFIG_FILE_NAME
-    return user if user.is_file() else None
+    return _found(Path(user_config_dir("orchestra", appauthor=False)) / CONFIG_FILE_NAME)
+
+
+def _found(path: Path) -> Path | None:
+    """A config file looked for by name: None when absent, ConfigError for a directory."""
+    if path.is_dir():
+        _config_file(path, "", f"remove or rename the directory {path}")
+    return path if path.is_file() else None
+
+
+def _config_file(path: Path, source: str, hint: str) -> Path:
+    """``path`` if it is a file; ConfigError saying what it is instead."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path}{source} is a directory", hint)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}{source} not found", hint)
+    return path
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -315,6 +341,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{where}: {problem}", "fix the YAML syntax") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}", "check the file") from exc
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: nested too deeply", "fix the YAML: keys nest a few deep"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

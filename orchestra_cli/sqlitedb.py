@@ -125,6 +125,18 @@ CREATE TABLE IF NOT EXISTS budget_holds (
 """
 
 
+SQLITE_IOERR, SQLITE_FULL = 10, 13  # primary result codes (extended codes keep them low)
+
+
+def _disk_trouble(exc: sqlite3.Error) -> str | None:
+    """What the disk did when a write failed for want of room (or the disk failed it):
+    not a bug to report; None for any other error."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == SQLITE_FULL or "disk is full" in str(exc):
+        return "the disk is full"
+    return "the disk failed the write" if code == SQLITE_IOERR else None
+
+
 class SQLiteDB:
     """Per-thread connections to one database file, with write transactions."""
 
@@ -200,11 +212,18 @@ class SQLiteDB:
             )
         try:
             yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
             conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:  # SQLite rolls back by itself after some errors
+                conn.execute("ROLLBACK")
+            trouble = _disk_trouble(exc) if isinstance(exc, sqlite3.Error) else None
+            if trouble is not None:
+                raise StateUnavailable(
+                    f"cannot write {self.path}: {trouble} ({exc})",
+                    "free space on its disk (or move ORCHESTRA_HOME); nothing was "
+                    "half-written, and work resumes once there is room",
+                ) from exc
+            raise
 
     def start_checkpointer(self, interval: float = CHECKPOINT_SECONDS) -> None:
         """Checkpoint the WAL every ``interval`` seconds on a thread of its own."""

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -98,13 +99,14 @@ def parse_since(text: str) -> float:
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     t = text.strip()
-    if t and t[-1] in units and t[:-1].isdigit():
-        return now() - int(t[:-1]) * units[t[-1]]
+    duration = re.fullmatch(r"([0-9]{1,9})([smhd])", t)  # ASCII digits, a sane count
+    if duration:
+        return now() - int(duration[1]) * units[duration[2]]
     try:
         parsed = dt.datetime.fromisoformat(t)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise UsageError(
-            f"cannot read time {text!r}", "use a duration like 30m, 2h, 7d or an ISO date"
+            f"cannot read time {text[:40]!r}", "use a duration like 30m, 2h, 7d or an ISO date"
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)

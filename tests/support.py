@@ -143,12 +143,15 @@ def run_orchestra(
 
 class StallingProxy:
     """A TCP proxy to ``upstream`` that can stall: bytes stop flowing both ways while
-    every connection stays open — a broker that hangs, as seen from its clients."""
+    every connection stays open — a broker that hangs, as seen from its clients.
+    ``down()`` cuts every connection and refuses new ones until ``up()``: an outage
+    of the service as its clients see it, while the service itself runs on."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.flowing = threading.Event()
         self.flowing.set()
+        self.refusing = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = False
@@ -161,6 +164,9 @@ class StallingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.refusing.is_set():
+                client.close()
+                continue
             server = socket.create_connection(self.upstream)
             self._sockets += [client, server]
             for src, dst in ((client, server), (server, client)):
@@ -182,12 +188,27 @@ class StallingProxy:
             except OSError:
                 return
 
-    def close(self) -> None:
-        self._closed = True
-        self.flowing.set()
-        self._listener.close()
-        for sock in self._sockets:
+    def down(self) -> None:
+        self.refusing.set()
+        self._cut()
+
+    def up(self) -> None:
+        self.refusing.clear()
+
+    def _cut(self) -> None:
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 sock.close()
             except OSError:
                 pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.flowing.set()
+        self._listener.close()
+        self._cut()

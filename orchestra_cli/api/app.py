@@ -15,16 +15,18 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, WebSo
 from starlette.concurrency import run_in_threadpool
 
 from orchestra_cli import __version__
+from orchestra_cli.api import docs
 from orchestra_cli.api.auth import TOKEN_HINT, bearer, check_token, token_ok
 from orchestra_cli.api.errors import install_error_handlers, status_of
 from orchestra_cli.api.schemas import SubmitBody
 from orchestra_cli.api.stream import deny, event_json, stream_task_events
 from orchestra_cli.backends import Backends
 from orchestra_cli.cli.render import agent_json, agent_state, task_json
-from orchestra_cli.engine.roles import RoleDefinition
+from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.service import TaskService
 from orchestra_cli.errors import OrchestraError, Undelivered, UsageError
 from orchestra_cli.health import CHECKS
+from orchestra_cli.state.base import MAX_EVENT_SEQ
 from orchestra_cli.status import Status
 
 MAX_LIST = 1000
@@ -48,13 +50,13 @@ def create_app(
     def require_token(request: Request) -> None:
         check_token(token, request.headers.get("authorization"))
 
-    guarded = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    guarded = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=docs.GUARDED)
     _task_routes(guarded, service)
     _agent_routes(guarded, service)
 
     @guarded.get("/openapi.json", include_in_schema=False)
     def openapi() -> dict[str, Any]:
-        return app.openapi()
+        return docs.with_capabilities(app.openapi(), sorted(known_capabilities(roles)))
 
     from orchestra_cli import metrics
 
@@ -83,7 +85,15 @@ def _statuses(values: list[str] | None) -> list[str] | None:
 
 
 def _task_routes(router: APIRouter, service: TaskService) -> None:
-    @router.post("/tasks", status_code=201)
+    @router.post(
+        "/tasks",
+        status_code=201,
+        responses={
+            200: {"description": "an idempotency key already used: that task"},
+            202: {"description": "stored, but its message could not be sent yet"},
+            **docs.errors(400),
+        },
+    )
     def submit(body: SubmitBody, response: Response) -> dict[str, Any]:
         """Submit a task: 201 when created, 200 for an idempotency key already used,
         202 when it is stored but its message could not be sent yet (it runs once the
@@ -100,9 +110,12 @@ def _task_routes(router: APIRouter, service: TaskService) -> None:
 
     @router.get("/tasks")
     def list_tasks(
-        status: Annotated[list[str] | None, Query()] = None,
+        status: Annotated[list[str] | None, Query(json_schema_extra=docs.STATUS_LIST)] = None,
         agent: str | None = None,
-        since: Annotated[str | None, Query(description="30m, 2h, 7d or an ISO time")] = None,
+        since: Annotated[
+            str | None,
+            Query(description="30m, 2h, 7d or an ISO time", json_schema_extra=docs.SINCE),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
         roots: bool = False,
     ) -> list[dict[str, Any]]:
@@ -118,7 +131,7 @@ def _task_routes(router: APIRouter, service: TaskService) -> None:
         )
         return [task_json(t) for t in tasks]
 
-    @router.get("/tasks/{task_id}")
+    @router.get("/tasks/{task_id}", responses=docs.BY_ID)
     def get_task(task_id: str) -> dict[str, Any]:
         """A task with its subtasks and the usage of its whole subtree."""
         task = service.get(task_id)
@@ -128,19 +141,19 @@ def _task_routes(router: APIRouter, service: TaskService) -> None:
         data["tree_usage"] = service.tree_usage(tree).model_dump()
         return data
 
-    @router.post("/tasks/{task_id}/cancel")
+    @router.post("/tasks/{task_id}/cancel", responses=docs.CHANGES)
     def cancel(task_id: str) -> dict[str, Any]:
         """Cancel a task and its unfinished subtasks."""
         return {"cancelled": [t.id for t in service.cancel(task_id)]}
 
-    @router.post("/tasks/{task_id}/retry")
+    @router.post("/tasks/{task_id}/retry", responses=docs.CHANGES)
     def retry(task_id: str) -> dict[str, Any]:
         """Run a failed or cancelled task again."""
         return task_json(service.retry(task_id))
 
     @router.get("/events")
     def events(
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_EVENT_SEQ)] = 0,
         root_id: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = MAX_LIST,
     ) -> dict[str, Any]:
@@ -163,12 +176,12 @@ def _agent_routes(router: APIRouter, service: TaskService) -> None:
         agents = service.state.list_agents()
         return [agent_json(a, ttl) for a in agents if all_ or agent_state(a, ttl) != "stopped"]
 
-    @router.get("/agents/{name}")
+    @router.get("/agents/{name}", responses=docs.BY_ID)
     def get_agent(name: str) -> dict[str, Any]:
         """One agent's registry record."""
         return agent_json(service.state.get_agent(name), ttl)
 
-    @router.post("/agents/{name}/stop", status_code=202)
+    @router.post("/agents/{name}/stop", status_code=202, responses=docs.CHANGES)
     def stop_agent(name: str) -> dict[str, Any]:
         """Ask an agent to drain and stop; 202, as it finishes the tasks in hand first."""
         service.stop_agent(name)  # NotFoundError (404) for a name not in the registry
@@ -180,14 +193,21 @@ def _health_router(
 ) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
-    @router.get("/health")
+    @router.get(
+        "/health",
+        responses={503: {"description": "not healthy"}, **docs.errors(422)},
+    )
     def health(
         request: Request,
         response: Response,
-        check: Annotated[list[str] | None, Query()] = None,
+        check: Annotated[
+            list[str] | None, Query(json_schema_extra=docs.check_list(list(HEALTH_CHECKS)))
+        ] = None,
         strict: bool = False,
     ) -> dict[str, Any]:
-        """`orchestra health` as JSON: 200 healthy, 503 otherwise; details need the token."""
+        """`orchestra health` as JSON: 200 healthy, 503 otherwise. Without the token only
+        ``{"healthy": …}``: the checks name paths, URLs, hosts, pids and which secrets are
+        set, which are nobody's business but the operator's."""
         from orchestra_cli.health import HealthContext, exit_status, run_checks
 
         names = [n.strip() for item in check or [] for n in item.split(",") if n.strip()]
@@ -203,14 +223,14 @@ def _health_router(
             hctx.close()
         code = exit_status(checks, strict)
         response.status_code = 200 if code == 0 else 503
-        # open to load balancers without a token, so the details (URLs, versions) are not
-        authorized = token_ok(token, bearer(request.headers.get("authorization")))
+        # open to load balancers without a token: they learn healthy or not, nothing else
+        if not token_ok(token, bearer(request.headers.get("authorization"))):
+            return {"healthy": code == 0}
         return {
             "healthy": code == 0,
             "exit_code": int(code),
             "checks": [
-                {"name": c.name, "level": c.level, "summary": c.summary}
-                | ({"details": c.details} if authorized else {})
+                {"name": c.name, "level": c.level, "summary": c.summary, "details": c.details}
                 for c in checks
             ],
         }
@@ -224,7 +244,7 @@ def _stream_router(service: TaskService, token: str | None) -> APIRouter:
     async def task_events(
         websocket: WebSocket,
         task_id: str,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_EVENT_SEQ)] = 0,
         token_param: Annotated[str | None, Query(alias="token")] = None,
     ) -> None:
         """Replay the task tree's events (after ``after``), follow them, end with the task."""

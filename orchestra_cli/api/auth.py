@@ -10,6 +10,10 @@ from orchestra_cli.settings import Settings
 TOKEN_SECRET = "ORCHESTRA_API_TOKEN"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 TOKEN_HINT = "send `Authorization: Bearer <ORCHESTRA_API_TOKEN>`"
+MIN_TOKEN_CHARS = 32  # 128 bits as hex: a token anyone could guess protects nothing
+TOKEN_RECIPE = (
+    "`openssl rand -hex 24` (or `python3 -c 'import secrets; print(secrets.token_hex(24))'`)"
+)
 
 
 class Unauthorized(OrchestraError):
@@ -25,7 +29,15 @@ def resolve_token(settings: Settings) -> str | None:
 
 
 def check_serving_allowed(token: str | None, host: str, insecure: bool) -> None:
-    """Refuse to serve without a token, except with --insecure on a loopback address."""
+    """Refuse to serve without a token, except with --insecure on a loopback address,
+    and with a token shorter than MIN_TOKEN_CHARS."""
+    if token and len(token.strip()) < MIN_TOKEN_CHARS:
+        size = len(token.strip())
+        raise UsageError(
+            f"{TOKEN_SECRET} has {size} character{'' if size == 1 else 's'}, too short to "
+            f"guard the API (at least {MIN_TOKEN_CHARS}: 128 bits as hex)",
+            f"generate one with {TOKEN_RECIPE}",
+        )
     if token:
         return
     if not insecure:

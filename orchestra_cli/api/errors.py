@@ -35,6 +35,7 @@ STATUS_BY_ERROR: tuple[tuple[type[OrchestraError], int], ...] = (
     (ConfigError, 422),
 )
 SCHEMA_HINT = "see the request schema at /v1/openapi.json"
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 def status_of(exc: OrchestraError) -> int:
@@ -54,8 +55,11 @@ def error_body(message: str, hint: str | None) -> dict[str, str | None]:
     return {"error": redact(message), "hint": redact(hint) if hint else None}
 
 
-def _response(status: int, message: str, hint: str | None) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _response(
+    status: int, message: str, hint: str | None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(error_body(message, hint), status_code=status, headers=headers)
 
 
@@ -84,7 +88,26 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     hint = "the API lives under /v1; see /v1/openapi.json" if exc.status_code == 404 else None
-    return _response(exc.status_code, str(exc.detail), hint)
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:  # which methods the path does answer (all its routes')
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
+    return _response(exc.status_code, str(exc.detail), hint, headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route of this path answers (Starlette names only the first
+    route's, and GET and POST /v1/tasks are two routes): asked of each route with
+    Starlette's own matching, one method at a time."""
+    from starlette.routing import Match
+
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    ]
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestra_cli.engine.budget import LABEL_TOKENS, LABEL_USD
-from orchestra_cli.engine.service import SubmitRequest
+from orchestra_cli.engine.service import (
+    MAX_KEY_CHARS,
+    MAX_LABELS,
+    MAX_TITLE_CHARS,
+    SubmitRequest,
+)
+from orchestra_cli.models import MAX_PRIORITY
 
 
 class Budget(BaseModel):
@@ -13,7 +19,7 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    usd: float | None = Field(default=None, gt=0)
+    usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     tokens: int | None = Field(default=None, gt=0)
 
 
@@ -26,14 +32,26 @@ class SubmitBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str
-    title: str | None = None
-    capability: str | None = None
-    priority: int | None = None
-    timeout: float | None = None
-    max_attempts: int | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    idempotency_key: str | None = None
+    # The limits below are written into the document only (json_schema_extra): the
+    # service checks them, in the same words as for the CLI; schemathesis holds the
+    # API to the document (tests/api/test_api_schema.py).
+    text: str = Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})
+    title: str | None = Field(default=None, json_schema_extra={"maxLength": MAX_TITLE_CHARS})
+    capability: str | None = Field(
+        default=None, description="one a role or a live agent has (422 otherwise)"
+    )
+    priority: int | None = Field(
+        default=None, json_schema_extra={"minimum": 0, "maximum": MAX_PRIORITY}
+    )
+    timeout: float | None = Field(default=None, json_schema_extra={"exclusiveMinimum": 0})
+    max_attempts: int | None = Field(default=None, json_schema_extra={"minimum": 1})
+    labels: dict[str, str] = Field(
+        default_factory=dict, json_schema_extra={"maxProperties": MAX_LABELS}
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        json_schema_extra={"minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": r"\S"},
+    )
     budget: Budget | None = Field(default=None, description='{"usd": 0.5} and/or {"tokens": 20000}')
 
     def to_request(self) -> SubmitRequest:

@@ -46,6 +46,76 @@ def decode_envelope(body: bytes) -> Envelope:
     return env
 
 
+MAX_LETTER_BODY_SHOWN = 2000  # characters of a dead letter's body that `dlq list` carries
+
+
+def describe_letter(body: bytes) -> dict[str, Any]:
+    """What `dlq list` shows of a dead letter's body: its task (when the body names
+    one), its size, the body's start, why it cannot be decoded (None when it can), and
+    the task's submission when the message carries it.
+
+    Never raises: a letter is dead because something was wrong with it.
+    """
+    task_id: str | None = None
+    problem: str | None = None
+    spec: dict[str, Any] | None = None
+    try:
+        env = decode_envelope(body)
+        task_id = env.task_id or None
+        found = env.payload.get("task")
+        spec = found if isinstance(found, dict) and found.get("id") == task_id else None
+    except MalformedMessage as exc:
+        problem = exc.message
+        task_id = _named_task(body)
+    return {
+        "task_id": task_id,
+        "size": len(body),
+        "undecodable": problem,
+        "body": body.decode("utf-8", "replace")[:MAX_LETTER_BODY_SHOWN],
+        "spec": spec,  # the submission a root task's messages carry (`dlq resubmit`)
+    }
+
+
+def _named_task(body: bytes) -> str | None:
+    """The ``task_id`` of a body that is JSON but not a valid envelope, if it is usable."""
+    import json
+
+    try:
+        doc = json.loads(body)
+        task_id = doc.get("task_id") if isinstance(doc, dict) else None
+        if isinstance(task_id, str) and 0 < len(task_id) <= 100:
+            task_id.encode("utf-8")  # a lone surrogate cannot be looked up (or printed)
+            return task_id
+    except (ValueError, RecursionError, UnicodeError):
+        pass
+    return None
+
+
+MAX_CONTROL_BYTES = 1 << 20
+
+
+def parse_control(body: bytes | str) -> dict[str, Any] | None:
+    """A control message (cancel / stop / ping) as agents read it, or None when it is not
+    one: anyone who can publish to the control exchange may send anything, and a hint
+    that cannot be read is dropped (the state store stays authoritative)."""
+    import json
+
+    if len(body) > MAX_CONTROL_BYTES:
+        return None
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return None
+    if not isinstance(message.get("agent", ""), str | None):
+        return None
+    task_ids = message.get("task_ids", [])
+    if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
+        return None
+    return message
+
+
 class Delivery(Protocol):
     """One received message; settle it exactly once with ack, nack or dead_letter."""
 
@@ -148,11 +218,37 @@ class Broker(Protocol):
         """Messages per queue (ready + unacked)."""
         ...
 
-    def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]: ...
+    def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first: ``id``, ``queue`` (origin), ``reason``, ``deliveries`` (None when
+        unknown), ``enqueued_at`` and ``describe_letter``'s fields of the body."""
+        ...
 
     def purge(self, queue: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+# What a root task's messages carry of it, so a message whose task the state store
+# lost (a Redis without persistence, restarted) can be submitted again (`dlq resubmit`).
+SPEC_FIELDS = (
+    "id",
+    "title",
+    "input",
+    "capability",
+    "priority",
+    "timeout",
+    "max_attempts",
+    "labels",
+    "idempotency_key",
+)
+
+
+def task_spec(task: Task) -> dict[str, Any]:
+    """The submission of a root task (``payload["task"]`` of its messages); {} for a subtask,
+    which its root's resubmission plans again."""
+    if not task.is_root:
+        return {}
+    return {"task": {name: getattr(task, name) for name in SPEC_FIELDS}}
 
 
 def publish_run(
@@ -161,7 +257,7 @@ def publish_run(
     """Put ``task`` on its capability's work queue for its next attempt."""
     broker.publish(
         work_queue(task.capability or ""),
-        Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1),
+        Envelope(type=MSG_RUN, task_id=task.id, attempt=task.attempts + 1, payload=task_spec(task)),
         priority=task.priority,
         delay=delay,
         confirm=confirm,
@@ -175,7 +271,7 @@ def publish_submit(
     """Hand ``task`` to the orchestrator (intake) to plan and route."""
     broker.publish(
         Q_INTAKE,
-        Envelope(type=MSG_SUBMIT, task_id=task.id),
+        Envelope(type=MSG_SUBMIT, task_id=task.id, payload=task_spec(task)),
         priority=task.priority,
         confirm=confirm,
         awaited=awaited,

@@ -30,163 +30,39 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchestra_cli.broker.base import decode_envelope
+from orchestra_cli.broker.rabbitmq_headers import (
+    H_DELIVERIES,
+    H_ORIGIN,
+    H_QUORUM_COUNT,
+    H_REASON,
+    dead_record,
+    delivery_count,
+    republishable,
+)
+from orchestra_cli.broker.rabbitmq_topology import (
+    Topology,
+    _Declared,
+    _properties,
+    publish_on,
+)
 from orchestra_cli.errors import BrokerError, MalformedMessage
-from orchestra_cli.models import Q_DEAD, Q_INTAKE, Q_RESULTS, Envelope
+from orchestra_cli.models import Q_DEAD, Envelope
 from orchestra_cli.settings import RabbitMQSettings, mask_url
-from orchestra_cli.util import new_id, now
+from orchestra_cli.util import new_id
 
 if TYPE_CHECKING:  # pika is imported on first use: `task list` / `task get` never pay for it
     import pika
 
-    from orchestra_cli.broker.rabbitmq_link import FrameWriter, Link
+    from orchestra_cli.broker.rabbitmq_link import FrameWriter
     from orchestra_cli.broker.rabbitmq_publisher import DirectLink
 
 log = logging.getLogger(__name__)
 
 Channel = Any  # pika.adapters.blocking_connection.BlockingChannel
 
-MAX_PRIORITY = 10
 PUBLISH_TIMEOUT_SECONDS = 90.0  # a publish during an outage waits this long for a reconnect
 SETTLE_TIMEOUT_SECONDS = 30.0
-DELAY_QUEUE_IDLE_MS = 10 * 60 * 1000  # an unused delay queue is deleted after this
 MAX_DEAD_LETTER_SCAN = 10_000
-H_DELIVERIES = "x-orchestra-deliveries"
-H_REASON = "x-orchestra-reason"
-H_ORIGIN = "x-orchestra-origin"
-STANDARD_QUEUES = (Q_INTAKE, Q_RESULTS, Q_DEAD)
-
-
-def _delay_ms(delay: float) -> int:
-    """Delays are bucketed (100 ms steps) so the number of TTL queues stays small."""
-    return max(100, round(delay * 10) * 100)
-
-
-class Topology:
-    """Names and idempotent declarations; remembers what was declared per connection."""
-
-    def __init__(self, prefix: str, queue_type: str) -> None:
-        self.prefix = prefix
-        self.queue_type = queue_type
-        self.exchange = prefix
-        self.dlx = f"{prefix}.dlx"
-        self.control = f"{prefix}.control"
-        self._lock = threading.Lock()
-        self.queues: set[str] = set()  # logical names ever declared (for depths, cleanup)
-        self.delay_queues: set[str] = set()
-
-    def physical(self, logical: str) -> str:
-        return f"{self.prefix}.{logical}"
-
-    def logical(self, physical: str) -> str:
-        return physical.removeprefix(f"{self.prefix}.")
-
-    def declare_base(self, ch: Channel) -> None:
-        """Exchanges and the dead-letter queue; run on every (re)connect."""
-        ch.exchange_declare(self.exchange, exchange_type="direct", durable=True)
-        ch.exchange_declare(self.dlx, exchange_type="fanout", durable=True)
-        ch.exchange_declare(self.control, exchange_type="fanout", durable=True)
-        dead = self.physical(Q_DEAD)
-        ch.queue_declare(dead, durable=True, arguments=self._type_args())
-        ch.queue_bind(dead, self.dlx)
-        ch.queue_bind(dead, self.exchange, routing_key=Q_DEAD)
-        with self._lock:
-            self.queues.add(Q_DEAD)
-
-    def _type_args(self) -> dict[str, Any]:
-        return {"x-queue-type": "quorum"} if self.queue_type == "quorum" else {}
-
-    def declare_queue(self, ch: Channel, logical: str) -> None:
-        """A work queue: durable, priority (classic) or replicated (quorum), with the DLX."""
-        if logical == Q_DEAD:
-            return  # declared by declare_base
-        args: dict[str, Any] = {"x-dead-letter-exchange": self.dlx, **self._type_args()}
-        if self.queue_type != "quorum":  # quorum queues (3.x) refuse x-max-priority
-            args["x-max-priority"] = MAX_PRIORITY
-        name = self.physical(logical)
-        ch.queue_declare(name, durable=True, arguments=args)
-        ch.queue_bind(name, self.exchange, routing_key=logical)
-        with self._lock:
-            self.queues.add(logical)
-
-    def declare_delay(self, ch: Channel, logical: str, ms: int) -> str:
-        """The TTL queue that holds messages for ``ms`` then routes them to ``logical``."""
-        name = f"{self.prefix}.delay.{ms}.{logical}"
-        args = {
-            "x-message-ttl": ms,
-            "x-dead-letter-exchange": self.exchange,
-            "x-dead-letter-routing-key": logical,
-            "x-expires": ms + DELAY_QUEUE_IDLE_MS,
-        }
-        ch.queue_declare(name, durable=True, arguments=args)
-        with self._lock:
-            self.delay_queues.add(name)
-        return name
-
-    def known(self) -> list[str]:
-        with self._lock:
-            return sorted(self.queues | set(STANDARD_QUEUES))
-
-
-class _Declared:
-    """What one connection generation has declared, so each publish declares once.
-
-    With ``max_age`` a name is declared again once its declaration is that old:
-    delay queues expire (``x-expires``) when unused, and RabbitMQ does not count
-    publishing as use, so they must be re-declared while still in service.
-    """
-
-    def __init__(self) -> None:
-        self.generation = -1
-        self.names: dict[str, float] = {}
-
-    def need(self, generation: int, name: str, max_age: float | None = None) -> bool:
-        if generation != self.generation:
-            self.generation, self.names = generation, {}
-        declared = self.names.get(name)
-        if declared is not None and (max_age is None or now() - declared < max_age):
-            return False
-        self.names[name] = now()
-        return True
-
-
-def _properties(
-    message_id: str, type_: str, priority: int, headers: dict[str, Any]
-) -> pika.BasicProperties:
-    import pika
-
-    return pika.BasicProperties(
-        content_type="application/json",
-        delivery_mode=pika.DeliveryMode.Persistent,
-        priority=max(0, min(MAX_PRIORITY, priority)),
-        message_id=message_id,
-        type=type_,
-        timestamp=int(now()),
-        headers=headers,
-    )
-
-
-def publish_on(
-    ch: Channel,
-    link: Link | DirectLink,
-    topo: Topology,
-    declared: _Declared,
-    logical: str,
-    body: bytes,
-    props: pika.BasicProperties,
-    delay: float = 0.0,
-) -> None:
-    """Declare what is missing and publish one persistent message (confirmed by the broker)."""
-    if declared.need(link.generation, logical):
-        topo.declare_base(ch) if logical == Q_DEAD else topo.declare_queue(ch, logical)
-    if delay > 0:
-        ms = _delay_ms(delay)
-        name = f"{topo.prefix}.delay.{ms}.{logical}"
-        # re-declared well within x-expires, which publishing alone does not reset
-        if declared.need(link.generation, name, max_age=DELAY_QUEUE_IDLE_MS / 1000 / 4):
-            topo.declare_delay(ch, logical, ms)
-        ch.basic_publish("", name, body, properties=props, mandatory=True)
-    else:
-        ch.basic_publish(topo.exchange, logical, body, properties=props, mandatory=True)
 
 
 class RabbitDelivery:
@@ -304,17 +180,17 @@ class RabbitConsumer:
 
     def _admit(self, ch: Channel, method: Any, props: Any, body: bytes) -> None:
         logical = self._tags.get(method.consumer_tag) or self.topo.logical(method.routing_key)
-        headers = props.headers or {}
-        count = int(headers.get(H_DELIVERIES, 0)) + 1
-        if "x-delivery-count" in headers:  # quorum queues count returns themselves
-            count += int(headers["x-delivery-count"])
-        elif method.redelivered:
-            count += 1  # the previous consumer died holding it
+        try:
+            count = delivery_count(props.headers, redelivered=bool(method.redelivered))
+        except MalformedMessage as exc:  # a hostile header must not stop the queue
+            log.warning("dead-lettering a message on %s: %s", logical, exc.message)
+            self.to_dead(ch, method.delivery_tag, logical, props, body, exc.message, 0)
+            return
         if count > self.broker.max_deliveries:
             reason = f"delivered {count - 1} times without an ack (poison)"
             self.to_dead(ch, method.delivery_tag, logical, props, body, reason, count - 1)
             return
-        if method.redelivered and "x-delivery-count" not in headers:
+        if method.redelivered and H_QUORUM_COUNT not in (props.headers or {}):
             # make the lost delivery count: a copy carries it, the original goes
             self.requeue(ch, method.delivery_tag, logical, props, body, count - 1, 0.0)
             return
@@ -352,8 +228,8 @@ class RabbitConsumer:
         delay: float,
     ) -> None:
         """Publish a copy counting ``deliveries`` so far (after ``delay``); ack the original."""
-        headers = {**(props.headers or {}), H_DELIVERIES: deliveries}
-        headers.pop("x-delivery-count", None)
+        headers = {**republishable(props.headers), H_DELIVERIES: deliveries}
+        headers.pop(H_QUORUM_COUNT, None)
         copy = _properties(props.message_id or "", props.type or "", props.priority or 0, headers)
         publish_on(ch, self._link, self.topo, self._declared, logical, body, copy, delay)
         ch.basic_ack(tag)
@@ -370,7 +246,7 @@ class RabbitConsumer:
     ) -> None:
         """Publish to the dead-letter queue with reason and origin, then ack the original."""
         headers = {
-            **(props.headers or {}),
+            **republishable(props.headers),
             H_REASON: reason,
             H_ORIGIN: logical,
             H_DELIVERIES: deliveries,
@@ -577,7 +453,7 @@ class RabbitBroker:
                     method, props, body = browse.basic_get(self.topo.physical(Q_DEAD))
                     if method is None:
                         break
-                    found.append(self._dead_record(method, props, body))
+                    found.append(dead_record(self.topo, method, props, body))
             except _closed_by_broker():
                 return found
             browse.close()
@@ -585,20 +461,6 @@ class RabbitBroker:
 
         found: list[dict[str, Any]] = self._call(command, SETTLE_TIMEOUT_SECONDS)
         return list(reversed(found))[:limit]
-
-    def _dead_record(self, method: Any, props: Any, body: bytes) -> dict[str, Any]:
-        headers = props.headers or {}
-        deaths = headers.get("x-death") or [{}]
-        origin = headers.get(H_ORIGIN) or self.topo.logical(str(deaths[0].get("queue", "")))
-        reason = headers.get(H_REASON) or str(deaths[0].get("reason", "dead-lettered"))
-        return {
-            "id": props.message_id or str(method.delivery_tag),
-            "queue": _text(origin),
-            "reason": _text(reason),
-            "deliveries": int(headers.get(H_DELIVERIES, 0)),
-            "enqueued_at": float(props.timestamp or 0),
-            "body": body.decode("utf-8", "replace")[:2000],
-        }
 
     def purge(self, queue: str) -> int:
         """Drop every ready message of a queue; how many went."""
@@ -646,10 +508,6 @@ class RabbitBroker:
             link, self._link = self._link, None
         if link is not None:
             link.close()
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def connection_errors() -> tuple[type[BaseException], ...]:

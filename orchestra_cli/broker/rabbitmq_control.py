@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pika
 
+from orchestra_cli.broker.base import parse_control
 from orchestra_cli.broker.rabbitmq_link import Channel, Link
 from orchestra_cli.util import new_id
 
@@ -58,12 +59,10 @@ class RabbitControlConsumer:
         ch.basic_consume(name, self._on_message, auto_ack=True)
 
     def _on_message(self, ch: Channel, method: Any, props: Any, body: bytes) -> None:
-        try:
-            message = json.loads(body)
-        except ValueError:
-            log.warning("ignoring a malformed control message")
-            return
-        if isinstance(message, dict):
+        message = parse_control(body)
+        if message is None:
+            log.warning("ignoring a malformed control message (%d bytes)", len(body))
+        else:
             self._ready.put(message)
 
     def get(self, timeout: float) -> dict[str, Any] | None:

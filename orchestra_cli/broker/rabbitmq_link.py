@@ -15,6 +15,7 @@ import collections
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -32,7 +33,9 @@ from orchestra_cli.settings import RabbitMQSettings, mask_url
 log = logging.getLogger(__name__)
 
 MAX_CONNECT_ATTEMPTS = 3  # before the first connection: fail fast with a hint
-MAX_RECONNECT_ATTEMPTS = 30  # after a drop: ride out a broker restart (~2 minutes)
+MAX_RECONNECT_ATTEMPTS = 30  # a publish after a drop (bounded by its caller's timeout too)
+# A consumer's link (a long-running process) retries after a drop for as long as
+# rabbitmq.max_outage_seconds allows: forever by default, every MAX_BACKOFF_SECONDS at most.
 MAX_COMMAND_ATTEMPTS = 5  # a command that keeps breaking the connection fails
 FIRST_BACKOFF_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 5.0
@@ -204,6 +207,7 @@ class Link:
     def _run(self) -> None:
         attempts = 0
         ever_connected = False
+        down_since = 0.0
         while not self._closing.is_set():
             try:
                 self._connect()
@@ -214,15 +218,16 @@ class Link:
             except CONNECTION_ERRORS as exc:
                 self._teardown()
                 attempts += 1
-                limit = MAX_RECONNECT_ATTEMPTS if ever_connected else MAX_CONNECT_ATTEMPTS
-                left = limit - attempts
+                down_since = time.monotonic() if attempts == 1 else down_since
                 if self._closing.is_set():
                     break
-                if left <= 0:
-                    self._give_up(exc)
+                if self._out_of_attempts(ever_connected, attempts, down_since):
+                    limit = self.settings.max_outage_seconds
+                    outage = f"unreachable for {limit:g}s, rabbitmq.max_outage_seconds"
+                    self._give_up(exc, outage if ever_connected else "")
                     return
                 delay = backoff(attempts)
-                log_reconnect(self.host, self.name, exc, delay, left)
+                self._log_retry(ever_connected, exc, delay, attempts, down_since)
                 self._closing.wait(delay)
             except Exception as exc:  # a bug in a hook: fail loudly rather than hang callers
                 log.exception("RabbitMQ link %s crashed", self.name)
@@ -232,6 +237,31 @@ class Link:
         self._flush_on_close()
         self._teardown()
         self._ready.set()
+
+    def _out_of_attempts(self, ever_connected: bool, attempts: int, down_since: float) -> bool:
+        """Before a first connection: MAX_CONNECT_ATTEMPTS; after a drop: the outage limit."""
+        if not ever_connected:
+            return attempts >= MAX_CONNECT_ATTEMPTS
+        limit = self.settings.max_outage_seconds
+        return limit > 0 and time.monotonic() - down_since >= limit
+
+    def _log_retry(
+        self, ever_connected: bool, exc: BaseException, delay: float, attempts: int, since: float
+    ) -> None:
+        if not ever_connected:
+            log_reconnect(self.host, self.name, exc, delay, MAX_CONNECT_ATTEMPTS - attempts)
+            return
+        limit = self.settings.max_outage_seconds
+        log.warning(
+            "RabbitMQ at %s (%s): %s; reconnecting in %.1fs (attempt %d, down %.0fs, %s)",
+            self.host,
+            self.name,
+            type(exc).__name__,
+            delay,
+            attempts,
+            time.monotonic() - since,
+            f"giving up after {limit:g}s" if limit > 0 else "no limit",
+        )
 
     def _connect(self) -> None:
         params = connection_parameters(self.url, self.settings, self.name)
@@ -297,8 +327,9 @@ class Link:
                 pass
         self._fail_pending(unavailable(self.url, "connection closed"))
 
-    def _give_up(self, exc: BaseException) -> None:
-        self.failure = unavailable(self.url, f"{type(exc).__name__}, gave up reconnecting")
+    def _give_up(self, exc: BaseException, detail: str = "") -> None:
+        detail = detail or f"{type(exc).__name__}, gave up reconnecting"
+        self.failure = unavailable(self.url, detail)
         log.error("RabbitMQ at %s (%s): giving up: %r", self.host, self.name, exc)
         self._fail_pending(self.failure)
         self._ready.set()

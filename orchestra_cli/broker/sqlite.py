@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from orchestra_cli.broker.base import decode_envelope
+from orchestra_cli.broker.base import decode_envelope, describe_letter
 from orchestra_cli.errors import MalformedMessage
 from orchestra_cli.models import Q_DEAD, Envelope
 from orchestra_cli.sqlitedb import SQLiteDB
@@ -360,7 +360,7 @@ class SQLiteBroker:
                 "reason": r["reason"],
                 "deliveries": r["deliveries"],
                 "enqueued_at": r["enqueued_at"],
-                "body": bytes(r["body"]).decode("utf-8", "replace")[:2000],
+                **describe_letter(bytes(r["body"])),
             }
             for r in rows
         ]

@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import Any
 
+from orchestra_cli.broker.base import parse_control
 from orchestra_cli.sqlitedb import SQLiteDB
 from orchestra_cli.util import now
 
@@ -49,10 +50,11 @@ class SQLiteControlConsumer:
             )
             for row in rows:
                 self._seq = row["seq"]
-                try:
-                    self._buffer.append(json.loads(row["body"]))
-                except ValueError:
+                message = parse_control(row["body"])
+                if message is None:
                     log.warning("ignoring a malformed control message %s", row["seq"])
+                else:
+                    self._buffer.append(message)
             if self._buffer or now() >= deadline:
                 break
             self._closed.wait(min(POLL_SECONDS, max(0.0, deadline - now())))

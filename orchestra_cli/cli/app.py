@@ -75,6 +75,7 @@ COMMAND_MODULES = {
     "down": "services",
     "ps": "services",
     "logs": "services",
+    "inbox": "inbox",
 }
 _MODULES = tuple(dict.fromkeys(COMMAND_MODULES.values()))  # each once, in that order
 

@@ -65,6 +65,12 @@ def _request(line: str, defaults: SubmitRequest, where: str) -> SubmitRequest:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where}: invalid JSON ({exc.msg})", "one JSON object per line") from None
+    except RecursionError:
+        raise UsageError(
+            f"{where}: JSON nested too deeply", "one flat JSON object per line"
+        ) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (sys.int_info)
+        raise UsageError(f"{where}: invalid JSON ({exc})", "one JSON object per line") from None
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise UsageError(f"{where}: unknown field {unknown[0]!r}", f"use: {', '.join(FIELDS)}")

@@ -15,13 +15,13 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestra_cli import __version__, tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter, MeteredProvider
-from orchestra_cli.engine.loop import AgentLoop
+from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused, ToolRunner, short
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import (
     RoleDefinition,
@@ -61,6 +61,9 @@ from orchestra_cli.models import (
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.tools.config import ENGINE_TOOLS
 from orchestra_cli.util import new_id, now
+
+if TYPE_CHECKING:
+    from orchestra_cli.tools.toolbox import Toolbox
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._deadlines = Deadlines(f"timeouts-{self.name}")  # one thread, not one per task
-        self.toolbox: Any = None  # the role's tools (and MCP servers), from run() to its end
+        self.toolbox: Toolbox | None = None  # the role's tools (and MCP servers), run() to its end
         self.loop = ConsumerLoop(
             backends.broker,
             [work_queue(c) for c in role.capabilities],
@@ -363,6 +366,10 @@ class Agent:
                 # no result to record: charge the call before any other outcome is
                 self._charge(task, metered)
                 raise
+        except AwaitingApproval as exc:  # parked for a person: no slot, no lease held
+            return self._block(task, exc)
+        except Paused:
+            return self._block(task, None)
         except TaskCancelled as exc:
             if timed_out.is_set():
                 return self._fail(task, f"timed out after {task.timeout:g}s")
@@ -380,6 +387,32 @@ class Agent:
                 if self._running.get(task.id) is cancel:
                     del self._running[task.id]
         return self._succeed(task, response, metered)
+
+    def _block(self, task: Task, waiting: AwaitingApproval | None) -> Action:
+        """running → blocked: the calls wait for `orchestra task approve` / `reject`, or
+        (``waiting`` None) the tree was paused and waits for `orchestra task resume`."""
+        tools = [f"{c.name}({short(c.input)})" for c in waiting.calls] if waiting else ["resume"]
+        hint = (
+            f"orchestra task approve {task.id} (or reject --reason …)"
+            if waiting
+            else f"orchestra task resume {task.root_id}"
+        )
+        try:
+            self.state.transition(
+                task.id,
+                Status.BLOCKED,
+                expect_version=task.version,
+                event_data={
+                    "reason": "approval" if waiting else "paused",
+                    "waits_for": tools,
+                    "hint": hint,
+                },
+            )
+        except TransitionRejected as exc:  # cancelled meanwhile, or taken over
+            log.info("task %s not parked for approval: %s", task.id, exc)
+        else:
+            log.info("task %s waits for approval of %s", task.id, ", ".join(tools))
+        return Ack()
 
     def _charge(self, task: Task, metered: MeteredProvider) -> None:
         """Charge a deferred call now; its spend is in metrics.jsonl either way."""
@@ -453,17 +486,19 @@ class Agent:
             self.record.usage = self.record.usage + response.usage
         return response
 
-    def _tools_for(self, task: Task) -> Any:
+    def _tools_for(self, task: Task) -> ToolRunner:
         """The role's toolbox, with delegate/spawn/wait beside it when the role lists them."""
         engine = [t for t in self.role.tools if t in ENGINE_TOOLS]
+        assert self.toolbox is not None, "only a role that acts runs the loop"
+        toolbox: ToolRunner = self.toolbox  # checked against the protocol here
         if not engine:
-            return self.toolbox
+            return toolbox
         from orchestra_cli.engine.delegation import DelegatingTools
 
         caps = known_capabilities(load_roles(self.b.settings.agents.definitions_dir))
         return DelegatingTools(
             self.b,
-            self.toolbox,
+            toolbox,
             task,
             engine,
             sorted(caps),
@@ -473,6 +508,9 @@ class Agent:
     def _act(self, task: Task, cancel: threading.Event, metered: MeteredProvider) -> LLMResponse:
         """The tool-use loop (engine/loop.py) in the task's workspace, every step durable."""
         workspace = Workspace(self.state, self.b.settings.home, task)
+        # each turn is charged as it ends, not with the next write: a tool that runs for
+        # long (or a kill -9 meanwhile) must not hold the turn's usage in memory only
+        metered = self.meter.wrap(self.llm, task, agent=self.name)
         loop = AgentLoop(
             self.state,
             metered,
@@ -486,13 +524,14 @@ class Agent:
             after_tools=workspace.save,
         )
         try:
-            response = loop.run()
+            return loop.run()
         finally:
             with self._lock:
                 self.record.usage = self.record.usage + loop.spent
-        workspace.save()
-        workspace.remove()  # its files are artifacts in the state store now
-        return response
+            try:
+                workspace.save()  # whatever the outcome: a retry or resume starts from it
+            finally:
+                workspace.remove()  # its files are artifacts in the state store now
 
     def _succeed(self, task: Task, response: LLMResponse, metered: MeteredProvider) -> Action:
         try:

@@ -23,6 +23,7 @@ overridden per tree by the root task's labels ``budget_usd`` /
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 LABEL_USD = "budget_usd"
 LABEL_TOKENS = "budget_tokens"
 HOLD_MARGIN_SECONDS = 60.0  # a hold outlives the longest its call can run by this
+COUNT_MARGIN, COUNT_SLACK_TOKENS = 0.02, 8  # on top of count_tokens, which estimates
 
 
 def tokens_of(usage: Usage) -> int:
@@ -73,6 +75,21 @@ class Budget:
 def _label(root: Task, key: str) -> str | None:
     value = root.labels.get(key)
     return value.strip() if value and value.strip() else None
+
+
+def check_budget_labels(labels: dict[str, str]) -> None:
+    """UsageError unless the budget labels are a positive, finite amount (as --budget is)."""
+    usd, tokens = labels.get(LABEL_USD), labels.get(LABEL_TOKENS)
+    hint = "use e.g. --budget 0.50 (USD) or --budget 20000tok, or budget {usd, tokens} in the API"
+    try:
+        amount = float(usd.strip().lstrip("$")) if usd and usd.strip() else None
+        count = int(tokens.strip().replace("_", "").replace(",", "")) if tokens else None
+    except ValueError:
+        raise UsageError("the budget is not a number", hint) from None
+    if amount is not None and not (math.isfinite(amount) and amount > 0):
+        raise UsageError(f"a budget of {usd} USD is not a positive, finite amount", hint)
+    if count is not None and count <= 0:
+        raise UsageError(f"a budget of {tokens} tokens is not a positive number", hint)
 
 
 def budget_for(root: Task, settings: LLMSettings) -> Budget:
@@ -163,7 +180,10 @@ class Meter:
                 error.retryable = False
                 raise error from None
             in_price = out_price = 0.0
-        return Ask(provider.count_tokens(request), request.max_tokens, in_price, out_price)
+        # the API's count is an estimate ("may differ by a small amount"): reserve a margin
+        counted = provider.count_tokens(request)
+        margin = math.ceil(counted * COUNT_MARGIN) + COUNT_SLACK_TOKENS
+        return Ask(counted + margin, request.max_tokens, in_price, out_price)
 
     def record(self, line: dict[str, object]) -> None:
         """A call's ``metrics.jsonl`` line, and its Prometheus counters."""
@@ -250,11 +270,12 @@ class MeteredProvider:
         started = time.monotonic()
         try:
             response = self.inner.complete(request)
-        except TaskCancelled as exc:  # a stream stopped mid-answer: charge what it used
+        except (TaskCancelled, LLMError) as exc:  # a stream stopped mid-answer: charge it
             used = exc.usage if isinstance(exc.usage, Usage) else None
             if used is not None:
                 used = self.meter.prices.charge(request.model, used)
-                line = self._line(request, used, request.model, "cancelled", started)
+                stop = "cancelled" if isinstance(exc, TaskCancelled) else "broken"
+                line = self._line(request, used, request.model, stop, started)
                 self.meter.state.add_usage(self.task.id, used)
                 self.meter.record(line)
             self.meter.settle(hold, used)

@@ -126,11 +126,16 @@ class DelegatingTools:
     def context(self, workspace: Path, *, cancel: Any = None, deadline: float | None = None) -> Any:
         return self.inner.context(workspace, cancel=cancel, deadline=deadline)
 
-    def run(self, calls: Sequence[ToolCall], ctx: Any) -> list[Any]:
+    def decide(self, name: str, input: Any = None, ctx: Any = None) -> Any:
+        if name in self.engine:  # the role's own rules, as for any tool it lists
+            return self.inner.permissions.decide(name, None).decision  # type: ignore[attr-defined]
+        return self.inner.decide(name, input, ctx)
+
+    def run(self, calls: Sequence[ToolCall], ctx: Any, *, approved: Any = ()) -> list[Any]:
         outputs: dict[int, Any] = {}
         others = [(i, c) for i, c in enumerate(calls) if c.name not in self.engine]
         if others:
-            done = self.inner.run([c for _, c in others], ctx)
+            done = self.inner.run([c for _, c in others], ctx, approved=approved)
             outputs.update({i: out for (i, _), out in zip(others, done, strict=True)})
         for i, call in enumerate(calls):
             if call.name in self.engine:

@@ -53,7 +53,26 @@ UNKNOWN_OUTCOME = (
     "recorded a result, and {tool} is not safe to repeat blindly. Check its effects "
     "before calling it again."
 )
+CUT_OFF = (
+    "This call was cut off at the output limit (max_tokens) before its input was "
+    "complete, so it was not run. Call it again, with a shorter input if you can."
+)
 SHORT_INPUT_CHARS = 120
+# steps a person writes on a tree's root whatever runs there (approvals.py): a loop
+# running the root itself steps over them
+TREE_MARKS = ("pause", "resume", "allow")
+
+
+class AwaitingApproval(Exception):
+    """Calls an ``ask`` rule holds for a person's answer; the task parks as ``blocked``."""
+
+    def __init__(self, calls: list[ToolCall]) -> None:
+        super().__init__(", ".join(f"{c.name}({short(c.input)})" for c in calls))
+        self.calls = calls
+
+
+class Paused(Exception):
+    """The task's tree was paused (`orchestra task pause`); the task parks as blocked."""
 
 
 class ToolRunner(Protocol):
@@ -63,6 +82,8 @@ class ToolRunner(Protocol):
 
     def idempotent(self, name: str) -> bool: ...
 
+    def decide(self, name: str, input: Any = None, ctx: Any = None) -> Any: ...
+
     def context(
         self,
         workspace: Path,
@@ -71,7 +92,7 @@ class ToolRunner(Protocol):
         deadline: float | None = None,
     ) -> Any: ...
 
-    def run(self, call: Sequence[ToolCall], ctx: Any) -> list[Any]: ...
+    def run(self, call: Sequence[ToolCall], ctx: Any, *, approved: Any = ()) -> list[Any]: ...
 
 
 @dataclass
@@ -83,6 +104,8 @@ class Replay:
     pending: list[ToolCall] = field(default_factory=list)  # the last turn's calls
     results: dict[str, ToolResult] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)
+    awaiting: set[str] = field(default_factory=set)  # calls parked for a person's answer
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # call id → approval
     last: dict[str, Any] | None = None  # the last model step
     answer: list[str] = field(default_factory=list)  # the final answer's pieces so far
 
@@ -115,6 +138,10 @@ def replay(steps: list[dict[str, Any]]) -> Replay:
                 r.turns.append(Turn(role="user", text=CONTINUE_PROMPT))
         elif kind == "tool_start":
             r.started.add(step["call_id"])
+        elif kind == "awaiting_approval":
+            r.awaiting.add(step["call_id"])
+        elif kind == "approval":
+            r.answers[step["call_id"]] = step
         elif kind == "tool_result":
             r.results[step["call_id"]] = ToolResult(
                 step["call_id"], step.get("content", ""), bool(step.get("is_error"))
@@ -146,6 +173,11 @@ def redacted(value: Any) -> Any:
 MAIN_ARGUMENTS = ("command", "file_path", "pattern", "url", "path", "capability", "task")
 
 
+def _value(decision: Any) -> str:
+    """A permission decision (``tools.permissions.Decision``) as its plain name."""
+    return str(getattr(decision, "value", decision))
+
+
 def short(value: Any) -> str:
     """A tool input in one line, for events and the live view: its main argument, if any."""
     if isinstance(value, dict):
@@ -153,6 +185,26 @@ def short(value: Any) -> str:
         value = main if main is not None else json.dumps(value, ensure_ascii=False)
     text = " ".join(str(value).split())
     return text if len(text) <= SHORT_INPUT_CHARS else text[: SHORT_INPUT_CHARS - 1] + "…"
+
+
+def restart(state: StateStore, task: Task, note: str) -> None:
+    """Mark a fresh start in the task's step log (``task retry --note``): the loop replays
+    only what comes after it; the transcript keeps the earlier attempt."""
+    n = len(state.steps(task.id))
+    while not state.record_step(task.id, task.root_id, n, {"kind": "restart", "note": note}, {}):
+        n += 1
+
+
+def current(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps of the current attempt: those after the last ``restart``."""
+    last = max((i for i, s in enumerate(steps) if s.get("kind") == "restart"), default=-1)
+    return steps[last + 1 :]
+
+
+def allowed_always(state: StateStore, task: Task, steps: list[dict[str, Any]]) -> set[str]:
+    """Tools a person approved with ``--always``: ``allow`` steps on the tree's root."""
+    root_steps = steps if task.is_root else state.steps(task.root_id)
+    return {str(s["tool"]) for s in root_steps if s.get("kind") == "allow"}
 
 
 class AgentLoop:
@@ -183,6 +235,7 @@ class AgentLoop:
         self.deadline = deadline
         self.after_tools = after_tools  # e.g. save the workspace's files as artifacts
         self.spent = Usage()  # the calls this run made (a resumed task's earlier ones excluded)
+        self.always: set[str] = set()  # tools a person allowed for the rest of the tree
         self._n = 0
         self._lock = threading.Lock()
 
@@ -190,9 +243,14 @@ class AgentLoop:
     def _record(self, data: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
         if data.get("kind") != "model":  # a model turn goes back as it came (signatures)
             data = redacted(data)
+        event = redacted(event)  # the event log, `task watch` and the WebSocket see it
         with self._lock:
             n = self._n
-            if not self.state.record_step(self.task.id, self.task.root_id, n, data, event):
+            while not self.state.record_step(self.task.id, self.task.root_id, n, data, event):
+                taken = next((s for s in self.state.steps(self.task.id) if s["n"] == n), {})
+                if taken.get("kind") in TREE_MARKS:  # a person paused the tree meanwhile
+                    n += 1
+                    continue
                 raise TaskCancelled(
                     f"step {n} of task {self.task.id} was written by another agent; "
                     "it has taken the task over"
@@ -201,8 +259,9 @@ class AgentLoop:
         return data
 
     def _steps(self) -> list[dict[str, Any]]:
-        steps = self.state.steps(self.task.id)
-        self._n = len(steps)
+        every = self.state.steps(self.task.id)
+        self._n = len(every)
+        steps = current(every)
         if steps:
             return steps
         prompt = {
@@ -224,9 +283,12 @@ class AgentLoop:
             system=first.get("system", self.base.system),
             prompt_prefix=first.get("prefix", self.base.prompt_prefix),
             prompt=first.get("prompt", self.base.prompt),
+            # the model the task began with: thinking blocks are tied to it
+            model=first.get("model", self.base.model),
             tools=self.tools.specs(),
         )
         r = replay(steps)
+        self.always = allowed_always(self.state, self.task, steps)
         if r.model_turns:
             log.info(
                 "task %s: resuming after %d step(s), %d model turn(s)",
@@ -237,6 +299,7 @@ class AgentLoop:
         continuations = 0
         while True:
             self._check_cancel()
+            self._check_paused()
             if r.pending:
                 self._resolve(r)
                 continue
@@ -318,16 +381,59 @@ class AgentLoop:
         )
 
     def _resolve(self, r: Replay) -> None:
-        """Run (or account for) every call of the last turn that has no result yet."""
+        """Run (or account for) every call of the last turn that has no result yet; calls
+        an ``ask`` rule holds without an answer park the task (``AwaitingApproval``)."""
+        if r.last is not None and r.last.get("stop_reason") == "max_tokens":
+            for call in r.pending:  # its input may be cut short: never run it
+                if call.id not in r.results:
+                    self._give(r, call, CUT_OFF, True)
+            _close_pending(r)
+            return
+        ctx = self.tools.context(self.workspace, cancel=self.base.cancel, deadline=self.deadline)
         todo: list[ToolCall] = []
+        held: list[ToolCall] = []
+        approved: set[str] = set()
         for call in r.pending:
             if call.id in r.results:
                 continue
-            if call.id in r.started and not self.tools.idempotent(call.name):
-                content = UNKNOWN_OUTCOME.format(tool=call.name)
-                self._result(call, content, True, 0.0)
-                r.results[call.id] = ToolResult(call.id, content, True)
-                continue
+            verdict = self._verdict(call, r, ctx)
+            if verdict == "held":
+                held.append(call)
+            elif verdict != "answered" and not self._unknown(call, r):
+                if verdict == "approved":
+                    approved.add(call.id)
+                todo.append(call)
+        self._run_calls(todo, approved, ctx, r)
+        if held:
+            self._hold(held, r)
+        _close_pending(r)
+
+    def _verdict(self, call: ToolCall, r: Replay, ctx: Any) -> str:
+        """``run``, ``approved`` (a person said yes), ``answered`` (no: its result is the
+        rejection) or ``held`` (an ``ask`` rule waits for a person)."""
+        if _value(self.tools.decide(call.name, call.input, ctx)) != "ask":
+            return "run"
+        answer = r.answers.get(call.id)
+        if answer is None:
+            return "approved" if call.name in self.always else "held"
+        if answer.get("decision") == "reject":
+            self._give(r, call, f"A person rejected this call: {answer.get('reason') or '-'}", True)
+            return "answered"
+        return "approved"
+
+    def _unknown(self, call: ToolCall, r: Replay) -> bool:
+        """A call that started before its agent died and must not simply run again."""
+        if call.id in r.started and not self.tools.idempotent(call.name):
+            self._give(r, call, UNKNOWN_OUTCOME.format(tool=call.name), True)
+            return True
+        return False
+
+    def _give(self, r: Replay, call: ToolCall, content: str, is_error: bool) -> None:
+        self._result(call, content, is_error, 0.0)
+        r.results[call.id] = ToolResult(call.id, content, is_error)
+
+    def _run_calls(self, todo: list[ToolCall], approved: set[str], ctx: Any, r: Replay) -> None:
+        for call in todo:
             if call.id not in r.started:
                 self._record(
                     {
@@ -338,20 +444,30 @@ class AgentLoop:
                     },
                     {"kind": "tool_start", "tool": call.name, "input": short(call.input)},
                 )
-            todo.append(call)
-        if todo:
-            ctx = self.tools.context(
-                self.workspace, cancel=self.base.cancel, deadline=self.deadline
-            )
-            started = time.monotonic()
-            outputs = self.tools.run(todo, ctx)
-            took = time.monotonic() - started
-            if self.after_tools is not None:  # the files first: a result never outruns them
-                self.after_tools()
-            for call, out in zip(todo, outputs, strict=True):
-                self._result(call, out.content, out.is_error, took)
-                r.results[call.id] = ToolResult(call.id, out.content, out.is_error)
-        _close_pending(r)
+        if not todo:
+            return
+        started = time.monotonic()
+        outputs = self.tools.run(todo, ctx, approved=approved)
+        took = time.monotonic() - started
+        if self.after_tools is not None:  # the files first: a result never outruns them
+            self.after_tools()
+        for call, out in zip(todo, outputs, strict=True):
+            self._result(call, out.content, out.is_error, took)
+            r.results[call.id] = ToolResult(call.id, out.content, out.is_error)
+
+    def _hold(self, calls: list[ToolCall], r: Replay) -> None:
+        for call in calls:
+            if call.id not in r.awaiting:
+                self._record(
+                    {
+                        "kind": "awaiting_approval",
+                        "call_id": call.id,
+                        "name": call.name,
+                        "input": call.input,
+                    },
+                    {"kind": "awaiting_approval", "tool": call.name, "input": short(call.input)},
+                )
+        raise AwaitingApproval(calls)
 
     def _result(self, call: ToolCall, content: str, is_error: bool, took: float) -> None:
         self._record(
@@ -375,6 +491,14 @@ class AgentLoop:
             usage=self.spent,
             stop_reason=str(last.get("stop_reason") or "end_turn"),
         )
+
+    def _check_paused(self) -> None:
+        """Between steps: a paused tree takes no new step (the last turn has finished)."""
+        from orchestra_cli.engine.approvals import is_paused
+
+        if is_paused(self.state, self.task.root_id):
+            self._record({"kind": "paused"}, {"kind": "paused"})
+            raise Paused(self.task.root_id)
 
     def _check_cancel(self) -> None:
         cancel = self.base.cancel

@@ -15,14 +15,14 @@ import threading
 from orchestra_cli import __version__, tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery, publish_run
-from orchestra_cli.engine import blockers
+from orchestra_cli.engine import blockers, plan_review
 from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator
 from orchestra_cli.engine.planner import Plan, Planner
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.worker import Ack, Action, ConsumerLoop, DeadLetter
-from orchestra_cli.errors import NotFoundError, TransitionRejected
+from orchestra_cli.errors import NotFoundError, OrchestraError, TransitionRejected
 from orchestra_cli.models import (
     MSG_RESULT,
     MSG_SUBMIT,
@@ -74,10 +74,18 @@ class Orchestrator:
             version=__version__,
         )
         self.directory = AgentDirectory(self.state, backends.settings.agents.ttl_seconds)
+        from orchestra_cli.engine.recovery import DeadAgentWatch
+
+        self.watch = DeadAgentWatch(backends)  # takeovers; and whether heartbeats are fresh
 
     def run(self, stop: threading.Event) -> None:
         log.info("orchestrator %s started", self.name)
-        for target, label in ((self._sweep_loop, "sweep"), (self._presence_loop, "presence")):
+        loops = (
+            (self._sweep_loop, "sweep"),
+            (self._presence_loop, "presence"),
+            (self._takeover_loop, "takeover"),
+        )
+        for target, label in loops:
             threading.Thread(
                 target=target, args=(stop,), name=f"{self.name}-{label}", daemon=True
             ).start()
@@ -116,9 +124,24 @@ class Orchestrator:
             return
         while not stop.wait(interval):
             try:
-                locked_sweep(self.b, ttl=interval * 2)
+                # just after a state outage every heartbeat is stale: orphans wait a round
+                locked_sweep(self.b, ttl=interval * 2, orphans=self.watch.settled())
             except Exception:  # the next sweep tries again; it must never stop the loop
                 log.exception("recovery sweep failed")
+
+    def _takeover_loop(self, stop: threading.Event) -> None:
+        """Take over a dead agent's running tasks within its TTL (plus a poll)."""
+        from orchestra_cli.engine.recovery import DEAD_AGENT_POLL_SECONDS
+
+        if self.b.settings.tasks.recovery_interval_seconds <= 0:
+            return  # recovery switched off: no takeovers either
+        while not stop.wait(DEAD_AGENT_POLL_SECONDS):
+            try:
+                self.watch.poll()
+            except OrchestraError as exc:  # an outage: the next poll tries again
+                log.debug("dead-agent watch: %s", exc)
+            except Exception:  # it must never stop the loop
+                log.exception("dead-agent watch failed")
 
     # -- dispatch on message type -----------------------------------------
     def handle(self, delivery: Delivery) -> Action:
@@ -155,7 +178,13 @@ class Orchestrator:
     @tracing.traced(tracing.plan_span)
     def _plan(self, task: Task) -> None:
         caps = self.capabilities()
-        plan = self.planner.plan(task, caps)
+        if plan_review.wants_review(task, self.b.settings.tasks.review_plans):
+            reviewed = self._reviewed_plan(task, caps)
+            if reviewed is None:
+                return  # it waits for a person now
+            plan = reviewed
+        else:
+            plan = self.planner.plan(task, caps)
         self._log_decision(task, plan)
         if not plan.decomposed:
             # the route decision rides on the queued event: one state write, not two
@@ -182,6 +211,47 @@ class Orchestrator:
         except TransitionRejected:
             return  # another orchestrator planned it first
         self._advance_children(task.id)
+
+    def _reviewed_plan(self, task: Task, caps: set[str]) -> Plan | None:
+        """The approved plan, or None after parking a new one for review (plan_review.py)."""
+        recorded, status = plan_review.latest(self.state, task.id)
+        if status == "approved" and recorded is not None:
+            return plan_review.plan_from(recorded["plan"])
+        reasons = plan_review.rejections(self.state, task.id)
+        if len(reasons) >= plan_review.MAX_PLAN_REJECTIONS:
+            self._fail_root(task, f"its plan was rejected {len(reasons)} times: {reasons[-1]}")
+            return None
+        asked = task
+        if reasons:  # plan again, with what the person said
+            notes = "\n".join(f"- {r}" for r in reasons)
+            asked = task.model_copy(
+                update={"input": f"{task.input}\n\n# A person rejected earlier plans\n{notes}"}
+            )
+        plan = self.planner.plan(asked, caps)
+        self.b.journals.decisions.write({**plan.record(task), "review": "waiting"})
+        plan_review.record(self.state, task, "plan", plan=plan_review.plan_json(plan))
+        try:
+            self.state.transition(
+                task.id,
+                Status.BLOCKED,
+                expect_status=[Status.PENDING],
+                event_data={
+                    "reason": "plan review",
+                    "waits_for": [f"plan by {plan.planner}: {len(plan.subtasks) or 1} step(s)"],
+                    "hint": f"orchestra task plan {task.id}; then approve or reject --reason",
+                },
+            )
+        except TransitionRejected:
+            pass  # planned by another orchestrator meanwhile
+        return None
+
+    def _fail_root(self, task: Task, error: str) -> None:
+        try:
+            self.state.transition(
+                task.id, Status.FAILED, expect_status=[Status.PENDING], error=error
+            )
+        except TransitionRejected:
+            pass
 
     def _log_decision(self, task: Task, plan: Plan) -> None:
         self.b.journals.decisions.write(plan.record(task))
@@ -236,6 +306,10 @@ class Orchestrator:
                 pass
             return
         if all(d.status == Status.SUCCEEDED for d in deps):
+            from orchestra_cli.engine.approvals import is_paused
+
+            if is_paused(self.state, task.root_id):  # `task resume` dispatches it
+                return
             self._dispatch(task, task.capability or "")
 
     # -- results -----------------------------------------------------------

@@ -11,6 +11,7 @@ so a sweep racing the normal flow, or another orchestrator's sweep, is harmless.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from orchestra_cli.util import now
 log = logging.getLogger(__name__)
 
 SCAN_LIMIT = 10_000
+DEAD_AGENT_POLL_SECONDS = 0.5  # how soon after its TTL a dead agent's tasks are taken over
 LOCK_NAME = "recovery-sweep"
 
 
@@ -86,18 +88,29 @@ class Recovery:
                 return True
         return False
 
-    def scan(self) -> list[Finding]:
-        """What a sweep would do, without doing it."""
+    def scan(self, *, orphans: bool = True) -> list[Finding]:
+        """What a sweep would do, without doing it. ``orphans=False`` leaves running
+        tasks alone (just after a state outage every heartbeat looks stale)."""
         state = self.b.state
         at = now()
         agents = {a.name: a for a in state.list_agents()}
         findings = []
-        for task in state.list_tasks(status=[Status.RUNNING.value], limit=SCAN_LIMIT):
+        running = (
+            state.list_tasks(status=[Status.RUNNING.value], limit=SCAN_LIMIT) if orphans else []
+        )
+        for task in running:
             reason = self._orphan_reason(task, agents, at)
             if reason:
                 findings.append(Finding(task.id, task.status, "requeue", reason))
         ended: dict[str, bool] = {}
+        paused: dict[str, bool] = {}  # a paused tree's pending work waits for `task resume`
         for task in state.list_tasks(status=[Status.PENDING.value], limit=SCAN_LIMIT):
+            if task.root_id not in paused:
+                from orchestra_cli.engine.approvals import is_paused
+
+                paused[task.root_id] = is_paused(state, task.root_id)
+            if paused[task.root_id]:
+                continue
             if at - task.updated_at > self.stale and not self._awaits_dependency(task, ended):
                 findings.append(
                     Finding(
@@ -154,11 +167,15 @@ class Recovery:
                 )
         return findings
 
-    def sweep(self, *, dry_run: bool = False) -> list[Finding]:
+    def sweep(self, *, dry_run: bool = False, orphans: bool = True) -> list[Finding]:
         """Scan, then (unless ``dry_run``) apply each finding; returns them."""
-        findings = self.scan()
-        if dry_run:
-            return findings
+        findings = self.scan(orphans=orphans)
+        if not dry_run:
+            self.apply(findings)
+        return findings
+
+    def apply(self, findings: list[Finding]) -> None:
+        """Act on each finding (``done`` says whether it was still needed)."""
         for finding in findings:
             try:
                 finding.done = self._apply(finding)
@@ -181,7 +198,6 @@ class Recovery:
                     }
                 )
         metrics.recovered(findings)
-        return findings
 
     def _apply(self, finding: Finding) -> bool:
         state, broker = self.b.state, self.b.broker
@@ -220,6 +236,65 @@ class Recovery:
         return True
 
 
+class DeadAgentWatch:
+    """Takes over a dead agent's running tasks as soon as its heartbeat expires.
+
+    A killed agent's messages come back by themselves, but one that hangs
+    (SIGSTOP, a partition) keeps its connection, and its messages, until the
+    broker's heartbeat gives up; the periodic sweep then found its tasks 12-27 s
+    late. Polled every DEAD_AGENT_POLL_SECONDS: an agent seen alive that is now
+    past ``agents.ttl_seconds`` has its running tasks queued again at once.
+    After a failed read (the state store unreachable) nobody counts as seen
+    alive, so heartbeats that went stale in an outage take no live agent's work.
+
+    A hung agent still holds its broker connection, and RabbitMQ hands a message
+    to any consumer with room under its prefetch — the hung one included — so a
+    taken-over task's message goes out once more per slot the dead agent had
+    free: one copy at least reaches a live agent (the others find the task
+    running elsewhere, or done, and are settled as any duplicate is).
+    """
+
+    def __init__(self, backends: Backends) -> None:
+        self.b = backends
+        self.ttl = backends.settings.agents.ttl_seconds
+        self._alive: set[str] = set()
+        self._failed_at: float | None = None  # monotonic time of the last failed read
+        # how long after an outage heartbeats may still be stale: a TTL and two beats
+        self.settle_seconds = self.ttl + 2 * backends.settings.agents.heartbeat_seconds
+
+    def settled(self) -> bool:
+        """No failed read for ``settle_seconds``: heartbeats can be believed again (the
+        sweep leaves running tasks alone until then)."""
+        failed = self._failed_at
+        return failed is None or time.monotonic() - failed > self.settle_seconds
+
+    def poll(self) -> list[Finding]:
+        """One look at the registry; the takeovers it made."""
+        try:
+            agents = self.b.state.list_agents()
+        except OrchestraError:
+            self._alive = set()
+            self._failed_at = time.monotonic()
+            raise
+        alive = {a.name for a in agents if a.is_alive(self.ttl)}
+        expired, self._alive = self._alive - alive, alive
+        spare = {a.name: max(0, a.concurrency - len(a.current)) for a in agents}
+        taken = []
+        for name in sorted(expired):
+            running = self.b.state.list_tasks(
+                status=[Status.RUNNING.value], agent=name, limit=SCAN_LIMIT
+            )
+            why = f"agent {name} stopped heartbeating (agents.ttl_seconds={self.ttl:g})"
+            findings = [Finding(t.id, t.status, "requeue", why) for t in running if t.agent == name]
+            Recovery(self.b).apply(findings)
+            for finding in (f for f in findings if f.done):
+                task = self.b.state.get_task(finding.task_id)
+                for _ in range(spare.get(name, 0)):  # the copies a hung consumer may absorb
+                    publish_run(self.b.broker, task)
+                taken.append(finding)
+        return taken
+
+
 def prune_agents(backends: Backends) -> list[str]:
     """Forget agents (and orchestrators) silent for ``agents.prune_after_seconds``."""
     cutoff = now() - backends.settings.agents.prune_after_seconds
@@ -230,7 +305,7 @@ def prune_agents(backends: Backends) -> list[str]:
     return gone
 
 
-def locked_sweep(backends: Backends, ttl: float) -> list[Finding] | None:
+def locked_sweep(backends: Backends, ttl: float, *, orphans: bool = True) -> list[Finding] | None:
     """One sweep (and registry pruning) under the store's lock when it has one (Redis).
 
     None when another orchestrator holds the lock and is sweeping right now.
@@ -240,7 +315,7 @@ def locked_sweep(backends: Backends, ttl: float) -> list[Finding] | None:
     if lock is not None and not lock.acquire():
         return None
     try:
-        findings = Recovery(backends).sweep()
+        findings = Recovery(backends).sweep(orphans=orphans)
         prune_agents(backends)
         return findings
     finally:

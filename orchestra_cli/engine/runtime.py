@@ -23,7 +23,7 @@ from orchestra_cli.engine.aggregator import Aggregator, ConcatAggregator, LLMAgg
 from orchestra_cli.engine.orchestrator import Orchestrator
 from orchestra_cli.engine.planner import Planner, RuleBasedPlanner
 from orchestra_cli.engine.roles import RoleDefinition, get_role
-from orchestra_cli.errors import ExitStatus
+from orchestra_cli.errors import ExitStatus, OrchestraError
 from orchestra_cli.llm.prompts import PromptLibrary
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class Runtime:
     roles: dict[str, RoleDefinition]
     components: list[Component] = field(default_factory=list)
     sources: Mapping[str, str] = field(default_factory=dict)  # where each setting came from
+    # what ended a component without a stop being asked for (run_until_stopped raises it)
+    failures: list[BaseException] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.backends.start_background()
@@ -99,6 +101,17 @@ class Runtime:
             aggregator=self.aggregator(),
         )
         self.components.append(orch)
+        notify = self.backends.settings.notify
+        if notify.webhook_url:  # inbox and tree_failed events, from this process
+            from orchestra_cli.logs import register_secret
+            from orchestra_cli.notify import SECRET_NAME, Notifier
+
+            secret = self.secrets.get(SECRET_NAME)
+            if secret:
+                register_secret(secret)
+            self.components.append(
+                Notifier(self.backends, notify.webhook_url, secret, notify.timeout)
+            )
         return orch
 
     def add_agent(
@@ -121,18 +134,25 @@ class Runtime:
         threads = []
         for comp in self.components:
             thread = threading.Thread(
-                target=_run_component, args=(comp, stop), name=comp.name, daemon=True
+                target=_run_component,
+                args=(comp, stop, self.failures),
+                name=comp.name,
+                daemon=True,
             )
             thread.start()
             threads.append(thread)
         return threads
 
 
-def _run_component(comp: Component, stop: threading.Event) -> None:
+def _run_component(comp: Component, stop: threading.Event, failures: list[BaseException]) -> None:
     try:
         comp.run(stop)
-    except Exception:
-        log.exception("%s crashed; stopping the process", comp.name)
+    except Exception as exc:
+        if isinstance(exc, OrchestraError):
+            log.error("%s stopped: %s; stopping the process", comp.name, exc)
+        else:
+            log.exception("%s crashed; stopping the process", comp.name)
+        failures.append(exc)
         stop.set()
 
 
@@ -158,7 +178,9 @@ def install_stop_signals(stop: threading.Event, notify: Callable[[str], None]) -
 
 
 def run_until_stopped(runtime: Runtime, stop: threading.Event) -> None:
-    """Start every component and wait until all have stopped."""
+    """Start every component and wait until all have stopped; raise what ended one
+    unasked (a broker given up on is BrokerUnavailable: exit 3), so a process that
+    stops by itself never exits 0."""
     threads = runtime.start(stop)
     while any(t.is_alive() for t in threads):
         for t in threads:
@@ -167,3 +189,5 @@ def run_until_stopped(runtime: Runtime, stop: threading.Event) -> None:
                 break
     for t in threads:
         t.join()
+    if runtime.failures:
+        raise runtime.failures[0]

@@ -44,11 +44,18 @@ from orchestra_cli.models import (
 from orchestra_cli.status import TERMINAL, Status
 
 if TYPE_CHECKING:
+    from orchestra_cli.engine.approvals import Waiting
     from orchestra_cli.engine.workspace import FileEntry
 
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
+# every task record carries these into each `task list --json`, API page and event
+MAX_TITLE_CHARS = 500
+MAX_LABELS = 50
+MAX_LABEL_KEY_CHARS = 100
+MAX_LABEL_VALUE_CHARS = 1000
+MAX_KEY_CHARS = 200  # an idempotency key
 _SURROGATES = re.compile("[\ud800-\udfff]")
 WAIT_STEP_SECONDS = 1.0  # longest block in ``wait`` before its deadline is checked
 WAIT_FLUSH_SECONDS = 2.0  # longest ``wait`` spends asking the broker about its messages
@@ -98,6 +105,31 @@ def _title_from(text: str) -> str:
     return first if len(first) <= TITLE_LENGTH else first[: TITLE_LENGTH - 1] + "…"
 
 
+def _check_sizes(req: SubmitRequest) -> None:
+    """Titles, labels and keys are small; the text is the place for anything long."""
+    if req.title is not None and len(req.title) > MAX_TITLE_CHARS:
+        raise UsageError(
+            f"the title is {len(req.title):,} characters, over the {MAX_TITLE_CHARS} limit",
+            "shorten it (the task text holds the detail; a title defaults to its first line)",
+        )
+    labels = req.labels or {}
+    if len(labels) > MAX_LABELS:
+        raise UsageError(f"{len(labels)} labels, over the {MAX_LABELS} limit", "use fewer labels")
+    for key, value in labels.items():
+        if len(key) > MAX_LABEL_KEY_CHARS or len(value) > MAX_LABEL_VALUE_CHARS:
+            raise UsageError(
+                f"label {key[:40]!r} is too long",
+                f"keys up to {MAX_LABEL_KEY_CHARS} characters, values up to "
+                f"{MAX_LABEL_VALUE_CHARS}",
+            )
+    if req.idempotency_key is not None and len(req.idempotency_key) > MAX_KEY_CHARS:
+        raise UsageError(
+            f"the idempotency key is {len(req.idempotency_key):,} characters, over the "
+            f"{MAX_KEY_CHARS} limit",
+            "use a shorter key (a hash of a long one works)",
+        )
+
+
 class TaskService:
     def __init__(
         self,
@@ -133,6 +165,11 @@ class TaskService:
                 raise UsageError(f"{what} is not UTF-8", "convert it to UTF-8")
         if req.idempotency_key is not None and not req.idempotency_key.strip():
             raise UsageError("the idempotency key is empty", "give a key, or leave the option out")
+        _check_sizes(req)
+        if any(key.startswith("budget_") for key in req.labels or {}):
+            from orchestra_cli.engine.budget import check_budget_labels  # llm.* is not cheap
+
+            check_budget_labels(req.labels or {})
         if len(req.text.encode("utf-8")) > limit:
             raise UsageError(
                 f"task text is {len(req.text.encode()):,} bytes, over the {limit:,}-byte limit",
@@ -228,6 +265,30 @@ class TaskService:
             self.b.journals.decisions.write(plan.record(stored))
         return stored, created
 
+    def resubmit_lost(self, spec: dict[str, Any]) -> tuple[Task, bool]:
+        """A root task the state store lost, from the submission its messages carried
+        (``broker.base.task_spec``): stored again under its id as pending and handed to
+        the orchestrator; (task, created) — not created when the id exists again."""
+        from orchestra_cli.schema import SchemaError
+
+        try:
+            task = Task.model_validate({**spec, "status": Status.PENDING.value})
+        except SchemaError as exc:
+            raise UsageError(f"a dead letter's task cannot be read: {exc}", "see the log") from exc
+        self.validate(
+            SubmitRequest(
+                text=task.input,
+                title=task.title,
+                labels=task.labels,
+                idempotency_key=task.idempotency_key,
+            )
+        )
+        stored, created = self.state.create_task(task)
+        if created:
+            with _undelivered(stored.id, state_too=True):
+                publish_submit(self.b.broker, stored)
+        return stored, created
+
     def flush(self) -> None:
         """Wait until every message ``submit(confirm=False)`` sent is durable."""
         self.b.broker.flush()
@@ -294,6 +355,74 @@ class TaskService:
         task = self.get(task_id)
         return task, [redacted(step) for step in self.state.steps(task.id)]
 
+    def inbox(self) -> list[Waiting]:
+        """Everything waiting for a person (``orchestra inbox``)."""
+        from orchestra_cli.engine.approvals import inbox
+
+        return inbox(self.state)
+
+    def waiting(self, task: Task) -> list[Waiting]:
+        """What a blocked task waits for."""
+        from orchestra_cli.engine.approvals import waiting
+
+        return waiting(self.state, task)
+
+    def answer(
+        self,
+        task_id: str,
+        *,
+        approve: bool,
+        reason: str = "",
+        step: int | None = None,
+        always: bool = False,
+    ) -> Task:
+        """Approve or reject a blocked task's waiting call(s) (``task approve|reject``)."""
+        from orchestra_cli.engine.approvals import answer
+
+        task = self.get(task_id)
+        return answer(
+            self.state,
+            self.b.broker,
+            task,
+            approve=approve,
+            reason=reason,
+            step=step,
+            always=always,
+        )
+
+    def plan(self, task_id: str, replace_with: Path | None = None) -> tuple[Task, dict[str, Any]]:
+        """The plan a root waits on review with (``task plan``); ``replace_with``: a person's
+        plan file, checked like a model's, recorded as the plan to approve."""
+        from orchestra_cli.engine import plan_review
+
+        task = self.get(task_id)
+        recorded = plan_review.under_review(self.state, task)
+        if recorded is None:
+            latest, status = plan_review.latest(self.state, task.id)
+            if replace_with is not None or latest is None:
+                raise UsageError(
+                    f"task {task.id} has no plan waiting for review ({task.status})",
+                    "submit with --review-plan (or set tasks.review_plans) to review plans",
+                )
+            return task, {**plan_review.plan_shown(latest), "status": status}
+        if replace_with is not None:
+            plan = plan_review.read_plan_file(replace_with, self.capabilities())
+            plan_review.record(self.state, task, "plan", plan=plan, by="operator")
+            recorded = plan_review.under_review(self.state, task) or recorded
+        return task, {**plan_review.plan_shown(recorded), "status": "review"}
+
+    def pause(self, task_id: str) -> Task:
+        """Stop a tree taking new steps (``task pause``); returns its root."""
+        from orchestra_cli.engine.approvals import pause
+
+        return pause(self.state, self.get(task_id))
+
+    def resume(self, task_id: str) -> list[Task]:
+        """Let a paused tree go on (``task resume``); returns the tasks put back."""
+        from orchestra_cli.engine.approvals import resume
+
+        return resume(self.state, self.b.broker, self.get(task_id))
+
     def files(self, task_id: str) -> tuple[Task, list[FileEntry]]:
         """A root's tree's final files, or a subtask's own changes (``task files``)."""
         from orchestra_cli.engine.workspace import task_files, tree_files
@@ -356,36 +485,50 @@ class TaskService:
         except OrchestraError as exc:  # a hint only: agents also learn it from state
             log.warning("control message not sent (%s); agents will see it at their heartbeat", exc)
 
-    def retry(self, task_id: str) -> Task:
+    def retry(self, task_id: str, note: str | None = None) -> Task:
         """Run a failed or cancelled task again (for a parent: its unfinished subtasks).
 
         Subtasks cancelled because this one failed (their dependency) are reopened
         too. Everything is reopened bottom-up — subtasks, then the task, then its
         finished ancestors — and only then published, so no result can find a
         half-reopened tree and aggregate it as failed again.
+
+        With ``note`` (feedback) a finished step — succeeded too — runs again from
+        scratch with the note added to its input, and so do its dependents that
+        already ran.
         """
         task = self.state.get_task(task_id)
-        if task.status not in (Status.FAILED, Status.CANCELLED):
+        allowed = (Status.FAILED, Status.CANCELLED) + ((Status.SUCCEEDED,) if note else ())
+        if task.status not in allowed:
             raise UsageError(
                 f"task {task.id} has status {task.status}",
-                "only failed or cancelled tasks can be retried",
+                "only finished tasks can be retried with --note"
+                if note
+                else "only failed or cancelled tasks can be retried (--note TEXT re-runs a "
+                "succeeded step with your feedback)",
+            )
+        if note is not None and self.state.children(task.id):
+            raise UsageError(
+                f"task {task.id} has subtasks: --note re-runs one step",
+                "give the id of the subtask to send back (`orchestra task get` lists them)",
             )
         to_publish: list[Task] = []
-        self._reopen(task, to_publish)
+        self._reopen(task, to_publish, note=note)
         if task.parent_id is not None:
             siblings = {t.id: t for t in self.state.children(task.parent_id)}
             unblocked = [task.id]
             while unblocked:  # and whatever was cancelled because those failed, transitively
                 failed_id = unblocked.pop()
                 for sibling in list(siblings.values()):
-                    if _blocked_by(sibling, failed_id):
-                        self._reopen(sibling, to_publish)
+                    ran = note is not None and failed_id in sibling.depends_on
+                    if (ran and sibling.status in TERMINAL) or _blocked_by(sibling, failed_id):
+                        self._reopen(sibling, to_publish, note="" if ran else None)
                         del siblings[sibling.id]
                         unblocked.append(sibling.id)
         parent_id = task.parent_id
         while parent_id is not None:  # reopen finished ancestors so they aggregate again
             parent = self.state.get_task(parent_id)
-            if parent.status in (Status.FAILED, Status.CANCELLED):
+            if parent.status in TERMINAL:
                 try:
                     self.state.transition(
                         parent.id,
@@ -402,18 +545,27 @@ class TaskService:
             publish_submit(self.b.broker, leaf)
         return self.state.get_task(task.id)
 
-    def _reopen(self, task: Task, to_publish: list[Task]) -> None:
+    def _reopen(self, task: Task, to_publish: list[Task], *, note: str | None = None) -> None:
+        """``note`` (not None): a step run again from scratch, the note (if any) in its input."""
         children = self.state.children(task.id)
         for child in children:
             if child.status in (Status.FAILED, Status.CANCELLED):
                 self._reopen(child, to_publish)
+        changes: dict[str, Any] = {}
+        if note is not None:
+            from orchestra_cli.engine.loop import restart
+
+            restart(self.state, task, note)  # its loop starts afresh (history kept)
+            if note:
+                changes["input"] = f"{task.input}\n\n# A note on your previous attempt\n{note}"
         reopened = self.state.transition(
             task.id,
             Status.WAITING if children else Status.PENDING,
             expect_version=task.version,
             attempts=0,
             error=None,
-            event_data={"by": "operator"},
+            event_data={"by": "operator", **({"note": note} if note else {})},
+            **changes,
         )
         if not children:
             to_publish.append(reopened)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 from orchestra_cli import tracing
 from orchestra_cli.broker.base import Broker, Consumer, Delivery
-from orchestra_cli.errors import OrchestraError
+from orchestra_cli.errors import BrokerUnavailable, OrchestraError, StateUnavailable
 
 log = logging.getLogger(__name__)
 
 HANDLER_ERROR_RETRY_SECONDS = 1.0
+OUTAGE_RETRY_SECONDS = 2.0  # a message whose handler could not reach a service, again after
 POLL_SECONDS = 0.1
 COMPACT_AFTER = 1024  # cancelled deadlines kept before the heap is rebuilt
 
@@ -134,6 +135,17 @@ class ConsumerLoop:
         try:
             with tracing.consumed(delivery.envelope):
                 return self.handler(delivery)
+        except (StateUnavailable, BrokerUnavailable) as exc:
+            # nothing is wrong with the message: an outage must not make healthy work
+            # poison (each failed try counted as a delivery: dead letters in a long one)
+            log.warning(
+                "handling %s: %s; trying again in %gs (not counted as a delivery)",
+                delivery.envelope.type,
+                exc.message,
+                OUTAGE_RETRY_SECONDS,
+                extra={"task_id": delivery.envelope.task_id},
+            )
+            return Defer(OUTAGE_RETRY_SECONDS)
         except OrchestraError as exc:
             log.warning(
                 "handling %s failed: %s; retrying",

@@ -43,36 +43,49 @@ class FileEntry:
     task_id: str
 
 
-def scan(directory: Path) -> dict[str, bytes]:
-    """Every regular file under ``directory`` (symlinks are not followed), by relative path."""
+def scan(directory: Path) -> tuple[dict[str, bytes], set[str]]:
+    """Every regular file under ``directory`` (symlinks are not followed), by relative
+    path, and the paths left out for the caps (kept in the workspace, not saved)."""
     files: dict[str, bytes] = {}
+    skipped: set[str] = set()
     total = 0
     for path in sorted(directory.rglob("*")):
         if path.is_symlink() or not path.is_file():
             continue
         size = path.stat().st_size
         rel = path.relative_to(directory).as_posix()
-        if size > MAX_FILE_BYTES:
-            log.warning("%s is %d bytes, over %d: not saved", rel, size, MAX_FILE_BYTES)
+        if size > MAX_FILE_BYTES or total + size > MAX_TREE_BYTES or len(files) >= MAX_FILES:
+            log.warning("%s (%d bytes) is over the workspace's caps: not saved", rel, size)
+            skipped.add(rel)
             continue
-        if total + size > MAX_TREE_BYTES or len(files) >= MAX_FILES:
-            log.warning(
-                "workspace %s is over its cap: %s and later files not saved", directory, rel
-            )
-            break
         total += size
         files[rel] = path.read_bytes()
-    return files
+    return files, skipped
 
 
-def read_base(directory: Path) -> dict[str, bytes]:
-    """A directory's files as a tree's base (``task submit --workspace``), within the caps."""
+# never uploaded as a tree's base: secrets, version control, environments, caches
+EXCLUDED_NAMES = frozenset({".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cache"})
+
+
+def _excluded(rel: Path, path: Path, hidden: tuple[Path, ...]) -> bool:
+    if any(part in EXCLUDED_NAMES for part in rel.parts) or rel.name.startswith(".env"):
+        return True
+    real = path.resolve()
+    return any(real == h or h in real.parents for h in hidden)
+
+
+def read_base(directory: Path, hide: tuple[Path, ...] = ()) -> dict[str, bytes]:
+    """A directory's files as a tree's base (``task submit --workspace``), within the caps;
+    ``.env*``, ``.git``, virtualenvs, caches and ``hide`` (orchestra's home) stay out."""
     if not directory.is_dir():
         raise UsageError(f"--workspace {directory} is not a directory", "give a directory")
     files: dict[str, bytes] = {}
     total = 0
+    hidden = tuple(h.resolve() for h in hide)
     for path in sorted(directory.rglob("*")):
         if path.is_symlink() or not path.is_file():
+            continue
+        if _excluded(path.relative_to(directory), path, hidden):
             continue
         rel = path.relative_to(directory).as_posix()
         size = path.stat().st_size
@@ -87,9 +100,23 @@ def read_base(directory: Path) -> dict[str, bytes]:
     return files
 
 
-def layers(task: Task) -> list[str]:
-    """The artifact sets a task starts from, in the order they apply."""
-    return [base_key(task.root_id), *task.depends_on, task.id]
+def layers(state: StateStore, task: Task) -> list[str]:
+    """The artifact sets a task starts from, in the order they apply: the tree's base,
+    the files of its parent (one that delegated it has some), every task it depends on
+    (directly or not) in the plan's order, then its own."""
+    seen: dict[str, Task] = {}
+    todo = list(task.depends_on)
+    while todo:
+        dep_id = todo.pop()
+        if dep_id in seen:
+            continue
+        dep = state.get_task(dep_id)
+        seen[dep_id] = dep
+        todo.extend(dep.depends_on)
+    ordered = [t.id for t in sorted(seen.values(), key=lambda t: t.created_at)]
+    # a parent's own files (a delegating parent has some; a planned one none)
+    parent = [task.parent_id] if task.parent_id and task.parent_id not in seen else []
+    return [base_key(task.root_id), *parent, *ordered, task.id]
 
 
 class Workspace:
@@ -107,21 +134,32 @@ class Workspace:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
         owner: dict[str, tuple[str, str]] = {}  # path → (hash, task that wrote it)
-        for layer in layers(self.task):
+        for layer in layers(self.state, self.task):
             for rel, (sha, _) in self.state.artifacts(layer).items():
                 before = owner.get(rel)
                 if before and sha and before[0] != sha and layer != self.task.id:
                     self._conflict(rel, before[1], layer)
-                target = self.path / rel
-                if sha is None:
-                    target.unlink(missing_ok=True)
-                    owner.pop(rel, None)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self.state.blob(sha))
-                owner[rel] = (sha, layer)
+                if self._lay(rel, sha, layer, owner) is False:
+                    self._conflict(rel, owner.get(rel, ("", "?"))[1], layer)
         self._known = {rel: sha for rel, (sha, _) in owner.items()}
         return self.path
+
+    def _lay(
+        self, rel: str, sha: str | None, layer: str, owner: dict[str, tuple[str, str]]
+    ) -> bool:
+        """Write one file of a layer; False when a file and a directory of one name clash."""
+        target = self.path / rel
+        try:
+            if sha is None:
+                target.unlink(missing_ok=True)
+                owner.pop(rel, None)
+                return True
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.state.blob(sha))
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            return False
+        owner[rel] = (sha, layer)
+        return True
 
     def _conflict(self, rel: str, first: str, second: str) -> None:
         if first.startswith("base:"):
@@ -138,16 +176,18 @@ class Workspace:
         """Save what changed since the last save as the task's artifacts; how many files."""
         if not self.path.is_dir():
             return 0
-        now = {
-            rel: (hashlib.sha256(data).hexdigest(), data) for rel, data in scan(self.path).items()
-        }
+        found, skipped = scan(self.path)
+        now = {rel: (hashlib.sha256(data).hexdigest(), data) for rel, data in found.items()}
         changes: dict[str, bytes | None] = {
             rel: data for rel, (sha, data) in now.items() if self._known.get(rel) != sha
         }
-        changes.update({rel: None for rel in self._known if rel not in now})
+        # a file over the caps is still there: not a deletion
+        gone = [rel for rel in self._known if rel not in now and rel not in skipped]
+        changes.update(dict.fromkeys(gone))
         if changes:
             self.state.save_artifacts(self.task.id, changes)
-            self._known = {rel: sha for rel, (sha, _) in now.items()}
+            kept = {rel: sha for rel, sha in self._known.items() if rel in skipped}
+            self._known = {**kept, **{rel: sha for rel, (sha, _) in now.items()}}
         return len(changes)
 
     def remove(self) -> None:
@@ -179,11 +219,19 @@ def export(state: StateStore, root_id: str, directory: Path) -> list[FileEntry]:
     files = tree_files(state, root_id)
     directory.mkdir(parents=True, exist_ok=True)
     base = directory.resolve()
+    written: list[FileEntry] = []
     for entry in files.values():
         target = (directory / entry.path).resolve()
         if base not in target.parents:  # a stored path never leaves the directory
             raise UsageError(f"artifact path {entry.path!r} leaves {directory}", "report it")
-        target.parent.mkdir(parents=True, exist_ok=True)
         assert entry.sha is not None
-        target.write_bytes(state.blob(entry.sha))
-    return list(files.values())
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(state.blob(entry.sha))
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            log.warning(
+                "%s clashes with a file or directory of the same name: left out", entry.path
+            )
+            continue
+        written.append(entry)
+    return written

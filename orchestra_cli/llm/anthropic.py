@@ -41,6 +41,7 @@ MAX_LLM_ATTEMPTS = 5  # default: the first call and llm.max_retries (4) retries
 MAX_RETRY_AFTER_SECONDS = 60.0  # a longer retry-after is capped, not obeyed blindly
 MAX_BACKOFF_SECONDS = 30.0
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # and every 5xx, 529 (overloaded) included
+COUNT_TIMEOUT_SECONDS = 10.0  # counting is quick; a budgeted call should not wait long on it
 CANCEL_POLL_SECONDS = 0.1  # a cancel closes an in-flight stream within this (plus a read)
 
 
@@ -118,7 +119,8 @@ class AnthropicProvider:
         for key in ("max_tokens", "stream"):
             params.pop(key, None)
         try:
-            return int(self._client.messages.count_tokens(**params).input_tokens)
+            counted = self._client.messages.count_tokens(**params, timeout=COUNT_TIMEOUT_SECONDS)
+            return int(counted.input_tokens)
         except anthropic.AnthropicError as exc:
             log.warning(
                 "counting tokens at %s failed (%s); reserving an upper bound", self.base_url, exc
@@ -126,7 +128,6 @@ class AnthropicProvider:
             return upper_bound_tokens(request)
 
     def _attempt(self, request: LLMRequest) -> LLMResponse:
-        import anthropic
 
         stream: Any = None
         try:
@@ -135,32 +136,88 @@ class AnthropicProvider:
             with self._client.messages.stream(**_params(request)) as stream:
                 with _WATCH.closing(request.cancel, stream):
                     message = stream.get_final_message()
-        except anthropic.APITimeoutError as exc:
+        except Exception as exc:
             _check_cancel(request.cancel, stream)
+            used = streamed_usage(stream)
+            if used is not None:  # the answer had begun: it is billed, and not retried here
+                raise _broken(exc, used, self.base_url) from exc
+            raise self._before_stream(exc, request) from exc
+        _check_cancel(request.cancel, stream)
+        if message.stop_reason is None:  # the stream ended before message_stop: cut short
+            error = LLMError(
+                f"the answer from {self.base_url} stopped before its end (no stop reason)",
+                "the task is retried; check a proxy between orchestra and the API",
+            )
+            error.usage = streamed_usage(stream)
+            raise error
+        return _response(message)
+
+    def _before_stream(self, exc: Exception, request: LLMRequest) -> Exception:
+        """The orchestra error for a failure before any of the answer arrived."""
+        import anthropic
+
+        if isinstance(exc, anthropic.APITimeoutError):
             err = LLMError(
                 f"the Anthropic API at {self.base_url} timed out",
                 "raise llm.timeout or try again later",
             )
-            raise _Retry(err, None) from exc
-        except anthropic.APIConnectionError as exc:
-            _check_cancel(request.cancel, stream)
+            return _Retry(err, None)
+        if isinstance(exc, anthropic.APIConnectionError | OSError) or (
+            not isinstance(exc, anthropic.AnthropicError)  # the HTTP client's own, e.g. a reset
+        ):
             err = LLMError(
-                f"cannot reach the Anthropic API at {self.base_url}",
+                f"cannot reach the Anthropic API at {self.base_url} ({type(exc).__name__})",
                 "check the network, or ANTHROPIC_BASE_URL / llm.base_url",
             )
-            raise _Retry(err, None) from exc
-        except anthropic.APIStatusError as exc:
+            return _Retry(err, None)
+        if isinstance(exc, anthropic.APIStatusError):
             error = _status_error(exc, request.model)
             if exc.status_code in RETRYABLE_STATUS or exc.status_code >= 500:
-                raise _Retry(error, _retry_after(exc)) from exc
-            raise error from exc
-        except Exception as exc:  # the SDK's or its HTTP client's; a cancel closes the socket
-            _check_cancel(request.cancel, stream)
-            raise LLMError(
-                f"the Anthropic SDK failed: {redact(str(exc))}", "see the log with -v"
-            ) from exc
-        _check_cancel(request.cancel, stream)
-        return _response(message)
+                return _Retry(error, _retry_after(exc))
+            return error
+        return LLMError(f"the Anthropic SDK failed: {redact(str(exc))}", "see the log with -v")
+
+
+def _broken(exc: Exception, used: Usage, base_url: str) -> LLMError:
+    """A stream that broke off (a dropped connection, an error event such as
+    ``overloaded_error`` after the 200): charged for what it had streamed, and retried as
+    a task (a new call reserves its own worst case) rather than inside this one."""
+    kind = ""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        kind = str((body.get("error") or {}).get("type") or "")
+    what = kind or type(exc).__name__
+    error = LLMError(
+        f"the answer from {base_url} broke off ({what}) after it had begun",
+        "the task is retried; a call is charged for what it had streamed",
+    )
+    error.retryable = kind not in ("invalid_request_error", "authentication_error")
+    error.usage = used
+    return error
+
+
+def streamed_usage(stream: Any) -> Usage | None:
+    """What a stream that stopped early had used, or None if none of it arrived.
+
+    ``message_start`` reports the input and 1 output token; the real output count only
+    comes with the last event. So the output is bounded from what was streamed: no
+    token is shorter than a byte."""
+    if stream is None:
+        return None
+    try:
+        snapshot = stream.current_message_snapshot
+    except Exception:  # no message_start yet: nothing was billed
+        return None
+    used = _usage(snapshot.usage)
+    streamed = 0
+    for block in snapshot.content:
+        if block.type == "text":
+            streamed += len(block.text.encode())
+        elif block.type == "thinking":
+            streamed += len(block.thinking.encode())
+        elif block.type == "tool_use":
+            streamed += len(str(block.input).encode())
+    return used.model_copy(update={"output_tokens": max(used.output_tokens, streamed)})
 
 
 class _CancelWatch:
@@ -239,11 +296,7 @@ def _check_cancel(cancel: threading.Event | None, stream: Any = None) -> None:
     if cancel is None or not cancel.is_set():
         return
     error = TaskCancelled("cancelled while calling the model")
-    if stream is not None:
-        try:
-            error.usage = _usage(stream.current_message_snapshot.usage)
-        except Exception:  # the stream stopped before its first event: nothing used
-            error.usage = None
+    error.usage = streamed_usage(stream)
     raise error
 
 

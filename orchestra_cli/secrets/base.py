@@ -7,7 +7,7 @@ from typing import Protocol
 from orchestra_cli.logs import register_secret
 
 # Names orchestra looks up; `config show` reports whether each resolves.
-KNOWN_SECRETS = ("ANTHROPIC_API_KEY", "ORCHESTRA_API_TOKEN")
+KNOWN_SECRETS = ("ANTHROPIC_API_KEY", "ORCHESTRA_API_TOKEN", "ORCHESTRA_WEBHOOK_SECRET")
 
 
 class SecretsProvider(Protocol):

@@ -11,7 +11,12 @@ from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.status import Status, can_transition
 
 # Fields a transition may change besides the status.
-MUTABLE_FIELDS = frozenset({"agent", "result", "error", "attempts", "capability", "usage"})
+# Event sequence numbers: SQLite integers are signed 64-bit and a Redis stream id is
+# read as ``after + 1``, so ``after`` goes up to this (an API query beyond it is a 422)
+MAX_EVENT_SEQ = 2**63 - 2
+MUTABLE_FIELDS = frozenset(
+    {"agent", "result", "error", "attempts", "capability", "usage", "input"}  # input: retry --note
+)
 
 
 class StateStore(Protocol):

@@ -869,6 +869,7 @@ class RedisStateStore:
         try:
             client.ping()
             info = client.info("server")
+            persistence = self._persistence()
         except sys.modules["redis"].RedisError as exc:
             return {"ok": False, "url": self._masked, "error": f"{type(exc).__name__}: {exc}"}
         return {
@@ -876,7 +877,18 @@ class RedisStateStore:
             "url": self._masked,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
             "version": info.get("redis_version"),
+            "persistence": persistence,
         }
+
+    def _persistence(self) -> dict[str, bool | None]:
+        """Whether Redis keeps the data across a restart: AOF on, RDB save points set
+        (None when CONFIG is not allowed, as on some managed services: unknown)."""
+        aof = bool(self.r.info("persistence").get("aof_enabled"))
+        try:
+            save = self.r.config_get("save").get("save")
+        except sys.modules["redis"].ResponseError:
+            return {"aof": aof, "rdb": None}
+        return {"aof": aof, "rdb": bool(save and str(save).strip())}
 
     def purge_namespace(self) -> int:
         """Delete every key under this store's prefix (tests and tools; never FLUSHDB)."""

@@ -343,11 +343,19 @@ RESERVE = (
     + """
 local spent_key, holds_key = ledger_keys(a.root)
 local now = tonumber(redis.call('TIME')[1])
+local mine = redis.call('HGET', holds_key, a.hold)
+if mine then  -- a retry of this very reservation (its reply was lost): the same grant
+  local t = tonumber(string.match(mine, '(%S+)'))
+  return {0, '0', 0, '0', t - a.input}
+end
 local held_t, held_u = 0, 0
 local holds = redis.call('HGETALL', holds_key)
 for i = 1, #holds, 2 do
   local t, u, exp = string.match(holds[i + 1], '(%S+) (%S+) (%S+)')
   if tonumber(exp) < now then
+    -- its call outlived its hold: billed, most likely, by a process that died
+    redis.call('HINCRBY', spent_key, 'tokens', tonumber(t))
+    redis.call('HINCRBYFLOAT', spent_key, 'usd', u)
     redis.call('HDEL', holds_key, holds[i])
   else
     held_t, held_u = held_t + tonumber(t), held_u + tonumber(u)
@@ -394,7 +402,10 @@ return 1
 RECORD_STEP = (
     PRELUDE
     + """
-if redis.call('HSETNX', k('steps', a.id), a.n, a.data) == 0 then return 0 end
+if redis.call('HSETNX', k('steps', a.id), a.n, a.data) == 0 then
+  -- a retry of this very write (its reply was lost) finds its own step: done
+  return redis.call('HGET', k('steps', a.id), a.n) == a.data and 1 or 0
+end
 add_event(a.id, a.root, 'step', a.time, '{}', a.event)
 return 1
 """

@@ -375,10 +375,30 @@ class SQLiteStateStore:
     ) -> Ledger:
         """Hold ``ask``'s worst case (its output lowered to what is left), or refuse."""
         with self.db.write() as conn:
+            mine = conn.execute(
+                "SELECT tokens FROM budget_holds WHERE root_id = ? AND hold_id = ?",
+                (root_id, hold_id),
+            ).fetchone()
+            if mine is not None:  # asked again for the same hold: the same grant
+                return Ledger(granted=int(mine["tokens"]) - ask.input)
             current = now()
-            conn.execute(
-                "DELETE FROM budget_holds WHERE root_id = ? AND expires_at < ?", (root_id, current)
-            )
+            # a hold outlived by its call was billed, most likely, by a process that died:
+            # it counts as spent, not as budget set free
+            expired = conn.execute(
+                "SELECT COALESCE(SUM(tokens), 0) AS t, COALESCE(SUM(usd), 0.0) AS u, COUNT(*) AS n "
+                "FROM budget_holds WHERE root_id = ? AND expires_at < ?",
+                (root_id, current),
+            ).fetchone()
+            if expired["n"]:
+                conn.execute(
+                    "INSERT INTO budget_spent VALUES (?,?,?) ON CONFLICT(root_id) DO UPDATE SET "
+                    "tokens = tokens + excluded.tokens, usd = usd + excluded.usd",
+                    (root_id, int(expired["t"]), float(expired["u"])),
+                )
+                conn.execute(
+                    "DELETE FROM budget_holds WHERE root_id = ? AND expires_at < ?",
+                    (root_id, current),
+                )
             row = conn.execute(
                 "SELECT tokens, usd FROM budget_spent WHERE root_id = ?", (root_id,)
             ).fetchone()

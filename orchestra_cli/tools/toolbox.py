@@ -17,7 +17,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -186,22 +186,33 @@ class Toolbox:
 
     # -- running calls ------------------------------------------------------------
     @overload
-    def run(self, call: ToolCall, ctx: ToolContext) -> ToolOutput: ...
-    @overload
-    def run(self, call: Sequence[ToolCall], ctx: ToolContext) -> list[ToolOutput]: ...
     def run(
-        self, call: ToolCall | Sequence[ToolCall], ctx: ToolContext
+        self, call: ToolCall, ctx: ToolContext, *, approved: Collection[str] = ()
+    ) -> ToolOutput: ...
+    @overload
+    def run(
+        self, call: Sequence[ToolCall], ctx: ToolContext, *, approved: Collection[str] = ()
+    ) -> list[ToolOutput]: ...
+    def run(
+        self,
+        call: ToolCall | Sequence[ToolCall],
+        ctx: ToolContext,
+        *,
+        approved: Collection[str] = (),
     ) -> ToolOutput | list[ToolOutput]:
         """Run one call, or several concurrently (results in call order). A refused or
-        failed call is an error result; only cancellation raises (``TaskCancelled``)."""
+        failed call is an error result; only cancellation raises (``TaskCancelled``).
+        ``approved``: ids of calls a person approved (an ``ask`` rule lets them run)."""
         if isinstance(call, ToolCall):
-            return self._observed(call, ctx)
+            return self._observed(call, ctx, approved)
         calls = list(call)
         if len(calls) <= 1:
-            return [self._observed(c, ctx) for c in calls]
+            return [self._observed(c, ctx, approved) for c in calls]
         # each call in a copy of this thread's context: its span's parent is the caller's
         futures = [
-            self._executor().submit(contextvars.copy_context().run, self._observed, c, ctx)
+            self._executor().submit(
+                contextvars.copy_context().run, self._observed, c, ctx, approved
+            )
             for c in calls
         ]
         concurrent.futures.wait(futures)
@@ -219,17 +230,21 @@ class Toolbox:
                 )
             return self._pool
 
-    def _observed(self, call: ToolCall, ctx: ToolContext) -> ToolOutput:
+    def _observed(
+        self, call: ToolCall, ctx: ToolContext, approved: Collection[str] = ()
+    ) -> ToolOutput:
         """One call in its trace span, counted in the metrics."""
         started = time.monotonic()
         with tracing.span(f"execute_tool {call.name}", tracing.tool_attrs(call)) as span:
-            out = self._run_one(call, ctx)
+            out = self._run_one(call, ctx, approved)
             if out.is_error:
                 tracing.failed(span, out.content)
         metrics.tool_call(call.name, out.is_error, time.monotonic() - started)
         return out
 
-    def _run_one(self, call: ToolCall, ctx: ToolContext) -> ToolOutput:
+    def _run_one(
+        self, call: ToolCall, ctx: ToolContext, approved: Collection[str] = ()
+    ) -> ToolOutput:
         ruling = self.ruling(call.name, call.input, ctx)
         if ruling.decision is Decision.DENY:
             if call.name not in self._local and call.name not in self._mcp_tools:
@@ -237,10 +252,10 @@ class Toolbox:
                     f"{call.name} is not a tool of this role; use one of the tools offered"
                 )
             return error(f"{call.name} is not permitted for this role ({ruling.reason})")
-        if ruling.decision is Decision.ASK:
+        if ruling.decision is Decision.ASK and call.id not in approved:
             return error(
-                f"{call.name} needs a person's approval ({ruling.reason}); approvals are not "
-                "available yet, so the call was not run"
+                f"{call.name} needs a person's approval ({ruling.reason}); it was not "
+                "approved, so the call was not run"
             )
         ctx.check_cancel()
         try:

@@ -37,14 +37,15 @@ def test_every_route_but_health_needs_the_token(client: TestClient) -> None:
     assert client.get("/v1/tasks", headers=AUTH).json() == []
 
 
-def test_health_is_open_but_shows_details_only_with_the_token(client: TestClient) -> None:
+def test_health_is_open_but_says_only_healthy_or_not_without_the_token(
+    client: TestClient,
+) -> None:
     r = client.get("/v1/health")
-    assert r.status_code == 200 and r.json()["healthy"] is True
-    assert all("details" not in c for c in r.json()["checks"])
+    assert r.status_code == 200 and r.json() == {"healthy": True}  # no paths, hosts, pids
     detailed = client.get("/v1/health", headers=AUTH).json()
-    assert all("details" in c for c in detailed["checks"])
+    assert all("details" in c and c["summary"] for c in detailed["checks"])
     strict = client.get("/v1/health?strict=true&check=agents")  # no live agent: a warning
-    assert strict.status_code == 503 and strict.json()["exit_code"] == 1
+    assert strict.status_code == 503 and strict.json() == {"healthy": False}
     assert client.get("/v1/health?check=bogus").status_code == 422
 
 

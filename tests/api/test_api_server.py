@@ -23,7 +23,7 @@ from tests.support import Proc, clean_env, processes, run_orchestra, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TOKEN = "api-test-token"
+TOKEN = "api-test-token-" + "0123456789abcdef" * 2  # 32+ characters, as serve asks
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 URL_LINE = re.compile(r"^(http://127\.0\.0\.1:\d+)$", re.MULTILINE)
 

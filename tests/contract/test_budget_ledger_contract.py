@@ -43,12 +43,27 @@ def test_a_usd_limit_grants_output_by_its_price_and_refuses_an_input_it_cannot_p
     assert refused.granted == 0 and abs(refused.spent_usd - 0.0095) < 1e-12
 
 
-def test_an_expired_hold_of_a_dead_call_no_longer_counts(contract_backends: Backends) -> None:
+def test_an_expired_hold_of_a_dead_call_counts_as_spent(contract_backends: Backends) -> None:
+    """Its process died mid-call (or could not settle): the endpoint billed it, most
+    likely, so the hold's worst case is spent rather than set free."""
     state = contract_backends.state
-    limits = Limits(tokens=100)
-    state.reserve_budget("root-e", "dead", Ask(input=10, max_out=90), limits, ttl=-5)
-    later = state.reserve_budget("root-e", "live", Ask(input=10, max_out=90), limits, ttl=60)
-    assert later.held_tokens == 0 and later.granted == 90
+    limits = Limits(tokens=1000)
+    state.reserve_budget("root-e", "dead", Ask(input=10, max_out=790), limits, ttl=-5)
+    later = state.reserve_budget("root-e", "live", Ask(input=10, max_out=900), limits, ttl=60)
+    assert later.held_tokens == 0 and later.spent_tokens == 800
+    assert later.granted == 190
+
+
+def test_a_repeated_reservation_gets_the_same_grant_and_holds_once(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    limits = Limits(tokens=1000)
+    first = state.reserve_budget("root-r", "h", Ask(input=100, max_out=500), limits, ttl=60)
+    again = state.reserve_budget("root-r", "h", Ask(input=100, max_out=500), limits, ttl=60)
+    assert first.granted == again.granted == 500
+    other = state.reserve_budget("root-r", "h2", Ask(input=100, max_out=900), limits, ttl=60)
+    assert other.held_tokens == 600 and other.granted == 300
 
 
 def test_parallel_reservations_never_hold_more_than_the_budget(

@@ -264,10 +264,12 @@ def test_retrying_a_failed_step_reopens_the_steps_it_blocked_and_the_parent(
     deployment: Deployment,
 ) -> None:
     d = deployment
-    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "600"
+    d.env["ORCHESTRA_LLM__OFFLINE__LATENCY_MS"] = "8000"
     d.start("run")
     d.start("agent", "start", "architect")
-    root = d.submit("--timeout", "0.3", "--max-attempts", "1", "Design and implement a cache")
+    # each step may take 5 s: the design's first turn alone takes 8 s; the coder's tool loop
+    # (write, run the test with Bash, answer) takes well under 5 s once the latency is gone
+    root = d.submit("--timeout", "5", "--max-attempts", "1", "Design and implement a cache")
     d.wait_status(root, "failed", timeout=60)  # the design step timed out; the rest was cancelled
     children = d.backends.state.children(root)
     design = next(c for c in children if c.capability == "architecture")

@@ -150,6 +150,11 @@ def default_reply(body: dict[str, Any]) -> Reply:
     return text("fake model answer")
 
 
+def _key(content: Any) -> str:
+    """A message content's identity, whatever the order of its keys."""
+    return json.dumps(content, sort_keys=True)
+
+
 def _block_text(block: Any) -> str:
     if isinstance(block, str):
         return block
@@ -194,6 +199,7 @@ class FakeAnthropic:
         self.cache: set[str] = set()
         self.closed_early = 0  # streams the client closed before their end
         self.billed: list[dict[str, int]] = []  # the usage of every message answered
+        self.paused: set[str] = set()  # the content of turns answered with pause_turn
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
@@ -223,8 +229,7 @@ class FakeAnthropic:
         bearer = headers.get("authorization", "").removeprefix("Bearer ")
         return self.api_key in (headers.get("x-api-key"), bearer)
 
-    @staticmethod
-    def _invalid(body: dict[str, Any]) -> str | None:
+    def _invalid(self, body: dict[str, Any]) -> str | None:
         model = str(body.get("model", ""))
         strict_model = model.startswith(NO_FORCED_TOOLS)
         choice = (body.get("tool_choice") or {}).get("type")
@@ -239,7 +244,13 @@ class FakeAnthropic:
         ):
             return "thinking: type 'disabled' is not supported on this model; use 'between_tools'"
         messages = body.get("messages") or []
-        if strict_model and messages and messages[-1].get("role") == "assistant":
+        last = messages[-1] if messages else {}
+        # only a turn the API paused (pause_turn) may go back last, to be resumed
+        if (
+            strict_model
+            and last.get("role") == "assistant"
+            and (_key(last.get("content")) not in self.paused)
+        ):
             return "messages: prefilling the assistant message is not supported on this model"
         for message in messages:
             content = message.get("content")
@@ -300,6 +311,8 @@ class FakeAnthropic:
             usage.update({k: v for k, v in reply.usage.items() if k != "output_tokens"})
         with self._lock:
             self.billed.append(usage)
+            if stop == "pause_turn":
+                self.paused.add(_key(content))
         return {
             "id": f"msg_{next(_ids):06d}",
             "type": "message",

@@ -159,10 +159,11 @@ def test_delayed_publishes_keep_working_past_the_delay_queue_expiry(
     svc: Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Publishing does not reset x-expires; the broker must re-declare delay queues in time."""
-    from orchestra_cli.broker import rabbitmq
+    from orchestra_cli.broker import rabbitmq_topology
     from orchestra_cli.models import MSG_RUN, Envelope
 
-    monkeypatch.setattr(rabbitmq, "DELAY_QUEUE_IDLE_MS", 1500)  # expires 1.6 s after declare
+    # expires 1.6 s after declare
+    monkeypatch.setattr(rabbitmq_topology, "DELAY_QUEUE_IDLE_MS", 1500)
     sent = []
     deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -17,28 +16,10 @@ dlq_app = typer.Typer(
 COLUMNS = ("AGE", "QUEUE", "TASK", "NOW", "TRIES", "REASON")
 
 
-def _task_id(body: str) -> str | None:
-    """The task a letter was for (a malformed body may name none)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    task_id = doc.get("task_id") if isinstance(doc, dict) else None
-    return task_id if isinstance(task_id, str) and task_id else None
-
-
 def _letters(app: AppContext, limit: int) -> list[dict[str, Any]]:
-    """The broker's letters, each with its task id and what that task's status is now."""
-    backends = app.backends()
-    letters = [
-        {**letter, "task_id": _task_id(letter["body"])}
-        for letter in backends.broker.dead_letters(limit)
-    ]
-    tasks = backends.state.get_tasks(x["task_id"] for x in letters if x["task_id"])
-    for x in letters:
-        task = tasks.get(x["task_id"]) if x["task_id"] else None
-        x["task_status"] = task.status.value if task else ("missing" if x["task_id"] else None)
-    return letters
+    from orchestra_cli.engine.deadletters import letters
+
+    return letters(app.backends(), limit)
 
 
 @dlq_app.command("list")
@@ -56,7 +37,7 @@ def list_letters(
     app: AppContext = ctx.obj
     letters = _letters(app, limit)
     if app.json:
-        app.print_json([{**x, "enqueued_at": iso(x["enqueued_at"])} for x in letters])
+        app.print_json([_shown(x, iso) for x in letters])
         return
     if app.quiet:  # task ids only, for scripts (`… | xargs -n1 orchestra task retry`)
         sys.stdout.write("".join(f"{x['task_id']}\n" for x in letters if x["task_id"]))
@@ -68,9 +49,9 @@ def list_letters(
         (
             human_duration(now() - x["enqueued_at"]) if x["enqueued_at"] else "-",
             x["queue"] or "-",
-            x["task_id"] or "-",
+            x["task_id"] or (f"undecodable ({x['size']} bytes)" if x["undecodable"] else "-"),
             x["task_status"] or "-",
-            str(x["deliveries"] or 0),
+            "?" if x["deliveries"] is None else str(x["deliveries"]),
             x["reason"] or "-",
         )
         for x in letters
@@ -92,6 +73,56 @@ def list_letters(
     settled = sum(1 for x in letters if x["task_status"] in ("succeeded", "cancelled"))
     if settled:
         app.info(f"{settled} of them belong to tasks that have ended well since")
+    missing = sum(1 for x in letters if x["task_status"] == "missing")
+    if missing:
+        app.info(
+            f"{missing} of them belong to tasks the state store no longer has; "
+            "`orchestra dlq resubmit` submits them again"
+        )
+
+
+def _shown(letter: dict[str, Any], iso: Any) -> dict[str, Any]:
+    """A letter as `dlq list --json` prints it: whether it can be resubmitted, not the
+    whole submission it carries."""
+    shown = {k: v for k, v in letter.items() if k != "spec"}
+    return {
+        **shown,
+        "enqueued_at": iso(letter["enqueued_at"]),
+        "resubmittable": bool(letter["spec"]),
+    }
+
+
+@dlq_app.command("resubmit")
+def resubmit(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
+) -> None:
+    """Submit again the tasks the state store lost (a Redis restarted without
+    persistence), from the submissions their dead letters carry, under their own ids
+    (a lost subtask comes back with its root, which is planned again)."""
+    from orchestra_cli.engine.deadletters import lost
+
+    app: AppContext = ctx.obj
+    specs, bare = lost(_letters(app, 10_000))
+    done = []
+    for spec in specs:
+        if dry_run:
+            done.append({"id": spec["id"], "title": spec.get("title"), "created": False})
+            continue
+        task, created = app.service().resubmit_lost(spec)
+        done.append({"id": task.id, "title": task.title, "created": created})
+    if app.json:
+        app.print_json({"dry_run": dry_run, "resubmitted": done, "not_resubmittable": bare})
+    else:
+        for item in done:
+            print(item["id"])
+        verb = "would resubmit" if dry_run else "resubmitted"
+        app.info(f"{verb} {len(done)} lost task{'' if len(done) == 1 else 's'}")
+    if bare:
+        app.info(
+            f"{len(bare)} other lost task(s) left no submission of their own (subtasks come "
+            f"back with their root; older messages carry none): {', '.join(bare[:5])}"
+        )
 
 
 @dlq_app.command("purge")

@@ -25,15 +25,26 @@ def recover(
 
     The orchestrator runs the same sweep every tasks.recovery_interval_seconds.
     """
+    from orchestra_cli.engine.deadletters import MISSING, letters
     from orchestra_cli.engine.recovery import Recovery
 
     app: AppContext = ctx.obj
     findings = Recovery(app.backends(), stale_seconds=stale).sweep(dry_run=dry_run)
+    # tasks the store lost (a Redis restarted without persistence) leave only dead letters
+    lost = sorted(
+        {x["task_id"] for x in letters(app.backends(), 10_000) if x["task_status"] == MISSING}
+    )
     if app.json:
-        app.print_json({"dry_run": dry_run, "findings": [f.as_dict() for f in findings]})
+        findings_json = [f.as_dict() for f in findings]
+        app.print_json({"dry_run": dry_run, "findings": findings_json, "lost_tasks": lost})
         return
+    if lost:
+        app.info(
+            f"{len(lost)} dead-lettered task(s) no longer exist in the state store (lost by a "
+            "restart without persistence?) — `orchestra dlq resubmit` submits them again"
+        )
     if not findings:
-        app.info("nothing stuck")
+        app.info("nothing stuck" + (" in the state store" if lost else ""))
         return
     verb = "would" if dry_run else "did"
     for f in findings:

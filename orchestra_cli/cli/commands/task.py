@@ -12,6 +12,9 @@ from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from orchestra_cli.engine.approvals import Waiting
     from orchestra_cli.engine.service import TaskService
     from orchestra_cli.models import Task
 
@@ -123,6 +126,12 @@ def submit(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Submitting the same key again returns the same task.")
     ] = None,
+    review_plan: Annotated[
+        bool,
+        typer.Option(
+            "--review-plan", help="The plan waits for `task approve` before any of it runs."
+        ),
+    ] = False,
     budget: Annotated[
         str | None,
         typer.Option(
@@ -157,6 +166,8 @@ def submit(
 
     app: AppContext = ctx.obj
     labels = _parse_labels(label or [])
+    if review_plan:
+        labels["review_plan"] = "true"
     if budget is not None:
         labels.update(_parse_budget(budget))
     if batch is not None:
@@ -190,7 +201,7 @@ def submit(
     if workspace is not None:
         from orchestra_cli.engine.workspace import read_base
 
-        req.workspace = read_base(workspace)
+        req.workspace = read_base(workspace, hide=(app.settings.home,))
     from orchestra_cli.errors import Undelivered
 
     service = app.service()
@@ -264,16 +275,22 @@ def get(
     task = service.get(task_id)
     tree = service.subtree(task.id)
     total = service.tree_usage(tree)
+    from orchestra_cli.engine.loop import short
+
+    waits = [w for t in tree for w in service.waiting(t)]
     if app.json:
         data = task_json(task)
         data["subtasks"] = [task_json(t) for t in tree if t.id != task.id]
         data["tree_usage"] = total.model_dump()
+        data["waiting_for"] = [w.to_json() for w in waits]
         app.print_json(data)
         return
     summary = (
         f"id: {task.id}   tokens: {usage_text(total)}   labels: "
         f"{', '.join(f'{k}={v}' for k, v in task.labels.items()) or '-'}"
     )
+    for w in waits:  # what a blocked task waits for, and the command that answers it
+        summary += "\n" + _waits_line(w, short)
     if not sys.stdout.isatty():  # into a pipe or file: plain text, without rich
         error = f"error: {task.error}\n" if task.error else ""
         result = f"result:\n{task.result}\n" if task.result is not None else ""
@@ -286,6 +303,19 @@ def get(
     if task.result is not None:
         app.console.print("result:", style="bold")
         app.console.print(str(task.result), markup=False)
+
+
+def _waits_line(w: Waiting, short: Callable[[object], str]) -> str:
+    who = f"task {w.task.id[-8:]}"
+    if w.tool == "plan":
+        return (
+            f"waits for plan review ({who}): orchestra task plan {w.task.id}, then "
+            f"approve {w.task.id} | reject {w.task.id} --reason TEXT"
+        )
+    return (
+        f"waits for approval: {w.tool} {short(w.input)} ({who}, step {w.step}) — "
+        f"orchestra task approve {w.task.id} | reject {w.task.id} --reason TEXT"
+    )
 
 
 @task_app.command("list")
@@ -377,12 +407,22 @@ def cancel(
 def retry(
     ctx: typer.Context,
     task_id: TaskId,
+    note: Annotated[
+        str | None,
+        typer.Option(
+            help="Feedback: re-run this finished step (succeeded too) with the note in its "
+            "prompt; its dependents run again after it."
+        ),
+    ] = None,
 ) -> None:
-    """Run a failed or cancelled task again."""
+    """Run a failed or cancelled task again (with --note, any finished step)."""
     from orchestra_cli.cli.render import task_json
+    from orchestra_cli.errors import UsageError
 
     app: AppContext = ctx.obj
-    task = app.service().retry(task_id)
+    if note is not None and not note.strip():
+        raise UsageError("--note is empty", "say what the step should do differently")
+    task = app.service().retry(task_id, note=note)
     if app.json:
         app.print_json(task_json(task))
     else:
@@ -443,4 +483,7 @@ def export(
 
 
 def register(app: typer.Typer) -> None:
+    from orchestra_cli.cli.commands import people  # approve, reject, plan, pause, resume
+
+    people.register_on(task_app)
     app.add_typer(task_app, name="task")
