@@ -42,7 +42,7 @@ TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 OPEN_SCAN_LIMIT = 10_000  # open tasks read per scrape for the by-capability breakdown
 EVENTS_PER_READ = 1000
-WAITING_FOR_PERSON = ("blocked", "paused")  # statuses a person has to act on
+INBOX_KINDS = ("approval", "plan", "pause")  # what waits for a person
 
 _m: dict[str, Any] = {}  # the metric objects once enabled; empty: every hook is a no-op
 _lock = threading.Lock()
@@ -287,14 +287,27 @@ class StateCollector:
             ["status", "capability"],
             by_cap,
         )
-        waiting = sum(counts.get(s, 0) for s in WAITING_FOR_PERSON)
-        yield _gauge("waiting_for_person", "Tasks waiting for a person to act.", value=waiting)
+        yield _gauge(
+            "waiting_for_person",
+            "Items waiting for a person (`orchestra inbox`): approval, plan, pause.",
+            ["kind"],
+            self._inbox(),
+        )
         depths = self.b.broker.depths()
         yield _gauge("queue_messages", "Messages per queue (ready + unacked).", ["queue"], depths)
         yield _gauge(
             "dead_letters", "Messages on the dead-letter queue.", value=depths.get("dead", 0)
         )
         yield from self._agents(GaugeMetricFamily)
+
+    def _inbox(self) -> dict[str, int]:
+        from orchestra_cli.engine.approvals import inbox
+
+        kinds = dict.fromkeys(INBOX_KINDS, 0)
+        for item in inbox(self.b.state):
+            kind = item.tool if item.tool in ("plan", "pause") else "approval"
+            kinds[kind] += 1
+        return kinds
 
     def _agents(self, family: Any) -> Iterator[Metric]:
         from orchestra_cli.util import now

@@ -18,7 +18,7 @@ from tests.support import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-TOKEN = "6d6574726963732d746573742d746f6b656e2d31323334353637"  # 48 hex, as the API asks
+TOKEN = "6d6574726963732d746573742d746f6b656e2d31323334353637"  # the API asks for 32+ characters
 
 
 def free_port() -> int:
@@ -141,7 +141,7 @@ def test_orchestrator_and_agent_metrics_count_a_known_workload(deployment: Deplo
         what="the agent's load to be 0",
     )
     assert value(orch_samples, "orchestra_queue_messages", queue="dead") == 1
-    assert value(orch_samples, "orchestra_waiting_for_person") == 0
+    assert total(orch_samples, "orchestra_waiting_for_person") == 0
     names = {name for name, _ in orch_samples}
     assert not any(re.search(r"[0-9a-f]{8}-[0-9a-f]{4}", str(k)) for k in orch_samples), (
         "a task id in a label"
@@ -158,10 +158,18 @@ def test_api_serves_metrics_to_a_bearer_token(deployment: Deployment) -> None:
     wait_until(lambda: _answers(url), timeout=30, what="the API")
     assert httpx.get(url, timeout=10).status_code == 401
     d.submit("--capability", "code", "queued for later")
+    d.start("run")  # plans the tree below; no agent takes its steps
+    root = d.submit("Design and implement a cache")
+    d.wait_status(root, "waiting")
+    d.cli("task", "pause", root)  # a paused tree waits for a person
     samples = scrape(url, {"Authorization": f"Bearer {TOKEN}"})
-    assert value(samples, "orchestra_tasks", status="queued") == 1
-    assert value(samples, "orchestra_open_tasks", status="queued", capability="code") == 1
-    assert value(samples, "orchestra_queue_messages", queue="work.code") == 1
+    queued = len([t for t in d.backends.state.tree(root) if t.status == "queued"])
+    assert value(samples, "orchestra_tasks", status="queued") == 1 + queued
+    assert value(samples, "orchestra_open_tasks", status="queued", capability="code") >= 1
+    assert value(samples, "orchestra_open_tasks", status="waiting", capability="-") == 1
+    assert value(samples, "orchestra_queue_messages", queue="work.code") >= 1
+    assert value(samples, "orchestra_waiting_for_person", kind="pause") == 1
+    assert value(samples, "orchestra_waiting_for_person", kind="approval") == 0
 
 
 def _answers(url: str) -> bool:
