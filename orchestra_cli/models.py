@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestra_cli import tracing
 from orchestra_cli.schema import Field, Model
 from orchestra_cli.status import Status
 from orchestra_cli.util import new_id, now
@@ -157,9 +158,23 @@ class Envelope(Model, extra="forbid"):
     attempt: int = 0
     time: float = Field(default_factory=now)
     payload: dict[str, Any] = Field(default_factory=dict)
+    trace: dict[str, str] | None = None  # W3C trace context (tracing.py); last: see encode
+
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        if (
+            self.trace is None
+        ):  # a new message carries its sender's span (a decoded one keeps its own)
+            self.__dict__["trace"] = tracing.carrier(origin=self.type == MSG_RESULT)
 
     def encode(self) -> bytes:
-        return self.model_dump_json().encode()
+        text = self.model_dump_json()
+        if self.trace is None and text.endswith(_NO_TRACE):
+            text = text[: -len(_NO_TRACE)] + "}"  # untraced: the envelope older agents read
+        return text.encode()
+
+
+_NO_TRACE = ',"trace":null}'
 
 
 # message types

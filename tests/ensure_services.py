@@ -3,7 +3,8 @@
 Uses running servers; starts missing ones from Debian's packages where it
 can (redis-server, rabbitmq-server); otherwise fails with a clear message.
 Also installs Debian's bubblewrap (`bwrap`), the sandbox of the Bash tool, when
-it is missing (the sandbox tests fail without it when CI is set).
+it is missing (the sandbox tests fail without it when CI is set), and Debian's
+``chromium`` for the daily report's browser test (likewise).
 Run by `make test` before pytest.
 """
 
@@ -61,6 +62,18 @@ def ensure_bwrap() -> None:
         )
 
 
+def ensure_chromium() -> None:
+    """The daily report's browser test; a warning only (the test skips, or fails in CI)."""
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        apt_install("chromium")
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        print(
+            "ensure_services: warning: chromium is not installed — the report's browser "
+            "test will skip (fail with CI set); apt-get install chromium",
+            file=sys.stderr,
+        )
+
+
 def ensure_redis() -> str | None:
     if reachable(REDIS):
         return None
@@ -108,6 +121,7 @@ def ensure_rabbitmq() -> str | None:
 
 def main() -> int:
     ensure_bwrap()
+    ensure_chromium()
     problems = [p for p in (ensure_redis(), ensure_rabbitmq()) if p]
     for problem in problems:
         print(f"ensure_services: error: {problem}", file=sys.stderr)

@@ -60,6 +60,16 @@ def create_app(
     def openapi() -> dict[str, Any]:
         return docs.with_capabilities(app.openapi(), sorted(known_capabilities(roles)))
 
+    from orchestra_cli import metrics
+
+    metrics.enable(backends, state=True)
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_token)])
+    def prometheus() -> Response:
+        """Prometheus text format (scrape with the API token as a bearer token)."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
     app.include_router(guarded)
     app.include_router(_health_router(backends, roles, token))
     app.include_router(_stream_router(service, token))

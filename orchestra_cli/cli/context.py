@@ -69,6 +69,9 @@ class AppContext:
             return
         self._logging = True
         self._long_running = foreground
+        from orchestra_cli import tracing
+
+        tracing.setup(component)  # the process a span came from, when traces are on
         from orchestra_cli.logs import setup_logging
 
         s = self.settings

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestra_cli import __version__
+from orchestra_cli import __version__, tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine.budget import Meter, MeteredProvider
@@ -342,6 +342,7 @@ class Agent:
             return False
         return record.is_alive(self.b.settings.agents.ttl_seconds)
 
+    @tracing.traced(tracing.agent_span, kind="CONSUMER")
     def _execute(self, task: Task) -> Action:
         cancel = threading.Event()
         timed_out = threading.Event()
@@ -595,6 +596,7 @@ class Agent:
         # task's success notice would be a message, a claim and an ack for nothing.
         return task.parent_id is not None or task.status != Status.SUCCEEDED
 
+    @tracing.failing
     def _fail(self, task: Task, error: str, *, retryable: bool = True) -> Action:
         """Apply the retry policy now: the task never waits in ``running`` for a notice."""
         log.warning("task %s attempt %d failed: %s", task.id, task.attempts, error)

@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 
+from orchestra_cli import metrics, tracing
 from orchestra_cli.errors import (
     BudgetExceeded,
     LLMError,
@@ -184,6 +185,11 @@ class Meter:
         margin = math.ceil(counted * COUNT_MARGIN) + COUNT_SLACK_TOKENS
         return Ask(counted + margin, request.max_tokens, in_price, out_price)
 
+    def record(self, line: dict[str, object]) -> None:
+        """A call's ``metrics.jsonl`` line, and its Prometheus counters."""
+        self.journals.metrics.write(line)
+        metrics.llm_call(line)
+
     def settle(self, hold: Hold | None, usage: Usage | None) -> None:
         """Release ``hold``, adding what the call used (nothing: it billed nothing)."""
         if hold is None:
@@ -247,7 +253,7 @@ class MeteredProvider:
         line, self._unwritten = self._unwritten, None
         if line is not None:
             try:
-                self.meter.journals.metrics.write(line)
+                self.meter.record(line)
             except OSError as exc:  # the charge still goes with the caller's write
                 log.warning("task %s: could not write a call's metrics line: %s", self.task.id, exc)
         return usage
@@ -255,6 +261,7 @@ class MeteredProvider:
     def count_tokens(self, request: LLMRequest) -> int:
         return self.inner.count_tokens(request)
 
+    @tracing.traced(tracing.model_span, tracing.model_answered, kind="CLIENT")
     def complete(self, request: LLMRequest) -> LLMResponse:
         earlier = self.take_uncharged()
         if earlier is not None:  # an earlier call counts before this call's reservation
@@ -270,7 +277,7 @@ class MeteredProvider:
                 stop = "cancelled" if isinstance(exc, TaskCancelled) else "broken"
                 line = self._line(request, used, request.model, stop, started)
                 self.meter.state.add_usage(self.task.id, used)
-                self.meter.journals.metrics.write(line)
+                self.meter.record(line)
             self.meter.settle(hold, used)
             raise
         except BaseException:
@@ -283,7 +290,7 @@ class MeteredProvider:
             self._uncharged, self._unwritten = response.usage, line
         else:  # charged and on record now, whatever happens to the task
             self.meter.state.add_usage(self.task.id, response.usage)
-            self.meter.journals.metrics.write(line)
+            self.meter.record(line)
         return response
 
     def _line(

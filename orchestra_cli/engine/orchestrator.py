@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 
-from orchestra_cli import __version__
+from orchestra_cli import __version__, tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery, publish_run
 from orchestra_cli.engine import blockers, plan_review
@@ -175,6 +175,7 @@ class Orchestrator:
         elif task.status == Status.QUEUED:
             publish_run(self.broker, task)
 
+    @tracing.traced(tracing.plan_span)
     def _plan(self, task: Task) -> None:
         caps = self.capabilities()
         if plan_review.wants_review(task, self.b.settings.tasks.review_plans):
@@ -365,6 +366,7 @@ class Orchestrator:
             pass  # the operator's retry reopened it first
         return True
 
+    @tracing.traced(tracing.aggregate_span)
     def _aggregate(self, parent: Task, children: list[Task]) -> None:
         failed = [c for c in children if c.status != Status.SUCCEEDED]
         try:

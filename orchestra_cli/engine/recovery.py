@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from orchestra_cli import metrics
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.retry import retry_or_fail
@@ -196,6 +197,7 @@ class Recovery:
                         "alternatives": ["leave it (it would never end)"],
                     }
                 )
+        metrics.recovered(findings)
 
     def _apply(self, finding: Finding) -> bool:
         state, broker = self.b.state, self.b.broker

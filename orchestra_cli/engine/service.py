@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestra_cli import tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.blockers import Blocker, blockers
@@ -189,6 +190,7 @@ class TaskService:
         if req.max_attempts is not None and req.max_attempts < 1:
             raise UsageError("max attempts must be at least 1", "e.g. --max-attempts 3")
 
+    @tracing.traced(tracing.submit_span, tracing.submitted, kind="PRODUCER")
     def submit(
         self, req: SubmitRequest, *, confirm: bool = True, wait: bool = False
     ) -> tuple[Task, bool]:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestra_cli import tracing
 from orchestra_cli.broker.base import Broker, Consumer, Delivery
 from orchestra_cli.errors import BrokerUnavailable, OrchestraError, StateUnavailable
 
@@ -132,7 +133,8 @@ class ConsumerLoop:
 
     def _handle(self, delivery: Delivery) -> Action:
         try:
-            return self.handler(delivery)
+            with tracing.consumed(delivery.envelope):
+                return self.handler(delivery)
         except (StateUnavailable, BrokerUnavailable) as exc:
             # nothing is wrong with the message: an outage must not make healthy work
             # poison (each failed try counted as a delivery: dead letters in a long one)

@@ -13,12 +13,15 @@ with Toolbox.for_role(role, hide=[settings.home]) as toolbox:  # MCP servers sta
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import logging
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
+from orchestra_cli import metrics, tracing
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.llm.base import ToolCall, ToolSpec
 from orchestra_cli.logs import known_secrets
@@ -201,11 +204,17 @@ class Toolbox:
         failed call is an error result; only cancellation raises (``TaskCancelled``).
         ``approved``: ids of calls a person approved (an ``ask`` rule lets them run)."""
         if isinstance(call, ToolCall):
-            return self._run_one(call, ctx, approved)
+            return self._observed(call, ctx, approved)
         calls = list(call)
         if len(calls) <= 1:
-            return [self._run_one(c, ctx, approved) for c in calls]
-        futures = [self._executor().submit(self._run_one, c, ctx, approved) for c in calls]
+            return [self._observed(c, ctx, approved) for c in calls]
+        # each call in a copy of this thread's context: its span's parent is the caller's
+        futures = [
+            self._executor().submit(
+                contextvars.copy_context().run, self._observed, c, ctx, approved
+            )
+            for c in calls
+        ]
         concurrent.futures.wait(futures)
         for future in futures:
             failure = future.exception()
@@ -220,6 +229,18 @@ class Toolbox:
                     MAX_PARALLEL_CALLS, thread_name_prefix="tool"
                 )
             return self._pool
+
+    def _observed(
+        self, call: ToolCall, ctx: ToolContext, approved: Collection[str] = ()
+    ) -> ToolOutput:
+        """One call in its trace span, counted in the metrics."""
+        started = time.monotonic()
+        with tracing.span(f"execute_tool {call.name}", tracing.tool_attrs(call)) as span:
+            out = self._run_one(call, ctx, approved)
+            if out.is_error:
+                tracing.failed(span, out.content)
+        metrics.tool_call(call.name, out.is_error, time.monotonic() - started)
+        return out
 
     def _run_one(
         self, call: ToolCall, ctx: ToolContext, approved: Collection[str] = ()

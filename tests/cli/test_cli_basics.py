@@ -26,8 +26,8 @@ def test_help_imports_no_heavy_library() -> None:
         "import sys\n"
         "from orchestra_cli.cli.main import run_cli\n"
         "assert run_cli(['--help']) == 0\n"
-        "heavy = [m for m in ('anthropic', 'hvac', 'pika', 'redis', 'fastapi', 'pydantic')"
-        " if m in sys.modules]\n"
+        "heavy = [m for m in ('anthropic', 'hvac', 'pika', 'redis', 'fastapi', 'pydantic',"
+        " 'prometheus_client', 'opentelemetry') if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -46,7 +46,8 @@ def test_one_shot_commands_import_no_heavy_library(home: Path, args: list[str]) 
         "import sys\n"
         "from orchestra_cli.cli.main import run_cli\n"
         f"assert run_cli({args!r}) == 0\n"
-        "heavy = ('anthropic', 'hvac', 'pika', 'redis', 'fastapi', 'pydantic')\n"
+        "heavy = ('anthropic', 'hvac', 'pika', 'redis', 'fastapi', 'pydantic',"
+        " 'prometheus_client', 'opentelemetry')\n"
         "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules))\n"
     )
     env = {**os.environ, "ORCHESTRA_HOME": str(home)}

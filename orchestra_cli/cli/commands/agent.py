@@ -9,6 +9,7 @@ import typer
 
 from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
+from orchestra_cli.cli.metrics_option import MetricsHost, MetricsPort, serve_metrics
 
 AgentName = Annotated[
     str,
@@ -35,6 +36,8 @@ def start(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", "-n", min=1, help="Tasks at once.")
     ] = None,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> int:
     """Run one agent worker in the foreground until stopped (Ctrl-C drains)."""
     import threading
@@ -48,6 +51,8 @@ def start(
     app.setup_logging(agent_log_component(name), foreground=True)  # `orchestra logs NAME`
     runtime = Runtime(app.backends(), app.roles, sources=app.loaded.sources)
     agent = runtime.add_agent(role, name=name, concurrency=concurrency)
+    if metrics_port is not None:
+        serve_metrics(app, runtime.backends, metrics_port, metrics_host, state=False)
     stop = threading.Event()
     install_stop_signals(stop, app.info)
     app.info(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import html
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,10 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from orchestra_cli.cli.context import AppContext
+from orchestra_cli.report_tables import Table
+
+BAD = frozenset({"Top errors", "Failures", "Dead letters"})
 
 report_app = typer.Typer(help="Daily report and metrics summary.", no_args_is_help=True)
-
-Section = tuple[str, list[dict[str, Any]]]
 
 
 class Format(StrEnum):
@@ -23,145 +24,49 @@ class Format(StrEnum):
     html = "html"
 
 
-def _kv(pairs: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"metric": k, "value": "-" if v is None else v} for k, v in pairs.items()]
-
-
-def _rows(table: dict[str, dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    out = []
-    for name, row in table.items():
-        flat = {key: name}
-        for k, v in row.items():
-            if isinstance(v, dict):
-                flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if kk != "calls"})
-            else:
-                flat[k] = v
-        out.append(flat)
-    return out
-
-
-def daily_sections(r: dict[str, Any]) -> list[Section]:
-    usage = r["usage"]
-    summary = {
-        "date": r["date"],
-        "tasks": r["tasks"]["total"],
-        "top-level tasks": r["tasks"]["roots"],
-        "success rate": f"{r['success_rate']:.1%}" if r["success_rate"] is not None else None,
-        "duration p50 (s)": r["duration_s"]["p50"],
-        "duration p95 (s)": r["duration_s"]["p95"],
-        "retried tasks": r["retried_tasks"],
-        "tokens": usage["input_tokens"] + usage["output_tokens"],
-        "cost (USD)": f"{usage['cost_usd']:.4f}",
-    }
-    return [
-        ("Summary", _kv(summary)),
-        (
-            "Tasks by status",
-            [{"status": k, "count": v} for k, v in r["tasks"]["by_status"].items()],
-        ),
-        ("By capability", _rows(r["by_capability"], "capability")),
-        ("By agent", _rows(r["by_agent"], "agent")),
-        ("Top errors", r["top_errors"]),
-        ("Decisions", [{"decision": k, "count": v} for k, v in r["decisions"].items()]),
-        ("Model calls by model", _rows(r["llm"]["by_model"], "model")),
-    ]
-
-
-def metrics_sections(r: dict[str, Any]) -> list[Section]:
-    summary = {
-        "since": r["since"],
-        "until": r["until"],
-        "created": r["tasks"]["created"],
-        "finished": r["tasks"]["finished"],
-        "finished per hour": r["throughput_per_hour"],
-        "latency p50 (s)": r["latency_s"]["p50"],
-        "latency p95 (s)": r["latency_s"]["p95"],
-        "latency p99 (s)": r["latency_s"]["p99"],
-    }
-    return [
-        ("Summary", _kv(summary)),
-        (
-            "Tasks by status",
-            [{"status": k, "count": v} for k, v in r["tasks"]["by_status"].items()],
-        ),
-        (
-            "Finished per hour",
-            [{"hour": k, "finished": v} for k, v in r["finished_per_hour"].items()],
-        ),
-        ("Model calls by model", _rows(r["llm"]["by_model"], "model")),
-        ("Model calls by role", _rows(r["llm"]["by_role"], "role")),
-    ]
-
-
-def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    cols: list[str] = []
-    for row in rows:
-        cols.extend(k for k in row if k not in cols)
-    return cols
-
-
-def to_markdown(title: str, sections: list[Section]) -> str:
+def to_markdown(title: str, tables: list[Table]) -> str:
+    """GitHub markdown: a heading per table, numbers right-aligned."""
     out = [f"# {title}", ""]
-    for name, rows in sections:
-        out += [f"## {name}", ""]
-        if not rows:
+    for table in tables:
+        out += [f"## {table.title}", ""]
+        if table.note:
+            out += [f"_{table.note}_", ""]
+        if not table.rows:
             out += ["_none_", ""]
             continue
-        cols = _columns(rows)
-        out.append("| " + " | ".join(cols) + " |")
-        out.append("|" + "---|" * len(cols))
-        for row in rows:
-            cells = [str(row.get(c, "")).replace("|", "\\|") for c in cols]
-            out.append("| " + " | ".join(cells) + " |")
+        out.append("| " + " | ".join(c.header for c in table.columns) + " |")
+        out.append("|" + "".join("---:|" if c.numeric else "---|" for c in table.columns))
+        for cells in table.cells():
+            out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         out.append("")
     return "\n".join(out)
 
 
-def to_html(title: str, sections: list[Section]) -> str:
-    e = html.escape
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
-        "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-        "</style></head><body>",
-        f"<h1>{e(title)}</h1>",
-    ]
-    for name, rows in sections:
-        parts.append(f"<h2>{e(name)}</h2>")
-        if not rows:
-            parts.append("<p><em>none</em></p>")
-            continue
-        cols = _columns(rows)
-        parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
-        for row in rows:
-            parts.append(
-                "<tr>" + "".join(f"<td>{e(str(row.get(c, '')))}</td>" for c in cols) + "</tr>"
-            )
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _print_tables(app: AppContext, title: str, sections: list[Section], file: Any) -> None:
+def _print_tables(app: AppContext, title: str, tables: list[Table], file: Any) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Table as RichTable
+    from rich.text import Text
 
     console = (
         Console(file=file, no_color=app.no_color or file is not None, width=120, highlight=False)
         if file is not None
         else app.console
     )
-    console.print(title, style="bold", markup=False)
-    for name, rows in sections:
-        table = Table(
-            title=name, title_justify="left", box=None, header_style="bold", pad_edge=False
-        )
-        cols = _columns(rows) or ["(none)"]
-        for col in cols:
-            table.add_column(col, overflow="fold")
-        for row in rows:
-            table.add_row(*(str(row.get(c, "")) for c in cols))
-        console.print(table, markup=False)
+    console.print(Text(title, style="bold"))
+    for table in tables:
+        # the title on a line of its own: a rich table title wraps to the table's width
+        console.print(Text(table.title, style="bold underline"))
+        if not table.rows:
+            console.print(Text("none", style="dim"))
+            console.print()
+            continue
+        out = RichTable(box=None, header_style="bold", pad_edge=False)
+        for col in table.columns:
+            out.add_column(col.header, justify="right" if col.numeric else "left")
+        for row, cells in zip(table.rows, table.cells(), strict=True):
+            style = "red" if row.get("status") == "failed" or table.title in BAD else None
+            out.add_row(*cells, style=style)
+        console.print(out)
         console.print()
 
 
@@ -169,9 +74,10 @@ def emit(
     app: AppContext,
     title: str,
     data: dict[str, Any],
-    sections: list[Section],
+    tables: list[Table],
     fmt: Format,
     output: Path | None,
+    html: Callable[[], str],
 ) -> None:
     from orchestra_cli.util import dumps
 
@@ -182,15 +88,15 @@ def emit(
     if app.json or fmt == Format.json:
         text = dumps(data, indent=2) + "\n"
     elif fmt == Format.markdown:
-        text = to_markdown(title, sections) + "\n"
+        text = to_markdown(title, tables) + "\n"
     elif fmt == Format.html:
-        text = to_html(title, sections) + "\n"
+        text = html() + "\n"
     else:
         if output is None:
-            _print_tables(app, title, sections, None)
+            _print_tables(app, title, tables, None)
             return
         with open(output, "w", encoding="utf-8") as fh:
-            _print_tables(app, title, sections, fh)
+            _print_tables(app, title, tables, fh)
         app.info(f"wrote {output}")
         return
     if output is None:
@@ -218,10 +124,12 @@ def daily(
         day = dt.date.fromisoformat(date) if date else dt.datetime.now(dt.UTC).date()
     except ValueError:
         raise UsageError(f"cannot read date {date!r}", "use YYYY-MM-DD") from None
+    from orchestra_cli.report_tables import daily_tables
+    from orchestra_cli.reports_html import daily_html
+
     data = daily_report(app.backends(), day)
-    emit(
-        app, f"orchestra daily report {day.isoformat()}", data, daily_sections(data), format, output
-    )
+    title = f"orchestra daily report {day.isoformat()}"
+    emit(app, title, data, daily_tables(data), format, output, lambda: daily_html(title, data))
 
 
 @report_app.command("metrics")
@@ -236,8 +144,13 @@ def metrics(
     from orchestra_cli.util import now, parse_since
 
     app: AppContext = ctx.obj
+    from orchestra_cli.report_tables import metrics_tables
+    from orchestra_cli.reports_html import tables_html
+
     data = metrics_report(app.backends(), parse_since(since), now())
-    emit(app, f"orchestra metrics since {since}", data, metrics_sections(data), format, output)
+    title = f"orchestra metrics since {since}"
+    tables = metrics_tables(data)
+    emit(app, title, data, tables, format, output, lambda: tables_html(title, tables))
 
 
 def register(app: typer.Typer) -> None:

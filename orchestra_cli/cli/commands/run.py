@@ -9,6 +9,7 @@ import typer
 
 from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
+from orchestra_cli.cli.metrics_option import MetricsHost, MetricsPort, serve_metrics
 
 DEMO_TASK = (
     "Design, implement and deploy a small REST API for a todo list with persistence, "
@@ -28,6 +29,8 @@ def run(
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-n", min=1, help="Orchestrator handler threads.")
     ] = 1,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> int:
     """Run the orchestrator loop in the foreground (Ctrl-C drains, twice forces)."""
     import threading
@@ -41,6 +44,8 @@ def run(
     roles = _parse_roles(agents, app)
     for role in roles:
         runtime.add_agent(role)
+    if metrics_port is not None:
+        serve_metrics(app, runtime.backends, metrics_port, metrics_host, state=True)
     stop = threading.Event()
     install_stop_signals(stop, app.info)
     app.info(
