@@ -75,7 +75,8 @@ def test_orchestrator_and_agent_metrics_count_a_known_workload(deployment: Deplo
     orch_url = f"http://127.0.0.1:{orch_port}/metrics"
     agent_url = f"http://127.0.0.1:{agent_port}/metrics"
     wait_until(lambda: serving(orch_url) and serving(agent_url), timeout=30, what="metrics")
-    assert f"metrics on http://127.0.0.1:{orch_port}/metrics" in orch.output()
+    said = f"metrics on http://127.0.0.1:{orch_port}/metrics"  # printed as the server starts
+    wait_until(lambda: said in orch.output(), timeout=10, what="the metrics line")
 
     d.backends.broker.publish_raw("work.code", b"not an envelope")  # dead-lettered by the agent
     ids = [d.submit("--capability", "code", "--wait", f"write module {i}") for i in range(2)]
