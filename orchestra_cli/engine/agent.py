@@ -29,6 +29,7 @@ from orchestra_cli.engine.roles import (
     load_roles,
     role_acts,
 )
+from orchestra_cli.engine.step_prompt import step_request
 from orchestra_cli.engine.worker import (
     Ack,
     Action,
@@ -76,8 +77,6 @@ MAX_CLAIM_ATTEMPTS = 3
 UNKNOWN_TASK_GRACE_SECONDS = 130.0
 UNKNOWN_TASK_RETRY_SECONDS = 0.25
 UNKNOWN_TASK_SLOW_RETRY = 5.0
-MEMORY_LINES = 200
-MEMORY_ITEMS = 5
 
 
 def default_agent_name(role: str) -> str:
@@ -428,55 +427,8 @@ class Agent:
         except Exception as exc:  # never let accounting turn an outcome into a redelivery
             log.warning("task %s: could not charge the last call's usage: %s", task.id, exc)
 
-    def _context(self, task: Task) -> str:
-        parts = []
-        for dep_id in task.depends_on:
-            dep = self.state.get_task(dep_id)
-            parts.append(f"## {dep.title}\n{dep.result}")
-        return "\n\n".join(parts) or "(none)"
-
-    def _memory(self, task: Task) -> str:
-        if task.is_root:  # memory is shared within a tree: a lone task has nobody to hear it
-            return "(none)"
-        items = [
-            m
-            for m in self.b.journals.memory(self.role.name).tail(MEMORY_LINES)
-            if m.get("root_id") == task.root_id and m.get("task_id") != task.id
-        ]
-        return (
-            "\n".join(f"- {m.get('title')}: {m.get('summary')}" for m in items[-MEMORY_ITEMS:])
-            or "(none)"
-        )
-
     def _request(self, task: Task, cancel: threading.Event) -> LLMRequest:
-        # the tree's goal first (the same for every step: a cached prefix), then this step
-        root = task if task.is_root else self.state.get_task(task.root_id)
-        step_title, step_input = (
-            ("the whole task above", "Do the whole task.")
-            if task.is_root
-            else (task.title, task.input)
-        )
-        prefix, prompt = self.prompts.render_parts(
-            self.role.prompt,
-            tree_title=root.title,
-            tree_input=root.input,
-            title=step_title,
-            input=step_input,
-            context=self._context(task),
-            memory=self._memory(task),
-        )
-        return LLMRequest(
-            system=self.role.description,
-            prompt=prompt,
-            prompt_prefix=prefix,
-            model=self.role.model,
-            max_tokens=self.role.max_tokens,
-            temperature=self.role.temperature,
-            purpose="execute",
-            role=self.role.name,
-            cancel=cancel,
-            effort=self.role.effort,
-        )
+        return step_request(self.b, self.role, self.prompts, task, cancel)
 
     def _call_llm(
         self, task: Task, cancel: threading.Event, metered: MeteredProvider
@@ -575,7 +527,7 @@ class Agent:
                 **done.usage.model_dump(),  # every call of this task, charged by the meter
             }
         )
-        if not task.is_root:  # the rest of its tree sees it (``_memory``)
+        if not task.is_root:  # the rest of its tree sees it (step_prompt.memory)
             self._remember(task, response)
         self._notify(done, "succeeded")
         return Ack()
