@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -133,7 +132,10 @@ def test_the_sandbox_has_no_network_unless_the_role_allows_it(
         "    sys.exit(f'no connection: {exc}')\n"
         "print('connected')\n"
     )
-    probe = f"{sys.executable} probe.py"
+    # the system's python: a virtualenv under /tmp is not in the sandbox (its /tmp is private)
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    assert system_python, "Debian's python3 runs inside the sandbox"
+    probe = f"{system_python} probe.py"
     content, failed = run(sandboxed, probe)
     assert failed and content.startswith("no connection: ")
     content, failed = run(sandboxed, f"curl -sS -m 2 http://127.0.0.1:{listener}/")
