@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestra_cli.broker.base import Broker, publish_run
 from orchestra_cli.engine import plan_review
-from orchestra_cli.engine.loop import TREE_MARKS
+from orchestra_cli.engine.loop import TREE_MARKS, append_step
 from orchestra_cli.errors import TransitionRejected, UsageError
 from orchestra_cli.models import Task
 from orchestra_cli.state.base import StateStore
@@ -179,12 +179,8 @@ def _answer_plan(
 
 
 def _allow(state: StateStore, task: Task, tools: set[str]) -> None:
-    root_id = task.root_id
-    n = len(state.steps(root_id))
     for tool in sorted(tools):
-        while not state.record_step(root_id, root_id, n, {"kind": "allow", "tool": tool}, {}):
-            n += 1  # the root's own loop wrote meanwhile: take the next number
-        n += 1
+        append_step(state, task.root_id, task.root_id, {"kind": "allow", "tool": tool}, {})
 
 
 def _release(state: StateStore, broker: Broker, task: Task, decision: str) -> Task:
@@ -211,9 +207,7 @@ def _release(state: StateStore, broker: Broker, task: Task, decision: str) -> Ta
 
 
 def _mark(state: StateStore, root_id: str, kind: str) -> None:
-    n = len(state.steps(root_id))
-    while not state.record_step(root_id, root_id, n, {"kind": kind}, {"kind": kind}):
-        n += 1
+    append_step(state, root_id, root_id, {"kind": kind}, {"kind": kind})
 
 
 def is_paused(state: StateStore, root_id: str) -> bool:

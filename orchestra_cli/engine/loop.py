@@ -187,12 +187,20 @@ def short(value: Any) -> str:
     return text if len(text) <= SHORT_INPUT_CHARS else text[: SHORT_INPUT_CHARS - 1] + "…"
 
 
+def append_step(
+    state: StateStore, task_id: str, root_id: str, data: dict[str, Any], event: dict[str, Any]
+) -> None:
+    """A step written by someone other than the task's own loop (a person's answer, a mark):
+    at the next free number, stepping past any written meanwhile."""
+    n = len(state.steps(task_id))
+    while not state.record_step(task_id, root_id, n, data, event):
+        n += 1
+
+
 def restart(state: StateStore, task: Task, note: str) -> None:
     """Mark a fresh start in the task's step log (``task retry --note``): the loop replays
     only what comes after it; the transcript keeps the earlier attempt."""
-    n = len(state.steps(task.id))
-    while not state.record_step(task.id, task.root_id, n, {"kind": "restart", "note": note}, {}):
-        n += 1
+    append_step(state, task.id, task.root_id, {"kind": "restart", "note": note}, {})
 
 
 def current(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from orchestra_cli.engine.loop import append_step
 from orchestra_cli.engine.planner import Plan, PlannedSubtask
 from orchestra_cli.errors import UsageError
 from orchestra_cli.models import Task
@@ -70,9 +71,7 @@ def rejections(state: StateStore, root_id: str) -> list[str]:
 
 
 def record(state: StateStore, root: Task, kind: str, **data: Any) -> None:
-    n = len(state.steps(root.id))
-    while not state.record_step(root.id, root.id, n, {"kind": kind, **data}, {"kind": kind}):
-        n += 1
+    append_step(state, root.id, root.id, {"kind": kind, **data}, {"kind": kind})
 
 
 def under_review(state: StateStore, task: Task) -> dict[str, Any] | None:
