@@ -19,7 +19,7 @@ from orchestra_cli.errors import UsageError
 from orchestra_cli.util import iso
 
 if TYPE_CHECKING:
-    from orchestra_cli.state.base import StateStore
+    from orchestra_cli.models import Event, Task
 
 LOG_SUFFIX = ".log"
 AGENT_PREFIX = "agent-"
@@ -100,25 +100,17 @@ def _log_files(logs_dir: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def task_ids(state: StateStore, task_id: str) -> list[str]:
-    """The task (any form of its id) and every task below it, whole ids."""
-    task = state.get_task(task_id)
-    tree = state.tree(task.root_id)
-    below = {task.id}
-    for t in tree:  # oldest first: a parent is seen before its children
-        if t.parent_id in below:
-            below.add(t.id)
-    return [t.id for t in tree if t.id in below]
-
-
 def mentions(line: str, ids: Iterable[str]) -> bool:
     return any(i in line for i in ids)
 
 
-def task_timeline(state: StateStore, logs_dir: Path, task_id: str) -> list[dict[str, Any]]:
-    """Every process's log lines about the task or its subtasks, and their state
-    changes (process ``events``), merged by time."""
-    ids = task_ids(state, task_id)
+def task_timeline(
+    subtree: list[Task], events: Iterable[Event], logs_dir: Path
+) -> list[dict[str, Any]]:
+    """Every process's log lines about a task or its subtasks (``subtree``: the task
+    first), and their state changes (process ``events``, from its tree's log), merged
+    by time."""
+    ids = [t.id for t in subtree]
     found: list[dict[str, Any]] = []
     for process, path in _log_files(logs_dir):
         try:
@@ -127,8 +119,7 @@ def task_timeline(state: StateStore, logs_dir: Path, task_id: str) -> list[dict[
             continue
         found += [parse(ln, process) for ln in text.splitlines() if mentions(ln, ids)]
     wanted = set(ids)
-    root_id = state.get_task(ids[0]).root_id
-    for event in state.events(root_id=root_id, limit=100_000):
+    for event in events:
         if event.task_id in wanted:
             found.append(
                 {

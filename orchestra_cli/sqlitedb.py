@@ -122,6 +122,11 @@ CREATE TABLE IF NOT EXISTS budget_holds (
     expires_at REAL NOT NULL,
     PRIMARY KEY (root_id, hold_id)
 );
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 

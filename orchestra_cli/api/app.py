@@ -20,13 +20,13 @@ from orchestra_cli.api.auth import TOKEN_HINT, bearer, check_token, token_ok
 from orchestra_cli.api.errors import install_error_handlers, status_of
 from orchestra_cli.api.people import people_routes
 from orchestra_cli.api.schemas import SubmitBody
-from orchestra_cli.api.stream import deny, event_json, stream_task_events
+from orchestra_cli.api.stream import deny, stream_task_events
 from orchestra_cli.backends import Backends
-from orchestra_cli.cli.render import agent_json, agent_state, task_json
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.service import TaskService
 from orchestra_cli.errors import OrchestraError, Undelivered, UsageError
 from orchestra_cli.health import CHECKS
+from orchestra_cli.shapes import agent_json, agent_state, event_json, task_json
 from orchestra_cli.state.base import MAX_EVENT_SEQ
 from orchestra_cli.status import Status
 
@@ -124,7 +124,7 @@ def _task_routes(router: APIRouter, service: TaskService) -> None:
         """Tasks, newest first."""
         from orchestra_cli.util import parse_since
 
-        tasks = service.state.list_tasks(
+        tasks = service.list_tasks(
             status=_statuses(status),
             agent=agent,
             since=parse_since(since) if since else None,
@@ -155,7 +155,7 @@ def _task_routes(router: APIRouter, service: TaskService) -> None:
         limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = MAX_LIST,
     ) -> dict[str, Any]:
         """Events after sequence ``after``, oldest first; poll again with ``last_seq``."""
-        found = service.state.events(root_id=root_id, after=after, limit=limit)
+        found = service.events(root_id, after, limit)
         return {
             "events": [event_json(e) for e in found],
             "last_seq": found[-1].seq if found else after,
@@ -170,19 +170,19 @@ def _agent_routes(router: APIRouter, service: TaskService) -> None:
         all_: Annotated[bool, Query(alias="all")] = False,
     ) -> list[dict[str, Any]]:
         """Agents in the registry (stopped ones only with ``?all=true``)."""
-        agents = service.state.list_agents()
+        agents = service.agents()
         return [agent_json(a, ttl) for a in agents if all_ or agent_state(a, ttl) != "stopped"]
 
     @router.get("/agents/{name}", responses=docs.BY_ID)
     def get_agent(name: str) -> dict[str, Any]:
         """One agent's registry record."""
-        return agent_json(service.state.get_agent(name), ttl)
+        return agent_json(service.agent(name), ttl)
 
     @router.post("/agents/{name}/stop", status_code=202, responses=docs.CHANGES)
     def stop_agent(name: str) -> dict[str, Any]:
         """Ask an agent to drain and stop; 202, as it finishes the tasks in hand first."""
         service.stop_agent(name)  # NotFoundError (404) for a name not in the registry
-        return agent_json(service.state.get_agent(name), ttl)
+        return agent_json(service.agent(name), ttl)
 
 
 def _health_router(

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestra_cli.api import docs
-from orchestra_cli.cli.render import task_json
 from orchestra_cli.engine.service import TaskService
+from orchestra_cli.shapes import task_json
 
 
 class ApproveBody(BaseModel):

@@ -51,7 +51,7 @@ def _tasks(app: AppContext) -> Iterable[tuple[str, str]]:
     """Short ids of the most recent tasks, newest first, then their whole ids."""
     from orchestra_cli.ids import short_id
 
-    tasks = app.backends().state.list_tasks(limit=TASKS_OFFERED)
+    tasks = app.service().list_tasks(limit=TASKS_OFFERED)
     described = [(t, f"{t.status.value}: {' '.join(t.title.split())[:50]}") for t in tasks]
     return [(short_id(t.id), d) for t, d in described] + [(t.id, d) for t, d in described]
 
@@ -60,7 +60,7 @@ def _agents(app: AppContext) -> Iterable[tuple[str, str]]:
     from orchestra_cli.cli.render import agent_state
 
     ttl = app.settings.agents.ttl_seconds
-    agents = app.backends().state.list_agents()
+    agents = app.service().agents()
     states = {a.name: agent_state(a, ttl) for a in agents}
     ordered = sorted(agents, key=lambda a: (states[a.name] == "stopped", a.name))
     return [(a.name, f"{a.role}, {states[a.name]}") for a in ordered]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestra_cli.ids import SHORT_LENGTH, short_id
+from orchestra_cli.shapes import agent_json, agent_state, event_json, task_json
 from orchestra_cli.util import human_duration, iso, now
+
+__all__ = ["agent_json", "agent_state", "event_json", "task_json"]  # the shapes, for the CLI
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -34,14 +37,6 @@ STATUS_ICON = {
     "failed": "✘",
     "cancelled": "⊘",
 }
-
-
-def task_json(task: Task) -> dict[str, Any]:
-    data = task.model_dump(mode="json")
-    data["duration_s"] = round(task.duration, 3) if task.duration is not None else None
-    for key in ("created_at", "updated_at", "queued_at", "started_at", "finished_at"):
-        data[key] = iso(data[key])
-    return data
 
 
 def usage_text(usage: Usage) -> str:
@@ -232,25 +227,6 @@ def event_line(event: Event, titles: dict[str, str] | None = None) -> str:
     title = (titles or {}).get(event.task_id)
     where = f"{event.task_id}" + (f" ({title})" if title else "")
     return f"{iso(event.time)} {event.type:<10} {where} {event.detail()}".rstrip()
-
-
-def agent_state(agent: AgentRecord, ttl: float) -> str:
-    if agent.status == "stopped":
-        return "stopped"
-    if not agent.is_alive(ttl):
-        return "dead"
-    if agent.stop_requested and agent.status == "running":
-        return "stopping"
-    return agent.status
-
-
-def agent_json(agent: AgentRecord, ttl: float) -> dict[str, Any]:
-    data = agent.model_dump(mode="json")
-    data["state"] = agent_state(agent, ttl)
-    data["heartbeat_age_s"] = round(now() - agent.heartbeat_at, 3)
-    data["started_at"] = iso(agent.started_at)
-    data["heartbeat_at"] = iso(agent.heartbeat_at)
-    return data
 
 
 def agents_table(agents: list[AgentRecord], ttl: float) -> Table:

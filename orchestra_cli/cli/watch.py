@@ -8,22 +8,12 @@ script never misses one. The exit code is the task's outcome.
 from __future__ import annotations
 
 import sys
-import time
 
 from orchestra_cli.cli.context import AppContext
 from orchestra_cli.errors import ExitStatus
 from orchestra_cli.models import Event, Task
 from orchestra_cli.status import TERMINAL, Status
-from orchestra_cli.util import dumps, human_duration, iso
-
-WAIT_SECONDS = 1.0  # longest block on the event log before status and deadline are checked
-
-
-def _next_events(app: AppContext, root_id: str, after: int, deadline: float | None) -> list[Event]:
-    """The tree's events after ``after``, waiting for one if there are none yet (at most
-    ``WAIT_SECONDS``, never past ``deadline``): a change shows at once, without polling."""
-    left = WAIT_SECONDS if deadline is None else min(WAIT_SECONDS, deadline - time.monotonic())
-    return app.backends().state.events(root_id=root_id, after=after, wait=max(0.0, left))
+from orchestra_cli.util import dumps, human_duration
 
 
 def _outcome(task: Task) -> int:
@@ -66,61 +56,44 @@ def _watch_live(app: AppContext, task: Task, timeout: float | None) -> int:
     from orchestra_cli.cli.watchview import live_view
 
     service = app.service()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    seq = 0
     tree = service.subtree(task.id)
     steps: dict[str, Event] = {}  # each task's latest step, for "what it is doing now"
     with Live(live_view(tree, {}), console=app.console, auto_refresh=False) as live:
-        while True:
+        for update in service.follow(task, timeout=timeout):  # each: the tree changed
+            steps.update({e.task_id: e for e in update.events if e.type == "step"})
             tree = service.subtree(task.id)
             current = tree[0]
             stuck = {} if current.status in TERMINAL else service.blockers(tree)
             live.update(live_view(tree, stuck, steps=steps), refresh=True)
-            if current.status in TERMINAL:
-                break
-            if deadline is not None and time.monotonic() > deadline:
+            if update.timed_out:
                 return _timed_out(current, timeout or 0)
-            events = _next_events(app, task.root_id, seq, deadline)  # the tree changed
-            seq = events[-1].seq if events else seq
-            steps.update({e.task_id: e for e in events if e.type == "step"})
     _summary(app, current)
     return _outcome(current)
 
 
 def _event_json(event: Event) -> str:
-    data = event.model_dump()
-    data["time"] = iso(event.time)
-    return dumps(data)
+    from orchestra_cli.shapes import event_json
+
+    return dumps(event_json(event))
 
 
 def _watch_lines(app: AppContext, task: Task, timeout: float | None) -> int:
     from orchestra_cli.cli.render import event_line
 
     service = app.service()
-    state = app.backends().state
-    deadline = None if timeout is None else time.monotonic() + timeout
-    seq = 0
     members = {t.id: t.title for t in service.subtree(task.id)}
-    events = state.events(root_id=task.root_id, after=seq)
-    while True:
-        if any(e.type == "created" for e in events):
+    current = task
+    for update in service.follow(task, timeout=timeout):
+        if any(e.type == "created" for e in update.events):
             members = {t.id: t.title for t in service.subtree(task.id)}
-        for event in events:
-            seq = event.seq
-            if event.task_id not in members:
-                continue
-            line = _event_json(event) if app.json else event_line(event, members)
-            sys.stdout.write(line + "\n")
+        for event in update.events:
+            if event.task_id in members:
+                line = _event_json(event) if app.json else event_line(event, members)
+                sys.stdout.write(line + "\n")
         sys.stdout.flush()
-        current = service.get(task.id)
-        if current.status in TERMINAL:  # ended: print what was logged meanwhile, then stop
-            events = state.events(root_id=task.root_id, after=seq)
-            if not events:
-                break
-            continue
-        if deadline is not None and time.monotonic() > deadline:
+        current = update.task
+        if update.timed_out:
             return _timed_out(current, timeout or 0)
-        events = _next_events(app, task.root_id, seq, deadline)
     if not app.json:
         _summary(app, current)
     return _outcome(current)

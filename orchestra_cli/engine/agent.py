@@ -73,8 +73,9 @@ log = logging.getLogger(__name__)
 MAX_CLAIM_ATTEMPTS = 3
 # A message for a task not (yet) stored is looked at again, 0.25 s apart for its
 # first 2 s and then every 5 s, until it is older than the longest a create can
-# be retried (the Redis store's operation-token lifetime, 122 s by default).
-UNKNOWN_TASK_GRACE_SECONDS = 130.0
+# be retried (the store says: ``TaskStore.create_window``) plus this margin for
+# clocks that disagree between hosts.
+UNKNOWN_TASK_MARGIN_SECONDS = 8.0
 UNKNOWN_TASK_RETRY_SECONDS = 0.25
 UNKNOWN_TASK_SLOW_RETRY = 5.0
 
@@ -259,7 +260,7 @@ class Agent:
             # (TaskService.submit), and that create may be retried for as long as Redis
             # is out of reach: look again until the message is that old.
             age = now() - env.time
-            if age < UNKNOWN_TASK_GRACE_SECONDS:
+            if age < self.state.create_window + UNKNOWN_TASK_MARGIN_SECONDS:
                 return Defer(UNKNOWN_TASK_RETRY_SECONDS if age < 2 else UNKNOWN_TASK_SLOW_RETRY)
             return DeadLetter(f"task {env.task_id} does not exist")
         if claimed:

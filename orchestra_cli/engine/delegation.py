@@ -29,6 +29,7 @@ from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.llm.base import ToolCall, ToolSpec
 from orchestra_cli.models import Task
+from orchestra_cli.state.base import Create
 from orchestra_cli.status import Status
 from orchestra_cli.tools.config import ENGINE_TOOLS
 
@@ -174,7 +175,7 @@ class DelegatingTools:
         )
         why = {"planner": "delegate", "why": f"delegated by {parent.id} ({call.name})"}
         data, live = self.directory.queued_event(capability, why)
-        stored, created = self.b.state.create_task(child, dispatch=data)
+        stored, created = self.b.state.create_task(child, Create(dispatch=data))
         if created or stored.status == Status.QUEUED:  # a resumed parent: send it again, safely
             publish_run(self.b.broker, stored)
         if created and not live:

@@ -306,18 +306,16 @@ def prune_agents(backends: Backends) -> list[str]:
 
 
 def locked_sweep(backends: Backends, ttl: float, *, orphans: bool = True) -> list[Finding] | None:
-    """One sweep (and registry pruning) under the store's lock when it has one (Redis).
+    """One sweep (and registry pruning) under the store's lock.
 
     None when another orchestrator holds the lock and is sweeping right now.
     """
-    make_lock = getattr(backends.state, "lock", None)
-    lock = make_lock(LOCK_NAME, ttl) if make_lock is not None else None
-    if lock is not None and not lock.acquire():
+    lock = backends.state.lock(LOCK_NAME, ttl)
+    if not lock.acquire():
         return None
     try:
         findings = Recovery(backends).sweep(orphans=orphans)
         prune_agents(backends)
         return findings
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()

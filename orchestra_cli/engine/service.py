@@ -11,7 +11,6 @@ import functools
 import logging
 import math
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +19,13 @@ from orchestra_cli import tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.blockers import Blocker, blockers
+from orchestra_cli.engine.follow import Follower, Update, follow
 from orchestra_cli.engine.planner import Plan
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.service_work import WorkAndPeople
 from orchestra_cli.errors import (
     BrokerError,
-    BrokerUnavailable,
     OrchestraError,
     StateUnavailable,
     TransitionRejected,
@@ -37,10 +36,13 @@ from orchestra_cli.models import (
     MAX_PRIORITY,
     MSG_RESULT,
     Q_RESULTS,
+    AgentRecord,
     Envelope,
+    Event,
     Task,
     Usage,
 )
+from orchestra_cli.state.base import Create
 from orchestra_cli.status import TERMINAL, Status
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,6 @@ MAX_LABEL_KEY_CHARS = 100
 MAX_LABEL_VALUE_CHARS = 1000
 MAX_KEY_CHARS = 200  # an idempotency key
 _SURROGATES = re.compile("[\ud800-\udfff]")
-WAIT_STEP_SECONDS = 1.0  # longest block in ``wait`` before its deadline is checked
-WAIT_FLUSH_SECONDS = 2.0  # longest ``wait`` spends asking the broker about its messages
 
 
 @dataclass
@@ -226,7 +226,7 @@ class TaskService(WorkAndPeople):
         if req.idempotency_key is None:  # (with a key, submitting again is safe anyway)
             self.b.broker.connect()
         if req.capability is None:  # the orchestrator plans it
-            stored, created = self.state.create_task(task, watch=wait)
+            stored, created = self.state.create_task(task, Create(watch=wait))
             if created:
                 with _undelivered(stored.id, state_too=True):
                     publish_submit(self.b.broker, stored, confirm=confirm, awaited=wait)
@@ -247,9 +247,8 @@ class TaskService(WorkAndPeople):
             sent.append(True)
 
         with _undelivered(task.id):  # raised by the early publish once the task is stored
-            stored, created = self.state.create_task(
-                task, dispatch=data, meanwhile=publish_early if early else None, watch=wait
-            )
+            how = Create(dispatch=data, meanwhile=publish_early if early else None, watch=wait)
+            stored, created = self.state.create_task(task, how)
         if created:
             with _undelivered(stored.id, state_too=True):
                 if stored.status == Status.PENDING:  # not routed after all: the orchestrator
@@ -292,40 +291,43 @@ class TaskService(WorkAndPeople):
     def wait(self, task: Task, timeout: float | None = None, *, counted: bool = False) -> Task:
         """Block until ``task`` has ended; the task then, or as it is after ``timeout``.
 
-        Only the task's end wakes the caller (``StateStore.wait_ended``);
-        ``counted``: submitted with ``wait=True``. Between steps (one a second)
-        the broker is asked, briefly, what it did with this process's messages:
-        one it returned is an error (if the task has not ended after all), not a
-        silent hang; an unreachable broker is only a warning — the outcome is
-        read from the state store, and the recovery sweep re-sends a lost message.
+        Only the task's end wakes the caller (``follow(events=False)``);
+        ``counted``: submitted with ``wait=True``.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        warned = False
-        while task.status not in TERMINAL:
-            left = WAIT_STEP_SECONDS if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return self.state.get_task(task.id)
-            step = min(left, WAIT_STEP_SECONDS)
-            ended = self.state.wait_ended(task.id, step, counted=counted)
-            if ended is not None:
-                return ended
-            counted = True
-            left = WAIT_FLUSH_SECONDS if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                continue
-            try:  # what did the broker do with the messages this process sent?
-                # returns of a live connection; a dropped one is not reconnected here (a
-                # connect attempt is not bounded by this wait's deadline)
-                self.b.broker.flush(min(left, WAIT_FLUSH_SECONDS), reconnect=False)
-            except BrokerUnavailable as exc:
-                if not warned:
-                    log.warning("waiting for task %s without the broker: %s", task.id, exc)
-                    warned = True
-            except BrokerError:  # it returned one: an error, unless the task ended anyway
-                task = self.state.get_task(task.id)
-                if task.status not in TERMINAL:
-                    raise
-        return task
+        *_, last = self.follow(task, timeout=timeout, events=False, counted=counted)
+        return last.task
+
+    def follow(
+        self,
+        task: Task,
+        *,
+        after: int = 0,
+        timeout: float | None = None,
+        events: bool = True,
+        counted: bool = False,
+    ) -> Iterator[Update]:
+        """Follow ``task`` until it ends or ``timeout`` passes (engine/follow.py)."""
+        return follow(
+            self.b, self.subtree, task, after=after, timeout=timeout, events=events, counted=counted
+        )
+
+    def follower(self, task: Task, after: int = 0) -> Follower:
+        """A follow an async caller drives itself (``Follower.poll``)."""
+        return Follower(self.b, self.subtree, task, after=after)
+
+    def list_tasks(self, **filters: Any) -> list[Task]:
+        """``TaskStore.list_tasks``: newest first, filtered."""
+        return self.state.list_tasks(**filters)
+
+    def events(self, root_id: str | None = None, after: int = 0, limit: int = 1000) -> list[Event]:
+        """The event log after ``after`` (one tree's with ``root_id``), oldest first."""
+        return self.state.events(root_id=root_id, after=after, limit=limit)
+
+    def agents(self) -> list[AgentRecord]:
+        return self.state.list_agents()
+
+    def agent(self, name: str) -> AgentRecord:
+        return self.state.get_agent(name)
 
     def blockers(self, tasks: list[Task]) -> dict[str, Blocker]:
         """The tasks among ``tasks`` that cannot move now, with why and the fix."""

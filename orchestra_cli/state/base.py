@@ -1,50 +1,79 @@
-"""The StateStore protocol every state backend implements."""
+"""The state seam: small protocols, one per kind of state, and the store that has them all.
+
+- ``TaskStore``: tasks and their status machine (``transition`` is the only way a
+  status changes: it checks the table and the expected version, applies the
+  change, bumps the version and appends the event, all in one atomic step);
+- ``EventLog``: the append-only log every change writes, read by sequence number;
+- ``AgentRegistry``: who is alive, with which capabilities, and stop requests;
+- ``StepLog``, ``ArtifactStore``, ``BudgetLedger``: the agent loop's durable records;
+- ``Locks``: named token locks with expiry (``locks.TokenLock``).
+
+A component takes the narrowest one it needs; ``StateStore`` is all of them
+plus snapshots and health, what a backend implements (Redis: ``redis*.py``,
+SQLite: ``sqlite*.py``) and ``Backends.state`` holds. Each protocol has a
+contract suite in tests/contract run over both backends.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestra_cli.models import AgentRecord, Event, Task, Usage
 from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.status import Status, can_transition
 
-# Fields a transition may change besides the status.
+if TYPE_CHECKING:  # a one-shot command never takes a lock
+    from orchestra_cli.state.locks import TokenLock
+
 # Event sequence numbers: SQLite integers are signed 64-bit and a Redis stream id is
 # read as ``after + 1``, so ``after`` goes up to this (an API query beyond it is a 422)
 MAX_EVENT_SEQ = 2**63 - 2
+# Fields a transition may change besides the status.
 MUTABLE_FIELDS = frozenset(
     {"agent", "result", "error", "attempts", "capability", "usage", "input"}  # input: retry --note
 )
 
 
-class StateStore(Protocol):
-    """Tasks, their event log and the agent registry.
+@dataclass(frozen=True)
+class Create:
+    """How a create goes, besides storing the task.
 
-    ``transition`` is the only way a status changes: it checks the status
-    machine table and the expected version, applies the change, bumps the
-    version and appends the event, all in one atomic step.
+    ``dispatch`` (the queued event's data): the new task also goes pending →
+    queued on its capability in the same atomic step — a route decided at
+    submit (the submitter chose the capability).
+    ``meanwhile`` runs once, while the store works (Redis: after the command is
+    sent, before its reply is read; SQLite: after the commit); its exception is
+    raised once the create's outcome is known. The submitter publishes the
+    task's message here.
+    ``watch``: the caller will wait for the task's end
+    (``wait_ended(counted=True)``), counted as a waiter in the same step.
     """
 
-    def create_task(
-        self,
-        task: Task,
-        *,
-        dispatch: dict[str, Any] | None = None,
-        meanwhile: Callable[[], None] | None = None,
-        watch: bool = False,
-    ) -> tuple[Task, bool]:
+    dispatch: dict[str, Any] | None = None
+    meanwhile: Callable[[], None] | None = None
+    watch: bool = False
+
+
+PLAIN = Create()
+
+
+class TaskStore(Protocol):
+    """Tasks: create, read, list, and every status change."""
+
+    @property
+    def create_window(self) -> float:
+        """The longest, in seconds, a create can go on being retried after its message
+        was published (``Create.meanwhile``): a consumer that finds no task for a
+        message younger than this looks again later instead of dead-lettering it."""
+        ...
+
+    def create_task(self, task: Task, how: Create = PLAIN) -> tuple[Task, bool]:
         """Store a new task; with an idempotency key already used, return that one.
 
-        With ``dispatch`` (the queued event's data) the new task also goes
-        pending → queued on its capability in the same atomic step: a route
-        decided at submit (the submitter chose the capability).
-        ``meanwhile`` runs once, while the store works (Redis: after the
-        command is sent, before its reply is read; SQLite: after the commit);
-        its exception is raised once the create's outcome is known.
-        ``watch``: the caller will wait for the task's end
-        (``wait_ended(counted=True)``), counted as a waiter in the same step.
+        ``how`` (``Create``) says what else happens in the same step.
         """
         ...
 
@@ -114,37 +143,17 @@ class StateStore(Protocol):
 
     def add_usage(self, task_id: str, usage: Usage) -> None: ...
 
-    def record_step(
-        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
-    ) -> bool:
-        """Store step ``n`` of a task (and a ``step`` event); False if ``n`` exists already."""
+    def wait_ended(self, task_id: str, wait: float, *, counted: bool = False) -> Task | None:
+        """The task once it has ended (succeeded, failed, cancelled), or None if it
+        has not after ``wait`` seconds (bounded: callers loop). Only its end
+        wakes the caller, not its other events. ``counted``: counted as a waiter
+        already (``create_task(watch=True)`` or an earlier call). NotFoundError
+        when there is no such task."""
         ...
 
-    def steps(self, task_id: str) -> list[dict[str, Any]]:
-        """The task's steps in order (``n``, ``time`` and the step's own fields)."""
-        ...
 
-    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
-        """Record a task's changed files, content-addressed (None: deleted)."""
-        ...
-
-    def artifacts(self, task_id: str) -> dict[str, tuple[str | None, int]]:
-        """A task's files: path → (content hash or None for a deletion, size)."""
-        ...
-
-    def blob(self, sha: str) -> bytes:
-        """An artifact's content by its hash."""
-        ...
-
-    def reserve_budget(
-        self, root_id: str, hold_id: str, ask: Ask, limits: Limits, *, ttl: float
-    ) -> Ledger:
-        """Atomically hold a call's worst case against its tree's budget (ledger.py)."""
-        ...
-
-    def settle_budget(self, root_id: str, hold_id: str, tokens: int, usd: float) -> None:
-        """Release a hold; add the call's real usage to the tree's spend."""
-        ...
+class EventLog(Protocol):
+    """The append-only log of what happened, per tree and overall, by sequence number."""
 
     def append_event(
         self, task_id: str, root_id: str, type: str, data: dict[str, Any] | None = None
@@ -160,15 +169,11 @@ class StateStore(Protocol):
         """
         ...
 
-    def wait_ended(self, task_id: str, wait: float, *, counted: bool = False) -> Task | None:
-        """The task once it has ended (succeeded, failed, cancelled), or None if it
-        has not after ``wait`` seconds (bounded: callers loop). Only its end
-        wakes the caller, not its other events. ``counted``: counted as a waiter
-        already (``create_task(watch=True)`` or an earlier call). NotFoundError
-        when there is no such task."""
-        ...
-
     def count_events(self, task_id: str, type: str) -> int: ...
+
+
+class AgentRegistry(Protocol):
+    """Agents (and orchestrators) with their heartbeats, capabilities and stop requests."""
 
     def save_agent(self, agent: AgentRecord, *, fresh: bool = False) -> bool:
         """Upsert the registry record; returns whether a stop was requested.
@@ -184,6 +189,64 @@ class StateStore(Protocol):
     def request_agent_stop(self, name: str) -> AgentRecord: ...
 
     def delete_agent(self, name: str) -> None: ...
+
+
+class StepLog(Protocol):
+    """The agent loop's steps, each written once under its number (engine/loop.py)."""
+
+    def record_step(
+        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
+    ) -> bool:
+        """Store step ``n`` of a task (and a ``step`` event); False if ``n`` exists already."""
+        ...
+
+    def steps(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's steps in order (``n``, ``time`` and the step's own fields)."""
+        ...
+
+
+class ArtifactStore(Protocol):
+    """Files a task changed, content-addressed (engine/workspace.py)."""
+
+    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
+        """Record a task's changed files, content-addressed (None: deleted)."""
+        ...
+
+    def artifacts(self, task_id: str) -> dict[str, tuple[str | None, int]]:
+        """A task's files: path → (content hash or None for a deletion, size)."""
+        ...
+
+    def blob(self, sha: str) -> bytes:
+        """An artifact's content by its hash."""
+        ...
+
+
+class BudgetLedger(Protocol):
+    """A tree's spend and the holds of calls in flight (engine/budget.py)."""
+
+    def reserve_budget(
+        self, root_id: str, hold_id: str, ask: Ask, limits: Limits, *, ttl: float
+    ) -> Ledger:
+        """Atomically hold a call's worst case against its tree's budget (ledger.py)."""
+        ...
+
+    def settle_budget(self, root_id: str, hold_id: str, tokens: int, usd: float) -> None:
+        """Release a hold; add the call's real usage to the tree's spend."""
+        ...
+
+
+class Locks(Protocol):
+    """Named locks shared by every process on the store."""
+
+    def lock(self, name: str, ttl: float) -> TokenLock:
+        """A lock (not yet taken) that expires ``ttl`` seconds after it is taken or renewed."""
+        ...
+
+
+class StateStore(
+    TaskStore, EventLog, AgentRegistry, StepLog, ArtifactStore, BudgetLedger, Locks, Protocol
+):
+    """Every part of the state seam on one backend, plus snapshots and health."""
 
     def export_snapshot(self, path: Path) -> int:
         """Write a consistent copy of all state to ``path``; returns a size measure."""

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from orchestra_cli import metrics, tracing
 from orchestra_cli.errors import TaskCancelled
@@ -46,7 +46,6 @@ from orchestra_cli.tools.web import WebFetch
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from orchestra_cli.engine.roles import RoleDefinition
     from orchestra_cli.tools.mcp import McpServers, McpTool
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,19 @@ BUILTINS: dict[str, type[BuiltinTool]] = {
 }
 MCP_TIMEOUT = 120.0  # an MCP call's time limit when the task has no deadline sooner
 MAX_PARALLEL_CALLS = 8
+
+
+class ToolRole(Protocol):
+    """What a toolbox reads from a role (``engine.roles.RoleDefinition`` has it)."""
+
+    @property
+    def tools(self) -> Sequence[str]: ...
+    @property
+    def mcp_servers(self) -> Mapping[str, McpServerConfig]: ...
+    @property
+    def permissions(self) -> PermissionsConfig: ...
+    @property
+    def sandbox(self) -> SandboxConfig: ...
 
 
 class Toolbox:
@@ -104,7 +116,7 @@ class Toolbox:
             self._mcp_tools = {tool.name: tool for tool in self._mcp.tools()}
 
     @classmethod
-    def for_role(cls, role: RoleDefinition, **options: Any) -> Toolbox:
+    def for_role(cls, role: ToolRole, **options: Any) -> Toolbox:
         """The toolbox a role file describes (its MCP servers start now)."""
         return cls(
             role.tools,

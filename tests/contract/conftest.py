@@ -77,3 +77,18 @@ BACKEND_KINDS = list(FACTORIES)
 def contract_backends(request: pytest.FixtureRequest, home: Path) -> Iterator[Backends]:
     """A fresh, isolated set of backends of each kind."""
     yield from FACTORIES[request.param](home)
+
+
+def settings_env(b: Backends) -> dict[str, str]:
+    """The environment a child process needs to open these same backends."""
+    from tests.support import clean_env
+
+    s = b.settings
+    values = {
+        "ORCHESTRA_HOME": str(s.home),
+        "ORCHESTRA_STATE_URL": s.state_url,
+        "ORCHESTRA_BROKER_URL": s.broker_url,
+        "ORCHESTRA_REDIS__KEY_PREFIX": s.redis.key_prefix,
+        "ORCHESTRA_RABBITMQ__QUEUE_PREFIX": s.rabbitmq.queue_prefix,
+    }
+    return clean_env({k: v for k, v in values.items() if v is not None})

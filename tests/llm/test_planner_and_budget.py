@@ -19,6 +19,7 @@ from orchestra_cli.engine.service import SubmitRequest, TaskService
 from orchestra_cli.llm.anthropic import AnthropicProvider
 from orchestra_cli.llm.prompts import PromptLibrary
 from orchestra_cli.models import Task
+from orchestra_cli.state.base import Create
 from orchestra_cli.status import TERMINAL, Status
 from tests.llm.fake_anthropic import FakeAnthropic, Reply, default_reply, text
 from tests.support import Proc, clean_env, processes, run_orchestra, wait_until
@@ -237,7 +238,7 @@ def _claimed_by_a_coder(backends: Backends, llm: Any, name: str) -> tuple[Any, T
 
     agent = Agent(backends, load_roles()["coder"], llm, PromptLibrary(), name=name)
     task, _ = backends.state.create_task(
-        Task(title="t", input="x", capability="code"), dispatch={"queue": "work.code"}
+        Task(title="t", input="x", capability="code"), Create(dispatch={"queue": "work.code"})
     )
     running, claimed = backends.state.claim(task.id, agent.name)
     assert claimed
@@ -279,7 +280,7 @@ def test_a_message_for_a_task_not_yet_stored_is_looked_at_again_then_dead_letter
     """Submit publishes while the create is on its way (and may be retried)."""
     from types import SimpleNamespace
 
-    from orchestra_cli.engine.agent import UNKNOWN_TASK_GRACE_SECONDS, Agent
+    from orchestra_cli.engine.agent import UNKNOWN_TASK_MARGIN_SECONDS, Agent
     from orchestra_cli.engine.worker import DeadLetter, Defer
     from orchestra_cli.llm.offline import OfflineProvider
     from orchestra_cli.models import MSG_RUN, Envelope
@@ -294,10 +295,10 @@ def test_a_message_for_a_task_not_yet_stored_is_looked_at_again_then_dead_letter
         delivery = SimpleNamespace(envelope=env, delivery_count=3, queue="work.code")
         return agent.handle(delivery)  # type: ignore[arg-type]
 
-    fresh, later = handle(0.1), handle(30)
+    fresh, later = handle(0.1), handle(5)  # within the margin for clocks, at least
     assert isinstance(fresh, Defer) and fresh.delay < 1  # soon, and not counted as poison
     assert isinstance(later, Defer) and later.delay >= 1
-    old = handle(UNKNOWN_TASK_GRACE_SECONDS + 1)
+    old = handle(backends.state.create_window + UNKNOWN_TASK_MARGIN_SECONDS + 1)
     assert isinstance(old, DeadLetter) and "does not exist" in old.reason
 
 

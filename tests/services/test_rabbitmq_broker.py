@@ -13,6 +13,7 @@ from orchestra_cli.backends import Backends, open_backends
 from orchestra_cli.broker.rabbitmq import RabbitBroker
 from orchestra_cli.errors import BrokerError, BrokerUnavailable
 from orchestra_cli.models import MSG_RUN, Envelope
+from orchestra_cli.state.base import Create
 from tests.contract.conftest import AMQP_URL, cleanup_services, services_settings
 from tests.services.conftest import close_connections_named
 
@@ -352,7 +353,7 @@ def test_a_waiter_without_the_broker_reads_the_outcome_from_state_within_its_tim
         assert timed_out.status == Status.QUEUED
         assert time.monotonic() - started < 4.5
         second, _ = svc.state.create_task(
-            Task(title="t2", input="y", capability="code"), watch=True
+            Task(title="t2", input="y", capability="code"), Create(watch=True)
         )
         svc.state.transition(second.id, Status.QUEUED)
         claim = threading.Timer(1.5, lambda: svc.state.claim(second.id, "a1"))

@@ -11,6 +11,7 @@ from orchestra_cli.backends import Backends, open_backends
 from orchestra_cli.errors import StateUnavailable
 from orchestra_cli.models import Task
 from orchestra_cli.settings import Settings
+from orchestra_cli.state.base import Create
 from orchestra_cli.state.redis import RedisStateStore
 from orchestra_cli.status import Status
 from orchestra_cli.util import dumps
@@ -87,28 +88,41 @@ def test_listing_uses_indexes_and_stays_fast_with_many_tasks(svc: Backends) -> N
     assert elapsed < 0.5
 
 
-def test_lock_is_exclusive_released_only_by_its_holder_and_expires(svc: Backends) -> None:
-    store = _store(svc)
-    first, second = store.lock("sweep", ttl=0.5), store.lock("sweep", ttl=0.5)
-    assert first.acquire()
-    assert not second.acquire()
-    assert not second.release()  # a stranger's token cannot delete the lock
-    assert first.owned()
-    time.sleep(0.7)
-    assert second.acquire()  # the first holder's lock expired
-    assert not first.renew() and first.lost.is_set()
-    assert second.release()
+def test_an_agent_waits_for_a_task_as_long_as_the_store_may_retry_its_create(
+    svc: Backends, tmp_path: Path
+) -> None:
+    """The grace for a message whose task is not stored yet follows the store's own
+    create window: with a 10 s socket timeout, a create is retried for over 200 s."""
+    from types import SimpleNamespace
 
+    from orchestra_cli.engine.agent import Agent
+    from orchestra_cli.engine.roles import load_roles
+    from orchestra_cli.engine.worker import DeadLetter, Defer
+    from orchestra_cli.llm.offline import OfflineProvider
+    from orchestra_cli.llm.prompts import PromptLibrary
+    from orchestra_cli.models import MSG_RUN, Envelope
+    from orchestra_cli.settings import RedisSettings
+    from orchestra_cli.state.redis import RedisStateStore
+    from orchestra_cli.util import now
 
-def test_lock_renewal_keeps_a_long_holder(svc: Backends) -> None:
-    store = _store(svc)
-    holder = store.lock("aggregate:p1", ttl=0.3)
-    assert holder.acquire()
-    holder.auto_renew()
-    time.sleep(0.9)
-    assert not store.lock("aggregate:p1", ttl=0.3).acquire()
-    assert holder.release()
-    assert store.lock("aggregate:p1", ttl=0.3).acquire()
+    slow = RedisStateStore(
+        REDIS_URL, RedisSettings(key_prefix=_store(svc).prefix, socket_timeout=10)
+    )
+    try:
+        assert slow.create_window > 200 > _store(svc).create_window
+        b = Backends(svc.settings, slow, svc.broker, svc.journals)
+        agent = Agent(b, load_roles()["coder"], OfflineProvider(), PromptLibrary(), name="a")
+        env = Envelope(type=MSG_RUN, task_id="01a214fa-0000-7000-8000-000000000000")
+
+        def handle(age: float) -> object:
+            env.time = now() - age
+            delivery = SimpleNamespace(envelope=env, delivery_count=3, queue="work.code")
+            return agent.handle(delivery)  # type: ignore[arg-type]
+
+        assert isinstance(handle(180), Defer)  # a 130 s constant dead-lettered it
+        assert isinstance(handle(slow.create_window + 60), DeadLetter)
+    finally:
+        slow.close()
 
 
 def test_registry_keeps_a_per_capability_index(svc: Backends) -> None:
@@ -127,7 +141,7 @@ def test_registry_keeps_a_per_capability_index(svc: Backends) -> None:
 def test_unreachable_redis_raises_state_unavailable_with_the_password_masked(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import orchestra_cli.state.redis as mod
+    import orchestra_cli.state.redis_conn as mod
 
     monkeypatch.setattr(mod, "MAX_REDIS_ATTEMPTS", 2)
     store = RedisStateStore("redis://:s3cret@127.0.0.1:1/0")
@@ -302,7 +316,7 @@ def test_a_failed_meanwhile_is_reported_even_when_the_scripts_reply_was_lost(
 
     task = Task(title="t", input="x", capability="code")
     with pytest.raises(RuntimeError, match="broker down"):  # not swallowed by the retry
-        store.create_task(task, dispatch={"queue": "work.code"}, meanwhile=broken)
+        store.create_task(task, Create(dispatch={"queue": "work.code"}, meanwhile=broken))
     assert lost and store.get_task(task.id).status == Status.QUEUED
 
 
@@ -346,7 +360,7 @@ def test_a_create_whose_reply_was_lost_is_retried_and_reports_the_task_created_o
     store = _store(svc)
     lost = _lose_the_next_script_reply(store, redis.TimeoutError("reply lost"))
     task = Task(title="t", input="x", capability="code", idempotency_key="once")
-    stored, created = store.create_task(task, dispatch={"queue": "work.code"})
+    stored, created = store.create_task(task, Create(dispatch={"queue": "work.code"}))
     assert lost and created and stored.id == task.id and stored.status == Status.QUEUED
     assert [e.type for e in store.events(root_id=task.id)] == ["created", "queued"]
     again, created = store.create_task(Task(title="t2", input="y", idempotency_key="once"))
@@ -359,7 +373,7 @@ def test_lost_replies_of_a_claim_and_a_versioned_success_are_recognised_in_the_h
     import redis
 
     store = _store(svc)
-    task, _ = store.create_task(Task(title="t", input="x", capability="code"), dispatch={})
+    task, _ = store.create_task(Task(title="t", input="x", capability="code"), Create(dispatch={}))
     lost = _lose_the_next_script_reply(store, redis.TimeoutError("reply lost"))
     claimed, ok = store.claim(task.id, "a1")
     assert lost and ok and claimed.status == Status.RUNNING and claimed.attempts == 1
@@ -394,7 +408,7 @@ def test_an_unversioned_transition_whose_reply_was_lost_applies_once(svc: Backen
 
 def test_waiting_leaves_no_list_behind(svc: Backends) -> None:
     store = _store(svc)
-    task, _ = store.create_task(Task(title="t", input="x", capability="code"), watch=True)
+    task, _ = store.create_task(Task(title="t", input="x", capability="code"), Create(watch=True))
     store.transition(task.id, Status.CANCELLED)
     assert store.wait_ended(task.id, 1.0, counted=True) is not None  # popped its item
     assert store.wait_ended(task.id, 1.0) is not None  # ended already: nothing pushed

@@ -77,7 +77,7 @@ def list_agents(
     from orchestra_cli.cli.render import agent_json, agent_state, agents_table
 
     app: AppContext = ctx.obj
-    agents = app.backends().state.list_agents()
+    agents = app.service().agents()
     if not all_:
         agents = [a for a in agents if agent_state(a, _ttl(app)) != "stopped"]
     if app.json:
@@ -99,7 +99,7 @@ def status(
     from orchestra_cli.cli.render import agent_json
 
     app: AppContext = ctx.obj
-    agent = app.backends().state.get_agent(name)
+    agent = app.service().agent(name)
     data = agent_json(agent, _ttl(app))
     if app.json:
         app.print_json(data)
@@ -146,19 +146,19 @@ def stop(
     from orchestra_cli.errors import ExitStatus
 
     app: AppContext = ctx.obj
-    state = app.backends().state
-    app.service().stop_agent(name)
+    service = app.service()
+    service.stop_agent(name)
     app.info(f"asked agent {name} to stop")
     if not wait:
         return 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        agent = state.get_agent(name)
+        agent = service.agent(name)
         if agent.status == "stopped" or not agent.is_alive(_ttl(app)):
             app.info(f"agent {name} stopped")
             return 0
         time.sleep(0.2)
-    app.info(f"agent {name} still {state.get_agent(name).status} after {timeout:g}s")
+    app.info(f"agent {name} still {service.agent(name).status} after {timeout:g}s")
     return ExitStatus.FAILURE
 
 

@@ -326,7 +326,10 @@ def _process_lines(
 def _task_lines(app: AppContext, task_id: str, tail: int | None) -> list[dict[str, Any]]:
     from orchestra_cli import proclogs
 
-    found = proclogs.task_timeline(app.backends().state, app.settings.logs_dir, task_id)
+    service = app.service()
+    subtree = service.subtree(task_id)
+    events = service.events(subtree[0].root_id, limit=100_000)
+    found = proclogs.task_timeline(subtree, events, app.settings.logs_dir)
     return found if tail is None else found[-tail:] if tail else []
 
 

@@ -370,7 +370,7 @@ def list_tasks(
     bad = [s for s in statuses if s not in valid]
     if bad:
         raise UsageError(f"unknown status {bad[0]!r}", f"choose from {', '.join(sorted(valid))}")
-    tasks = app.backends().state.list_tasks(
+    tasks = app.service().list_tasks(
         status=statuses or None,
         agent=agent,
         since=parse_since(since) if since else None,

@@ -1,4 +1,4 @@
-"""The StateStore contract: every backend passes the same tests."""
+"""The TaskStore contract (state/base.py): every backend passes the same tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from orchestra_cli.backends import Backends
 from orchestra_cli.errors import NotFoundError, TransitionRejected, UsageError
-from orchestra_cli.models import AgentRecord, Task, Usage
+from orchestra_cli.models import Task, Usage
+from orchestra_cli.state.base import Create
 from orchestra_cli.status import Status
 
 
@@ -42,7 +43,7 @@ def test_a_task_routed_at_creation_is_queued_in_the_same_step(
     state = contract_backends.state
     route = {"queue": "work.code", "planner": "submit", "why": "capability given"}
     task, created = state.create_task(
-        _task(capability="code", idempotency_key="k-2"), dispatch=route
+        _task(capability="code", idempotency_key="k-2"), Create(dispatch=route)
     )
     assert created and task.status == Status.QUEUED and task.version == 1 and task.queued_at
     assert state.get_task(task.id) == task
@@ -55,7 +56,7 @@ def test_a_task_routed_at_creation_is_queued_in_the_same_step(
     assert events[1].data["to"] == "queued" and events[1].data["queue"] == "work.code"
     assert events[1].data["attempt"] == 0 and events[1].data["agent"] is None
     assert events[0].data["title"] == "t" and events[0].data["capability"] == "code"
-    again, created = state.create_task(_task(idempotency_key="k-2"), dispatch=route)
+    again, created = state.create_task(_task(idempotency_key="k-2"), Create(dispatch=route))
     assert not created and again.id == task.id
     assert len(state.events(root_id=task.id)) == 2  # the duplicate changed nothing
 
@@ -66,7 +67,8 @@ def test_meanwhile_runs_once_with_the_create_and_its_error_comes_after_it(
     state = contract_backends.state
     ran: list[str] = []
     task, created = state.create_task(
-        _task(capability="code"), dispatch={"queue": "work.code"}, meanwhile=lambda: ran.append("x")
+        _task(capability="code"),
+        Create(dispatch={"queue": "work.code"}, meanwhile=lambda: ran.append("x")),
     )
     assert created and ran == ["x"] and state.get_task(task.id).status == Status.QUEUED
 
@@ -75,7 +77,7 @@ def test_meanwhile_runs_once_with_the_create_and_its_error_comes_after_it(
 
     doomed = _task(capability="code")
     with pytest.raises(RuntimeError, match="broker down"):
-        state.create_task(doomed, dispatch={"queue": "work.code"}, meanwhile=broken)
+        state.create_task(doomed, Create(dispatch={"queue": "work.code"}, meanwhile=broken))
     assert state.get_task(doomed.id).status == Status.QUEUED  # stored all the same
 
 
@@ -147,7 +149,7 @@ def test_a_transition_built_from_the_known_task_equals_the_stored_one(
     contract_backends: Backends,
 ) -> None:
     state = contract_backends.state
-    task, _ = state.create_task(_task(capability="code"), dispatch={"queue": "work.code"})
+    task, _ = state.create_task(_task(capability="code"), Create(dispatch={"queue": "work.code"}))
     running, claimed = state.claim(task.id, "a1")
     assert claimed
     # charged after ``running`` was read (usage does not move the version)
@@ -259,16 +261,6 @@ def test_list_filters_by_capability_and_every_label(contract_backends: Backends)
     assert state.list_tasks(labels={"team": "core", "env": "prod"}) == []
 
 
-def test_events_are_read_after_a_sequence_number(contract_backends: Backends) -> None:
-    state = contract_backends.state
-    task, _ = state.create_task(_task())
-    first = state.events(root_id=task.id)
-    state.append_event(task.id, task.root_id, "no_agent", {"capability": "code"})
-    later = state.events(root_id=task.id, after=first[-1].seq)
-    assert [(e.type, e.data) for e in later] == [("no_agent", {"capability": "code"})]
-    assert any(e.task_id == task.id for e in state.events(after=0, limit=100000))
-
-
 def test_usage_accumulates_on_the_task(contract_backends: Backends) -> None:
     state = contract_backends.state
     task, _ = state.create_task(_task())
@@ -284,23 +276,6 @@ def test_usage_accumulates_on_the_task(contract_backends: Backends) -> None:
     with pytest.raises(TransitionRejected):  # refused: nothing is added
         state.transition(task.id, Status.SUCCEEDED, add_usage=Usage(calls=1))
     assert state.get_task(task.id).usage.calls == 3
-
-
-def test_agent_registry_round_trip_and_stop_request(contract_backends: Backends) -> None:
-    state = contract_backends.state
-    rec = AgentRecord(name="coder-1", role="coder", capabilities=["code"], status="running")
-    assert state.save_agent(rec) is False
-    assert [a.name for a in state.list_agents()] == ["coder-1"]
-    assert state.request_agent_stop("coder-1").stop_requested
-    assert state.save_agent(rec) is True  # the next heartbeat learns of it
-    assert state.get_agent("coder-1").status == "running"
-    assert state.save_agent(rec, fresh=True) is False  # a new process under the name
-    assert state.save_agent(rec) is False and not state.get_agent("coder-1").stop_requested
-    state.delete_agent("coder-1")
-    with pytest.raises(NotFoundError):
-        state.get_agent("coder-1")
-    with pytest.raises(NotFoundError):
-        state.request_agent_stop("nobody")
 
 
 def test_rollback_to_a_snapshot_restores_exactly_that_state(contract_backends: Backends) -> None:
@@ -323,44 +298,11 @@ def test_rollback_to_a_snapshot_restores_exactly_that_state(contract_backends: B
     assert result["safety_snapshot"].endswith(("-pre-rollback.db", "-pre-rollback.redis.jsonl"))
 
 
-def test_the_recovery_sweep_runs_under_the_store_lock_and_releases_it(
-    contract_backends: Backends,
-) -> None:
-    from orchestra_cli.engine.recovery import locked_sweep
-
-    assert locked_sweep(contract_backends, ttl=5) == []
-    assert locked_sweep(contract_backends, ttl=5) == []  # the lock was released
-    make_lock = getattr(contract_backends.state, "lock", None)
-    if make_lock is not None:  # Redis: while another holder has it, the sweep stands aside
-        held = make_lock("recovery-sweep", 5)
-        assert held.acquire()
-        try:
-            assert locked_sweep(contract_backends, ttl=5) is None
-        finally:
-            held.release()
-
-
-def test_an_event_read_can_wait_for_the_next_event(contract_backends: Backends) -> None:
-    state = contract_backends.state
-    task, _ = state.create_task(_task(capability="code"))
-    seq = state.events(root_id=task.id)[-1].seq
-    started = time.monotonic()
-    assert state.events(root_id=task.id, after=seq, wait=0.3) == []  # nothing: waited
-    assert 0.25 <= time.monotonic() - started < 2
-    timer = threading.Timer(0.2, lambda: state.transition(task.id, Status.QUEUED))
-    timer.start()
-    started = time.monotonic()
-    got = state.events(root_id=task.id, after=seq, wait=2.0)
-    assert [e.type for e in got] == ["queued"] and time.monotonic() - started < 1.5
-    assert state.events(after=seq - 1, wait=5.0)[0].seq == seq  # there already: no wait
-    timer.join()
-
-
 def test_a_wait_for_the_end_wakes_at_the_end_and_not_before(
     contract_backends: Backends,
 ) -> None:
     state = contract_backends.state
-    task, _ = state.create_task(_task(capability="code"), watch=True)
+    task, _ = state.create_task(_task(capability="code"), Create(watch=True))
     steps = [
         (0.1, lambda: state.transition(task.id, Status.QUEUED)),
         (0.2, lambda: state.claim(task.id, "a1")),
@@ -420,7 +362,7 @@ def test_a_sub_millisecond_wait_returns_at_once(contract_backends: Backends) -> 
 
 def test_a_task_reopened_after_its_end_is_waited_for_again(contract_backends: Backends) -> None:
     state = contract_backends.state
-    task, _ = state.create_task(_task(capability="code"), watch=True)
+    task, _ = state.create_task(_task(capability="code"), Create(watch=True))
     state.transition(task.id, Status.FAILED, error="boom")
     ended = state.wait_ended(task.id, 1.0, counted=True)
     assert ended is not None and ended.status == Status.FAILED

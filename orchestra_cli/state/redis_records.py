@@ -1,0 +1,104 @@
+"""The Redis store's records of the agent loop: step log, artifacts, budget ledger."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from typing import Any
+
+from orchestra_cli import ids
+from orchestra_cli.errors import (
+    NotFoundError,
+)
+from orchestra_cli.state.ledger import Ask, Ledger, Limits
+from orchestra_cli.state.redis_conn import LEDGER_KEEP_SECONDS, RedisConnection, _text
+from orchestra_cli.util import dumps, loads, now
+
+_NOT_FOUND_HINT = ids.NOT_FOUND_HINT
+
+
+class RedisRecords(RedisConnection):
+    """``StepLog``, ``ArtifactStore`` and ``BudgetLedger`` on Redis (state/base.py)."""
+
+    # -- step log ------------------------------------------------------------
+    def record_step(
+        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
+    ) -> bool:
+        """Store step ``n`` of a task and its ``step`` event; False if ``n`` exists already."""
+        payload = {"id": task_id, "root": root_id, "n": n, "time": now()}
+        body = {**payload, "data": dumps({**data, "time": payload["time"]})}
+        return bool(self._run("record_step", {**body, "event": dumps({"n": n, **event})}))
+
+    def steps(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's steps in order, each with its ``n`` and ``time``."""
+        raw = self._call("steps", lambda: self.r.hgetall(self.key("steps", task_id)))
+        items = sorted((int(_text(n)), _text(v)) for n, v in raw.items())
+        return [{**loads(v), "n": n} for n, v in items]
+
+    # -- artifacts -----------------------------------------------------------
+    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
+        """Record a task's changed files (content-addressed); None: the file was deleted."""
+        if not changes:
+            return
+        manifest: dict[str, str] = {}
+        blobs: dict[str, bytes] = {}
+        for path, data in changes.items():
+            if data is None:
+                manifest[path] = "- 0"
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            blobs[sha] = data
+            manifest[path] = f"{sha} {len(data)}"
+
+        def write() -> None:
+            pipe = self.r.pipeline(transaction=True)
+            for sha, data in blobs.items():  # base64: the client decodes replies as text
+                pipe.set(self.key("blob", sha), base64.b64encode(data).decode(), nx=True)
+            pipe.hset(self.key("art", task_id), mapping=manifest)
+            pipe.execute()
+
+        self._call("save artifacts", write)
+
+    def artifacts(self, task_id: str) -> dict[str, tuple[str | None, int]]:
+        """A task's files: path → (content hash, size); a hash of None is a deletion."""
+        raw = self._call("artifacts", lambda: self.r.hgetall(self.key("art", task_id)))
+        out: dict[str, tuple[str | None, int]] = {}
+        for path, value in sorted((_text(k), _text(v)) for k, v in raw.items()):
+            sha, size = value.split(" ")
+            out[path] = (None if sha == "-" else sha, int(size))
+        return out
+
+    def blob(self, sha: str) -> bytes:
+        data = self._call("blob", lambda: self.r.get(self.key("blob", sha)))
+        if data is None:
+            raise NotFoundError(f"artifact content {sha[:12]} not found", _NOT_FOUND_HINT)
+        return base64.b64decode(data)
+
+    # -- budget ledger -----------------------------------------------------
+    def reserve_budget(
+        self, root_id: str, hold_id: str, ask: Ask, limits: Limits, *, ttl: float
+    ) -> Ledger:
+        """Hold ``ask``'s worst case (its output lowered to what is left), or refuse."""
+        reply = self._run(
+            "reserve",
+            {
+                "root": root_id,
+                "hold": hold_id,
+                "input": ask.input,
+                "max_out": ask.max_out,
+                "in_price": ask.in_price,
+                "out_price": ask.out_price,
+                "limit_tokens": limits.tokens,
+                "limit_usd": limits.usd,
+                "hold_ttl": math.ceil(ttl),
+                "keep": LEDGER_KEEP_SECONDS,
+            },
+        )
+        spent_t, spent_u, held_t, held_u, out = (_text(v) for v in reply)
+        return Ledger(int(spent_t), float(spent_u), int(held_t), float(held_u), int(out))
+
+    def settle_budget(self, root_id: str, hold_id: str, tokens: int, usd: float) -> None:
+        """Release a hold and add what the call really used to the tree's spend."""
+        payload = {"root": root_id, "hold": hold_id, "tokens": tokens, "usd": usd}
+        self._run("settle", {**payload, "keep": LEDGER_KEEP_SECONDS})
