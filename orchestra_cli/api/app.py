@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from orchestra_cli import __version__
 from orchestra_cli.api import docs
 from orchestra_cli.api.auth import TOKEN_HINT, bearer, check_token, token_ok
-from orchestra_cli.api.errors import install_error_handlers, status_of
+from orchestra_cli.api.errors import hint_of, install_error_handlers, status_of
 from orchestra_cli.api.people import people_routes
 from orchestra_cli.api.schemas import SubmitBody
 from orchestra_cli.api.stream import deny, event_json, stream_task_events
@@ -192,7 +192,7 @@ def _health_router(
 
     @router.get(
         "/health",
-        responses={503: {"description": "not healthy"}, **docs.errors(422)},
+        responses={503: {"description": "not healthy"}, **docs.errors(413, 422)},
     )
     def health(
         request: Request,
@@ -252,7 +252,7 @@ def _stream_router(service: TaskService, token: str | None) -> APIRouter:
         try:
             task = await run_in_threadpool(service.get, task_id)
         except OrchestraError as exc:  # the HTTP error handlers do not cover WebSockets
-            await deny(websocket, status_of(exc), exc.message, exc.hint)
+            await deny(websocket, status_of(exc), exc.message, hint_of(exc))
             return
         await websocket.accept()
         await stream_task_events(websocket, service, task, after)

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from orchestra_cli.api.errors import error_body, status_of
+from orchestra_cli.api.errors import error_body, hint_of, status_of
 from orchestra_cli.engine.service import TaskService
 from orchestra_cli.errors import OrchestraError
 from orchestra_cli.models import Event, Task
@@ -138,6 +138,6 @@ async def stream_task_events(
     except WebSocketDisconnect:
         return  # the client left, or the server is shutting down
     except OrchestraError as exc:  # e.g. the state store went away mid-stream
-        body = {"type": "error", "status": status_of(exc), **error_body(exc.message, exc.hint)}
+        body = {"type": "error", "status": status_of(exc), **error_body(exc.message, hint_of(exc))}
         await websocket.send_text(dumps(body))
         await websocket.close(CLOSE_INTERNAL_ERROR, exc.message[:120])
