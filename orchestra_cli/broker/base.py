@@ -243,6 +243,7 @@ SPEC_FIELDS = (
     "capability",
     "priority",
     "timeout",
+    "timeout_set",
     "max_attempts",
     "labels",
     "idempotency_key",

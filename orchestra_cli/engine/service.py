@@ -223,6 +223,7 @@ class TaskService(WorkAndPeople):
             capability=req.capability,
             priority=req.priority if req.priority is not None else 5,
             timeout=req.timeout or defaults.default_timeout,
+            timeout_set=req.timeout is not None,
             max_attempts=req.max_attempts or defaults.default_max_attempts,
             labels=req.labels or {},
             idempotency_key=req.idempotency_key,
