@@ -106,6 +106,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     hint = "the API lives under /v1; see /v1/openapi.json" if exc.status_code == 404 else None
+    hint = getattr(exc, "hint", None) or hint  # BodyTooLarge says the limit
     headers = getattr(exc, "headers", None)
     if exc.status_code == 405:  # which methods the path does answer (all its routes')
         headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}

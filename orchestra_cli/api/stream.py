@@ -10,6 +10,7 @@ Messages are the event log's entries as JSON (``seq``, ``task_id``,
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +70,15 @@ class _Follower:
         return _Poll(shown, last_seq, current, full_page=len(events) == PAGE)
 
 
+# set in the connection's task when the handshake was refused on purpose: uvicorn then
+# logs "ASGI callable returned without completing handshake" at ERROR, which
+# api.server's filter drops for these connections (and keeps for any other)
+DENIED: contextvars.ContextVar[bool] = contextvars.ContextVar("orchestra_ws_denied", default=False)
+
+
 async def deny(websocket: WebSocket, status: int, message: str, hint: str | None) -> None:
     """Refuse the handshake with an HTTP error body (or a policy-violation close)."""
+    DENIED.set(True)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         from fastapi.responses import JSONResponse
 
