@@ -29,10 +29,13 @@ class OrchestraError(Exception):
 
     exit_status: ExitStatus = ExitStatus.FAILURE
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, api_hint: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.api_hint = api_hint  # the hint worded for the API (routes, not CLI flags)
 
     def __str__(self) -> str:
         return f"{self.message} — {self.hint}" if self.hint else self.message
@@ -52,6 +55,14 @@ class ConfigError(OrchestraError):
 
 class NotFoundError(OrchestraError):
     """An id or name that does not exist."""
+
+    exit_status = ExitStatus.FAILURE
+
+
+class ConflictError(OrchestraError):
+    """The request conflicts with the task's current state (retrying a task that
+    succeeded, cancelling one that ended, answering one that waits for nothing):
+    exit 1 in the CLI, 409 in the API."""
 
     exit_status = ExitStatus.FAILURE
 

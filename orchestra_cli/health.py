@@ -146,29 +146,56 @@ def check_orchestrator(ctx: HealthContext) -> Check:
     return Check("orchestrator", WARN, "no orchestrator running — start `orchestra run`")
 
 
+MAX_NAMED = 3  # names a summary shows; the count covers them all
+MAX_RUNNING_SCAN = 10_000
+
+
 def check_agents(ctx: HealthContext) -> Check:
     ttl = ctx.settings.agents.ttl_seconds
-    agents = [a for a in ctx.state().list_agents() if a.role != ORCHESTRATOR_ROLE]
+    everyone = ctx.state().list_agents()
+    agents = [a for a in everyone if a.role != ORCHESTRATOR_ROLE]
     live = [a for a in agents if a.is_alive(ttl)]
     dead = [a.name for a in agents if a.status != "stopped" and not a.is_alive(ttl)]
     covered = {c for a in live for c in a.capabilities}
     missing = sorted(ctx.capabilities() - covered)
+    orphaned = _orphaned(ctx, {a.name for a in everyone if a.is_alive(ttl)})
     details = {
         "live": len(live),
         "dead": dead,
         "capabilities_without_agent": missing,
         "by_role": _count_by_role(live),
+        "running_on_dead_agents": orphaned,
     }
-    if not live:
-        return Check(
-            "agents", WARN, "no live agents; start one with `orchestra agent start coder`", details
-        )
-    summary = f"{len(live)} live"
+    parts = [f"{len(live)} live" if live else "no live agents"]
     if dead:
-        summary += f", {len(dead)} dead ({', '.join(dead[:3])})"
-    if missing:
-        summary += f"; no agent for {', '.join(missing)}"
-    return Check("agents", WARN if dead or missing else OK, summary, details)
+        parts[0] += f", {len(dead)} dead ({_named(dead)})"
+    if orphaned:
+        parts.append(
+            f"{len(orphaned)} running task(s) on dead agents ({_named(orphaned)}) — "
+            "taken over within agents.ttl_seconds while `orchestra run` runs; "
+            "`orchestra recover` does it now"
+        )
+    if not live:
+        parts.append("start one with `orchestra agent start coder`")
+    elif missing:
+        parts.append(f"no agent for {', '.join(missing)}")
+    level = WARN if dead or missing or orphaned or not live else OK
+    return Check("agents", level, "; ".join(parts), details)
+
+
+def _orphaned(ctx: HealthContext, alive: set[str]) -> list[str]:
+    """Short ids of running tasks whose agent is dead or gone from the registry."""
+    from orchestra_cli.ids import short_id
+
+    running = ctx.state().list_tasks(status=[Status.RUNNING.value], limit=MAX_RUNNING_SCAN)
+    return [short_id(t.id) for t in running if t.agent and t.agent not in alive]
+
+
+def _named(names: list[str]) -> str:
+    """Up to MAX_NAMED names, then how many more (so the names agree with the count)."""
+    shown = ", ".join(names[:MAX_NAMED])
+    more = len(names) - MAX_NAMED
+    return f"{shown}, +{more} more" if more > 0 else shown
 
 
 def _count_by_role(agents: list[Any]) -> dict[str, int]:

@@ -22,6 +22,9 @@ MIN_LOOKUP_LENGTH = 4
 CANDIDATES = 6  # read at most this many matches; an error names up to 5
 _HEX = re.compile(r"[0-9a-f]{4,12}")
 NOT_FOUND_HINT = "`orchestra task list` shows known ids"
+AMBIGUOUS_HINT = (
+    "give more characters, or the short id (the last 8) that `orchestra task list` shows"
+)
 
 
 def short_id(task_id: str) -> str:
@@ -84,7 +87,7 @@ def ambiguous(text: str, ids: Iterable[str], titles: dict[str, str]) -> UsageErr
     more = ", …" if len(ids) >= CANDIDATES else ""
     return UsageError(
         f"task id {text} is ambiguous: it matches {', '.join(named)}{more}",
-        "give more characters, or the short id (the last 8) that `orchestra task list` shows",
+        AMBIGUOUS_HINT,
     )
 
 

@@ -55,6 +55,7 @@ class Task(Model, extra="ignore"):
     attempts: int = 0
     max_attempts: int = 3
     timeout: float = 600.0
+    timeout_set: bool = False  # given (--timeout): a role file's timeout does not apply
     agent: str | None = None
     result: Any = None
     error: str | None = None

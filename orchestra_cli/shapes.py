@@ -29,7 +29,12 @@ def event_json(event: Event) -> dict[str, Any]:
     return data
 
 
+LISTED_BY_DEFAULT = frozenset({"init", "starting", "running", "draining", "stopping"})
+
+
 def agent_state(agent: AgentRecord, ttl: float) -> str:
+    """An agent's one liveness word: init, starting, running, draining, stopping (asked
+    to stop, still running), stopped, or dead (its heartbeat is older than the TTL)."""
     if agent.status == "stopped":
         return "stopped"
     if not agent.is_alive(ttl):
@@ -40,7 +45,10 @@ def agent_state(agent: AgentRecord, ttl: float) -> str:
 
 
 def agent_json(agent: AgentRecord, ttl: float) -> dict[str, Any]:
+    """An agent as `agent list --json` and the API show it: its liveness is ``state``
+    alone (the registry's own ``status`` says running for an agent that died)."""
     data = agent.model_dump(mode="json")
+    del data["status"]
     data["state"] = agent_state(agent, ttl)
     data["heartbeat_age_s"] = round(now() - agent.heartbeat_at, 3)
     data["started_at"] = iso(agent.started_at)

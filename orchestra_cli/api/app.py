@@ -17,7 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from orchestra_cli import __version__
 from orchestra_cli.api import docs
 from orchestra_cli.api.auth import TOKEN_HINT, bearer, check_token, token_ok
-from orchestra_cli.api.errors import install_error_handlers, status_of
+from orchestra_cli.api.errors import hint_of, install_error_handlers, status_of
+from orchestra_cli.api.middleware import AccessLog, BodyLimit, body_limit
 from orchestra_cli.api.people import people_routes
 from orchestra_cli.api.schemas import SubmitBody
 from orchestra_cli.api.stream import deny, stream_task_events
@@ -26,7 +27,7 @@ from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.service import TaskService
 from orchestra_cli.errors import OrchestraError, Undelivered, UsageError
 from orchestra_cli.health import CHECKS
-from orchestra_cli.shapes import agent_json, agent_state, event_json, task_json
+from orchestra_cli.shapes import LISTED_BY_DEFAULT, agent_json, agent_state, event_json, task_json
 from orchestra_cli.state.base import MAX_EVENT_SEQ
 from orchestra_cli.status import Status
 
@@ -47,6 +48,8 @@ def create_app(
         openapi_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=body_limit(backends.settings.tasks.max_input_bytes))
+    app.add_middleware(AccessLog)  # added last: outermost, it sees the 413s too
 
     def require_token(request: Request) -> None:
         check_token(token, request.headers.get("authorization"))
@@ -169,9 +172,13 @@ def _agent_routes(router: APIRouter, service: TaskService) -> None:
     def list_agents(
         all_: Annotated[bool, Query(alias="all")] = False,
     ) -> list[dict[str, Any]]:
-        """Agents in the registry (stopped ones only with ``?all=true``)."""
+        """Agents in the registry; dead and stopped ones only with ``?all=true``. Each
+        one's liveness is ``state``: init, starting, running, draining, stopping,
+        stopped or dead."""
         agents = service.agents()
-        return [agent_json(a, ttl) for a in agents if all_ or agent_state(a, ttl) != "stopped"]
+        return [
+            agent_json(a, ttl) for a in agents if all_ or agent_state(a, ttl) in LISTED_BY_DEFAULT
+        ]
 
     @router.get("/agents/{name}", responses=docs.BY_ID)
     def get_agent(name: str) -> dict[str, Any]:
@@ -192,7 +199,7 @@ def _health_router(
 
     @router.get(
         "/health",
-        responses={503: {"description": "not healthy"}, **docs.errors(422)},
+        responses={503: {"description": "not healthy"}, **docs.errors(413, 422)},
     )
     def health(
         request: Request,
@@ -252,7 +259,7 @@ def _stream_router(service: TaskService, token: str | None) -> APIRouter:
         try:
             task = await run_in_threadpool(service.get, task_id)
         except OrchestraError as exc:  # the HTTP error handlers do not cover WebSockets
-            await deny(websocket, status_of(exc), exc.message, exc.hint)
+            await deny(websocket, status_of(exc), exc.message, hint_of(exc))
             return
         await websocket.accept()
         await stream_task_events(websocket, service, task, after)

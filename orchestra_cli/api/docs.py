@@ -26,7 +26,9 @@ _WHY = {
     400: "the body is not JSON",
     401: "missing or wrong API token",
     404: "no task or agent by that id or name",
-    409: "the task changed meanwhile (re-read it and retry)",
+    409: "a conflict with the task's state: it changed meanwhile (re-read it and retry), "
+    "or the request does not fit its status (retrying a task that succeeded)",
+    413: "the body is over the size limit (refused from Content-Length before it is read)",
     422: "bad input: the error names the field and what is allowed",
     503: "the state store or the broker is unreachable",
 }
@@ -37,7 +39,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": _WHY[code]} for code in codes}
 
 
-GUARDED = errors(401, 422, 503)  # every route behind the token
+GUARDED = errors(401, 413, 422, 503)  # every route behind the token (any may get a body)
 BY_ID = errors(404)
 CHANGES = errors(404, 409)
 CHANGES_WITH_BODY = errors(400, 404, 409)  # a route that reads a JSON body

@@ -14,9 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestra_cli import ids
 from orchestra_cli.api.auth import Unauthorized
 from orchestra_cli.errors import (
     ConfigError,
+    ConflictError,
     ExitStatus,
     NotFoundError,
     OrchestraError,
@@ -31,6 +33,7 @@ STATUS_BY_ERROR: tuple[tuple[type[OrchestraError], int], ...] = (
     (Unauthorized, 401),
     (NotFoundError, 404),
     (TransitionRejected, 409),  # the task changed under the request; re-read and retry
+    (ConflictError, 409),  # the request does not fit the task's state (retry a success)
     (UsageError, 422),
     (ConfigError, 422),
 )
@@ -63,12 +66,27 @@ def _response(
     return JSONResponse(error_body(message, hint), status_code=status, headers=headers)
 
 
+# hints the stores and the id resolver give, as the API words them
+API_HINTS = {
+    ids.NOT_FOUND_HINT: "GET /v1/tasks lists known ids",
+    ids.AMBIGUOUS_HINT: "give more characters, or the short id (the last 8) of the id",
+    "`orchestra agent list` shows agents": "GET /v1/agents?all=true lists agents",
+}
+
+
+def hint_of(exc: OrchestraError) -> str | None:
+    """The hint worded for the API (routes and fields, not CLI commands and flags)."""
+    if exc.api_hint:
+        return exc.api_hint
+    return API_HINTS.get(exc.hint, exc.hint) if exc.hint else None
+
+
 async def _orchestra_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OrchestraError)
     status = status_of(exc)
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc)
-    return _response(status, exc.message, exc.hint)
+    return _response(status, exc.message, hint_of(exc))
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -88,6 +106,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     hint = "the API lives under /v1; see /v1/openapi.json" if exc.status_code == 404 else None
+    hint = getattr(exc, "hint", None) or hint  # BodyTooLarge says the limit
     headers = getattr(exc, "headers", None)
     if exc.status_code == 405:  # which methods the path does answer (all its routes')
         headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}

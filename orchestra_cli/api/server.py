@@ -36,6 +36,17 @@ class _RedactFilter(logging.Filter):
         return True
 
 
+class _DeniedHandshakeFilter(logging.Filter):
+    """Drops uvicorn's error for a WebSocket the app refused on purpose (a bad token, an
+    unknown id): it answered the handshake with an HTTP error, which uvicorn's
+    websockets implementation counts as 'returned without completing handshake'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from orchestra_cli.api.stream import DENIED
+
+        return not (DENIED.get() and "without completing handshake" in str(record.msg))
+
+
 def _mask(text: str) -> str:
     from orchestra_cli.logs import redact
 
@@ -91,12 +102,16 @@ def serve(app: Any, sock: socket.socket, *, verbose: bool, on_listening: Callabl
     config = uvicorn.Config(
         app,
         log_level="info" if verbose else "warning",
-        access_log=verbose,  # one line per request: only when asked for with -v
+        # the app's own access log (api.middleware) writes one JSON line per request
+        access_log=False,
+        # uvicorn's lines go to this process's handlers (the JSON log, stderr), not its own
+        log_config=None,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
     )
     for name in UVICORN_LOGGERS:  # Config() has just configured them
         logging.getLogger(name).addFilter(_RedactFilter())
+    logging.getLogger("uvicorn.error").addFilter(_DeniedHandshakeFilter())
     try:
         _Server(config, on_listening).run(sockets=[sock])
     finally:

@@ -10,12 +10,13 @@ Messages are the event log's entries as JSON (``seq``, ``task_id``,
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from orchestra_cli.api.errors import error_body, status_of
+from orchestra_cli.api.errors import error_body, hint_of, status_of
 from orchestra_cli.engine.follow import Follower
 from orchestra_cli.engine.service import TaskService
 from orchestra_cli.errors import OrchestraError
@@ -28,8 +29,15 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 
 
+# set in the connection's task when the handshake was refused on purpose: uvicorn then
+# logs "ASGI callable returned without completing handshake" at ERROR, which
+# api.server's filter drops for these connections (and keeps for any other)
+DENIED: contextvars.ContextVar[bool] = contextvars.ContextVar("orchestra_ws_denied", default=False)
+
+
 async def deny(websocket: WebSocket, status: int, message: str, hint: str | None) -> None:
     """Refuse the handshake with an HTTP error body (or a policy-violation close)."""
+    DENIED.set(True)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         from fastapi.responses import JSONResponse
 
@@ -88,6 +96,6 @@ async def stream_task_events(
     except WebSocketDisconnect:
         return  # the client left, or the server is shutting down
     except OrchestraError as exc:  # e.g. the state store went away mid-stream
-        body = {"type": "error", "status": status_of(exc), **error_body(exc.message, exc.hint)}
+        body = {"type": "error", "status": status_of(exc), **error_body(exc.message, hint_of(exc))}
         await websocket.send_text(dumps(body))
         await websocket.close(CLOSE_INTERNAL_ERROR, exc.message[:120])

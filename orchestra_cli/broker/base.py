@@ -7,6 +7,7 @@ never reach the receiver: the consumer dead-letters them and keeps going.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from orchestra_cli.errors import MalformedMessage
@@ -220,7 +221,12 @@ class Broker(Protocol):
 
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first: ``id``, ``queue`` (origin), ``reason``, ``deliveries`` (None when
-        unknown), ``enqueued_at`` and ``describe_letter``'s fields of the body."""
+        unknown), ``enqueued_at``, ``headers`` and ``describe_letter``'s fields of the body."""
+        ...
+
+    def remove_dead_letters(self, ids: Collection[str]) -> int:
+        """Delete the dead letters with these ids (as ``dead_letters`` gives them), leaving
+        the others where they are; how many went."""
         ...
 
     def purge(self, queue: str) -> int: ...
@@ -237,6 +243,7 @@ SPEC_FIELDS = (
     "capability",
     "priority",
     "timeout",
+    "timeout_set",
     "max_attempts",
     "labels",
     "idempotency_key",

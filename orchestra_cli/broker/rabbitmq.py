@@ -27,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from orchestra_cli.broker.base import decode_envelope
@@ -444,6 +445,19 @@ class RabbitBroker:
 
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first; browsed with basic_get and put back (the channel close requeues)."""
+        found = self._browse_dead(lambda letter: False)
+        return list(reversed(found))[:limit]
+
+    def remove_dead_letters(self, ids: Collection[str]) -> int:
+        """Ack the letters with these ids while browsing; the rest go back in their order."""
+        wanted = set(ids)
+        return len(self._browse_dead(lambda letter: letter["id"] in wanted, keep=False))
+
+    def _browse_dead(
+        self, drop: Callable[[dict[str, Any]], bool], *, keep: bool = True
+    ) -> list[dict[str, Any]]:
+        """Every dead letter, oldest first (``keep=False``: only the dropped ones), each
+        one ``drop`` picks acked (deleted); closing the channel requeues the others."""
 
         def command(ch: Channel) -> list[dict[str, Any]]:
             browse = ch.connection.channel()
@@ -453,14 +467,19 @@ class RabbitBroker:
                     method, props, body = browse.basic_get(self.topo.physical(Q_DEAD))
                     if method is None:
                         break
-                    found.append(dead_record(self.topo, method, props, body))
+                    letter = dead_record(self.topo, method, props, body)
+                    dropped = drop(letter)
+                    if dropped:
+                        browse.basic_ack(method.delivery_tag)
+                    if keep or dropped:
+                        found.append(letter)
             except _closed_by_broker():
                 return found
             browse.close()
             return found
 
         found: list[dict[str, Any]] = self._call(command, SETTLE_TIMEOUT_SECONDS)
-        return list(reversed(found))[:limit]
+        return found
 
     def purge(self, queue: str) -> int:
         """Drop every ready message of a queue; how many went."""

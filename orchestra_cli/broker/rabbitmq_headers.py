@@ -61,13 +61,30 @@ def dead_record(topo: Topology, method: Any, props: Any, body: bytes) -> dict[st
     except MalformedMessage:
         deliveries = None  # shown as unknown; the reason says why it was dead-lettered
     return {
-        "id": _text(props.message_id) if props.message_id else str(method.delivery_tag),
+        # a message without an id (another client's) is known by its body, which stays
+        "id": _text(props.message_id) if props.message_id else _body_id(body),
         "queue": _text(origin)[:MAX_HEADER_TEXT],
         "reason": _text(reason)[:MAX_HEADER_TEXT],
         "deliveries": deliveries,
         "enqueued_at": float(props.timestamp) if isinstance(props.timestamp, int) else 0.0,
+        "headers": {_text(k)[:MAX_HEADER_TEXT]: _shown_header(v) for k, v in headers.items()},
         **describe_letter(body),
     }
+
+
+def _body_id(body: bytes) -> str:
+    import hashlib
+
+    return "sha1-" + hashlib.sha1(body, usedforsecurity=False).hexdigest()[:16]
+
+
+def _shown_header(value: Any) -> Any:
+    """A header value as `dlq show --json` can print it (JSON scalars kept, the rest text)."""
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, str | bytes):
+        return _text(value)[:MAX_HEADER_TEXT]
+    return _shown(value)
 
 
 def republishable(headers: Any) -> dict[str, Any]:

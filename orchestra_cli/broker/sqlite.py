@@ -18,6 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 from orchestra_cli.broker.base import decode_envelope, describe_letter
@@ -355,15 +356,29 @@ class SQLiteBroker:
         )
         return [
             {
-                "id": r["id"],
+                "id": str(r["id"]),
                 "queue": r["origin"],
                 "reason": r["reason"],
                 "deliveries": r["deliveries"],
                 "enqueued_at": r["enqueued_at"],
+                "headers": {},  # a row has its columns, not headers
                 **describe_letter(bytes(r["body"])),
             }
             for r in rows
         ]
+
+    def remove_dead_letters(self, ids: Collection[str]) -> int:
+        """Delete these letters (ids as ``dead_letters`` gives them); how many went."""
+        rows = [int(i) for i in ids if i.isdigit()]
+        if not rows:
+            return 0
+        with self.db.write() as conn:
+            return sum(
+                conn.execute(
+                    "DELETE FROM messages WHERE queue = ? AND id = ?", (Q_DEAD, row)
+                ).rowcount
+                for row in rows
+            )
 
     def purge(self, queue: str) -> int:
         with self.db.write() as conn:

@@ -9,7 +9,8 @@ import typer
 from orchestra_cli import __version__
 
 EPILOG = (
-    "Exit codes: 0 success; 1 the thing asked about failed (task failed, check failed); "
+    "Exit codes: 0 success; 1 the thing asked about failed (task failed, check failed) "
+    "or conflicts with the task's state (retrying a task that succeeded); "
     "2 usage error (bad arguments, input or config); 3 a required service is unreachable; "
     "130 interrupted."
 )

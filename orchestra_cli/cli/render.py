@@ -6,10 +6,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from orchestra_cli.ids import SHORT_LENGTH, short_id
-from orchestra_cli.shapes import agent_json, agent_state, event_json, task_json
+from orchestra_cli.shapes import LISTED_BY_DEFAULT, agent_json, agent_state, event_json, task_json
 from orchestra_cli.util import human_duration, iso, now
 
-__all__ = ["agent_json", "agent_state", "event_json", "task_json"]  # the shapes, for the CLI
+__all__ = [
+    "LISTED_BY_DEFAULT",
+    "agent_json",
+    "agent_state",
+    "event_json",
+    "task_json",
+]  # the shapes, for the CLI
 
 if TYPE_CHECKING:
     from rich.table import Table

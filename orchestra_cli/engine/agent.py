@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from orchestra_cli import __version__, tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
+from orchestra_cli.engine import applied
 from orchestra_cli.engine.budget import Meter, MeteredProvider
 from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused, ToolRunner, short
 from orchestra_cli.engine.retry import retry_or_fail
@@ -104,6 +105,7 @@ class Agent:
         self.prompts = prompts
         self.name = name or default_agent_name(role.name)
         self.concurrency = concurrency or role.concurrency
+        self.role_timeout = applied.role_timeout(role)  # for tasks without --timeout
         self.record = AgentRecord(
             name=self.name,
             role=role.name,
@@ -342,6 +344,9 @@ class Agent:
             return False
         return record.is_alive(self.b.settings.agents.ttl_seconds)
 
+    def _limit(self, task: Task) -> float:
+        return applied.time_limit(task.timeout, task.timeout_set, self.role_timeout)
+
     @tracing.traced(tracing.agent_span, kind="CONSUMER")
     def _execute(self, task: Task) -> Action:
         cancel = threading.Event()
@@ -353,7 +358,8 @@ class Agent:
 
         with self._lock:
             self._running[task.id] = cancel
-        timer = self._deadlines.schedule(task.timeout, expire)
+        limit = self._limit(task)
+        timer = self._deadlines.schedule(limit, expire)
         # the last call's usage rides on the succeeded transition (one write, not two)
         metered = self.meter.wrap(self.llm, task, agent=self.name, defer_last=True)
         try:
@@ -363,7 +369,7 @@ class Agent:
                 else:
                     response = self._call_llm(task, cancel, metered)
                 if timed_out.is_set():
-                    raise TaskTimeout(f"timed out after {task.timeout:g}s")
+                    raise TaskTimeout(f"timed out after {limit:g}s")
             except BaseException:
                 # no result to record: charge the call before any other outcome is
                 self._charge(task, metered)
@@ -372,7 +378,7 @@ class Agent:
             return self._block(task, exc if isinstance(exc, AwaitingApproval) else None)
         except TaskCancelled as exc:
             if timed_out.is_set():
-                return self._fail(task, f"timed out after {task.timeout:g}s")
+                return self._fail(task, f"timed out after {limit:g}s")
             log.info("task %s cancelled while running: %s", task.id, exc)
             return Ack()
         except (StateUnavailable, BrokerUnavailable):
@@ -477,7 +483,7 @@ class Agent:
             workspace=workspace.prepare(),
             max_turns=self.role.max_turns,
             max_continuations=self.b.settings.llm.max_continuations,
-            deadline=time.monotonic() + task.timeout,
+            deadline=time.monotonic() + self._limit(task),
             after_tools=workspace.save,
         )
         try:

@@ -1,10 +1,9 @@
 """The concurrency and task timeout an agent really runs with, and where each comes from.
 
 Concurrency: ``agent start --concurrency`` beats the role file's
-``concurrency``, which beats ``agents.concurrency``. Timeouts are the task's
-own: its ``--timeout``, else ``tasks.default_timeout`` when it was submitted
-(subtasks inherit their parent's); a role file's ``timeout`` is not applied,
-and what is shown says so.
+``concurrency``, which beats ``agents.concurrency``. A task's timeout: its own
+``--timeout`` (subtasks inherit a given one), else the role file's ``timeout``,
+else ``tasks.default_timeout``.
 """
 
 from __future__ import annotations
@@ -53,19 +52,34 @@ def concurrency(
     )
 
 
+def role_timeout(role: RoleDefinition) -> float | None:
+    """The role file's ``timeout``, when the file sets one."""
+    origin = role_origin(role.name)
+    return role.timeout if origin is not None and "timeout" in origin[1] else None
+
+
 def task_timeout(
     role: RoleDefinition, settings: Settings, sources: Mapping[str, str] | None = None
 ) -> Applied:
     """Seconds an attempt may take, for tasks submitted without ``--timeout``."""
-    origin = role_origin(role.name)
     note = "a task's --timeout beats it"
-    if origin is not None and "timeout" in origin[1]:
-        note += f"; the role file's timeout ({role.timeout:g}) is not applied"
+    own = role_timeout(role)
+    if own is not None:
+        origin = role_origin(role.name)
+        assert origin is not None
+        if "tasks.default_timeout" in (sources or {}) and settings.tasks.default_timeout != own:
+            note += "; tasks.default_timeout not applied"
+        return Applied(own, f"role file {origin[0]}", note)
     return Applied(
         settings.tasks.default_timeout,
         _setting_source("tasks.default_timeout", sources or {}),
         note,
     )
+
+
+def time_limit(task_timeout: float, given: bool, role: float | None) -> float:
+    """The seconds an attempt of a task gets: its own when given, else the role's."""
+    return task_timeout if given or role is None else role
 
 
 def for_roles(

@@ -23,7 +23,7 @@ from typing import Any
 from orchestra_cli.broker.base import Broker, publish_run
 from orchestra_cli.engine import plan_review
 from orchestra_cli.engine.loop import TREE_MARKS, append_step
-from orchestra_cli.errors import TransitionRejected, UsageError
+from orchestra_cli.errors import ConflictError, TransitionRejected, UsageError
 from orchestra_cli.models import Task
 from orchestra_cli.state.base import StateStore
 from orchestra_cli.status import Status
@@ -104,9 +104,10 @@ def inbox(state: StateStore) -> list[Waiting]:
 
 def _pick(task: Task, items: list[Waiting], step: int | None) -> list[Waiting]:
     if not items:
-        raise UsageError(
+        raise ConflictError(
             f"task {task.id} is {task.status}; it waits for no approval",
             "`orchestra inbox` lists what waits for a person",
+            api_hint="GET /v1/inbox lists what waits for a person",
         )
     if step is None:
         return items
@@ -132,14 +133,18 @@ def answer(
 ) -> Task:
     """Record a person's answer to the task's waiting call(s); the task runs on."""
     if not approve and not reason.strip():
-        raise UsageError("a rejection needs a reason", "pass --reason TEXT; the model reads it")
+        raise UsageError(
+            "a rejection needs a reason",
+            "pass --reason TEXT; the model reads it",
+            api_hint='send {"reason": TEXT}; the model reads it',
+        )
     if plan_review.under_review(state, task) is not None:
         return _answer_plan(state, broker, task, approve=approve, reason=reason, by=by)
     items = _pick(task, waiting(state, task), step)
     decision = "approve" if approve else "reject"
     fresh = [w for w in items if w.answer is None]
     if not fresh and step is not None:
-        raise UsageError(
+        raise ConflictError(
             f"step {step} of task {task.id} was answered already ({items[0].answer})",
             "each call is answered once",
         )
@@ -148,8 +153,10 @@ def answer(
         data = {"kind": "approval", "call_id": w.call_id, "decision": decision, "by": by}
         event = {"kind": "approval", "tool": w.tool, "decision": decision}
         if not state.record_step(task.id, task.root_id, n, {**data, "reason": reason}, event):
-            raise UsageError(
-                f"task {task.id} was answered meanwhile", "`orchestra task get` shows its state"
+            raise ConflictError(
+                f"task {task.id} was answered meanwhile",
+                "`orchestra task get` shows its state",
+                api_hint=f"GET /v1/tasks/{task.id} shows its state",
             )
         n += 1
     if always and approve:
@@ -173,7 +180,11 @@ def _answer_plan(
             event_data={"reason": kind.replace("_", " "), "by": by},
         )
     except TransitionRejected as exc:
-        raise UsageError(f"task {task.id} is no longer blocked ({exc})", "see `task get`") from None
+        raise ConflictError(
+            f"task {task.id} is no longer blocked ({exc})",
+            "`orchestra task get` shows it",
+            api_hint=f"GET /v1/tasks/{task.id} shows it",
+        ) from None
     publish_submit(broker, pending)  # the orchestrator carries it out, or plans again
     return pending
 
@@ -192,8 +203,10 @@ def _release(state: StateStore, broker: Broker, task: Task, decision: str) -> Ta
             event_data={"reason": decision.rstrip("e") + "ed", "by": "operator"},
         )
     except TransitionRejected as exc:
-        raise UsageError(
-            f"task {task.id} is no longer blocked ({exc})", "`orchestra task get` shows it"
+        raise ConflictError(
+            f"task {task.id} is no longer blocked ({exc})",
+            "`orchestra task get` shows it",
+            api_hint=f"GET /v1/tasks/{task.id} shows it",
         ) from None
     publish_run(broker, queued)
     return queued
@@ -219,10 +232,12 @@ def pause(state: StateStore, task: Task) -> Task:
     """Stop ``task``'s tree taking new steps; returns its root."""
     root = task if task.is_root else state.get_task(task.root_id)
     if root.status in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED):
-        raise UsageError(f"task tree {root.id} has ended ({root.status})", "nothing to pause")
+        raise ConflictError(f"task tree {root.id} has ended ({root.status})", "nothing to pause")
     if is_paused(state, root.id):
-        raise UsageError(
-            f"task tree {root.id} is paused already", f"resume it: orchestra task resume {root.id}"
+        raise ConflictError(
+            f"task tree {root.id} is paused already",
+            f"resume it: orchestra task resume {root.id}",
+            api_hint=f"resume it: POST /v1/tasks/{root.id}/resume",
         )
     _mark(state, root.id, "pause")
     return root
@@ -234,8 +249,10 @@ def resume(state: StateStore, broker: Broker, task: Task) -> list[Task]:
 
     root = task if task.is_root else state.get_task(task.root_id)
     if not is_paused(state, root.id):
-        raise UsageError(
-            f"task tree {root.id} is not paused", "`orchestra inbox` lists paused trees"
+        raise ConflictError(
+            f"task tree {root.id} is not paused",
+            "`orchestra inbox` lists paused trees",
+            api_hint="GET /v1/inbox lists paused trees",
         )
     _mark(state, root.id, "resume")
     moved = []

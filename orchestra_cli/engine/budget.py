@@ -106,6 +106,7 @@ def budget_for(root: Task, settings: LLMSettings) -> Budget:
         raise UsageError(
             f"task {root.id}: budget label is not a number ({exc})",
             "use e.g. --label budget_usd=0.50 or --label budget_tokens=20000",
+            api_hint='send e.g. "budget": {"usd": 0.5} or {"tokens": 20000}',
         ) from exc
     return Budget(usd=usd, tokens=tokens)
 

@@ -169,6 +169,7 @@ class DelegatingTools:
             capability=capability,
             priority=parent.priority,
             timeout=parent.timeout,
+            timeout_set=parent.timeout_set,
             max_attempts=parent.max_attempts,
             labels={**parent.labels, "delegated_by": parent.id},
             idempotency_key=f"delegate:{parent.id}:{call.id}",

@@ -201,6 +201,7 @@ class Orchestrator:
                     capability=step.capability,
                     priority=task.priority,
                     timeout=task.timeout,
+                    timeout_set=task.timeout_set,
                     max_attempts=task.max_attempts,
                     labels=dict(task.labels),
                     depends_on=[children[i].id for i in step.depends_on],

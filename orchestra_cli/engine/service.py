@@ -26,6 +26,7 @@ from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.service_work import WorkAndPeople
 from orchestra_cli.errors import (
     BrokerError,
+    ConflictError,
     OrchestraError,
     StateUnavailable,
     TransitionRejected,
@@ -152,7 +153,11 @@ class TaskService(WorkAndPeople):
     def validate(self, req: SubmitRequest) -> None:
         limit = self.b.settings.tasks.max_input_bytes
         if not req.text.strip():
-            raise UsageError("task text is empty", "give the task as text, - for stdin, or --file")
+            raise UsageError(
+                "task text is empty",
+                "give the task as text, - for stdin, or --file",
+                api_hint='give the task as "text"',
+            )
         texts = {"task text": req.text, "title": req.title or "", "capability": req.capability}
         texts |= {"idempotency key": req.idempotency_key or ""}
         texts |= {f"label {k!r}": f"{k}={v}" for k, v in (req.labels or {}).items()}
@@ -182,9 +187,14 @@ class TaskService(WorkAndPeople):
             raise UsageError(
                 f"timeout {req.timeout:g} is not a positive number of seconds",
                 "give seconds, e.g. --timeout 300",
+                api_hint='give seconds, e.g. "timeout": 300',
             )
         if req.max_attempts is not None and req.max_attempts < 1:
-            raise UsageError("max attempts must be at least 1", "e.g. --max-attempts 3")
+            raise UsageError(
+                "max attempts must be at least 1",
+                "e.g. --max-attempts 3",
+                api_hint='e.g. "max_attempts": 3',
+            )
 
     @tracing.traced(tracing.submit_span, tracing.submitted, kind="PRODUCER")
     def submit(
@@ -213,6 +223,7 @@ class TaskService(WorkAndPeople):
             capability=req.capability,
             priority=req.priority if req.priority is not None else 5,
             timeout=req.timeout or defaults.default_timeout,
+            timeout_set=req.timeout is not None,
             max_attempts=req.max_attempts or defaults.default_max_attempts,
             labels=req.labels or {},
             idempotency_key=req.idempotency_key,
@@ -356,7 +367,7 @@ class TaskService(WorkAndPeople):
         """Cancel a task and its unfinished subtasks; returns what was cancelled."""
         task = self.state.get_task(task_id)
         if task.status in TERMINAL:
-            raise UsageError(
+            raise ConflictError(
                 f"task {task.id} already {task.status}", "only unfinished tasks can be cancelled"
             )
         cancelled = []
@@ -407,17 +418,23 @@ class TaskService(WorkAndPeople):
         task = self.state.get_task(task_id)
         allowed = (Status.FAILED, Status.CANCELLED) + ((Status.SUCCEEDED,) if note else ())
         if task.status not in allowed:
-            raise UsageError(
+            raise ConflictError(
                 f"task {task.id} has status {task.status}",
                 "only finished tasks can be retried with --note"
                 if note
                 else "only failed or cancelled tasks can be retried (--note TEXT re-runs a "
                 "succeeded step with your feedback)",
+                api_hint="only finished tasks can be retried with a note"
+                if note
+                else "only failed or cancelled tasks can be retried (POST "
+                f"/v1/tasks/{task.id}/retry?note=TEXT re-runs a succeeded step with your feedback)",
             )
         if note is not None and self.state.children(task.id):
             raise UsageError(
                 f"task {task.id} has subtasks: --note re-runs one step",
                 "give the id of the subtask to send back (`orchestra task get` lists them)",
+                api_hint="retry the subtask to send back with the note "
+                f"(GET /v1/tasks/{task.id} lists them)",
             )
         to_publish: list[Task] = []
         self._reopen(task, to_publish, note=note)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestra_cli.errors import UsageError
+from orchestra_cli.errors import ConflictError
 from orchestra_cli.models import Task
 
 if TYPE_CHECKING:
@@ -83,9 +83,10 @@ class WorkAndPeople:
         if recorded is None:
             latest, status = plan_review.latest(self.state, task.id)
             if replace_with is not None or latest is None:
-                raise UsageError(
+                raise ConflictError(
                     f"task {task.id} has no plan waiting for review ({task.status})",
                     "submit with --review-plan (or set tasks.review_plans) to review plans",
+                    api_hint="set tasks.review_plans to review plans before they run",
                 )
             return task, {**plan_review.plan_shown(latest), "status": status}
         if replace_with is not None:

@@ -92,13 +92,13 @@ def test_unknown_ids_are_404_json_errors(client: TestClient) -> None:
         assert r.json()["error"] and r.json()["hint"], path
 
 
-def test_cancel_then_retry_and_refusals_as_422(client: TestClient) -> None:
+def test_cancel_then_retry_and_conflicts_with_the_tasks_state_as_409(client: TestClient) -> None:
     task_id = client.post("/v1/tasks", json={"text": "t"}, headers=AUTH).json()["task"]["id"]
-    assert client.post(f"/v1/tasks/{task_id}/retry", headers=AUTH).status_code == 422
+    assert client.post(f"/v1/tasks/{task_id}/retry", headers=AUTH).status_code == 409
     cancelled = client.post(f"/v1/tasks/{task_id}/cancel", headers=AUTH)
     assert cancelled.json() == {"cancelled": [task_id]}
     again = client.post(f"/v1/tasks/{task_id}/cancel", headers=AUTH)
-    assert again.status_code == 422 and "already cancelled" in again.json()["error"]
+    assert again.status_code == 409 and "already cancelled" in again.json()["error"]
     retried = client.post(f"/v1/tasks/{task_id}/retry", headers=AUTH).json()
     assert retried["status"] == "pending" and retried["attempts"] == 0
     listed = client.get("/v1/tasks?status=pending,cancelled&roots=true", headers=AUTH).json()
@@ -197,7 +197,8 @@ def test_the_inbox_approve_and_transcript_routes_answer_as_the_cli_does(
     approved = client.post(f"/v1/tasks/{task_id}/approve", json={"step": 2}, headers=AUTH)
     assert approved.status_code == 200 and approved.json()["status"] == "queued"
     again = client.post(f"/v1/tasks/{task_id}/approve", headers=AUTH)
-    assert again.status_code == 422 and "waits for no approval" in again.json()["error"]
+    assert again.status_code == 409 and "waits for no approval" in again.json()["error"]
+    assert again.json()["hint"] == "GET /v1/inbox lists what waits for a person"
     steps = client.get(f"/v1/tasks/{task_id}/transcript", headers=AUTH).json()["steps"]
     assert [s["kind"] for s in steps][-1] == "approval"
     assert client.get(f"/v1/tasks/{task_id}/files", headers=AUTH).json()["files"] == []

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support import Proc, clean_env, processes, run_orchestra, wait_until
@@ -106,7 +106,7 @@ def test_unknown_ids_are_404_and_empty_text_is_422_as_json_errors(api: Api) -> N
     assert missing.status_code == 404
     assert missing.json() == {
         "error": "task 0000-no-such-task not found",
-        "hint": "`orchestra task list` shows known ids",
+        "hint": "GET /v1/tasks lists known ids",  # worded for the API, not the CLI
     }
     empty = api.http.post("/v1/tasks", json={"text": " \n"}, headers=AUTH)
     assert empty.status_code == 422 and empty.json()["error"] == "task text is empty"
@@ -201,3 +201,132 @@ def test_api_help_imports_neither_fastapi_nor_uvicorn() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def _raw(api: Api, head: str, chunks: list[bytes]) -> tuple[bytes, float]:
+    """Send a request's head and then body chunks on a raw socket for as long as the
+    server reads them; its answer, and how long it took from the head."""
+    import socket
+
+    host, port = api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
+        sock.settimeout(0.5)
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:  # the server has answered and closed: it reads no more
+            pass
+        sock.settimeout(10)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            got = sock.recv(65536)
+            if not got:
+                break
+            answer += got
+        return answer, time.monotonic() - started
+
+
+def test_a_body_over_the_limit_is_refused_from_content_length_before_it_is_read(
+    api: Api,
+) -> None:
+    head = (
+        "POST /v1/tasks HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+        f"Authorization: Bearer {TOKEN}\nContent-Length: 60000000\n"
+    )
+    answer, took = _raw(api, head, [b'{"text": "'])  # 10 of the 60 MB announced
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 413"), answer[:300]
+    error = json.loads(body)
+    assert "7,048,576-byte limit" in error["error"] and "tasks.max_input_bytes" in error["hint"]
+    assert took < 2, took  # answered at once, not after reading 60 MB
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_with_413(api: Api) -> None:
+    head = (
+        "POST /v1/tasks HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+        f"Authorization: Bearer {TOKEN}\nTransfer-Encoding: chunked\n"
+    )
+    mib = b"x" * (1 << 20)
+    chunk = f"{len(mib):x}\r\n".encode() + mib + b"\r\n"
+    # 12 MiB and never the last chunk: only a server that stops at the limit answers
+    answer, _ = _raw(api, head, [b'b\r\n{"text": "x\r\n'] + [chunk] * 12)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert "byte limit" in json.loads(body)["error"]
+
+
+def test_conflicts_with_a_tasks_state_are_409_with_hints_for_the_api(api: Api) -> None:
+    task = api.submit(text="never runs: no orchestrator in this test")
+    assert api.http.post(f"/v1/tasks/{task['id']}/cancel", headers=AUTH).status_code == 200
+    again = api.http.post(f"/v1/tasks/{task['id']}/cancel", headers=AUTH)
+    assert again.status_code == 409 and "already cancelled" in again.json()["error"]
+    assert api.http.post(f"/v1/tasks/{task['id']}/retry", headers=AUTH).status_code == 200
+    twice = api.http.post(f"/v1/tasks/{task['id']}/retry", headers=AUTH)
+    assert twice.status_code == 409, twice.text
+    hint = twice.json()["hint"]
+    assert f"POST /v1/tasks/{task['id']}/retry?note=" in hint and "--" not in hint
+    unknown = api.http.post("/v1/tasks/00000000/retry", headers=AUTH).json()["hint"]
+    paused = api.http.post(f"/v1/tasks/{task['id']}/resume", headers=AUTH)
+    assert paused.status_code == 409 and paused.json()["hint"] == "GET /v1/inbox lists paused trees"
+    for words in (unknown, paused.json()["hint"]):
+        assert "orchestra " not in words and "--" not in words, words
+    doc = api.http.get("/v1/openapi.json", headers=AUTH).json()
+    retry = doc["paths"]["/v1/tasks/{task_id}/retry"]["post"]["responses"]
+    assert {"409", "413"} <= set(retry)
+    assert "413" in doc["paths"]["/v1/tasks"]["post"]["responses"]
+
+
+def test_refused_websockets_are_no_server_errors_and_each_request_logs_one_access_line(
+    api: Api,
+) -> None:
+    for url in (
+        f"{api.ws_url}/v1/tasks/whatever/events?token=wrong-{TOKEN}",
+        f"{api.ws_url}/v1/tasks/0000feed/events?after=0&token={TOKEN}",
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            with connect(url):
+                pass
+        assert refused.value.response.status_code in (401, 404)
+    api.http.get("/v1/tasks/0000c0de", headers=AUTH)
+    log = api.tmp / "home" / "logs" / "api.log"
+
+    def access() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        return [x for x in lines if x["logger"] == "orchestra_cli.api.access"]
+
+    wait_until(lambda: any("0000c0de" in x["path"] for x in access()), timeout=10)
+    lines = access()
+    mine = [x for x in lines if "0000c0de" in x["path"]]
+    assert len(mine) == 1 and mine[0]["method"] == "GET" and mine[0]["status"] == 404
+    assert isinstance(mine[0]["duration_ms"], float)
+    denied = [x for x in lines if "whatever" in x["path"] or "0000feed" in x["path"]]
+    assert [x["status"] for x in denied] == [401, 404]
+    assert denied[1]["path"] == "/v1/tasks/0000feed/events?after=0&token=***"
+    assert TOKEN not in log.read_text()
+    server = api.procs[0].output()  # the server's own stderr and stdout
+    for noise in ("ASGI", "Traceback", "ERROR", "handshake"):
+        assert noise not in server, server
+
+
+def test_agents_have_one_liveness_field_and_dead_ones_show_only_with_all(api: Api) -> None:
+    agent = api.start("agent", "start", "coder", "--name", "coder-doomed")
+
+    def listed() -> list[dict[str, Any]]:
+        return api.http.get("/v1/agents", headers=AUTH).json()  # type: ignore[no-any-return]
+
+    def running() -> dict[str, Any] | None:
+        found = [a for a in listed() if a["name"] == "coder-doomed" and a["state"] == "running"]
+        return found[0] if found else None
+
+    assert "status" not in wait_until(running, timeout=60, what="coder-doomed running")
+    agent.kill9()
+    wait_until(lambda: all(a["name"] != "coder-doomed" for a in listed()), timeout=20)
+    everyone = api.http.get("/v1/agents", params={"all": "true"}, headers=AUTH).json()
+    dead = next(a for a in everyone if a["name"] == "coder-doomed")
+    assert dead["state"] == "dead" and "status" not in dead
+    cli = run_orchestra(["--json", "agent", "list", "--all"], api.env, api.tmp)
+    assert next(a for a in json.loads(cli.out) if a["name"] == "coder-doomed")["state"] == "dead"
+    default = run_orchestra(["agent", "list"], api.env, api.tmp)
+    assert "coder-doomed" not in default.out and "dead agent(s) not shown" in default.err

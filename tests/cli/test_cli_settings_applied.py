@@ -40,8 +40,9 @@ def test_config_show_says_what_each_role_runs_with_and_why(
         "source": "agents.concurrency, ORCHESTRA_AGENTS__CONCURRENCY",
         "note": "",
     }
-    assert coder["task_timeout"]["value"] == 600
-    assert "the role file's timeout (900) is not applied" in coder["task_timeout"]["note"]
+    assert coder["task_timeout"]["value"] == 900  # the role file's timeout is applied
+    assert coder["task_timeout"]["source"].endswith("templates/agents/coder.yaml")
+    assert tester["task_timeout"]["value"] == 600  # its file sets none: tasks.default_timeout
     table = cli("config", "show", "--sources").out
     assert "agent tester concurrency" in table and "ORCHESTRA_AGENTS__CONCURRENCY" in table
 

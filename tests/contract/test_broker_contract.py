@@ -195,6 +195,23 @@ def test_direct_dead_letter_records_origin_and_reason(contract_backends: Backend
     assert broker.dead_letters() == [] and broker.depths().get(Q_DEAD, 0) == 0
 
 
+def test_removing_dead_letters_by_id_leaves_the_others_in_their_order(
+    contract_backends: Backends,
+) -> None:
+    broker = contract_backends.broker
+    for name in ("t1", "t2", "t3"):
+        broker.dead_letter(Q, _env(name), f"exhausted retries: {name}")
+    broker.publish_raw(Q_DEAD, b"\xff no id of its own but its body")
+    letters = wait_until(lambda: len(broker.dead_letters()) == 4 and broker.dead_letters())
+    by_task = {_task(x) if x["task_id"] else None: x["id"] for x in letters}
+    assert broker.remove_dead_letters([by_task["t2"]]) == 1  # `orchestra dlq rm`
+    assert [_task(x) for x in broker.dead_letters() if x["task_id"]] == ["t3", "t1"]
+    assert broker.remove_dead_letters([by_task["t2"], "no-such-letter"]) == 0  # gone: a no-op
+    assert broker.remove_dead_letters([by_task[None]]) == 1  # found by the same id again
+    assert [x["id"] for x in broker.dead_letters()] == [by_task["t3"], by_task["t1"]]
+    assert broker.depths().get(Q_DEAD, 0) == 2
+
+
 def _task(letter: dict[str, object]) -> str:
     import json
 

@@ -55,7 +55,7 @@ class Deployment:
 
         def running() -> bool:
             got = self.cli("agent", "list")
-            return any(a["name"] == name and a["status"] == "running" for a in got)
+            return any(a["name"] == name and a["state"] == "running" for a in got)
 
         wait_until(running, timeout=60, interval=0.3, what=f"agent {name}")
         return proc

@@ -108,7 +108,7 @@ def test_a_call_behind_ask_waits_without_a_slot_survives_a_restart_and_runs_once
     (ran,) = _results(fake.requests[2])
     assert ran["content"].strip() == "ran"  # it ran once, after the approval
     assert len(fake.requests) == 3  # the first turn was not asked again
-    assert again.code == 2 and "waits for no approval" in again.err
+    assert again.code == 1 and "waits for no approval" in again.err
     assert again.err.count("\n") == 1
 
 
@@ -177,7 +177,7 @@ def test_retry_with_a_note_reruns_a_succeeded_step_with_the_note_and_then_its_de
 
         wait_until(rebuilt, timeout=60, what="the tree to run again")
         after = {t["title"]: t for t in deployment.cli("task", "get", root)["subtasks"]}
-    assert plain.code == 2 and "--note" in plain.err  # a succeeded step needs the note
+    assert plain.code == 1 and "--note" in plain.err  # a succeeded step needs the note
     noted_requests = _requests_with(fake, "use REST, not RPC")
     assert noted_requests, "the note reached the step's prompt"
     assert "# A note on your previous attempt" in str(noted_requests[0]["body"]["messages"])
@@ -214,11 +214,11 @@ def test_pause_stops_new_steps_and_resume_goes_on_from_there(
         task = deployment.finished(task_id)
         files = sorted(f["path"] for f in deployment.cli("task", "files", task_id)["files"])
         again = run_orchestra(["task", "resume", task_id], env, cwd)
-    assert twice.code == 2 and "paused already" in twice.err
+    assert twice.code == 1 and "paused already" in twice.err
     assert task["status"] == "succeeded" and task["result"] == "both written"
     assert files == ["a.txt", "b.txt"]
     assert len(fake.requests) == 3
-    assert (again.code == 2 and "has ended" in again.err) or "not paused" in again.err
+    assert (again.code == 1 and "has ended" in again.err) or "not paused" in again.err
 
 
 class Receiver:

@@ -71,15 +71,20 @@ def _ttl(app: AppContext) -> float:
 @agent_app.command("list")
 def list_agents(
     ctx: typer.Context,
-    all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped agents.")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", "-a", help="Include dead and stopped agents.")
+    ] = False,
 ) -> None:
-    """Agents in the registry: capabilities, state, load, last heartbeat."""
-    from orchestra_cli.cli.render import agent_json, agent_state, agents_table
+    """Agents in the registry: capabilities, state, load, last heartbeat (as the API's
+    GET /v1/agents: dead and stopped ones with --all)."""
+    from orchestra_cli.cli.render import LISTED_BY_DEFAULT, agent_json, agent_state, agents_table
 
     app: AppContext = ctx.obj
-    agents = app.service().agents()
-    if not all_:
-        agents = [a for a in agents if agent_state(a, _ttl(app)) != "stopped"]
+    everyone = app.service().agents()
+    agents = [a for a in everyone if all_ or agent_state(a, _ttl(app)) in LISTED_BY_DEFAULT]
+    dead = sum(1 for a in everyone if a not in agents and agent_state(a, _ttl(app)) == "dead")
+    if dead and not app.json:
+        app.info(f"{dead} dead agent(s) not shown; --all lists them")
     if app.json:
         app.print_json([agent_json(a, _ttl(app)) for a in agents])
     elif app.quiet:  # names only, for scripts

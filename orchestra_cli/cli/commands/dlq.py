@@ -1,4 +1,5 @@
-"""`orchestra dlq list|purge`: the dead-letter queue (poison messages, exhausted retries)."""
+"""`orchestra dlq list|show|retry|rm|resubmit|purge`: the dead-letter queue (poison
+messages, exhausted retries)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from orchestra_cli.cli import complete
 from orchestra_cli.cli.context import AppContext
 
 dlq_app = typer.Typer(
@@ -14,6 +16,14 @@ dlq_app = typer.Typer(
 )
 
 COLUMNS = ("AGE", "QUEUE", "TASK", "NOW", "TRIES", "REASON")
+LetterId = Annotated[
+    str,
+    typer.Argument(
+        help="The task id `dlq list` shows (its short id or a unique prefix too), or the "
+        "id of a letter that names no task (`dlq list --json`).",
+        autocompletion=complete.task_ids,
+    ),
+]
 
 
 def _letters(app: AppContext, limit: int) -> list[dict[str, Any]]:
@@ -39,8 +49,9 @@ def list_letters(
     if app.json:
         app.print_json([_shown(x, iso) for x in letters])
         return
-    if app.quiet:  # task ids only, for scripts (`… | xargs -n1 orchestra task retry`)
-        sys.stdout.write("".join(f"{x['task_id']}\n" for x in letters if x["task_id"]))
+    if app.quiet:  # each task once, for scripts (`… | xargs -n1 orchestra dlq retry`)
+        tasks = dict.fromkeys(x["task_id"] for x in letters if x["task_id"])
+        sys.stdout.write("".join(f"{t}\n" for t in tasks))
         return
     if not letters:
         app.info("the dead-letter queue is empty")
@@ -51,7 +62,7 @@ def list_letters(
             x["queue"] or "-",
             x["task_id"] or (f"undecodable ({x['size']} bytes)" if x["undecodable"] else "-"),
             x["task_status"] or "-",
-            "?" if x["deliveries"] is None else str(x["deliveries"]),
+            _tries(x),
             x["reason"] or "-",
         )
         for x in letters
@@ -79,6 +90,14 @@ def list_letters(
             f"{missing} of them belong to tasks the state store no longer has; "
             "`orchestra dlq resubmit` submits them again"
         )
+
+
+def _tries(letter: dict[str, Any]) -> str:
+    """The attempts its task has had (the state store's count); a letter without a
+    known task: how often the message was delivered, if known."""
+    if letter["attempts"] is not None:
+        return f"{letter['attempts']}/{letter['max_attempts']}"
+    return "?" if letter["deliveries"] is None else f"{letter['deliveries']} deliveries"
 
 
 def _shown(letter: dict[str, Any], iso: Any) -> dict[str, Any]:
@@ -125,21 +144,136 @@ def resubmit(
         )
 
 
+@dlq_app.command("show")
+def show(ctx: typer.Context, letter_id: LetterId) -> int:
+    """One letter in full: its task, why it was dead-lettered, the task's error and
+    attempts, its headers and when (a task's newest letter, naming its older ones)."""
+    from orchestra_cli.engine.deadletters import find
+    from orchestra_cli.errors import NotFoundError
+    from orchestra_cli.util import iso
+
+    app: AppContext = ctx.obj
+    found = find(app.backends(), letter_id)
+    if not found.letters:
+        raise NotFoundError(
+            f"task {found.task_id} has no dead letter", "`orchestra dlq list` shows the letters"
+        )
+    letter = _shown(found.letters[0], iso)
+    letter["other_letters"] = [x["id"] for x in found.task_letters if x is not found.letters[0]]
+    if app.json:
+        app.print_json(letter)
+        return 0
+    keys = ("id", "task_id", "task_status", "queue", "reason", "error", "enqueued_at")
+    for key in keys:
+        print(f"{key:<14} {_one_line(letter[key])}")
+    print(f"{'attempts':<14} {_tries(found.letters[0])}")
+    print(f"{'deliveries':<14} {_one_line(letter['deliveries'])}")
+    print(
+        f"{'size':<14} {letter['size']} bytes"
+        + (f" ({letter['undecodable']})" if letter["undecodable"] else "")
+    )
+    for name, value in letter["headers"].items():
+        print(f"{'header':<14} {name}: {_one_line(value)}")
+    if letter["other_letters"]:
+        print(f"{'other letters':<14} {', '.join(letter['other_letters'])}")
+    return 0
+
+
+def _one_line(value: Any) -> str:
+    return "-" if value is None or value == "" else " ".join(str(value).split())
+
+
+@dlq_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    letter_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="A task id `dlq list` shows (or its short id); --all for every one.",
+            autocompletion=complete.task_ids,
+            show_default=False,
+        ),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every letter's task.")] = False,
+) -> None:
+    """Run a letter's task again and remove its letters (a task the state store lost is
+    submitted again). A task on its way already, or without letters, is not run again:
+    retrying twice is a no-op."""
+    from orchestra_cli.engine import deadletters
+    from orchestra_cli.errors import OrchestraError, UsageError
+
+    app: AppContext = ctx.obj
+    if (letter_id is None) == (not all_):
+        raise UsageError("give one task id or --all", "e.g. orchestra dlq retry --all")
+    backends, service = app.backends(), app.service()
+    if letter_id is not None:
+        done = [deadletters.retry(service, deadletters.find(backends, letter_id))]
+        skipped: list[str] = []
+    else:
+        done, skipped = [], []
+        for found in deadletters.by_task(_letters(app, deadletters.SCAN)):
+            try:
+                done.append(deadletters.retry(service, found))
+            except OrchestraError as exc:  # one letter's trouble does not stop the rest
+                skipped.append(f"{found.task_id}: {exc.message}")
+    if app.json:
+        app.print_json({"retried": done, "skipped": skipped})
+        return
+    for item in done:
+        removed = f"; {item['removed']} letter(s) removed" if item["removed"] else ""
+        app.info(f"task {item['task_id']}: {item['outcome']}{removed}")
+    for line in skipped:
+        app.info(f"skipped {line}")
+    if not done and not skipped:
+        app.info("the dead-letter queue holds no task's letter: nothing to retry")
+
+
+@dlq_app.command("rm")
+def rm(
+    ctx: typer.Context,
+    letter_id: LetterId,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a letter (a task id: all of its letters) without running its task again."""
+    from orchestra_cli.engine import deadletters
+
+    app: AppContext = ctx.obj
+    found = deadletters.find(app.backends(), letter_id)
+    count = len(found.letters)
+    if count:
+        what = f"task {found.task_id}'s" if found.task_id else "the"
+        _confirm(yes, f"removing deletes {what} {count} dead letter(s)", "Remove them?")
+    removed = deadletters.remove(app.backends(), found.letters)
+    if app.json:
+        app.print_json({"task_id": found.task_id, "removed": removed})
+    else:
+        app.info(f"removed {removed} dead letter{'' if removed == 1 else 's'}")
+
+
+def _confirm(yes: bool, what: str, question: str) -> None:
+    """Go on with --yes or a yes at the prompt; off a terminal, without --yes: exit 2."""
+    from orchestra_cli.errors import UsageError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(what, "pass --yes to confirm")
+    if not typer.confirm(question):
+        raise typer.Abort()
+
+
 @dlq_app.command("purge")
 def purge(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete every dead letter (their tasks stay as they are in state)."""
-    from orchestra_cli.errors import UsageError
     from orchestra_cli.models import Q_DEAD
 
     app: AppContext = ctx.obj
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("purging deletes every dead letter", "pass --yes to confirm")
-        if not typer.confirm("Delete every message in the dead-letter queue?"):
-            raise typer.Abort()
+    _confirm(
+        yes, "purging deletes every dead letter", "Delete every message in the dead-letter queue?"
+    )
     count = app.backends().broker.purge(Q_DEAD)
     if app.json:
         app.print_json({"purged": count})
