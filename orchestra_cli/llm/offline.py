@@ -14,7 +14,9 @@ It keeps the protocol as the API does: a set ``cancel`` stops the call, an
 ``output_schema`` gets a JSON answer that follows it (``schema_example``),
 ``max_tokens`` cuts the output (``stop_reason: max_tokens``, a tool call cut
 is dropped) and a continuation (``outcomes.complete_text``) goes on where the
-cut answer stopped; input is counted from everything the request sends.
+cut answer stopped; input is counted from everything the request sends; a
+tool result that answers no call of the turn before it, or a call left
+without its result, is rejected as the API's 400 is.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import threading
 import time
 from typing import Any
 
-from orchestra_cli.errors import TaskCancelled
-from orchestra_cli.llm.base import LLMRequest, LLMResponse, ToolCall, Turn
+from orchestra_cli.errors import LLMError, TaskCancelled
+from orchestra_cli.llm.base import LLMRequest, LLMResponse, ToolCall, Turn, tool_pairing_problem
 from orchestra_cli.llm.outcomes import CONTINUE_PROMPT
 from orchestra_cli.llm.schema_example import example
 from orchestra_cli.models import Usage
@@ -73,6 +75,14 @@ class OfflineProvider:
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         self._think(request.cancel)
+        problem = tool_pairing_problem(request.followups)
+        if problem is not None:  # the API's 400: a caller's bug, never retried
+            error = LLMError(
+                f"the offline model rejected the request: {problem}",
+                "each tool result must answer a call of the turn just before it",
+            )
+            error.retryable = False
+            raise error
         whole = f"{request.system}\n{request.prompt_prefix}{request.prompt}"
         digest = hashlib.sha256(whole.encode()).hexdigest()[:8]
         calls = self._tool_calls(request, digest)
@@ -113,7 +123,7 @@ class OfflineProvider:
     def _tool_calls(self, request: LLMRequest, digest: str) -> list[ToolCall]:
         offered = {t.name for t in request.tools}
         script = TOOL_SCRIPTS.get(request.role, [])
-        turn = sum(1 for t in request.followups if t.role == "assistant" and t.tool_calls)
+        turn = sum(1 for t in request.followups if t.role == "assistant" and t.calls())
         if not offered or turn >= len(script):
             return []
         wanted = script[turn]
@@ -160,7 +170,7 @@ def _continued(followups: list[Turn]) -> str:
     end = len(followups)
     while end >= 2 and followups[end - 1].text == CONTINUE_PROMPT:
         answer = followups[end - 2]
-        if answer.role != "assistant" or answer.tool_calls:
+        if answer.role != "assistant" or answer.calls():
             break
         pieces.insert(0, answer.text)
         end -= 2

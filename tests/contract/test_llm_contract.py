@@ -15,8 +15,8 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from orchestra_cli.errors import LLMRefusal, LLMTruncated, TaskCancelled
-from orchestra_cli.llm.base import LLMRequest, ToolResult, Turn
+from orchestra_cli.errors import LLMError, LLMRefusal, LLMTruncated, TaskCancelled
+from orchestra_cli.llm.base import LLMRequest, ToolCall, ToolResult, Turn
 from orchestra_cli.llm.outcomes import complete_text
 from orchestra_cli.llm.structured import complete_structured
 from tests.contract.llm_cases import Case, open_case, request, tools
@@ -72,6 +72,25 @@ def test_tool_calls_are_parsed_and_their_results_are_accepted(case: Case) -> Non
     assert response.stop_reason == "end_turn" and response.text.strip()
     first_input, _ = _billed_input(case, request(tools=offered))
     assert response.usage.input_tokens + response.usage.cache_read_tokens > first_input
+
+
+@pytest.mark.parametrize(
+    "followups",
+    [
+        [Turn(role="user", tool_results=(ToolResult("toolu_nothing", "a result of no call"),))],
+        [
+            Turn(role="assistant", tool_calls=(ToolCall("toolu_1", "Bash", {"command": "ls"}),)),
+            Turn(role="user", text="no result for the call"),
+        ],
+    ],
+    ids=["a result of no call", "a call without its result"],
+)
+def test_unpaired_tool_calls_and_results_are_rejected_without_retry(
+    case: Case, followups: list[Turn]
+) -> None:
+    with pytest.raises(LLMError, match="tool") as caught:
+        case.provider.complete(request(tools=tools("Bash"), followups=followups))
+    assert caught.value.retryable is False and "\n" not in str(caught.value)
 
 
 class Finding(BaseModel):
