@@ -234,23 +234,14 @@ def check_secrets(ctx: HealthContext) -> Check:
     chain = open_secrets(ctx.settings)
     details: dict[str, Any] = {}
     for provider in chain.providers:
-        health = getattr(provider, "health", None)
-        if health is not None:
-            vault = health()
-            details["vault"] = {
-                "address": vault.address,
-                "sealed": vault.sealed,
-                "initialized": vault.initialized,
-                "version": vault.version,
-            }
-            if vault.sealed or not vault.initialized:
-                return Check(
-                    "secrets",
-                    FAIL,
-                    f"Vault at {vault.address} is "
-                    f"{'sealed' if vault.sealed else 'not initialized'}",
-                    details,
-                )
+        report = provider.health()
+        if provider.name == "vault":
+            keys = ("sealed", "initialized", "version")
+            details["vault"] = {"address": report["url"], **{k: report[k] for k in keys}}
+        if not report["ok"]:
+            # Vault is a service (exit 3 when it cannot serve); env and .env are local
+            unavailable = provider.name == "vault"
+            return Check("secrets", FAIL, report["error"], details, unavailable=unavailable)
     _, source = chain.lookup("ANTHROPIC_API_KEY")
     details["ANTHROPIC_API_KEY"] = source or "not set"
     if source is None:

@@ -57,6 +57,30 @@ class Turn:
     tool_results: tuple[ToolResult, ...] = ()
     blocks: tuple[dict[str, Any], ...] = ()
 
+    def calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls this turn makes (from ``blocks`` when they are set)."""
+        if not self.blocks:
+            return self.tool_calls
+        return tuple(
+            ToolCall(id=b["id"], name=b["name"], input=b.get("input"))
+            for b in self.blocks
+            if b.get("type") == "tool_use"
+        )
+
+
+def tool_pairing_problem(followups: list[Turn]) -> str | None:
+    """What the Messages API rejects in ``followups``: a tool result that answers no call
+    of the turn just before it, or a call whose result is not in the next turn."""
+    before: set[str] = set()  # the first prompt makes no call
+    for turn in followups:
+        answered = {r.call_id for r in turn.tool_results}
+        if answered - before:
+            return f"tool result(s) for {', '.join(sorted(answered - before))} answer no call"
+        if before - answered:
+            return f"tool call(s) {', '.join(sorted(before - answered))} got no result"
+        before = {c.id for c in turn.calls()} if turn.role == "assistant" else set()
+    return None
+
 
 @dataclass
 class LLMRequest:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestra_cli.logs import register_secret
 
@@ -11,11 +11,27 @@ KNOWN_SECRETS = ("ANTHROPIC_API_KEY", "ORCHESTRA_API_TOKEN", "ORCHESTRA_WEBHOOK_
 
 
 class SecretsProvider(Protocol):
-    """Resolves a secret by name; None when this provider does not have it."""
+    """Resolves a secret by name; None when this provider does not have it.
+
+    ``get`` registers every value it returns for redaction, so no log line,
+    error or report prints it; an unreachable backend raises
+    ``SecretsUnavailable``. ``health`` never raises for the backend's state: it
+    returns ``health_report``'s shape.
+    """
 
     name: str
 
     def get(self, key: str) -> str | None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+def health_report(
+    provider: str, url: str, error: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """``{"ok", "provider", "url", "error", …}``: the same keys from every provider
+    (``error`` is None when ``ok``, else one line saying what is wrong)."""
+    return {"ok": error is None, "provider": provider, "url": url, "error": error, **extra}
 
 
 class ChainSecrets:
@@ -38,3 +54,10 @@ class ChainSecrets:
                 register_secret(value)
                 return value, provider.name
         return None, None
+
+    def health(self) -> dict[str, Any]:
+        """Ok when every provider is; ``providers`` holds each one's report."""
+        reports = [p.health() for p in self.providers]
+        error = next((r["error"] for r in reports if not r["ok"]), None)
+        url = " → ".join(str(r["url"]) for r in reports)
+        return health_report(self.name, url, error, providers=reports)

@@ -21,20 +21,13 @@ from urllib.parse import urlsplit
 
 from orchestra_cli.errors import ConfigError, SecretsError, SecretsUnavailable
 from orchestra_cli.logs import register_secret
+from orchestra_cli.secrets.base import health_report
 from orchestra_cli.settings import VaultSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_AUTH_ATTEMPTS = 2  # a read denied with an AppRole token logs in once more, then gives up
-
-
-@dataclass(frozen=True)
-class VaultHealth:
-    initialized: bool
-    sealed: bool
-    version: str
-    address: str
 
 
 @dataclass(frozen=True)
@@ -108,22 +101,43 @@ class VaultSecrets:
             self._cache[path] = (time.monotonic(), data)
             return data
 
-    def health(self) -> VaultHealth:
-        """Initialized, sealed and version of the server (no token needed)."""
+    def health(self) -> dict[str, Any]:
+        """``health_report`` plus initialized, sealed, version and the round trip
+        (no token needed); ok only when initialized and unsealed."""
         client = self._make_client()
-        result = self._call(
-            lambda: client.sys.read_health_status(
-                method="GET", standby_ok=True, sealed_code=200, uninit_code=200
-            ),
-            "read health",
-        )
+        started = time.perf_counter()
+        try:
+            result = self._call(
+                lambda: client.sys.read_health_status(
+                    method="GET", standby_ok=True, sealed_code=200, uninit_code=200
+                ),
+                "read health",
+            )
+        except SecretsError as exc:
+            return health_report(
+                self.name,
+                self.location.address,
+                exc.message,
+                initialized=None,
+                sealed=None,
+                version=None,
+                latency_ms=None,
+            )
         # hvac's JSON adapter returns a dict; the raw adapter a requests.Response
         body = result if isinstance(result, dict) else result.json()
-        return VaultHealth(
-            initialized=bool(body.get("initialized")),
-            sealed=bool(body.get("sealed")),
+        initialized, sealed = bool(body.get("initialized")), bool(body.get("sealed"))
+        addr = self.location.address
+        error = None
+        if sealed or not initialized:
+            error = f"Vault at {addr} is {'sealed' if sealed else 'not initialized'}"
+        return health_report(
+            self.name,
+            addr,
+            error,
+            initialized=initialized,
+            sealed=sealed,
             version=str(body.get("version", "")),
-            address=self.location.address,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
     def token_ttl(self) -> float | None:

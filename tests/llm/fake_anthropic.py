@@ -9,6 +9,8 @@ checks requests the way the API does for current models:
 - ``thinking: {"type": "disabled"}`` is a 400 on Sonnet 5.5 (use ``between_tools``);
 - an assistant message last in ``messages`` (a prefill) is a 400 on those models;
 - thinking blocks sent back must be unchanged (the signature is checked);
+- each ``tool_result`` answers a ``tool_use`` of the message just before it, and
+  each ``tool_use`` not last gets its ``tool_result`` in the next message;
 - ``max_tokens`` is honoured: a longer scripted output is cut and stops with
   ``max_tokens``;
 - prompt caching: each ``cache_control`` breakpoint's prefix is written to a
@@ -187,6 +189,31 @@ def _segments(body: dict[str, Any]) -> list[tuple[str, bool]]:
     return out
 
 
+def _tool_pairing(messages: list[dict[str, Any]]) -> str | None:
+    """The API's rule: each tool_result answers a tool_use of the message just before
+    it, and each tool_use gets its tool_result in the next message."""
+    before: set[str] = set()
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        answered = {str(b.get("tool_use_id")) for b in blocks if b.get("type") == "tool_result"}
+        if answered - before:
+            return (
+                f"messages.{index}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                f"{', '.join(sorted(answered - before))}. Each `tool_result` block "
+                "must have a corresponding `tool_use` block in the previous message."
+            )
+        if before - answered:
+            return (
+                f"messages.{index - 1}: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {', '.join(sorted(before - answered))}. Each `tool_use` "
+                "block must have a corresponding `tool_result` block in the next message."
+            )
+        calls = {str(b.get("id")) for b in blocks if b.get("type") == "tool_use"}
+        before = calls if message.get("role") == "assistant" else set()
+    return None
+
+
 class FakeAnthropic:
     """The server; ``replies`` is the script, ``requests`` what the SDK sent."""
 
@@ -259,6 +286,9 @@ class FakeAnthropic:
                     block.get("thinking", "")
                 ):
                     return "messages: a thinking block was changed; send it back unchanged"
+        problem = _tool_pairing(messages)
+        if problem is not None:
+            return problem
         if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] < 1:
             return "max_tokens: an integer of at least 1 is required"
         return None

@@ -65,7 +65,7 @@ def test_unreachable_vault_is_unavailable_naming_the_address() -> None:
 
 def test_health_reports_initialized_unsealed_and_version(bao: Bao) -> None:
     health = VaultSecrets(bao.url(), env={}).health()
-    assert health.initialized and not health.sealed and health.version
+    assert health["ok"] and health["initialized"] and not health["sealed"] and health["version"]
 
 
 @pytest.mark.slow
