@@ -31,6 +31,7 @@ from dataclasses import dataclass
 FACTOR = 2.0  # each attempt's ceiling doubles
 EQUAL_JITTER_FLOOR = 0.5  # EQUAL: at least this share of the ceiling
 DECORRELATED_GROWTH = 3.0  # DECORRELATED: up to this many times the previous delay
+SERVER_DELAY_SPREAD = 0.1  # server_delay: up to this share added to a server's wait
 
 
 class Jitter(enum.StrEnum):
@@ -96,6 +97,18 @@ class Backoff:
 
 
 _RANDOM = random.Random()
+
+
+def server_delay(
+    seconds: float,
+    cap: float,
+    spread: float = SERVER_DELAY_SPREAD,
+    rng: random.Random | None = None,
+) -> float:
+    """A server's own wait (``retry-after``) honoured: ``seconds``, at most ``cap``, plus up
+    to ``spread`` of it, so clients told the same wait do not come back together."""
+    wait = min(max(0.0, seconds), cap)
+    return wait * (1.0 + (rng or _RANDOM).uniform(0.0, spread))
 
 
 def log_retry(

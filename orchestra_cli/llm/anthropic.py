@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from orchestra_cli.backoff import Backoff, log_retry
+from orchestra_cli.backoff import Backoff, log_retry, server_delay
 from orchestra_cli.errors import LLMAuthError, LLMError, TaskCancelled
 from orchestra_cli.llm.base import LLMRequest, LLMResponse, ToolCall, Turn
 from orchestra_cli.logs import redact, register_secret
@@ -100,8 +99,7 @@ class AnthropicProvider:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            # honour the server's wait, plus a little jitter so clients spread out
-            return min(retry_after, MAX_RETRY_AFTER_SECONDS) * (1 + 0.1 * random.random())
+            return server_delay(retry_after, MAX_RETRY_AFTER_SECONDS)
         return self.backoff.next_delay(attempt)
 
     def count_tokens(self, request: LLMRequest) -> int:

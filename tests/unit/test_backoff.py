@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestra_cli.backoff import Backoff, Jitter, log_retry
+from orchestra_cli.backoff import Backoff, Jitter, log_retry, server_delay
 
 SAMPLES = 2000
 
@@ -81,6 +81,14 @@ def test_a_policy_that_cannot_work_is_refused_when_made() -> None:
         Backoff(first=-1.0, cap=5.0)
     with pytest.raises(ValueError, match="factor"):
         Backoff(first=1.0, cap=5.0, factor=0.5)
+
+
+def test_a_servers_wait_is_honoured_up_to_the_cap_plus_a_tenth_at_most() -> None:
+    rng = random.Random(11)
+    waits = [server_delay(2.0, cap=60.0, rng=rng) for _ in range(SAMPLES)]
+    assert all(2.0 <= w <= 2.2 for w in waits) and max(waits) > 2.15
+    assert 60.0 <= server_delay(3600.0, cap=60.0) <= 66.0  # not obeyed blindly
+    assert server_delay(-1.0, cap=60.0) == 0.0
 
 
 def _line(caplog: pytest.LogCaptureFixture, *args: Any, **kwargs: Any) -> str:
