@@ -17,13 +17,13 @@ import hmac
 import json
 import logging
 import queue
-import random
 import threading
 import urllib.error
 import urllib.request
 from typing import Any
 
 from orchestra_cli.backends import Backends
+from orchestra_cli.backoff import Backoff, log_retry
 from orchestra_cli.logs import redact
 from orchestra_cli.models import Event
 from orchestra_cli.util import iso, now
@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 SECRET_NAME = "ORCHESTRA_WEBHOOK_SECRET"
 MAX_WEBHOOK_ATTEMPTS = 5
-FIRST_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 30.0
+WEBHOOK_BACKOFF = Backoff(first=0.5, cap=30.0)
 FOLLOW_WAIT_SECONDS = 1.0
 MAX_PENDING = 1000  # undelivered notifications kept; older ones are dropped with a warning
 
@@ -139,14 +138,12 @@ class Notifier:
             except (OSError, ValueError) as exc:
                 problem = type(exc).__name__
             left = MAX_WEBHOOK_ATTEMPTS - attempt
-            delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            delay *= random.uniform(0.5, 1.0)
-            log.warning(
-                "webhook %s: %s for %s; %s",
-                redact(self.url),
-                problem,
-                body["type"],
-                f"retrying in {delay:.1f}s ({left} attempts left)" if left else "giving up",
-            )
-            if not left or stop.wait(delay):
+            if not left:
+                log.warning(
+                    "webhook %s: %s for %s; giving up", redact(self.url), problem, body["type"]
+                )
+                return
+            delay = WEBHOOK_BACKOFF.next_delay(attempt)
+            log_retry(log, "webhook", redact(self.url), problem, delay, left, during=body["type"])
+            if stop.wait(delay):
                 return

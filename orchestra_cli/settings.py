@@ -104,6 +104,9 @@ class RabbitMQSettings(_Section):
         description="a running consumer gives up (its process exits 3) after RabbitMQ has "
         "been unreachable this long; 0 rides out an outage of any length",
     )
+    fast_path: bool = Field(
+        default=True, description="pika internals for speed; false: its public API only"
+    )
 
 
 class ServicesSettings(_Section):

@@ -54,7 +54,7 @@ from orchestra_cli.util import new_id
 if TYPE_CHECKING:  # pika is imported on first use: `task list` / `task get` never pay for it
     import pika
 
-    from orchestra_cli.broker.rabbitmq_link import FrameWriter
+    from orchestra_cli.broker.rabbitmq_io import Writer
     from orchestra_cli.broker.rabbitmq_publisher import DirectLink
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class RabbitDelivery:
         self,
         consumer: RabbitConsumer,
         channel: Channel,
-        writer: FrameWriter,
+        writer: Writer,
         generation: int,
         tag: int,
         queue: str,
@@ -275,20 +275,17 @@ class RabbitConsumer:
             # from before a reconnect: RabbitMQ has requeued it already
 
     def ack(self, delivery: RabbitDelivery) -> None:
-        """Ack on the calling thread, on the channel the message came on.
+        """Ack from the calling thread, on the channel the message came on.
 
-        An ack has no reply to wait for, and pika only frames it (the channel's
-        ``_impl``), so the handler's thread writes it itself (``FrameWriter``)
-        instead of waking the I/O thread for it. A channel that closed since
-        refuses it: RabbitMQ has requeued the message already.
+        The connection's writer sends it (the fast path: at once, from this
+        thread; the plain path: through the connection's own thread). A channel
+        that closed since refuses it: RabbitMQ has requeued the message already.
         """
         if delivery.settled:
             return
         delivery.settled = True
         try:
-            delivery.writer.from_other_thread(
-                lambda: delivery.channel._impl.basic_ack(delivery.tag)
-            )
+            delivery.writer.ack(delivery.channel, delivery.tag)
         except connection_errors() as exc:
             log.debug("ack of %s on a closed channel: %r", delivery.envelope.task_id, exc)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +24,10 @@ from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport as _PlainTransport
 
+from orchestra_cli.backoff import Backoff, log_retry
+from orchestra_cli.broker import pika_fast
+from orchestra_cli.broker.rabbitmq_io import PLAIN, IOPath, Writer
 from orchestra_cli.errors import BrokerError, BrokerUnavailable
 from orchestra_cli.settings import RabbitMQSettings, mask_url
 
@@ -35,10 +36,9 @@ log = logging.getLogger(__name__)
 MAX_CONNECT_ATTEMPTS = 3  # before the first connection: fail fast with a hint
 MAX_RECONNECT_ATTEMPTS = 30  # a publish after a drop (bounded by its caller's timeout too)
 # A consumer's link (a long-running process) retries after a drop for as long as
-# rabbitmq.max_outage_seconds allows: forever by default, every MAX_BACKOFF_SECONDS at most.
+# rabbitmq.max_outage_seconds allows: forever by default, every RECONNECT.cap seconds at most.
 MAX_COMMAND_ATTEMPTS = 5  # a command that keeps breaking the connection fails
-FIRST_BACKOFF_SECONDS = 0.2
-MAX_BACKOFF_SECONDS = 5.0
+RECONNECT = Backoff(first=0.2, cap=5.0)  # equal jitter: 0.1–0.2 s, 0.2–0.4 s, … 2.5–5 s
 IO_TICK_SECONDS = 0.05
 CLOSE_TIMEOUT_SECONDS = 5.0
 
@@ -69,21 +69,34 @@ def unavailable(url: str, detail: str = "") -> BrokerUnavailable:
     )
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to wait before reconnect ``attempt`` (1, 2, …): doubling, capped, jittered."""
-    delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2.0 ** (attempt - 1))
-    return float(delay * random.uniform(0.5, 1.0))
+def log_reconnect(
+    host: str, name: str, exc: BaseException, delay: float, left: int | None, note: str = ""
+) -> None:
+    """The one line a link logs before it tries to connect again."""
+    where = f"{host} ({name})"
+    log_retry(log, "RabbitMQ", where, exc, delay, left, action="reconnecting", note=note)
 
 
-def log_reconnect(host: str, name: str, exc: BaseException, delay: float, left: int) -> None:
-    log.warning(
-        "RabbitMQ at %s (%s): %s; reconnecting in %.1fs (%d attempts left)",
-        host,
-        name,
-        type(exc).__name__,
-        delay,
-        left,
-    )
+_fallback_told = threading.Event()
+
+
+def io_path(settings: RabbitMQSettings, conn: Any, channel: Any) -> IOPath:
+    """The fast path (pika's internals) unless ``rabbitmq.fast_path`` is off, or this pika
+    lacks a name it needs: then the plain path, with a warning once per process."""
+    if not settings.fast_path:
+        return PLAIN
+    problems = pika_fast.missing() or pika_fast.missing_live(conn, channel)
+    if not problems:
+        return pika_fast.FAST
+    if not _fallback_told.is_set():
+        _fallback_told.set()
+        log.warning(
+            "pika %s: %s; RabbitMQ I/O takes the plain path (slower) — "
+            "set rabbitmq.fast_path: false to say so, or use a pika the fast path knows",
+            pika_fast.version(),
+            "; ".join(problems),
+        )
+    return PLAIN
 
 
 def close_quietly(conn: Any) -> None:
@@ -139,7 +152,8 @@ class Link:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._channel: Channel = None
-        self.writer: FrameWriter | None = None  # the current connection's (acks go through it)
+        self.writer: Writer | None = None  # the current connection's (acks go through it)
+        self.path: IOPath = PLAIN  # the current connection's (rabbitmq_io)
         self._closing = threading.Event()
         self._ready = threading.Event()  # first connection made (or given up)
         self._thread = threading.Thread(target=self._run, name=f"amqp-{name}", daemon=True)
@@ -226,7 +240,7 @@ class Link:
                     outage = f"unreachable for {limit:g}s, rabbitmq.max_outage_seconds"
                     self._give_up(exc, outage if ever_connected else "")
                     return
-                delay = backoff(attempts)
+                delay = RECONNECT.next_delay(attempts)
                 self._log_retry(ever_connected, exc, delay, attempts, down_since)
                 self._closing.wait(delay)
             except Exception as exc:  # a bug in a hook: fail loudly rather than hang callers
@@ -252,22 +266,16 @@ class Link:
             log_reconnect(self.host, self.name, exc, delay, MAX_CONNECT_ATTEMPTS - attempts)
             return
         limit = self.settings.max_outage_seconds
-        log.warning(
-            "RabbitMQ at %s (%s): %s; reconnecting in %.1fs (attempt %d, down %.0fs, %s)",
-            self.host,
-            self.name,
-            type(exc).__name__,
-            delay,
-            attempts,
-            time.monotonic() - since,
-            f"giving up after {limit:g}s" if limit > 0 else "no limit",
-        )
+        down = f"attempt {attempts}, down {time.monotonic() - since:.0f}s"
+        until = f"giving up after {limit:g}s" if limit > 0 else "no limit"
+        log_reconnect(self.host, self.name, exc, delay, None, f"{down}, {until}")
 
     def _connect(self) -> None:
         params = connection_parameters(self.url, self.settings, self.name)
         self._conn = pika.BlockingConnection(params)
-        self.writer = FrameWriter(self._conn, direct=True, owner=threading.get_ident())
         self._channel = self._conn.channel()
+        self.path = io_path(self.settings, self._conn, self._channel)
+        self.writer = self.path.writer(self._conn, direct=True, owner=threading.get_ident())
         self.generation += 1
         self.on_connect(self._channel, self.generation)
         if self.generation > 1:
@@ -279,9 +287,7 @@ class Link:
             if not self._channel.is_open:
                 # closed by the broker with the connection left open (a channel error,
                 # e.g. RabbitMQ's consumer_timeout): pika raises nothing, so open afresh
-                raise self._channel._closing_reason or pika.exceptions.ChannelClosed(
-                    0, "channel closed"
-                )
+                raise self.path.closed_reason(self._channel)
             self._run_pending()
             if self.on_tick is not None:
                 self.on_tick(self._channel)
@@ -345,108 +351,6 @@ class Link:
     def _teardown(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None
         close_quietly(conn)
-
-
-class FrameWriter:
-    """Writes a connection's frames for pika (1.x internals): sooner, and from any thread.
-
-    pika queues each frame of a message (method, header, body) as a buffer of
-    its own and sends them once its I/O loop finds the socket writable: a
-    writability watch turned on and off, a turn of the loop, a ``send()`` per
-    frame. Here a message's frames are joined into one buffer (one system
-    call, one TCP segment for the broker to read) and, with ``direct``, sent
-    at once when nothing is queued before them; what the socket does not take
-    is queued for the loop as before (so is everything on a TLS connection).
-
-    ``owner``: the one thread that runs the connection's I/O loop (a ``Link``'s).
-    Another thread may then write a frame too, through ``from_other_thread``
-    (an ack: pika checks the channel's state and frames it without changing
-    shared state; this output is what is shared, under a lock): sent at once
-    when nothing is queued, or handed over to the owner, which writes it
-    (woken through pika's thread-safe callback) before anything of its own.
-    Without ``owner`` every caller drives the connection (``DirectLink``, under
-    its own lock).
-    """
-
-    def __init__(self, conn: Any, *, direct: bool, owner: int | None = None) -> None:
-        self._conn = conn
-        self._impl = conn._impl
-        self._emit = self._impl._adapter_emit_data
-        self.direct = direct
-        self._owner = owner
-        self._lock = threading.RLock()  # an abort inside a write may write a close frame
-        self._handover: list[bytes] = []  # other threads' frames, for the owner to write
-        self._impl._output_marshaled_frames = self.output
-
-    def output(self, frames: list[bytes]) -> None:
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        with self._lock:
-            self._impl.bytes_sent += len(data)
-            self._impl.frames_sent += len(frames)
-            if self._owner is not None and threading.get_ident() != self._owner:
-                wake = self._from_other_thread(data)
-            else:  # the owner: what was handed over first, then this
-                wake = False
-                self._handover.append(data)
-                self._write_handover()
-        if wake:
-            try:
-                self._conn.add_callback_threadsafe(self._write_handover)
-            except Exception:  # the connection is closing: what was unsent goes with it
-                pass
-
-    def from_other_thread(self, frame: Callable[[], None]) -> None:
-        """Run ``frame`` (e.g. a channel's ``basic_ack``: a state check, then a frame
-        through ``output``) on a thread other than the owner, as one step for the
-        owner: channels are closed through this output too, so the frame either
-        goes out while its channel is open or is refused (pika raises) after.
-        (pika's thread-safe wake-up, called with the lock held, takes none of the
-        locks the owner holds when it writes.)"""
-        with self._lock:
-            frame()
-
-    def _from_other_thread(self, data: bytes) -> bool:
-        """Send ``data`` or hand it over; True when the owner must be woken for it."""
-        if not self._handover:
-            data = self._send_now(data)
-            if not data:
-                return False
-        self._handover.append(data)
-        return len(self._handover) == 1
-
-    def _write_handover(self) -> None:
-        """On the owner's thread: write what waits in ``_handover``, in order."""
-        with self._lock:
-            if not self._handover:
-                return
-            chunks = self._handover
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            if self.direct:
-                data = self._send_now(data)
-            if data:
-                self._emit(data)
-
-    def _send_now(self, data: bytes) -> bytes:
-        """Send what the socket takes now, if nothing is queued before it; the rest."""
-        transport = self._impl._transport
-        if (
-            type(transport) is not _PlainTransport  # TLS frames its own records
-            # the loop is writing: only it takes queued bytes out, and the count (unlike
-            # the buffer list, briefly empty while a partly sent chunk is put back) only
-            # drops once they are sent
-            or transport.get_write_buffer_size()
-            or transport._state != _PlainTransport._STATE_ACTIVE
-        ):
-            return data
-        sock = transport._sock  # None once the transport closed (on the owner's thread)
-        if sock is None:
-            return data
-        try:
-            sent = sock.send(data)
-        except OSError:  # would block, or broken: the transport's own write deals with it
-            return data
-        return data[sent:]
 
 
 def _noop() -> None:

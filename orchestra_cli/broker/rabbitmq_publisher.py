@@ -8,22 +8,12 @@ keep-alive thread answers heartbeats while nobody publishes. A dropped
 connection is reopened, with bounded, jittered backoff, by the next call,
 within that call's timeout, and what was not confirmed is published again.
 
-``ConfirmWindow``: publisher confirms in windows.
+Publisher confirms in windows (the fast path's ``pika_fast.ConfirmWindow``; the
+plain path's ``rabbitmq_io.PlainWindow`` waits for each confirm instead): a
+caller can publish several messages and wait once. Everything runs on the
+thread that owns the connection (``DirectLink``'s lock).
 
-pika's ``BlockingChannel.confirm_delivery()`` makes every ``basic_publish``
-wait for its own confirm (one round trip, and a persistent message's confirm
-waits for the broker's disk). ``ConfirmWindow`` puts the channel in confirm
-mode itself and tracks each publish by delivery tag, so a caller can publish
-several messages and wait once (``wait``) — or wait on each, as before.
-
-- ``Basic.Ack`` (possibly ``multiple``) settles messages;
-- ``Basic.Nack`` (the broker could not take them) republishes them;
-- ``Basic.Return`` (unroutable) is an error the next ``wait`` raises;
-- after a reconnect the owner republishes ``unconfirmed()`` on the new channel.
-
-Everything runs on the thread that owns the connection (``DirectLink``'s lock).
-
-Coalescing (``confirm=False`` calls only): a message is framed at once but
+Coalescing (fast path, ``confirm=False`` calls only): a message is framed at once but
 written with the next ``BATCH`` - 1 others, or ``LINGER_SECONDS`` later by
 the keep-alive thread, whichever comes first (Kafka's ``linger.ms``). A batch
 then reaches the broker in one burst (one buffer per message) and wakes it
@@ -40,25 +30,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import pika
-from pika.adapters.blocking_connection import _IoloopTimerContext
 
+from orchestra_cli.broker.rabbitmq_io import Outgoing, Window, Writer
 from orchestra_cli.broker.rabbitmq_link import (
     COMMAND_ERRORS,
     CONNECTION_ERRORS,
     MAX_COMMAND_ATTEMPTS,
     MAX_CONNECT_ATTEMPTS,
     MAX_RECONNECT_ATTEMPTS,
+    RECONNECT,
     Channel,
     Command,
-    FrameWriter,
-    backoff,
     close_quietly,
     connection_parameters,
+    io_path,
     log_reconnect,
     unavailable,
 )
@@ -67,162 +56,11 @@ from orchestra_cli.settings import RabbitMQSettings
 
 log = logging.getLogger(__name__)
 
-SELECT_TIMEOUT_SECONDS = 10.0
 WINDOW = 256  # unconfirmed messages a windowed publisher may have in flight
 BATCH = 64  # framed messages written together by a caller that does not wait (see above)
 LINGER_SECONDS = 0.005  # …or written this long after the first of them, by the keep-alive
 CLOSE_FLUSH_SECONDS = 10.0
 PUBLISH_CHECK_SECONDS = 5.0  # ensure_connected: how long a caller waits for a reconnect
-
-
-@dataclass
-class Outgoing:
-    exchange: str
-    routing_key: str
-    body: bytes
-    properties: pika.BasicProperties | None
-    mandatory: bool
-
-
-class ConfirmWindow:
-    """A ``BlockingChannel`` whose ``basic_publish`` returns before the confirm."""
-
-    def __init__(self, channel: Any) -> None:
-        self.channel = channel
-        self._impl = channel._impl  # pika's async channel under the blocking one
-        self._next_tag = 1
-        self._unwritten = 0  # framed since the last write-out
-        self._pending: dict[int, Outgoing] = {}
-        self._retry: list[Outgoing] = []
-        self._returned: list[str] = []
-        selected: list[bool] = []
-        self._impl.add_on_return_callback(self.on_return)
-        self._impl.confirm_delivery(
-            ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.append(True)
-        )
-        self._until(lambda: bool(selected), SELECT_TIMEOUT_SECONDS)
-        if not selected:
-            raise BrokerError("RabbitMQ did not put the channel in confirm mode")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.channel, name)  # declare, purge, get…: the blocking channel's
-
-    @property
-    def outstanding(self) -> int:
-        return len(self._pending) + len(self._retry)
-
-    def basic_publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: pika.BasicProperties | None = None,
-        mandatory: bool = False,
-    ) -> None:
-        """Frame the message and track it; ``pump``/``wait`` learn of its confirm."""
-        self.send(Outgoing(exchange, routing_key, body, properties, mandatory))
-
-    def send(self, out: Outgoing) -> None:
-        """Publish ``out`` and track it (a new message, a nacked or a carried-over one)."""
-        self._impl.basic_publish(
-            out.exchange, out.routing_key, out.body, out.properties, out.mandatory
-        )
-        self._pending[self._next_tag] = out
-        self._next_tag += 1
-        self._unwritten += 1
-
-    @property
-    def unwritten(self) -> int:
-        """Messages framed but not yet handed to the socket (coalescing)."""
-        return self._unwritten
-
-    def _until(self, done: Callable[[], bool], time_limit: float) -> None:
-        """Do I/O until ``done()`` or ``time_limit`` seconds pass.
-
-        pika's ``process_data_events`` would sit out its whole time limit (a
-        confirm is not one of the events it returns for), so this drives the
-        blocking channel's own I/O loop with our condition, as its
-        ``basic_publish`` does when it waits for a confirm (pika 1.x).
-        """
-        if done():
-            return
-        with _IoloopTimerContext(time_limit, self.channel.connection._impl) as timer:
-            self.channel._flush_output(timer.is_ready, done)
-        self._unwritten = 0  # _flush_output returns with the output written
-
-    def write_out(self) -> None:
-        """Write everything framed (confirms come later)."""
-        self.channel._flush_output(lambda: True)
-        self._unwritten = 0
-
-    def pump(self) -> None:
-        """Write what is framed and read what has come (confirms), without waiting."""
-        self.channel.connection.process_data_events(time_limit=0)
-        self._unwritten = 0  # process_data_events returns with the output written
-        self._resend_nacked()
-        if self._unwritten:
-            self.write_out()  # the nacked ones, sent again
-
-    def _resend_nacked(self) -> None:
-        while self._retry:  # the broker could not take them: once more
-            self.send(self._retry[0])  # dropped from the list only once it is pending again
-            self._retry.pop(0)
-
-    @property
-    def sent(self) -> int:
-        """Messages published on this channel so far (a caller can tell if it published)."""
-        return self._next_tag - 1
-
-    def wait(
-        self, deadline: float, below: int = 1, *, report_returns: bool = True, batch: int = 1
-    ) -> bool:
-        """Pump until fewer than ``below`` messages are unconfirmed; False at the deadline.
-
-        Framed messages are written now once ``batch`` of them wait (1: always);
-        fewer are left for the next call or the keep-alive's linger. With
-        ``report_returns``, raises BrokerError once for messages RabbitMQ
-        returned as unroutable (kept for a caller that published, otherwise).
-        """
-        if self.outstanding < below and self._unwritten >= batch:
-            self.write_out()  # confirms come later
-        while self.outstanding >= below:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._until(lambda: self.outstanding < below or bool(self._retry), left)
-            self._resend_nacked()
-        if self._returned and report_returns:
-            returned, self._returned = self._returned, []
-            raise BrokerError(
-                f"RabbitMQ refused {len(returned)} message(s): {returned[0]} "
-                "(its queue is missing; it is declared again on the next publish)"
-            )
-        return True
-
-    def unconfirmed(self) -> list[Outgoing]:
-        """Messages without a confirm (for republishing after a reconnect), oldest first."""
-        return [self._pending[tag] for tag in sorted(self._pending)] + list(self._retry)
-
-    # -- pika callbacks (on this thread, inside process_data_events) -------------
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        tags = (
-            [t for t in self._pending if t <= method.delivery_tag]
-            if method.multiple
-            else [method.delivery_tag]
-        )
-        nacked = isinstance(method, pika.spec.Basic.Nack)
-        for tag in tags:
-            out = self._pending.pop(tag, None)
-            if out is not None and nacked:
-                self._retry.append(out)
-
-    def on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
-        """A returned message (unroutable), of this channel or the plain one beside it."""
-        self._returned.append(
-            f"{method.reply_text} for routing key {method.routing_key!r} "
-            f"(message {getattr(properties, 'message_id', '?')})"
-        )
 
 
 class DirectLink:
@@ -243,13 +81,13 @@ class DirectLink:
         self.generation = 0  # bumped on every (re)connect: topology is declared again
         self._lock = threading.Lock()
         self._conn: Any = None
-        self._channel: ConfirmWindow | None = None
+        self._channel: Window | None = None
         self._plain: Any = None  # the same connection's channel without confirms (call(plain=))
         self._carry: list[Outgoing] = []  # unconfirmed when a connection dropped
         self._closing = threading.Event()
         self._lingering = threading.Event()  # framed messages wait for the keep-alive
         self._keeper: threading.Thread | None = None
-        self._writer: FrameWriter | None = None
+        self._writer: Writer | None = None
 
     @property
     def alive(self) -> bool:
@@ -381,13 +219,16 @@ class DirectLink:
         self._teardown()  # a connection that closed by itself: carry what it left unconfirmed
         for attempt in range(1, limit + 1):
             try:
-                self._conn = pika.BlockingConnection(
+                conn = pika.BlockingConnection(
                     connection_parameters(self.url, self.settings, self.name)
                 )
-                self._writer = FrameWriter(self._conn, direct=False)
-                self._channel = ConfirmWindow(self._conn.channel())
-                self._plain = self._conn.channel()
-                self._plain._impl.add_on_return_callback(self._channel.on_return)
+                self._conn = conn
+                confirming = conn.channel()
+                path = io_path(self.settings, conn, confirming)
+                self._writer = path.writer(conn, direct=False)
+                self._channel = path.window(confirming)
+                self._plain = conn.channel()
+                self._plain.add_on_return_callback(self._channel.on_return)
                 self.generation += 1
                 self.on_connect(self._channel, self.generation)
                 for out in self._carry:  # what the dropped connection never confirmed
@@ -398,7 +239,7 @@ class DirectLink:
                 return
             except CONNECTION_ERRORS as exc:
                 self._teardown()
-                delay, left = backoff(attempt), limit - attempt
+                delay, left = RECONNECT.next_delay(attempt), limit - attempt
                 out_of_time = deadline is not None and time.monotonic() + delay > deadline
                 if left == 0 or out_of_time or self._closing.is_set():
                     raise unavailable(self.url, type(exc).__name__) from exc

@@ -127,8 +127,8 @@ def build_command(args: list[str] | None = None) -> Any:
 
     only = None if args is None else invoked_command(args)
     if os.environ.get("_ORCHESTRA_COMPLETE"):  # a shell asking for completions
-        from typer._completion_classes import completion_init
+        from orchestra_cli.cli.typer_private import register_completion_classes
 
-        completion_init()
+        register_completion_classes()
         only = None
     return typer.main.get_command(build_app(only))

@@ -29,11 +29,12 @@ _KEEP_ORDER = {
 }
 
 
-def script(shell: str) -> str:
-    """The completion script for ``shell`` (bash, zsh or fish)."""
-    from typer._completion_shared import get_completion_script
+def script(shell: str, *, private: bool | None = None) -> str:
+    """The completion script for ``shell`` (bash, zsh or fish); ``private``: see
+    ``typer_private`` (None: typer's private function while it exists)."""
+    from orchestra_cli.cli.typer_private import completion_script
 
-    text = get_completion_script(prog_name="orchestra", complete_var=COMPLETE_VAR, shell=shell)
+    text = completion_script(shell, "orchestra", COMPLETE_VAR, private=private)
     old, new = _KEEP_ORDER[shell]
     return text.replace(old, new, 1)
 

@@ -9,6 +9,7 @@ dead-letters the task and records the decision.
 from __future__ import annotations
 
 from orchestra_cli.backends import Backends
+from orchestra_cli.backoff import Backoff, Jitter
 from orchestra_cli.broker.base import publish_run
 from orchestra_cli.errors import TransitionRejected
 from orchestra_cli.models import MSG_RUN, Envelope, Task, work_queue
@@ -18,9 +19,14 @@ MAX_RETRY_DELAY_SECONDS = 60.0
 
 
 def backoff(backends: Backends, attempts: int) -> float:
-    """Seconds before attempt ``attempts + 1``: doubling from tasks.retry_backoff_seconds."""
+    """Seconds before attempt ``attempts + 1``: doubling from tasks.retry_backoff_seconds.
+
+    Without jitter: the delay is the task's ``retry_in`` event a person reads, and
+    RabbitMQ holds the message in a delay queue per distinct delay.
+    """
     first = backends.settings.tasks.retry_backoff_seconds
-    return float(min(first * 2 ** max(0, attempts - 1), MAX_RETRY_DELAY_SECONDS))
+    policy = Backoff(first=first, cap=MAX_RETRY_DELAY_SECONDS, jitter=Jitter.NONE)
+    return policy.next_delay(attempts)
 
 
 def retry_or_fail(backends: Backends, task: Task, error: str, *, retryable: bool = True) -> Task:

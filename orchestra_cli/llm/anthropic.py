@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from orchestra_cli.backoff import Backoff, log_retry, server_delay
 from orchestra_cli.errors import LLMAuthError, LLMError, TaskCancelled
 from orchestra_cli.llm.base import LLMRequest, LLMResponse, ToolCall, Turn
 from orchestra_cli.logs import redact, register_secret
@@ -72,7 +72,7 @@ class AnthropicProvider:
 
         register_secret(api_key)
         self.max_attempts = max(1, max_attempts)
-        self.backoff_seconds = backoff_seconds
+        self.backoff = Backoff(first=backoff_seconds, cap=MAX_BACKOFF_SECONDS)
         self._client = anthropic.Anthropic(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
         )
@@ -93,23 +93,14 @@ class AnthropicProvider:
                 if left == 0:
                     raise retry.error from retry.__cause__
                 delay = self._delay(attempt, retry.delay)
-                log.warning(
-                    "anthropic %s: %s; retrying in %.1fs (%d attempt%s left)",
-                    self.base_url,
-                    retry.error.message,
-                    delay,
-                    left,
-                    "" if left == 1 else "s",
-                )
+                log_retry(log, "Anthropic API", self.base_url, retry.error.message, delay, left)
                 _sleep(delay, request.cancel)
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            # honour the server's wait, plus a little jitter so clients spread out
-            return min(retry_after, MAX_RETRY_AFTER_SECONDS) * (1 + 0.1 * random.random())
-        backoff = min(self.backoff_seconds * 2.0 ** (attempt - 1), MAX_BACKOFF_SECONDS)
-        return backoff * (0.5 + random.random() / 2)  # "equal jitter"
+            return server_delay(retry_after, MAX_RETRY_AFTER_SECONDS)
+        return self.backoff.next_delay(attempt)
 
     def count_tokens(self, request: LLMRequest) -> int:
         """The API's count of ``request``'s input (free); an upper bound if it fails."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from orchestra_cli import ids
+from orchestra_cli.backoff import Backoff, log_retry
 from orchestra_cli.errors import (
     StateError,
     StateUnavailable,
@@ -48,6 +48,7 @@ T = TypeVar("T")
 MAX_REDIS_ATTEMPTS = 8
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 2.0
+RETRY = Backoff(first=FIRST_BACKOFF_SECONDS, cap=MAX_BACKOFF_SECONDS)  # equal jitter
 LIST_PAGE = 200
 # A waiter's count outlives its BLPOPs (each renews it), not a waiter that went away.
 WAIT_TTL_SECONDS = 300
@@ -202,21 +203,13 @@ class RedisConnection:
                 if kind == "failed":
                     raise StateError(f"Redis at {self._masked} failed {what}: {exc}") from exc
                 left = MAX_REDIS_ATTEMPTS - attempt
-                delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1))
-                delay *= random.uniform(0.5, 1.0)
+                delay = RETRY.next_delay(attempt)
                 if left == 0 or (deadline is not None and time.monotonic() + delay > deadline):
                     raise StateUnavailable(
                         f"cannot reach Redis at {self._masked} ({type(exc).__name__})",
                         "start it with `orchestra up` or set ORCHESTRA_STATE_URL",
                     ) from exc
-                log.warning(
-                    "Redis at %s: %s during %s; retrying in %.2fs (%d attempts left)",
-                    self._host,
-                    type(exc).__name__,
-                    what,
-                    delay,
-                    left,
-                )
+                log_retry(log, "Redis", self._host, exc, delay, left, during=what)
                 time.sleep(delay)
             else:
                 self._patient = True  # it answered: from now on, retry as long as ever

@@ -10,20 +10,47 @@ from pathlib import Path
 
 import pytest
 
+from orchestra_cli.cli import typer_private
 from orchestra_cli.cli.completion import FILES, script
 from tests.conftest import CliRunner
 from tests.support import REPO
 
+# The CLI as a shell runs it for candidates, and again as if typer had lost the private
+# functions cli/typer_private.py uses (its fallback: typer's documented behaviour only).
+AS_INSTALLED = [sys.executable, "-m", "orchestra_cli"]
+WITHOUT_TYPERS_PRIVATES = [
+    sys.executable,
+    "-c",
+    "import orchestra_cli.cli.typer_private as t; t._private = lambda module, name: None; "
+    "from orchestra_cli.cli.main import main; main()",
+]
 
-def test_committed_completion_scripts_are_up_to_date() -> None:
+
+def test_typers_private_completion_functions_are_still_there() -> None:
+    """Canary: cli/typer_private.py uses these while they exist; without them completion
+    takes the documented way (slower), and this names what went."""
+    problems = typer_private.missing()
+    assert not problems, (
+        f"typer {typer_private.version()} changed what cli/typer_private.py uses: "
+        + "; ".join(problems)
+        + " — completion still works through typer's documented behaviour; port "
+        "typer_private.py or keep typer at the last version it knows"
+    )
+
+
+@pytest.mark.parametrize("private", [None, False], ids=["private", "documented-only"])
+def test_committed_completion_scripts_are_up_to_date(private: bool | None) -> None:
     for shell, name in FILES.items():
         committed = (REPO / "completions" / name).read_text()
-        assert committed == script(shell) + "\n", (
+        assert committed == script(shell, private=private) + "\n", (
             f"completions/{name} is stale: run `make completions`"
         )
 
 
-def test_bash_completion_offers_commands_and_options() -> None:
+@pytest.mark.parametrize(
+    "command", [AS_INSTALLED, WITHOUT_TYPERS_PRIVATES], ids=["private", "documented-only"]
+)
+def test_bash_completion_offers_commands_and_options(command: list[str]) -> None:
     def complete(words: str, cword: int) -> list[str]:
         env = {
             **os.environ,
@@ -31,17 +58,13 @@ def test_bash_completion_offers_commands_and_options() -> None:
             "COMP_WORDS": words,
             "COMP_CWORD": str(cword),
         }
-        out = subprocess.run(
-            [sys.executable, "-m", "orchestra_cli"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         return out.stdout.split()
 
     assert "task" in complete("orchestra ta", 1)
     assert "--capability" in complete("orchestra task submit --cap", 3)
+    assert complete("orchestra task list --status fai", 4) == ["failed"]
+    assert "--install-completion" not in complete("orchestra --", 1)  # not orchestra's
 
 
 def _in_bash(line: str) -> list[str]:

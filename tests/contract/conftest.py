@@ -69,14 +69,33 @@ def cleanup_services(b: Backends) -> None:
         b.close()
 
 
+def services_plain(home: Path) -> Iterator[Backends]:
+    """Services mode with RabbitMQ I/O through pika's public API only (rabbitmq.fast_path off)."""
+    settings = services_settings(home)
+    settings.rabbitmq.fast_path = False
+    b = open_backends(settings)
+    try:
+        yield b
+    finally:
+        cleanup_services(b)
+
+
 FACTORIES: dict[str, Factory] = {"embedded": embedded, "services": services}
 BACKEND_KINDS = list(FACTORIES)
+# the broker's suite runs on both RabbitMQ I/O paths (broker/pika_fast.py, broker/rabbitmq_io.py)
+BROKER_FACTORIES: dict[str, Factory] = {**FACTORIES, "services-plain": services_plain}
 
 
 @pytest.fixture(params=BACKEND_KINDS)
 def contract_backends(request: pytest.FixtureRequest, home: Path) -> Iterator[Backends]:
     """A fresh, isolated set of backends of each kind."""
     yield from FACTORIES[request.param](home)
+
+
+@pytest.fixture(params=list(BROKER_FACTORIES))
+def broker_backends(request: pytest.FixtureRequest, home: Path) -> Iterator[Backends]:
+    """Like ``contract_backends``, and services mode once more on the plain RabbitMQ path."""
+    yield from BROKER_FACTORIES[request.param](home)
 
 
 def settings_env(b: Backends) -> dict[str, str]:

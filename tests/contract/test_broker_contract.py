@@ -1,4 +1,4 @@
-"""The Broker contract: every backend passes the same tests."""
+"""The Broker contract: every backend passes the same tests (RabbitMQ on both I/O paths)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ def _env(task_id: str = "t1", **kw: object) -> Envelope:
 
 
 def test_published_message_is_delivered_once_and_gone_after_ack(
-    contract_backends: Backends,
+    broker_backends: Backends,
 ) -> None:
-    broker = contract_backends.broker
+    broker = broker_backends.broker
     sent = _env(payload={"x": 1})
     broker.publish(Q, sent)
     consumer = broker.consumer([Q], prefetch=1, name="c1")
@@ -35,8 +35,8 @@ def test_published_message_is_delivered_once_and_gone_after_ack(
     assert broker.depths().get(Q, 0) == 0
 
 
-def test_higher_priority_is_delivered_first(contract_backends: Backends) -> None:
-    broker = contract_backends.broker
+def test_higher_priority_is_delivered_first(broker_backends: Backends) -> None:
+    broker = broker_backends.broker
     broker.publish(Q, _env("low"), priority=1)
     broker.publish(Q, _env("high"), priority=9)
     time.sleep(0.1)
@@ -52,8 +52,8 @@ def test_higher_priority_is_delivered_first(contract_backends: Backends) -> None
         consumer.close()
 
 
-def test_nacked_message_is_redelivered_with_a_higher_count(contract_backends: Backends) -> None:
-    broker = contract_backends.broker
+def test_nacked_message_is_redelivered_with_a_higher_count(broker_backends: Backends) -> None:
+    broker = broker_backends.broker
     broker.publish(Q, _env())
     consumer = broker.consumer([Q], prefetch=1, name="c1")
     try:
@@ -68,9 +68,9 @@ def test_nacked_message_is_redelivered_with_a_higher_count(contract_backends: Ba
 
 
 def test_nack_with_delay_hides_the_message_until_the_delay_passes(
-    contract_backends: Backends,
+    broker_backends: Backends,
 ) -> None:
-    broker = contract_backends.broker
+    broker = broker_backends.broker
     broker.publish(Q, _env())
     consumer = broker.consumer([Q], prefetch=1, name="c1")
     try:
@@ -86,8 +86,8 @@ def test_nack_with_delay_hides_the_message_until_the_delay_passes(
         consumer.close()
 
 
-def test_prefetch_limits_unsettled_messages(contract_backends: Backends) -> None:
-    broker = contract_backends.broker
+def test_prefetch_limits_unsettled_messages(broker_backends: Backends) -> None:
+    broker = broker_backends.broker
     for i in range(3):
         broker.publish(Q, _env(f"t{i}"))
     consumer = broker.consumer([Q], prefetch=2, name="c1")
@@ -105,9 +105,9 @@ def test_prefetch_limits_unsettled_messages(contract_backends: Backends) -> None
 
 
 def test_unsettled_message_of_a_closed_consumer_goes_to_another(
-    contract_backends: Backends,
+    broker_backends: Backends,
 ) -> None:
-    broker = contract_backends.broker
+    broker = broker_backends.broker
     broker.publish(Q, _env())
     first = broker.consumer([Q], prefetch=1, name="c1")
     d = first.get(timeout=5)
@@ -123,8 +123,8 @@ def test_unsettled_message_of_a_closed_consumer_goes_to_another(
         second.close()
 
 
-def test_dead_lettered_message_keeps_its_reason(contract_backends: Backends) -> None:
-    broker = contract_backends.broker
+def test_dead_lettered_message_keeps_its_reason(broker_backends: Backends) -> None:
+    broker = broker_backends.broker
     sent = _env()
     broker.publish(Q, sent)
     consumer = broker.consumer([Q], prefetch=1, name="c1")
@@ -141,9 +141,9 @@ def test_dead_lettered_message_keeps_its_reason(contract_backends: Backends) -> 
 
 
 def test_malformed_messages_are_dead_lettered_and_consumption_goes_on(
-    contract_backends: Backends,
+    broker_backends: Backends,
 ) -> None:
-    broker = contract_backends.broker
+    broker = broker_backends.broker
     broker.publish_raw(Q, b"{not json")
     broker.publish_raw(Q, b"\xff\xfe binary")
     broker.publish_raw(Q, _env().model_dump_json().replace(MSG_RUN, "task.bogus").encode())
@@ -164,9 +164,9 @@ def test_malformed_messages_are_dead_lettered_and_consumption_goes_on(
 
 
 def test_message_redelivered_past_the_limit_is_dead_lettered_as_poison(
-    contract_backends: Backends,
+    broker_backends: Backends,
 ) -> None:
-    broker = contract_backends.broker
+    broker = broker_backends.broker
     broker.publish(Q, _env())
     consumer = broker.consumer([Q], prefetch=1, name="c1")
     try:
@@ -182,8 +182,8 @@ def test_message_redelivered_past_the_limit_is_dead_lettered_as_poison(
     assert len(dead) == 1 and "poison" in dead[0]["reason"]
 
 
-def test_direct_dead_letter_records_origin_and_reason(contract_backends: Backends) -> None:
-    broker = contract_backends.broker
+def test_direct_dead_letter_records_origin_and_reason(broker_backends: Backends) -> None:
+    broker = broker_backends.broker
     broker.dead_letter(Q, _env("t9"), "exhausted retries: boom")
     dead = wait_until(lambda: broker.dead_letters(), timeout=5, what="dead letter")
     assert dead[0]["queue"] == Q and dead[0]["reason"] == "exhausted retries: boom"
@@ -219,9 +219,9 @@ def _task(letter: dict[str, object]) -> str:
 
 
 def test_competing_consumers_share_the_work_and_each_message_is_acked_once(
-    contract_backends: Backends,
+    broker_backends: Backends,
 ) -> None:
-    broker = contract_backends.broker
+    broker = broker_backends.broker
     n = 60
     for i in range(n):
         broker.publish(Q, _env(f"t{i}"))
@@ -250,9 +250,9 @@ def test_competing_consumers_share_the_work_and_each_message_is_acked_once(
 
 
 def test_deferred_message_comes_back_later_without_counting_a_delivery(
-    contract_backends: Backends,
+    broker_backends: Backends,
 ) -> None:
-    broker = contract_backends.broker
+    broker = broker_backends.broker
     broker.publish(Q, _env())
     consumer = broker.consumer([Q], prefetch=1, name="c1")
     try:
@@ -269,9 +269,9 @@ def test_deferred_message_comes_back_later_without_counting_a_delivery(
 
 
 def test_control_messages_reach_every_consumer_opened_before_them(
-    contract_backends: Backends,
+    broker_backends: Backends,
 ) -> None:
-    broker = contract_backends.broker
+    broker = broker_backends.broker
     broker.publish_control({"type": "ping", "agent": "*", "n": 0})  # before anyone listens
     first = broker.control_consumer("a1")
     second = broker.control_consumer("a2")

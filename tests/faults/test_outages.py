@@ -64,11 +64,12 @@ def test_a_consumer_rides_out_an_outage_far_past_the_old_reconnect_limit(
 
     attempts: list[int] = []
 
-    def fast(attempt: int) -> float:
-        attempts.append(attempt)
-        return 0.01
+    class Fast:
+        def next_delay(self, attempt: int) -> float:
+            attempts.append(attempt)
+            return 0.01
 
-    monkeypatch.setattr(rabbitmq_link, "backoff", fast)
+    monkeypatch.setattr(rabbitmq_link, "RECONNECT", Fast())
     assert isinstance(svc.broker, RabbitBroker)
     broker = RabbitBroker(_through(proxy), svc.broker.settings)  # the same queue prefix
     consumer = broker.consumer(["work.outage"], prefetch=1, name="outage")

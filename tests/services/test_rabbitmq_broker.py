@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
@@ -470,3 +471,39 @@ def test_a_consumer_whose_connection_or_channel_the_broker_closed_gets_its_messa
     finally:
         consumer.close()
     assert broker.depths()[Q] == 0
+
+
+def test_with_fast_path_off_every_link_uses_pikas_public_api_only(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.broker import pika_fast
+    from orchestra_cli.broker.rabbitmq_io import IOPath, PlainWindow, PlainWriter
+
+    def refuse(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("the fast path was used with rabbitmq.fast_path: false")
+
+    monkeypatch.setattr(pika_fast, "FAST", IOPath("fast", refuse, refuse, refuse))
+    settings = services_settings(home)
+    settings.rabbitmq.fast_path = False
+    b = open_backends(settings)
+    try:
+        broker = _broker(b)
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id="plain"))
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id="unawaited"), confirm=False)
+        link = broker._publisher()
+        assert isinstance(link._channel, PlainWindow) and isinstance(link._writer, PlainWriter)
+        assert link.outstanding == 0  # each publish waited for its own confirm
+        consumer = broker.consumer([Q], prefetch=2, name="plain")
+        try:
+            assert consumer._link.path.name == "plain"
+            got = [consumer.get(timeout=10) for _ in range(2)]
+            assert [d.envelope.task_id for d in got if d is not None] == ["plain", "unawaited"]
+            for d in got:
+                assert d is not None
+                d.ack()  # handed to the link's thread (add_callback_threadsafe)
+            assert consumer.get(timeout=0.5) is None
+        finally:
+            consumer.close()
+        assert broker.depths()[Q] == 0
+    finally:
+        cleanup_services(b)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 
-from orchestra_cli.broker.rabbitmq_link import FrameWriter
+from orchestra_cli.broker.pika_fast import FrameWriter
 
 
 class _Loop:
