@@ -265,11 +265,11 @@ class TaskService(WorkAndPeople):
         """A root task the state store lost, from the submission its messages carried
         (``broker.base.task_spec``): stored again under its id as pending and handed to
         the orchestrator; (task, created) — not created when the id exists again."""
-        from orchestra_cli.schema import SchemaError
+        from orchestra_cli.records import RecordError
 
         try:
             task = Task.model_validate({**spec, "status": Status.PENDING.value})
-        except SchemaError as exc:
+        except RecordError as exc:
             raise UsageError(f"a dead letter's task cannot be read: {exc}", "see the log") from exc
         self.validate(
             SubmitRequest(
