@@ -13,7 +13,6 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from orchestra_cli import tracing
@@ -24,6 +23,14 @@ from orchestra_cli.engine.planner import Plan
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.service_work import WorkAndPeople
+from orchestra_cli.engine.submission import (
+    MAX_KEY_CHARS,
+    MAX_LABEL_KEY_CHARS,
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_TITLE_CHARS,
+    SubmitRequest,
+)
 from orchestra_cli.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -46,28 +53,9 @@ from orchestra_cli.status import TERMINAL, Status
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
-# every task record carries these into each `task list --json`, API page and event
-MAX_TITLE_CHARS = 500
-MAX_LABELS = 50
-MAX_LABEL_KEY_CHARS = 100
-MAX_LABEL_VALUE_CHARS = 1000
-MAX_KEY_CHARS = 200  # an idempotency key
 _SURROGATES = re.compile("[\ud800-\udfff]")
 WAIT_STEP_SECONDS = 1.0  # longest block in ``wait`` before its deadline is checked
 WAIT_FLUSH_SECONDS = 2.0  # longest ``wait`` spends asking the broker about its messages
-
-
-@dataclass
-class SubmitRequest:
-    text: str
-    title: str | None = None
-    capability: str | None = None
-    priority: int | None = None
-    timeout: float | None = None
-    max_attempts: int | None = None
-    labels: dict[str, str] | None = None
-    idempotency_key: str | None = None
-    workspace: dict[str, bytes] | None = None  # the tree's starting files (engine/workspace.py)
 
 
 @contextlib.contextmanager
