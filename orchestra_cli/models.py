@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from msgspec import Meta, field
 
 from orchestra_cli import tracing
-from orchestra_cli.schema import Field, Model
+from orchestra_cli.records import Record
 from orchestra_cli.status import Status
 from orchestra_cli.util import new_id, now
 
@@ -14,7 +16,7 @@ MAX_PRIORITY = 9
 DEFAULT_PRIORITY = 5
 
 
-class Usage(Model, extra="ignore"):
+class Usage(Record):
     """Token usage and cost, summed per call, task, tree and agent."""
 
     calls: int = 0
@@ -41,16 +43,16 @@ class Usage(Model, extra="ignore"):
         return self.input_tokens + self.output_tokens
 
 
-class Task(Model, extra="ignore"):
+class Task(Record, kw_only=True):
     """One unit of work; a root task may own a tree of subtasks."""
 
-    id: str = Field(default_factory=new_id)
+    id: str = field(default_factory=new_id)
     root_id: str = ""
     parent_id: str | None = None
     title: str
     input: str
     capability: str | None = None
-    priority: int = Field(default=DEFAULT_PRIORITY, ge=0, le=MAX_PRIORITY)
+    priority: Annotated[int, Meta(ge=0, le=MAX_PRIORITY)] = DEFAULT_PRIORITY
     status: Status = Status.PENDING
     attempts: int = 0
     max_attempts: int = 3
@@ -59,18 +61,18 @@ class Task(Model, extra="ignore"):
     agent: str | None = None
     result: Any = None
     error: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
-    depends_on: list[str] = Field(default_factory=list)
-    usage: Usage = Field(default_factory=Usage)
-    created_at: float = Field(default_factory=now)
-    updated_at: float = Field(default_factory=now)
+    depends_on: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
     queued_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
     version: int = 0
 
-    def model_post_init(self, context: Any, /) -> None:
+    def __post_init__(self) -> None:
         if not self.root_id:
             self.root_id = self.id
 
@@ -85,7 +87,7 @@ class Task(Model, extra="ignore"):
         return (self.finished_at or now()) - self.started_at
 
 
-class Event(Model, extra="ignore"):
+class Event(Record):
     """One entry of the event log: every transition and notable decision."""
 
     seq: int
@@ -93,7 +95,7 @@ class Event(Model, extra="ignore"):
     root_id: str
     type: str
     time: float
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     def detail(self) -> str:
         """``queued -> running agent=coder-1 attempt=1``: what the event says, one line."""
@@ -123,7 +125,7 @@ def step_detail(d: dict[str, Any]) -> str:
     return str(kind)
 
 
-class AgentRecord(Model, extra="ignore"):
+class AgentRecord(Record):
     """An agent in the live registry."""
 
     name: str
@@ -137,36 +139,37 @@ class AgentRecord(Model, extra="ignore"):
     host: str = ""
     pid: int = 0
     version: str = ""
-    started_at: float = Field(default_factory=now)
-    heartbeat_at: float = Field(default_factory=now)
+    started_at: float = field(default_factory=now)
+    heartbeat_at: float = field(default_factory=now)
     stop_requested: bool = False
-    current: list[str] = Field(default_factory=list)
-    applied: dict[str, str] = Field(default_factory=dict)  # setting -> "value (source)"
-    usage: Usage = Field(default_factory=Usage)  # every model call this agent made
+    current: list[str] = field(default_factory=list)
+    applied: dict[str, str] = field(default_factory=dict)  # setting -> "value (source)"
+    usage: Usage = field(default_factory=Usage)  # every model call this agent made
 
     def is_alive(self, ttl: float, at: float | None = None) -> bool:
         """Heartbeat fresher than ``ttl`` and not stopped."""
         return self.status != "stopped" and ((at or now()) - self.heartbeat_at) <= ttl
 
 
-class Envelope(Model, extra="forbid"):
+class Envelope(Record, kw_only=True, forbid_unknown_fields=True):
     """The versioned JSON envelope of every queued message."""
 
     v: int = ENVELOPE_VERSION
-    id: str = Field(default_factory=new_id)
+    id: str = field(default_factory=new_id)
     type: str
     task_id: str
     attempt: int = 0
-    time: float = Field(default_factory=now)
-    payload: dict[str, Any] = Field(default_factory=dict)
+    time: float = field(default_factory=now)
+    payload: dict[str, Any] = field(default_factory=dict)
     trace: dict[str, str] | None = None  # W3C trace context (tracing.py); last: see encode
 
-    def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
-        if (
-            self.trace is None
-        ):  # a new message carries its sender's span (a decoded one keeps its own)
-            self.__dict__["trace"] = tracing.carrier(origin=self.type == MSG_RESULT)
+    def __post_init__(self) -> None:
+        # A new message carries its sender's span. msgspec runs this for a decoded one
+        # too: one that came without a context gets the receiver's current one, which
+        # is none outside a span (and always none with tracing off), so it is handled
+        # in the context it would have had anyway.
+        if self.trace is None:
+            self.trace = tracing.carrier(origin=self.type == MSG_RESULT)
 
     def encode(self) -> bytes:
         text = self.model_dump_json()

@@ -1,4 +1,4 @@
-"""Settings: YAML file + ``.env`` + ``ORCHESTRA_*`` environment, checked by ``schema``.
+"""Settings: YAML file + ``.env`` + ``ORCHESTRA_*`` environment, checked as ``records``.
 
 Precedence, lowest first: built-in defaults, the config file, ``ORCHESTRA_*``
 keys in ``./.env``, ``ORCHESTRA_*`` environment variables (nested with ``__``:
@@ -13,100 +13,114 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
+from msgspec import Meta
+
 from orchestra_cli.errors import ConfigError
-from orchestra_cli.schema import Field, Model, SchemaError
+from orchestra_cli.records import FieldError, Record, RecordError, one_of
 
 ENV_PREFIX = "ORCHESTRA_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 CONFIG_FILE_NAME = "orchestra.yaml"
 
 
-class _Section(Model, extra="forbid", validate_assignment=True):
-    """A group of settings: unknown keys refused, assignments checked."""
+class _Section(Record, forbid_unknown_fields=True):
+    """A group of settings: unknown keys refused."""
 
 
 class OfflineLLMSettings(_Section):
-    latency_ms: int = Field(default=0, ge=0, description="simulated think time per call")
+    latency_ms: Annotated[int, Meta(ge=0, description="simulated think time per call")] = 0
 
 
 class ModelPrice(_Section):
     """USD per million tokens for one model (or model-name prefix)."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cache_write: float | None = Field(default=None, ge=0, description="default 1.25 × input")
-    cache_read: float | None = Field(default=None, ge=0, description="default 0.1 × input")
+    input: Annotated[float, Meta(ge=0)]
+    output: Annotated[float, Meta(ge=0)]
+    cache_write: Annotated[float, Meta(ge=0, description="default 1.25 × input")] | None = None
+    cache_read: Annotated[float, Meta(ge=0, description="default 0.1 × input")] | None = None
 
 
 class LLMSettings(_Section):
     provider: Literal["auto", "anthropic", "offline"] = "auto"
     model: str = "claude-sonnet-5-5"
-    max_tokens: int = Field(default=2048, ge=1)
-    temperature: float = Field(default=0.2, ge=0, le=1)
-    timeout: float = Field(default=60.0, gt=0)
-    base_url: str | None = Field(default=None, description="default: ANTHROPIC_BASE_URL or the API")
-    max_retries: int = Field(default=4, ge=0, le=20, description="retries on 429/529/5xx/timeouts")
-    retry_backoff_seconds: float = Field(default=1.0, ge=0, description="first backoff, doubled")
-    max_reasks: int = Field(
-        default=2, ge=0, le=10, description="re-asks on invalid structured output"
+    max_tokens: Annotated[int, Meta(ge=1)] = 2048
+    temperature: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    timeout: Annotated[float, Meta(gt=0)] = 60.0
+    base_url: Annotated[str, Meta(description="default: ANTHROPIC_BASE_URL or the API")] | None = (
+        None
     )
-    max_continuations: int = Field(
-        default=2, ge=0, le=10, description="continuations of an answer cut at max_tokens"
-    )
-    budget_usd: float | None = Field(default=None, gt=0, description="per task tree")
-    budget_tokens: int | None = Field(default=None, gt=0, description="per task tree")
-    prices: dict[str, ModelPrice] = Field(
-        default_factory=dict, description="model (or prefix) → price; adds to the built-ins"
-    )
-    offline: OfflineLLMSettings = OfflineLLMSettings()
+    max_retries: Annotated[
+        int, Meta(ge=0, le=20, description="retries on 429/529/5xx/timeouts")
+    ] = 4
+    retry_backoff_seconds: Annotated[float, Meta(ge=0, description="first backoff, doubled")] = 1.0
+    max_reasks: Annotated[
+        int, Meta(ge=0, le=10, description="re-asks on invalid structured output")
+    ] = 2
+    max_continuations: Annotated[
+        int, Meta(ge=0, le=10, description="continuations of an answer cut at max_tokens")
+    ] = 2
+    budget_usd: Annotated[float, Meta(gt=0, description="per task tree")] | None = None
+    budget_tokens: Annotated[int, Meta(gt=0, description="per task tree")] | None = None
+    prices: Annotated[
+        dict[str, ModelPrice], Meta(description="model (or prefix) → price; adds to the built-ins")
+    ] = msgspec.field(default_factory=dict)
+    offline: OfflineLLMSettings = msgspec.field(default_factory=OfflineLLMSettings)
 
 
 class VaultSettings(_Section):
-    timeout: float = Field(default=5.0, gt=0)
-    cache_seconds: float = Field(default=30.0, ge=0, description="in-process secret cache")
-    renew_before_seconds: float = Field(
-        default=60.0, ge=0, description="renew the token this early"
+    timeout: Annotated[float, Meta(gt=0)] = 5.0
+    cache_seconds: Annotated[float, Meta(ge=0, description="in-process secret cache")] = 30.0
+    renew_before_seconds: Annotated[float, Meta(ge=0, description="renew the token this early")] = (
+        60.0
     )
     approle_mount: str = "approle"
 
 
 class BrokerSettings(_Section):
-    lease_seconds: float = Field(default=30.0, gt=0, description="embedded: claim lease, renewed")
-    max_deliveries: int = Field(default=5, ge=1, description="deliveries before a poison message")
+    lease_seconds: Annotated[float, Meta(gt=0, description="embedded: claim lease, renewed")] = 30.0
+    max_deliveries: Annotated[int, Meta(ge=1, description="deliveries before a poison message")] = 5
     queue_type: Literal["classic", "quorum"] = "classic"
 
 
 class RedisSettings(_Section):
     """The Redis state store (``state_url: redis://…``)."""
 
-    key_prefix: str = Field(default="orchestra", min_length=1, description="namespace of every key")
-    stream_maxlen: int = Field(
-        default=100_000, ge=1, description="events kept per stream (approx.)"
+    key_prefix: Annotated[str, Meta(min_length=1, description="namespace of every key")] = (
+        "orchestra"
     )
-    socket_timeout: float = Field(default=5.0, gt=0, description="seconds per command")
-    connect_timeout: float = Field(default=2.0, gt=0)
-    health_check_interval: int = Field(default=15, ge=0, description="ping idle connections (s)")
-    max_connections: int = Field(default=64, ge=1, description="pool size per process")
+    stream_maxlen: Annotated[int, Meta(ge=1, description="events kept per stream (approx.)")] = (
+        100_000
+    )
+    socket_timeout: Annotated[float, Meta(gt=0, description="seconds per command")] = 5.0
+    connect_timeout: Annotated[float, Meta(gt=0)] = 2.0
+    health_check_interval: Annotated[int, Meta(ge=0, description="ping idle connections (s)")] = 15
+    max_connections: Annotated[int, Meta(ge=1, description="pool size per process")] = 64
 
 
 class RabbitMQSettings(_Section):
     """The RabbitMQ broker (``broker_url: amqp://…``)."""
 
-    queue_prefix: str = Field(default="orchestra", min_length=1, description="namespace of queues")
-    heartbeat: int = Field(default=30, ge=0, description="AMQP heartbeat (s); 0 disables")
-    blocked_connection_timeout: float = Field(default=60.0, gt=0)
-    connect_timeout: float = Field(default=5.0, gt=0)
-    max_outage_seconds: float = Field(
-        default=0.0,
-        ge=0,
-        description="a running consumer gives up (its process exits 3) after RabbitMQ has "
-        "been unreachable this long; 0 rides out an outage of any length",
+    queue_prefix: Annotated[str, Meta(min_length=1, description="namespace of queues")] = (
+        "orchestra"
     )
-    fast_path: bool = Field(
-        default=True, description="pika internals for speed; false: its public API only"
-    )
+    heartbeat: Annotated[int, Meta(ge=0, description="AMQP heartbeat (s); 0 disables")] = 30
+    blocked_connection_timeout: Annotated[float, Meta(gt=0)] = 60.0
+    connect_timeout: Annotated[float, Meta(gt=0)] = 5.0
+    max_outage_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="a running consumer gives up (its process exits 3) after RabbitMQ has "
+            "been unreachable this long; 0 rides out an outage of any length",
+        ),
+    ] = 0.0
+    fast_path: Annotated[
+        bool, Meta(description="pika internals for speed; false: its public API only")
+    ] = True
 
 
 class ServicesSettings(_Section):
@@ -118,17 +132,21 @@ class ServicesSettings(_Section):
     """
 
     runtime: Literal["auto", "docker", "native"] = "auto"
-    redis_port: int = Field(default=16379, ge=1, le=65535)
-    amqp_port: int = Field(default=16672, ge=1, le=65535)
-    rabbitmq_dist_port: int = Field(
-        default=26672, ge=1, le=65535, description="Erlang distribution port (native)"
+    redis_port: Annotated[int, Meta(ge=1, le=65535)] = 16379
+    amqp_port: Annotated[int, Meta(ge=1, le=65535)] = 16672
+    rabbitmq_dist_port: Annotated[
+        int, Meta(ge=1, le=65535, description="Erlang distribution port (native)")
+    ] = 26672
+    rabbitmq_management_port: Annotated[int, Meta(ge=1, le=65535, description="docker only")] = (
+        16673
     )
-    rabbitmq_management_port: int = Field(default=16673, ge=1, le=65535, description="docker only")
-    vault_port: int = Field(default=18200, ge=1, le=65534)
-    timeout: float = Field(default=120.0, gt=0, description="seconds `up --wait` waits for health")
-    compose_file: Path | None = Field(default=None, description="default: ./compose.yaml")
+    vault_port: Annotated[int, Meta(ge=1, le=65534)] = 18200
+    timeout: Annotated[float, Meta(gt=0, description="seconds `up --wait` waits for health")] = (
+        120.0
+    )
+    compose_file: Annotated[Path, Meta(description="default: ./compose.yaml")] | None = None
 
-    def model_post_init(self, context: Any, /) -> None:  # every port its own
+    def __post_init__(self) -> None:  # every port its own
         ports = {
             "redis_port": self.redis_port,
             "amqp_port": self.amqp_port,
@@ -147,27 +165,30 @@ class ServicesSettings(_Section):
 class NotifySettings(_Section):
     """Webhook notifications (``orchestra run`` sends them; notify.py)."""
 
-    webhook_url: str | None = Field(
-        default=None, pattern=r"^https?://", description="POSTed JSON: inbox and tree_failed"
-    )
-    timeout: float = Field(default=5.0, gt=0, description="per delivery attempt")
+    webhook_url: (
+        Annotated[
+            str, Meta(pattern=r"^https?://", description="POSTed JSON: inbox and tree_failed")
+        ]
+        | None
+    ) = None
+    timeout: Annotated[float, Meta(gt=0, description="per delivery attempt")] = 5.0
 
 
 class AgentSettings(_Section):
-    heartbeat_seconds: float = Field(default=2.0, gt=0)
-    ttl_seconds: float = Field(
-        default=10.0, gt=0, description="an agent is dead after this silence"
+    heartbeat_seconds: Annotated[float, Meta(gt=0)] = 2.0
+    ttl_seconds: Annotated[float, Meta(gt=0, description="an agent is dead after this silence")] = (
+        10.0
     )
-    concurrency: int = Field(default=1, ge=1, le=256)
+    concurrency: Annotated[int, Meta(ge=1, le=256)] = 1
     definitions_dir: Path | None = None
-    prune_after_seconds: float = Field(
-        default=86400.0, gt=0, description="stopped or dead agents leave the registry after this"
-    )
-    max_delegation_depth: int = Field(
-        default=3, ge=0, le=10, description="levels of delegate/spawn below a tree's root"
-    )
+    prune_after_seconds: Annotated[
+        float, Meta(gt=0, description="stopped or dead agents leave the registry after this")
+    ] = 86400.0
+    max_delegation_depth: Annotated[
+        int, Meta(ge=0, le=10, description="levels of delegate/spawn below a tree's root")
+    ] = 3
 
-    def model_post_init(self, context: Any, /) -> None:  # ttl outlasts heartbeats
+    def __post_init__(self) -> None:  # ttl outlasts heartbeats
         if self.ttl_seconds < 2 * self.heartbeat_seconds:
             raise ValueError(
                 f"ttl_seconds ({self.ttl_seconds:g}) must be at least twice heartbeat_seconds "
@@ -176,27 +197,28 @@ class AgentSettings(_Section):
 
 
 class TaskSettings(_Section):
-    review_plans: bool = Field(
-        default=False, description="every tree's plan waits for `task approve` before it runs"
-    )
-    default_timeout: float = Field(default=600.0, gt=0)
-    default_max_attempts: int = Field(default=3, ge=1, le=100)
-    max_input_bytes: int = Field(default=1_000_000, ge=1)
-    retry_backoff_seconds: float = Field(default=1.0, ge=0)
+    review_plans: Annotated[
+        bool, Meta(description="every tree's plan waits for `task approve` before it runs")
+    ] = False
+    default_timeout: Annotated[float, Meta(gt=0)] = 600.0
+    default_max_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
+    max_input_bytes: Annotated[int, Meta(ge=1)] = 1_000_000
+    retry_backoff_seconds: Annotated[float, Meta(ge=0)] = 1.0
     default_capability: str = "code"
-    recovery_interval_seconds: float = Field(
-        default=15.0, ge=0, description="orchestrator's stuck-work sweep; 0 disables"
-    )
-
-
-def _upper(v: Any) -> Any:
-    return v.upper() if isinstance(v, str) else v
+    recovery_interval_seconds: Annotated[
+        float, Meta(ge=0, description="orchestrator's stuck-work sweep; 0 disables")
+    ] = 15.0
 
 
 class LogSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", before=_upper)
-    max_bytes: int = Field(default=10_000_000, ge=1024)
-    backups: int = Field(default=5, ge=0)
+    level: str = "INFO"
+    max_bytes: Annotated[int, Meta(ge=1024)] = 10_000_000
+    backups: Annotated[int, Meta(ge=0)] = 5
+
+    def __post_init__(self) -> None:  # any case: ORCHESTRA_LOG__LEVEL=debug
+        self.level = self.level.upper()
+        if self.level not in LOG_LEVELS:
+            raise FieldError("level", f"Input should be {one_of(LOG_LEVELS)}")
 
 
 def _default_home() -> Path:
@@ -205,35 +227,28 @@ def _default_home() -> Path:
     return Path(user_data_dir("orchestra", appauthor=False))
 
 
-def _home_not_empty(v: Any) -> Any:
-    if isinstance(v, str) and not v.strip():
-        raise ValueError("is empty (it would put the state in the current directory)")
-    return v
-
-
-def _expand(v: Path) -> Path:
-    return v.expanduser()
-
-
 class Settings(_Section):
     """Every documented setting (README, ``orchestra config show``)."""
 
-    home: Path = Field(default_factory=_default_home, before=_home_not_empty, after=_expand)
+    home: Path = msgspec.field(default_factory=_default_home)
     environment: Literal["development", "staging", "production"] = "development"
     state_url: str | None = None
     broker_url: str | None = None
     secrets_url: str = "env"
     prompts_dir: Path | None = None
-    llm: LLMSettings = LLMSettings()
-    vault: VaultSettings = VaultSettings()
-    broker: BrokerSettings = BrokerSettings()
-    redis: RedisSettings = RedisSettings()
-    rabbitmq: RabbitMQSettings = RabbitMQSettings()
-    agents: AgentSettings = AgentSettings()
-    services: ServicesSettings = ServicesSettings()
-    tasks: TaskSettings = TaskSettings()
-    log: LogSettings = LogSettings()
-    notify: NotifySettings = NotifySettings()
+    llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
+    vault: VaultSettings = msgspec.field(default_factory=VaultSettings)
+    broker: BrokerSettings = msgspec.field(default_factory=BrokerSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    rabbitmq: RabbitMQSettings = msgspec.field(default_factory=RabbitMQSettings)
+    agents: AgentSettings = msgspec.field(default_factory=AgentSettings)
+    services: ServicesSettings = msgspec.field(default_factory=ServicesSettings)
+    tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    notify: NotifySettings = msgspec.field(default_factory=NotifySettings)
+
+    def __post_init__(self) -> None:
+        self.home = self.home.expanduser()
 
     @property
     def db_path(self) -> Path:
@@ -380,7 +395,7 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
 def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     """``ORCHESTRA_LLM__MODEL`` → ``llm.model``, for keys naming a known setting;
     each with (the variable it came from, its value)."""
-    known = set(Settings.model_fields)
+    known = set(Settings.__struct_fields__)
     out: dict[str, tuple[str, str]] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
@@ -417,7 +432,7 @@ def _section_origin(section: str, message: str, sources: Mapping[str, str]) -> s
     return ", ".join(found) if found else "configuration"
 
 
-def _describe_error(exc: SchemaError, sources: Mapping[str, str]) -> ConfigError:
+def _describe_error(exc: RecordError, sources: Mapping[str, str]) -> ConfigError:
     err = exc.errors()[0]
     dotted = ".".join(str(p) for p in err["loc"])
     origin = sources.get(dotted) or _section_origin(dotted, str(err["msg"]), sources)
@@ -455,7 +470,7 @@ def load_settings(
             sources[dotted] = f"{label} {var}" if label == ".env" else var
     try:
         settings = Settings.model_validate(merged)
-    except SchemaError as exc:
+    except RecordError as exc:
         raise _describe_error(exc, sources) from None
     return LoadedSettings(settings=settings, config_file=path, sources=sources)
 

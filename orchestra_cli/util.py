@@ -114,7 +114,7 @@ def parse_since(text: str) -> float:
 
 
 def _default(obj: Any) -> Any:
-    if hasattr(obj, "model_dump"):  # schema.Model, or a pydantic model
+    if hasattr(obj, "model_dump"):  # a records.Record, or a pydantic model
         return obj.model_dump(mode="json")
     if isinstance(obj, dt.datetime):
         return obj.isoformat()
@@ -132,7 +132,7 @@ _encode_str = json.encoder.encode_basestring  # what ensure_ascii=False encodes 
 
 
 def dumps(obj: Any, *, indent: int | None = None) -> str:
-    """JSON-encode records (schema.Model or pydantic), datetimes and paths as well as plain data."""
+    """JSON-encode records (msgspec or pydantic), datetimes and paths as well as plain data."""
     if indent is None:
         # scalars (most of a task's fields, encoded one by one for Redis) skip the
         # encoder's machinery; the output is exactly what it would write

@@ -21,7 +21,7 @@ from orchestra_cli.models import (
     Task,
     work_queue,
 )
-from orchestra_cli.schema import SchemaError
+from orchestra_cli.records import RecordError
 
 
 def decode_envelope(body: bytes) -> Envelope:
@@ -34,7 +34,7 @@ def decode_envelope(body: bytes) -> Envelope:
         env = Envelope.model_validate_json(text)
         if "\\u" in text:  # an escape may hold a lone surrogate, which cannot be sent on
             env.encode()
-    except SchemaError as exc:
+    except RecordError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise MalformedMessage(f"invalid envelope: {where}: {first['msg']}") from None

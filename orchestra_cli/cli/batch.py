@@ -2,12 +2,12 @@
 
 Each non-empty line is one task: a JSON object (``text`` required; ``title``,
 ``capability``, ``priority``, ``timeout``, ``max_attempts``, ``labels``,
-``idempotency_key`` optional) or, if it does not start with ``{``, the task
-text itself. The command's own options are defaults for every line. Every
-line is read and checked before the first task is stored, so a bad line
-changes nothing. Tasks are then stored one by one with their messages
-confirmed in windows (one wait at the end, not one per task); each id is
-printed as it is stored.
+``idempotency_key`` optional: the described fields of ``SubmitRequest``, checked
+against its types) or, if it does not start with ``{``, the task text itself.
+The command's own options are defaults for every line. Every line is read and
+checked before the first task is stored, so a bad line changes nothing. Tasks
+are then stored one by one with their messages confirmed in windows (one wait
+at the end, not one per task); each id is printed as it is stored.
 """
 
 from __future__ import annotations
@@ -15,24 +15,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from orchestra_cli.cli.context import AppContext
-from orchestra_cli.engine.service import SubmitRequest
+from orchestra_cli.engine.submission import SubmitRequest, described
 from orchestra_cli.errors import BrokerUnavailable, OrchestraError, Undelivered, UsageError
+from orchestra_cli.records import RecordError, translate
 
-FIELDS: dict[str, type | tuple[type, ...]] = {
-    "text": str,
-    "title": str,
-    "capability": str,
-    "priority": int,
-    "timeout": (int, float),
-    "max_attempts": int,
-    "labels": dict,
-    "idempotency_key": str,
-}
+FIELDS = tuple(described())  # a line's keys: the described fields of a submission
 PROGRESS_SECONDS = 2.0
 
 
@@ -60,7 +52,7 @@ def read_batch(source: str, defaults: SubmitRequest) -> list[tuple[str, SubmitRe
 
 def _request(line: str, defaults: SubmitRequest, where: str) -> SubmitRequest:
     if not line.lstrip().startswith("{"):
-        return replace(defaults, text=line.strip())
+        return msgspec.structs.replace(defaults, text=line.strip())
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -71,19 +63,24 @@ def _request(line: str, defaults: SubmitRequest, where: str) -> SubmitRequest:
         ) from None
     except ValueError as exc:  # an integer of more than 4,300 digits (sys.int_info)
         raise UsageError(f"{where}: invalid JSON ({exc})", "one JSON object per line") from None
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(set(data) - set(FIELDS)) if isinstance(data, dict) else []
     if unknown:
         raise UsageError(f"{where}: unknown field {unknown[0]!r}", f"use: {', '.join(FIELDS)}")
-    for name, kind in FIELDS.items():
-        if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
-            raise UsageError(f"{where}: {name} has the wrong type", f"e.g. {_example(name)}")
-    if not isinstance(data.get("text"), str):
-        raise UsageError(f"{where}: no text", '{"text": "what to do", …}')
-    fields: dict[str, Any] = {**data}
+    try:  # strict: a JSON line says what it means ("5" is no priority)
+        given = msgspec.convert(data, SubmitRequest, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _line_error(translate(exc, SubmitRequest, data), where) from None
+    fields = {name: getattr(given, name) for name in data}
     if "labels" in data:
-        own = {str(k): str(v) for k, v in data["labels"].items()}
-        fields["labels"] = {**(defaults.labels or {}), **own}
-    return replace(defaults, **fields)
+        fields["labels"] = {**defaults.labels, **given.labels}
+    return msgspec.structs.replace(defaults, **fields)
+
+
+def _line_error(err: RecordError, where: str) -> UsageError:
+    if err.kind == "missing":
+        return UsageError(f"{where}: no text", '{"text": "what to do", …}')
+    name = str(err.loc[0]) if err.loc else "text"
+    return UsageError(f"{where}: {name} has the wrong type", f"e.g. {_example(name)}")
 
 
 def _example(name: str) -> str:

@@ -7,9 +7,7 @@ raises. ``main`` is the console script. (httpie's ``raw_main``/``program`` split
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -147,42 +145,8 @@ def _report(message: str, code: int, verbose: bool) -> int:
     return code
 
 
-_PLUGIN_LOADER = "pydantic.plugin._loader"
-
-
-class _NoPydanticPlugins(types.ModuleType):
-    """Stands in for pydantic's plugin loader in the console script: no plugins.
-
-    pydantic looks for plugins (``importlib.metadata`` entry points) as it builds
-    its first model, and importing ``importlib.metadata`` alone is ~25 ms; the
-    commands that still build pydantic models (an agent's structured output, the
-    LLM planner, the API) pay it otherwise. orchestra uses no pydantic plugin.
-    Any other name of the module loads the real one.
-    """
-
-    @staticmethod
-    def get_plugins() -> tuple[()]:
-        return ()
-
-    def __getattr__(self, name: str) -> Any:
-        import importlib
-
-        if name.startswith("__"):  # the import system asks for __path__, __spec__, …
-            raise AttributeError(name)
-        del sys.modules[_PLUGIN_LOADER]
-        return getattr(importlib.import_module(_PLUGIN_LOADER), name)
-
-
-def _skip_pydantic_plugin_lookup() -> None:
-    """Unless PYDANTIC_DISABLE_PLUGINS says which plugins to leave out (set it empty
-    for all of them), pydantic runs here without plugins and without the lookup."""
-    if os.environ.get("PYDANTIC_DISABLE_PLUGINS", "__all__") in ("__all__", "1", "true"):
-        sys.modules.setdefault(_PLUGIN_LOADER, _NoPydanticPlugins(_PLUGIN_LOADER))
-
-
 def main() -> None:
     """The ``orchestra`` console script."""
-    _skip_pydantic_plugin_lookup()
     code = run_cli()
     sys.stdout.flush()
     sys.exit(code)

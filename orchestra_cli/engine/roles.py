@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from msgspec import Meta, field
 
 from orchestra_cli.errors import ConfigError, UsageError
 from orchestra_cli.models import AgentRecord
-from orchestra_cli.schema import Field, Model, SchemaError
+from orchestra_cli.records import FieldError, Record, RecordError
 from orchestra_cli.templates import templates_dir
 from orchestra_cli.tools.config import (
     McpServerConfig,
@@ -19,25 +21,35 @@ from orchestra_cli.tools.config import (
 )
 
 
-class RoleDefinition(Model, extra="forbid"):
+class RoleDefinition(Record, kw_only=True, forbid_unknown_fields=True):
     """What an agent of this role can do and how it calls the model."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    name: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]*\Z")]
     description: str = ""
-    capabilities: list[str] = Field(min_length=1)
+    capabilities: Annotated[list[str], Meta(min_length=1)]
     model: str = "claude-sonnet-5-5"
     prompt: str = "execute-coder"
-    max_tokens: int = Field(default=4096, ge=1)
-    temperature: float = Field(default=0.2, ge=0, le=1)
-    concurrency: int = Field(default=1, ge=1, le=256)
-    timeout: float = Field(default=600, gt=0)
+    max_tokens: Annotated[int, Meta(ge=1)] = 4096
+    temperature: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    concurrency: Annotated[int, Meta(ge=1, le=256)] = 1
+    timeout: Annotated[float, Meta(gt=0)] = 600
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None  # the model's default
     # the tool layer (orchestra_cli.tools): README "Tools, MCP servers and permissions"
-    tools: list[str] = Field(default_factory=list, after=known_tools)
-    mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict, after=check_servers)
-    permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
-    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
-    max_turns: int = Field(default=25, ge=1, le=500)
+    tools: list[str] = field(default_factory=list)
+    mcp_servers: dict[str, McpServerConfig] = field(default_factory=dict)
+    permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    max_turns: Annotated[int, Meta(ge=1, le=500)] = 25
+
+    def __post_init__(self) -> None:
+        try:
+            known_tools(self.tools)
+        except ValueError as exc:
+            raise FieldError("tools", str(exc)) from None
+        try:
+            check_servers(self.mcp_servers)
+        except ValueError as exc:
+            raise FieldError("mcp_servers", str(exc)) from None
 
 
 def role_acts(role: RoleDefinition) -> bool:
@@ -62,7 +74,7 @@ def _load_file(path: Path) -> RoleDefinition:
         role = RoleDefinition.model_validate(data)
         _ORIGINS[role.name] = (path, frozenset(data))
         return role
-    except SchemaError as exc:
+    except RecordError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "definition"
         raise ConfigError(f"{path}: {field}: {err['msg']}", "fix the agent definition") from None

@@ -12,7 +12,6 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from orchestra_cli import tracing
@@ -24,6 +23,14 @@ from orchestra_cli.engine.planner import Plan
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.service_work import WorkAndPeople
+from orchestra_cli.engine.submission import (
+    MAX_KEY_CHARS,
+    MAX_LABEL_KEY_CHARS,
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_TITLE_CHARS,
+    SubmitRequest,
+)
 from orchestra_cli.errors import (
     BrokerError,
     ConflictError,
@@ -49,26 +56,7 @@ from orchestra_cli.status import TERMINAL, Status
 log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 80
-# every task record carries these into each `task list --json`, API page and event
-MAX_TITLE_CHARS = 500
-MAX_LABELS = 50
-MAX_LABEL_KEY_CHARS = 100
-MAX_LABEL_VALUE_CHARS = 1000
-MAX_KEY_CHARS = 200  # an idempotency key
 _SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-@dataclass
-class SubmitRequest:
-    text: str
-    title: str | None = None
-    capability: str | None = None
-    priority: int | None = None
-    timeout: float | None = None
-    max_attempts: int | None = None
-    labels: dict[str, str] | None = None
-    idempotency_key: str | None = None
-    workspace: dict[str, bytes] | None = None  # the tree's starting files (engine/workspace.py)
 
 
 @contextlib.contextmanager
@@ -275,11 +263,11 @@ class TaskService(WorkAndPeople):
         """A root task the state store lost, from the submission its messages carried
         (``broker.base.task_spec``): stored again under its id as pending and handed to
         the orchestrator; (task, created) — not created when the id exists again."""
-        from orchestra_cli.schema import SchemaError
+        from orchestra_cli.records import RecordError
 
         try:
             task = Task.model_validate({**spec, "status": Status.PENDING.value})
-        except SchemaError as exc:
+        except RecordError as exc:
             raise UsageError(f"a dead letter's task cannot be read: {exc}", "see the log") from exc
         self.validate(
             SubmitRequest(

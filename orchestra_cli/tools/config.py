@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from orchestra_cli.schema import Field, Model
+from msgspec import Meta, field
+
+from orchestra_cli.records import Record
 
 RULE = re.compile(r"^(?P<name>[A-Za-z0-9_*?\[\]!-]+)(?:\((?P<arg>.*)\))?$", re.DOTALL)
 
@@ -54,20 +56,20 @@ def known_tools(names: list[str]) -> list[str]:
     return names
 
 
-class McpServerConfig(Model, extra="forbid"):
+class McpServerConfig(Record, forbid_unknown_fields=True):
     """One MCP server, as in Claude Desktop's and the Claude Agent SDK's ``mcpServers``:
     ``{command, args, env}`` for stdio, ``{type: http, url, headers}`` for streamable HTTP."""
 
     type: Literal["stdio", "http"] = "stdio"
     command: str | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     url: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    startup_timeout: float = Field(default=30.0, gt=0)
+    headers: dict[str, str] = field(default_factory=dict)
+    startup_timeout: Annotated[float, Meta(gt=0)] = 30.0
 
-    def model_post_init(self, context: Any, /) -> None:
+    def __post_init__(self) -> None:
         if self.type == "stdio":
             if not self.command:
                 raise ValueError("a stdio server needs a command (or type: http with a url)")
@@ -80,20 +82,20 @@ class McpServerConfig(Model, extra="forbid"):
             raise ValueError("an http server needs an http(s) url")
 
 
-class PermissionsConfig(Model, extra="forbid"):
+class PermissionsConfig(Record, forbid_unknown_fields=True):
     """``allow`` / ``ask`` / ``deny`` rules. Without ``allow``, the role's tools and every
     tool of its MCP servers are allowed."""
 
     allow: list[str] | None = None
-    ask: list[str] = Field(default_factory=list)
-    deny: list[str] = Field(default_factory=list)
+    ask: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
 
-    def model_post_init(self, context: Any, /) -> None:
+    def __post_init__(self) -> None:
         for rule in (*(self.allow or ()), *self.ask, *self.deny):
             parse_rule(rule)
 
 
-class SandboxConfig(Model, extra="forbid"):
+class SandboxConfig(Record, forbid_unknown_fields=True):
     """Where ``Bash`` runs: ``bwrap`` (refused without bubblewrap), ``auto`` (unsandboxed
     where bwrap is missing) or ``none``; ``network`` lets the sandbox reach the network."""
 

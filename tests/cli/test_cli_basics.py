@@ -41,7 +41,7 @@ def test_help_imports_no_heavy_library() -> None:
 )
 def test_one_shot_commands_import_no_heavy_library(home: Path, args: list[str]) -> None:
     """pydantic alone is ~75 ms of a command's start-up (settings, tasks and roles are
-    schema.Model records); the clients come with the commands that talk to them."""
+    msgspec records); the clients come with the commands that talk to them."""
     code = (
         "import sys\n"
         "from orchestra_cli.cli.main import run_cli\n"
@@ -55,47 +55,6 @@ def test_one_shot_commands_import_no_heavy_library(home: Path, args: list[str]) 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
-
-
-@pytest.mark.parametrize(("disable", "scanned"), [(None, False), ("1", False), ("", True)])
-def test_the_console_script_skips_pydantics_plugin_lookup_unless_asked_for_plugins(
-    home: Path, disable: str | None, scanned: bool
-) -> None:
-    code = (
-        "import sys\n"
-        "sys.argv = ['orchestra', 'task', 'list']\n"
-        "from orchestra_cli.cli.main import main\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code == 0, exc.code\n"
-        "import pydantic\n"  # as an agent's structured output does, later on
-        "pydantic.create_model('M', x=(int, 0))\n"
-        "print('SCANNED=' + str('importlib.metadata' in sys.modules))\n"
-    )
-    env = {**os.environ, "ORCHESTRA_HOME": str(home)}
-    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
-    if disable is not None:
-        env["PYDANTIC_DISABLE_PLUGINS"] = disable
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    )
-    assert out.stdout.strip().splitlines()[-1] == f"SCANNED={scanned}"
-
-
-def test_the_plugin_loader_stand_in_hands_any_other_name_to_the_real_module() -> None:
-    from orchestra_cli.cli.main import _PLUGIN_LOADER, _NoPydanticPlugins
-
-    real = sys.modules.pop(_PLUGIN_LOADER, None)
-    try:
-        stand_in = _NoPydanticPlugins(_PLUGIN_LOADER)
-        sys.modules[_PLUGIN_LOADER] = stand_in
-        assert stand_in.get_plugins() == ()
-        assert stand_in.PYDANTIC_ENTRY_POINT_GROUP == "pydantic"  # loaded the real one
-        assert sys.modules[_PLUGIN_LOADER] is not stand_in
-    finally:
-        if real is not None:
-            sys.modules[_PLUGIN_LOADER] = real
 
 
 def test_a_named_command_builds_only_its_module_and_every_name_is_mapped() -> None:

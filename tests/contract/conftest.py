@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from orchestra_cli.backends import Backends, open_backends
-from orchestra_cli.settings import Settings
+from orchestra_cli.settings import BrokerSettings, Settings
 from tests.support import require_service
 
 Factory = Callable[[Path], Iterator[Backends]]
@@ -24,7 +24,7 @@ Factory = Callable[[Path], Iterator[Backends]]
 def embedded(home: Path) -> Iterator[Backends]:
     settings = Settings(
         home=home,
-        broker={"lease_seconds": 1.0, "max_deliveries": 3},  # type: ignore[arg-type]
+        broker=BrokerSettings(lease_seconds=1.0, max_deliveries=3),
     )
     b = open_backends(settings)
     yield b

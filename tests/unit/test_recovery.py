@@ -12,7 +12,7 @@ import pytest
 from orchestra_cli.backends import Backends, open_backends
 from orchestra_cli.engine.recovery import Recovery
 from orchestra_cli.models import Q_INTAKE, Q_RESULTS, AgentRecord, Task
-from orchestra_cli.settings import Settings
+from orchestra_cli.settings import AgentSettings, Settings
 from orchestra_cli.status import Status
 from tests.conftest import CliRunner
 
@@ -21,7 +21,7 @@ from tests.conftest import CliRunner
 def fast(home: Path) -> Iterator[Backends]:
     settings = Settings(
         home=home,
-        agents={"heartbeat_seconds": 0.1, "ttl_seconds": 0.2},  # type: ignore[arg-type]
+        agents=AgentSettings(heartbeat_seconds=0.1, ttl_seconds=0.2),
     )
     b = open_backends(settings)
     yield b
@@ -126,7 +126,7 @@ def test_queued_task_whose_message_was_lost_is_republished_once(fast: Backends) 
 def test_long_silent_agents_are_pruned_from_the_registry(home: Path) -> None:
     from orchestra_cli.engine.recovery import locked_sweep
 
-    settings = Settings(home=home, agents={"prune_after_seconds": 0.2})  # type: ignore[arg-type]
+    settings = Settings(home=home, agents=AgentSettings(prune_after_seconds=0.2))
     b = open_backends(settings)
     try:
         b.state.save_agent(AgentRecord(name="old", role="coder", capabilities=["code"]))

@@ -86,7 +86,8 @@ def demo(
     from orchestra_cli.cli.render import task_tree
     from orchestra_cli.cli.watch import watch_task
     from orchestra_cli.engine.runtime import Runtime
-    from orchestra_cli.engine.service import SubmitRequest, TaskService
+    from orchestra_cli.engine.service import TaskService
+    from orchestra_cli.engine.submission import SubmitRequest
     from orchestra_cli.logs import setup_logging
 
     app: AppContext = ctx.obj

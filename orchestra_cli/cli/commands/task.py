@@ -99,6 +99,9 @@ def _parse_budget(text: str) -> dict[str, str]:
     )
 
 
+# The options are the described fields of a submission (engine/submission.py), declared
+# here so that building the command imports no records (`orchestra --help` stays light);
+# tests/unit/test_submission.py holds their names, types and help to the description.
 @task_app.command("submit")
 def submit(
     ctx: typer.Context,
@@ -121,7 +124,9 @@ def submit(
     max_attempts: Annotated[int | None, typer.Option(help="Attempts before failing.")] = None,
     label: Annotated[
         list[str] | None,
-        typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label; repeatable."),
+        typer.Option(
+            "--label", "-l", metavar="KEY=VALUE", help="Labels, KEY=VALUE each; repeatable."
+        ),
     ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Submitting the same key again returns the same task.")
@@ -161,7 +166,7 @@ def submit(
     ] = None,
 ) -> int:
     """Submit a task (or a batch); print its id (only the id with -q)."""
-    from orchestra_cli.engine.service import SubmitRequest
+    from orchestra_cli.engine.submission import SubmitRequest
     from orchestra_cli.errors import UsageError
 
     app: AppContext = ctx.obj
