@@ -15,9 +15,14 @@ RSS every 1,000 completions: growth after the first thousand is a leak.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.cpu import CPUMeter, cpu_seconds
@@ -61,12 +66,25 @@ class LLMRow:
 
 def peak_rss_mb(pid: int) -> float:
     """The high-water mark of a process's resident memory, MB (VmHWM)."""
-    from pathlib import Path
-
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def profile(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """With BENCH_PYSPY=DIR: py-spy samples ``pid`` (the GIL's holder) into DIR/NAME.txt
+    (collapsed stacks, for flame graphs or a grep) until it is sent SIGINT."""
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        return None
+    spy = Path(sys.executable).parent / "py-spy"
+    # --gil: only the thread holding the GIL, i.e. where the process's Python CPU goes;
+    # --nonblocking: sampling must not stop 1,024 threads 100 times a second
+    cmd = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "100"]
+    cmd += ["--nonblocking", "--gil"]
+    cmd += ["--output", str(Path(out) / f"{name}.txt")]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def llm_env(url: str) -> dict[str, str]:
@@ -141,6 +159,7 @@ def run_orchestra(
         feeder = Feeder(svc, capability, row.n, 2 * slots, done)
         feeder.start()
         meter: CPUMeter | None = None
+        profiler: subprocess.Popen[bytes] | None = None
         start = start_done = 0
         agent_cpu = endpoint_cpu = 0.0
         deadline = time.monotonic() + 60 + 20 * row.n * row.delay_s / slots
@@ -154,11 +173,15 @@ def run_orchestra(
                 meter = CPUMeter([p.pid for p in procs])
                 start, start_done = time.perf_counter(), finished
                 agent_cpu, endpoint_cpu = cpu_seconds(agent), cpu_seconds(endpoint.pid)
+                profiler = profile(agent, f"{row.kind.replace(' ', '-')}-{slots}")
             if sample and finished >= next_sample:
                 row.rss_samples.append((finished, round(rss_mb(agent), 1)))
                 next_sample += SAMPLE_EVERY
             time.sleep(POLL)
         assert meter is not None
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            profiler.wait(timeout=60)
         elapsed, tasks = time.perf_counter() - start, row.n - start_done
         row.tasks_per_s = tasks / elapsed
         row.cpu_ms_per_task = meter.elapsed() / tasks * 1000
@@ -198,8 +221,6 @@ def _guarded(row: LLMRow, run: Any) -> LLMRow:
     try:
         return run(row)  # type: ignore[no-any-return]
     except Exception as exc:  # a failed row is reported and the others go on
-        import sys
-
         print(f"bench: {row.kind} at {row.in_flight} failed: {exc!r}", file=sys.stderr)
         row.note = f"failed: {type(exc).__name__}: {exc}"
         return row

@@ -84,7 +84,7 @@ def orchestra(
     ]
     backends = open_backends(load_settings(env=env).settings)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded machine imports slowly
         # the agent itself (the orchestrator registers as running too, sooner)
         while not [
             a
