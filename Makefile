@@ -54,7 +54,7 @@ $(BENCH): pyproject.toml | $(BIN)/python
 
 # compileall: the bytecode an installed wheel has (with PYTHONDONTWRITEBYTECODE set,
 # an editable install would compile every module again in every CLI run: ~45 ms)
-bench: $(BENCH) services ## orchestra vs Celery and Dramatiq, CLI start-up, 100k-task queries
+bench: $(BENCH) services ## orchestra vs Celery and Dramatiq, CLI start-up, 100k-task queries, LLM-bound and tool-loop rows (BENCH_ARGS="--only llm,tools")
 	$(BIN)/python -m compileall -q orchestra_cli
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

@@ -30,17 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import llm_groups
 from bench.cpu import CPUMeter, settle, with_descendants
+from bench.procs import AMQP_URL, ORCH_THREADS, REDIS_URL, orchestra, stop_procs
 from bench.state_probe import query_times, rss_mb, wall_ms
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
-AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POLL = 0.0005
 IDLE_SECONDS = 3.0
 STATE_TASKS = 100_000
-ORCH_THREADS = 4
 AGENTS, AGENT_THREADS = 1, 8  # coder agents (processes) x handler threads each
 LATENCY_BLOCK = 50  # latency tasks per turn when systems are measured side by side
 
@@ -138,81 +137,6 @@ def measure_latency(systems: list[System], count: int, block: int = LATENCY_BLOC
                 f"throughput and latency in turns with {', '.join(others)} "
                 f"(latency: {block} tasks a turn)"
             )
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-# -- orchestra ------------------------------------------------------------------
-@contextmanager
-def orchestra(
-    mode: str, agent_concurrency: int, agents: int = 1
-) -> Iterator[tuple[object, list[subprocess.Popen[bytes]]]]:
-    """An orchestrator and ``agents`` coder agents as real processes; yields
-    (backends, [orchestrator, agent, …])."""
-    from orchestra_cli.backends import open_backends
-    from orchestra_cli.settings import load_settings
-
-    home = Path(tempfile.mkdtemp(prefix="orchestra-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRA_")}
-    env["ORCHESTRA_HOME"] = str(home)
-    env["ORCHESTRA_LOG__LEVEL"] = "WARNING"
-    env["ORCHESTRA_AGENTS__DEFINITIONS_DIR"] = str(REPO / "bench" / "roles")  # a coder without tools
-    run_id = uuid.uuid4().hex[:8]
-    if mode == "services":
-        env["ORCHESTRA_STATE_URL"] = REDIS_URL
-        env["ORCHESTRA_BROKER_URL"] = AMQP_URL
-        env["ORCHESTRA_REDIS__KEY_PREFIX"] = f"bench-{run_id}"
-        env["ORCHESTRA_RABBITMQ__QUEUE_PREFIX"] = f"bench-{run_id}"
-    cmd = [sys.executable, "-m", "orchestra_cli"]
-    out = subprocess.DEVNULL
-    procs = [
-        subprocess.Popen([*cmd, "run", "-n", str(ORCH_THREADS)], env=env, stdout=out, stderr=out),
-        *(
-            subprocess.Popen(
-                [*cmd, "agent", "start", "coder", "-n", str(agent_concurrency)],
-                env=env,
-                stdout=out,
-                stderr=out,
-            )
-            for _ in range(agents)
-        ),
-    ]
-    backends = open_backends(load_settings(env=env).settings)
-    try:
-        deadline = time.monotonic() + 30
-        # the coder agent itself (the orchestrator registers as running too, sooner)
-        while not [
-            a
-            for a in backends.state.list_agents()
-            if a.status == "running" and "code" in a.capabilities
-        ]:
-            if time.monotonic() > deadline:
-                raise RuntimeError("orchestra agent did not start")
-            time.sleep(0.1)
-        yield backends, procs
-    finally:
-        _stop(procs)
-        if mode == "services":  # leave nothing behind in the shared Redis and RabbitMQ
-            try:
-                backends.state.purge_namespace()  # type: ignore[attr-defined]
-                backends.broker.delete_topology()  # type: ignore[attr-defined]
-            except Exception as exc:  # cleanup is best effort; say what was left
-                print(
-                    f"bench: cleanup of {env['ORCHESTRA_REDIS__KEY_PREFIX']} failed: {exc}",
-                    file=sys.stderr,
-                )
-        backends.close()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @contextmanager
@@ -330,7 +254,7 @@ def celery_system(n: int) -> Iterator[System]:
 
         yield System(row, throughput, one, lambda: with_descendants(worker.pid))
     finally:
-        _stop([worker])
+        stop_procs([worker])
         _delete_queue(queue)
         _delete_celery_results(done)
 
@@ -408,7 +332,7 @@ def dramatiq_system(n: int) -> Iterator[System]:
 
         yield System(row, throughput, one, lambda: with_descendants(worker.pid))
     finally:
-        _stop([worker])
+        stop_procs([worker])
         _delete_queue(queue)
         keys = list(r.scan_iter(f"{queue}:*"))
         if keys:
@@ -544,8 +468,10 @@ def main() -> int:
     parser.add_argument(
         "--state-tasks", type=int, default=STATE_TASKS, help="finished tasks for the query probe"
     )
+    llm_groups.add_arguments(parser)
     args = parser.parse_args()
-    wanted = set(args.systems.split(","))
+    only = llm_groups.groups(args)
+    wanted = set(args.systems.split(",")) if "noop" in only else set()
     factories: dict[str, Callable[[], AbstractContextManager[System]]] = {
         "orchestra-services": lambda: orchestra_system("services", args.n),
         "celery": lambda: celery_system(args.n),
@@ -569,7 +495,9 @@ def main() -> int:
                 queries.update(query_times(mode, args.state_tasks, 5, REDIS_URL, AMQP_URL))
             except Exception as exc:
                 print(f"bench: state probe ({mode}) failed: {exc!r}", file=sys.stderr)
-    print_table(rows, startup, queries)
+    if rows or startup or queries:
+        print_table(rows, startup, queries)
+    issue20 = llm_groups.run(args, only)  # the LLM-bound and tool-loop rows
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -584,6 +512,7 @@ def main() -> int:
                 "rows": [asdict(r) for r in rows],
                 "startup_ms": startup,
                 "query_ms": queries,
+                **issue20,
             },
             indent=2,
         )

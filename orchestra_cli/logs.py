@@ -102,7 +102,6 @@ def setup_logging(
     for old in list(root.handlers):
         root.removeHandler(old)
         old.close()
-    root.setLevel(logging.DEBUG)
     if logs_dir is not None:
         logs_dir.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.handlers.RotatingFileHandler(
@@ -119,7 +118,12 @@ def setup_logging(
         console.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
         console.setLevel(stderr_level)
         root.addHandler(console)
-    for noisy in ("httpx", "httpcore", "anthropic", "urllib3"):
+    # The root takes what the most talkative handler keeps, no more: below that, every
+    # library's debug() call would build a record (a stack walk to find its caller) for
+    # the handlers to drop. Profiled: ~7% of an agent's CPU at 256 calls in flight went
+    # to the HTTP client's debug lines.
+    root.setLevel(min((h.level for h in root.handlers), default=logging.WARNING))
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "anthropic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # pika logs every failed connect as ERROR with a traceback; our link logs one line
     logging.getLogger("pika").setLevel(logging.CRITICAL)

@@ -181,6 +181,10 @@ class ConsumerLoop:
             log.exception("could not settle message for task %s", delivery.envelope.task_id)
 
 
+def _never() -> None:
+    """The callback of a cancelled deadline."""
+
+
 class Deadline:
     """A scheduled callback; ``cancel`` before it fires and it never does."""
 
@@ -193,6 +197,9 @@ class Deadline:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # a cancelled deadline waits in the heap until it is due or compacted away: it
+        # must not keep its task's callback (and the events that closes over) alive
+        self.callback = _never
 
 
 class Deadlines:
