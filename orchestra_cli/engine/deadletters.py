@@ -65,7 +65,7 @@ def find(backends: Backends, text: str) -> Found:
             text,
             lambda p, n: [i for i in named if i.startswith(p)][:n],
             lambda t, n: [i for i in named if ids.short_id(i).startswith(t)][:n],
-            lambda cands: {},
+            lambda cands: {t.id: t.title for t in backends.state.get_tasks(cands).values()},
         )
         if task_id not in named:  # a whole id is taken as it is
             raise NotFoundError(task_id)
