@@ -73,7 +73,7 @@ class Follower:
         current = state.get_task(self.task.id)  # first: an end is then in the read below
         block = 0.0 if self._ended_seen or current.status in TERMINAL else wait
         events = state.events(root_id=self.task.root_id, after=self.seq, limit=PAGE, wait=block)
-        quiet = not events
+        quiet, full = not events, len(events) >= PAGE  # of the tree's log, before filtering
         self.seq = events[-1].seq if events else self.seq
         if self.members is not None:
             if any(e.type == "created" for e in events):
@@ -82,7 +82,7 @@ class Follower:
         ended = current.status in TERMINAL and self._ended_seen and quiet
         self._ended_seen = current.status in TERMINAL
         self.task = current
-        return Update(current, events, ended=ended, full_page=not quiet and len(events) >= PAGE)
+        return Update(current, events, ended=ended, full_page=full)
 
 
 def follow(
