@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestra_cli.errors import (
-    NotFoundError,
-)
+from orchestra_cli.errors import NotFoundError
 from orchestra_cli.models import AgentRecord
-from orchestra_cli.state.locks import TokenLock
 from orchestra_cli.state.redis_conn import RedisConnection
 from orchestra_cli.state.redis_lock import RedisLockOps
 from orchestra_cli.util import dumps
+
+if TYPE_CHECKING:  # a one-shot command never takes a lock
+    from orchestra_cli.state.locks import TokenLock
 
 
 class RedisAgents(RedisConnection):
@@ -79,4 +79,6 @@ class RedisAgents(RedisConnection):
     # -- locks, health, lifecycle ------------------------------------------
     def lock(self, name: str, ttl: float) -> TokenLock:
         """A token lock (``P:lock:<name>``) with expiry; see ``locks.TokenLock``."""
+        from orchestra_cli.state.locks import TokenLock
+
         return TokenLock(RedisLockOps(self.r, self.prefix), name, ttl)

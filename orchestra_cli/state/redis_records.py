@@ -8,9 +8,7 @@ import math
 from typing import Any
 
 from orchestra_cli import ids
-from orchestra_cli.errors import (
-    NotFoundError,
-)
+from orchestra_cli.errors import NotFoundError
 from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.state.redis_conn import LEDGER_KEEP_SECONDS, RedisConnection, _text
 from orchestra_cli.util import dumps, loads, now

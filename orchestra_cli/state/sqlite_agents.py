@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING
 
 from orchestra_cli.errors import NotFoundError
 from orchestra_cli.models import AgentRecord
 from orchestra_cli.sqlitedb import SQLiteDB
-from orchestra_cli.state.locks import TokenLock
 from orchestra_cli.state.sqlite_base import SQLiteBase
 from orchestra_cli.util import now
+
+if TYPE_CHECKING:  # a one-shot command never takes a lock
+    from orchestra_cli.state.locks import TokenLock
 
 
 class SQLiteAgents(SQLiteBase):
@@ -62,6 +65,8 @@ class SQLiteAgents(SQLiteBase):
     # -- locks -----------------------------------------------------------
     def lock(self, name: str, ttl: float) -> TokenLock:
         """A token lock (a row of the ``locks`` table) with expiry; see ``locks.TokenLock``."""
+        from orchestra_cli.state.locks import TokenLock
+
         return TokenLock(SQLiteLockOps(self.db), name, ttl)
 
 
