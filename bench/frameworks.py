@@ -5,8 +5,10 @@ against the bench endpoint (each: the model calls ``lookup`` five times, then
 answers), then prints one JSON line: wall seconds, CPU seconds of this
 process over the run, its peak RSS, and how many tasks answered. SYSTEM:
 
-- ``raw``: a hand-written loop on ``anthropic.AsyncAnthropic``, streamed like
-  orchestra's calls, asyncio; nothing persisted — the floor.
+- ``raw``: a hand-written loop on ``anthropic.AsyncAnthropic`` (its aiohttp client),
+  streamed like orchestra's calls, asyncio; nothing persisted — the floor.
+- ``raw-single``: single calls on the same client, ``--slots`` in flight until
+  ``--n`` are done — the floor of the LLM-bound rows (bench/llm_rows.py).
 - ``langgraph``: LangGraph's prebuilt ReAct agent (``create_react_agent``) on
   langchain-anthropic's ``ChatAnthropic``, asyncio; no checkpointer.
 - ``langgraph-sqlite``: the same with ``AsyncSqliteSaver`` (every super-step's
@@ -54,10 +56,19 @@ def lookup(key: str) -> str:
 Runner = Callable[[int], Awaitable[str]]
 
 
-async def raw(url: str) -> Runner:
+def raw_client(url: str) -> Any:
+    """The SDK as a hand-written program at high concurrency would use it: its aiohttp
+    client (the SDK's advice for many calls at once), no connection limit to queue on."""
     import anthropic
+    import httpx2
 
-    client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url, max_retries=0)
+    limits = httpx2.Limits(max_connections=65_536, max_keepalive_connections=None)
+    http = anthropic.DefaultAioHttpClient(limits=limits)
+    return anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url, max_retries=0, http_client=http)
+
+
+async def raw(url: str) -> Runner:
+    client = raw_client(url)
 
     async def one(i: int) -> str:
         messages: list[dict[str, Any]] = [{"role": "user", "content": PROMPT.format(i=i)}]
@@ -128,6 +139,41 @@ async def crewai(url: str) -> Runner:
     return one
 
 
+async def single(url: str, n: int, slots: int, delay: float) -> dict[str, Any]:
+    """Single-call tasks on the raw SDK, ``slots`` in flight until ``n`` are done: the
+    floor of the LLM-bound rows. The slots start ``delay / slots`` apart, as the
+    orchestra rows' first round is submitted; figures from the ``slots``-th answer on."""
+    client = raw_client(url)
+    marks: list[tuple[float, float]] = []  # (time, CPU) at each answer
+    work = iter(range(n))
+
+    async def call(i: int) -> None:
+        content = f"bench call {i}"
+        async with client.messages.stream(
+            model=MODEL, max_tokens=1024, messages=[{"role": "user", "content": content}]
+        ) as stream:
+            await stream.get_final_message()
+
+    async def slot(k: int) -> None:
+        await asyncio.sleep(delay * k / slots)
+        for i in work:
+            await call(i)
+            marks.append((time.perf_counter(), _cpu()))
+
+    await call(-1)  # warm-up
+    await asyncio.gather(*(slot(k) for k in range(slots)))
+    (t0, c0), (t1, c1) = marks[slots - 1], marks[-1]
+    tasks = len(marks) - slots
+    return {
+        "system": "raw-single",
+        "n": n,
+        "tasks_per_s": tasks / (t1 - t0),
+        "cpu_ms_per_task": (c1 - c0) / tasks * 1000,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "done": len(marks),
+    }
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -176,8 +222,14 @@ def main() -> None:
     parser.add_argument("system")
     parser.add_argument("--url", required=True)
     parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--slots", type=int, default=64, help="raw-single: calls in flight")
+    parser.add_argument("--delay", type=float, default=1.0, help="raw-single: the endpoint's")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.system, args.url, args.n))), flush=True)
+    if args.system == "raw-single":
+        result = asyncio.run(single(args.url, args.n, args.slots, args.delay))
+    else:
+        result = asyncio.run(measure(args.system, args.url, args.n))
+    print(json.dumps(result), flush=True)
     sys.stdout.flush()
 
 

@@ -98,9 +98,24 @@ def llm_env(url: str) -> dict[str, str]:
 
 
 class Feeder(threading.Thread):
-    """Submits ``n`` tasks, keeping at most ``backlog`` submitted and not yet done."""
+    """Submits ``n`` tasks, keeping at most ``backlog`` submitted and not yet done.
 
-    def __init__(self, svc: Any, capability: str, n: int, backlog: int, done: Any) -> None:
+    The first ``spread`` tasks go ``ramp / spread`` seconds apart: calls that all take
+    the bench endpoint's one delay would otherwise come back together, round after
+    round, and queue behind one another for the agent's CPU (real calls' latencies
+    vary, which spreads them); the slots keep the phases they start with."""
+
+    def __init__(
+        self,
+        svc: Any,
+        capability: str,
+        n: int,
+        backlog: int,
+        done: Any,
+        *,
+        spread: int = 0,
+        ramp: float = 0.0,
+    ) -> None:
         super().__init__(name="bench-feeder", daemon=True)
         self.svc, self.capability, self.n, self.backlog, self.done = (
             svc,
@@ -109,23 +124,31 @@ class Feeder(threading.Thread):
             backlog,
             done,
         )
+        self.spread, self.ramp = min(spread, n), ramp
         self.submitted = 0
         self.error: BaseException | None = None
 
-    def run(self) -> None:
+    def _submit(self) -> None:
         from orchestra_cli.engine.service import SubmitRequest
 
+        req = SubmitRequest(text=f"bench call {self.submitted}", capability=self.capability)
+        self.svc.submit(req, confirm=False)
+        self.submitted += 1
+
+    def run(self) -> None:
         try:
+            start = time.monotonic()
+            while self.submitted < self.spread:
+                due = start + self.ramp * self.submitted / self.spread
+                time.sleep(max(0.0, due - time.monotonic()))
+                self._submit()
             while self.submitted < self.n:
                 room = min(self.backlog - (self.submitted - self.done()), self.n - self.submitted)
                 if room <= 0:
                     time.sleep(POLL)
                     continue
                 for _ in range(room):
-                    text = f"bench call {self.submitted}"
-                    req = SubmitRequest(text=text, capability=self.capability)
-                    self.svc.submit(req, confirm=False)
-                    self.submitted += 1
+                    self._submit()
                 self.svc.flush()
         except BaseException as exc:  # reported by the run
             self.error = exc
@@ -156,7 +179,7 @@ def run_orchestra(
         def done() -> int:
             return int(state.status_counts().get("succeeded", 0))
 
-        feeder = Feeder(svc, capability, row.n, 2 * slots, done)
+        feeder = Feeder(svc, capability, row.n, 2 * slots, done, spread=slots, ramp=row.delay_s)
         feeder.start()
         meter: CPUMeter | None = None
         profiler: subprocess.Popen[bytes] | None = None
@@ -208,14 +231,41 @@ def llm_rows(
             row = LLMRow("orchestra", "single call", count, count * rounds, delay)
             row.ideal_per_s = count / delay
             rows.append(_guarded(row, lambda r: run_orchestra(r, endpoint, mode=mode)))
+            floor = LLMRow("raw SDK", "single call", count, count * rounds, delay)
+            floor.ideal_per_s = row.ideal_per_s
+            rows.append(_guarded(floor, lambda r: run_raw(r, endpoint)))
         if soak_n:
             print(f"bench: llm-bound soak, {soak_n:,} tasks at {soak_slots} in flight…", flush=True)
             row = LLMRow("orchestra", "soak", soak_slots, soak_n, delay)
             row.ideal_per_s = soak_slots / delay
             rows.append(_guarded(row, lambda r: run_orchestra(r, endpoint, mode=mode, sample=True)))
     for row in rows:
-        row.note = row.note or f"{mode}; every transition + event persisted; streamed calls"
+        if row.system == "orchestra":
+            row.note = row.note or f"{mode}; every transition + event persisted; streamed calls"
     return rows
+
+
+def run_raw(row: LLMRow, endpoint: Running) -> LLMRow:
+    """The floor: the same calls on the raw SDK in one asyncio process (bench/frameworks.py)."""
+    import json
+
+    cmd = [sys.executable, "-W", "ignore", "-m", "bench.frameworks", "raw-single"]
+    cmd += ["--url", endpoint.url, "--n", str(row.n), "--slots", str(row.in_flight)]
+    cmd += ["--delay", str(row.delay_s)]
+    ep = cpu_seconds(endpoint.pid)
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"exit {out.returncode}: {tail[:300]}")
+    result = json.loads(lines[-1])
+    row.tasks_per_s = result["tasks_per_s"]
+    row.agent_cpu_ms_per_task = row.cpu_ms_per_task = result["cpu_ms_per_task"]
+    row.endpoint_cpu_ms_per_call = (cpu_seconds(endpoint.pid) - ep) / (row.n + 1) * 1000
+    row.peak_rss_mb = row.rss_mb = result["peak_rss_mb"]
+    row.note = "the floor: the same streamed calls, one asyncio process, nothing persisted"
+    return row
 
 
 def _guarded(row: LLMRow, run: Any) -> LLMRow:
@@ -231,7 +281,8 @@ def print_llm_rows(rows: list[LLMRow]) -> None:
     if not rows:
         return
     header = (
-        f"{'llm-bound':<12} {'in flight':>9} {'N':>6} {'tasks/s':>8} {'ideal':>6} {'%':>5}"
+        f"{'llm-bound':<12} {'system':<9} {'in flight':>9} {'N':>6} {'tasks/s':>8}"
+        f" {'ideal':>6} {'%':>5}"
         f" {'agent CPU ms':>12} {'all CPU ms':>10} {'endpoint ms':>11} {'CPU cap/s':>9}"
         f" {'RSS MB':>7} {'peak MB':>7}"
     )
@@ -243,7 +294,7 @@ def _line(r: LLMRow) -> str:
     if len(r.rss_samples) > 1:
         growth = " RSS " + " → ".join(f"{mb:.0f}" for _, mb in r.rss_samples) + " MB"
     return (
-        f"{r.kind:<12} {r.in_flight:>9} {r.n:>6} {fmt(r.tasks_per_s, '8.1f')} "
+        f"{r.kind:<12} {r.system:<9} {r.in_flight:>9} {r.n:>6} {fmt(r.tasks_per_s, '8.1f')} "
         f"{r.ideal_per_s:>6.0f} {fmt(r.pct_ideal, '5.0f')} "
         f"{fmt(r.agent_cpu_ms_per_task, '12.2f')} {fmt(r.cpu_ms_per_task, '10.2f')} "
         f"{fmt(r.endpoint_cpu_ms_per_call, '11.2f')} {fmt(r.cpu_ceiling, '9.0f')} "
