@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CANCEL_POLL_SECONDS = 0.1  # a cancel reaches its call's task within this
 STOP_SECONDS = 5.0
+SYNC_THREADS = 32  # the loop's executor: blocking steps of its coroutines (asyncio.to_thread)
 
 
 class Interrupted(Exception):
@@ -47,6 +49,11 @@ class EventLoopThread:
         with self._lock:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
+                self._loop.set_default_executor(
+                    concurrent.futures.ThreadPoolExecutor(
+                        SYNC_THREADS, thread_name_prefix=f"{self.name}-sync"
+                    )
+                )
                 self._thread = threading.Thread(
                     target=self._loop.run_forever, name=self.name, daemon=True
                 )
@@ -86,6 +93,27 @@ class EventLoopThread:
         except concurrent.futures.CancelledError:
             raise Interrupted from None
 
+    def start(
+        self,
+        make: Callable[[], Coroutine[Any, Any, T]],
+        done: Callable[[asyncio.Future[T]], None],
+        context: contextvars.Context | None = None,
+    ) -> None:
+        """Run ``make()`` as a task on the loop (in ``context``); ``done(task)`` is called
+        on the loop's thread when it ends. Nothing waits for it here."""
+        loop = self.loop()
+
+        def begin() -> None:
+            task = loop.create_task(make(), context=context)
+            task.add_done_callback(done)
+
+        loop.call_soon_threadsafe(begin)
+
+    def run_soon(self, make: Callable[[], Awaitable[object]]) -> None:
+        """Run ``make()`` on the loop, waiting for nothing (closing a client, say)."""
+        if self.started:
+            asyncio.run_coroutine_threadsafe(_awaited(make), self.loop())
+
     def close(self, last: Callable[[], Awaitable[object]] | None = None) -> None:
         """Run ``last()`` (e.g. closing an HTTP client) on the loop, then stop it."""
         with self._lock:
@@ -105,7 +133,26 @@ class EventLoopThread:
             loop.close()
 
 
-def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+SHARED = EventLoopThread("orchestra-aio")  # the process's one loop for model calls and slots
+
+
+def watch_task(cancel: threading.Event | None) -> Callable[[], None]:
+    """Cancel the running task once ``cancel`` is set; returns the function that stops
+    watching (call it before the task awaits anything a cancel must not cut short)."""
+    if cancel is None:
+        return _nothing
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None, "watch_task is called from a task"
+    key = _WATCH.add(cancel, lambda: _soon(loop, task.cancel))
+    return lambda: _WATCH.remove(key)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
     loop.call_soon_threadsafe(callback)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -170,6 +170,64 @@ def traced(
         return wrapper
 
     return decorate
+
+
+def traced_async(
+    start: Callable[..., tuple[str, Attrs]],
+    end: Callable[[Any], Attrs] | None = None,
+    *,
+    kind: str = "INTERNAL",
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """``traced`` for a coroutine function (the span is current in its task's context)."""
+
+    def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if not wanted():
+                return await fn(*args, **kwargs)
+            name, attrs = start(*args, **kwargs)
+            with span(name, attrs, kind=kind) as s:
+                result = await fn(*args, **kwargs)
+                if end is not None:
+                    s.set_attributes(_clean(end(result)))
+                return result
+
+        return wrapper
+
+    return decorate
+
+
+class Opened:
+    """A span started in one place and ended in another: a task whose call runs on the
+    loop and whose outcome is written on another thread (engine/agent.py)."""
+
+    def __init__(self, s: Any) -> None:
+        self.s = s
+
+    @contextmanager
+    def current(self, *, end: bool = False) -> Iterator[None]:
+        """The span is current in the block; ``end``: it ends with it (an exception
+        leaving the block marks it an error, as ``traced`` does)."""
+        if self.s is None:
+            yield
+            return
+        from opentelemetry import trace
+
+        with trace.use_span(
+            self.s, end_on_exit=end, record_exception=end, set_status_on_exception=end
+        ):
+            yield
+
+
+def opened(name: str, attrs: Attrs, *, kind: str = "INTERNAL") -> Opened:
+    """A span started now, a child of the current context; made current by ``current``."""
+    if not wanted():
+        return Opened(None)
+    from opentelemetry.trace import SpanKind
+
+    return Opened(
+        _tracer().start_span(name, kind=getattr(SpanKind, kind), attributes=_clean(attrs))
+    )
 
 
 def failing(fn: Callable[P, R]) -> Callable[P, R]:

@@ -14,6 +14,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +24,8 @@ from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine import applied
 from orchestra_cli.engine.budget import Meter, MeteredProvider
-from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused, ToolRunner, short
-from orchestra_cli.engine.retry import retry_or_fail
+from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused, ToolRunner
+from orchestra_cli.engine.results import Results
 from orchestra_cli.engine.roles import (
     RoleDefinition,
     known_capabilities,
@@ -36,8 +38,10 @@ from orchestra_cli.engine.worker import (
     Action,
     ConsumerLoop,
     DeadLetter,
+    Deadline,
     Deadlines,
     Defer,
+    Later,
     Nack,
 )
 from orchestra_cli.engine.workspace import Workspace
@@ -50,16 +54,14 @@ from orchestra_cli.errors import (
     TaskTimeout,
     TransitionRejected,
 )
-from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse
-from orchestra_cli.llm.outcomes import complete_text
+from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse, awaitable
+from orchestra_cli.llm.outcomes import acomplete_text, complete_text
 from orchestra_cli.llm.prompts import PromptLibrary
 from orchestra_cli.models import (
-    MSG_RESULT,
     MSG_RUN,
-    Q_RESULTS,
     AgentRecord,
-    Envelope,
     Task,
+    Usage,
     work_queue,
 )
 from orchestra_cli.status import TERMINAL, Status
@@ -79,6 +81,7 @@ MAX_CLAIM_ATTEMPTS = 3
 UNKNOWN_TASK_MARGIN_SECONDS = 8.0
 UNKNOWN_TASK_RETRY_SECONDS = 0.25
 UNKNOWN_TASK_SLOW_RETRY = 5.0
+AWAITED_THREADS = 8  # handler threads of an agent whose slots are coroutines (Later)
 
 
 def default_agent_name(role: str) -> str:
@@ -116,17 +119,22 @@ class Agent:
             version=__version__,
         )
         self.meter = Meter(backends.state, backends.journals, backends.settings.llm)
+        self.results = Results(backends, role, self.name, self.record)
         self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._deadlines = Deadlines(f"timeouts-{self.name}")  # one thread, not one per task
         self.toolbox: Toolbox | None = None  # the role's tools (and MCP servers), run() to its end
+        # a role without tools whose provider can be awaited runs its calls on the loop:
+        # a few threads claim and conclude, the slots in flight are coroutines
+        self._awaitable = not role_acts(role) and awaitable(llm)
         self.loop = ConsumerLoop(
             backends.broker,
             [work_queue(c) for c in role.capabilities],
             self.handle,
             concurrency=self.concurrency,
             name=self.name,
+            threads=AWAITED_THREADS if self._awaitable else None,
         )
 
     # -- lifecycle -----------------------------------------------------------
@@ -157,11 +165,12 @@ class Agent:
     def _notice_cancellations(self) -> None:
         with self._lock:
             running = dict(self._running)
+        if not running:
+            return
+        found = self.state.get_tasks(running)  # one read for every slot, not one each
         for task_id, cancel in running.items():
-            try:
-                if self.state.get_task(task_id).status == Status.CANCELLED:
-                    cancel.set()
-            except NotFoundError:
+            task = found.get(task_id)
+            if task is None or task.status == Status.CANCELLED:
                 cancel.set()
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -251,7 +260,7 @@ class Agent:
             self._beat()
 
     # -- message handling ----------------------------------------------------
-    def handle(self, delivery: Delivery) -> Action:
+    def handle(self, delivery: Delivery) -> Action | Later:
         env = delivery.envelope
         if env.type != MSG_RUN:
             return DeadLetter(f"{env.type} does not belong on {delivery.queue}")
@@ -280,7 +289,7 @@ class Agent:
         """The claimed task, an action for the message, or None to look again."""
         if task.status in TERMINAL:
             if task.status != Status.CANCELLED:
-                self._notify(task, task.status.value)  # the first notice may have been lost
+                self.results.notify(task, task.status.value)  # the first notice may have been lost
             return Ack()
         if task.status == Status.RUNNING:
             takeover = self._takeover(task)
@@ -325,7 +334,7 @@ class Agent:
                 )
             except TransitionRejected:
                 return None
-            self._notify(failed, "failed")
+            self.results.notify(failed, "failed")
             return DeadLetter(failed.error or "exhausted attempts")
         try:
             return self.state.transition(
@@ -347,8 +356,58 @@ class Agent:
     def _limit(self, task: Task) -> float:
         return applied.time_limit(task.timeout, task.timeout_set, self.role_timeout)
 
+    def _execute(self, task: Task) -> Action | Later:
+        """Run the claimed ``task``: on this thread, or (a single call to a provider
+        that can be awaited) as a coroutine on the loop, freeing this thread."""
+        if self.toolbox is not None or not self._awaitable:
+            return self._execute_here(task)
+        run = self._begin(task)
+        try:
+            request = self._request(task, run.cancel)
+        except BaseException as exc:
+            return self._conclude(task, run, None, exc)
+        return Later(lambda: self._execute_later(task, run, request))
+
     @tracing.traced(tracing.agent_span, kind="CONSUMER")
-    def _execute(self, task: Task) -> Action:
+    def _execute_here(self, task: Task) -> Action:
+        run = self._begin(task)
+        response: LLMResponse | None = None
+        error: BaseException | None = None
+        try:
+            if self.toolbox is not None:
+                response = self._act(task, run.cancel, run.metered)
+            else:
+                response = self._call_llm(task, run.cancel, run.metered)
+        except BaseException as exc:  # concluded below, as the coroutine's are
+            error = exc
+        return self._conclude(task, run, response, error)
+
+    async def _execute_later(
+        self, task: Task, run: _Run, request: LLMRequest
+    ) -> Callable[[], Action]:
+        """The call on the loop; its conclusion (blocking writes) on the loop's executor,
+        both in the task's span."""
+        span = tracing.opened(*tracing.agent_span(self, task), kind="CONSUMER")
+        response: LLMResponse | None = None
+        error: BaseException | None = None
+        try:
+            with span.current():
+                continuations = self.b.settings.llm.max_continuations
+                response = await acomplete_text(
+                    run.metered, request, max_continuations=continuations
+                )
+            self._count_usage(response.usage)
+        except BaseException as exc:
+            error = exc
+
+        def conclude() -> Action:
+            with span.current(end=True):
+                return self._conclude(task, run, response, error)
+
+        return conclude
+
+    def _begin(self, task: Task) -> _Run:
+        """The task's cancel event (in ``_running``), its time limit and its meter."""
         cancel = threading.Event()
         timed_out = threading.Event()
 
@@ -359,26 +418,34 @@ class Agent:
         with self._lock:
             self._running[task.id] = cancel
         limit = self._limit(task)
-        timer = self._deadlines.schedule(limit, expire)
         # the last call's usage rides on the succeeded transition (one write, not two)
         metered = self.meter.wrap(self.llm, task, agent=self.name, defer_last=True)
+        timer = self._deadlines.schedule(limit, expire)
+        return _Run(cancel, timed_out, limit, timer, metered)
+
+    def _conclude(
+        self,
+        task: Task,
+        run: _Run,
+        response: LLMResponse | None,
+        error: BaseException | None,
+    ) -> Action:
+        """The task's outcome from its answer, or from what its run raised."""
         try:
             try:
-                if self.toolbox is not None:
-                    response = self._act(task, cancel, metered)
-                else:
-                    response = self._call_llm(task, cancel, metered)
-                if timed_out.is_set():
-                    raise TaskTimeout(f"timed out after {limit:g}s")
+                if error is not None:
+                    raise error
+                if run.timed_out.is_set():
+                    raise TaskTimeout(f"timed out after {run.limit:g}s")
             except BaseException:
                 # no result to record: charge the call before any other outcome is
-                self._charge(task, metered)
+                self.results.charge(task, run.metered)
                 raise
         except (AwaitingApproval, Paused) as exc:  # parked for a person: no slot or lease
-            return self._block(task, exc if isinstance(exc, AwaitingApproval) else None)
+            return self.results.block(task, exc if isinstance(exc, AwaitingApproval) else None)
         except TaskCancelled as exc:
-            if timed_out.is_set():
-                return self._fail(task, f"timed out after {limit:g}s")
+            if run.timed_out.is_set():
+                return self.results.fail(task, f"timed out after {run.limit:g}s")
             log.info("task %s cancelled while running: %s", task.id, exc)
             return Ack()
         except (StateUnavailable, BrokerUnavailable):
@@ -386,53 +453,18 @@ class Agent:
             # without counting a delivery, and the task resumes from its steps
             raise
         except OrchestraError as exc:
-            return self._fail(task, str(exc), retryable=getattr(exc, "retryable", True))
+            return self.results.fail(task, str(exc), retryable=getattr(exc, "retryable", True))
         except Exception as exc:
             log.exception("task %s crashed", task.id)
-            return self._fail(task, f"{type(exc).__name__}: {exc}")
+            return self.results.fail(task, f"{type(exc).__name__}: {exc}")
         finally:
-            timer.cancel()
+            run.timer.cancel()
             with self._lock:
                 # a retry of this task may already run here: only drop our own entry
-                if self._running.get(task.id) is cancel:
+                if self._running.get(task.id) is run.cancel:
                     del self._running[task.id]
-        return self._succeed(task, response, metered)
-
-    def _block(self, task: Task, waiting: AwaitingApproval | None) -> Action:
-        """running → blocked: the calls wait for `orchestra task approve` / `reject`, or
-        (``waiting`` None) the tree was paused and waits for `orchestra task resume`."""
-        tools = [f"{c.name}({short(c.input)})" for c in waiting.calls] if waiting else ["resume"]
-        hint = (
-            f"orchestra task approve {task.id} (or reject --reason …)"
-            if waiting
-            else f"orchestra task resume {task.root_id}"
-        )
-        try:
-            self.state.transition(
-                task.id,
-                Status.BLOCKED,
-                expect_version=task.version,
-                event_data={
-                    "reason": "approval" if waiting else "paused",
-                    "waits_for": tools,
-                    "hint": hint,
-                },
-            )
-        except TransitionRejected as exc:  # cancelled meanwhile, or taken over
-            log.info("task %s not parked for approval: %s", task.id, exc)
-        else:
-            log.info("task %s waits for approval of %s", task.id, ", ".join(tools))
-        return Ack()
-
-    def _charge(self, task: Task, metered: MeteredProvider) -> None:
-        """Charge a deferred call now; its spend is in metrics.jsonl either way."""
-        usage = metered.take_uncharged()
-        if usage is None:
-            return
-        try:
-            self.state.add_usage(task.id, usage)
-        except Exception as exc:  # never let accounting turn an outcome into a redelivery
-            log.warning("task %s: could not charge the last call's usage: %s", task.id, exc)
+        assert response is not None
+        return self.results.succeed(task, response, run.metered)
 
     def _request(self, task: Task, cancel: threading.Event) -> LLMRequest:
         return step_request(self.b, self.role, self.prompts, task, cancel)
@@ -445,9 +477,12 @@ class Agent:
         response = complete_text(
             metered, self._request(task, cancel), max_continuations=continuations
         )
-        with self._lock:  # per-agent totals, saved to the registry with the next heartbeat
-            self.record.usage = self.record.usage + response.usage
+        self._count_usage(response.usage)
         return response
+
+    def _count_usage(self, usage: Usage) -> None:
+        with self._lock:  # per-agent totals, saved to the registry with the next heartbeat
+            self.record.usage = self.record.usage + usage
 
     def _tools_for(self, task: Task) -> ToolRunner:
         """The role's toolbox, with delegate/spawn/wait beside it when the role lists them."""
@@ -496,91 +531,20 @@ class Agent:
             finally:
                 workspace.remove()  # its files are artifacts in the state store now
 
-    def _succeed(self, task: Task, response: LLMResponse, metered: MeteredProvider) -> Action:
-        try:
-            done = self.state.transition(
-                task.id,
-                Status.SUCCEEDED,
-                expect_version=task.version,
-                known=task,  # the result is built from it: no read-back
-                add_usage=metered.uncharged,
-                result=response.text,
-                event_data={
-                    "model": response.model,
-                    "provider": response.provider,
-                    "tokens": response.usage.total_tokens,
-                    "cost_usd": response.usage.cost_usd,
-                },
-            )
-        except TransitionRejected as exc:
-            log.info("result of task %s discarded: %s", task.id, exc)
-            self._charge(task, metered)  # the call was made: it counts
-            return Ack()
-        except BaseException:
-            self._charge(task, metered)
-            raise
-        metered.take_uncharged()  # charged by the transition
-        self.record.processed += 1
-        self.b.journals.metrics.write(
-            {
-                "kind": "task",
-                "task_id": task.id,
-                "root_id": task.root_id,
-                "agent": self.name,
-                "role": self.role.name,
-                "status": "succeeded",
-                "model": response.model,
-                "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
-                **done.usage.model_dump(),  # every call of this task, charged by the meter
-            }
-        )
-        if not task.is_root:  # the rest of its tree sees it (step_prompt.memory)
-            self._remember(task, response)
-        self._notify(done, "succeeded")
-        return Ack()
-
-    def _remember(self, task: Task, response: LLMResponse) -> None:
-        self.b.journals.memory(self.role.name).write(
-            {
-                "agent": self.name,
-                "root_id": task.root_id,
-                "task_id": task.id,
-                "title": task.title,
-                "summary": response.text[:300],
-            }
-        )
-
-    def _needs_notice(self, task: Task) -> bool:
-        # The orchestrator acts on a success only to advance a parent: a root
-        # task's success notice would be a message, a claim and an ack for nothing.
-        return task.parent_id is not None or task.status != Status.SUCCEEDED
-
-    @tracing.failing
-    def _fail(self, task: Task, error: str, *, retryable: bool = True) -> Action:
-        """Apply the retry policy now: the task never waits in ``running`` for a notice."""
-        log.warning("task %s attempt %d failed: %s", task.id, task.attempts, error)
-        self.record.failed += 1
-        after = retry_or_fail(self.b, task, error, retryable=retryable)
-        if after.status == Status.FAILED:
-            self._notify(after, "failed", error=after.error, retryable=False)  # for the parent
-        return Ack()
-
-    def _notify(
-        self, task: Task, outcome: str, error: str | None = None, *, retryable: bool = True
-    ) -> None:
-        if not self._needs_notice(task):
-            return
-        payload: dict[str, object] = {"outcome": outcome, "agent": self.name}
-        if error:
-            payload["error"] = error
-        if not retryable:
-            payload["retryable"] = False  # e.g. budget exceeded: a retry would only fail again
-        env = Envelope(type=MSG_RESULT, task_id=task.id, attempt=task.attempts, payload=payload)
-        self.b.broker.publish(Q_RESULTS, env, priority=task.priority)
-
 
 def _forward(source: threading.Event, *targets: threading.Event) -> None:
     """Set ``targets`` when ``source`` is set (an outer stop reaching an agent)."""
     source.wait()
     for target in targets:
         target.set()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run of a claimed task: what ``_begin`` sets up and ``_conclude`` ends."""
+
+    cancel: threading.Event
+    timed_out: threading.Event
+    limit: float
+    timer: Deadline
+    metered: MeteredProvider

@@ -9,17 +9,27 @@ handler's thread then settles it (the brokers' ``Delivery`` methods are
 thread-safe: RabbitMQ's ack is written by the handler's thread itself, its
 other settlements run on the connection's I/O thread; SQLite's use the
 thread's own connection).
+
+A handler may instead return ``Later``: the rest of its work is a coroutine
+on the process's event loop (``aio.SHARED``), and the thread takes its next
+message at once. The agent does this for a single model call, so a few
+threads keep hundreds of calls in flight; the coroutine's last, blocking step
+(the task's transition) and the settlement run together on the loop's
+executor, and a drain waits for these messages too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import heapq
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from orchestra_cli import tracing
 from orchestra_cli.broker.base import Broker, Consumer, Delivery
@@ -58,11 +68,30 @@ class DeadLetter:
 
 
 Action = Ack | Nack | Defer | DeadLetter
-Handler = Callable[[Delivery], Action]
+
+
+@dataclass(frozen=True)
+class Later:
+    """The rest of the handling is a coroutine on the process's loop (``aio.SHARED``):
+    the handler's thread takes its next message meanwhile, and the action the
+    coroutine returns settles this one — or, if it returns a function, its blocking
+    last step: that runs on the loop's executor, and the action it returns settles the
+    message on the same thread. A slot costs a task on the loop, not a thread."""
+
+    work: Callable[[], Coroutine[Any, Any, Action | Callable[[], Action]]]
+    context: contextvars.Context | None = None  # the handler's (tracing: the message's)
+
+
+Handler = Callable[[Delivery], Action | Later]
 
 
 class ConsumerLoop:
-    """Consume ``queues`` with ``concurrency`` handler threads until ``stop`` is set."""
+    """Consume ``queues``, ``concurrency`` messages in hand, until ``stop`` is set.
+
+    ``threads`` handler threads (default: one per message in hand) take the
+    messages; a handler that returns ``Later`` frees its thread at once, so a
+    few threads keep ``concurrency`` messages in flight.
+    """
 
     def __init__(
         self,
@@ -72,13 +101,15 @@ class ConsumerLoop:
         *,
         concurrency: int,
         name: str,
+        threads: int | None = None,
     ) -> None:
         self.broker = broker
         self.queues = queues
         self.handler = handler
         self.concurrency = max(1, concurrency)
+        self.threads = max(1, min(threads or self.concurrency, self.concurrency))
         self.name = name
-        self._count_lock = threading.Lock()
+        self._count_lock = threading.Condition()
         self._inflight = 0
         self._failure: BaseException | None = None
 
@@ -99,7 +130,7 @@ class ConsumerLoop:
             threading.Thread(
                 target=self._pull, args=(consumer, stop, halt), name=f"{self.name}_{i}"
             )
-            for i in range(self.concurrency)
+            for i in range(self.threads)
         ]
         for thread in threads:
             thread.start()
@@ -110,6 +141,9 @@ class ConsumerLoop:
             halt.set()
             for thread in threads:  # drain: the handlers in hand finish and settle
                 thread.join()
+            with self._count_lock:  # and so do the ones handed to the loop (Later)
+                while self._inflight:
+                    self._count_lock.wait(POLL_SECONDS)
             consumer.close()
         if self._failure is not None:
             raise self._failure
@@ -123,19 +157,71 @@ class ConsumerLoop:
                 with self._count_lock:
                     self._inflight += 1
                 try:
-                    self._settle(delivery, self._handle(delivery))
-                finally:
-                    with self._count_lock:
-                        self._inflight -= 1
+                    outcome = self._handle(delivery)
+                except BaseException:  # unsettled: the broker redelivers it
+                    self._uncount()
+                    raise
+                if isinstance(outcome, Later):
+                    self._park(delivery, outcome)
+                else:
+                    self._settle_counted(delivery, outcome)
         except BaseException as exc:  # the consumer gave up (or worse): stop every thread
             self._failure = self._failure or exc
             halt.set()
 
-    def _handle(self, delivery: Delivery) -> Action:
+    def _settle_counted(self, delivery: Delivery, action: Action) -> None:
+        try:
+            self._settle(delivery, action)
+        finally:
+            self._uncount()
+
+    def _uncount(self) -> None:
+        with self._count_lock:
+            self._inflight -= 1
+            if not self._inflight:
+                self._count_lock.notify_all()
+
+    def _park(self, delivery: Delivery, later: Later) -> None:
+        """Run ``later`` on the loop; its action settles ``delivery`` on the loop's
+        executor (a settlement may block: SQLite's is a write)."""
+        from orchestra_cli.aio import SHARED
+
+        def done(task: asyncio.Future[Action | Callable[[], Action]]) -> None:  # on the loop
+            try:
+                outcome = task.result()
+            except BaseException as exc:
+                outcome = self._failed(delivery, exc)
+            asyncio.get_running_loop().run_in_executor(None, finish, outcome)
+
+        def finish(outcome: Action | Callable[[], Action]) -> None:  # on its executor
+            if callable(outcome):
+                try:
+                    outcome = outcome()
+                except Exception as exc:
+                    outcome = self._failed(delivery, exc)
+                except BaseException:
+                    self._uncount()  # unsettled: the broker redelivers it
+                    raise
+            self._settle_counted(delivery, outcome)
+
+        try:
+            SHARED.start(later.work, done, later.context)
+        except Exception as exc:  # no loop to run it on: the message goes back
+            self._settle_counted(delivery, self._failed(delivery, exc))
+
+    def _handle(self, delivery: Delivery) -> Action | Later:
         try:
             with tracing.consumed(delivery.envelope):
-                return self.handler(delivery)
-        except (StateUnavailable, BrokerUnavailable) as exc:
+                outcome = self.handler(delivery)
+                if isinstance(outcome, Later):  # it goes on in the message's context
+                    return Later(outcome.work, contextvars.copy_context())
+                return outcome
+        except Exception as exc:
+            return self._failed(delivery, exc)
+
+    def _failed(self, delivery: Delivery, exc: BaseException) -> Action:
+        """What to do with a message whose handler raised ``exc``."""
+        if isinstance(exc, StateUnavailable | BrokerUnavailable):
             # nothing is wrong with the message: an outage must not make healthy work
             # poison (each failed try counted as a delivery: dead letters in a long one)
             log.warning(
@@ -146,17 +232,18 @@ class ConsumerLoop:
                 extra={"task_id": delivery.envelope.task_id},
             )
             return Defer(OUTAGE_RETRY_SECONDS)
-        except OrchestraError as exc:
+        if isinstance(exc, OrchestraError):
             log.warning(
                 "handling %s failed: %s; retrying",
                 delivery.envelope.type,
                 exc,
                 extra={"task_id": delivery.envelope.task_id},
             )
-        except Exception:
-            log.exception(
+        else:
+            log.error(
                 "handler crashed on %s",
                 delivery.envelope.type,
+                exc_info=exc,
                 extra={"task_id": delivery.envelope.task_id},
             )
         return Nack(HANDLER_ERROR_RETRY_SECONDS)

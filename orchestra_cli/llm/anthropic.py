@@ -21,11 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
-from orchestra_cli.aio import EventLoopThread, Interrupted
+from orchestra_cli.aio import SHARED, Interrupted, watch_task
 from orchestra_cli.backoff import Backoff, log_retry, server_delay
 from orchestra_cli.errors import LLMAuthError, LLMError, TaskCancelled
 from orchestra_cli.llm.base import LLMRequest, LLMResponse, ToolCall, Turn
@@ -102,27 +101,44 @@ class AnthropicProvider:
             max_retries=0,
             http_client=_http_client(anthropic),
         )
-        self._loop = EventLoopThread("llm-calls")
+        self._loop = SHARED
         self.base_url = str(self._client.base_url)
 
     def close(self) -> None:
-        """Close the SDK's HTTP connections and stop the calls' event loop."""
-        self._loop.close(self._client.close)
+        """Close the SDK's HTTP connections (the process's loop goes on)."""
+        if self._loop.started:
+            try:
+                self._loop.call(self._client.close)
+            except Exception as exc:  # closing is best effort
+                log.debug("closing the Anthropic client: %s", exc)
 
     def complete(self, request: LLMRequest) -> LLMResponse:
-        """One call, retried on transient failures up to ``max_attempts`` in all."""
-        for attempt in range(1, self.max_attempts + 1):
-            _check_cancel(request.cancel)
-            try:
-                return self._attempt(request)
-            except _Retry as retry:
-                left = self.max_attempts - attempt
-                if left == 0:
-                    raise retry.error from retry.__cause__
-                delay = self._delay(attempt, retry.delay)
-                log_retry(log, "Anthropic API", self.base_url, retry.error.message, delay, left)
-                _sleep(delay, request.cancel)
-        raise AssertionError("unreachable: the loop returns or raises")
+        """``acomplete``, from a thread other than the loop's (it waits for the answer)."""
+        return self._loop.call(lambda: self.acomplete(request))
+
+    async def acomplete(self, request: LLMRequest) -> LLMResponse:
+        """One call, retried on transient failures up to ``max_attempts`` in all; a set
+        ``request.cancel`` cancels it (``TaskCancelled``) within ``aio.CANCEL_POLL_SECONDS``."""
+        stop_watching = watch_task(request.cancel)
+        try:
+            for attempt in range(1, self.max_attempts + 1):
+                _check_cancel(request.cancel)
+                try:
+                    return await self._streamed(request)
+                except _Retry as retry:
+                    left = self.max_attempts - attempt
+                    if left == 0:
+                        raise retry.error from retry.__cause__
+                    delay = self._delay(attempt, retry.delay)
+                    log_retry(log, "Anthropic API", self.base_url, retry.error.message, delay, left)
+                    try:
+                        await asyncio.sleep(delay)
+                    except asyncio.CancelledError:
+                        _check_cancel(request.cancel, waiting=True)
+                        raise
+            raise AssertionError("unreachable: the loop returns or raises")
+        finally:
+            stop_watching()
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -150,12 +166,6 @@ class AnthropicProvider:
                 "counting tokens at %s failed (%s); reserving an upper bound", self.base_url, exc
             )
             return upper_bound_tokens(request)
-
-    def _attempt(self, request: LLMRequest) -> LLMResponse:
-        try:
-            return self._loop.call(lambda: self._streamed(request), request.cancel)
-        except Interrupted:  # cancelled before the answer began
-            raise TaskCancelled("cancelled while calling the model") from None
 
     async def _streamed(self, request: LLMRequest) -> LLMResponse:
         """One attempt, on the loop: streamed, so a long output outlives no request
@@ -256,20 +266,16 @@ def upper_bound_tokens(request: LLMRequest) -> int:
     return len(request.as_text().encode()) + 16 * (2 + len(request.followups))
 
 
-def _check_cancel(cancel: threading.Event | None, stream: Any = None) -> None:
+def _check_cancel(
+    cancel: threading.Event | None, stream: Any = None, *, waiting: bool = False
+) -> None:
     """Raise TaskCancelled, with what a stopped stream had used, once ``cancel`` is set."""
     if cancel is None or not cancel.is_set():
         return
-    error = TaskCancelled("cancelled while calling the model")
+    during = "waiting to retry the model call" if waiting else "calling the model"
+    error = TaskCancelled(f"cancelled while {during}")
     error.usage = streamed_usage(stream)
     raise error
-
-
-def _sleep(delay: float, cancel: threading.Event | None) -> None:
-    if cancel is None:
-        time.sleep(delay)
-    elif cancel.wait(delay):
-        raise TaskCancelled("cancelled while waiting to retry the model call")
 
 
 def _retry_after(exc: anthropic.APIStatusError) -> float | None:

@@ -145,3 +145,9 @@ class LLMProvider(Protocol):
     def count_tokens(self, request: LLMRequest) -> int:
         """The input tokens ``request`` would be billed for (an upper bound if estimated)."""
         ...
+
+
+def awaitable(provider: LLMProvider) -> bool:
+    """Whether ``provider`` also has ``async def acomplete(request)`` (the same call as a
+    coroutine on ``orchestra_cli.aio.SHARED``'s loop: an agent's slots need no thread)."""
+    return callable(getattr(provider, "acomplete", None))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from orchestra_cli.errors import LLMError, LLMRefusal, LLMTruncated
 from orchestra_cli.llm.base import LLMProvider, LLMRequest, LLMResponse, Turn
@@ -43,6 +44,44 @@ def check_final(response: LLMResponse, model: str) -> None:
         raise error
 
 
+class Continued:
+    """The calls of one text answer: ``next()`` the request to send, ``add()`` its
+    response, until ``next()`` is None; then ``response``. The same for a thread
+    (``complete_text``) and a coroutine (``acomplete_text``)."""
+
+    def __init__(self, request: LLMRequest, max_continuations: int) -> None:
+        self.first = request
+        self.request: LLMRequest | None = request
+        self.left = max_continuations + 1
+        self.pieces: list[str] = []
+        self.usage = Usage()
+        self.response: LLMResponse | None = None
+
+    def next(self) -> LLMRequest | None:
+        if self.request is not None and self.left == 0:
+            raise LLMTruncated(
+                f"output truncated at max_tokens ({self.request.max_tokens}) after "
+                f"{len(self.pieces) - 1} continuation(s)",
+                "raise max_tokens in the role file (or llm.max_tokens), or llm.max_continuations",
+            )
+        return self.request
+
+    def add(self, response: LLMResponse) -> None:
+        assert self.request is not None
+        self.left -= 1
+        self.usage = self.usage + response.usage
+        check_final(response, self.first.model)
+        self.pieces.append(response.text)
+        if response.stop_reason not in ("max_tokens", "pause_turn"):
+            self.response = replace(response, text="".join(self.pieces), usage=self.usage)
+            self.request = None
+            return
+        turns = [response.as_turn()]
+        if response.stop_reason == "max_tokens":
+            turns.append(Turn(role="user", text=CONTINUE_PROMPT))
+        self.request = replace(self.request, followups=[*self.request.followups, *turns])
+
+
 def complete_text(
     provider: LLMProvider, request: LLMRequest, *, max_continuations: int
 ) -> LLMResponse:
@@ -51,22 +90,19 @@ def complete_text(
     The response's ``text`` joins every piece and ``usage`` sums every call
     (each call is charged on its own by a metered provider).
     """
-    pieces: list[str] = []
-    usage = Usage()
-    req = request
-    for _ in range(max_continuations + 1):
-        response = provider.complete(req)
-        usage = usage + response.usage
-        check_final(response, request.model)
-        pieces.append(response.text)
-        if response.stop_reason not in ("max_tokens", "pause_turn"):
-            return replace(response, text="".join(pieces), usage=usage)
-        turns = [response.as_turn()]
-        if response.stop_reason == "max_tokens":
-            turns.append(Turn(role="user", text=CONTINUE_PROMPT))
-        req = replace(req, followups=[*req.followups, *turns])
-    raise LLMTruncated(
-        f"output truncated at max_tokens ({req.max_tokens}) after {max_continuations} "
-        "continuation(s)",
-        "raise max_tokens in the role file (or llm.max_tokens), or llm.max_continuations",
-    )
+    calls = Continued(request, max_continuations)
+    while (req := calls.next()) is not None:
+        calls.add(provider.complete(req))
+    assert calls.response is not None
+    return calls.response
+
+
+async def acomplete_text(
+    provider: Any, request: LLMRequest, *, max_continuations: int
+) -> LLMResponse:
+    """``complete_text`` with a provider's ``acomplete`` (see ``llm.base.awaitable``)."""
+    calls = Continued(request, max_continuations)
+    while (req := calls.next()) is not None:
+        calls.add(await provider.acomplete(req))
+    assert calls.response is not None
+    return calls.response
