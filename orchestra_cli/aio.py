@@ -144,8 +144,22 @@ def watch_task(cancel: threading.Event | None) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None, "watch_task is called from a task"
-    key = _WATCH.add(cancel, lambda: _soon(loop, task.cancel))
-    return lambda: _WATCH.remove(key)
+    watching = True
+
+    def interrupt() -> None:  # on the loop's thread, as stop() is: no race between them
+        if watching:
+            task.cancel()
+
+    key = _WATCH.add(cancel, lambda: _soon(loop, interrupt))
+
+    def stop() -> None:
+        # a cancel the watch thread had already taken up lands after this as a no-op,
+        # not on whatever the task awaits next (a ledger write, the outcome)
+        nonlocal watching
+        watching = False
+        _WATCH.remove(key)
+
+    return stop
 
 
 def _nothing() -> None:

@@ -242,7 +242,10 @@ class MeteredProvider:
         self.defer_last = defer_last
         self._uncharged: Usage | None = None
         self._unwritten: dict[str, object] | None = None  # its metrics line, written with it
-        self._unbudgeted = task.is_root and budget_for(task, meter.settings).unlimited
+        try:
+            self._unbudgeted = task.is_root and budget_for(task, meter.settings).unlimited
+        except OrchestraError:  # a bad budget label: the call's reserve raises it, and the
+            self._unbudgeted = False  # task fails with it there, not here in its set-up
 
     @property
     def uncharged(self) -> Usage | None:

@@ -342,3 +342,25 @@ def test_a_metrics_line_that_cannot_be_written_does_not_lose_the_calls_charge(
     agent._execute(task)
     after = backends.state.get_task(task.id)
     assert after.status == Status.SUCCEEDED and after.usage.calls == 1  # charged with it
+
+
+def test_a_bad_budget_label_fails_the_task_with_its_reason_and_frees_the_slot(
+    backends: Backends,
+) -> None:
+    """The meter's set-up must not raise on a label that is not a number: the call's
+    reservation does, and the task fails with it (a set-up that raised left the task
+    in the agent's running set, deferred at every redelivery)."""
+    from orchestra_cli.engine.agent import Agent
+    from orchestra_cli.llm.offline import OfflineProvider
+
+    agent = Agent(backends, load_roles()["coder"], OfflineProvider(), PromptLibrary(), name="a-l")
+    task, _ = backends.state.create_task(
+        Task(title="t", input="x", capability="code", labels={"budget_usd": "abc"}),
+        Create(dispatch={"queue": "work.code"}),
+    )
+    running, claimed = backends.state.claim(task.id, agent.name)
+    assert claimed
+    agent._execute(running)
+    after = backends.state.get_task(task.id)
+    assert "budget label is not a number" in (after.error or ""), after
+    assert task.id not in agent._running
