@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.cpu import CPUMeter, cpu_seconds
 from bench.endpoint import Running
-from bench.procs import orchestra
+from bench.procs import last_json_line, orchestra
 from bench.state_probe import rss_mb
 from bench.table import fmt, print_rows
 
@@ -247,19 +247,11 @@ def llm_rows(
 
 def run_raw(row: LLMRow, endpoint: Running) -> LLMRow:
     """The floor: the same calls on the raw SDK in one asyncio process (bench/frameworks.py)."""
-    import json
-
     cmd = [sys.executable, "-W", "ignore", "-m", "bench.frameworks", "raw-single"]
     cmd += ["--url", endpoint.url, "--n", str(row.n), "--slots", str(row.in_flight)]
     cmd += ["--delay", str(row.delay_s)]
     ep = cpu_seconds(endpoint.pid)
-    repo = Path(__file__).resolve().parent.parent
-    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"exit {out.returncode}: {tail[:300]}")
-    result = json.loads(lines[-1])
+    result = last_json_line(cmd, timeout=600)
     row.tasks_per_s = result["tasks_per_s"]
     row.agent_cpu_ms_per_task = row.cpu_ms_per_task = result["cpu_ms_per_task"]
     row.endpoint_cpu_ms_per_call = (cpu_seconds(endpoint.pid) - ep) / (row.n + 1) * 1000

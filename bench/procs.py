@@ -110,3 +110,18 @@ def orchestra(
         if not isinstance(out, int):
             out.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def last_json_line(
+    cmd: list[str], *, timeout: float, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``cmd`` (a bench/frameworks.py row) and parse the last line of its output that
+    is a JSON object; a failed run raises with the last line of its stderr."""
+    import json
+
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"exit {out.returncode}: {tail[:300]}")
+    return json.loads(lines[-1])  # type: ignore[no-any-return]

@@ -40,7 +40,8 @@ RESULTS = REPO / "bench" / "results" / "latest.json"
 POLL = 0.0005
 IDLE_SECONDS = 3.0
 STATE_TASKS = 100_000
-AGENTS, AGENT_THREADS = 1, 8  # coder agents (processes) x handler threads each
+AGENTS, AGENT_THREADS = 2, 8  # coder agents (processes) x threads each, as Dramatiq: 2 x 8
+BULK = 100  # tasks per bulk submit (as `task submit --batch`)
 LATENCY_BLOCK = 50  # latency tasks per turn when systems are measured side by side
 
 
@@ -152,7 +153,8 @@ def orchestra_system(mode: str, n: int) -> Iterator[System]:
         f"1 orchestrator x {ORCH_THREADS} + {agents} agents x {concurrency} threads",
         "every transition + event persisted"
         + (" (Redis)" if mode == "services" else " (SQLite WAL)"),
-        "throughput: publisher confirms, windowed, flushed before the clock stops; "
+        "throughput: `task submit --batch`'s bulk submit (100 creates a round trip), "
+        "publisher confirms, windowed, flushed before the clock stops; "
         "latency: `submit --wait`, the task's end instead of a confirm"
         if mode == "services"
         else "committed transaction",
@@ -167,8 +169,11 @@ def orchestra_system(mode: str, n: int) -> Iterator[System]:
         def throughput() -> float:
             target = succeeded() + n
             start = time.perf_counter()
-            for i in range(n):  # a bulk submitter: confirms in windows, one flush
-                svc.submit(SubmitRequest(text=f"noop {i}", capability="code"), confirm=False)
+            # a bulk submitter (`task submit --batch`): 100 creates a round trip,
+            # confirms in windows, one flush
+            reqs = [SubmitRequest(text=f"noop {i}", capability="code") for i in range(n)]
+            for i in range(0, n, BULK):
+                svc.submit_many(reqs[i : i + BULK])
             svc.flush()
             while succeeded() < target:
                 time.sleep(0.002)

@@ -16,7 +16,6 @@ orchestra: agent, orchestrator and submitter, plus Redis and RabbitMQ in
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from bench.cpu import CPUMeter, cpu_seconds
 from bench.endpoint import Running
 from bench.llm_rows import llm_env, peak_rss_mb
-from bench.procs import REPO, orchestra
+from bench.procs import REPO, last_json_line, orchestra
 from bench.table import fmt, print_rows
 
 TURNS = 6
@@ -132,15 +131,8 @@ def framework_row(row: ToolRow, endpoint: Running) -> ToolRow:
     cmd += ["--url", endpoint.url, "--n", str(row.at_once)]
     ep = cpu_seconds(endpoint.pid)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")} | QUIET
-    out = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300 + 10 * row.ideal_s
-    )
+    result = last_json_line(cmd, env=env, timeout=300 + 10 * row.ideal_s)
     calls_cpu = cpu_seconds(endpoint.pid) - ep
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"exit {out.returncode}: {tail[:300]}")
-    result = json.loads(lines[-1])
     if result["done"] < row.at_once:
         raise RuntimeError(f"{row.at_once - result['done']} tasks failed: {result['error']}")
     row.wall_s = result["wall_s"]

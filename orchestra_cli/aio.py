@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import itertools
 import logging
 import threading
 import time
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CANCEL_POLL_SECONDS = 0.1  # a cancel reaches its call's task within this
-STOP_SECONDS = 5.0
 SYNC_THREADS = 32  # the loop's executor: blocking steps of its coroutines (asyncio.to_thread)
 
 
@@ -109,29 +109,6 @@ class EventLoopThread:
 
         loop.call_soon_threadsafe(begin)
 
-    def run_soon(self, make: Callable[[], Awaitable[object]]) -> None:
-        """Run ``make()`` on the loop, waiting for nothing (closing a client, say)."""
-        if self.started:
-            asyncio.run_coroutine_threadsafe(_awaited(make), self.loop())
-
-    def close(self, last: Callable[[], Awaitable[object]] | None = None) -> None:
-        """Run ``last()`` (e.g. closing an HTTP client) on the loop, then stop it."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or loop.is_closed():
-            return
-        if last is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(_awaited(last), loop).result(STOP_SECONDS)
-            except Exception as exc:  # closing is best effort
-                log.debug("closing on the %s loop: %s", self.name, exc)
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(timeout=STOP_SECONDS)
-        if not loop.is_running():
-            loop.close()
-
 
 SHARED = EventLoopThread("orchestra-aio")  # the process's one loop for model calls and slots
 
@@ -170,10 +147,6 @@ def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> No
     loop.call_soon_threadsafe(callback)
 
 
-async def _awaited(make: Callable[[], Awaitable[object]]) -> object:
-    return await make()
-
-
 class _CancelWatch:
     """One thread that interrupts the calls whose cancel event is set.
 
@@ -185,7 +158,7 @@ class _CancelWatch:
         self._calls: dict[int, tuple[threading.Event, Callable[[], None]]] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._keys = iter(range(1 << 62))
+        self._keys = itertools.count()
 
     def watching(self, cancel: threading.Event | None, interrupt: Callable[[], None]) -> _Watched:
         return _Watched(self, cancel, interrupt)

@@ -9,6 +9,7 @@ single error handler (``cli.main``) renders them as
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
 class ExitStatus(enum.IntEnum):
@@ -109,6 +110,8 @@ class Undelivered(BrokerUnavailable):
             "recovery sweep sends it; `orchestra recover` does it at once)",
         )
         self.task_id = task_id
+        self.stored: list[Any] = []  # a bulk submit's: every (task, created) it stored
+        self.unsent: set[str] = {task_id}  # … and those of them whose message did not go
 
 
 class MalformedMessage(BrokerError):

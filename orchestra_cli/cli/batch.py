@@ -6,8 +6,9 @@ Each non-empty line is one task: a JSON object (``text`` required; ``title``,
 against its types) or, if it does not start with ``{``, the task text itself.
 The command's own options are defaults for every line. Every line is read and
 checked before the first task is stored, so a bad line changes nothing. Tasks
-are then stored one by one with their messages confirmed in windows (one wait
-at the end, not one per task); each id is printed as it is stored.
+are then stored a chunk at a time (``TaskService.submit_many``: one round trip
+to the state store per chunk), their messages confirmed in windows (one wait at
+the end, not one per task); each id is printed once its chunk is stored.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import msgspec
 from orchestra_cli.cli.context import AppContext
 from orchestra_cli.engine.submission import SubmitRequest, described
 from orchestra_cli.errors import BrokerUnavailable, OrchestraError, Undelivered, UsageError
+from orchestra_cli.models import Task
 from orchestra_cli.records import RecordError, translate
 
 FIELDS = tuple(described())  # a line's keys: the described fields of a submission
 PROGRESS_SECONDS = 2.0
+CHUNK = 100  # tasks per bulk submit (engine/bulk.py: one round trip)
 
 
 def read_batch(source: str, defaults: SubmitRequest) -> list[tuple[str, SubmitRequest]]:
@@ -92,10 +95,21 @@ def _example(name: str) -> str:
     }.get(name, f'"{name}": "…"')
 
 
-def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int:
-    """Validate all, store each (ids on stdout as they go), then wait for the confirms."""
+def _print(app: AppContext, task: Task, created: bool, *, delivered: bool = True) -> None:
     from orchestra_cli.cli.render import task_json
 
+    if not app.json:
+        print(task.id, flush=False)
+        return
+    line: dict[str, object] = {"created": created, "task": task_json(task)}
+    if not delivered:  # the shape of `task submit --json`'s line for it
+        line = {"created": True, "delivered": False, "task": line["task"]}
+    print(json.dumps(line), flush=False)
+
+
+def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int:
+    """Validate all, store them a chunk at a time (ids on stdout as they go), then wait
+    for the confirms."""
     service = app.service()
     for where, req in batch:
         try:
@@ -104,29 +118,27 @@ def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int
             raise UsageError(f"{where}: {exc.message}", exc.hint) from None
     requests = [req for _, req in batch]
     started = last_report = time.monotonic()
-    existing = 0
-    for done, req in enumerate(requests, 1):
+    existing = done = 0
+    for start in range(0, len(requests), CHUNK):
+        chunk = requests[start : start + CHUNK]
         try:
-            task, created = service.submit(req, confirm=False)
-        except Undelivered as exc:  # stored: its id goes out with the others
-            if app.json:  # the shape of `task submit --json`'s line for it
-                stored = task_json(service.get(exc.task_id))
-                print(json.dumps({"created": True, "delivered": False, "task": stored}))
-            else:
-                print(exc.task_id)
+            results = service.submit_many(chunk)
+        except Undelivered as exc:  # stored: their ids go out with the others
+            for task, created in exc.stored:
+                _print(app, task, created, delivered=task.id not in exc.unsent)
             sys.stdout.flush()
+            stored = done + len(exc.stored)
             raise BrokerUnavailable(
-                f"{done:,} of {len(requests):,} tasks stored (ids on stdout); the last one's "
-                f"message was not sent and the {len(requests) - done:,} after it were not "
-                f"submitted: {exc.message}",
+                f"{stored:,} of {len(requests):,} tasks stored (ids on stdout); "
+                f"{len(exc.unsent):,} of their messages were not sent and the "
+                f"{len(requests) - stored:,} after them were not submitted: {exc.message}",
                 "submit only the lines after the last id again, once the broker is back "
                 "(the stored tasks run: the recovery sweep sends their messages)",
             ) from exc
-        existing += not created
-        if app.json:
-            print(json.dumps({"created": created, "task": task_json(task)}), flush=False)
-        else:
-            print(task.id, flush=False)
+        for task, created in results:
+            existing += not created
+            _print(app, task, created)
+        done += len(chunk)
         if time.monotonic() - last_report > PROGRESS_SECONDS:
             last_report = time.monotonic()
             app.info(f"… {done:,} of {len(requests):,} submitted")

@@ -361,12 +361,15 @@ class Agent:
         that can be awaited) as a coroutine on the loop, freeing this thread."""
         if self.toolbox is not None or not self._awaitable:
             return self._execute_here(task)
-        run = self._begin(task)
-        try:
-            request = self._request(task, run.cancel)
-        except BaseException as exc:
-            return self._conclude(task, run, None, exc)
-        return Later(lambda: self._execute_later(task, run, request))
+        span = tracing.opened(*tracing.agent_span(self, task), kind="CONSUMER")
+        with span.current():  # the prompt is built in the task's span, as on a thread
+            run = self._begin(task)
+            try:
+                request = self._request(task, run.cancel)
+            except BaseException as exc:
+                with span.current(end=True):
+                    return self._conclude(task, run, None, exc)
+        return Later(lambda: self._execute_later(task, run, request, span))
 
     @tracing.traced(tracing.agent_span, kind="CONSUMER")
     def _execute_here(self, task: Task) -> Action:
@@ -383,11 +386,10 @@ class Agent:
         return self._conclude(task, run, response, error)
 
     async def _execute_later(
-        self, task: Task, run: _Run, request: LLMRequest
+        self, task: Task, run: _Run, request: LLMRequest, span: tracing.Opened
     ) -> Callable[[], Action]:
-        """The call on the loop; its conclusion (blocking writes) on the loop's executor,
-        both in the task's span."""
-        span = tracing.opened(*tracing.agent_span(self, task), kind="CONSUMER")
+        """The call on the loop; its conclusion (blocking writes) on a settlement thread,
+        both in the task's span (opened by ``_execute``)."""
         response: LLMResponse | None = None
         error: BaseException | None = None
         try:

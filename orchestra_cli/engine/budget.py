@@ -187,9 +187,13 @@ class Meter:
         margin = math.ceil(counted * COUNT_MARGIN) + COUNT_SLACK_TOKENS
         return Ask(counted + margin, request.max_tokens, in_price, out_price)
 
-    def record(self, line: dict[str, object]) -> None:
-        """A call's ``metrics.jsonl`` line, and its Prometheus counters."""
-        self.journals.metrics.write(line)
+    def record(self, line: dict[str, object], also: dict[str, object] | None = None) -> None:
+        """A call's ``metrics.jsonl`` line (and ``also``'s, in the same append), and its
+        Prometheus counters."""
+        if also is None:
+            self.journals.metrics.write(line)
+        else:
+            self.journals.metrics.write_many([line, also])
         metrics.llm_call(line)
 
     def settle(self, hold: Hold | None, usage: Usage | None) -> None:
@@ -252,16 +256,19 @@ class MeteredProvider:
         """The deferred charge (the last call's usage), not yet added to the task."""
         return self._uncharged
 
-    def take_uncharged(self) -> Usage | None:
+    def take_uncharged(self, also: dict[str, object] | None = None) -> Usage | None:
         """The deferred charge, for the caller to add in its own transition (or
-        once it has); the call's metrics line is written now."""
+        once it has); the call's metrics line is written now, with ``also`` (the
+        caller's own line, e.g. the task's) in the same append."""
         usage, self._uncharged = self._uncharged, None
         line, self._unwritten = self._unwritten, None
-        if line is not None:
-            try:
-                self.meter.record(line)
-            except OSError as exc:  # the charge still goes with the caller's write
-                log.warning("task %s: could not write a call's metrics line: %s", self.task.id, exc)
+        try:
+            if line is not None:
+                self.meter.record(line, also)
+            elif also is not None:
+                self.meter.journals.metrics.write(also)
+        except OSError as exc:  # the charge still goes with the caller's write
+            log.warning("task %s: could not write a metrics line: %s", self.task.id, exc)
         return usage
 
     def count_tokens(self, request: LLMRequest) -> int:

@@ -4,6 +4,7 @@ memory and the notice the orchestrator acts on (engine/agent.py runs the task)."
 from __future__ import annotations
 
 import logging
+import threading
 
 from orchestra_cli import tracing
 from orchestra_cli.backends import Backends
@@ -32,6 +33,14 @@ class Results:
         self.role = role
         self.name = name
         self.record = record
+        self._counts = threading.Lock()  # slots end on many threads (handlers, settlements)
+
+    def _count(self, *, failed: bool) -> None:
+        with self._counts:
+            if failed:
+                self.record.failed += 1
+            else:
+                self.record.processed += 1
 
     def block(self, task: Task, waiting: AwaitingApproval | None) -> Action:
         """running → blocked: the calls wait for `orchestra task approve` / `reject`, or
@@ -92,21 +101,19 @@ class Results:
         except BaseException:
             self.charge(task, metered)
             raise
-        metered.take_uncharged()  # charged by the transition
-        self.record.processed += 1
-        self.b.journals.metrics.write(
-            {
-                "kind": "task",
-                "task_id": task.id,
-                "root_id": task.root_id,
-                "agent": self.name,
-                "role": self.role.name,
-                "status": "succeeded",
-                "model": response.model,
-                "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
-                **done.usage.model_dump(),  # every call of this task, charged by the meter
-            }
-        )
+        self._count(failed=False)
+        line = {
+            "kind": "task",
+            "task_id": task.id,
+            "root_id": task.root_id,
+            "agent": self.name,
+            "role": self.role.name,
+            "status": "succeeded",
+            "model": response.model,
+            "duration_s": round((done.finished_at or now()) - (task.started_at or now()), 4),
+            **done.usage.model_dump(),  # every call of this task, charged by the meter
+        }
+        metered.take_uncharged(also=line)  # charged by the transition; both lines at once
         if not task.is_root:  # the rest of its tree sees it (step_prompt.memory)
             self._remember(task, response)
         self.notify(done, "succeeded")
@@ -132,7 +139,7 @@ class Results:
     def fail(self, task: Task, error: str, *, retryable: bool = True) -> Action:
         """Apply the retry policy now: the task never waits in ``running`` for a notice."""
         log.warning("task %s attempt %d failed: %s", task.id, task.attempts, error)
-        self.record.failed += 1
+        self._count(failed=True)
         after = retry_or_fail(self.b, task, error, retryable=retryable)
         if after.status == Status.FAILED:
             self.notify(after, "failed", error=after.error, retryable=False)  # for the parent

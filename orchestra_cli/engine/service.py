@@ -11,7 +11,7 @@ import functools
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from orchestra_cli import tracing
@@ -204,22 +204,7 @@ class TaskService(WorkAndPeople):
         recovery sweep; one it refuses is an error from ``wait``).
         """
         self.validate(req)
-        defaults = self.b.settings.tasks
-        task = Task(
-            title=req.title or _title_from(req.text),
-            input=req.text,
-            capability=req.capability,
-            priority=req.priority if req.priority is not None else 5,
-            timeout=req.timeout or defaults.default_timeout,
-            timeout_set=req.timeout is not None,
-            max_attempts=req.max_attempts or defaults.default_max_attempts,
-            labels=req.labels or {},
-            idempotency_key=req.idempotency_key,
-        )
-        if req.workspace:  # stored before the task, so no agent can start without it
-            from orchestra_cli.engine.workspace import base_key
-
-            self.state.save_artifacts(base_key(task.id), dict(req.workspace))
+        task = self.new_task(req)
         # an unreachable broker fails the submit before the task is stored; a broker
         # lost after that fails it with Undelivered (the task runs later: see there)
         if req.idempotency_key is None:  # (with a key, submitting again is safe anyway)
@@ -258,6 +243,33 @@ class TaskService(WorkAndPeople):
                 self.directory.note_no_agent(stored, req.capability)
             self.b.journals.decisions.write(plan.record(stored))
         return stored, created
+
+    def new_task(self, req: SubmitRequest) -> Task:
+        """The task ``req`` asks for (validated), its workspace files stored first, so no
+        agent can start without them."""
+        defaults = self.b.settings.tasks
+        task = Task(
+            title=req.title or _title_from(req.text),
+            input=req.text,
+            capability=req.capability,
+            priority=req.priority if req.priority is not None else 5,
+            timeout=req.timeout or defaults.default_timeout,
+            timeout_set=req.timeout is not None,
+            max_attempts=req.max_attempts or defaults.default_max_attempts,
+            labels=req.labels or {},
+            idempotency_key=req.idempotency_key,
+        )
+        if req.workspace:
+            from orchestra_cli.engine.workspace import base_key
+
+            self.state.save_artifacts(base_key(task.id), dict(req.workspace))
+        return task
+
+    def submit_many(self, reqs: Sequence[SubmitRequest]) -> list[tuple[Task, bool]]:
+        """``submit(req, confirm=False)`` for each, in pipelined steps (engine/bulk.py)."""
+        from orchestra_cli.engine.bulk import submit_many
+
+        return submit_many(self, reqs)
 
     def resubmit_lost(self, spec: dict[str, Any]) -> tuple[Task, bool]:
         """A root task the state store lost, from the submission its messages carried

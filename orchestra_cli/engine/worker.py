@@ -14,13 +14,14 @@ A handler may instead return ``Later``: the rest of its work is a coroutine
 on the process's event loop (``aio.SHARED``), and the thread takes its next
 message at once. The agent does this for a single model call, so a few
 threads keep hundreds of calls in flight; the coroutine's last, blocking step
-(the task's transition) and the settlement run together on the loop's
-executor, and a drain waits for these messages too.
+(the task's transition) and the settlement run together on the consume
+loop's settlement threads, and a drain waits for these messages too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import heapq
 import itertools
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 HANDLER_ERROR_RETRY_SECONDS = 1.0
 OUTAGE_RETRY_SECONDS = 2.0  # a message whose handler could not reach a service, again after
 POLL_SECONDS = 0.1
+SETTLE_THREADS = 4  # at least, for Later's outcomes and acks (one per handler thread)
 COMPACT_AFTER = 1024  # cancelled deadlines kept before the heap is rebuilt
 
 
@@ -75,8 +77,9 @@ class Later:
     """The rest of the handling is a coroutine on the process's loop (``aio.SHARED``):
     the handler's thread takes its next message meanwhile, and the action the
     coroutine returns settles this one — or, if it returns a function, its blocking
-    last step: that runs on the loop's executor, and the action it returns settles the
-    message on the same thread. A slot costs a task on the loop, not a thread."""
+    last step: that runs on the consume loop's settlement threads, and the action it
+    returns settles the message on the same thread. A slot costs a task on the loop,
+    not a thread."""
 
     work: Callable[[], Coroutine[Any, Any, Action | Callable[[], Action]]]
     context: contextvars.Context | None = None  # the handler's (tracing: the message's)
@@ -111,6 +114,10 @@ class ConsumerLoop:
         self.name = name
         self._count_lock = threading.Condition()
         self._inflight = 0
+        # Later's settlements: threads of their own, so a slow step on the loop's
+        # shared executor (a budgeted call's token count, a DNS lookup) never holds up
+        # an ack, nor an ack a call
+        self._settler: concurrent.futures.ThreadPoolExecutor | None = None
         self._failure: BaseException | None = None
 
     @property
@@ -144,6 +151,9 @@ class ConsumerLoop:
             with self._count_lock:  # and so do the ones handed to the loop (Later)
                 while self._inflight:
                     self._count_lock.wait(POLL_SECONDS)
+            if self._settler is not None:
+                self._settler.shutdown(wait=True)
+                self._settler = None
             consumer.close()
         if self._failure is not None:
             raise self._failure
@@ -182,8 +192,8 @@ class ConsumerLoop:
                 self._count_lock.notify_all()
 
     def _park(self, delivery: Delivery, later: Later) -> None:
-        """Run ``later`` on the loop; its action settles ``delivery`` on the loop's
-        executor (a settlement may block: SQLite's is a write)."""
+        """Run ``later`` on the loop; its action settles ``delivery`` on a settlement
+        thread (a settlement may block: SQLite's is a write)."""
         from orchestra_cli.aio import SHARED
 
         def done(task: asyncio.Future[Action | Callable[[], Action]]) -> None:  # on the loop
@@ -191,9 +201,13 @@ class ConsumerLoop:
                 outcome = task.result()
             except BaseException as exc:
                 outcome = self._failed(delivery, exc)
-            asyncio.get_running_loop().run_in_executor(None, finish, outcome)
+            try:
+                settler.submit(finish, outcome)
+            except RuntimeError as exc:  # shut down (interpreter exit): the broker redelivers
+                log.warning("%s: cannot settle a message now (%s)", self.name, exc)
+                self._uncount()
 
-        def finish(outcome: Action | Callable[[], Action]) -> None:  # on its executor
+        def finish(outcome: Action | Callable[[], Action]) -> None:  # on a settlement thread
             if callable(outcome):
                 try:
                     outcome = outcome()
@@ -204,10 +218,19 @@ class ConsumerLoop:
                     raise
             self._settle_counted(delivery, outcome)
 
+        settler = self._settlements()
         try:
             SHARED.start(later.work, done, later.context)
         except Exception as exc:  # no loop to run it on: the message goes back
             self._settle_counted(delivery, self._failed(delivery, exc))
+
+    def _settlements(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._count_lock:
+            if self._settler is None:
+                self._settler = concurrent.futures.ThreadPoolExecutor(
+                    max(SETTLE_THREADS, self.threads), thread_name_prefix=f"{self.name}-settle"
+                )
+            return self._settler
 
     def _handle(self, delivery: Delivery) -> Action | Later:
         try:

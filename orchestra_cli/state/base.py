@@ -16,7 +16,7 @@ contract suite in tests/contract run over both backends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -75,6 +75,13 @@ class TaskStore(Protocol):
 
         ``how`` (``Create``) says what else happens in the same step.
         """
+        ...
+
+    def create_tasks(self, items: Sequence[tuple[Task, Create]]) -> list[tuple[Task, bool]]:
+        """``create_task`` for each item, in order, in as few round trips as the store
+        allows (a bulk submitter's): each create is still its own atomic step. The
+        ``meanwhile`` functions run in order once every create is under way; the first
+        one's error is raised once every create's outcome is known."""
         ...
 
     def create_subtasks(self, parent_id: str, children: list[Task], reason: str) -> Task:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import heapq
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from orchestra_cli import ids
 from orchestra_cli.errors import (
     NotFoundError,
+    StateError,
     TransitionRejected,
 )
 from orchestra_cli.models import Task, Usage
@@ -19,12 +21,14 @@ from orchestra_cli.state.redis_conn import (
     WAIT_TTL_SECONDS,
     RedisConnection,
     _encode_fields,
+    _kind_of,
     _task_from_hash,
 )
 from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import dumps, now
 
 _NOT_FOUND_HINT = ids.NOT_FOUND_HINT
+_NO_REPLY = object()
 
 
 def _timestamps(to: Status, ts: float) -> dict[str, Any]:
@@ -83,6 +87,68 @@ class RedisTasks(RedisConnection):
         """Store a new task (queued at once with ``how.dispatch``); an idempotency key
         already used returns that task instead. ``how.meanwhile`` runs once the
         script is sent, while Redis runs it; ``how.watch`` counts a waiter for its end."""
+        stored, payload = self._create_payload(task, how)
+        return self._created(task, stored, self._run("create", payload, how.meanwhile))
+
+    def create_tasks(self, items: Sequence[tuple[Task, Create]]) -> list[tuple[Task, bool]]:
+        """``create_task`` for each, in one round trip: every script is sent at once, then
+        each ``meanwhile`` runs in order, then the replies are read. A create whose reply
+        did not come is run again on its own (a create that went through finds its task)."""
+        if not items:
+            return []
+        prepared = [self._create_payload(task, how) for task, how in items]
+        bodies = [self._body(payload) for _, payload in prepared]
+        script = self._scripts["create"]
+        replies: list[Any] = [_NO_REPLY] * len(items)
+        conn = self._script_conns.get()
+        failed: list[BaseException] = []
+        try:
+            conn.send_packed_command(
+                conn.pack_commands([("EVALSHA", script.sha, 0, body) for body in bodies])
+            )
+        except Exception as exc:
+            conn.disconnect()
+            if _kind_of(exc) is None:
+                raise
+            conn = None  # not sent, or not all: each goes again on its own below
+        for _, how in items:  # sent (or about to be): the messages go out meanwhile
+            if how.meanwhile is not None:
+                try:
+                    how.meanwhile()
+                except BaseException as exc:  # raised once every outcome is known
+                    failed.append(exc)
+        if conn is not None:
+            replies = self._read_replies(conn, len(items))
+        for i, body in enumerate(bodies):
+            if replies[i] is _NO_REPLY:  # e.g. NOSCRIPT, or a lost connection: on its own
+                replies[i] = self._call("create", functools.partial(self._evalsha, script, body))
+        if failed:
+            raise failed[0]
+        return [
+            self._created(task, stored, reply)
+            for (task, _), (stored, _), reply in zip(items, prepared, replies, strict=True)
+        ]
+
+    def _read_replies(self, conn: Any, count: int) -> list[Any]:
+        """``count`` pipelined replies; a missing script's or a lost one's: ``_NO_REPLY``."""
+        replies: list[Any] = []
+        try:
+            for _ in range(count):
+                try:
+                    replies.append(conn.read_response())
+                except Exception as exc:
+                    if _kind_of(exc) != "failed":
+                        raise
+                    if not isinstance(exc, sys.modules["redis"].exceptions.NoScriptError):
+                        raise StateError(f"Redis at {self.url} failed create: {exc}") from exc
+                    replies.append(_NO_REPLY)  # a restarted or flushed server: on its own
+        except Exception as exc:
+            conn.disconnect()  # replies may still be on their way: never reuse the socket
+            if _kind_of(exc) is None:
+                raise
+        return replies + [_NO_REPLY] * (count - len(replies))
+
+    def _create_payload(self, task: Task, how: Create) -> tuple[Task, dict[str, Any]]:
         dispatch, watch = how.dispatch, how.watch
         if dispatch is not None and task.status != Status.PENDING:
             raise ValueError(f"task {task.id} is {task.status}: only a pending task is queued")
@@ -100,7 +166,9 @@ class RedisTasks(RedisConnection):
         payload: dict[str, Any] = {"task": spec, "time": ts}
         if watch:
             payload.update(watch=True, wttl=WAIT_TTL_SECONDS)
-        reply = self._run("create", payload, how.meanwhile)
+        return stored, payload
+
+    def _created(self, task: Task, stored: Task, reply: Any) -> tuple[Task, bool]:
         if reply[0] == "created":
             return stored, True
         if reply[1] == task.id:  # "existing", and it is ours: an earlier attempt got through

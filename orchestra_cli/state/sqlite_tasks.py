@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from orchestra_cli import ids
@@ -66,17 +66,40 @@ class SQLiteTasks(SQLiteBase):
             how.meanwhile()
         return result
 
+    def create_tasks(self, items: Sequence[tuple[Task, Create]]) -> list[tuple[Task, bool]]:
+        """``create_task`` for each, in one transaction; then each ``meanwhile`` in order
+        (the first one's error raised once all ran)."""
+        if not items:
+            return []
+        with self.db.write() as conn:
+            results = [self._create_in(conn, task, how.dispatch) for task, how in items]
+        failed: list[BaseException] = []
+        for _, how in items:
+            if how.meanwhile is not None:
+                try:
+                    how.meanwhile()
+                except BaseException as exc:
+                    failed.append(exc)
+        if failed:
+            raise failed[0]
+        return results
+
     def _create(self, task: Task, dispatch: dict[str, Any] | None) -> tuple[Task, bool]:
         with self.db.write() as conn:
-            if task.idempotency_key:
-                row = conn.execute(
-                    "SELECT data FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    return _row_to_task(row), False
-            self._insert(conn, task)
-            if dispatch is not None:
-                return self._apply(conn, task, Status.QUEUED, dispatch, {}), True
+            return self._create_in(conn, task, dispatch)
+
+    def _create_in(
+        self, conn: sqlite3.Connection, task: Task, dispatch: dict[str, Any] | None
+    ) -> tuple[Task, bool]:
+        if task.idempotency_key:
+            row = conn.execute(
+                "SELECT data FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                return _row_to_task(row), False
+        self._insert(conn, task)
+        if dispatch is not None:
+            return self._apply(conn, task, Status.QUEUED, dispatch, {}), True
         return task, True
 
     def create_subtasks(self, parent_id: str, children: list[Task], reason: str) -> Task:

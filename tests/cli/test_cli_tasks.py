@@ -263,27 +263,30 @@ def test_plain_list_and_tree_say_what_the_rich_ones_say() -> None:
 def test_a_task_stored_but_not_sent_is_named_in_the_same_shape_by_submit_and_batch(
     cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestra_cli.engine.service import TaskService
-    from orchestra_cli.errors import BrokerUnavailable, Undelivered
+    from orchestra_cli.broker.sqlite import SQLiteBroker
+    from orchestra_cli.errors import BrokerUnavailable
 
-    original = TaskService.submit
+    original = SQLiteBroker.publish
     calls: list[str] = []
 
-    def flaky(self: TaskService, req: Any, **kw: Any) -> Any:
-        task, created = original(self, req, **kw)
-        calls.append(task.id)
+    def flaky(self: SQLiteBroker, queue: str, env: Any, **kw: Any) -> Any:
+        calls.append(env.task_id)
         if len(calls) == 2:  # stored, then the broker went away before its message
-            raise Undelivered(task.id, BrokerUnavailable("connection reset"))
-        return task, created
+            raise BrokerUnavailable("connection reset")
+        return original(self, queue, env, **kw)
 
-    monkeypatch.setattr(TaskService, "submit", flaky)
+    monkeypatch.setattr(SQLiteBroker, "publish", flaky)
     batch = tmp_path / "tasks.jsonl"
     batch.write_text("one\ntwo\nthree\n")
     result = cli("--json", "task", "submit", "--batch", str(batch), "-c", "code", expect=3)
     lines = [json.loads(line) for line in result.out.splitlines()]
-    assert [line["task"]["id"] for line in lines] == calls == calls[:2]  # the third never went
-    assert lines[1]["delivered"] is False and lines[1]["task"]["status"] == "queued"
-    assert "2 of 3 tasks stored" in result.err and "the 1 after it were not" in result.err
+    # one chunk: all three stored; the second message failed, so the third was not sent
+    ids = [line["task"]["id"] for line in lines]
+    assert ids[:2] == calls and len(ids) == 3
+    assert "delivered" not in lines[0] and lines[0]["created"] is True
+    assert all(line["delivered"] is False for line in lines[1:])
+    assert all(line["task"]["status"] == "queued" for line in lines)
+    assert "3 of 3 tasks stored" in result.err and "2 of their messages were not" in result.err
     calls.clear()
     calls.append("first")  # the next submit is the second call: it fails
     single = cli("--json", "task", "submit", "four", "-c", "code", expect=3)

@@ -81,6 +81,50 @@ def test_meanwhile_runs_once_with_the_create_and_its_error_comes_after_it(
     assert state.get_task(doomed.id).status == Status.QUEUED  # stored all the same
 
 
+def test_many_creates_at_once_are_each_their_own_create_in_order(
+    contract_backends: Backends,
+) -> None:
+    """``create_tasks`` (a bulk submit's): routed or not, keys old and new (one twice in
+    the batch), every meanwhile in order, the first meanwhile error after every outcome."""
+    state = contract_backends.state
+    old, _ = state.create_task(_task(idempotency_key="old"))
+    ran: list[str] = []
+
+    def note(name: str, fail: bool = False) -> object:
+        def run() -> None:
+            ran.append(name)
+            if fail:
+                raise RuntimeError(f"{name} failed")
+
+        return run
+
+    items = [
+        (_task(title="a", capability="code"), Create(dispatch={"queue": "work.code"})),
+        (_task(title="b"), Create(meanwhile=note("b", fail=True))),  # type: ignore[arg-type]
+        (_task(title="c", idempotency_key="old"), Create()),
+        (_task(title="d", idempotency_key="new"), Create(meanwhile=note("d"))),  # type: ignore[arg-type]
+        (_task(title="e", idempotency_key="new"), Create(meanwhile=note("e", fail=True))),  # type: ignore[arg-type]
+    ]
+    with pytest.raises(RuntimeError, match="b failed"):
+        state.create_tasks(items)
+    assert ran == ["b", "d", "e"]
+    assert state.get_task(items[0][0].id).status == Status.QUEUED
+    assert [e.type for e in state.events(root_id=items[0][0].id)] == ["created", "queued"]
+    assert state.get_task(items[1][0].id).status == Status.PENDING
+    assert {t.id for t in state.list_tasks(limit=50)} == {
+        old.id,
+        items[0][0].id,
+        items[1][0].id,
+        items[3][0].id,
+    }
+    results = state.create_tasks(
+        [(_task(title="f"), Create()), (_task(idempotency_key="new"), Create())]
+    )
+    assert results[0][1] is True and results[0][0].title == "f"
+    assert results[1] == (state.get_task(items[3][0].id), False)
+    assert state.create_tasks([]) == []
+
+
 def test_unknown_task_id_raises_not_found(contract_backends: Backends) -> None:
     with pytest.raises(NotFoundError, match="not found"):
         contract_backends.state.get_task("00000000-0000-7000-8000-000000000000")

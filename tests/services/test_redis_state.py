@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,9 +191,16 @@ def test_script_connections_are_per_thread_per_process_and_closed_with_the_store
         other = threading.Thread(target=lambda: store.create_task(Task(title="t", input="x")))
         other.start()
         other.join()
+        # a script with ``meanwhile`` (the submitter's early publish) runs on the
+        # thread's own connection, the others through the batcher's
+        store.create_task(
+            Task(title="m", input="x", capability="code"),
+            Create(dispatch={"queue": "work.code"}, meanwhile=lambda: None),
+        )
         held = store._script_conns._held
         assert len(held) >= 1  # the main thread's (the other thread's may be gone)
-        conns = [h.resource for h in held]
+        assert store._batcher._conn is not None and store._batcher._pid == os.getpid()
+        conns = [h.resource for h in held] + [store._batcher._conn]
     finally:
         cleanup_services(b)
     assert all(c._sock is None for c in conns)  # closed with the backends
@@ -286,20 +295,23 @@ def test_task_reads_in_a_fresh_process_never_import_redis_py(svc: Backends, home
 
 
 def _lose_the_next_script_reply(store: RedisStateStore, error: Exception) -> list[bool]:
-    """The next script of this thread runs, but its reply is lost: ``error`` instead.
+    """The next script of this thread runs, but its reply is lost: ``error`` instead —
+    on the thread's own connection (a script with ``meanwhile``) or the batcher's.
     The returned list holds True once that happened."""
-    conn = store._script_conns.get()
-    real = conn.read_response
+    batcher = store._batcher
+    batcher._conn = batcher._conn or store._new_connection()
     lost: list[bool] = []
+    for conn in (store._script_conns.get(), batcher._conn):
+        real = conn.read_response
 
-    def read_response(*args: object, **kwargs: object) -> object:
-        if not lost:
-            lost.append(True)
-            real(*args, **kwargs)
-            raise error
-        return real(*args, **kwargs)
+        def read_response(*args: object, real: Any = real, **kwargs: object) -> object:
+            if not lost:
+                lost.append(True)
+                real(*args, **kwargs)
+                raise error
+            return real(*args, **kwargs)
 
-    conn.read_response = read_response
+        conn.read_response = read_response
     return lost
 
 

@@ -1,0 +1,104 @@
+"""The consume loop's coroutine slots (``worker.Later``) on the embedded broker: their
+settlements run on threads of their own, and a drain waits for every one."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from orchestra_cli.aio import SHARED, SYNC_THREADS
+from orchestra_cli.backends import Backends
+from orchestra_cli.engine import worker
+from orchestra_cli.models import MSG_RUN, Envelope
+from tests.support import wait_until
+
+
+def _consume(
+    backends: Backends, handler: worker.Handler, stop: threading.Event
+) -> threading.Thread:
+    loop = worker.ConsumerLoop(
+        backends.broker, ["work.code"], handler, concurrency=8, name="later", threads=2
+    )
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    runner.start()
+    return runner
+
+
+def test_later_settlements_go_on_while_the_loops_shared_executor_is_full(
+    backends: Backends,
+) -> None:
+    """Every thread of the loop's default executor blocked (budgeted calls counting
+    tokens, say): the outcomes and acks of finished calls still go out."""
+    gate = threading.Event()
+    blocked = threading.Semaphore(0)
+
+    def hold() -> None:
+        blocked.release()
+        gate.wait(60)
+
+    async def fill() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(SYNC_THREADS):
+            loop.run_in_executor(None, hold)
+
+    SHARED.call(fill)
+    for _ in range(SYNC_THREADS):  # every executor thread is in ``hold`` now
+        assert blocked.acquire(timeout=30)
+    settled: list[str] = []
+
+    def handler(delivery: worker.Delivery) -> worker.Later:
+        async def work() -> object:
+            await asyncio.sleep(0.01)
+
+            def conclude() -> worker.Action:  # the blocking last step
+                settled.append(delivery.envelope.task_id)
+                return worker.Ack()
+
+            return conclude
+
+        return worker.Later(work)
+
+    stop = threading.Event()
+    try:
+        for i in range(20):
+            backends.broker.publish("work.code", Envelope(type=MSG_RUN, task_id=f"t{i}"))
+        runner = _consume(backends, handler, stop)
+        wait_until(lambda: len(settled) == 20, timeout=30, what="20 settled")
+        stop.set()
+        runner.join(timeout=30)
+        assert not runner.is_alive()
+        assert backends.broker.depths().get("work.code", 0) == 0  # every one acked
+    finally:
+        gate.set()
+        stop.set()
+
+
+def test_a_drain_waits_for_the_coroutines_in_flight_and_settles_each_once(
+    backends: Backends,
+) -> None:
+    started = threading.Semaphore(0)
+    settled: list[str] = []
+
+    def handler(delivery: worker.Delivery) -> worker.Later:
+        async def work() -> worker.Action:
+            started.release()
+            await asyncio.sleep(0.5)  # still in flight when the stop comes
+            settled.append(delivery.envelope.task_id)
+            return worker.Ack()
+
+        return worker.Later(work)
+
+    stop = threading.Event()
+    for i in range(6):
+        backends.broker.publish("work.code", Envelope(type=MSG_RUN, task_id=f"d{i}"))
+    runner = _consume(backends, handler, stop)
+    for _ in range(6):
+        assert started.acquire(timeout=30)
+    began = time.monotonic()
+    stop.set()
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert time.monotonic() - began < 10
+    assert sorted(settled) == [f"d{i}" for i in range(6)]
+    assert backends.broker.depths().get("work.code", 0) == 0
