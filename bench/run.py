@@ -40,7 +40,10 @@ RESULTS = REPO / "bench" / "results" / "latest.json"
 POLL = 0.0005
 IDLE_SECONDS = 3.0
 STATE_TASKS = 100_000
-AGENTS, AGENT_THREADS = 2, 8  # coder agents (processes) x threads each, as Dramatiq: 2 x 8
+# coder agents (processes) x threads each: on the services 2 x 8, as Dramatiq's; on SQLite
+# one (every write takes the one file lock: a second agent only adds contention)
+AGENTS = {"services": 2, "embedded": 1}
+AGENT_THREADS = 8
 BULK = 100  # tasks per bulk submit (as `task submit --batch`)
 LATENCY_BLOCK = 50  # latency tasks per turn when systems are measured side by side
 
@@ -145,7 +148,7 @@ def orchestra_system(mode: str, n: int) -> Iterator[System]:
     from orchestra_cli.engine.roles import load_roles
     from orchestra_cli.engine.service import SubmitRequest, TaskService
 
-    agents, concurrency = AGENTS, AGENT_THREADS
+    agents, concurrency = AGENTS[mode], AGENT_THREADS
     row = Row(
         "orchestra",
         mode,

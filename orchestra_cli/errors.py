@@ -114,6 +114,22 @@ class Undelivered(BrokerUnavailable):
         self.unsent: set[str] = {task_id}  # … and those of them whose message did not go
 
 
+class PartlyStored(StateError):
+    """A bulk create stopped part-way: ``stored`` holds the (task, created) known to be
+    stored, in order; of the others some may be stored too (a reply lost with Redis)."""
+
+    def __init__(self, stored: list[Any], of: int, cause: OrchestraError) -> None:
+        super().__init__(
+            f"{len(stored):,} of {of:,} tasks stored; the state store failed on the "
+            f"others: {cause.message}",
+            "`orchestra task list` shows what was stored; submit the rest again "
+            "(with idempotency keys, submitting again is always safe)",
+        )
+        self.stored = stored
+        self.cause = cause
+        self.exit_status = cause.exit_status  # e.g. 3 when Redis went away
+
+
 class MalformedMessage(BrokerError):
     """A message on a queue that is not a valid orchestra envelope."""
 

@@ -158,9 +158,12 @@ class JsonlWriter:
 
     def _append(self, data: bytes) -> None:
         try:
-            os.write(self._file(), data)
+            written = os.write(self._file(), data)
         except OSError:  # e.g. its file system went away: open the path afresh, once
-            os.write(self._file(reopen=True), data)
+            written = os.write(self._file(reopen=True), data)
+        while written < len(data):  # (a regular file takes it all, short of a full disk)
+            data = data[written:]
+            written = os.write(self._file(), data)
 
     def _file(self, *, reopen: bool = False) -> int:
         """The open descriptor; reopened when the path names another file (or none)."""

@@ -21,14 +21,21 @@ from pathlib import Path
 import msgspec
 
 from orchestra_cli.cli.context import AppContext
+from orchestra_cli.engine.bulk import CHUNK
 from orchestra_cli.engine.submission import SubmitRequest, described
-from orchestra_cli.errors import BrokerUnavailable, OrchestraError, Undelivered, UsageError
+from orchestra_cli.errors import (
+    BrokerUnavailable,
+    OrchestraError,
+    PartlyStored,
+    StateError,
+    Undelivered,
+    UsageError,
+)
 from orchestra_cli.models import Task
 from orchestra_cli.records import RecordError, translate
 
 FIELDS = tuple(described())  # a line's keys: the described fields of a submission
 PROGRESS_SECONDS = 2.0
-CHUNK = 100  # tasks per bulk submit (engine/bulk.py: one round trip)
 
 
 def read_batch(source: str, defaults: SubmitRequest) -> list[tuple[str, SubmitRequest]]:
@@ -135,6 +142,21 @@ def submit_batch(app: AppContext, batch: list[tuple[str, SubmitRequest]]) -> int
                 "submit only the lines after the last id again, once the broker is back "
                 "(the stored tasks run: the recovery sweep sends their messages)",
             ) from exc
+        except PartlyStored as exc:  # the ones known to be stored: their ids go out
+            for task, created in exc.stored:
+                _print(app, task, created)
+            sys.stdout.flush()
+            error = StateError(
+                f"{done + len(exc.stored):,} of {len(requests):,} tasks stored (ids on stdout); "
+                f"the state store failed on the next {len(chunk) - len(exc.stored):,} (some may "
+                f"be stored: see `orchestra task list`) and the "
+                f"{len(requests) - done - len(chunk):,} after them were not submitted: "
+                f"{exc.cause.message}",
+                "submit the lines after the last id again once it is back (idempotency keys "
+                "make that safe for lines that might be stored)",
+            )
+            error.exit_status = exc.exit_status
+            raise error from exc
         for task, created in results:
             existing += not created
             _print(app, task, created)

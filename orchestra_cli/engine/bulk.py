@@ -11,7 +11,8 @@ are known to be new. Messages are confirmed in windows (``flush()``), as with
 ``confirm=False``. A message that cannot be sent ends the call with
 ``Undelivered`` for the first such task; its ``stored`` lists every task this
 call stored (those whose messages are missing run later: the recovery sweep
-sends them).
+sends them). A state store that fails part-way ends it with ``PartlyStored``, whose
+``stored`` lists the tasks known to be stored (each with its message sent).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.planner import Plan
-from orchestra_cli.errors import BrokerError, StateUnavailable, Undelivered
+from orchestra_cli.errors import BrokerError, PartlyStored, StateUnavailable, Undelivered
 from orchestra_cli.models import Task
 from orchestra_cli.state.base import Create
 from orchestra_cli.status import Status
@@ -64,7 +65,7 @@ def submit_many(service: TaskService, reqs: Sequence[SubmitRequest]) -> list[tup
     for start in range(0, len(reqs), CHUNK):
         try:
             out += _chunk(service, reqs[start : start + CHUNK])
-        except Undelivered as exc:
+        except (Undelivered, PartlyStored) as exc:
             exc.stored = out + exc.stored  # (the earlier chunks' messages all went)
             raise
     return out
@@ -86,7 +87,28 @@ def _chunk(service: TaskService, reqs: Sequence[SubmitRequest]) -> list[tuple[Ta
         early = task.idempotency_key is None  # no older task to find: its message goes now
         meanwhile = (lambda t=task: sends.send(t, run=True)) if early else None
         items.append((task, Create(dispatch=data, meanwhile=meanwhile)))
-    results = service.state.create_tasks(items)
+    try:
+        results = service.state.create_tasks(items)
+    except PartlyStored as exc:  # the stored ones still get their messages and decisions
+        _finish(service, sends, plans, exc.stored)
+        raise
+    _finish(service, sends, plans, results)
+    if sends.failed is not None:
+        task_id, cause = sends.failed
+        error = Undelivered(task_id, cause)
+        error.stored = list(results)
+        error.unsent = {t.id for t, created in results if created and t.id not in sends.sent}
+        raise error from cause
+    return results
+
+
+def _finish(
+    service: TaskService,
+    sends: _Sends,
+    plans: dict[str, tuple[Plan, bool]],
+    results: list[tuple[Task, bool]],
+) -> None:
+    """The messages not sent yet, the no-agent notes and the decisions of stored tasks."""
     for stored, created in results:
         if created and stored.id not in sends.sent:  # not routed after all: the orchestrator
             sends.send(stored, run=stored.status != Status.PENDING)
@@ -98,10 +120,3 @@ def _chunk(service: TaskService, reqs: Sequence[SubmitRequest]) -> list[tuple[Ta
                 service.directory.note_no_agent(stored, stored.capability or "")
             journal.append(plan.record(stored))
     service.b.journals.decisions.write_many(journal)
-    if sends.failed is not None:
-        task_id, cause = sends.failed
-        error = Undelivered(task_id, cause)
-        error.stored = list(results)
-        error.unsent = {t.id for t, created in results if created and t.id not in sends.sent}
-        raise error from cause
-    return results

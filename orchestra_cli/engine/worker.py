@@ -88,6 +88,13 @@ class Later:
 Handler = Callable[[Delivery], Action | Later]
 
 
+def _said(future: concurrent.futures.Future[None]) -> None:
+    """A settlement that raised (its message is redelivered): in the log, not lost."""
+    exc = future.exception()
+    if exc is not None:
+        log.error("settling a message failed", exc_info=exc)
+
+
 class ConsumerLoop:
     """Consume ``queues``, ``concurrency`` messages in hand, until ``stop`` is set.
 
@@ -202,7 +209,7 @@ class ConsumerLoop:
             except BaseException as exc:
                 outcome = self._failed(delivery, exc)
             try:
-                settler.submit(finish, outcome)
+                settler.submit(finish, outcome).add_done_callback(_said)
             except RuntimeError as exc:  # shut down (interpreter exit): the broker redelivers
                 log.warning("%s: cannot settle a message now (%s)", self.name, exc)
                 self._uncount()

@@ -80,8 +80,10 @@ class TaskStore(Protocol):
     def create_tasks(self, items: Sequence[tuple[Task, Create]]) -> list[tuple[Task, bool]]:
         """``create_task`` for each item, in order, in as few round trips as the store
         allows (a bulk submitter's): each create is still its own atomic step. The
-        ``meanwhile`` functions run in order once every create is under way; the first
-        one's error is raised once every create's outcome is known."""
+        ``meanwhile`` functions run in order once every create is under way (or, where
+        the creates could not be sent together, each after its own); the first one's
+        error is raised once every create's outcome is known. ``PartlyStored`` says
+        which were stored when some create failed or its outcome is unknown."""
         ...
 
     def create_subtasks(self, parent_id: str, children: list[Task], reason: str) -> Task:

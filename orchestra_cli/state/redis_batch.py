@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 MAX_BATCH = 64  # scripts per round trip
-_NO_REPLY = object()
+NO_REPLY = object()  # a request's reply before it came
 
 
 class _Request:
@@ -34,7 +35,7 @@ class _Request:
 
     def __init__(self, script: Any, body: str) -> None:
         self.script, self.body = script, body
-        self.reply: Any = _NO_REPLY
+        self.reply: Any = NO_REPLY
         self.error: BaseException | None = None
         self.lead = False  # woken to lead the next batch, not with a reply
         self._done = threading.Lock()
@@ -52,16 +53,27 @@ class _Request:
         return self.reply
 
 
+_BATCHERS: weakref.WeakSet[ScriptBatcher] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for batcher in list(_BATCHERS):
+        batcher._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class ScriptBatcher:
     """EVALSHA from any thread; concurrent calls share one round trip."""
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
         self._reset()
+        _BATCHERS.add(self)
 
     def _reset(self) -> None:
         # (again in a forked child: its parent's socket, lock and queue are not its own)
-        self._pid = os.getpid()
         self._conn: Any = None
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
@@ -69,8 +81,6 @@ class ScriptBatcher:
 
     def run(self, script: Any, body: str) -> Any:
         """The script's reply (a ``redis`` error, e.g. a connection's, raised)."""
-        if self._pid != os.getpid():
-            self._reset()
         req = _Request(script, body)
         with self._lock:
             self._pending.append(req)
@@ -84,15 +94,17 @@ class ScriptBatcher:
                 raise
             if not req.lead:
                 return req.result()
-        self._lead()
+        self._lead(req)
         return req.result()
 
-    def _lead(self) -> None:
-        """Send the waiting scripts (this caller's among them), then hand the lead on."""
-        with self._lock:
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
+    def _lead(self, own: _Request) -> None:
+        """Send the waiting scripts (``own`` among them), then hand the lead on: whatever
+        happens here, every caller of the batch is woken and the lead goes on."""
+        batch: list[_Request] = []
         try:
+            with self._lock:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
             self._send(batch)
         finally:
             with self._lock:
@@ -104,7 +116,7 @@ class ScriptBatcher:
             if successor is not None:
                 successor.wake()
             for req in batch:
-                if not req.lead:
+                if req is not own:
                     req.wake()
 
     def _send(self, batch: list[_Request]) -> None:
@@ -132,16 +144,20 @@ class ScriptBatcher:
                     req.error = exc
         except BaseException as exc:  # replies may still be on their way: a new socket
             self._drop()
-            # the callers whose reply did not come retry (their operation tokens make
-            # that safe); an interrupt of the leader is a lost connection to the others
-            error = (
-                exc
-                if isinstance(exc, Exception)
-                else redis.exceptions.ConnectionError(f"batch interrupted ({exc!r})")
-            )
+            # The first caller without a reply gets the error; the others a lost
+            # connection of their own, so that each retries with its token (their
+            # scripts may have run) — and no exception is raised in two threads.
+            first = True
             for req in batch:
-                if req.reply is _NO_REPLY and req.error is None:
-                    req.error = error
+                if req.reply is NO_REPLY and req.error is None:
+                    req.error = (
+                        exc
+                        if first and isinstance(exc, Exception)
+                        else redis.exceptions.ConnectionError(
+                            f"a shared round trip failed ({type(exc).__name__}: {exc})"
+                        )
+                    )
+                    first = False
             if not isinstance(exc, Exception):
                 raise
 
@@ -154,7 +170,7 @@ class ScriptBatcher:
                 return
             turn = req.lead
         if turn:
-            self._lead()
+            self._lead(req)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -11,11 +11,14 @@ from typing import Any
 from orchestra_cli import ids
 from orchestra_cli.errors import (
     NotFoundError,
+    OrchestraError,
+    PartlyStored,
     StateError,
     TransitionRejected,
 )
 from orchestra_cli.models import Task, Usage
 from orchestra_cli.state.base import PLAIN, Create, check_changes, rejection_reason  # one wording
+from orchestra_cli.state.redis_batch import NO_REPLY
 from orchestra_cli.state.redis_conn import (
     LIST_PAGE,
     WAIT_TTL_SECONDS,
@@ -28,7 +31,6 @@ from orchestra_cli.status import TERMINAL, Status
 from orchestra_cli.util import dumps, now
 
 _NOT_FOUND_HINT = ids.NOT_FOUND_HINT
-_NO_REPLY = object()
 
 
 def _timestamps(to: Status, ts: float) -> dict[str, Any]:
@@ -93,15 +95,17 @@ class RedisTasks(RedisConnection):
     def create_tasks(self, items: Sequence[tuple[Task, Create]]) -> list[tuple[Task, bool]]:
         """``create_task`` for each, in one round trip: every script is sent at once, then
         each ``meanwhile`` runs in order, then the replies are read. A create whose reply
-        did not come is run again on its own (a create that went through finds its task)."""
+        did not come (a missing script, a lost connection) runs again on its own; a create
+        that went through finds its task. If the scripts could not be sent, each create
+        goes as ``create_task`` does, its ``meanwhile`` once its own script is sent.
+        Raises ``PartlyStored`` (with the tasks known to be stored) when some create
+        failed or its outcome is unknown."""
         if not items:
             return []
         prepared = [self._create_payload(task, how) for task, how in items]
         bodies = [self._body(payload) for _, payload in prepared]
         script = self._scripts["create"]
-        replies: list[Any] = [_NO_REPLY] * len(items)
         conn = self._script_conns.get()
-        failed: list[BaseException] = []
         try:
             conn.send_packed_command(
                 conn.pack_commands([("EVALSHA", script.sha, 0, body) for body in bodies])
@@ -110,27 +114,58 @@ class RedisTasks(RedisConnection):
             conn.disconnect()
             if _kind_of(exc) is None:
                 raise
-            conn = None  # not sent, or not all: each goes again on its own below
-        for _, how in items:  # sent (or about to be): the messages go out meanwhile
+            return self._one_by_one(items, prepared)
+        failed: list[BaseException] = []
+        for _, how in items:  # sent: the messages go out while Redis runs the scripts
             if how.meanwhile is not None:
                 try:
                     how.meanwhile()
                 except BaseException as exc:  # raised once every outcome is known
                     failed.append(exc)
-        if conn is not None:
-            replies = self._read_replies(conn, len(items))
-        for i, body in enumerate(bodies):
-            if replies[i] is _NO_REPLY:  # e.g. NOSCRIPT, or a lost connection: on its own
-                replies[i] = self._call("create", functools.partial(self._evalsha, script, body))
-        if failed:
-            raise failed[0]
-        return [
+        replies = self._read_replies(conn, len(items))
+        errors = self._again_alone(script, bodies, replies)
+        results = [
             self._created(task, stored, reply)
+            if reply is not NO_REPLY and not isinstance(reply, OrchestraError)
+            else None
             for (task, _), (stored, _), reply in zip(items, prepared, replies, strict=True)
         ]
+        if errors:
+            raise PartlyStored([r for r in results if r is not None], len(items), errors[0])
+        if failed:
+            raise failed[0]
+        return [r for r in results if r is not None]
+
+    def _again_alone(self, script: Any, bodies: list[str], replies: list[Any]) -> list[Any]:
+        """Run each create whose reply did not come on its own (in place in ``replies``),
+        none after one failed for good; the errors, the scripts' own first."""
+        errors = [r for r in replies if isinstance(r, OrchestraError)]
+        for i, body in enumerate(bodies):
+            if replies[i] is NO_REPLY:
+                try:
+                    replies[i] = self._call(
+                        "create", functools.partial(self._evalsha, script, body)
+                    )
+                except OrchestraError as exc:  # Redis went away: the rest stay unknown
+                    errors.append(exc)
+                    break
+        return errors
+
+    def _one_by_one(
+        self, items: Sequence[tuple[Task, Create]], prepared: list[tuple[Task, dict[str, Any]]]
+    ) -> list[tuple[Task, bool]]:
+        results: list[tuple[Task, bool]] = []
+        for (task, how), (stored, payload) in zip(items, prepared, strict=True):
+            try:
+                reply = self._run("create", payload, how.meanwhile)
+            except OrchestraError as exc:
+                raise PartlyStored(results, len(items), exc) from exc
+            results.append(self._created(task, stored, reply))
+        return results
 
     def _read_replies(self, conn: Any, count: int) -> list[Any]:
-        """``count`` pipelined replies; a missing script's or a lost one's: ``_NO_REPLY``."""
+        """``count`` pipelined replies: a script's error as a ``StateError``, a missing
+        script's reply or one that did not come as ``NO_REPLY``."""
         replies: list[Any] = []
         try:
             for _ in range(count):
@@ -139,14 +174,15 @@ class RedisTasks(RedisConnection):
                 except Exception as exc:
                     if _kind_of(exc) != "failed":
                         raise
-                    if not isinstance(exc, sys.modules["redis"].exceptions.NoScriptError):
-                        raise StateError(f"Redis at {self.url} failed create: {exc}") from exc
-                    replies.append(_NO_REPLY)  # a restarted or flushed server: on its own
+                    if isinstance(exc, sys.modules["redis"].exceptions.NoScriptError):
+                        replies.append(NO_REPLY)  # a restarted or flushed server: on its own
+                    else:
+                        replies.append(StateError(f"Redis at {self.url} failed create: {exc}"))
         except Exception as exc:
             conn.disconnect()  # replies may still be on their way: never reuse the socket
             if _kind_of(exc) is None:
                 raise
-        return replies + [_NO_REPLY] * (count - len(replies))
+        return replies + [NO_REPLY] * (count - len(replies))
 
     def _create_payload(self, task: Task, how: Create) -> tuple[Task, dict[str, Any]]:
         dispatch, watch = how.dispatch, how.watch

@@ -293,3 +293,25 @@ def test_a_task_stored_but_not_sent_is_named_in_the_same_shape_by_submit_and_bat
     doc = json.loads(single.out)
     assert doc["delivered"] is False and doc["created"] is True
     assert doc["task"]["id"] == calls[-1] and doc["task"]["title"] == "four"
+
+
+def test_a_batch_the_state_store_fails_part_way_names_what_was_stored(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.errors import PartlyStored, StateUnavailable
+    from orchestra_cli.state.sqlite_tasks import SQLiteTasks
+
+    original = SQLiteTasks.create_tasks
+
+    def failing(self: SQLiteTasks, items: Any) -> Any:
+        stored = original(self, items[:1])  # the first is stored, then the store goes
+        raise PartlyStored(stored, len(items), StateUnavailable("cannot reach the store"))
+
+    monkeypatch.setattr(SQLiteTasks, "create_tasks", failing)
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_text("one\ntwo\nthree\n")
+    result = cli("task", "submit", "--batch", str(batch), "-c", "code", expect=3)
+    assert len(result.out.split()) == 1  # the stored one's id
+    assert result.err.count("\n") == 1, result.err
+    assert "1 of 3 tasks stored" in result.err and "failed on the next 2" in result.err
+    assert "cannot reach the store" in result.err

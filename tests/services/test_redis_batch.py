@@ -166,3 +166,129 @@ def test_a_bulk_create_whose_replies_were_lost_or_unknown_stores_each_task_once(
     assert titles == sorted([f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)])
     for task, _ in results:
         assert store.count_events(task.id, "created") == 1
+
+
+def test_a_bulk_create_that_cannot_be_sent_goes_one_by_one_each_message_after_its_script(
+    svc: Backends,
+) -> None:
+    """The pipeline's write fails: no message goes out for a create that was never sent;
+    each create then goes as a single one does, its ``meanwhile`` once its script is."""
+    import redis
+
+    from orchestra_cli.state.base import Create
+
+    store = _store(svc)
+    conn = store._script_conns.get()
+    real = conn.send_packed_command
+    order: list[str] = []
+
+    def send_packed_command(*args: object, **kwargs: object) -> object:
+        conn.send_packed_command = real  # once
+        order.append("pipeline failed")
+        raise redis.ConnectionError("connection reset")
+
+    conn.send_packed_command = send_packed_command
+    real_single = conn.send_command
+
+    def send_command(*args: object, **kwargs: object) -> object:
+        if str(args[0]).startswith("EVAL"):  # (a reconnect says HELLO first)
+            order.append(f"sent {args[0]}")
+        return real_single(*args, **kwargs)
+
+    conn.send_command = send_command
+    items = [
+        (
+            Task(title=f"t{i}", input="x", capability="code"),
+            Create(dispatch={"queue": "work.code"}, meanwhile=lambda i=i: order.append(f"m{i}")),
+        )
+        for i in range(3)
+    ]
+    results = store.create_tasks(items)
+    assert order == [
+        "pipeline failed",
+        "sent EVALSHA",
+        "m0",
+        "sent EVALSHA",
+        "m1",
+        "sent EVALSHA",
+        "m2",
+    ]
+    assert [t.status for t, _ in results] == [Status.QUEUED] * 3
+    assert all(store.count_events(t.id, "created") == 1 for t, _ in results)
+
+
+def test_a_script_error_in_a_bulk_create_names_the_tasks_that_were_stored(
+    svc: Backends,
+) -> None:
+    """One create of the pipeline answers with an error (OOM, say): the others are read
+    and kept, and ``PartlyStored`` lists them."""
+    import redis
+
+    from orchestra_cli.errors import PartlyStored
+    from orchestra_cli.state.base import Create
+
+    store = _store(svc)
+    conn = store._script_conns.get()
+    conn.connect()  # its handshake's replies first
+    real = conn.read_response
+    seen: list[int] = []
+
+    def read_response(*args: object, **kwargs: object) -> object:
+        reply = real(*args, **kwargs)
+        seen.append(1)
+        if len(seen) == 2:
+            raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+        return reply
+
+    conn.read_response = read_response
+    items = [(Task(title=f"t{i}", input="x"), Create()) for i in range(4)]
+    with pytest.raises(PartlyStored, match="3 of 4 tasks stored") as info:
+        store.create_tasks(items)
+    conn.read_response = real
+    assert [t.title for t, _ in info.value.stored] == ["t0", "t2", "t3"]
+    assert "OOM" in info.value.cause.message
+
+
+def test_an_error_reading_one_reply_of_a_shared_round_trip_makes_the_others_retry(
+    svc: Backends,
+) -> None:
+    """A reply that cannot be parsed fails its own caller; the others of the batch get
+    a lost connection of their own and retry with their tokens: each applied once."""
+    import redis
+
+    store = _store(svc)
+    tasks = [store.create_task(Task(title=f"t{i}", input="x"))[0] for i in range(THREADS)]
+    batcher = store._batcher
+    real = batcher._send
+    broken: list[int] = []
+
+    def send(batch: list[object]) -> None:
+        if not broken and len(batch) > 2:
+            broken.append(len(batch))
+            conn = batcher._conn
+            real_read = conn.read_response
+
+            def read_response(*args: object, **kwargs: object) -> object:
+                conn.read_response = real_read
+                real_read(*args, **kwargs)
+                raise redis.InvalidResponse("garbled")
+
+            conn.read_response = read_response
+        real(batch)  # type: ignore[arg-type]
+
+    batcher._conn = batcher._conn or store._new_connection()
+    batcher._send = send  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        t = tasks[n]
+        try:
+            store.append_event(t.id, t.root_id, "note", {"n": n})
+        except Exception as exc:  # the one whose reply was garbled
+            failures.append(exc)
+
+    assert _in_threads(work) == []
+    if not broken:
+        pytest.skip("no three scripts shared a round trip this time")  # (timing)
+    assert len(failures) == 1 and "garbled" in str(failures[0])
+    assert all(store.count_events(t.id, "note") == 1 for t in tasks)
