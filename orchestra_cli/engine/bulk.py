@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from orchestra_cli import tracing
 from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.planner import Plan
 from orchestra_cli.errors import BrokerError, PartlyStored, StateUnavailable, Undelivered
@@ -72,7 +73,14 @@ def submit_many(service: TaskService, reqs: Sequence[SubmitRequest]) -> list[tup
 
 
 def _chunk(service: TaskService, reqs: Sequence[SubmitRequest]) -> list[tuple[Task, bool]]:
-    service.b.broker.connect()  # an unreachable broker fails the chunk before it is stored
+    # one span a chunk: its tasks' traces start here, as a single submit's start at its own
+    with tracing.span("orchestra.submit_many", {"orchestra.tasks": len(reqs)}, kind="PRODUCER"):
+        return _stored(service, reqs)
+
+
+def _stored(service: TaskService, reqs: Sequence[SubmitRequest]) -> list[tuple[Task, bool]]:
+    if any(req.idempotency_key is None for req in reqs):  # (with a key, again is safe anyway)
+        service.b.broker.connect()  # an unreachable broker fails the chunk before it is stored
     sends = _Sends(service)
     items: list[tuple[Task, Create]] = []
     plans: dict[str, tuple[Plan, bool]] = {}  # task id → the route decided, and a live agent

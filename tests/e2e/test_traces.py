@@ -80,3 +80,26 @@ def test_one_task_tree_is_one_trace_joined_across_processes(deployment: Deployme
     assert all(s.attrs["gen_ai.tool.name"] == s.name.split()[1] for s in tools)
     assert all(s.process == "agent-coder-1" for s in tools)
     assert {s.trace_id for s in spans} == {submit.trace_id}, "one tree, one trace"
+
+
+def test_a_batch_chunk_is_one_span_its_tasks_runs_join(deployment: Deployment) -> None:
+    """`task submit --batch`: one `orchestra.submit_many` span a chunk; each task's agent
+    span is its child, across the processes."""
+    d = deployment
+    batch = d.tmp / "tasks.txt"
+    batch.write_text("first thing\nsecond thing\n")
+    with otlp_receiver() as receiver:
+        d.env.update(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        )
+        d.start("agent", "start", "coder", "--name", "coder-1")
+        ids = d.cli("task", "submit", "--batch", str(batch), "-c", "code").out.split()
+        for task_id in ids:
+            assert d.wait_status(task_id, Status.SUCCEEDED, Status.FAILED).status == "succeeded"
+        wait_until(lambda: len(receiver.named("invoke_agent")) >= 2, timeout=30, what="spans")
+        spans = list(receiver.spans)
+    (chunk,) = [s for s in spans if s.name == "orchestra.submit_many"]
+    assert chunk.process == "cli" and chunk.attrs["orchestra.tasks"] == 2
+    agents = [s for s in spans if s.name.startswith("invoke_agent ")]
+    assert {s.attrs["orchestra.task.id"] for s in agents} == set(ids)
+    assert all(s.parent_id == chunk.span_id for s in agents)
