@@ -44,7 +44,7 @@ class RedisEvents(RedisConnection):
             entries = reply[0][1] if reply else []  # [[stream, entries]] (RESP2)
         else:
             entries = self._call(
-                "read events", lambda: self.r.xrange(key, min=f"{after + 1}-0", count=limit)
+                "read events", lambda: self._reads.xrange(key, min=f"{after + 1}-0", count=limit)
             )
         return [
             Event(
@@ -69,7 +69,7 @@ class RedisEvents(RedisConnection):
         key = self.key("events", root)
         count, after = 0, "-"
         while True:
-            read = functools.partial(self.r.xrange, key, after, "+", count=1000)
+            read = functools.partial(self._reads.xrange, key, after, "+", count=1000)
             page: list[Any] = self._call("count events", read)
             count += sum(1 for _, f in page if f["task"] == task_id and f["type"] == type)
             if len(page) < 1000:

@@ -3,10 +3,13 @@
 ``orchestra task get`` and ``task list`` are one-shot processes: importing
 redis-py (8.x pulls in asyncio, OpenTelemetry hooks and importlib.metadata)
 was ~70 ms of their ~330 ms with 100,000 tasks in state. Their reads (HGETALL,
-ZRANGE, ZRANGEBYLEX, ZREVRANGEBYSCORE, pipelined HGETALL / ZCARD) go through
-this client instead: RESP2 over a plain TCP socket, replies parsed by
+ZRANGE, ZRANGEBYLEX, ZREVRANGEBYSCORE, XRANGE, pipelined HGETALL / ZCARD) go
+through this client instead: RESP2 over a plain TCP socket, replies parsed by
 ``hiredis`` (redis-py's own C parser), one connection per thread, opened on
-first use. Writes, scripts, streams and ``rediss://`` URLs stay on redis-py.
+first use. Writes, scripts, blocking stream reads and ``rediss://`` URLs stay
+on redis-py. (redis-py 8.1 imports OpenTelemetry's metrics SDK when it is
+installed: ~80 ms here, so a `task get` that read its tree's events through
+redis-py took 4x the import floor.)
 """
 
 from __future__ import annotations
@@ -160,6 +163,14 @@ class LiteRedis:
         if not withscores:
             return list(reply)
         return [(m, float(s)) for m, s in zip(reply[::2], reply[1::2], strict=True)]
+
+    def xrange(
+        self, key: str, min: str = "-", max: str = "+", count: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
+        args: tuple[Any, ...] = ("XRANGE", key, min, max)
+        if count is not None:
+            args += ("COUNT", count)
+        return [(entry_id, _pairs(fields)) for entry_id, fields in self.execute(args)[0]]
 
     def pipeline(self, transaction: bool = False) -> LitePipeline:
         return LitePipeline(self)

@@ -277,7 +277,10 @@ def test_task_reads_in_a_fresh_process_never_import_redis_py(svc: Backends, home
         "b = open_backends(load_settings().settings)\n"
         f"t = b.state.get_task({task.id[:8]!r})\n"
         "n = len(b.state.list_tasks(limit=5)) + len(b.state.tree(t.root_id))\n"
-        "print(json.dumps([t.id, n, 'redis' in sys.modules]))\n"
+        "kinds = [e.type for e in b.state.events(root_id=t.root_id)]\n"
+        "from orchestra_cli.cli.main import run_cli\n"  # task get reads its tree's events
+        f"codes = [run_cli(['task', 'get', {task.id!r}]), run_cli(['task', 'list'])]\n"
+        "print(json.dumps([t.id, n, kinds, codes, 'redis' in sys.modules]))\n"
     )
     env = {
         "PATH": "/usr/bin:/bin",
@@ -290,7 +293,7 @@ def test_task_reads_in_a_fresh_process_never_import_redis_py(svc: Backends, home
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [task.id, 2, False]
+    assert json.loads(out.stdout.splitlines()[-1]) == [task.id, 2, ["created"], [0, 0], False]
 
 
 def _lose_the_next_script_reply(store: RedisStateStore, error: Exception) -> list[bool]:
