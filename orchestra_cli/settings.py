@@ -350,8 +350,11 @@ def _config_file(path: Path, source: str, hint: str) -> Path:
 def read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
+    # libyaml's parser where PyYAML has it: ~4x faster than the pure-Python one (a
+    # `task submit` reads every role file: 17 ms of its ~125 ms with SafeLoader)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
