@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import re
 import sys
@@ -88,6 +87,36 @@ class JsonFormatter(logging.Formatter):
         return dumps(data)
 
 
+class _RotatingOnFirstRecord(logging.Handler):
+    """``logging.handlers.RotatingFileHandler``, built at the first record: a one-shot
+    command that logs nothing neither imports logging.handlers (it brings socket and
+    pickle: ~4 ms of `task submit`, -X importtime) nor creates an empty log file."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        super().__init__()
+        self._path, self._max_bytes, self._backups = path, max_bytes, backups
+        self._file: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:  # under this handler's lock
+        if self._file is None:
+            import logging.handlers
+
+            self._file = logging.handlers.RotatingFileHandler(
+                self._path, maxBytes=self._max_bytes, backupCount=self._backups, encoding="utf-8"
+            )
+            self._file.setFormatter(self.formatter)
+        self._file.emit(record)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
 def setup_logging(
     logs_dir: Path | None,
     component: str,
@@ -104,11 +133,8 @@ def setup_logging(
         old.close()
     if logs_dir is not None:
         logs_dir.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
-            logs_dir / f"{component}.log",
-            maxBytes=max_bytes,
-            backupCount=backups,
-            encoding="utf-8",
+        handler: logging.Handler = _RotatingOnFirstRecord(
+            logs_dir / f"{component}.log", max_bytes, backups
         )
         handler.setFormatter(JsonFormatter())
         handler.setLevel(level)

@@ -12,15 +12,12 @@ import logging
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestra_cli import tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.broker.base import publish_run, publish_submit
 from orchestra_cli.engine.blockers import Blocker, blockers
-from orchestra_cli.engine.follow import Follower, Update, follow
-from orchestra_cli.engine.planner import Plan
-from orchestra_cli.engine.roles import RoleDefinition, known_capabilities
 from orchestra_cli.engine.routing import AgentDirectory
 from orchestra_cli.engine.service_work import WorkAndPeople
 from orchestra_cli.engine.submission import (
@@ -52,6 +49,10 @@ from orchestra_cli.models import (
 )
 from orchestra_cli.state.base import Create
 from orchestra_cli.status import TERMINAL, Status
+
+if TYPE_CHECKING:  # imported where used: `task submit` needs neither (-X importtime)
+    from orchestra_cli.engine.follow import Follower, Update
+    from orchestra_cli.engine.roles import RoleDefinition
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,13 @@ class TaskService(WorkAndPeople):
         return self._roles if isinstance(self._roles, dict) else self._roles()
 
     def capabilities(self) -> set[str]:
+        from orchestra_cli.engine.roles import known_capabilities
+
         return known_capabilities(self.roles, self.directory.agents(fresh=True))
 
     def _known(self, capability: str) -> bool:
+        from orchestra_cli.engine.roles import known_capabilities
+
         # the roles' own capabilities need no registry read (a round trip per submit)
         return capability in known_capabilities(self.roles) or capability in self.capabilities()
 
@@ -218,6 +223,8 @@ class TaskService(WorkAndPeople):
         # The submitter chose the capability: there is nothing to plan (every
         # planner routes such a task as given), so it is routed here, in the
         # same atomic step that stores it, and goes straight to its work queue.
+        from orchestra_cli.engine.planner import Plan
+
         plan = Plan("submit", "capability given by the submitter", capability=req.capability)
         data, live = self.directory.queued_event(req.capability, plan.why())
         # Without an idempotency key the create cannot find an older task, so its
@@ -318,12 +325,16 @@ class TaskService(WorkAndPeople):
         counted: bool = False,
     ) -> Iterator[Update]:
         """Follow ``task`` until it ends or ``timeout`` passes (engine/follow.py)."""
+        from orchestra_cli.engine.follow import follow
+
         return follow(
             self.b, self.subtree, task, after=after, timeout=timeout, events=events, counted=counted
         )
 
     def follower(self, task: Task, after: int = 0) -> Follower:
         """A follow an async caller drives itself (``Follower.poll``)."""
+        from orchestra_cli.engine.follow import Follower
+
         return Follower(self.b, self.subtree, task, after=after)
 
     def list_tasks(self, **filters: Any) -> list[Task]:
@@ -343,7 +354,7 @@ class TaskService(WorkAndPeople):
     def blockers(self, tasks: list[Task]) -> dict[str, Blocker]:
         """The tasks among ``tasks`` that cannot move now, with why and the fix."""
         ttl = self.b.settings.agents.ttl_seconds
-        return blockers(tasks, self.directory.agents(), self.roles, ttl)
+        return blockers(tasks, self.directory.agents(), lambda: self.roles, ttl)
 
     def get(self, task_id: str) -> Task:
         return self.state.get_task(task_id)

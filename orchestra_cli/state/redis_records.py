@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 from typing import Any
 
@@ -39,6 +38,8 @@ class RedisRecords(RedisConnection):
         """Record a task's changed files (content-addressed); None: the file was deleted."""
         if not changes:
             return
+        import hashlib  # here: its OpenSSL load was ~3 ms of every command's start
+
         manifest: dict[str, str] = {}
         blobs: dict[str, bytes] = {}
         for path, data in changes.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from orchestra_cli.errors import NotFoundError
@@ -39,6 +38,8 @@ class SQLiteRecords(SQLiteBase):
     # -- artifacts -------------------------------------------------------
     def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
         """Record a task's changed files (content-addressed); None: the file was deleted."""
+        import hashlib  # here: its OpenSSL load was ~3 ms of every command's start
+
         with self.db.write() as conn:
             for path, data in changes.items():
                 if data is None:

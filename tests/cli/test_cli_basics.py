@@ -71,6 +71,55 @@ def test_a_named_command_builds_only_its_module_and_every_name_is_mapped() -> No
     assert invoked_command(["--", "task"]) is None
 
 
+def test_a_named_subcommand_builds_alone_and_leaves_its_group_whole() -> None:
+    import typer
+
+    from orchestra_cli.cli.app import build_app, invoked_path
+
+    assert invoked_path(["-q", "task", "submit", "x"]) == ("task", "submit")
+    assert invoked_path(["task", "--help"]) == ("task", None)
+    narrowed = typer.main.get_command(build_app("task", "submit"))
+    assert set(narrowed.commands["task"].commands) == {"submit"}  # type: ignore[attr-defined]
+    whole = typer.main.get_command(build_app("task"))  # the shared group is not changed
+    assert {"submit", "list", "get", "approve"} <= set(whole.commands["task"].commands)  # type: ignore[attr-defined]
+    typo = typer.main.get_command(build_app("task", "sbumit"))  # click's "No such command"
+    assert set(typo.commands["task"].commands) == set(whole.commands["task"].commands)  # type: ignore[attr-defined]
+
+
+def test_submit_reads_no_role_file_unless_it_must(home: Path) -> None:
+    """Unrouted work waits for the orchestrator, so `task submit` needs no role (the
+    warning names none): no PyYAML, no OpenSSL (hashlib), no logging.handlers — ~40
+    ms of its start-up together (-X importtime). Routed work with no live agent reads
+    the roles, to name the one to start, and logs that it waits."""
+    code = (
+        "import sys\n"
+        "from orchestra_cli.cli.main import run_cli\n"
+        "assert run_cli(sys.argv[1:]) == 0\n"
+        "print('LOADED=' + ','.join(m for m in ('yaml', '_hashlib', 'logging.handlers')"
+        " if m in sys.modules))\n"
+    )
+    env = {**os.environ, "ORCHESTRA_HOME": str(home)}
+
+    def loaded(*args: str) -> tuple[str, str]:
+        out = subprocess.run(
+            [sys.executable, "-c", code, "task", "submit", "-q", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        return out.stdout.strip().splitlines()[-1], out.stderr
+
+    assert loaded("write a function") == (
+        "LOADED=",
+        "orchestra: warning: no orchestrator running to plan it — start one: orchestra run\n",
+    )
+    assert not (home / "logs" / "cli.log").exists()  # nothing logged: no empty file
+    routed, warning = loaded("-c", "code", "write a function")  # logs "no live agent"
+    assert routed == "LOADED=yaml,logging.handlers" and "agent start coder" in warning
+    assert "no live agent for capability code" in (home / "logs" / "cli.log").read_text()
+
+
 def test_subcommand_help_and_typos_still_see_the_whole_tree(cli: CliRunner) -> None:
     assert "submit" in cli("task", "--help").out
     assert "--limit" in cli("task", "list", "--help").out
