@@ -8,8 +8,11 @@ is the embedded equivalent of RabbitMQ redelivering an unacked message.
 Waiting for work does not run the claim query in a loop: the consumer reads
 ``PRAGMA data_version`` (a counter in shared memory that moves when another
 connection commits) every ``MIN_POLL_SECONDS`` while busy, and only looks
-for a message when it moved. Idle, the pause grows to ``MAX_POLL_SECONDS``,
-which also bounds how late a delayed or lease-expired message is seen.
+for a message when it moved. Quiet (no message for ``HOT_SECONDS``), it reads
+it every ``COLD_POLL_SECONDS`` at most: the first message after a quiet spell
+waits up to that long, and an idle process costs ~nothing. Without a commit
+the claim is retried every ``MAX_POLL_SECONDS`` anyway, which bounds how late
+a delayed or lease-expired message is seen.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Collection
 from typing import Any
 
@@ -30,8 +34,15 @@ from orchestra_cli.util import new_id, now
 log = logging.getLogger(__name__)
 
 MIN_POLL_SECONDS = 0.0005
+COLD_POLL_SECONDS = 0.02  # how late a quiet consumer sees a new message, at most
 MAX_POLL_SECONDS = 0.05
 HOT_SECONDS = 0.25  # keep the short pause this long after the last message
+# Claiming ahead: a consumer whose messages settle within FAST_SECONDS (on average) takes
+# up to AHEAD more than it has room for in the claim that finds it out of work, and hands
+# them out with no statement of their own; slower work (an LLM call) is claimed only as
+# room frees, so that no message waits behind a busy consumer while another is idle.
+AHEAD = 8
+FAST_SECONDS = 0.02
 
 
 class SQLiteDelivery:
@@ -41,13 +52,16 @@ class SQLiteDelivery:
         self, consumer: SQLiteConsumer, msg_id: int, queue: str, envelope: Envelope, count: int
     ) -> None:
         self._consumer = consumer
+        self.handed_out = time.monotonic()
         self.msg_id = msg_id
         self.queue = queue
         self.envelope = envelope
         self.delivery_count = count
 
     def ack(self) -> None:
-        self._consumer.settle(self.msg_id, "DELETE FROM messages WHERE id = ? AND consumer = ?")
+        self._consumer.settle(
+            self.msg_id, "DELETE FROM messages WHERE id = ? AND consumer = ?", since=self.handed_out
+        )
 
     def nack(self, *, delay: float = 0.0) -> None:
         self._consumer.settle(
@@ -88,7 +102,9 @@ class SQLiteConsumer:
         self.tag = f"{name}:{new_id()[-12:]}"
         self.lease_seconds = lease_seconds
         self.max_deliveries = max_deliveries
-        self._held: set[int] = set()
+        self._held: set[int] = set()  # claimed and not settled: handed out, or ready
+        self._ready: deque[sqlite3.Row] = deque()  # claimed ahead, not yet handed out
+        self._settle_seconds: float | None = None  # moving average, hand-out to ack
         self._last_message = 0.0
         self._cond = threading.Condition()
         self._poll_lock = threading.Lock()
@@ -98,12 +114,12 @@ class SQLiteConsumer:
         marks = ",".join("?" * len(self.queues))
         self._ready_sql = (
             f"SELECT id FROM messages WHERE queue IN ({marks}) AND available_at <= ? "
-            "AND (lease_until IS NULL OR lease_until < ?) ORDER BY priority DESC, id LIMIT 1"
+            "AND (lease_until IS NULL OR lease_until < ?) ORDER BY priority DESC, id LIMIT ?"
         )
         # find and lease in one statement (one write transaction per claim)
         self._claim_sql = (
             "UPDATE messages SET lease_until = ?, consumer = ?, deliveries = deliveries + 1 "
-            f"WHERE id = ({self._ready_sql}) RETURNING id, queue, body, deliveries"
+            f"WHERE id IN ({self._ready_sql}) RETURNING id, queue, body, deliveries, priority"
         )
 
     def _renew_loop(self) -> None:
@@ -123,23 +139,45 @@ class SQLiteConsumer:
                 log.exception("lease renewal failed")
 
     def _claim(self) -> SQLiteDelivery | None:
+        """The next message: one claimed ahead, or a claim of as many as there is room
+        for (and AHEAD more for fast work) in one write transaction."""
+        while True:
+            with self._cond:
+                row = self._ready.popleft() if self._ready else None
+            if row is None:
+                row = self._claim_rows()
+            if row is None:
+                return None
+            delivery = self._deliver(row)
+            if delivery is not None:
+                return delivery
+
+    def _claim_rows(self) -> sqlite3.Row | None:
         ts = now()
-        params = (*self.queues, ts, ts)
-        if self.db.conn().execute(self._ready_sql, params).fetchone() is None:
+        if self.db.conn().execute(self._ready_sql, (*self.queues, ts, ts, 1)).fetchone() is None:
             return None  # nothing ready: no write lock taken
+        with self._cond:
+            room = self.prefetch - len(self._held)
+            fast = self._settle_seconds is not None and self._settle_seconds < FAST_SECONDS
+        want = max(1, room) + (AHEAD if fast else 0)
         with self.db.write() as conn:
             ts = now()
-            claim = (ts + self.lease_seconds, self.tag, *self.queues, ts, ts)
-            rows = conn.execute(self._claim_sql, claim).fetchall()  # fetch all: ends the statement
+            claim = (ts + self.lease_seconds, self.tag, *self.queues, ts, ts, want)
+            rows: list[sqlite3.Row] = conn.execute(self._claim_sql, claim).fetchall()  # ends it
         if not rows:
             return None
-        row = rows[0]
+        rows.sort(key=lambda r: (-r["priority"], r["id"]))  # RETURNING keeps no order
         with self._cond:
-            self._held.add(row["id"])
+            self._held.update(r["id"] for r in rows)
+            self._ready.extend(rows[1:])
+        return rows[0]
+
+    def _deliver(self, row: sqlite3.Row) -> SQLiteDelivery | None:
+        """A claimed row as a delivery; None when it was dead-lettered instead."""
         count = row["deliveries"]
         if count > self.max_deliveries:  # before decoding: whatever made it poison
             self.dead_letter(row["id"], f"delivered {count - 1} times without an ack (poison)")
-            return self._claim()
+            return None
         try:
             env = decode_envelope(bytes(row["body"]))
         except MalformedMessage as exc:
@@ -150,7 +188,7 @@ class SQLiteConsumer:
                 exc.message,
             )
             self.dead_letter(row["id"], exc.message)
-            return self._claim()
+            return None
         return SQLiteDelivery(self, row["id"], row["queue"], env, count)
 
     def get(self, timeout: float) -> SQLiteDelivery | None:
@@ -173,22 +211,28 @@ class SQLiteConsumer:
             if delivery is not None:
                 self._last_message = time.monotonic()
                 return delivery
-            waited = 0.0
-            while version == self._data_version() and waited < pause:
+            hot = time.monotonic() - self._last_message < HOT_SECONDS
+            pause = MIN_POLL_SECONDS if hot else min(pause * 2, MAX_POLL_SECONDS)
+            # Hot, data_version is read every MIN_POLL_SECONDS and a commit is claimed
+            # from at once. Cold, the reads space out to COLD_POLL_SECONDS and one step
+            # is always slept first: every commit of every other process moves
+            # data_version, and a quiet consumer that ran the claim query after each
+            # (the orchestrator's while agents work) took ~40% of a core (py-spy).
+            step = MIN_POLL_SECONDS if hot else min(pause, COLD_POLL_SECONDS)
+            waited, first = 0.0, not hot
+            while first or (version == self._data_version() and waited < pause):
+                first = False
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
-                step = min(MIN_POLL_SECONDS, left)
-                if self._closed.wait(step):
+                if self._closed.wait(min(step, left)):
                     return None
                 waited += step
-            hot = time.monotonic() - self._last_message < HOT_SECONDS
-            pause = MIN_POLL_SECONDS if hot else min(pause * 2, MAX_POLL_SECONDS)
         return None
 
     def _wait_capacity(self, deadline: float) -> bool:
         with self._cond:
-            while len(self._held) >= self.prefetch:
+            while len(self._held) - len(self._ready) >= self.prefetch:  # handed out
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -199,8 +243,11 @@ class SQLiteConsumer:
         """Moves whenever another connection commits (a cheap shared-memory read)."""
         return int(self.db.conn().execute("PRAGMA data_version").fetchone()[0])
 
-    def settle(self, msg_id: int, sql: str, params: tuple[Any, ...] = ()) -> None:
-        """Run one settling statement (its last two parameters: id, consumer tag).
+    def settle(
+        self, msg_id: int, sql: str, params: tuple[Any, ...] = (), *, since: float | None = None
+    ) -> None:
+        """Run one settling statement (its last two parameters: id, consumer tag);
+        ``since``: when an acked message was handed out (how fast work settles).
 
         The message is let go even when the statement fails: its lease then runs
         out and it is redelivered, instead of being renewed forever by a consumer
@@ -212,6 +259,10 @@ class SQLiteConsumer:
         finally:
             with self._cond:
                 self._held.discard(msg_id)
+                if since is not None:
+                    took = time.monotonic() - since
+                    last = self._settle_seconds
+                    self._settle_seconds = took if last is None else 0.8 * last + 0.2 * took
                 self._cond.notify_all()
 
     def dead_letter(self, msg_id: int, reason: str) -> None:
@@ -228,6 +279,7 @@ class SQLiteConsumer:
         with self._cond:
             held = list(self._held)
             self._held.clear()
+            self._ready.clear()
             self._cond.notify_all()
         if held:
             try:
