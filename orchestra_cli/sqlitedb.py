@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from orchestra_cli.errors import StateError, StateUnavailable
 
@@ -150,6 +151,11 @@ class SQLiteDB:
         self._local = threading.local()
         self._checkpointer: threading.Thread | None = None
         self._stop = threading.Event()
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None  # every thread's writes (write)
+        self._lock = -1  # the open <db>.lock the writer flocks
+        self._behind: list[tuple[str, tuple[Any, ...]]] = []  # write_behind's statements
+        self._behind_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -160,46 +166,89 @@ class SQLiteDB:
         self.conn().executescript(SCHEMA)
 
     def conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        """This thread's connection for reads — inside ``write``, the writer's, so that a
+        read there sees the transaction's own changes."""
+        conn: sqlite3.Connection | None = getattr(self._local, "writing", None)
+        if conn is not None:
+            return conn
+        conn = getattr(self._local, "conn", None)
         if conn is None:
-            try:
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=BUSY_TIMEOUT_MS / 1000,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-            except sqlite3.Error as exc:
-                raise StateUnavailable(
-                    f"cannot open database {self.path}: {exc}",
-                    "check ORCHESTRA_HOME / state_url and the file's permissions",
-                ) from exc
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
+            conn = self._local.conn = self._connect()
         return conn
 
-    def _lock_fd(self) -> int:
-        fd: int | None = getattr(self._local, "lock_fd", None)
-        if fd is None:  # one open file per thread: flock excludes threads as well
-            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            self._local.lock_fd = fd
-        return fd
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        except sqlite3.Error as exc:
+            raise StateUnavailable(
+                f"cannot open database {self.path}: {exc}",
+                "check ORCHESTRA_HOME / state_url and the file's permissions",
+            ) from exc
+        conn.row_factory = sqlite3.Row
+        return conn
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE … COMMIT, rolled back on error."""
-        conn = self.conn()
-        fd = self._lock_fd()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            with self._transaction(conn):
-                yield conn
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        """A write transaction: BEGIN IMMEDIATE … COMMIT, rolled back on error.
+
+        Every thread of the process writes through one connection, in turn (they
+        took turns at the file lock anyway): its page cache stays valid from one
+        transaction to the next unless another process committed between them. A
+        connection per thread discarded its cache at every transaction of another
+        thread and read the pages again inside the next, with the lock held (strace:
+        48 preads a no-op task)."""
+        with self._write_lock:
+            if self._writer is None:
+                self._writer = self._connect()
+                self._lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            conn, fd = self._writer, self._lock
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._local.writing = conn
+            try:
+                with self._transaction(conn):
+                    yield conn
+            finally:
+                self._local.writing = None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def write_behind(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Run ``sql`` in the next write transaction of this process, whichever thread
+        opens it, or at ``flush_behind``: for a statement that may take effect a little
+        late but not never, and that cannot fail (a message's ack: one delete by key).
+        A busy agent's acks ride on its next claim instead of a transaction each."""
+        with self._behind_lock:
+            self._behind.append((sql, params))
+
+    def behind(self) -> bool:
+        """Whether write_behind statements wait for a transaction."""
+        return bool(self._behind)
+
+    def flush_behind(self) -> None:
+        """Commit the waiting write_behind statements now (a transaction of their own)."""
+        if self._behind:
+            with self.write():
+                pass
+
+    def _take_behind(self) -> list[tuple[str, tuple[Any, ...]]]:
+        if not self._behind:  # unlocked peek: a statement added meanwhile waits its turn
+            return []
+        with self._behind_lock:
+            taken, self._behind = self._behind, []
+        return taken
+
+    def _give_back(self, taken: list[tuple[str, tuple[Any, ...]]]) -> None:
+        if taken:
+            with self._behind_lock:
+                self._behind[:0] = taken
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -215,10 +264,14 @@ class SQLiteDB:
             raise StateError(
                 f"database {self.path} stayed locked", "another process holds it; retry"
             )
+        taken = self._take_behind()
         try:
+            for sql, params in taken:
+                conn.execute(sql, params)
             yield
             conn.execute("COMMIT")
         except BaseException as exc:
+            self._give_back(taken)  # rolled back with the rest: for the next transaction
             if conn.in_transaction:  # SQLite rolls back by itself after some errors
                 conn.execute("ROLLBACK")
             trouble = _disk_trouble(exc) if isinstance(exc, sqlite3.Error) else None
@@ -256,11 +309,16 @@ class SQLiteDB:
 
     def close(self) -> None:
         self._stop.set()
+        try:
+            self.flush_behind()
+        except Exception:  # best effort: an unflushed ack is a redelivery, never a loss
+            log.exception("could not commit the last write-behind statements")
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
-        fd = getattr(self._local, "lock_fd", None)
-        if fd is not None:
-            os.close(fd)
-            self._local.lock_fd = None
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                os.close(self._lock)
+                self._writer, self._lock = None, -1

@@ -59,9 +59,7 @@ class SQLiteDelivery:
         self.delivery_count = count
 
     def ack(self) -> None:
-        self._consumer.settle(
-            self.msg_id, "DELETE FROM messages WHERE id = ? AND consumer = ?", since=self.handed_out
-        )
+        self._consumer.ack(self.msg_id, self.handed_out)
 
     def nack(self, *, delay: float = 0.0) -> None:
         self._consumer.settle(
@@ -211,6 +209,7 @@ class SQLiteConsumer:
             if delivery is not None:
                 self._last_message = time.monotonic()
                 return delivery
+            self.db.flush_behind()  # out of work: the acks waiting for a transaction
             hot = time.monotonic() - self._last_message < HOT_SECONDS
             pause = MIN_POLL_SECONDS if hot else min(pause * 2, MAX_POLL_SECONDS)
             # Hot, data_version is read every MIN_POLL_SECONDS and a commit is claimed
@@ -228,6 +227,8 @@ class SQLiteConsumer:
                 if self._closed.wait(min(step, left)):
                     return None
                 waited += step
+                if self.db.behind():  # another thread acked meanwhile
+                    self.db.flush_behind()
         return None
 
     def _wait_capacity(self, deadline: float) -> bool:
@@ -243,11 +244,8 @@ class SQLiteConsumer:
         """Moves whenever another connection commits (a cheap shared-memory read)."""
         return int(self.db.conn().execute("PRAGMA data_version").fetchone()[0])
 
-    def settle(
-        self, msg_id: int, sql: str, params: tuple[Any, ...] = (), *, since: float | None = None
-    ) -> None:
-        """Run one settling statement (its last two parameters: id, consumer tag);
-        ``since``: when an acked message was handed out (how fast work settles).
+    def settle(self, msg_id: int, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """Run one settling statement (its last two parameters: id, consumer tag).
 
         The message is let go even when the statement fails: its lease then runs
         out and it is redelivered, instead of being renewed forever by a consumer
@@ -257,13 +255,27 @@ class SQLiteConsumer:
             with self.db.write() as conn:
                 conn.execute(sql, (*params, msg_id, self.tag))
         finally:
-            with self._cond:
-                self._held.discard(msg_id)
-                if since is not None:
-                    took = time.monotonic() - since
-                    last = self._settle_seconds
-                    self._settle_seconds = took if last is None else 0.8 * last + 0.2 * took
-                self._cond.notify_all()
+            self._let_go(msg_id)
+
+    def ack(self, msg_id: int, handed_out: float) -> None:
+        """Delete the message in this process's next write transaction (write_behind):
+        the next claim, or the state write of another message's handler, or — when
+        nothing else writes — the consumer's own flush as it waits for work. Until
+        then the row stays leased to this consumer; if the process dies first, the
+        message is redelivered, and its task's state says it has been done."""
+        self.db.write_behind(
+            "DELETE FROM messages WHERE id = ? AND consumer = ?", (msg_id, self.tag)
+        )
+        took = time.monotonic() - handed_out
+        with self._cond:
+            last = self._settle_seconds
+            self._settle_seconds = took if last is None else 0.8 * last + 0.2 * took
+        self._let_go(msg_id)
+
+    def _let_go(self, msg_id: int) -> None:
+        with self._cond:
+            self._held.discard(msg_id)
+            self._cond.notify_all()
 
     def dead_letter(self, msg_id: int, reason: str) -> None:
         self.settle(
@@ -276,6 +288,10 @@ class SQLiteConsumer:
     def close(self) -> None:
         """Stop renewing; unsettled messages go back to their queues at once."""
         self._closed.set()
+        try:
+            self.db.flush_behind()  # the acks first: those messages are done
+        except Exception:
+            log.exception("could not commit acks; those messages will be redelivered")
         with self._cond:
             held = list(self._held)
             self._held.clear()

@@ -77,7 +77,7 @@ def test_a_full_disk_is_one_line_and_exit_3_and_work_resumes_after(
     from orchestra_cli.sqlitedb import SQLiteDB
 
     cli("task", "list")  # the database exists: its schema written while there was room
-    original = SQLiteDB.conn
+    original = SQLiteDB._connect  # every connection, the readers' and the writer's
     room = {"pages": 4}
 
     def cramped(self: SQLiteDB) -> object:
@@ -86,7 +86,7 @@ def test_a_full_disk_is_one_line_and_exit_3_and_work_resumes_after(
         conn.execute(f"PRAGMA max_page_count={pages + room['pages']}")  # SQLITE_FULL past it
         return conn
 
-    monkeypatch.setattr(SQLiteDB, "conn", cramped)
+    monkeypatch.setattr(SQLiteDB, "_connect", cramped)
     full = cli("task", "submit", "x" * 200_000, expect=3)
     assert "the disk is full" in one_error_line(full) and "free space" in full.err
     room["pages"] = 10_000  # space freed

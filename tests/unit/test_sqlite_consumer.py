@@ -33,9 +33,12 @@ def _publish(broker: SQLiteBroker, *names: str, priority: int = 0) -> None:
 
 
 def _statements(broker: SQLiteBroker) -> list[str]:
-    """Every statement this thread's connection runs from now on."""
+    """Every statement run from now on by this thread's connection (reads) and by the
+    one that every thread writes through."""
     seen: list[str] = []
     broker.db.conn().set_trace_callback(seen.append)
+    with broker.db.write() as writer:
+        writer.set_trace_callback(seen.append)
     return seen
 
 
