@@ -207,9 +207,14 @@ class SQLiteDB:
         thread and read the pages again inside the next, with the lock held (strace:
         48 preads a no-op task)."""
         with self._write_lock:
-            if self._writer is None:
-                self._writer = self._connect()
-                self._lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            if self._writer is None:  # both or neither: a failed open is tried again next time
+                fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    conn = self._connect()
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._writer, self._lock = conn, fd
             conn, fd = self._writer, self._lock
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._local.writing = conn
@@ -223,8 +228,11 @@ class SQLiteDB:
     def write_behind(self, sql: str, params: tuple[Any, ...]) -> None:
         """Run ``sql`` in the next write transaction of this process, whichever thread
         opens it, or at ``flush_behind``: for a statement that may take effect a little
-        late but not never, and that cannot fail (a message's ack: one delete by key).
-        A busy agent's acks ride on its next claim instead of a transaction each."""
+        late, or — if the process dies first — not at all (a message's ack: the message
+        is redelivered). A busy agent's acks ride on its next claim instead of a
+        transaction each. The statements run in a savepoint of their own: one that
+        fails is logged and dropped, never failing its host; a host that fails gives
+        them back for the next transaction."""
         with self._behind_lock:
             self._behind.append((sql, params))
 
@@ -250,6 +258,27 @@ class SQLiteDB:
             with self._behind_lock:
                 self._behind[:0] = taken
 
+    def _run_behind(
+        self, conn: sqlite3.Connection, taken: list[tuple[str, tuple[Any, ...]]]
+    ) -> None:
+        conn.execute("SAVEPOINT behind")
+        try:
+            for sql, params in taken:
+                conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            if _disk_trouble(exc) is not None:
+                raise  # the host cannot commit either: both wait for room
+            conn.execute("ROLLBACK TO behind")
+            log.error(
+                "dropped %d write-behind statement(s) (%s): %s; acked messages among them "
+                "are redelivered",
+                len(taken),
+                taken[0][0].split(" ", 1)[0],
+                exc,
+            )
+            taken.clear()  # not given back: they would fail every transaction
+        conn.execute("RELEASE behind")
+
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
         for attempt in range(MAX_LOCK_ATTEMPTS):
@@ -264,10 +293,11 @@ class SQLiteDB:
             raise StateError(
                 f"database {self.path} stayed locked", "another process holds it; retry"
             )
-        taken = self._take_behind()
+        taken: list[tuple[str, tuple[Any, ...]]] = []
         try:
-            for sql, params in taken:
-                conn.execute(sql, params)
+            taken = self._take_behind()
+            if taken:
+                self._run_behind(conn, taken)
             yield
             conn.execute("COMMIT")
         except BaseException as exc:
@@ -309,8 +339,11 @@ class SQLiteDB:
 
     def close(self) -> None:
         self._stop.set()
-        try:
-            self.flush_behind()
+        try:  # again while a transaction that held some gave them back
+            for _ in range(3):
+                self.flush_behind()
+                if not self._behind:
+                    break
         except Exception:  # best effort: an unflushed ack is a redelivery, never a loss
             log.exception("could not commit the last write-behind statements")
         conn = getattr(self._local, "conn", None)

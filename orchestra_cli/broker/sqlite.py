@@ -11,8 +11,8 @@ connection commits) every ``MIN_POLL_SECONDS`` while busy, and only looks
 for a message when it moved. Quiet (no message for ``HOT_SECONDS``), it reads
 it every ``COLD_POLL_SECONDS`` at most: the first message after a quiet spell
 waits up to that long, and an idle process costs ~nothing. Without a commit
-the claim is retried every ``MAX_POLL_SECONDS`` anyway, which bounds how late
-a delayed or lease-expired message is seen.
+the claim is retried about every ``MAX_POLL_SECONDS`` anyway, which bounds how
+late a delayed or lease-expired message is seen.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ HOT_SECONDS = 0.25  # keep the short pause this long after the last message
 # room frees, so that no message waits behind a busy consumer while another is idle.
 AHEAD = 8
 FAST_SECONDS = 0.02
+READY_SECONDS = 0.25  # what was claimed ahead and waits this long goes back to the queue
 
 
 class SQLiteDelivery:
@@ -102,6 +103,7 @@ class SQLiteConsumer:
         self.max_deliveries = max_deliveries
         self._held: set[int] = set()  # claimed and not settled: handed out, or ready
         self._ready: deque[sqlite3.Row] = deque()  # claimed ahead, not yet handed out
+        self._ready_at = 0.0  # when it was last filled
         self._settle_seconds: float | None = None  # moving average, hand-out to ack
         self._last_message = 0.0
         self._cond = threading.Condition()
@@ -122,7 +124,15 @@ class SQLiteConsumer:
 
     def _renew_loop(self) -> None:
         interval = max(0.05, self.lease_seconds / 3)
-        while not self._closed.wait(interval):
+        renewed = time.monotonic()
+        while not self._closed.wait(min(interval, READY_SECONDS)):
+            with self._cond:
+                stale = bool(self._ready) and time.monotonic() - self._ready_at > READY_SECONDS
+            if stale:  # the work is not fast any more: others may have what waits here
+                self._release_ready()
+            if time.monotonic() - renewed < interval:
+                continue
+            renewed = time.monotonic()
             with self._cond:
                 held = list(self._held)
             if not held:
@@ -168,6 +178,7 @@ class SQLiteConsumer:
         with self._cond:
             self._held.update(r["id"] for r in rows)
             self._ready.extend(rows[1:])
+            self._ready_at = time.monotonic()
         return rows[0]
 
     def _deliver(self, row: sqlite3.Row) -> SQLiteDelivery | None:
@@ -209,7 +220,9 @@ class SQLiteConsumer:
             if delivery is not None:
                 self._last_message = time.monotonic()
                 return delivery
-            self.db.flush_behind()  # out of work: the acks waiting for a transaction
+            self._flush_acks()  # out of work: the acks waiting for a transaction
+            if time.monotonic() >= deadline:  # commits keep coming, none of them for us
+                return None
             hot = time.monotonic() - self._last_message < HOT_SECONDS
             pause = MIN_POLL_SECONDS if hot else min(pause * 2, MAX_POLL_SECONDS)
             # Hot, data_version is read every MIN_POLL_SECONDS and a commit is claimed
@@ -228,8 +241,16 @@ class SQLiteConsumer:
                     return None
                 waited += step
                 if self.db.behind():  # another thread acked meanwhile
-                    self.db.flush_behind()
+                    self._flush_acks()
         return None
+
+    def _flush_acks(self) -> None:
+        """Commit the process's acks waiting behind; a failure (a full disk) is logged
+        and they stay queued for the next write: waiting for work goes on."""
+        try:
+            self.db.flush_behind()
+        except Exception as exc:
+            log.warning("could not commit acks now (%s); they wait for the next write", exc)
 
     def _wait_capacity(self, deadline: float) -> bool:
         with self._cond:
@@ -239,6 +260,24 @@ class SQLiteConsumer:
                     return False
                 self._cond.wait(left)
         return True
+
+    def _release_ready(self) -> None:
+        """Give the messages claimed ahead back to their queue, their claim uncounted
+        (they were never handed out)."""
+        with self._cond:
+            rows, self._ready = list(self._ready), deque()
+            self._held.difference_update(r["id"] for r in rows)
+        if not rows:
+            return
+        try:
+            with self.db.write() as conn:
+                conn.executemany(
+                    "UPDATE messages SET lease_until = NULL, consumer = NULL, "
+                    "deliveries = MAX(0, deliveries - 1) WHERE id = ? AND consumer = ?",
+                    [(r["id"], self.tag) for r in rows],
+                )
+        except Exception:
+            log.exception("could not give back messages claimed ahead; their leases expire")
 
     def _data_version(self) -> int:
         """Moves whenever another connection commits (a cheap shared-memory read)."""
@@ -292,10 +331,10 @@ class SQLiteConsumer:
             self.db.flush_behind()  # the acks first: those messages are done
         except Exception:
             log.exception("could not commit acks; those messages will be redelivered")
+        self._release_ready()
         with self._cond:
             held = list(self._held)
             self._held.clear()
-            self._ready.clear()
             self._cond.notify_all()
         if held:
             try:

@@ -39,9 +39,12 @@ def test_a_read_inside_a_write_sees_its_own_changes_and_other_threads_do_not(
 
 
 def test_threads_write_in_turn_through_one_connection_and_none_is_lost(db: SQLiteDB) -> None:
+    used: set[int] = set()
+
     def writes(n: int) -> None:
         for i in range(50):
             with db.write() as conn:
+                used.add(id(conn))
                 conn.execute(*_insert(f"{n}-{i}"))
 
     threads = [threading.Thread(target=writes, args=(n,)) for n in range(8)]
@@ -49,7 +52,18 @@ def test_threads_write_in_turn_through_one_connection_and_none_is_lost(db: SQLit
         t.start()
     for t in threads:
         t.join()
-    assert _count(db) == 400
+    assert _count(db) == 400 and len(used) == 1
+
+
+def test_a_failing_write_behind_statement_is_dropped_and_its_host_commits(
+    db: SQLiteDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    db.write_behind("INSERT INTO no_such_table VALUES (1)", ())
+    db.write_behind(*_insert("behind"))  # rolled back with it: an ack would be redelivered
+    with db.write() as conn:
+        conn.execute(*_insert("host"))
+    assert not db.behind() and _count(db) == 1
+    assert "dropped 2 write-behind statement(s)" in caplog.text
 
 
 def test_a_write_behind_statement_rides_on_the_next_transaction_of_any_thread(
