@@ -43,14 +43,21 @@ class FileEntry:
     task_id: str
 
 
+# what tools leave behind that is no one's work: never saved as an artifact
+CACHE_NAMES = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+
+
 def scan(directory: Path) -> tuple[dict[str, bytes], set[str]]:
-    """Every regular file under ``directory`` (symlinks are not followed), by relative
+    """Every regular file under ``directory`` (symlinks are not followed) but caches
+    (``CACHE_NAMES``: a Bash `python3 test_app.py` writes ``__pycache__/``), by relative
     path, and the paths left out for the caps (kept in the workspace, not saved)."""
     files: dict[str, bytes] = {}
     skipped: set[str] = set()
     total = 0
     for path in sorted(directory.rglob("*")):
         if path.is_symlink() or not path.is_file():
+            continue
+        if CACHE_NAMES.intersection(path.relative_to(directory).parts[:-1]):
             continue
         size = path.stat().st_size
         rel = path.relative_to(directory).as_posix()

@@ -49,6 +49,22 @@ def test_a_file_that_grows_over_the_cap_is_not_recorded_as_deleted(backends: Bac
     assert "data.csv" in files, f"the base file vanished from the tree: {state.artifacts(task.id)}"
 
 
+def test_bytecode_and_tool_caches_are_not_saved_as_artifacts(backends: Backends) -> None:
+    """Found by a clean-clone run without PYTHONDONTWRITEBYTECODE: the coder's `python3
+    test_app.py` left __pycache__/app.cpython-311.pyc among the tree's exported files."""
+    state = backends.state
+    task, _ = state.create_task(Task(title="t", input="t"))
+    ws = Workspace(state, backends.settings.home, task)
+    path = ws.prepare()
+    (path / "app.py").write_text("x = 1\n")
+    for cache in ("__pycache__", "pkg/__pycache__", ".pytest_cache", ".mypy_cache/3.11"):
+        (path / cache).mkdir(parents=True)
+        (path / cache / "app.cpython-311.pyc").write_bytes(b"\x00")
+    (path / "pkg" / "mod.py").write_text("y = 2\n")
+    assert ws.save() == 2
+    assert set(tree_files(state, task.id)) == {"app.py", "pkg/mod.py"}
+
+
 def test_a_task_sees_the_files_of_its_dependencys_dependency(backends: Backends) -> None:
     """design → build → review, review depending on build only (an LLM plan's chain)."""
     state = backends.state
