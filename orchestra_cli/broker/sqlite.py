@@ -262,22 +262,30 @@ class SQLiteConsumer:
         return True
 
     def _release_ready(self) -> None:
-        """Give the messages claimed ahead back to their queue, their claim uncounted
-        (they were never handed out)."""
+        """Give the messages claimed ahead back to their queue."""
         with self._cond:
-            rows, self._ready = list(self._ready), deque()
-            self._held.difference_update(r["id"] for r in rows)
-        if not rows:
+            ahead = [r["id"] for r in self._ready]
+            self._ready = deque()
+            self._held.difference_update(ahead)
+        self._give_back([], ahead)
+
+    def _give_back(self, handed: list[int], ahead: list[int]) -> None:
+        """Release these leases in one transaction; the claim of those only claimed
+        ahead (never handed out) is not counted as a delivery."""
+        if not handed and not ahead:
             return
+        release = "UPDATE messages SET lease_until = NULL, consumer = NULL"
         try:
             with self.db.write() as conn:
                 conn.executemany(
-                    "UPDATE messages SET lease_until = NULL, consumer = NULL, "
-                    "deliveries = MAX(0, deliveries - 1) WHERE id = ? AND consumer = ?",
-                    [(r["id"], self.tag) for r in rows],
+                    release + " WHERE id = ? AND consumer = ?", [(m, self.tag) for m in handed]
+                )
+                conn.executemany(
+                    release + ", deliveries = MAX(0, deliveries - 1) WHERE id = ? AND consumer = ?",
+                    [(m, self.tag) for m in ahead],
                 )
         except Exception:
-            log.exception("could not give back messages claimed ahead; their leases expire")
+            log.exception("could not release held messages; their leases will expire")
 
     def _data_version(self) -> int:
         """Moves whenever another connection commits (a cheap shared-memory read)."""
@@ -331,21 +339,13 @@ class SQLiteConsumer:
             self.db.flush_behind()  # the acks first: those messages are done
         except Exception:
             log.exception("could not commit acks; those messages will be redelivered")
-        self._release_ready()
         with self._cond:
-            held = list(self._held)
+            ahead = [r["id"] for r in self._ready]
+            handed = list(self._held.difference(ahead))
+            self._ready = deque()
             self._held.clear()
             self._cond.notify_all()
-        if held:
-            try:
-                with self.db.write() as conn:
-                    conn.executemany(
-                        "UPDATE messages SET lease_until = NULL, consumer = NULL "
-                        "WHERE id = ? AND consumer = ?",
-                        [(mid, self.tag) for mid in held],
-                    )
-            except Exception:
-                log.exception("could not release held messages; their leases will expire")
+        self._give_back(handed, ahead)
 
 
 class SQLiteBroker:

@@ -57,10 +57,11 @@ def scan(directory: Path) -> tuple[dict[str, bytes], set[str]]:
     for path in sorted(directory.rglob("*")):
         if path.is_symlink() or not path.is_file():
             continue
-        if CACHE_NAMES.intersection(path.relative_to(directory).parts[:-1]):
+        relative = path.relative_to(directory)
+        if CACHE_NAMES.intersection(relative.parts[:-1]):
             continue
         size = path.stat().st_size
-        rel = path.relative_to(directory).as_posix()
+        rel = relative.as_posix()
         if size > MAX_FILE_BYTES or total + size > MAX_TREE_BYTES or len(files) >= MAX_FILES:
             log.warning("%s (%d bytes) is over the workspace's caps: not saved", rel, size)
             skipped.add(rel)
