@@ -11,6 +11,8 @@ one server):
   sorted sets scored by creation time, so listing stays fast at 100k tasks;
 - ``P:events`` and ``P:events:<root>``: streams whose entry id is ``<seq>-0``,
   ``seq`` coming from the ``P:seq`` counter, so ``events(after=seq)`` is a range;
+  a small tree nobody follows keeps its events as lines in ``P:evlog:<root>``
+  instead (``redis_scripts.add_event``);
 - ``P:agent:<name>``, ``P:agents``, ``P:cap:<capability>``: the registry;
 - ``P:steps:<id>``, ``P:art:<id>``, ``P:blob:<sha>``, ``P:budget:…``: the agent loop's records.
 
@@ -135,6 +137,7 @@ class RedisConnection:
         )
         # scripts without a ``meanwhile``: concurrent ones share a round trip
         self._batcher = ScriptBatcher(self._new_connection)
+        self._followed: set[str] = set()  # trees known to have a stream (redis_events)
 
     @property
     def r(self) -> Any:
@@ -179,6 +182,7 @@ class RedisConnection:
                 "transition": lua.TRANSITION,
                 "claim": lua.CLAIM,
                 "event": lua.EVENT,
+                "follow": lua.FOLLOW,
                 "wait_end": lua.WAIT_END,
                 "usage": lua.ADD_USAGE,
                 "reserve": lua.RESERVE,

@@ -194,15 +194,33 @@ class LitePipeline:
         self.shapes.append("int")
         return self
 
+    def get(self, key: str) -> LitePipeline:
+        self.commands.append(("GET", key))
+        self.shapes.append("raw")
+        return self
+
+    def xrange(
+        self, key: str, min: str = "-", max: str = "+", count: int | None = None
+    ) -> LitePipeline:
+        limit = ("COUNT", count) if count is not None else ()
+        self.commands.append(("XRANGE", key, min, max, *limit))
+        self.shapes.append("stream")
+        return self
+
     def execute(self) -> list[Any]:
         if not self.commands:
             return []
         replies = self.client.execute(*self.commands)
-        return [
-            _pairs(r) if shape == "pairs" else int(r)
-            for r, shape in zip(replies, self.shapes, strict=True)
-        ]
+        return [_SHAPES[shape](r) for r, shape in zip(replies, self.shapes, strict=True)]
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+_SHAPES: dict[str, Any] = {
+    "pairs": _pairs,
+    "int": int,
+    "raw": lambda reply: reply,
+    "stream": lambda reply: [(entry_id, _pairs(fields)) for entry_id, fields in reply],
+}

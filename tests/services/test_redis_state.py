@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,62 @@ def test_event_streams_are_trimmed_to_about_maxlen(home: Path) -> None:
         assert store.count_events(task.id, "tick") == sum(e.type == "tick" for e in kept)
     finally:
         cleanup_services(b)
+
+
+def test_a_small_trees_events_are_lines_until_it_grows_or_is_followed(svc: Backends) -> None:
+    """A one-task tree keeps its events as lines (~0.7 KB, not a ~4.8 KB stream); more
+    events than fit, or a follower, move them into a stream in one step, in order."""
+    store = _store(svc)
+    log_key = lambda t: store.key("evlog", t.root_id)  # noqa: E731
+    stream_key = lambda t: store.key("events", t.root_id)  # noqa: E731
+    task, _ = store.create_task(Task(title="t", input="x"), Create(dispatch={"capability": "c"}))
+    claimed, _ = store.claim(task.id, "a1")
+    store.transition(task.id, Status.SUCCEEDED, expect_version=claimed.version, result="ok")
+    assert store.r.exists(log_key(task)) and not store.r.exists(stream_key(task))
+    assert store.r.memory_usage(log_key(task)) < 1500
+    lines = store.events(root_id=task.id)
+    assert [e.type for e in lines] == ["created", "queued", "running", "succeeded"]
+    assert lines[2].data["agent"] == "a1" and lines[0].data["title"] == "t"
+    assert store.events(root_id=task.id, after=lines[1].seq, limit=1) == [lines[2]]
+    assert store.count_events(task.id, "running") == 1
+    # the same events, field for field, as the global stream has them
+    everything = {e.seq: e for e in store.events(after=lines[0].seq - 1, limit=100)}
+    assert all(everything[e.seq] == e for e in lines)
+
+    # growing: past ~2 KB of lines the tree gets its stream, every event in order
+    grown, _ = store.create_task(Task(title="g", input="x"))
+    for i in range(12):
+        store.append_event(grown.id, grown.root_id, "tick", {"i": i, "pad": "p" * 100})
+    assert not store.r.exists(log_key(grown)) and store.r.exists(stream_key(grown))
+    ticks = store.events(root_id=grown.id)
+    assert [e.type for e in ticks] == ["created"] + ["tick"] * 12
+    assert [e.data.get("i") for e in ticks[1:]] == list(range(12))
+    assert store.count_events(grown.id, "tick") == 12
+
+    # followed: the lines move at once, and the next event wakes the follower
+    followed, _ = store.create_task(Task(title="f", input="x"))
+    before = store.events(root_id=followed.id)
+    assert store.events(root_id=followed.id, after=before[-1].seq, wait=0.2) == []
+    assert store.r.exists(stream_key(followed)) and not store.r.exists(log_key(followed))
+    assert store.events(root_id=followed.id) == before
+    store.append_event(followed.id, followed.root_id, "note", {})
+    got = store.events(root_id=followed.id, after=before[-1].seq, wait=2.0)
+    assert [e.type for e in got] == ["note"]
+
+
+def test_a_follower_of_a_tree_not_created_yet_is_woken_by_its_first_event(
+    svc: Backends,
+) -> None:
+    store = _store(svc)
+    task = Task(title="later", input="x")
+    assert store.events(root_id=task.id, wait=0.1) == []  # marks the tree as followed
+    timer = threading.Timer(0.3, lambda: store.create_task(task))
+    timer.start()
+    started = time.monotonic()
+    got = store.events(root_id=task.id, wait=3.0)
+    timer.join()
+    assert [e.type for e in got] == ["created"] and time.monotonic() - started < 2.5
+    assert not store.r.exists(store.key("evlog", task.id))
 
 
 def _small(home: Path) -> Settings:
