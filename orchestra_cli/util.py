@@ -113,7 +113,8 @@ def parse_since(text: str) -> float:
     return parsed.timestamp()
 
 
-def _default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """What ``dumps`` (and msgspec's encoders, as ``enc_hook``) write for other types."""
     if hasattr(obj, "model_dump"):  # a records.Record, or a pydantic model
         return obj.model_dump(mode="json")
     if isinstance(obj, dt.datetime):
@@ -125,7 +126,7 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-_ENCODER = json.JSONEncoder(default=_default, ensure_ascii=False)  # built once: hot path
+_ENCODER = json.JSONEncoder(default=json_default, ensure_ascii=False)  # built once: hot path
 
 
 _encode_str = json.encoder.encode_basestring  # what ensure_ascii=False encodes strings with
@@ -148,7 +149,7 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
         if kind is bool:
             return "true" if obj else "false"
         return _ENCODER.encode(obj)
-    return json.dumps(obj, default=_default, ensure_ascii=False, indent=indent)
+    return json.dumps(obj, default=json_default, ensure_ascii=False, indent=indent)
 
 
 def loads(text: str | bytes) -> Any:

@@ -33,7 +33,7 @@ NO_REPLY = object()  # a request's reply before it came
 class _Request:
     __slots__ = ("_done", "body", "error", "lead", "reply", "script")
 
-    def __init__(self, script: Any, body: str) -> None:
+    def __init__(self, script: Any, body: bytes) -> None:
         self.script, self.body = script, body
         self.reply: Any = NO_REPLY
         self.error: BaseException | None = None
@@ -79,7 +79,7 @@ class ScriptBatcher:
         self._pending: list[_Request] = []
         self._leading = False  # a thread is sending a batch (or about to)
 
-    def run(self, script: Any, body: str) -> Any:
+    def run(self, script: Any, body: bytes) -> Any:
         """The script's reply (a ``redis`` error, e.g. a connection's, raised)."""
         req = _Request(script, body)
         with self._lock:

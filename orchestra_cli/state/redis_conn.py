@@ -31,6 +31,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import msgspec
+
 from orchestra_cli import ids
 from orchestra_cli.backoff import Backoff, log_retry
 from orchestra_cli.errors import (
@@ -42,7 +44,7 @@ from orchestra_cli.settings import RedisSettings, mask_url
 from orchestra_cli.state import redis_scripts as lua
 from orchestra_cli.state import resp
 from orchestra_cli.state.redis_batch import ScriptBatcher
-from orchestra_cli.util import PerThread, dumps, new_id
+from orchestra_cli.util import PerThread, dumps, json_default, new_id
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ WAIT_TTL_SECONDS = 300
 LEDGER_KEEP_SECONDS = 30 * 86400  # a tree's spend outlives any retry of it
 
 _NOT_FOUND_HINT = ids.NOT_FOUND_HINT
+
+
+_encode_body = msgspec.json.Encoder(enc_hook=json_default).encode
 
 
 def _encode_fields(values: dict[str, Any]) -> list[str]:
@@ -241,17 +246,18 @@ class RedisConnection:
             raise failed[0]
         return reply
 
-    def _body(self, payload: dict[str, Any]) -> str:
+    def _body(self, payload: dict[str, Any]) -> bytes:
         """A script's JSON argument: ``payload`` with the prefix, a fresh operation token
-        and the trim length."""
-        return dumps(
+        and the trim length (msgspec's encoder: ~1 us where ``dumps`` took ~11, twice
+        a task in an agent; Lua's cjson reads any JSON)."""
+        return _encode_body(
             {"p": self.prefix, "max": self.maxlen, "tok": new_id(), "ttl": self._op_ttl, **payload}
         )
 
     def _evalsha(
         self,
         script: Any,
-        body: str,
+        body: bytes,
         meanwhile: list[Callable[[], None]] | None = None,
         failed: list[BaseException] | None = None,
     ) -> Any:

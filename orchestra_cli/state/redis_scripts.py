@@ -20,23 +20,27 @@ from __future__ import annotations
 from orchestra_cli.status import TRANSITIONS
 
 
-def _allowed_table() -> str:
-    # The status machine stays one table (status.py); the script gets a copy
-    # as a Lua table constructor, built once here rather than decoded per call.
-    rows = []
-    for src, dsts in sorted(TRANSITIONS.items()):
-        targets = ", ".join(f"{dst.value} = true" for dst in sorted(dsts))
-        rows.append(f"{src.value} = {{{targets}}}")
-    return "{" + ", ".join(rows) + "}"
+def _allowed_moves() -> str:
+    # The status machine stays one table (status.py); the script gets a copy as one
+    # string constant, " from>to from>to … ", searched with string.find: a table
+    # constructor would build nine tables on every call of every script (~6 us of
+    # Redis CPU each, measured with INFO commandstats).
+    moves = [f"{src.value}>{dst.value}" for src, dsts in TRANSITIONS.items() for dst in dsts]
+    return "' " + " ".join(sorted(moves)) + " '"
 
 
 PRELUDE = (
     """
 local a = cjson.decode(ARGV[1])
 local P = a.p
-local function k(...) return P .. ':' .. table.concat({...}, ':') end
+-- (one concatenation, no table: a script builds a dozen keys)
+local function k(a1, a2, a3)
+  if a3 then return P .. ':' .. a1 .. ':' .. a2 .. ':' .. a3 end
+  if a2 then return P .. ':' .. a1 .. ':' .. a2 end
+  return P .. ':' .. a1
+end
 local ALLOWED = """
-    + _allowed_table()
+    + _allowed_moves()
     + """
 
 local function first_time(tok)
@@ -188,7 +192,9 @@ local function transition(tr, time, tok, claim, guarded)
     for _, s in ipairs(tr.es) do if s == status then found = true end end
     ok = found
   end
-  if ok and not ALLOWED[status][tr.to] then ok = false end
+  if ok and not string.find(ALLOWED, ' ' .. status .. '>' .. tr.to .. ' ', 1, true) then
+    ok = false
+  end
   if not ok then return {'rejected', redis.call('HGETALL', key)} end
   local fields = tr.fields
   if claim then

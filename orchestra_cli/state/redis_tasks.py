@@ -136,7 +136,7 @@ class RedisTasks(RedisConnection):
             raise failed[0]
         return [r for r in results if r is not None]
 
-    def _again_alone(self, script: Any, bodies: list[str], replies: list[Any]) -> list[Any]:
+    def _again_alone(self, script: Any, bodies: list[bytes], replies: list[Any]) -> list[Any]:
         """Run each create whose reply did not come on its own (in place in ``replies``),
         none after one failed for good; the errors, the scripts' own first."""
         errors = [r for r in replies if isinstance(r, OrchestraError)]

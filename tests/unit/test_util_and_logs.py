@@ -162,7 +162,8 @@ def test_log_lines_on_stderr_and_in_files_are_redacted(
 def test_dumps_fast_paths_write_exactly_what_the_json_module_does(value: object) -> None:
     import json
 
-    from orchestra_cli.util import _default, dumps
+    from orchestra_cli.util import dumps
+    from orchestra_cli.util import json_default as _default
 
     assert dumps(value) == json.dumps(value, default=_default, ensure_ascii=False)
 
