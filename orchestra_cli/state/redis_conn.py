@@ -142,7 +142,6 @@ class RedisConnection:
         )
         # scripts without a ``meanwhile``: concurrent ones share a round trip
         self._batcher = ScriptBatcher(self._new_connection)
-        self._followed: set[str] = set()  # trees known to have a stream (redis_events)
 
     @property
     def r(self) -> Any:

@@ -4,9 +4,10 @@ A tree's own log is a stream (``events:<root>``) once it has more than a few
 events or someone follows it, and until then lines in a string
 (``evlog:<root>``): most trees are one task with four events, and a stream
 each would cost Redis ~4.8 KB a task (``redis_scripts.add_event``). Readers
-take the lines if there are any and the stream otherwise, in that order and
-in one round trip: the lines move into the stream in one atomic step, so a
-read that finds none finds every event in the stream.
+take the lines and a page of the stream in one round trip, in that order, and
+merge them by sequence number: the lines move into the stream in one atomic
+step, so a read that races the move finds every event in one or the other
+(and a snapshot taken mid-move, restored, loses none either).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from orchestra_cli.state.redis_conn import RedisConnection
 from orchestra_cli.util import dumps, loads, now
 
 _NOT_FOUND_HINT = ids.NOT_FOUND_HINT
-FOLLOW_TTL_SECONDS = 300  # a follower's mark on a tree without events yet
-FOLLOWED_KEPT = 10_000  # trees a process remembers having asked FOLLOW for
+FOLLOW_TTL_SECONDS = 300  # a follower's mark on a tree without events yet (renewed per read)
 PAGE = 1000
 
 
@@ -39,7 +39,7 @@ def _from_fields(f: dict[str, str]) -> Event:
 def _from_lines(log: str, root_id: str, after: int, limit: int) -> list[Event]:
     """Events of a tree's log (``seq TAB task TAB type TAB time TAB head TAB data``)."""
     found: list[Event] = []
-    for line in log.splitlines():
+    for line in log.split("\n")[:-1]:  # not splitlines(): JSON keeps U+2028 and kin raw
         seq, task, type_, time_, head, data = line.split("\t", 5)
         if int(seq) > after:
             found.append(
@@ -97,19 +97,22 @@ class RedisEvents(RedisConnection):
         return [_from_fields(f) for _, f in entries]
 
     def _follow(self, root_id: str) -> None:
-        """From now on the tree's events go to its stream, where a blocked read sees them."""
-        if root_id in self._followed:
-            return
-        if self._run("follow", {"root": root_id, "fttl": FOLLOW_TTL_SECONDS}):
-            if len(self._followed) >= FOLLOWED_KEPT:
-                self._followed.clear()
-            self._followed.add(root_id)  # a stream stays one: no need to ask again
+        """From now on the tree's events go to its stream, where a blocked read sees them.
+
+        Asked on every blocking read (one script a follower's poll), not remembered:
+        a rollback or a purge can take a tree's stream away under a long-running reader.
+        """
+        ttl = max(FOLLOW_TTL_SECONDS, int(self.settings.socket_timeout) + 60)  # > one block
+        self._run("follow", {"root": root_id, "fttl": ttl})
 
     def _tree_events(self, root_id: str, after: int, limit: int) -> list[Event]:
         log, entries = self._tree_read(root_id, f"{after + 1}-0", limit)
-        if log is not None:
-            return _from_lines(log, root_id, after, limit)
-        return [_from_fields(f) for _, f in entries]
+        found = [_from_fields(f) for _, f in entries]
+        if log is None:
+            return found
+        merged = {e.seq: e for e in _from_lines(log, root_id, after, limit)}
+        merged.update((e.seq, e) for e in found)
+        return [merged[seq] for seq in sorted(merged)][:limit]
 
     def _tree_read(self, root_id: str, low: str, count: int) -> tuple[str | None, list[Any]]:
         """The tree's lines (None once it has a stream) and a page of its stream, read
@@ -132,13 +135,17 @@ class RedisEvents(RedisConnection):
         if found is None:
             raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
         root = loads(found)
-        count, low = 0, "-"
+        seen: set[int] = set()  # in the stream: a line of the same seq (a move raced) is not
+        count, low, lines = 0, "-", None
         while True:
             log, page = self._tree_read(root, low, PAGE)
-            if log is not None and low == "-":  # (a stream never turns back into lines)
-                events = _from_lines(log, root, 0, len(log))
-                return sum(1 for e in events if e.task_id == task_id and e.type == type)
-            count += sum(1 for _, f in page if f["task"] == task_id and f["type"] == type)
+            lines = log if low == "-" else lines
+            for _, f in page:
+                seen.add(int(f["seq"]))
+                count += int(f["task"] == task_id and f["type"] == type)
             if len(page) < PAGE:
-                return count
+                break
             low = "(" + page[-1][0]
+        for e in _from_lines(lines or "", root, 0, len(lines or "")):
+            count += int(e.seq not in seen and e.task_id == task_id and e.type == type)
+        return count

@@ -86,8 +86,8 @@ end
 -- APPEND each) — most trees are one task with four events, and a stream of its own
 -- costs Redis ~4.8 KB (a listpack node preallocated at 4 KB) and two XADDs' time.
 -- A line: seq TAB task TAB type TAB time TAB head TAB data (JSON, no raw tabs or
--- newlines). Moving the lines into the stream (to_stream) is one atomic step, so
--- a reader that finds no log finds every event in the stream.
+-- newlines). Moving the lines into the stream (to_stream) is one atomic step; readers
+-- take both and merge them by seq, so a read that races a move misses nothing.
 local EVLOG_BYTES = 2048
 
 local function to_stream(root_id)
@@ -95,10 +95,17 @@ local function to_stream(root_id)
   local log = redis.call('GET', lkey)
   if not log then return end
   local skey = k('events', root_id)
+  -- Lines and a stream never coexist but after a snapshot taken mid-move (it DUMPs
+  -- key by key): then the stream's events stay, and only later lines join them.
+  local top = 0
+  local last = redis.call('XREVRANGE', skey, '+', '-', 'COUNT', 1)[1]
+  if last then top = tonumber(string.match(last[1], '^(%d+)')) end
   for seq, task, etype, time, head, data in
       string.gmatch(log, '(%d+)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\n]*)\\n') do
-    redis.call('XADD', skey, 'MAXLEN', '~', a.max, seq .. '-0', 'seq', seq, 'task', task,
-               'root', root_id, 'type', etype, 'time', time, 'head', head, 'data', data)
+    if tonumber(seq) > top then
+      redis.call('XADD', skey, 'MAXLEN', '~', a.max, seq .. '-0', 'seq', seq, 'task', task,
+                 'root', root_id, 'type', etype, 'time', time, 'head', head, 'data', data)
+    end
   end
   redis.call('DEL', lkey)
 end

@@ -110,6 +110,45 @@ def test_a_small_trees_events_are_lines_until_it_grows_or_is_followed(svc: Backe
     assert [e.type for e in got] == ["note"]
 
 
+def test_lines_keep_text_that_other_line_breaks_would_split(svc: Backends) -> None:
+    store = _store(svc)
+    title = "x\u2028y\u2029z\x85w\tv\nu"  # JSON leaves the first three raw
+    task, _ = store.create_task(Task(title=title, input="x"))
+    store.append_event(task.id, task.root_id, "note", {"text": title})
+    assert [e.data.get("title") or e.data["text"] for e in store.events(root_id=task.id)] == [
+        title,
+        title,
+    ]
+    assert store.count_events(task.id, "note") == 1
+
+
+def test_lines_and_a_stream_both_present_after_a_torn_snapshot_lose_nothing(
+    svc: Backends,
+) -> None:
+    """A snapshot DUMPs key by key: it may keep a tree's lines from before their move and
+    its stream from after. Restored, readers merge both, and the next move adds only the
+    lines the stream lacks."""
+    store = _store(svc)
+    task, _ = store.create_task(Task(title="t", input="x"))
+    store.append_event(task.id, task.root_id, "note", {"n": 1})
+    log_key = store.key("evlog", task.root_id)
+    import redis
+
+    raw = redis.Redis.from_url(REDIS_URL)  # DUMP payloads are bytes
+    lines = raw.dump(log_key)
+    seq = store.events(root_id=task.id)[-1].seq
+    assert store.events(root_id=task.id, after=seq, wait=0.1) == []  # followed: lines move
+    store.append_event(task.id, task.root_id, "note", {"n": 2})
+    raw.restore(log_key, 0, lines)  # the restored snapshot's older copy
+    raw.close()
+    expected = ["created", "note", "note"]
+    assert [e.type for e in store.events(root_id=task.id)] == expected
+    assert store.count_events(task.id, "note") == 2
+    assert store.events(root_id=task.id, after=1, wait=0.1)  # FOLLOW moves what is missing
+    assert not store.r.exists(log_key)
+    assert [e.type for e in store.events(root_id=task.id)] == expected
+
+
 def test_a_follower_of_a_tree_not_created_yet_is_woken_by_its_first_event(
     svc: Backends,
 ) -> None:
