@@ -186,14 +186,15 @@ class FrameWriter:
         self._handover: list[bytes] = []  # other threads' frames, for the owner to write
         self._impl._output_marshaled_frames = self.output
 
-    def ack(self, channel: Any, tag: int) -> None:
-        """Ack ``tag`` on ``channel`` from a thread other than the owner, written at once.
+    def ack(self, channel: Any, tag: int, multiple: bool = False) -> None:
+        """Ack ``tag`` (``multiple``: every delivery up to it) on ``channel``, written at
+        once (from the owner too: after what other threads handed over).
 
         An ack has no reply to wait for, and pika's async channel only frames it,
         so the handler's thread writes it itself instead of waking the I/O
         thread for it. A channel that closed since refuses it (pika raises).
         """
-        self.from_other_thread(lambda: channel._impl.basic_ack(tag))
+        self.from_other_thread(lambda: channel._impl.basic_ack(tag, multiple))
 
     def output(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)

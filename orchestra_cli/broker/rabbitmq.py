@@ -31,6 +31,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from orchestra_cli.broker.base import decode_envelope
+from orchestra_cli.broker.rabbitmq_acks import AckLedger
 from orchestra_cli.broker.rabbitmq_headers import (
     H_DELIVERIES,
     H_ORIGIN,
@@ -63,6 +64,7 @@ Channel = Any  # pika.adapters.blocking_connection.BlockingChannel
 
 PUBLISH_TIMEOUT_SECONDS = 90.0  # a publish during an outage waits this long for a reconnect
 SETTLE_TIMEOUT_SECONDS = 30.0
+CLOSE_ACKS_TIMEOUT_SECONDS = 5.0
 MAX_DEAD_LETTER_SCAN = 10_000
 
 
@@ -140,6 +142,7 @@ class RabbitConsumer:
         self._tags: dict[str, str] = {}  # consumer tag → logical queue
         self._raw: list[tuple[int, Any, Any, bytes]] = []
         self._ready: queue.SimpleQueue[RabbitDelivery] = queue.SimpleQueue()
+        self._acks = AckLedger()  # coalesced acks (rabbitmq_acks)
         self._declared = _Declared()
         from orchestra_cli.broker.rabbitmq_link import Link
 
@@ -155,6 +158,7 @@ class RabbitConsumer:
     # -- the connection's thread ---------------------------------------------
     def _on_connect(self, ch: Channel, generation: int) -> None:
         self._raw.clear()  # tags of the old connection are void; RabbitMQ requeued them
+        self._acks.reset()
         ch.confirm_delivery()
         self.topo.declare_base(ch)
         # global_qos: one limit for the channel across all its queues (classic queues)
@@ -174,6 +178,10 @@ class RabbitConsumer:
         self._raw.append((self._link.generation, method, props, body))
 
     def _on_tick(self, ch: Channel) -> None:
+        if self._acks.deferred:
+            with self._acks.lock:
+                for tag in self._acks.stale():
+                    self._write_ack(ch, (tag, False))
         while self._raw:
             generation, method, props, body = self._raw.pop(0)
             if generation == self._link.generation:
@@ -203,6 +211,7 @@ class RabbitConsumer:
             return
         writer = self._link.writer
         assert writer is not None  # set with the connection this message came on
+        self._acks.handed_out(method.delivery_tag)
         self._ready.put(
             RabbitDelivery(
                 self,
@@ -275,7 +284,8 @@ class RabbitConsumer:
             # from before a reconnect: RabbitMQ has requeued it already
 
     def ack(self, delivery: RabbitDelivery) -> None:
-        """Ack from the calling thread, on the channel the message came on.
+        """Ack from the calling thread, on the channel the message came on, maybe with
+        the ones after it or deferred a moment (``rabbitmq_acks``).
 
         The connection's writer sends it (the fast path: at once, from this
         thread; the plain path: through the connection's own thread). A channel
@@ -284,10 +294,21 @@ class RabbitConsumer:
         if delivery.settled:
             return
         delivery.settled = True
+        with self._acks.lock:
+            if delivery.generation != self._link.generation:
+                return  # its connection is gone: RabbitMQ has requeued it
+            ack = self._acks.take(delivery.tag)
+            if ack is not None:
+                self._write_ack(delivery.channel, ack, delivery.writer)
+
+    def _write_ack(self, ch: Channel, ack: tuple[int, bool], writer: Writer | None = None) -> None:
+        """Write one ack frame (``_acks.lock`` held: frames go out in the order computed)."""
+        writer = writer or self._link.writer
         try:
-            delivery.writer.ack(delivery.channel, delivery.tag)
+            assert writer is not None
+            writer.ack(ch, *ack)
         except connection_errors() as exc:
-            log.debug("ack of %s on a closed channel: %r", delivery.envelope.task_id, exc)
+            log.debug("ack of delivery %d on a closed channel: %r", ack[0], exc)
 
     def settle(self, delivery: RabbitDelivery, op: Any) -> None:
         """Run ``op(channel)`` on the connection thread, unless the delivery is stale."""
@@ -299,11 +320,27 @@ class RabbitConsumer:
             if delivery.generation != self._link.generation:
                 return  # the connection it came on is gone; RabbitMQ redelivers it
             op(ch)
+            with self._acks.lock:
+                ack = self._acks.settled(delivery.tag)
+                if ack is not None:
+                    self._write_ack(ch, ack)
 
         self._link.call(command, SETTLE_TIMEOUT_SECONDS)
 
     def close(self) -> None:
-        """Close the connection; RabbitMQ requeues whatever is unsettled."""
+        """Write the deferred acks, then close the connection; RabbitMQ requeues whatever
+        is unsettled."""
+        if self._acks.deferred and self._link.connected:
+
+            def rest(ch: Channel) -> None:
+                with self._acks.lock:
+                    for tag in self._acks.rest():
+                        self._write_ack(ch, (tag, False))
+
+            try:
+                self._link.call(rest, CLOSE_ACKS_TIMEOUT_SECONDS)
+            except Exception as exc:  # gone meanwhile: those come back, and find their task done
+                log.debug("deferred acks of %s not sent: %r", self.name, exc)
         self._link.close()
 
 

@@ -47,8 +47,9 @@ class Writer(Protocol):
 
     direct: bool  # publishes written at once (True) or left to coalesce (fast path only)
 
-    def ack(self, channel: Channel, tag: int) -> None:
-        """Ack ``tag`` on ``channel`` from a thread other than the connection's own."""
+    def ack(self, channel: Channel, tag: int, multiple: bool = False) -> None:
+        """Ack ``tag`` (with ``multiple``, every delivery up to it) on ``channel``, from
+        any thread, in the order of the calls."""
 
 
 class Window(Protocol):
@@ -134,10 +135,11 @@ class PlainWriter:
         self._conn = conn
         self.direct = direct  # pika writes every frame when its loop runs: nothing to choose
 
-    def ack(self, channel: Channel, tag: int) -> None:
+    def ack(self, channel: Channel, tag: int, multiple: bool = False) -> None:
+        # (from the I/O thread too: queued behind the acks handed over before it)
         def on_io_thread() -> None:
             if channel.is_open:  # closed since: RabbitMQ has requeued the message
-                channel.basic_ack(tag)
+                channel.basic_ack(tag, multiple)
 
         self._conn.add_callback_threadsafe(on_io_thread)
 

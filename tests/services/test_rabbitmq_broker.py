@@ -449,6 +449,55 @@ def test_an_ack_is_written_by_the_handlers_thread_without_waking_the_io_thread(
     assert broker.depths()[Q] == 0  # both acked: nothing comes back
 
 
+def test_acks_that_finish_together_go_as_one_and_none_waits_long_behind_an_older_one(
+    svc: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery finished behind a young older one waits for it, and then one frame
+    settles both (``multiple``); behind one that runs on, it goes on its own within a
+    tick, so a long task holds no prefetch slot but its own."""
+    import pika.channel
+
+    from orchestra_cli.broker import rabbitmq_acks
+
+    sent: list[tuple[int, bool]] = []
+    real_ack = pika.channel.Channel.basic_ack
+
+    def spy(self: Any, delivery_tag: int = 0, multiple: bool = False) -> Any:
+        sent.append((delivery_tag, multiple))
+        return real_ack(self, delivery_tag, multiple)
+
+    monkeypatch.setattr(pika.channel.Channel, "basic_ack", spy)
+    monkeypatch.setattr(rabbitmq_acks, "YOUNG_SECONDS", 5.0)  # every older one counts young
+    broker = _broker(svc)
+    for i in range(5):
+        broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"m{i}"))
+    consumer = broker.consumer([Q], prefetch=3, name="coalescer")
+    try:
+        held = [consumer.get(timeout=10) for _ in range(3)]
+        assert all(d is not None for d in held)
+        first, second, third = (d for d in held if d is not None)
+        third.ack()
+        second.ack()  # both wait behind the first, still running
+        assert sent == []
+        first.ack()  # one frame for all three
+        assert sent == [(third.tag, True)]
+        more = [consumer.get(timeout=10) for _ in range(2)]  # their slots came free
+        assert [d.envelope.task_id for d in more if d] == ["m3", "m4"]
+        fourth, fifth = (d for d in more if d is not None)
+        fifth.ack()  # the fourth runs on: the fifth goes alone at the next tick
+        deadline = time.monotonic() + 2
+        while len(sent) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert sent[1:] == [(fifth.tag, False)]
+        fourth.nack()  # settled otherwise: nothing is acked for it
+        again = consumer.get(timeout=10)
+        assert again is not None and again.envelope.task_id == "m3"
+        again.ack()
+    finally:
+        consumer.close()
+    assert broker.depths()[Q] == 0  # every one settled once: the channel never closed
+
+
 @pytest.mark.parametrize("closed", ["connection", "channel"])
 def test_a_consumer_whose_connection_or_channel_the_broker_closed_gets_its_message_again(
     svc: Backends, closed: str
