@@ -498,6 +498,59 @@ def test_acks_that_finish_together_go_as_one_and_none_waits_long_behind_an_older
     assert broker.depths()[Q] == 0  # every one settled once: the channel never closed
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "plain-path"])
+def test_coalesced_acks_from_many_threads_in_any_order_settle_each_message_once(
+    home: Path, fast: bool
+) -> None:
+    """8 handler threads finish 600 deliveries in random order (some nacked): had a
+    multiple-ack ever covered a delivery in hand, or named a settled tag, RabbitMQ
+    would close the channel (PRECONDITION_FAILED) and redeliver."""
+    import random
+    import threading
+
+    settings = services_settings(home)
+    settings.rabbitmq.fast_path = fast
+    b = open_backends(settings)
+    n, seen, lock = 600, [], threading.Lock()
+    try:
+        broker = _broker(b)
+        for i in range(n):
+            broker.publish(Q, Envelope(type=MSG_RUN, task_id=f"m{i}"), confirm=False)
+        broker.flush()
+        consumer = broker.consumer([Q], prefetch=8, name=f"stress-{fast}")
+        rng = random.Random(7)
+        nacked = {f"m{i}" for i in rng.sample(range(n), 20)}
+        delays = [rng.random() * 0.004 for _ in range(n)]
+
+        def handle() -> None:
+            while True:
+                d = consumer.get(timeout=1.0)
+                if d is None:
+                    return
+                with lock:
+                    seen.append(d.envelope.task_id)
+                    k = len(seen)
+                time.sleep(delays[k % n])
+                if d.envelope.task_id in nacked and d.delivery_count == 1:
+                    d.nack()  # back once, with its count
+                else:
+                    d.ack()
+
+        try:
+            threads = [threading.Thread(target=handle) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert consumer._link.generation == 1  # the channel never closed
+        finally:
+            consumer.close()
+        assert sorted(seen) == sorted([f"m{i}" for i in range(n)] + sorted(nacked))
+        assert broker.depths()[Q] == 0
+    finally:
+        cleanup_services(b)
+
+
 @pytest.mark.parametrize("closed", ["connection", "channel"])
 def test_a_consumer_whose_connection_or_channel_the_broker_closed_gets_its_message_again(
     svc: Backends, closed: str
