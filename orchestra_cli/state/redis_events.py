@@ -36,23 +36,17 @@ def _from_fields(f: dict[str, str]) -> Event:
     )
 
 
-def _from_lines(log: str, root_id: str, after: int, limit: int) -> list[Event]:
+_LINE_FIELDS = ("seq", "task", "type", "time", "head", "data")
+
+
+def _from_lines(log: str, root_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
     """Events of a tree's log (``seq TAB task TAB type TAB time TAB head TAB data``)."""
     found: list[Event] = []
     for line in log.split("\n")[:-1]:  # not splitlines(): JSON keeps U+2028 and kin raw
-        seq, task, type_, time_, head, data = line.split("\t", 5)
-        if int(seq) > after:
-            found.append(
-                Event(
-                    seq=int(seq),
-                    task_id=task,
-                    root_id=root_id,
-                    type=type_,
-                    time=float(time_),
-                    data={**loads(head), **loads(data)},
-                )
-            )
-            if len(found) >= limit:
+        fields = dict(zip(_LINE_FIELDS, line.split("\t", 5), strict=True))
+        if int(fields["seq"]) > after:
+            found.append(_from_fields({**fields, "root": root_id}))
+            if limit is not None and len(found) >= limit:
                 break
     return found
 
@@ -135,17 +129,16 @@ class RedisEvents(RedisConnection):
         if found is None:
             raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
         root = loads(found)
-        seen: set[int] = set()  # in the stream: a line of the same seq (a move raced) is not
-        count, low, lines = 0, "-", None
+        lines, page = self._tree_read(root, "-", PAGE)  # the lines: with the first page
+        seen: set[int] = set()
+        count = 0
         while True:
-            log, page = self._tree_read(root, low, PAGE)
-            lines = log if low == "-" else lines
             for _, f in page:
                 seen.add(int(f["seq"]))
-                count += int(f["task"] == task_id and f["type"] == type)
+                count += f["task"] == task_id and f["type"] == type
             if len(page) < PAGE:
                 break
-            low = "(" + page[-1][0]
-        for e in _from_lines(lines or "", root, 0, len(lines or "")):
-            count += int(e.seq not in seen and e.task_id == task_id and e.type == type)
-        return count
+            page = self._tree_read(root, "(" + page[-1][0], PAGE)[1]
+        # a line the stream holds too (a move raced the read) counts once
+        extra = [e for e in _from_lines(lines or "", root) if e.seq not in seen]
+        return count + sum(1 for e in extra if e.task_id == task_id and e.type == type)

@@ -125,7 +125,8 @@ local function add_event(task_id, root_id, etype, time, head, data)
     to_stream(root_id)  -- this event with the others
     return seq
   end
-  -- (a log and a stream never coexist: FOLLOW moves the lines before it marks the tree)
+  -- (FOLLOW moves the lines before it marks the tree; lines a restored mid-move snapshot
+  -- left beside the stream stay there, merged by readers, until FOLLOW moves them)
   redis.call('XADD', skey, 'MAXLEN', '~', a.max, id, unpack(fields))
   return seq
 end
