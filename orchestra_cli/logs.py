@@ -23,7 +23,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from orchestra_cli.util import dumps, iso, now
+from orchestra_cli.util import dumps, iso, json_default, now
 
 # Values that look like credentials are replaced before a line is written.
 _SECRET_PATTERNS = [
@@ -158,6 +158,26 @@ def setup_logging(
 RETIRED_GRACE_SECONDS = 10.0
 
 
+_encode_line: Any = None  # msgspec's encoder, built on the first line
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """A journal line's JSON. msgspec's encoder (profiled on a no-op agent: the stdlib's
+    took ~6% of its CPU for a task's two lines, msgspec's a third of that); what it
+    cannot encode (an int beyond 64 bits, a key that is not text) goes through ``dumps``.
+    Its output is compact (no spaces after separators), a datetime ends in Z rather than
+    +00:00 and a set keeps its own order: a JSON reader reads the same data either way."""
+    global _encode_line
+    if _encode_line is None:
+        import msgspec
+
+        _encode_line = msgspec.json.Encoder(enc_hook=json_default).encode
+    try:
+        return str(_encode_line(record), "utf-8")
+    except (TypeError, ValueError, OverflowError):
+        return dumps(record)
+
+
 class JsonlWriter:
     """Appends one JSON object per line; safe with many writer processes."""
 
@@ -173,13 +193,13 @@ class JsonlWriter:
         self._tail: _Tail | None = None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._append((redact(dumps({"time": iso(now()), **record})) + "\n").encode("utf-8"))
+        self._append((redact(json_line({"time": iso(now()), **record})) + "\n").encode("utf-8"))
 
     def write_many(self, records: list[dict[str, Any]]) -> None:
         """Every record, one line each, in one append (a bulk submit's decisions)."""
         if records:
             stamp = iso(now())
-            lines = [redact(dumps({"time": stamp, **r})) + "\n" for r in records]
+            lines = [redact(json_line({"time": stamp, **r})) + "\n" for r in records]
             self._append("".join(lines).encode("utf-8"))
 
     def _append(self, data: bytes) -> None:

@@ -194,3 +194,39 @@ def test_long_running_processes_checkpoint_the_wal_off_the_writers_path(tmp_path
     assert kept._checkpointer is not None
     kept._checkpointer.join(timeout=5)
     assert not kept._checkpointer.is_alive()  # stopped with the database
+
+
+def test_journal_lines_read_back_as_the_json_modules_lines_would(tmp_path: Path) -> None:
+    # msgspec writes the lines; what it cannot encode (a 100-bit int, an int key) goes
+    # through dumps. Either way a reader gets what json.dumps would have given it.
+    import datetime as dt
+
+    from orchestra_cli.logs import json_line
+    from orchestra_cli.models import Task, Usage
+    from orchestra_cli.util import dumps
+
+    records: list[dict[str, object]] = [
+        {"kind": "task", "task_id": "t1", "duration_s": 0.0012, "cost_usd": 0.0, "ok": True},
+        {"text": 'naïve — ünïcode \u2028 "quoted" \\ \n\t', "none": None, "list": [1, 2.5]},
+        {"usage": Usage(input_tokens=3), "task": Task(title="t", input="x")},
+        {"path": tmp_path},
+        {"big": 2**100, "nested": {"k": [{"a": 1}]}},
+        {1: "an int key"},  # type: ignore[dict-item]
+    ]
+    for record in records:
+        line = json_line(record)
+        assert "\n" not in line
+        assert json.loads(line) == json.loads(dumps(record)), record
+    # datetimes: RFC 3339 with a Z, which fromisoformat reads as the same instant; sets:
+    # their items (journal lines hold neither today)
+    when = dt.datetime(2026, 12, 3, 1, 2, 3, 456, tzinfo=dt.UTC)
+    odd = json.loads(json_line({"when": when, "set": {"b", "a", "c"}}))
+    assert dt.datetime.fromisoformat(odd["when"]) == when
+    assert sorted(odd["set"]) == ["a", "b", "c"]
+    path = tmp_path / "j.jsonl"
+    writer = JsonlWriter(path)
+    writer.write_many(records[:2])
+    writer.write(records[2])
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n")[:-1]]
+    assert [x.pop("time") is not None for x in lines] == [True] * 3
+    assert lines == [json.loads(dumps(r)) for r in records[:3]]
