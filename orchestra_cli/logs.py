@@ -23,7 +23,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from orchestra_cli.util import dumps, iso, json_default, now
+from orchestra_cli.util import dumps, iso, json_default, now, text_lines
 
 # Values that look like credentials are replaced before a line is written.
 _SECRET_PATTERNS = [
@@ -285,7 +285,7 @@ class JsonlWriter:
                 data = fh.read()
         except FileNotFoundError:
             return []
-        lines = data.decode("utf-8", "replace").splitlines()
+        lines = text_lines(data.decode("utf-8", "replace"))
         if limit is not None:
             lines = lines[-limit:]
         out = []

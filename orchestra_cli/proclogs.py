@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestra_cli.errors import UsageError
-from orchestra_cli.util import iso
+from orchestra_cli.util import iso, text_lines
 
 if TYPE_CHECKING:
     from orchestra_cli.models import Event, Task
@@ -117,7 +117,7 @@ def task_timeline(
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        found += [parse(ln, process) for ln in text.splitlines() if mentions(ln, ids)]
+        found += [parse(ln, process) for ln in text_lines(text) if mentions(ln, ids)]
     wanted = set(ids)
     for event in events:
         if event.task_id in wanted:

@@ -152,6 +152,17 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
     return json.dumps(obj, default=json_default, ensure_ascii=False, indent=indent)
 
 
+def text_lines(text: str) -> list[str]:
+    """``text``'s lines, split at newlines only (a CR before one dropped; no empty last
+    line). ``str.splitlines`` also splits at U+2028, U+2029, U+0085, \\v, \\f and
+    \\x1c-\\x1e, which JSON keeps raw inside a string: a JSON line holding one would
+    come apart into two pieces that are neither JSON."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def loads(text: str | bytes) -> Any:
     """Decode JSON."""
     return json.loads(text)

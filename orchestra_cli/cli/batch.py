@@ -33,6 +33,7 @@ from orchestra_cli.errors import (
 )
 from orchestra_cli.models import Task
 from orchestra_cli.records import RecordError, translate
+from orchestra_cli.util import text_lines
 
 FIELDS = tuple(described())  # a line's keys: the described fields of a submission
 PROGRESS_SECONDS = 2.0
@@ -52,7 +53,7 @@ def read_batch(source: str, defaults: SubmitRequest) -> list[tuple[str, SubmitRe
             f"{where} is not UTF-8 text (bad byte at offset {exc.start})", "convert it to UTF-8"
         ) from None
     requests = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text_lines(text), 1):
         if line.strip():
             requests.append((f"{where}:{number}", _request(line, defaults, f"{where}:{number}")))
     if not requests:

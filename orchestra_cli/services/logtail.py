@@ -6,6 +6,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from orchestra_cli.util import text_lines
+
 FOLLOW_POLL_SECONDS = 0.25
 TAIL_BYTES = 1_000_000  # `--tail N` reads at most this much from the end
 
@@ -20,7 +22,7 @@ def tail_lines(path: Path, count: int | None) -> list[str]:
             data = fh.read()
     except OSError:
         return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
+    lines = text_lines(data.decode("utf-8", errors="replace"))
     return lines if count is None else lines[-count:] if count else []
 
 

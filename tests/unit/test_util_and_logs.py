@@ -230,3 +230,24 @@ def test_journal_lines_read_back_as_the_json_modules_lines_would(tmp_path: Path)
     lines = [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n")[:-1]]
     assert [x.pop("time") is not None for x in lines] == [True] * 3
     assert lines == [json.loads(dumps(r)) for r in records[:3]]
+
+
+def test_journal_and_batch_lines_split_at_newlines_only(tmp_path: Path) -> None:
+    # str.splitlines also splits at U+2028, U+2029, U+0085, \v, \f and \x1c-\x1e, which a
+    # JSON string keeps raw: such a record was read back as two bad pieces and dropped
+    from orchestra_cli.cli.batch import read_batch
+    from orchestra_cli.engine.service import SubmitRequest
+    from orchestra_cli.util import text_lines
+
+    odd = "one\u2028two\u2029three\x85four\x0bfive\x0csix\x1cseven\x1deight\x1enine"
+    assert text_lines(f"a\r\n{odd}\n\nlast") == ["a", odd, "", "last"]
+    assert text_lines("") == [] and text_lines("x\n") == ["x"]
+    writer = JsonlWriter(tmp_path / "memory.jsonl")
+    writer.write_many([{"summary": odd}, {"summary": "plain"}])
+    assert [r["summary"] for r in writer.read()] == [odd, "plain"]
+    assert [r["summary"] for r in writer.read(limit=2)] == [odd, "plain"]
+    assert [r["summary"] for r in writer.tail(2)] == [odd, "plain"]
+    batch = tmp_path / "tasks.jsonl"
+    batch.write_text(json.dumps({"text": odd}, ensure_ascii=False) + "\r\nplain line\r\n")
+    got = read_batch(str(batch), SubmitRequest(text=""))
+    assert [req.text for _, req in got] == [odd, "plain line"]
