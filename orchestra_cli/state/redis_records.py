@@ -33,6 +33,13 @@ class RedisRecords(RedisConnection):
         items = sorted((int(_text(n)), _text(v)) for n, v in raw.items())
         return [{**loads(v), "n": n} for n, v in items]
 
+    def steps_after(self, task_id: str, after: int) -> tuple[int, list[dict[str, Any]]]:
+        """How many steps the task has, and those numbered above ``after``, in order (the
+        older ones stay in Redis: a long loop's transcript is not read again each step)."""
+        reply = self._run("steps_after", {"id": task_id, "after": after})
+        pairs = sorted((int(_text(reply[i])), _text(reply[i + 1])) for i in range(1, len(reply), 2))
+        return int(reply[0]), [{**loads(v), "n": n} for n, v in pairs]
+
     # -- artifacts -----------------------------------------------------------
     def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
         """Record a task's changed files (content-addressed); None: the file was deleted."""

@@ -469,3 +469,27 @@ add_event(a.id, a.root, 'step', a.time, '{}', a.event)
 return 1
 """
 )
+
+# The step count and the steps numbered above ``after`` (read-only): {count, n, data, …}.
+# Only the numbers of the older steps are read (a transcript's tool output stays put).
+STEPS_AFTER = (
+    PRELUDE
+    + """
+local key = k('steps', a.id)
+local numbers = redis.call('HKEYS', key)
+local new = {}
+for _, n in ipairs(numbers) do
+  if tonumber(n) > a.after then new[#new + 1] = n end
+end
+local out = {#numbers}
+for first = 1, #new, 500 do  -- (unpack's stack is bounded)
+  local last = math.min(first + 499, #new)
+  local values = redis.call('HMGET', key, unpack(new, first, last))
+  for i = first, last do
+    out[#out + 1] = new[i]
+    out[#out + 1] = values[i - first + 1]
+  end
+end
+return out
+"""
+)

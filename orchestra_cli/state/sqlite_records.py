@@ -35,6 +35,17 @@ class SQLiteRecords(SQLiteBase):
         )
         return [{**loads(r["data"]), "n": r["n"], "time": r["time"]} for r in rows]
 
+    def steps_after(self, task_id: str, after: int) -> tuple[int, list[dict[str, Any]]]:
+        """How many steps the task has, and those numbered above ``after``, in order."""
+        conn = self.db.conn()
+        count = conn.execute("SELECT COUNT(*) FROM steps WHERE task_id = ?", (task_id,))
+        rows = conn.execute(
+            "SELECT n, time, data FROM steps WHERE task_id = ? AND n > ? ORDER BY n",
+            (task_id, after),
+        )
+        total = int(count.fetchone()[0])
+        return total, [{**loads(r["data"]), "n": r["n"], "time": r["time"]} for r in rows]
+
     # -- artifacts -------------------------------------------------------
     def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
         """Record a task's changed files (content-addressed); None: the file was deleted."""

@@ -32,6 +32,57 @@ def test_a_step_number_is_written_once(contract_backends: Backends) -> None:
     assert len([e for e in state.events(root_id=task.id) if e.type == "step"]) == 1
 
 
+def test_steps_after_a_number_are_the_newer_ones_with_the_count(
+    contract_backends: Backends,
+) -> None:
+    state = contract_backends.state
+    task, _ = state.create_task(Task(title="t", input="i"))
+    assert state.steps_after(task.id, -1) == (0, [])
+    for n in range(12):  # 10 and 11 sort before 2 as text: the order is by number
+        state.record_step(task.id, task.root_id, n, {"kind": "model", "i": n, "x": [{}]}, {})
+    count, steps = state.steps_after(task.id, -1)
+    assert count == 12 and [s["n"] for s in steps] == list(range(12))
+    assert steps == state.steps(task.id)
+    count, newer = state.steps_after(task.id, 9)
+    assert count == 12 and [(s["n"], s["i"], s["x"]) for s in newer] == [
+        (10, 10, [{}]),
+        (11, 11, [{}]),
+    ]
+    assert newer[0]["time"] > 0
+    assert state.steps_after(task.id, 11) == (12, [])
+    assert state.steps_after("no-such-task", -1) == (0, [])
+
+
+def test_a_pause_watch_reads_each_step_once_and_sees_marks_written_by_others(
+    contract_backends: Backends,
+) -> None:
+    from orchestra_cli.engine.approvals import PauseWatch
+    from orchestra_cli.engine.loop import append_step
+
+    state = contract_backends.state
+    root, _ = state.create_task(Task(title="t", input="i"))
+    watch = PauseWatch(state, root.id)
+    assert not watch()
+    state.record_step(root.id, root.id, 0, {"kind": "prompt"}, {})
+    assert not watch()
+    append_step(state, root.id, root.id, {"kind": "pause"}, {"kind": "pause"})  # a person
+    assert watch()
+    assert watch()  # nothing new: still paused
+    reads: list[int] = []
+    real = state.steps_after
+
+    def counted(task_id: str, after: int) -> tuple[int, list[dict[str, object]]]:
+        count, new = real(task_id, after)
+        reads.append(len(new))
+        return count, new
+
+    state.steps_after = counted  # type: ignore[method-assign]
+    append_step(state, root.id, root.id, {"kind": "resume"}, {"kind": "resume"})
+    state.record_step(root.id, root.id, 3, {"kind": "model"}, {})
+    assert not watch() and reads == [2]  # only the two new steps were read
+    assert not watch() and reads == [2, 0]
+
+
 def test_artifacts_are_content_addressed_and_a_deletion_is_recorded(
     contract_backends: Backends,
 ) -> None:
@@ -47,3 +98,24 @@ def test_artifacts_are_content_addressed_and_a_deletion_is_recorded(
     assert state.blob(sha) == binary
     assert state.artifacts("t-2")["copy.bin"][0] == sha
     assert state.artifacts("nothing") == {}
+
+
+def test_a_pause_watch_reads_everything_again_when_the_root_has_fewer_steps() -> None:
+    """A rollback can restore a state with fewer steps: what was seen no longer holds."""
+    from typing import Any
+
+    from orchestra_cli.engine.approvals import PauseWatch
+
+    class Steps:
+        def __init__(self) -> None:
+            self.steps: list[dict[str, Any]] = []
+
+        def steps_after(self, task_id: str, after: int) -> tuple[int, list[dict[str, Any]]]:
+            return len(self.steps), [s for s in self.steps if s["n"] > after]
+
+    log = Steps()
+    watch = PauseWatch(log, "root")  # type: ignore[arg-type]
+    log.steps = [{"n": 0, "kind": "prompt"}, {"n": 1, "kind": "x"}, {"n": 2, "kind": "y"}]
+    assert not watch()
+    log.steps = [{"n": 0, "kind": "pause"}]  # restored: a pause at a number already seen
+    assert watch()
