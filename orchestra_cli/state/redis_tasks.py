@@ -28,7 +28,7 @@ from orchestra_cli.state.redis_conn import (
     _task_from_hash,
 )
 from orchestra_cli.status import TERMINAL, Status
-from orchestra_cli.util import dumps, now
+from orchestra_cli.util import dumps, loads, now
 
 _NOT_FOUND_HINT = ids.NOT_FOUND_HINT
 
@@ -84,6 +84,21 @@ class RedisTasks(RedisConnection):
         """The tasks among these ids, by id: one pipelined read."""
         ids = list(dict.fromkeys(task_ids))
         return {t.id: t for t in self._load_many(ids)} if ids else {}
+
+    def get_statuses(self, task_ids: Iterable[str]) -> dict[str, Status]:
+        """Each known task's status, by id: one pipelined read of one field each."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+
+        def fetch() -> list[Any]:
+            pipe = self._reads.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hget(self.key("t", task_id), "status")
+            return list(pipe.execute())
+
+        replies = self._call("read statuses", fetch)
+        return {i: Status(loads(v)) for i, v in zip(ids, replies, strict=True) if v is not None}
 
     def create_task(self, task: Task, how: Create = PLAIN) -> tuple[Task, bool]:
         """Store a new task (queued at once with ``how.dispatch``); an idempotency key

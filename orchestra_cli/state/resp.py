@@ -189,6 +189,11 @@ class LitePipeline:
         self.shapes.append("pairs")
         return self
 
+    def hget(self, key: str, field: str) -> LitePipeline:
+        self.commands.append(("HGET", key, field))
+        self.shapes.append("raw")
+        return self
+
     def zcard(self, key: str) -> LitePipeline:
         self.commands.append(("ZCARD", key))
         self.shapes.append("int")

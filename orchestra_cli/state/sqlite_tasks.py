@@ -209,6 +209,17 @@ class SQLiteTasks(SQLiteBase):
             found.update((t.id, t) for t in map(_row_to_task, rows))
         return found
 
+    def get_statuses(self, task_ids: Iterable[str]) -> dict[str, Status]:
+        ids = list(dict.fromkeys(task_ids))
+        found: dict[str, Status] = {}
+        for start in range(0, len(ids), 500):  # within SQLite's bound-variable limit
+            chunk = ids[start : start + 500]
+            rows = self.db.conn().execute(
+                f"SELECT id, status FROM tasks WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            )
+            found.update((r["id"], Status(r["status"])) for r in rows)
+        return found
+
     def status_counts(self) -> dict[str, int]:
         rows = self.db.conn().execute("SELECT status, count(*) FROM tasks GROUP BY status")
         return {str(status): int(n) for status, n in rows.fetchall()}

@@ -420,3 +420,18 @@ def test_a_task_reopened_after_its_end_is_waited_for_again(contract_backends: Ba
     ended = state.wait_ended(task.id, 3.0)
     assert ended is not None and ended.status == Status.CANCELLED
     timer.join()
+
+
+def test_statuses_of_many_tasks_in_one_read(contract_backends: Backends) -> None:
+    state = contract_backends.state
+    queued, _ = state.create_task(_task(capability="code"), Create(dispatch={"queue": "q"}))
+    pending, _ = state.create_task(_task())
+    _, claimed = state.claim(queued.id, "agent-1")
+    assert claimed
+    assert state.get_statuses([queued.id, pending.id, "no-such-task", queued.id]) == {
+        queued.id: Status.RUNNING,
+        pending.id: Status.PENDING,
+    }
+    assert state.get_statuses([]) == {}
+    state.transition(pending.id, Status.CANCELLED)
+    assert state.get_statuses([pending.id]) == {pending.id: Status.CANCELLED}
