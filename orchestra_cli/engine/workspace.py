@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,28 +49,54 @@ class FileEntry:
 CACHE_NAMES = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 
 
-def scan(directory: Path) -> tuple[dict[str, bytes], set[str]]:
+# A file's identity for "unchanged since the last save": size, inode, mtime and ctime (a
+# tool can set the mtime back, not the ctime).
+Stamp = tuple[int, int, int, int]
+# A file changed this close to a scan could change again within the same timestamp tick
+# (the kernel's clock for them is coarse: a few ms) with the same size: it is read again
+# next time, until its stamp is older than that.
+RACY_NS = 100_000_000
+
+
+def scan(
+    directory: Path, trusted: dict[str, Stamp] | None = None
+) -> tuple[dict[str, bytes | None], set[str], dict[str, Stamp]]:
     """Every regular file under ``directory`` (symlinks are not followed) but caches
     (``CACHE_NAMES``: a Bash `python3 test_app.py` writes ``__pycache__/``), by relative
-    path, and the paths left out for the caps (kept in the workspace, not saved)."""
-    files: dict[str, bytes] = {}
+    path; the paths left out for the caps (kept in the workspace, not saved); and each
+    file's stamp. A file whose stamp is the one ``trusted`` holds for it is not read
+    (None): it has not changed since then."""
+    files: dict[str, bytes | None] = {}
+    stamps: dict[str, Stamp] = {}
     skipped: set[str] = set()
     total = 0
     for path in sorted(directory.rglob("*")):
-        if path.is_symlink() or not path.is_file():
+        try:
+            info = path.lstat()
+        except OSError:  # gone meanwhile
+            continue
+        if not stat.S_ISREG(info.st_mode):  # symlinks are not followed
             continue
         relative = path.relative_to(directory)
         if CACHE_NAMES.intersection(relative.parts[:-1]):
             continue
-        size = path.stat().st_size
+        size = info.st_size
         rel = relative.as_posix()
         if size > MAX_FILE_BYTES or total + size > MAX_TREE_BYTES or len(files) >= MAX_FILES:
             log.warning("%s (%d bytes) is over the workspace's caps: not saved", rel, size)
             skipped.add(rel)
             continue
         total += size
-        files[rel] = path.read_bytes()
-    return files, skipped
+        stamp = (size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        stamps[rel] = stamp
+        if trusted is not None and trusted.get(rel) == stamp:
+            files[rel] = None
+            continue
+        try:
+            files[rel] = path.read_bytes()
+        except OSError:  # gone meanwhile
+            del files[rel], stamps[rel]
+    return files, skipped, stamps
 
 
 # never uploaded as a tree's base: secrets, version control, environments, caches
@@ -135,6 +163,9 @@ class Workspace:
         self.task = task
         self.path = home / "workspaces" / task.id
         self._known: dict[str, str] = {}  # path → content hash as last saved or laid out
+        # path → stamp of a file unchanged since it was last hashed (``scan``): not read
+        # again. Saved after every tool call, a workspace is read once, not once a call.
+        self._trusted: dict[str, Stamp] = {}
 
     def prepare(self) -> Path:
         """Lay the workspace out afresh from the base, the dependencies and its own files."""
@@ -150,6 +181,7 @@ class Workspace:
                 if self._lay(rel, sha, layer, owner) is False:
                     self._conflict(rel, owner.get(rel, ("", "?"))[1], layer)
         self._known = {rel: sha for rel, (sha, _) in owner.items()}
+        self._trusted = {}
         return self.path
 
     def _lay(
@@ -184,10 +216,16 @@ class Workspace:
         """Save what changed since the last save as the task's artifacts; how many files."""
         if not self.path.is_dir():
             return 0
-        found, skipped = scan(self.path)
-        now = {rel: (hashlib.sha256(data).hexdigest(), data) for rel, data in found.items()}
+        started = time.time_ns()
+        found, skipped, stamps = scan(self.path, self._trusted)
+        now = {
+            rel: (self._known[rel], None) if data is None else (_sha(data), data)
+            for rel, data in found.items()
+        }
         changes: dict[str, bytes | None] = {
-            rel: data for rel, (sha, data) in now.items() if self._known.get(rel) != sha
+            rel: data
+            for rel, (sha, data) in now.items()
+            if data is not None and self._known.get(rel) != sha
         }
         # a file over the caps is still there: not a deletion
         gone = [rel for rel in self._known if rel not in now and rel not in skipped]
@@ -196,10 +234,19 @@ class Workspace:
             self.state.save_artifacts(self.task.id, changes)
             kept = {rel: sha for rel, sha in self._known.items() if rel in skipped}
             self._known = {**kept, **{rel: sha for rel, (sha, _) in now.items()}}
+        # saved (or unchanged): trusted next time, unless changed too near this scan
+        settled = started - RACY_NS
+        self._trusted = {
+            rel: stamp for rel, stamp in stamps.items() if max(stamp[2], stamp[3]) < settled
+        }
         return len(changes)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def tree_files(state: StateStore, root_id: str) -> dict[str, FileEntry]:
