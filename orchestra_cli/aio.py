@@ -104,7 +104,13 @@ class EventLoopThread:
         loop = self.loop()
 
         def begin() -> None:
-            task = loop.create_task(make(), context=context)
+            try:
+                task = loop.create_task(make(), context=context)
+            except BaseException as exc:  # ``done`` hears of it, as of a task that raised
+                failed: asyncio.Future[T] = loop.create_future()
+                failed.set_exception(exc)
+                done(failed)
+                return
             task.add_done_callback(done)
 
         loop.call_soon_threadsafe(begin)

@@ -218,6 +218,17 @@ class Opened:
         ):
             yield
 
+    def end(self, exc: BaseException | None = None) -> None:
+        """End it here, without making it current (an error: recorded, and its status)."""
+        if self.s is None:
+            return
+        if exc is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            self.s.record_exception(exc)
+            self.s.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        self.s.end()
+
 
 def opened(name: str, attrs: Attrs, *, kind: str = "INTERNAL") -> Opened:
     """A span started now, a child of the current context; made current by ``current``."""

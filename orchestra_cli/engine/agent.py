@@ -371,7 +371,13 @@ class Agent:
             except BaseException as exc:
                 with span.current(end=True):
                     return self._conclude(task, run, None, exc)
-        return Later(lambda: self._execute_later(task, run, request, span))
+
+        def abandon(exc: BaseException) -> None:  # the call never ran: give its slot back
+            run.timer.cancel()
+            self._release(task, run)
+            span.end(exc)
+
+        return Later(lambda: self._execute_later(task, run, request, span), abandon=abandon)
 
     @tracing.traced(tracing.agent_span, kind="CONSUMER")
     def _execute_here(self, task: Task) -> Action:
@@ -463,12 +469,15 @@ class Agent:
             return self.results.fail(task, f"{type(exc).__name__}: {exc}")
         finally:
             run.timer.cancel()
-            with self._lock:
-                # a retry of this task may already run here: only drop our own entry
-                if self._running.get(task.id) is run.cancel:
-                    del self._running[task.id]
+            self._release(task, run)
         assert response is not None
         return self.results.succeed(task, response, run.metered)
+
+    def _release(self, task: Task, run: _Run) -> None:
+        with self._lock:
+            # a retry of this task may already run here: only drop our own entry
+            if self._running.get(task.id) is run.cancel:
+                del self._running[task.id]
 
     def _request(self, task: Task, cancel: threading.Event) -> LLMRequest:
         return step_request(self.b, self.role, self.prompts, task, cancel)

@@ -83,9 +83,21 @@ class Later:
 
     work: Callable[[], Coroutine[Any, Any, Action | Callable[[], Action]]]
     context: contextvars.Context | None = None  # the handler's (tracing: the message's)
+    # What the handler took on for the work (a time limit, a span, a slot of its own) and
+    # the work's conclusion would give back: called with the error instead, when the work
+    # could not start or raised past its own conclusion (the message goes back).
+    abandon: Callable[[BaseException], None] | None = None
 
 
 Handler = Callable[[Delivery], Action | Later]
+
+
+def _abandon(later: Later, exc: BaseException) -> None:
+    if later.abandon is not None:
+        try:
+            later.abandon(exc)
+        except Exception:  # the message still goes back
+            log.exception("giving back what a handler took on failed")
 
 
 def _said(future: concurrent.futures.Future[None]) -> None:
@@ -207,6 +219,7 @@ class ConsumerLoop:
             try:
                 outcome = task.result()
             except BaseException as exc:
+                _abandon(later, exc)
                 outcome = self._failed(delivery, exc)
             try:
                 settler.submit(finish, outcome).add_done_callback(_said)
@@ -229,6 +242,7 @@ class ConsumerLoop:
         try:
             SHARED.start(later.work, done, later.context)
         except Exception as exc:  # no loop to run it on: the message goes back
+            _abandon(later, exc)
             self._settle_counted(delivery, self._failed(delivery, exc))
 
     def _settlements(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -244,7 +258,7 @@ class ConsumerLoop:
             with tracing.consumed(delivery.envelope):
                 outcome = self.handler(delivery)
                 if isinstance(outcome, Later):  # it goes on in the message's context
-                    return Later(outcome.work, contextvars.copy_context())
+                    return Later(outcome.work, contextvars.copy_context(), outcome.abandon)
                 return outcome
         except Exception as exc:
             return self._failed(delivery, exc)

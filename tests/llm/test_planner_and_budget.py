@@ -364,3 +364,30 @@ def test_a_bad_budget_label_fails_the_task_with_its_reason_and_frees_the_slot(
     after = backends.state.get_task(task.id)
     assert "budget label is not a number" in (after.error or ""), after
     assert task.id not in agent._running
+
+
+def test_a_call_that_never_started_gives_its_slot_and_time_limit_back(
+    backends: Backends, fake: FakeAnthropic
+) -> None:
+    """A single call goes to the loop as ``Later``; when it cannot start (no loop), its
+    ``abandon`` drops the task from the running set (before, every redelivery of it
+    was deferred as "mine, still running") and cancels its time limit."""
+    from orchestra_cli.engine.agent import Agent
+    from orchestra_cli.engine.worker import Later
+
+    llm = AnthropicProvider(fake.api_key, base_url=fake.url, backoff_seconds=0.01)
+    talker = load_roles()["coder"].model_copy(update={"tools": [], "mcp_servers": []})
+    agent = Agent(backends, talker, llm, PromptLibrary(), name="a-nostart")
+    task, _ = backends.state.create_task(
+        Task(title="t", input="x", capability="code"), Create(dispatch={"queue": "work.code"})
+    )
+    task, claimed = backends.state.claim(task.id, agent.name)
+    assert claimed
+    later = agent._execute(task)
+    assert isinstance(later, Later) and later.abandon is not None
+    assert task.id in agent._running
+    assert [d.cancelled for _, _, d in agent._deadlines._heap] == [False]  # its time limit
+    later.abandon(RuntimeError("the loop is closed"))
+    assert task.id not in agent._running
+    assert [d.cancelled for _, _, d in agent._deadlines._heap] == [True]
+    assert fake.requests == []  # no call was made

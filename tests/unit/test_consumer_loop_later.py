@@ -102,3 +102,65 @@ def test_a_drain_waits_for_the_coroutines_in_flight_and_settles_each_once(
     assert time.monotonic() - began < 10
     assert sorted(settled) == [f"d{i}" for i in range(6)]
     assert backends.broker.depths().get("work.code", 0) == 0
+
+
+def test_work_that_cannot_start_gives_back_what_its_handler_took_and_goes_back(
+    backends: Backends, monkeypatch: object
+) -> None:
+    """No loop to start it on, or a coroutine that fails to be made: ``abandon`` hears of
+    the error (the agent gives back its slot, time limit and span) and the message is
+    put back, once; the next delivery runs."""
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    abandoned: list[str] = []
+    settled: list[str] = []
+    tries: dict[str, int] = {}
+    real_start = SHARED.start
+
+    def flaky_start(make, done, context=None):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the loop is closed")
+
+    def handler(delivery: worker.Delivery) -> worker.Later:
+        task_id = delivery.envelope.task_id
+        tries[task_id] = tries.get(task_id, 0) + 1
+        first = tries[task_id] == 1
+
+        async def work() -> worker.Action:
+            settled.append(task_id)
+            return worker.Ack()
+
+        def make() -> object:
+            if first and task_id == "made":
+                raise ValueError("cannot make it")
+            return work()
+
+        def abandon(exc: BaseException) -> None:
+            abandoned.append(f"{task_id}: {exc}")
+
+        return worker.Later(make, abandon=abandon)  # type: ignore[arg-type]
+
+    calls = {"n": 0}
+
+    def start_once_failing(make, done, context=None):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return flaky_start(make, done, context)
+        return real_start(make, done, context)
+
+    monkeypatch.setattr(SHARED, "start", start_once_failing)
+    monkeypatch.setattr(worker, "HANDLER_ERROR_RETRY_SECONDS", 0.05)
+    stop = threading.Event()
+    backends.broker.publish("work.code", Envelope(type=MSG_RUN, task_id="nostart"))
+    runner = _consume(backends, handler, stop)
+    try:
+        wait_until(lambda: settled == ["nostart"], timeout=30, what="the retry ran")
+        assert abandoned == ["nostart: the loop is closed"] and tries["nostart"] == 2
+        backends.broker.publish("work.code", Envelope(type=MSG_RUN, task_id="made"))
+        wait_until(lambda: "made" in settled, timeout=30, what="the second try ran")
+        assert abandoned[1:] == ["made: cannot make it"] and tries["made"] == 2
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert backends.broker.depths().get("work.code", 0) == 0

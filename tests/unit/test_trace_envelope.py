@@ -55,3 +55,25 @@ def test_a_task_that_fails_without_raising_marks_its_span_an_error() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.splitlines()[0] == "ERROR timed out after 5s"
+
+
+def test_an_opened_span_ended_with_an_error_says_so() -> None:
+    """``Opened.end``: the span of a call that never started (engine/agent.py)."""
+    code = (
+        "from orchestra_cli import tracing\n"
+        "s = tracing.opened('orchestra.task', {'task.id': 't'})\n"
+        "s.end(RuntimeError('the loop is closed'))\n"
+        "tracing.opened('orchestra.other', {}).end()\n"
+        "from opentelemetry import trace\n"
+        "trace.get_tracer_provider().force_flush()\n"
+    )
+    env = {"OTEL_TRACES_EXPORTER": "console", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    spans = [json.loads(x) for x in out.stdout.replace("}\n{", "}\x00{").split("\x00")]
+    first, second = spans
+    assert first["name"] == "orchestra.task" and first["status"]["status_code"] == "ERROR"
+    assert "RuntimeError: the loop is closed" in first["status"]["description"]
+    assert first["events"][0]["name"] == "exception" and first["end_time"]
+    assert second["name"] == "orchestra.other" and second["status"]["status_code"] == "UNSET"
