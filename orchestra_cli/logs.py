@@ -29,7 +29,9 @@ from orchestra_cli.util import dumps, iso, json_default, now, text_lines
 _SECRET_PATTERNS = [
     re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(?i)\b(hvs|s|b)\.[A-Za-z0-9]{20,}"),
-    re.compile(r"(?<=://)([^:/@\s]+):([^@/\s]+)@"),
+    # (no quote in a user or password: in JSON text, with msgspec's compact separators,
+    # the match ran on from one field's URL into the next field's "@")
+    re.compile(r'(?<=://)([^:/@\s"]+):([^@/\s"]+)@'),
 ]
 # A cheap necessary condition for pattern 1 (a dot, then 20 alphanumerics).
 _TOKEN_HINT = re.compile(r"\.[A-Za-z0-9]{20}", re.IGNORECASE)  # as loose as pattern 1

@@ -232,9 +232,9 @@ class PauseWatch:
     """``is_paused`` for one tree, asked between every two steps of a loop: each ask
     reads only the root's steps written since the last (a root task's own transcript
     was read whole before every step: O(steps²) per task, ~25% of a tool-loop agent's
-    CPU at 17 steps a task, profiled). Steps are numbered upwards and never rewritten;
-    if the root has fewer than seen (a rollback restored an older state), it reads all
-    of them again."""
+    CPU at 17 steps a task, profiled). Steps are numbered upwards and never rewritten:
+    the count is the count seen plus the new ones. When it is not (a rollback restored
+    another state), it reads them all again."""
 
     def __init__(self, state: StateStore, root_id: str) -> None:
         self.state, self.root_id = state, root_id
@@ -242,7 +242,7 @@ class PauseWatch:
 
     def __call__(self) -> bool:
         count, new = self.state.steps_after(self.root_id, self._last)
-        if count < self._seen:
+        if count != self._seen + len(new):  # one taken away, or one written below _last
             self._seen, self._last, self._paused = 0, -1, False
             count, new = self.state.steps_after(self.root_id, -1)
         for step in new:

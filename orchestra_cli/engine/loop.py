@@ -195,7 +195,10 @@ def append_step(
 ) -> None:
     """A step written by someone other than the task's own loop (a person's answer, a mark):
     at the next free number, stepping past any written meanwhile."""
-    n = len(state.steps(task_id))
+    # above the highest number, not at the count: after a rollback the numbers can have
+    # a gap (a loop still running wrote past the restored steps), and a mark written
+    # into it would sit below what a PauseWatch has read already
+    n = max((int(s["n"]) for s in state.steps(task_id)), default=-1) + 1
     while not state.record_step(task_id, root_id, n, data, event):
         n += 1
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +53,9 @@ CACHE_NAMES = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_c
 # tool can set the mtime back, not the ctime).
 Stamp = tuple[int, int, int, int]
 # A file changed this close to a scan could change again within the same timestamp tick
-# (the kernel's clock for them is coarse: a few ms) with the same size: it is read again
-# next time, until its stamp is older than that.
+# with the same size: it is read again next time, until its stamp is older than that.
+# The scan's time is the file system's own (``Workspace._fs_now``): its timestamps can be
+# coarser than the clock's (a few ms here; whole seconds on some file systems).
 RACY_NS = 100_000_000
 
 
@@ -216,7 +217,7 @@ class Workspace:
         """Save what changed since the last save as the task's artifacts; how many files."""
         if not self.path.is_dir():
             return 0
-        started = time.time_ns()
+        started = self._fs_now()
         found, skipped, stamps = scan(self.path, self._trusted)
         now = {
             rel: (self._known[rel], None) if data is None else (_sha(data), data)
@@ -241,8 +242,24 @@ class Workspace:
         }
         return len(changes)
 
+    def _fs_now(self) -> int:
+        """Now by the workspace's file system (git's check for a "racily clean" index):
+        a marker beside the workspace touched, its mtime read. 0 (nothing is trusted)
+        if it cannot be."""
+        marker = self.path.parent / f".{self.task.id}.clock"
+        try:
+            try:
+                os.utime(marker)
+            except FileNotFoundError:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                os.utime(marker)
+            return os.stat(marker).st_mtime_ns
+        except OSError:
+            return 0
+
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        (self.path.parent / f".{self.task.id}.clock").unlink(missing_ok=True)
 
 
 def _sha(data: bytes) -> str:

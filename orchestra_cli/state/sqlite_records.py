@@ -37,14 +37,19 @@ class SQLiteRecords(SQLiteBase):
 
     def steps_after(self, task_id: str, after: int) -> tuple[int, list[dict[str, Any]]]:
         """How many steps the task has, and those numbered above ``after``, in order."""
-        conn = self.db.conn()
-        count = conn.execute("SELECT COUNT(*) FROM steps WHERE task_id = ?", (task_id,))
-        rows = conn.execute(
-            "SELECT n, time, data FROM steps WHERE task_id = ? AND n > ? ORDER BY n",
-            (task_id, after),
+        # one statement, so the count and the steps are of one moment; the older steps'
+        # data is left where it is
+        rows = (
+            self.db.conn()
+            .execute(
+                "SELECT n, time, CASE WHEN n > ? THEN data END AS data FROM steps"
+                " WHERE task_id = ? ORDER BY n",
+                (after, task_id),
+            )
+            .fetchall()
         )
-        total = int(count.fetchone()[0])
-        return total, [{**loads(r["data"]), "n": r["n"], "time": r["time"]} for r in rows]
+        new = [{**loads(r["data"]), "n": r["n"], "time": r["time"]} for r in rows if r["n"] > after]
+        return len(rows), new
 
     # -- artifacts -------------------------------------------------------
     def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:

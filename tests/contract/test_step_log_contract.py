@@ -119,3 +119,25 @@ def test_a_pause_watch_reads_everything_again_when_the_root_has_fewer_steps() ->
     assert not watch()
     log.steps = [{"n": 0, "kind": "pause"}]  # restored: a pause at a number already seen
     assert watch()
+    # steps 0-9 seen; restored to 0-4 while the loop went on writing at 10 (a gap); then
+    # a mark lands in the gap (an older append_step wrote at the count)
+    log.steps = [{"n": i, "kind": "x"} for i in range(10)]
+    watch = PauseWatch(log, "root")  # type: ignore[arg-type]
+    assert not watch()
+    log.steps = [{"n": i, "kind": "x"} for i in range(5)] + [{"n": 10, "kind": "model"}]
+    assert not watch()
+    log.steps.insert(5, {"n": 6, "kind": "pause"})
+    assert watch()
+
+
+def test_a_mark_goes_above_the_highest_step_not_at_the_count(
+    contract_backends: Backends,
+) -> None:
+    from orchestra_cli.engine.loop import append_step
+
+    state = contract_backends.state
+    task, _ = state.create_task(Task(title="t", input="i"))
+    for n in (0, 1, 5):  # a gap, as a rollback under a running loop leaves one
+        state.record_step(task.id, task.root_id, n, {"kind": "model"}, {})
+    append_step(state, task.id, task.root_id, {"kind": "pause"}, {"kind": "pause"})
+    assert [(s["n"], s["kind"]) for s in state.steps(task.id)][-1] == (6, "pause")

@@ -251,3 +251,18 @@ def test_journal_and_batch_lines_split_at_newlines_only(tmp_path: Path) -> None:
     batch.write_text(json.dumps({"text": odd}, ensure_ascii=False) + "\r\nplain line\r\n")
     got = read_batch(str(batch), SubmitRequest(text=""))
     assert [req.text for _, req in got] == [odd, "plain line"]
+
+
+def test_a_url_password_is_masked_without_running_into_the_next_field(tmp_path: Path) -> None:
+    """Found by review: in compact JSON ("a","b" with no space) the URL-password pattern
+    ran from one field's URL to the next field's "@" and broke the line (or ate a field)."""
+    writer = JsonlWriter(tmp_path / "memory.jsonl")
+    records = [
+        {"title": "Deploy to http://10.0.0.5", "summary": "admin@corp.example was notified"},
+        {"url": "http://localhost:11434", "by": "ops@example.com"},
+        {"url": "amqp://guest:s3cret@rabbit:5672/"},
+    ]
+    writer.write_many(records)
+    back = writer.read()
+    assert [{k: v for k, v in r.items() if k != "time"} for r in back[:2]] == records[:2]
+    assert back[2]["url"] == "amqp://guest:***@rabbit:5672/"
