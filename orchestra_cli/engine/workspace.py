@@ -232,7 +232,9 @@ class Workspace:
         gone = [rel for rel in self._known if rel not in now and rel not in skipped]
         changes.update(dict.fromkeys(gone))
         if changes:
-            self.state.save_artifacts(self.task.id, changes)
+            # fenced: an agent that lost the task (another took it over) saves nothing
+            owner = (self.task.agent, self.task.attempts) if self.task.agent else None
+            self.state.save_artifacts(self.task.id, changes, owner)
             kept = {rel: sha for rel, sha in self._known.items() if rel in skipped}
             self._known = {**kept, **{rel: sha for rel, (sha, _) in now.items()}}
         # saved (or unchanged): trusted next time, unless changed too near this scan

@@ -224,11 +224,35 @@ class StepLog(Protocol):
         ...
 
 
+FENCE_TRIES = 10  # a fenced save whose task keeps changing under it gives up (Redis WATCH)
+
+
+def taken_over(
+    task_id: str, owner: tuple[str, int], held: tuple[str | None, int | None] | None
+) -> BaseException:
+    """A fenced write refused: the task is no longer ``owner``'s attempt."""
+    from orchestra_cli.errors import TaskCancelled
+
+    who = "it is gone" if held is None else f"now {held[0]}'s, attempt {held[1]}"
+    return TaskCancelled(
+        f"task {task_id} was taken over ({who}; this was {owner[0]}'s attempt {owner[1]}): "
+        "its files are not saved"
+    )
+
+
 class ArtifactStore(Protocol):
     """Files a task changed, content-addressed (engine/workspace.py)."""
 
-    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
-        """Record a task's changed files, content-addressed (None: deleted)."""
+    def save_artifacts(
+        self,
+        task_id: str,
+        changes: dict[str, bytes | None],
+        owner: tuple[str, int] | None = None,
+    ) -> None:
+        """Record a task's changed files, content-addressed (None: deleted). ``owner``
+        (agent, attempt): only while the task is still that agent's on that attempt, in
+        the same atomic step; otherwise ``TaskCancelled`` (another agent took it over)
+        and nothing is saved."""
         ...
 
     def artifacts(self, task_id: str) -> dict[str, tuple[str | None, int]]:

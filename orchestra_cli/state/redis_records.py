@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import math
+import sys
 from typing import Any
 
 from orchestra_cli import ids
-from orchestra_cli.errors import NotFoundError
+from orchestra_cli.errors import NotFoundError, StateError
+from orchestra_cli.state.base import FENCE_TRIES, taken_over
 from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.state.redis_conn import LEDGER_KEEP_SECONDS, RedisConnection, _text
 from orchestra_cli.util import dumps, loads, now
@@ -41,8 +43,15 @@ class RedisRecords(RedisConnection):
         return int(reply[0]), [{**loads(v), "n": n} for n, v in pairs]
 
     # -- artifacts -----------------------------------------------------------
-    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
-        """Record a task's changed files (content-addressed); None: the file was deleted."""
+    def save_artifacts(
+        self,
+        task_id: str,
+        changes: dict[str, bytes | None],
+        owner: tuple[str, int] | None = None,
+    ) -> None:
+        """Record a task's changed files (content-addressed); None: the file was deleted.
+        With ``owner``, WATCH the task's hash: saved only while it is that agent's
+        attempt (a change meanwhile, e.g. the turn's usage, makes it look again)."""
         if not changes:
             return
         import hashlib  # here: its OpenSSL load was ~3 ms of every command's start
@@ -58,11 +67,25 @@ class RedisRecords(RedisConnection):
             manifest[path] = f"{sha} {len(data)}"
 
         def write() -> None:
-            pipe = self.r.pipeline(transaction=True)
-            for sha, data in blobs.items():  # base64: the client decodes replies as text
-                pipe.set(self.key("blob", sha), base64.b64encode(data).decode(), nx=True)
-            pipe.hset(self.key("art", task_id), mapping=manifest)
-            pipe.execute()
+            task_key = self.key("t", task_id)
+            for _ in range(FENCE_TRIES):
+                with self.r.pipeline(transaction=True) as pipe:
+                    if owner is not None:
+                        pipe.watch(task_key)
+                        agent, attempts = pipe.hmget(task_key, "agent", "attempts")
+                        held = (loads(agent), loads(attempts)) if agent and attempts else None
+                        if held != (owner[0], owner[1]):
+                            raise taken_over(task_id, owner, held)
+                        pipe.multi()
+                    for sha, data in blobs.items():  # base64: the client decodes as text
+                        pipe.set(self.key("blob", sha), base64.b64encode(data).decode(), nx=True)
+                    pipe.hset(self.key("art", task_id), mapping=manifest)
+                    try:
+                        pipe.execute()
+                        return
+                    except sys.modules["redis"].exceptions.WatchError:
+                        continue  # the task changed meanwhile: look again
+            raise StateError(f"task {task_id} kept changing while its files were saved")
 
         self._call("save artifacts", write)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestra_cli.errors import NotFoundError
+from orchestra_cli.state.base import taken_over
 from orchestra_cli.state.ledger import Ask, Ledger, Limits, grant
 from orchestra_cli.state.sqlite_base import _NOT_FOUND_HINT, SQLiteBase
 from orchestra_cli.util import dumps, loads, now
@@ -52,11 +53,26 @@ class SQLiteRecords(SQLiteBase):
         return len(rows), new
 
     # -- artifacts -------------------------------------------------------
-    def save_artifacts(self, task_id: str, changes: dict[str, bytes | None]) -> None:
-        """Record a task's changed files (content-addressed); None: the file was deleted."""
+    def save_artifacts(
+        self,
+        task_id: str,
+        changes: dict[str, bytes | None],
+        owner: tuple[str, int] | None = None,
+    ) -> None:
+        """Record a task's changed files (content-addressed); None: the file was deleted.
+        With ``owner``: only while the task is that agent's attempt (same transaction)."""
         import hashlib  # here: its OpenSSL load was ~3 ms of every command's start
 
         with self.db.write() as conn:
+            if owner is not None:
+                row = conn.execute(
+                    "SELECT agent, json_extract(data, '$.attempts') AS attempts FROM tasks"
+                    " WHERE id = ?",
+                    (task_id,),
+                ).fetchone()
+                held = (row["agent"], row["attempts"]) if row and row["agent"] else None
+                if held != (owner[0], owner[1]):
+                    raise taken_over(task_id, owner, held)
             for path, data in changes.items():
                 if data is None:
                     conn.execute(

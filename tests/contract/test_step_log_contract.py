@@ -141,3 +141,36 @@ def test_a_mark_goes_above_the_highest_step_not_at_the_count(
         state.record_step(task.id, task.root_id, n, {"kind": "model"}, {})
     append_step(state, task.id, task.root_id, {"kind": "pause"}, {"kind": "pause"})
     assert [(s["n"], s["kind"]) for s in state.steps(task.id)][-1] == (6, "pause")
+
+
+def test_a_fenced_artifact_save_is_refused_once_another_agent_took_the_task(
+    contract_backends: Backends,
+) -> None:
+    """An agent that lost its task (it stalled, the task was requeued and claimed again)
+    must not overwrite the new owner's files: the save checks agent and attempt in the
+    same atomic step."""
+    import pytest
+
+    from orchestra_cli.errors import TaskCancelled
+    from orchestra_cli.state.base import Create
+    from orchestra_cli.status import Status
+
+    state = contract_backends.state
+    task, _ = state.create_task(
+        Task(title="t", input="i", capability="code"), Create(dispatch={"queue": "q"})
+    )
+    first, claimed = state.claim(task.id, "agent-1")
+    assert claimed and first.attempts == 1
+    state.save_artifacts(task.id, {"app.py": b"v1"}, ("agent-1", 1))
+    requeued = state.transition(task.id, Status.QUEUED, expect_version=first.version)
+    second, claimed = state.claim(requeued.id, "agent-2")
+    assert claimed and second.attempts == 2
+    with pytest.raises(TaskCancelled, match=r"taken over.*agent-2.*attempt 2"):
+        state.save_artifacts(task.id, {"app.py": b"stale", "new.py": b"x"}, ("agent-1", 1))
+    assert set(state.artifacts(task.id)) == {"app.py"}
+    assert state.blob(state.artifacts(task.id)["app.py"][0] or "") == b"v1"
+    state.save_artifacts(task.id, {"app.py": b"v2"}, ("agent-2", 2))
+    assert state.blob(state.artifacts(task.id)["app.py"][0] or "") == b"v2"
+    with pytest.raises(TaskCancelled, match="gone"):
+        state.save_artifacts("no-such-task", {"a": b"a"}, ("agent-1", 1))
+    state.save_artifacts("no-such-task", {"a": b"a"})  # unfenced (a tree's base files)

@@ -128,6 +128,29 @@ def test_saving_after_each_tool_call_reads_only_changed_files_and_misses_no_chan
     assert not clock.exists() and not path.exists()
 
 
+def test_an_agent_that_lost_its_task_saves_none_of_its_files(backends: Backends) -> None:
+    """From the issue notes ("artifact save fencing"): a stalled agent
+    whose task another agent took over went on saving its workspace over the new one's."""
+    from orchestra_cli.state.base import Create
+    from orchestra_cli.status import Status
+
+    state = backends.state
+    task, _ = state.create_task(
+        Task(title="t", input="t", capability="code"), Create(dispatch={"queue": "q"})
+    )
+    mine, _ = state.claim(task.id, "agent-old")
+    ws = Workspace(state, backends.settings.home, mine)
+    path = ws.prepare()
+    (path / "app.py").write_text("mine\n")
+    assert ws.save() == 1
+    state.transition(task.id, Status.QUEUED, expect_version=mine.version)  # it stalled
+    state.claim(task.id, "agent-new")
+    (path / "app.py").write_text("stale\n")
+    with pytest.raises(TaskCancelled, match="taken over"):
+        ws.save()
+    assert state.blob(state.artifacts(task.id)["app.py"][0] or "") == b"mine\n"
+
+
 def test_a_task_sees_the_files_of_its_dependencys_dependency(backends: Backends) -> None:
     """design → build → review, review depending on build only (an LLM plan's chain)."""
     state = backends.state
