@@ -27,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,10 @@ Channel = Any  # pika.adapters.blocking_connection.BlockingChannel
 PUBLISH_TIMEOUT_SECONDS = 90.0  # a publish during an outage waits this long for a reconnect
 SETTLE_TIMEOUT_SECONDS = 30.0
 CLOSE_ACKS_TIMEOUT_SECONDS = 5.0
-MAX_DEAD_LETTER_SCAN = 10_000
+# Browsing the dead-letter queue reads every letter in it (it once stopped at 10,000, so
+# `dlq list` showed the oldest 10,000 and the newest were out of reach) and puts them back
+# when its channel closes; a long queue takes a while (~0.3 ms a letter here).
+BROWSE_TIMEOUT_SECONDS = 600.0
 
 
 class RabbitDelivery:
@@ -478,41 +482,49 @@ class RabbitBroker:
         return out
 
     def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first; browsed with basic_get and put back (the channel close requeues)."""
-        found = self._browse_dead(lambda letter: False)
-        return list(reversed(found))[:limit]
+        """Newest first, read through the whole queue (the newest are at its end) and put
+        back (the channel's close requeues them); only the newest ``limit`` are kept."""
+        return list(reversed(self._browse_dead(lambda letter: False, newest=limit)))
 
     def remove_dead_letters(self, ids: Collection[str]) -> int:
         """Ack the letters with these ids while browsing; the rest go back in their order."""
         wanted = set(ids)
-        return len(self._browse_dead(lambda letter: letter["id"] in wanted, keep=False))
+        return len(self._browse_dead(lambda letter: letter["id"] in wanted, newest=0))
 
     def _browse_dead(
-        self, drop: Callable[[dict[str, Any]], bool], *, keep: bool = True
+        self, drop: Callable[[dict[str, Any]], bool], *, newest: int
     ) -> list[dict[str, Any]]:
-        """Every dead letter, oldest first (``keep=False``: only the dropped ones), each
-        one ``drop`` picks acked (deleted); closing the channel requeues the others."""
+        """Every dead letter, oldest first, each one ``drop`` picks acked (deleted);
+        closing the channel requeues the others. Returns the dropped ones, then the
+        ``newest`` last of the others, each oldest first (memory: ``newest`` letters, not
+        the whole queue)."""
 
         def command(ch: Channel) -> list[dict[str, Any]]:
+            name = self.topo.physical(Q_DEAD)
             browse = ch.connection.channel()
-            found: list[dict[str, Any]] = []
+            kept: deque[dict[str, Any]] = deque(maxlen=max(newest, 0) or None)
+            dropped: list[dict[str, Any]] = []
             try:
-                for _ in range(MAX_DEAD_LETTER_SCAN):
-                    method, props, body = browse.basic_get(self.topo.physical(Q_DEAD))
+                # as many as it holds now: letters that arrive meanwhile wait for next time.
+                # basic_get, one a round trip: a consumer would stop at its prefetch (the
+                # letters stay unacked until the close) or, without one, be sent the whole
+                # queue at once
+                for _ in range(browse.queue_declare(name, passive=True).method.message_count):
+                    method, props, body = browse.basic_get(name)
                     if method is None:
                         break
                     letter = dead_record(self.topo, method, props, body)
-                    dropped = drop(letter)
-                    if dropped:
+                    if drop(letter):
                         browse.basic_ack(method.delivery_tag)
-                    if keep or dropped:
-                        found.append(letter)
+                        dropped.append(letter)
+                    elif newest:
+                        kept.append(letter)
             except _closed_by_broker():
-                return found
+                return [*dropped, *kept]
             browse.close()
-            return found
+            return [*dropped, *kept]
 
-        found: list[dict[str, Any]] = self._call(command, SETTLE_TIMEOUT_SECONDS)
+        found: list[dict[str, Any]] = self._call(command, BROWSE_TIMEOUT_SECONDS)
         return found
 
     def purge(self, queue: str) -> int:

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from orchestra_cli.models import Task
 
 MISSING = "missing"  # task_status of a letter whose task the state store does not have
-SCAN = 10_000  # letters read to find one or all
+# The newest letters kept to find one (`dlq show|retry|rm`) or the lost tasks among them
+# (`dlq resubmit`, `recover`): the whole queue is read (RabbitMQ: one by one, put back),
+# this many of its newest held in memory.
+SCAN = 100_000
 LIST_HINT = "`orchestra dlq list` shows the letters"
 
 

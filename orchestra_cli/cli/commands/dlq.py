@@ -119,10 +119,10 @@ def resubmit(
     """Submit again the tasks the state store lost (a Redis restarted without
     persistence), from the submissions their dead letters carry, under their own ids
     (a lost subtask comes back with its root, which is planned again)."""
-    from orchestra_cli.engine.deadletters import lost
+    from orchestra_cli.engine.deadletters import SCAN, lost
 
     app: AppContext = ctx.obj
-    specs, bare = lost(_letters(app, 10_000))
+    specs, bare = lost(_letters(app, SCAN))
     done = []
     for spec in specs:
         if dry_run:

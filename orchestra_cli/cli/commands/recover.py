@@ -25,14 +25,14 @@ def recover(
 
     The orchestrator runs the same sweep every tasks.recovery_interval_seconds.
     """
-    from orchestra_cli.engine.deadletters import MISSING, letters
+    from orchestra_cli.engine.deadletters import MISSING, SCAN, letters
     from orchestra_cli.engine.recovery import Recovery
 
     app: AppContext = ctx.obj
     findings = Recovery(app.backends(), stale_seconds=stale).sweep(dry_run=dry_run)
     # tasks the store lost (a Redis restarted without persistence) leave only dead letters
     lost = sorted(
-        {x["task_id"] for x in letters(app.backends(), 10_000) if x["task_status"] == MISSING}
+        {x["task_id"] for x in letters(app.backends(), SCAN) if x["task_status"] == MISSING}
     )
     if app.json:
         findings_json = [f.as_dict() for f in findings]
