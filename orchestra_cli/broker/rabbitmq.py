@@ -70,6 +70,7 @@ CLOSE_ACKS_TIMEOUT_SECONDS = 5.0
 # `dlq list` showed the oldest 10,000 and the newest were out of reach) and puts them back
 # when its channel closes; a long queue takes a while (~0.3 ms a letter here).
 BROWSE_TIMEOUT_SECONDS = 600.0
+REQUEUE_WAIT_SECONDS = 5.0
 
 
 class RabbitDelivery:
@@ -509,10 +510,12 @@ class RabbitBroker:
                 # basic_get, one a round trip: a consumer would stop at its prefetch (the
                 # letters stay unacked until the close) or, without one, be sent the whole
                 # queue at once
+                seen = 0
                 for _ in range(browse.queue_declare(name, passive=True).method.message_count):
                     method, props, body = browse.basic_get(name)
                     if method is None:
                         break
+                    seen += 1
                     letter = dead_record(self.topo, method, props, body)
                     if drop(letter):
                         browse.basic_ack(method.delivery_tag)
@@ -522,6 +525,14 @@ class RabbitBroker:
             except _closed_by_broker():
                 return [*dropped, *kept]
             browse.close()
+            # the close puts the others back, but the queue counts them ready a moment
+            # later: wait for that, so the next browse (or `dlq list`) sees them all
+            deadline = time.monotonic() + REQUEUE_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                ready = ch.queue_declare(name, passive=True).method.message_count
+                if ready >= seen - len(dropped):
+                    break
+                time.sleep(0.01)
             return [*dropped, *kept]
 
         found: list[dict[str, Any]] = self._call(command, BROWSE_TIMEOUT_SECONDS)
