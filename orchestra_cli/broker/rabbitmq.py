@@ -68,7 +68,7 @@ SETTLE_TIMEOUT_SECONDS = 30.0
 CLOSE_ACKS_TIMEOUT_SECONDS = 5.0
 # Browsing the dead-letter queue reads every letter in it (it once stopped at 10,000, so
 # `dlq list` showed the oldest 10,000 and the newest were out of reach) and puts them back
-# when its channel closes; a long queue takes a while (~0.3 ms a letter here).
+# when its channel closes; a long queue takes a while (one round trip a letter).
 BROWSE_TIMEOUT_SECONDS = 600.0
 REQUEUE_WAIT_SECONDS = 5.0
 

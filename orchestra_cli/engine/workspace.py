@@ -167,6 +167,7 @@ class Workspace:
         # path → stamp of a file unchanged since it was last hashed (``scan``): not read
         # again. Saved after every tool call, a workspace is read once, not once a call.
         self._trusted: dict[str, Stamp] = {}
+        self._clock = self.path.parent / f".{task.id}.clock"  # ``_fs_now``'s marker
 
     def prepare(self) -> Path:
         """Lay the workspace out afresh from the base, the dependencies and its own files."""
@@ -248,7 +249,7 @@ class Workspace:
         """Now by the workspace's file system (git's check for a "racily clean" index):
         a marker beside the workspace touched, its mtime read. 0 (nothing is trusted)
         if it cannot be."""
-        marker = self.path.parent / f".{self.task.id}.clock"
+        marker = self._clock
         try:
             try:
                 os.utime(marker)
@@ -261,7 +262,7 @@ class Workspace:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-        (self.path.parent / f".{self.task.id}.clock").unlink(missing_ok=True)
+        self._clock.unlink(missing_ok=True)
 
 
 def _sha(data: bytes) -> str:

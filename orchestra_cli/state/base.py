@@ -224,9 +224,6 @@ class StepLog(Protocol):
         ...
 
 
-FENCE_TRIES = 10  # a fenced save whose task keeps changing under it gives up (Redis WATCH)
-
-
 def taken_over(
     task_id: str, owner: tuple[str, int], held: tuple[str | None, int | None] | None
 ) -> BaseException:

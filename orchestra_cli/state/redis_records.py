@@ -9,10 +9,12 @@ from typing import Any
 
 from orchestra_cli import ids
 from orchestra_cli.errors import NotFoundError, StateError
-from orchestra_cli.state.base import FENCE_TRIES, taken_over
+from orchestra_cli.state.base import taken_over
 from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.state.redis_conn import LEDGER_KEEP_SECONDS, RedisConnection, _text
 from orchestra_cli.util import dumps, loads, now
+
+FENCE_TRIES = 10  # a fenced save whose task keeps changing under it gives up (WATCH)
 
 _NOT_FOUND_HINT = ids.NOT_FOUND_HINT
 
