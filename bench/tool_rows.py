@@ -17,6 +17,7 @@ orchestra: agent, orchestrator and submitter, plus Redis and RabbitMQ in
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from bench.cpu import CPUMeter, cpu_seconds
 from bench.endpoint import Running
-from bench.llm_rows import llm_env, peak_rss_mb
+from bench.llm_rows import llm_env, peak_rss_mb, profile
 from bench.procs import REPO, last_json_line, orchestra
 from bench.table import fmt, print_rows
 
@@ -99,12 +100,16 @@ def orchestra_row(row: ToolRow, endpoint: Running, mode: str) -> ToolRow:
         agent = procs[1].pid
         meter = CPUMeter([p.pid for p in procs])
         own = CPUMeter([p.pid for p in procs], services=False)
+        profiler = profile(agent, f"tools-{row.at_once}")
         ep, start = cpu_seconds(endpoint.pid), time.perf_counter()
         for i in range(row.at_once):
             svc.submit(SubmitRequest(text=f"look up {i}", capability="lookup"), confirm=False)
         svc.flush()
         wait(1 + row.at_once)
         row.wall_s = time.perf_counter() - start
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            profiler.wait(timeout=30)
         row.cpu_ms_per_task = own.elapsed() / row.at_once * 1000
         row.all_cpu_ms_per_task = meter.elapsed() / row.at_once * 1000
         row.endpoint_cpu_ms_per_call = (cpu_seconds(endpoint.pid) - ep) / row.at_once / TURNS * 1e3

@@ -164,3 +164,19 @@ def test_work_that_cannot_start_gives_back_what_its_handler_took_and_goes_back(
         runner.join(timeout=30)
     assert not runner.is_alive()
     assert backends.broker.depths().get("work.code", 0) == 0
+
+
+def test_deadlines_fire_in_order_and_cancelled_ones_do_not_pile_up() -> None:
+    """Task time limits: a due one fires, a cancelled one never does, and the heap of
+    cancelled ones is compacted (looked at every COMPACT_AFTER schedules)."""
+    deadlines = worker.Deadlines("test-deadlines")
+    fired: list[str] = []
+    deadlines.schedule(0.05, lambda: fired.append("late"))
+    deadlines.schedule(0.01, lambda: fired.append("early"))
+    deadlines.schedule(0.02, lambda: fired.append("cancelled")).cancel()
+    for _ in range(5 * worker.COMPACT_AFTER):  # tasks that finish long before their limit
+        deadlines.schedule(600, lambda: fired.append("never")).cancel()
+    assert len(deadlines._heap) <= 2 * worker.COMPACT_AFTER + 3
+    wait_until(lambda: len(fired) == 2, timeout=5)
+    time.sleep(0.05)
+    assert fired == ["early", "late"]
