@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 GROUPS = ("noop", "llm", "tools")  # noop: the no-op rows, CLI start-up, queries
-TOOL_SYSTEMS = "orchestra,raw,langgraph,langgraph-sqlite,crewai"
+TOOL_SYSTEMS = "orchestra,orchestra-2,raw,langgraph,langgraph-sqlite,crewai"
 
 
 def _ints(text: str) -> list[int]:

@@ -44,6 +44,7 @@ QUIET = {
 }
 PERSISTS = {
     "orchestra": "every step (prompt, 6 model turns, 5 tool starts + results) in Redis",
+    "orchestra-2": "the same, two agent processes sharing the tasks",
     "raw": "nothing (the floor)",
     "langgraph": "nothing (no checkpointer)",
     "langgraph-sqlite": "every super-step's checkpoint (AsyncSqliteSaver, a local file)",
@@ -70,13 +71,19 @@ class ToolRow:
         return TURNS * self.delay_s
 
 
-def orchestra_row(row: ToolRow, endpoint: Running, mode: str) -> ToolRow:
+def orchestra_row(row: ToolRow, endpoint: Running, mode: str, agents: int = 1) -> ToolRow:
     from bench.procs import ROLES
     from orchestra_cli.engine.roles import load_roles
     from orchestra_cli.engine.service import SubmitRequest, TaskService
 
+    slots = -(-row.at_once // agents)  # each agent's share of the tasks at once
     with orchestra(
-        mode, row.at_once, role="looker", capability="lookup", extra_env=llm_env(endpoint.url)
+        mode,
+        slots,
+        agents,
+        role="looker",
+        capability="lookup",
+        extra_env=llm_env(endpoint.url),
     ) as (backends, procs):
         svc = TaskService(backends, load_roles(ROLES))
         state = backends.state
@@ -113,8 +120,9 @@ def orchestra_row(row: ToolRow, endpoint: Running, mode: str) -> ToolRow:
         row.cpu_ms_per_task = own.elapsed() / row.at_once * 1000
         row.all_cpu_ms_per_task = meter.elapsed() / row.at_once * 1000
         row.endpoint_cpu_ms_per_call = (cpu_seconds(endpoint.pid) - ep) / row.at_once / TURNS * 1e3
-        row.peak_rss_mb = peak_rss_mb(agent)
-        row.note = f"{mode}; 1 agent x {row.at_once} threads; {steps} steps a task"
+        row.peak_rss_mb = sum(peak_rss_mb(p.pid) for p in procs[1:])  # the agents together
+        row.note = f"{mode}; {agents} agent{'s' if agents > 1 else ''} x {slots} threads"
+        row.note += f"; {steps} steps a task" + ("; peak MB: the agents' sum" if agents > 1 else "")
     return row
 
 
@@ -163,6 +171,8 @@ def tool_rows(sizes: list[int], delay: float, systems: list[str], mode: str) -> 
                 try:
                     if system == "orchestra":
                         orchestra_row(row, endpoint, mode)
+                    elif system == "orchestra-2":  # a second agent process: both cores
+                        orchestra_row(row, endpoint, mode, agents=2)
                     else:
                         framework_row(row, endpoint)
                     assert row.wall_s is not None
