@@ -139,3 +139,30 @@ def test_secrets_chain_asks_vault_first_then_the_environment(
     assert chain.lookup("ANTHROPIC_API_KEY") == ("sk-ant-from-vault-123456", "vault")
     assert chain.lookup("ORCHESTRA_API_TOKEN") == ("from-env-token", "env")
     assert open_llm(settings, chain).name == "anthropic"
+
+
+@pytest.mark.parametrize("command", [["agent", "start", "coder"], ["run"]])
+def test_a_process_refuses_to_start_when_its_vault_is_unreachable(
+    home: object, command: list[str]
+) -> None:
+    """No silent fallback to the environment's key: one line, exit 3 (unavailable)."""
+    import os
+    import socket
+    import sys
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ORCHESTRA_SECRETS_URL": f"vault://127.0.0.1:{port}/secret/x"}
+    env.update(VAULT_TOKEN="t", ANTHROPIC_API_KEY="sk-ant-from-env-000000")
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestra_cli", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot reach Vault at http://127.0.0.1:{port}" in lines[0]
+    assert "sk-ant-from-env" not in done.stderr + done.stdout
