@@ -519,9 +519,10 @@ class Agent:
     def _act(self, task: Task, cancel: threading.Event, metered: MeteredProvider) -> LLMResponse:
         """The tool-use loop (engine/loop.py) in the task's workspace, every step durable."""
         workspace = Workspace(self.state, self.b.settings.home, task)
-        # each turn is charged as it ends, not with the next write: a tool that runs for
-        # long (or a kill -9 meanwhile) must not hold the turn's usage in memory only
-        metered = self.meter.wrap(self.llm, task, agent=self.name)
+        # ``metered`` defers each call's charge to the caller's next write: the loop's
+        # model step carries it (one write a turn, not two), before any tool runs, so a
+        # tool that runs long or a kill -9 meanwhile finds the turn on record and charged;
+        # a turn that records no step (a refusal, say) is charged with the task's end
         loop = AgentLoop(
             self.state,
             metered,

@@ -255,13 +255,17 @@ class AgentLoop:
         self._paused: PauseWatch | None = None  # approvals.PauseWatch, on the first check
 
     # -- the step log ------------------------------------------------------------
-    def _record(self, data: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    def _record(
+        self, data: dict[str, Any], event: dict[str, Any], usage: Usage | None = None
+    ) -> dict[str, Any]:
         if data.get("kind") != "model":  # a model turn goes back as it came (signatures)
             data = redacted(data)
         event = redacted(event)  # the event log, `task watch` and the WebSocket see it
         with self._lock:
             n = self._n
-            while not self.state.record_step(self.task.id, self.task.root_id, n, data, event):
+            while not self.state.record_step(
+                self.task.id, self.task.root_id, n, data, event, add_usage=usage
+            ):
                 taken = next((s for s in self.state.steps(self.task.id) if s["n"] == n), {})
                 if taken.get("kind") in TREE_MARKS:  # a person paused the tree meanwhile
                     n += 1
@@ -373,6 +377,13 @@ class AgentLoop:
 
     def _model_step(self, response: LLMResponse, *, turn: int, took: float) -> None:
         calls = [{"name": c.name, "input": short(c.input)} for c in response.tool_calls]
+        # the call's charge, deferred by a metered provider (engine/budget.py), goes with
+        # its step: one write where the next call's reservation made a second, and a
+        # turn on record is a turn charged (before, an agent killed between its step and
+        # its next call lost the charge: a resumed loop replays the turn, never asks it)
+        usage = getattr(self.llm, "uncharged", None)
+        if not isinstance(usage, Usage):
+            usage = None
         self._record(
             {
                 "kind": "model",
@@ -393,7 +404,10 @@ class AgentLoop:
                 "tool_calls": calls,
                 "tokens": response.usage.total_tokens,
             },
+            usage,
         )
+        if usage is not None:
+            self.llm.take_uncharged()  # type: ignore[attr-defined]  # (and its metrics line)
 
     def _resolve(self, r: Replay) -> None:
         """Run (or account for) every call of the last turn that has no result yet; calls

@@ -209,9 +209,18 @@ class StepLog(Protocol):
     """The agent loop's steps, each written once under its number (engine/loop.py)."""
 
     def record_step(
-        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
+        self,
+        task_id: str,
+        root_id: str,
+        n: int,
+        data: dict[str, Any],
+        event: dict[str, Any],
+        *,
+        add_usage: Usage | None = None,
     ) -> bool:
-        """Store step ``n`` of a task (and a ``step`` event); False if ``n`` exists already."""
+        """Store step ``n`` of a task (and a ``step`` event); False if ``n`` exists already.
+        ``add_usage`` is added to the task's usage in the same atomic write (a model turn's
+        step carries its call's charge: both are on record, or neither)."""
         ...
 
     def steps(self, task_id: str) -> list[dict[str, Any]]:

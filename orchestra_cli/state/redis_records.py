@@ -9,6 +9,7 @@ from typing import Any
 
 from orchestra_cli import ids
 from orchestra_cli.errors import NotFoundError, StateError
+from orchestra_cli.models import Usage
 from orchestra_cli.state.base import taken_over
 from orchestra_cli.state.ledger import Ask, Ledger, Limits
 from orchestra_cli.state.redis_conn import LEDGER_KEEP_SECONDS, RedisConnection, _text
@@ -24,11 +25,21 @@ class RedisRecords(RedisConnection):
 
     # -- step log ------------------------------------------------------------
     def record_step(
-        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
+        self,
+        task_id: str,
+        root_id: str,
+        n: int,
+        data: dict[str, Any],
+        event: dict[str, Any],
+        *,
+        add_usage: Usage | None = None,
     ) -> bool:
-        """Store step ``n`` of a task and its ``step`` event; False if ``n`` exists already."""
+        """Store step ``n`` of a task and its ``step`` event, and add ``add_usage`` to the
+        task's usage, in one script; False if ``n`` exists already (nothing added)."""
         payload = {"id": task_id, "root": root_id, "n": n, "time": now()}
         body = {**payload, "data": dumps({**data, "time": payload["time"]})}
+        if add_usage is not None:
+            body["delta"] = add_usage.model_dump_json()
         return bool(self._run("record_step", {**body, "event": dumps({"n": n, **event})}))
 
     def steps(self, task_id: str) -> list[dict[str, Any]]:

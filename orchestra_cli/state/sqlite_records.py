@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestra_cli.errors import NotFoundError
+from orchestra_cli.models import Task, Usage
 from orchestra_cli.state.base import taken_over
 from orchestra_cli.state.ledger import Ask, Ledger, Limits, grant
 from orchestra_cli.state.sqlite_base import _NOT_FOUND_HINT, SQLiteBase
@@ -16,9 +17,17 @@ class SQLiteRecords(SQLiteBase):
 
     # -- step log ----------------------------------------------------------
     def record_step(
-        self, task_id: str, root_id: str, n: int, data: dict[str, Any], event: dict[str, Any]
+        self,
+        task_id: str,
+        root_id: str,
+        n: int,
+        data: dict[str, Any],
+        event: dict[str, Any],
+        *,
+        add_usage: Usage | None = None,
     ) -> bool:
-        """Store step ``n`` of a task and its ``step`` event; False if ``n`` exists already."""
+        """Store step ``n`` of a task and its ``step`` event, and add ``add_usage`` to the
+        task's usage, in one transaction; False if ``n`` exists already (nothing added)."""
         with self.db.write() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO steps (task_id, n, time, data) VALUES (?,?,?,?)",
@@ -26,6 +35,14 @@ class SQLiteRecords(SQLiteBase):
             )
             if cur.rowcount == 0:
                 return False
+            if add_usage is not None:
+                row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                if row is not None:
+                    task = Task.model_validate_json(row["data"])
+                    task.usage = task.usage + add_usage
+                    conn.execute(
+                        "UPDATE tasks SET data = ? WHERE id = ?", (task.model_dump_json(), task_id)
+                    )
             self._event(conn, task_id, root_id, "step", {"n": n, **event})
         return True
 

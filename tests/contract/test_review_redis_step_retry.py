@@ -20,11 +20,8 @@ def redis_backends(home: Path) -> Iterator[Backends]:
     yield from services(home)
 
 
-def test_a_step_whose_reply_was_lost_is_not_reported_as_taken(
-    redis_backends: Backends, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store: Any = redis_backends.state
-    task, _ = store.create_task(Task(title="t", input="t"))
+def _lose_first_reply(store: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """The first script runs on the server and its reply is lost (a resp timeout)."""
     original = store._evalsha
     lost = {"n": 0}
 
@@ -36,5 +33,28 @@ def test_a_step_whose_reply_was_lost_is_not_reported_as_taken(
         return reply
 
     monkeypatch.setattr(store, "_evalsha", evalsha)
+    return lost
+
+
+def test_a_step_whose_reply_was_lost_is_not_reported_as_taken(
+    redis_backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store: Any = redis_backends.state
+    task, _ = store.create_task(Task(title="t", input="t"))
+    _lose_first_reply(store, monkeypatch)
     ok = store.record_step(task.id, task.root_id, 0, {"kind": "prompt"}, {"kind": "prompt"})
     assert ok, "the agent's own step, retried, reads as another agent's: the loop stops"
+
+
+def test_a_step_retried_after_its_lost_reply_charges_its_call_once(
+    redis_backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestra_cli.models import Usage
+
+    store: Any = redis_backends.state
+    task, _ = store.create_task(Task(title="t", input="t"))
+    lost = _lose_first_reply(store, monkeypatch)
+    turn = Usage(calls=1, input_tokens=10, output_tokens=5)
+    assert store.record_step(task.id, task.root_id, 0, {"kind": "model"}, {}, add_usage=turn)
+    assert lost["n"] == 1  # the script ran twice
+    assert store.get_task(task.id).usage.calls == 1

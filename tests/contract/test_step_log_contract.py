@@ -174,3 +174,19 @@ def test_a_fenced_artifact_save_is_refused_once_another_agent_took_the_task(
     with pytest.raises(TaskCancelled, match="gone"):
         state.save_artifacts("no-such-task", {"a": b"a"}, ("agent-1", 1))
     state.save_artifacts("no-such-task", {"a": b"a"})  # unfenced (a tree's base files)
+
+
+def test_a_step_can_carry_its_model_calls_charge(contract_backends: Backends) -> None:
+    """The charge is added with the step, once; a step number already taken adds nothing."""
+    from orchestra_cli.models import Usage
+
+    state = contract_backends.state
+    task, _ = state.create_task(Task(title="t", input="i"))
+    turn = Usage(calls=1, input_tokens=100, output_tokens=20, cost_usd=0.5)
+    assert state.record_step(task.id, task.root_id, 0, {"kind": "model"}, {}, add_usage=turn)
+    assert not state.record_step(task.id, task.root_id, 0, {"kind": "model"}, {}, add_usage=turn)
+    assert state.record_step(task.id, task.root_id, 1, {"kind": "model"}, {}, add_usage=turn)
+    assert state.record_step(task.id, task.root_id, 2, {"kind": "tool_result"}, {})
+    usage = state.get_task(task.id).usage
+    assert (usage.calls, usage.input_tokens, usage.output_tokens) == (2, 200, 40)
+    assert usage.cost_usd == 1.0

@@ -40,20 +40,26 @@ class Harness:
         self.llm = AnthropicProvider(fake.api_key, base_url=fake.url, backoff_seconds=0)
         self.task, _ = backends.state.create_task(Task(title="t", input="write and test it"))
 
-    def loop(self, max_turns: int = 10) -> AgentLoop:
+    def loop(
+        self,
+        max_turns: int = 10,
+        *,
+        defer_last: bool = False,
+        after_tools: Any = None,
+    ) -> AgentLoop:
         meter = Meter(self.backends.state, self.backends.journals, self.backends.settings.llm)
         workspace = Workspace(self.backends.state, self.backends.settings.home, self.task)
         request = LLMRequest(system="you code", prompt="write app.py", model="claude-sonnet-5-5")
         return AgentLoop(
             self.backends.state,
-            meter.wrap(self.llm, self.task, agent="test"),
+            meter.wrap(self.llm, self.task, agent="test", defer_last=defer_last),
             self.toolbox,
             self.task,
             request,
             workspace=workspace.prepare(),
             max_turns=max_turns,
             max_continuations=1,
-            after_tools=workspace.save,
+            after_tools=after_tools or workspace.save,
         )
 
     def kinds(self) -> list[str]:
@@ -225,3 +231,41 @@ def test_a_workspace_starts_from_its_dependencies_files_and_reports_a_conflict(
         "a.txt": (None, 0),
         "new.txt": (state.artifacts(c.id)["new.txt"][0], 1),
     }
+
+
+def test_each_model_turn_is_charged_with_its_step(
+    fake: FakeAnthropic, harness: Any, backends: Backends
+) -> None:
+    """An agent's deferred charges (defer_last) ride on the turns' own steps: every turn
+    on record is charged, once, with one metrics line each."""
+    h = harness(["Glob"])
+    fake.script(tool_use("Glob", {"pattern": "*"}), tool_use("Glob", {"pattern": "*"}), text("ok"))
+    loop = h.loop(defer_last=True)
+    assert loop.run().text == "ok"
+    usage = backends.state.get_task(h.task.id).usage
+    assert usage.calls == 3 == len(fake.billed)
+    assert usage.input_tokens == sum(b["input_tokens"] for b in fake.billed)
+    assert loop.llm.uncharged is None  # type: ignore[attr-defined]  # nothing left for succeed
+    lines = backends.journals.metrics.path.read_text().splitlines()
+    assert sum('"llm_call"' in line for line in lines) == 3
+
+
+class _Died(BaseException):
+    """The agent's process ending mid-loop (kill -9 leaves no frame to unwind)."""
+
+
+def test_a_turn_on_record_is_charged_even_if_the_agent_dies_before_its_next_call(
+    fake: FakeAnthropic, harness: Any, backends: Backends
+) -> None:
+    """The turn is recorded, its tool runs, then the agent dies: a resumed loop replays
+    that turn and never asks it again, so its charge must already be on the task."""
+    h = harness(["Glob"])
+    fake.script(tool_use("Glob", {"pattern": "*"}), text("ok"))
+
+    def die() -> None:
+        raise _Died
+
+    with pytest.raises(_Died):
+        h.loop(defer_last=True, after_tools=die).run()
+    assert h.kinds() == ["prompt", "model", "tool_start"]
+    assert backends.state.get_task(h.task.id).usage.calls == 1 == len(fake.billed)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.llm.deployment import Deployment
-from tests.llm.fake_anthropic import FakeAnthropic, Reply, text, tool_use
+from tests.llm.fake_anthropic import FakeAnthropic, Reply, refusal, text, tool_use
 from tests.support import processes, run_orchestra, wait_until
 from tests.tools.conftest import require_bwrap
 
@@ -72,6 +72,7 @@ def test_a_coder_writes_a_module_and_its_test_runs_it_in_the_sandbox_and_exports
     task = deployment.finished(task_id)
     assert task["status"] == "succeeded", task
     assert task["result"] == "app.py and its test are written and pass"
+    assert task["usage"]["calls"] == 3 == len(fake.billed)  # each turn charged, once
     refused, wrote_app, wrote_test = results_of(fake.requests[1])
     assert refused["is_error"] is True and "outside" in refused["content"]
     assert not wrote_app.get("is_error") and not wrote_test.get("is_error")
@@ -92,6 +93,18 @@ def test_a_coder_writes_a_module_and_its_test_runs_it_in_the_sandbox_and_exports
     plain = run_orchestra(["task", "transcript", task_id], deployment.env, deployment.cwd)
     assert "── Bash → error" in plain.out and "ok: add works" in plain.out  # touch failed
     assert fake.api_key not in plain.out
+
+
+def test_a_refusal_mid_loop_fails_the_task_with_every_call_charged(
+    fake: FakeAnthropic, deployment: Deployment
+) -> None:
+    """The refused turn records no step: its charge comes with the task's end instead."""
+    fake.script(tool_use("Glob", {"pattern": "*"}), refusal())
+    task_id = deployment.submit("look around", "--capability", "code")
+    task = deployment.finished(task_id)
+    assert task["status"] == "failed", task
+    assert task["usage"]["calls"] == 2 == len(fake.billed)
+    assert task["usage"]["input_tokens"] == sum(b["input_tokens"] for b in fake.billed)
 
 
 def test_an_mcp_servers_tool_is_called_and_its_result_reaches_the_next_turn(
