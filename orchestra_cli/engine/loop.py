@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestra_cli.errors import LLMError, LLMTruncated, TaskCancelled
+from orchestra_cli.errors import LLMError, LLMTruncated, StateUnavailable, TaskCancelled
 from orchestra_cli.llm.base import (
     LLMProvider,
     LLMRequest,
@@ -378,34 +378,47 @@ class AgentLoop:
     def _model_step(self, response: LLMResponse, *, turn: int, took: float) -> None:
         calls = [{"name": c.name, "input": short(c.input)} for c in response.tool_calls]
         # the call's charge, deferred by a metered provider (engine/budget.py), goes with
-        # its step: one write where the next call's reservation made a second, and a
-        # turn on record is a turn charged (before, an agent killed between its step and
-        # its next call lost the charge: a resumed loop replays the turn, never asks it)
+        # its step: one write a turn where a charge of its own made two, and a turn on
+        # record is a turn charged (a resumed loop replays it and never asks it again)
         usage = getattr(self.llm, "uncharged", None)
         if not isinstance(usage, Usage):
             usage = None
-        self._record(
-            {
-                "kind": "model",
-                "blocks": response.blocks,
-                "text": response.text,
-                "thinking": response.thinking,
-                "stop_reason": response.stop_reason,
-                "model": response.model,
-                "usage": response.usage.model_dump(),
-                "turn": turn,
-                "duration_s": round(took, 4),
-            },
-            {
-                "kind": "model",
-                "turn": turn,
-                "max_turns": self.max_turns,
-                "stop_reason": response.stop_reason,
-                "tool_calls": calls,
-                "tokens": response.usage.total_tokens,
-            },
-            usage,
-        )
+        try:
+            self._record(
+                {
+                    "kind": "model",
+                    "blocks": response.blocks,
+                    "text": response.text,
+                    "thinking": response.thinking,
+                    "stop_reason": response.stop_reason,
+                    "model": response.model,
+                    "usage": response.usage.model_dump(),
+                    "turn": turn,
+                    "duration_s": round(took, 4),
+                },
+                {
+                    "kind": "model",
+                    "turn": turn,
+                    "max_turns": self.max_turns,
+                    "stop_reason": response.stop_reason,
+                    "tool_calls": calls,
+                    "tokens": response.usage.total_tokens,
+                },
+                usage,
+            )
+        except StateUnavailable:
+            if usage is not None:
+                # the write may have landed, charge and all, with its reply lost: charging
+                # again at the task's end could count the call twice, so the charge is
+                # taken as given (if the write did not land, the task misses this call)
+                self.llm.take_uncharged()  # type: ignore[attr-defined]
+                log.warning(
+                    "task %s: turn %d's step and charge went to a state store that did not "
+                    "answer; if they did not land, the task's usage misses that call",
+                    self.task.id,
+                    turn,
+                )
+            raise
         if usage is not None:
             self.llm.take_uncharged()  # type: ignore[attr-defined]  # (and its metrics line)
 

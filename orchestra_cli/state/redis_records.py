@@ -40,7 +40,10 @@ class RedisRecords(RedisConnection):
         body = {**payload, "data": dumps({**data, "time": payload["time"]})}
         if add_usage is not None:
             body["delta"] = add_usage.model_dump_json()
-        return bool(self._run("record_step", {**body, "event": dumps({"n": n, **event})}))
+        written = self._run("record_step", {**body, "event": dumps({"n": n, **event})})
+        if written == -1:
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        return bool(written)
 
     def steps(self, task_id: str) -> list[dict[str, Any]]:
         """The task's steps in order, each with its ``n`` and ``time``."""

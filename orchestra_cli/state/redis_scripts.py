@@ -461,14 +461,15 @@ return 1
 RECORD_STEP = (
     PRELUDE
     + """
+local usage = a.delta and redis.call('HGET', k('t', a.id), 'usage')
+if a.delta and not usage then return -1 end  -- a charge for a task that is not there
 if redis.call('HSETNX', k('steps', a.id), a.n, a.data) == 0 then
   -- a retry of this very write (its reply was lost) finds its own step: done (its
   -- usage was added with it)
   return redis.call('HGET', k('steps', a.id), a.n) == a.data and 1 or 0
 end
 if a.delta then  -- the model turn's charge, with its step
-  local usage = redis.call('HGET', k('t', a.id), 'usage')
-  if usage then redis.call('HSET', k('t', a.id), 'usage', add_usage(usage, a.delta)) end
+  redis.call('HSET', k('t', a.id), 'usage', add_usage(usage, a.delta))
 end
 add_event(a.id, a.root, 'step', a.time, '{}', a.event)
 return 1

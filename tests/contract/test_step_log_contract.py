@@ -190,3 +190,17 @@ def test_a_step_can_carry_its_model_calls_charge(contract_backends: Backends) ->
     usage = state.get_task(task.id).usage
     assert (usage.calls, usage.input_tokens, usage.output_tokens) == (2, 200, 40)
     assert usage.cost_usd == 1.0
+
+
+def test_a_charge_for_a_task_that_is_not_there_is_an_error_and_writes_nothing(
+    contract_backends: Backends,
+) -> None:
+    import pytest
+
+    from orchestra_cli.errors import NotFoundError
+    from orchestra_cli.models import Usage
+
+    state = contract_backends.state
+    with pytest.raises(NotFoundError):
+        state.record_step("no-such-task", "no-such-task", 0, {}, {}, add_usage=Usage(calls=1))
+    assert state.steps("no-such-task") == []

@@ -11,7 +11,7 @@ from orchestra_cli.backends import Backends
 from orchestra_cli.engine.budget import Meter
 from orchestra_cli.engine.loop import AgentLoop
 from orchestra_cli.engine.workspace import Workspace, export, tree_files
-from orchestra_cli.errors import LLMError
+from orchestra_cli.errors import LLMError, StateUnavailable
 from orchestra_cli.llm.anthropic import AnthropicProvider
 from orchestra_cli.llm.base import LLMRequest
 from orchestra_cli.models import Task
@@ -46,12 +46,13 @@ class Harness:
         *,
         defer_last: bool = False,
         after_tools: Any = None,
+        state: Any = None,
     ) -> AgentLoop:
         meter = Meter(self.backends.state, self.backends.journals, self.backends.settings.llm)
         workspace = Workspace(self.backends.state, self.backends.settings.home, self.task)
         request = LLMRequest(system="you code", prompt="write app.py", model="claude-sonnet-5-5")
         return AgentLoop(
-            self.backends.state,
+            state or self.backends.state,
             meter.wrap(self.llm, self.task, agent="test", defer_last=defer_last),
             self.toolbox,
             self.task,
@@ -268,4 +269,35 @@ def test_a_turn_on_record_is_charged_even_if_the_agent_dies_before_its_next_call
     with pytest.raises(_Died):
         h.loop(defer_last=True, after_tools=die).run()
     assert h.kinds() == ["prompt", "model", "tool_start"]
+    assert backends.state.get_task(h.task.id).usage.calls == 1 == len(fake.billed)
+
+
+class _LostReply:
+    """The state store, but the first charged step's write lands and its reply is lost."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.lost = real, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def record_step(self, *args: Any, **kw: Any) -> bool:
+        ok = bool(self.real.record_step(*args, **kw))
+        if kw.get("add_usage") is not None and not self.lost:
+            self.lost = True
+            raise StateUnavailable("cannot reach Redis (timed out)", "see the log")
+        return ok
+
+
+def test_a_charged_step_whose_outcome_is_unknown_is_not_charged_again(
+    fake: FakeAnthropic, harness: Any, backends: Backends
+) -> None:
+    """The write landed but the store did not answer: the task's end must not add the
+    charge a second time (it takes the charge as given)."""
+    h = harness(["Glob"])
+    fake.script(tool_use("Glob", {"pattern": "*"}), text("ok"))
+    loop = h.loop(defer_last=True, state=_LostReply(backends.state))
+    with pytest.raises(StateUnavailable):
+        loop.run()
+    assert loop.llm.uncharged is None  # type: ignore[attr-defined]  # nothing for the end
     assert backends.state.get_task(h.task.id).usage.calls == 1 == len(fake.billed)
