@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 from orchestra_cli import ids
+from orchestra_cli.errors import NotFoundError
+from orchestra_cli.models import Task, Usage
 from orchestra_cli.sqlitedb import SQLiteDB
 from orchestra_cli.util import dumps, now
 
@@ -41,6 +43,15 @@ class SQLiteBase:
             "INSERT INTO events (task_id, root_id, type, time, data) VALUES (?,?,?,?,?)",
             (task_id, root_id, type, now(), dumps(data or {})),
         )
+
+    def _add_usage(self, conn: sqlite3.Connection, task_id: str, usage: Usage) -> None:
+        """Add ``usage`` to the task's, in the caller's transaction (NotFoundError: none)."""
+        row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
+        task = Task.model_validate_json(row["data"])
+        task.usage = task.usage + usage
+        conn.execute("UPDATE tasks SET data = ? WHERE id = ?", (task.model_dump_json(), task_id))
 
     def close(self) -> None:
         self.db.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestra_cli.errors import NotFoundError
-from orchestra_cli.models import Task, Usage
+from orchestra_cli.models import Usage
 from orchestra_cli.state.base import taken_over
 from orchestra_cli.state.ledger import Ask, Ledger, Limits, grant
 from orchestra_cli.state.sqlite_base import _NOT_FOUND_HINT, SQLiteBase
@@ -29,23 +29,14 @@ class SQLiteRecords(SQLiteBase):
         """Store step ``n`` of a task and its ``step`` event, and add ``add_usage`` to the
         task's usage, in one transaction; False if ``n`` exists already (nothing added)."""
         with self.db.write() as conn:
-            task: Task | None = None
-            if add_usage is not None:  # a charge for a task that is not there: nothing written
-                row = conn.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
-                if row is None:
-                    raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
-                task = Task.model_validate_json(row["data"])
             cur = conn.execute(
                 "INSERT OR IGNORE INTO steps (task_id, n, time, data) VALUES (?,?,?,?)",
                 (task_id, n, now(), dumps(data)),
             )
             if cur.rowcount == 0:
                 return False
-            if task is not None and add_usage is not None:
-                task.usage = task.usage + add_usage
-                conn.execute(
-                    "UPDATE tasks SET data = ? WHERE id = ?", (task.model_dump_json(), task_id)
-                )
+            if add_usage is not None:  # no such task: NotFoundError, the step rolled back
+                self._add_usage(conn, task_id, add_usage)
             self._event(conn, task_id, root_id, "step", {"n": n, **event})
         return True
 

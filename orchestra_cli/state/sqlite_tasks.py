@@ -312,11 +312,7 @@ class SQLiteTasks(SQLiteBase):
 
     def add_usage(self, task_id: str, usage: Usage) -> None:
         with self.db.write() as conn:
-            task = self._load(conn, task_id)
-            task.usage = task.usage + usage
-            conn.execute(
-                "UPDATE tasks SET data = ? WHERE id = ?", (task.model_dump_json(), task_id)
-            )
+            self._add_usage(conn, task_id, usage)
 
     def wait_ended(self, task_id: str, wait: float, *, counted: bool = False) -> Task | None:
         conn = self.db.conn()

@@ -79,10 +79,13 @@ def _ask(fake: FakeAnthropic) -> str:
     return provider.complete(request).text
 
 
-def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+def _use_proxy(monkeypatch: pytest.MonkeyPatch, proxy: Any, credentials: str = "") -> None:
+    """HTTP_PROXY names the test's proxy, and no other proxy variable is set."""
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
+    host, port = proxy.server_address[:2]
+    monkeypatch.setenv("HTTP_PROXY", f"http://{credentials}{host}:{port}")
 
 
 # the SDK's vendored aiohttp transport hands the proxy's credentials over as aiohttp's
@@ -92,9 +95,7 @@ def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_calls_go_through_the_proxy_the_environment_names_with_its_credentials(
     fake: FakeAnthropic, proxy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _clear_proxies(monkeypatch)
-    host, port = proxy.server_address[:2]
-    monkeypatch.setenv("HTTP_PROXY", f"http://ops:s3cret@{host}:{port}")
+    _use_proxy(monkeypatch, proxy, "ops:s3cret@")
     assert _ask(fake) == "through the proxy"
     assert len(proxy.seen) == 1
     seen = proxy.seen[0]
@@ -107,9 +108,7 @@ def test_calls_go_through_the_proxy_the_environment_names_with_its_credentials(
 def test_no_proxy_sends_the_call_direct(
     fake: FakeAnthropic, proxy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _clear_proxies(monkeypatch)
-    host, port = proxy.server_address[:2]
-    monkeypatch.setenv("HTTP_PROXY", f"http://{host}:{port}")
+    _use_proxy(monkeypatch, proxy)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert _ask(fake) == "through the proxy"
     assert proxy.seen == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -146,10 +149,6 @@ def test_a_process_refuses_to_start_when_its_vault_is_unreachable(
     home: object, command: list[str]
 ) -> None:
     """No silent fallback to the environment's key: one line, exit 3 (unavailable)."""
-    import os
-    import socket
-    import sys
-
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
