@@ -9,27 +9,27 @@ over (a redelivery), and one that keeps killing agents ends dead-lettered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestra_cli import __version__, tracing
 from orchestra_cli.backends import Backends
+from orchestra_cli.blocking import BlockingPool
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine import applied
+from orchestra_cli.engine.acting import Acting
 from orchestra_cli.engine.budget import Meter, MeteredProvider
-from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused, ToolRunner
+from orchestra_cli.engine.loop import AgentLoop, AwaitingApproval, Paused
 from orchestra_cli.engine.results import Results
 from orchestra_cli.engine.roles import (
     RoleDefinition,
-    known_capabilities,
-    load_roles,
     role_acts,
 )
 from orchestra_cli.engine.step_prompt import step_request
@@ -125,9 +125,12 @@ class Agent:
         self._stop = threading.Event()
         self._deadlines = Deadlines(f"timeouts-{self.name}")  # one thread, not one per task
         self.toolbox: Toolbox | None = None  # the role's tools (and MCP servers), run() to its end
-        # a role without tools whose provider can be awaited runs its calls on the loop:
-        # a few threads claim and conclude, the slots in flight are coroutines
-        self._awaitable = not role_acts(role) and awaitable(llm)
+        self.acting: Acting | None = None  # its tasks' loops, with the toolbox
+        # with a provider that can be awaited a slot is a coroutine on the loop (a single
+        # call, or a tool loop whose blocking steps take turns on a few threads): a few
+        # handler threads claim and conclude
+        self._awaitable = awaitable(llm)
+        self._blocking = BlockingPool(f"steps-{self.name}")
         self.loop = ConsumerLoop(
             backends.broker,
             [work_queue(c) for c in role.capabilities],
@@ -210,6 +213,7 @@ class Agent:
                 sandbox=self.role.sandbox,
                 hide=[p for p in hidden if p.exists()],
             )
+            self.acting = Acting(self.b, self.role, self.toolbox, self._blocking, self._count_usage)
         self._set_status("running")
         try:
             self.loop.run(self._stop)
@@ -359,25 +363,33 @@ class Agent:
         return applied.time_limit(task.timeout, task.timeout_set, self.role_timeout)
 
     def _execute(self, task: Task) -> Action | Later:
-        """Run the claimed ``task``: on this thread, or (a single call to a provider
-        that can be awaited) as a coroutine on the loop, freeing this thread."""
-        if self.toolbox is not None or not self._awaitable:
+        """Run the claimed ``task``: on this thread, or (a provider that can be awaited)
+        as a coroutine on the loop, freeing this thread."""
+        if not self._awaitable:
             return self._execute_here(task)
         span = tracing.opened(*tracing.agent_span(self, task), kind="CONSUMER")
         with span.current():  # the prompt is built in the task's span, as on a thread
             run = self._begin(task)
+            leftover: Workspace | None = None  # the work's, if it never runs
             try:
-                request = self._request(task, run.cancel)
+                work: Callable[[], Awaitable[LLMResponse]]
+                if self.acting is not None:  # its workspace is ready before it starts
+                    loop, leftover = self._prepare(task, run)
+                    work = functools.partial(self.acting.arun, loop, leftover)
+                else:
+                    work = functools.partial(self._acall, run, self._request(task, run.cancel))
             except BaseException as exc:
                 with span.current(end=True):
                     return self._conclude(task, run, None, exc)
 
-        def abandon(exc: BaseException) -> None:  # the call never ran: give its slot back
+        def abandon(exc: BaseException) -> None:  # the work never ran: give its slot back
             run.timer.cancel()
             self._release(task, run)
+            if leftover is not None:
+                leftover.remove()
             span.end(exc)
 
-        return Later(lambda: self._execute_later(task, run, request, span), abandon=abandon)
+        return Later(lambda: self._later(task, run, span, work), abandon=abandon)
 
     @tracing.traced(tracing.agent_span, kind="CONSUMER")
     def _execute_here(self, task: Task) -> Action:
@@ -385,28 +397,30 @@ class Agent:
         response: LLMResponse | None = None
         error: BaseException | None = None
         try:
-            if self.toolbox is not None:
-                response = self._act(task, run.cancel, run.metered)
+            if self.acting is not None:
+                loop, workspace = self._prepare(task, run)
+                response = self.acting.run(loop, workspace)
             else:
                 response = self._call_llm(task, run.cancel, run.metered)
         except BaseException as exc:  # concluded below, as the coroutine's are
             error = exc
         return self._conclude(task, run, response, error)
 
-    async def _execute_later(
-        self, task: Task, run: _Run, request: LLMRequest, span: tracing.Opened
+    async def _later(
+        self,
+        task: Task,
+        run: _Run,
+        span: tracing.Opened,
+        work: Callable[[], Awaitable[LLMResponse]],
     ) -> Callable[[], Action]:
-        """The call on the loop; its conclusion (blocking writes) on a settlement thread,
-        both in the task's span (opened by ``_execute``)."""
+        """The task's ``work`` on the loop (a call, or a tool loop: ``Acting.arun``); its
+        conclusion (blocking writes) on a settlement thread, both in the task's span
+        (opened by ``_execute``)."""
         response: LLMResponse | None = None
         error: BaseException | None = None
         try:
             with span.current():
-                continuations = self.b.settings.llm.max_continuations
-                response = await acomplete_text(
-                    run.metered, request, max_continuations=continuations
-                )
-            self._count_usage(response.usage)
+                response = await work()
         except BaseException as exc:
             error = exc
 
@@ -415,6 +429,12 @@ class Agent:
                 return self._conclude(task, run, response, error)
 
         return conclude
+
+    async def _acall(self, run: _Run, request: LLMRequest) -> LLMResponse:
+        continuations = self.b.settings.llm.max_continuations
+        response = await acomplete_text(run.metered, request, max_continuations=continuations)
+        self._count_usage(response.usage)
+        return response
 
     def _begin(self, task: Task) -> _Run:
         """The task's cancel event (in ``_running``), its time limit and its meter."""
@@ -479,6 +499,11 @@ class Agent:
             if self._running.get(task.id) is run.cancel:
                 del self._running[task.id]
 
+    def _prepare(self, task: Task, run: _Run) -> tuple[AgentLoop, Workspace]:
+        assert self.acting is not None, "only a role that acts runs the loop"
+        request = self._request(task, run.cancel)
+        return self.acting.prepare(task, request, run.metered, self._limit(task))
+
     def _request(self, task: Task, cancel: threading.Event) -> LLMRequest:
         return step_request(self.b, self.role, self.prompts, task, cancel)
 
@@ -496,54 +521,6 @@ class Agent:
     def _count_usage(self, usage: Usage) -> None:
         with self._lock:  # per-agent totals, saved to the registry with the next heartbeat
             self.record.usage = self.record.usage + usage
-
-    def _tools_for(self, task: Task) -> ToolRunner:
-        """The role's toolbox, with delegate/spawn/wait beside it when the role lists them."""
-        engine = [t for t in self.role.tools if t in ENGINE_TOOLS]
-        assert self.toolbox is not None, "only a role that acts runs the loop"
-        toolbox: ToolRunner = self.toolbox  # checked against the protocol here
-        if not engine:
-            return toolbox
-        from orchestra_cli.engine.delegation import DelegatingTools
-
-        caps = known_capabilities(load_roles(self.b.settings.agents.definitions_dir))
-        return DelegatingTools(
-            self.b,
-            toolbox,
-            task,
-            engine,
-            sorted(caps),
-            max_depth=self.b.settings.agents.max_delegation_depth,
-        )
-
-    def _act(self, task: Task, cancel: threading.Event, metered: MeteredProvider) -> LLMResponse:
-        """The tool-use loop (engine/loop.py) in the task's workspace, every step durable."""
-        workspace = Workspace(self.state, self.b.settings.home, task)
-        # ``metered`` defers each call's charge to the caller's next write: the loop's
-        # model step carries it (one write a turn, not two), before any tool runs, so a
-        # tool that runs long or a kill -9 meanwhile finds the turn on record and charged;
-        # a turn that records no step (a refusal, say) is charged with the task's end
-        loop = AgentLoop(
-            self.state,
-            metered,
-            self._tools_for(task),
-            task,
-            self._request(task, cancel),
-            workspace=workspace.prepare(),
-            max_turns=self.role.max_turns,
-            max_continuations=self.b.settings.llm.max_continuations,
-            deadline=time.monotonic() + self._limit(task),
-            after_tools=workspace.save,
-        )
-        try:
-            return loop.run()
-        finally:
-            with self._lock:
-                self.record.usage = self.record.usage + loop.spent
-            try:
-                workspace.save()  # whatever the outcome: a retry or resume starts from it
-            finally:
-                workspace.remove()  # its files are artifacts in the state store now
 
 
 def _forward(source: threading.Event, *targets: threading.Event) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestra_cli.backends import Backends
+from orchestra_cli.blocking import waiting
 from orchestra_cli.broker.base import publish_run
 from orchestra_cli.engine.loop import ToolRunner
 from orchestra_cli.engine.routing import AgentDirectory
@@ -207,9 +208,10 @@ class DelegatingTools:
     def _wait_one(self, child: Task, ctx: Any) -> Task:
         # the task's own time-out sets ``cancel`` (the agent's deadline timer)
         cancel = getattr(ctx, "cancel", None)
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise TaskCancelled("cancelled while waiting for a delegated subtask")
-            ended = self.b.state.wait_ended(child.id, WAIT_STEP_SECONDS)
-            if ended is not None:
-                return ended
+        with waiting():  # for another agent: this thread is not the agent's to hold
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise TaskCancelled("cancelled while waiting for a delegated subtask")
+                ended = self.b.state.wait_ended(child.id, WAIT_STEP_SECONDS)
+                if ended is not None:
+                    return ended

@@ -26,10 +26,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orchestra_cli.errors import LLMError, LLMTruncated, StateUnavailable, TaskCancelled
 from orchestra_cli.llm.base import (
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from orchestra_cli.engine.approvals import PauseWatch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 UNKNOWN_OUTCOME = (
     "The outcome of this call is unknown: the agent running it stopped before it "
@@ -76,6 +77,12 @@ class AwaitingApproval(Exception):
 
 class Paused(Exception):
     """The task's tree was paused (`orchestra task pause`); the task parks as blocked."""
+
+
+class Blocking(Protocol):
+    """Runs a blocking function off the event loop: ``await blocking(fn, *args)``."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
 
 
 class ToolRunner(Protocol):
@@ -253,6 +260,9 @@ class AgentLoop:
         self._n = 0
         self._lock = threading.Lock()
         self._paused: PauseWatch | None = None  # approvals.PauseWatch, on the first check
+        self._replay: Replay | None = None  # the conversation so far, from the first advance
+        self._request = base  # the task's request (as its prompt step has it), ditto
+        self._continuations = 0  # cut turns (max_tokens) in a row
 
     # -- the step log ------------------------------------------------------------
     def _record(
@@ -295,9 +305,57 @@ class AgentLoop:
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> LLMResponse:
+        """The loop on this thread (a provider that cannot be awaited, a test)."""
+        answered: tuple[LLMResponse, float] | None = None
+        while (request := self.advance(answered)) is not None:
+            asked = time.monotonic()
+            answered = self.llm.complete(request), time.monotonic() - asked
+        return self._answer()
+
+    async def arun(self, blocking: Blocking) -> LLMResponse:
+        """The loop as a coroutine: each model call awaited (``acomplete``), the work
+        between two calls in one ``await blocking(self.advance, …)`` (on a thread of the
+        caller's, e.g. ``blocking.BlockingPool.run``): a loop in flight costs no thread."""
+        acomplete = self.llm.acomplete  # type: ignore[attr-defined]  # (llm.base.awaitable)
+        answered: tuple[LLMResponse, float] | None = None
+        while (request := await blocking(self.advance, answered)) is not None:
+            asked = time.monotonic()
+            answered = await acomplete(request), time.monotonic() - asked
+        return self._answer()
+
+    def advance(self, answered: tuple[LLMResponse, float] | None) -> LLMRequest | None:
+        """Everything between two model calls, blocking: the turn just ``answered`` (its
+        response and how long it took) on record, then the steps it leads to — its tool
+        calls, the checks for a cancel or a pause — up to the next call. Returns that
+        call's request, or None once the task's answer is in (``_answer``)."""
+        if self._replay is None:
+            self._open()
+        elif answered is not None:
+            self._took(*answered)
+        r = self._replay
+        assert r is not None
+        while True:
+            self._check_cancel()
+            self._check_paused()
+            if r.pending:
+                self._resolve(r)
+                continue
+            if r.last is not None and self._finished(r.last):
+                return None
+            if r.model_turns >= self.max_turns:
+                error = LLMError(
+                    f"the agent reached its max_turns ({self.max_turns}) without finishing",
+                    "raise max_turns in the role file, or split the task",
+                )
+                error.retryable = False
+                raise error
+            return replace(self._request, followups=list(r.turns))
+
+    def _open(self) -> None:
+        """The task's steps so far (a prompt step first, if there are none) replayed."""
         steps = self._steps()
         first = steps[0]
-        request = replace(
+        self._request = replace(
             self.base,
             system=first.get("system", self.base.system),
             prompt_prefix=first.get("prefix", self.base.prompt_prefix),
@@ -306,7 +364,7 @@ class AgentLoop:
             model=first.get("model", self.base.model),
             tools=self.tools.specs(),
         )
-        r = replay(steps)
+        self._replay = r = replay(steps)
         self.always = allowed_always(self.state, self.task, steps)
         if r.model_turns:
             log.info(
@@ -315,36 +373,23 @@ class AgentLoop:
                 len(steps),
                 r.model_turns,
             )
-        continuations = 0
-        while True:
-            self._check_cancel()
-            self._check_paused()
-            if r.pending:
-                self._resolve(r)
-                continue
-            if r.last is not None and self._finished(r.last):
-                return self._answer(r)
-            if r.model_turns >= self.max_turns:
-                error = LLMError(
-                    f"the agent reached its max_turns ({self.max_turns}) without finishing",
-                    "raise max_turns in the role file, or split the task",
-                )
-                error.retryable = False
-                raise error
-            asked = time.monotonic()
-            response = self.llm.complete(replace(request, followups=list(r.turns)))
-            took = time.monotonic() - asked
-            check_final(response, request.model)
-            continuations = continuations + 1 if response.stop_reason == "max_tokens" else 0
-            if continuations > self.max_continuations:
-                raise LLMTruncated(
-                    f"output truncated at max_tokens ({request.max_tokens}) after "
-                    f"{self.max_continuations} continuation(s)",
-                    "raise max_tokens in the role file (or llm.max_tokens)",
-                )
-            self._model_step(response, turn=r.model_turns + 1, took=took)
-            self.spent = self.spent + response.usage
-            r = self._advance(r, response)
+
+    def _took(self, response: LLMResponse, took: float) -> None:
+        """A model turn's answer: checked, on record (charged), and in the replay."""
+        r = self._replay
+        assert r is not None
+        check_final(response, self._request.model)
+        stop = response.stop_reason
+        self._continuations = self._continuations + 1 if stop == "max_tokens" else 0
+        if self._continuations > self.max_continuations:
+            raise LLMTruncated(
+                f"output truncated at max_tokens ({self._request.max_tokens}) after "
+                f"{self.max_continuations} continuation(s)",
+                "raise max_tokens in the role file (or llm.max_tokens)",
+            )
+        self._model_step(response, turn=r.model_turns + 1, took=took)
+        self.spent = self.spent + response.usage
+        self._replay = self._advance(r, response)
 
     def _finished(self, step: dict[str, Any]) -> bool:
         return step.get("stop_reason") not in (
@@ -524,7 +569,8 @@ class AgentLoop:
             {"kind": "tool_result", "tool": call.name, "is_error": is_error},
         )
 
-    def _answer(self, r: Replay) -> LLMResponse:
+    def _answer(self) -> LLMResponse:
+        r = self._replay or Replay()
         last = r.last or {}
         return LLMResponse(
             text="".join(r.answer),

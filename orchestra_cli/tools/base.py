@@ -117,6 +117,9 @@ class BuiltinTool:
     description: ClassVar[str]
     input_schema: ClassVar[dict[str, Any]]
     idempotent: ClassVar[bool] = False
+    # whether a call mostly waits on something outside the process (a command, a
+    # server): it then frees its agent's share of threads meanwhile (blocking.waiting)
+    waits: ClassVar[bool] = False
 
     def spec(self) -> ToolSpec:
         return ToolSpec(self.name, self.description, self.input_schema)

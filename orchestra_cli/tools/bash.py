@@ -236,6 +236,7 @@ class Bash(BuiltinTool):
         "additionalProperties": False,
     }
     idempotent = False
+    waits = True
 
     def execute(self, args: Args, ctx: ToolContext) -> ToolOutput:
         command = args.text("command")

@@ -18,10 +18,12 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from orchestra_cli import metrics, tracing
+from orchestra_cli.blocking import waiting
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.llm.base import ToolCall, ToolSpec
 from orchestra_cli.logs import known_secrets
@@ -227,7 +229,8 @@ class Toolbox:
             )
             for c in calls
         ]
-        concurrent.futures.wait(futures)
+        with waiting():  # on the calls' own threads
+            concurrent.futures.wait(futures)
         for future in futures:
             failure = future.exception()
             if isinstance(failure, TaskCancelled):
@@ -283,13 +286,15 @@ class Toolbox:
             return error(f"{call.name}: the input must be a JSON object")
         tool = self._local.get(call.name)
         if tool is not None:
-            out = tool.run(call.input, ctx)  # built-ins cap and redact; extra tools may not
+            with waiting() if getattr(tool, "waits", False) else nullcontext():
+                out = tool.run(call.input, ctx)  # built-ins cap and redact; others may not
             return ToolOutput(cap(ctx.redact(out.content), ctx.limits), out.is_error)
         assert self._mcp is not None
         timeout = ctx.remaining(MCP_TIMEOUT)
         if timeout <= 0:
             return error(f"{call.name}: the task's time is up; the call was not made")
-        out = self._mcp.call(call.name, call.input, timeout=timeout, cancel=ctx.cancel)
+        with waiting():  # on the server
+            out = self._mcp.call(call.name, call.input, timeout=timeout, cancel=ctx.cancel)
         return ToolOutput(cap(ctx.redact(out.content), ctx.limits), out.is_error)
 
     def close(self) -> None:

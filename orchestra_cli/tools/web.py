@@ -99,6 +99,7 @@ class WebFetch(BuiltinTool):
         "additionalProperties": False,
     }
     idempotent = True
+    waits = True
 
     def execute(self, args: Args, ctx: ToolContext) -> ToolOutput:
         import httpx  # the anthropic SDK's HTTP client; only a fetch pays its import

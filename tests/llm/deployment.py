@@ -21,6 +21,7 @@ class Deployment:
         *,
         env: dict[str, str] | None = None,
         role: str = "coder",
+        concurrency: int = 1,
     ) -> None:
         self.tmp = tmp_path
         self.procs = procs
@@ -39,14 +40,15 @@ class Deployment:
             }
         )
         procs.append(Proc(["run"], self.env, self.cwd, tmp_path / "run.log"))
-        self.agent = self.start_agent("1")
+        self.agent = self.start_agent("1", concurrency=concurrency)
 
-    def start_agent(self, suffix: str, role: str | None = None) -> Proc:
-        """One agent of the role (or ``role``) with one slot, running once this returns."""
+    def start_agent(self, suffix: str, role: str | None = None, concurrency: int = 1) -> Proc:
+        """One agent of the role (or ``role``) with ``concurrency`` slots, running once this
+        returns."""
         role = role or self.role
         name = f"{role}-{suffix}"
         proc = Proc(
-            ["agent", "start", role, "--name", name, "--concurrency", "1"],
+            ["agent", "start", role, "--name", name, "--concurrency", str(concurrency)],
             self.env,
             self.cwd,
             self.tmp / f"{name}.log",
@@ -64,6 +66,14 @@ class Deployment:
         got = run_orchestra(["--json", *args], self.env, self.cwd)
         assert got.code in (0, 1), got
         return json.loads(got.out)
+
+    def submit_many(self, texts: list[str], *extra: str) -> list[str]:
+        """One `task submit --batch` (one process, not one a task)."""
+        batch = self.tmp / f"batch-{len(texts)}.txt"
+        batch.write_text("".join(f"{t}\n" for t in texts))
+        got = run_orchestra(["task", "submit", "--batch", str(batch), *extra], self.env, self.cwd)
+        assert got.code == 0, got
+        return got.out.split()
 
     def submit(self, text_: str, *extra: str) -> str:
         got = run_orchestra(["task", "submit", "-q", *extra, text_], self.env, self.cwd)

@@ -190,6 +190,52 @@ def test_cancel_kills_a_running_bash_command_and_its_children(
     _ = json
 
 
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_loops_in_flight_are_coroutines_on_the_loop_not_a_thread_each(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    require_bwrap()
+    n = 48
+    fake.script(
+        *[tool_use("Glob", {"pattern": "*"}) for _ in range(n)],
+        *[text("looked", delay=4) for _ in range(n)],
+    )
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, concurrency=n)
+        idle = _threads(deployment.agent.pid)
+        ids = deployment.submit_many([f"look {i}" for i in range(n)], "--capability", "code")
+        # every loop past its tool call and waiting on its second turn at once
+        wait_until(lambda: len(fake.requests) == 2 * n, timeout=60, what="every second turn")
+        busy = _threads(deployment.agent.pid)
+        done = [deployment.finished(task_id) for task_id in ids]
+    assert all(t["status"] == "succeeded" and t["result"] == "looked" for t in done)
+    # a thread a loop would be 48 more; in flight they add only the settlement threads
+    # (up to 8) and the step pool's core (4) at most
+    assert busy - idle <= 12 + 2, (idle, busy)
+
+
+def test_tool_calls_that_wait_run_side_by_side_beyond_the_agents_few_threads(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    require_bwrap()
+    n = 10  # more than the pool's core (blocking.CORE_THREADS): waiting calls free theirs
+    fake.script(
+        *[tool_use("Bash", {"command": "sleep 3; echo slept"}) for _ in range(n)],
+        *[text("waited") for _ in range(n)],
+    )
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, concurrency=n)
+        started = time.monotonic()
+        ids = deployment.submit_many([f"wait {i}" for i in range(n)], "--capability", "code")
+        done = [deployment.finished(task_id) for task_id in ids]
+        took = time.monotonic() - started
+    assert all(t["status"] == "succeeded" for t in done), done
+    assert took < 3 * 2.5, took  # side by side: not ten 3 s sleeps four at a time
+
+
 LEAD_ROLE = """name: lead
 description: Leads the work and hands parts of it to the team.
 capabilities: [lead]
