@@ -121,7 +121,7 @@ def orchestra_row(row: ToolRow, endpoint: Running, mode: str, agents: int = 1) -
         row.all_cpu_ms_per_task = meter.elapsed() / row.at_once * 1000
         row.endpoint_cpu_ms_per_call = (cpu_seconds(endpoint.pid) - ep) / row.at_once / TURNS * 1e3
         row.peak_rss_mb = sum(peak_rss_mb(p.pid) for p in procs[1:])  # the agents together
-        row.note = f"{mode}; {agents} agent{'s' if agents > 1 else ''} x {slots} threads"
+        row.note = f"{mode}; {agents} agent{'s' if agents > 1 else ''} x {slots} slots"
         row.note += f"; {steps} steps a task" + ("; peak MB: the agents' sum" if agents > 1 else "")
     return row
 

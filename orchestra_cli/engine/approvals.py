@@ -234,13 +234,34 @@ class PauseWatch:
     was read whole before every step: O(steps²) per task, ~25% of a tool-loop agent's
     CPU at 17 steps a task, profiled). Steps are numbered upwards and never rewritten:
     the count is the count seen plus the new ones. When it is not (a rollback restored
-    another state), it reads them all again."""
+    another state), it reads them all again.
+
+    A loop's own step writes also say whether the root changed (``record_step``'s
+    ``root_seen=watch.seen``, its answer to ``wrote``): an ask right after a write
+    that says nobody else wrote there needs no read at all."""
 
     def __init__(self, state: StateStore, root_id: str) -> None:
         self.state, self.root_id = state, root_id
         self._seen, self._last, self._paused = 0, -1, False
+        self._fresh = False  # the last write said the root holds nothing unread
+
+    @property
+    def seen(self) -> int:
+        """The root's step count as of the last look (a write's ``root_seen``)."""
+        return self._seen
+
+    def wrote(self, answer: int, own: int | None = None) -> None:
+        """A step write's answer (``record_step(…, root_seen=self.seen)``); ``own``: the
+        step's number when the loop's task is the root itself (it is one of the root's)."""
+        self._fresh = answer == 1
+        if self._fresh and own is not None:
+            self._seen += 1
+            self._last = max(self._last, own)
 
     def __call__(self) -> bool:
+        if self._fresh:  # as of the write just made, nothing new on the root
+            self._fresh = False
+            return self._paused
         count, new = self.state.steps_after(self.root_id, self._last)
         if count != self._seen + len(new):  # one taken away, or one written below _last
             self._seen, self._last, self._paused = 0, -1, False

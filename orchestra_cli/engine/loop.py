@@ -271,10 +271,21 @@ class AgentLoop:
         if data.get("kind") != "model":  # a model turn goes back as it came (signatures)
             data = redacted(data)
         event = redacted(event)  # the event log, `task watch` and the WebSocket see it
+        watch = self._pause_watch()
         with self._lock:
             n = self._n
-            while not self.state.record_step(
-                self.task.id, self.task.root_id, n, data, event, add_usage=usage
+            # the write also says whether the tree's root changed: the pause check that
+            # follows it reads nothing when it did not (one round trip a step, not two)
+            while not (
+                written := self.state.record_step(
+                    self.task.id,
+                    self.task.root_id,
+                    n,
+                    data,
+                    event,
+                    add_usage=usage,
+                    root_seen=watch.seen,
+                )
             ):
                 taken = next((s for s in self.state.steps(self.task.id) if s["n"] == n), {})
                 if taken.get("kind") in TREE_MARKS:  # a person paused the tree meanwhile
@@ -285,6 +296,7 @@ class AgentLoop:
                     "it has taken the task over"
                 )
             self._n = n + 1
+            watch.wrote(written, n if self.task.is_root else None)
         return data
 
     def _steps(self) -> list[dict[str, Any]]:
@@ -580,13 +592,16 @@ class AgentLoop:
             stop_reason=str(last.get("stop_reason") or "end_turn"),
         )
 
-    def _check_paused(self) -> None:
-        """Between steps: a paused tree takes no new step (the last turn has finished)."""
+    def _pause_watch(self) -> PauseWatch:
         if self._paused is None:
             from orchestra_cli.engine.approvals import PauseWatch
 
             self._paused = PauseWatch(self.state, self.task.root_id)
-        if self._paused():
+        return self._paused
+
+    def _check_paused(self) -> None:
+        """Between steps: a paused tree takes no new step (the last turn has finished)."""
+        if self._pause_watch()():
             self._record({"kind": "paused"}, {"kind": "paused"})
             raise Paused(self.task.root_id)
 

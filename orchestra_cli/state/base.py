@@ -217,10 +217,15 @@ class StepLog(Protocol):
         event: dict[str, Any],
         *,
         add_usage: Usage | None = None,
-    ) -> bool:
-        """Store step ``n`` of a task (and a ``step`` event); False if ``n`` exists already.
-        ``add_usage`` is added to the task's usage in the same atomic write (a model turn's
-        step carries its call's charge: both are on record, or neither)."""
+        root_seen: int | None = None,
+    ) -> int:
+        """Store step ``n`` of a task (and a ``step`` event): 0 (falsy) if ``n`` exists
+        already, else 1 — or 2 when ``root_seen`` is given and the root's step log no
+        longer holds that many steps (besides this one, on the root itself): someone wrote
+        there meanwhile (a pause, say), and a ``PauseWatch`` looks; 1 says nobody did, as
+        of this write, and saves that look's round trip. ``add_usage`` is added to the
+        task's usage in the same atomic write (a model turn's step carries its call's
+        charge: both are on record, or neither)."""
         ...
 
     def steps(self, task_id: str) -> list[dict[str, Any]]:

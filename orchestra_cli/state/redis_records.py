@@ -33,17 +33,21 @@ class RedisRecords(RedisConnection):
         event: dict[str, Any],
         *,
         add_usage: Usage | None = None,
-    ) -> bool:
+        root_seen: int | None = None,
+    ) -> int:
         """Store step ``n`` of a task and its ``step`` event, and add ``add_usage`` to the
-        task's usage, in one script; False if ``n`` exists already (nothing added)."""
+        task's usage, in one script; 0 if ``n`` exists already (nothing added), else 1, or
+        2 if the root's step count is not ``root_seen`` (``StepLog.record_step``)."""
         payload = {"id": task_id, "root": root_id, "n": n, "time": now()}
-        body = {**payload, "data": dumps({**data, "time": payload["time"]})}
+        body: dict[str, Any] = {**payload, "data": dumps({**data, "time": payload["time"]})}
         if add_usage is not None:
             body["delta"] = add_usage.model_dump_json()
+        if root_seen is not None:
+            body["seen"] = root_seen
         written = self._run("record_step", {**body, "event": dumps({"n": n, **event})})
         if written == -1:
             raise NotFoundError(f"task {task_id} not found", _NOT_FOUND_HINT)
-        return bool(written)
+        return int(written)
 
     def steps(self, task_id: str) -> list[dict[str, Any]]:
         """The task's steps in order, each with its ``n`` and ``time``."""

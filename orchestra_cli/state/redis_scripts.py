@@ -465,13 +465,18 @@ local usage = a.delta and redis.call('HGET', k('t', a.id), 'usage')
 if a.delta and not usage then return -1 end  -- a charge for a task that is not there
 if redis.call('HSETNX', k('steps', a.id), a.n, a.data) == 0 then
   -- a retry of this very write (its reply was lost) finds its own step: done (its
-  -- usage was added with it)
-  return redis.call('HGET', k('steps', a.id), a.n) == a.data and 1 or 0
+  -- usage was added with it); whether the root changed meanwhile is not known: 2
+  if redis.call('HGET', k('steps', a.id), a.n) ~= a.data then return 0 end
+  return a.seen and 2 or 1
 end
 if a.delta then  -- the model turn's charge, with its step
   redis.call('HSET', k('t', a.id), 'usage', add_usage(usage, a.delta))
 end
 add_event(a.id, a.root, 'step', a.time, '{}', a.event)
+if a.seen then  -- has anyone else written on the root since the caller looked?
+  local own = (a.root == a.id) and 1 or 0
+  if redis.call('HLEN', k('steps', a.root)) ~= a.seen + own then return 2 end
+end
 return 1
 """
 )

@@ -25,20 +25,28 @@ class SQLiteRecords(SQLiteBase):
         event: dict[str, Any],
         *,
         add_usage: Usage | None = None,
-    ) -> bool:
+        root_seen: int | None = None,
+    ) -> int:
         """Store step ``n`` of a task and its ``step`` event, and add ``add_usage`` to the
-        task's usage, in one transaction; False if ``n`` exists already (nothing added)."""
+        task's usage, in one transaction; 0 if ``n`` exists already (nothing added), else
+        1, or 2 if the root's step count is not ``root_seen`` (``StepLog.record_step``)."""
         with self.db.write() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO steps (task_id, n, time, data) VALUES (?,?,?,?)",
                 (task_id, n, now(), dumps(data)),
             )
             if cur.rowcount == 0:
-                return False
+                return 0
             if add_usage is not None:  # no such task: NotFoundError, the step rolled back
                 self._add_usage(conn, task_id, add_usage)
             self._event(conn, task_id, root_id, "step", {"n": n, **event})
-        return True
+            if root_seen is not None:  # has anyone else written on the root since?
+                (count,) = conn.execute(
+                    "SELECT COUNT(*) FROM steps WHERE task_id = ?", (root_id,)
+                ).fetchone()
+                if count != root_seen + (root_id == task_id):
+                    return 2
+        return 1
 
     def steps(self, task_id: str) -> list[dict[str, Any]]:
         """The task's steps in order, each with its ``n`` and ``time``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestra_cli.backends import Backends
 from orchestra_cli.models import Task
 
@@ -53,6 +55,20 @@ def test_steps_after_a_number_are_the_newer_ones_with_the_count(
     assert state.steps_after("no-such-task", -1) == (0, [])
 
 
+def _count_reads(state: Any) -> list[int]:
+    """How many steps each of ``state.steps_after``'s reads from now on returns."""
+    reads: list[int] = []
+    real = state.steps_after
+
+    def counted(task_id: str, after: int) -> tuple[int, list[dict[str, object]]]:
+        count, new = real(task_id, after)
+        reads.append(len(new))
+        return count, new
+
+    state.steps_after = counted
+    return reads
+
+
 def test_a_pause_watch_reads_each_step_once_and_sees_marks_written_by_others(
     contract_backends: Backends,
 ) -> None:
@@ -68,19 +84,53 @@ def test_a_pause_watch_reads_each_step_once_and_sees_marks_written_by_others(
     append_step(state, root.id, root.id, {"kind": "pause"}, {"kind": "pause"})  # a person
     assert watch()
     assert watch()  # nothing new: still paused
-    reads: list[int] = []
-    real = state.steps_after
-
-    def counted(task_id: str, after: int) -> tuple[int, list[dict[str, object]]]:
-        count, new = real(task_id, after)
-        reads.append(len(new))
-        return count, new
-
-    state.steps_after = counted  # type: ignore[method-assign]
+    reads = _count_reads(state)
     append_step(state, root.id, root.id, {"kind": "resume"}, {"kind": "resume"})
     state.record_step(root.id, root.id, 3, {"kind": "model"}, {})
     assert not watch() and reads == [2]  # only the two new steps were read
     assert not watch() and reads == [2, 0]
+
+
+def test_a_step_write_says_whether_anyone_else_wrote_on_the_root(
+    contract_backends: Backends,
+) -> None:
+    from orchestra_cli.engine.loop import append_step
+
+    state = contract_backends.state
+    root, _ = state.create_task(Task(title="t", input="i"))
+    child, _ = state.create_task(Task(title="c", input="i", root_id=root.id, parent_id=root.id))
+    # the root's own loop: its own steps count, nobody else's are there
+    assert state.record_step(root.id, root.id, 0, {"kind": "prompt"}, {}, root_seen=0) == 1
+    assert state.record_step(root.id, root.id, 1, {"kind": "model"}, {}, root_seen=1) == 1
+    append_step(state, root.id, root.id, {"kind": "pause"}, {"kind": "pause"})  # a person
+    assert state.record_step(root.id, root.id, 3, {"kind": "model"}, {}, root_seen=2) == 2
+    assert state.record_step(root.id, root.id, 4, {"kind": "model"}, {}, root_seen=4) == 1
+    # a subtask's loop: the root's steps are others' (4 of its own, 1 mark)
+    assert state.record_step(child.id, root.id, 0, {"kind": "prompt"}, {}, root_seen=5) == 1
+    assert state.record_step(child.id, root.id, 1, {"kind": "model"}, {}, root_seen=4) == 2
+    # taken: 0 whatever the root holds; no root_seen: 1
+    assert state.record_step(child.id, root.id, 1, {"kind": "other"}, {}, root_seen=5) == 0
+    assert state.record_step(child.id, root.id, 2, {"kind": "model"}, {}) == 1
+
+
+def test_a_pause_watch_trusts_a_write_that_saw_nothing_new_and_reads_after_one_that_did(
+    contract_backends: Backends,
+) -> None:
+    from orchestra_cli.engine.approvals import PauseWatch
+    from orchestra_cli.engine.loop import append_step
+
+    state = contract_backends.state
+    root, _ = state.create_task(Task(title="t", input="i"))
+    watch = PauseWatch(state, root.id)
+    reads = _count_reads(state)
+    for n in range(3):  # the loop's own steps, each write answering for the root
+        watch.wrote(state.record_step(root.id, root.id, n, {}, {}, root_seen=watch.seen), n)
+        assert not watch()
+    assert reads == []  # no read at all
+    append_step(state, root.id, root.id, {"kind": "pause"}, {"kind": "pause"})
+    watch.wrote(state.record_step(root.id, root.id, 4, {}, {}, root_seen=watch.seen), 4)
+    assert watch() and reads == [2]  # the write saw the mark: one read, of the new steps
+    assert watch() and reads == [2, 0]  # no write since: it reads again
 
 
 def test_artifacts_are_content_addressed_and_a_deletion_is_recorded(
@@ -102,7 +152,6 @@ def test_artifacts_are_content_addressed_and_a_deletion_is_recorded(
 
 def test_a_pause_watch_reads_everything_again_when_the_root_has_fewer_steps() -> None:
     """A rollback can restore a state with fewer steps: what was seen no longer holds."""
-    from typing import Any
 
     from orchestra_cli.engine.approvals import PauseWatch
 

@@ -212,9 +212,9 @@ def test_loops_in_flight_are_coroutines_on_the_loop_not_a_thread_each(
         busy = _threads(deployment.agent.pid)
         done = [deployment.finished(task_id) for task_id in ids]
     assert all(t["status"] == "succeeded" and t["result"] == "looked" for t in done)
-    # a thread a loop would be 48 more; in flight they add only the settlement threads
-    # (up to 8) and the step pool's core (4) at most
-    assert busy - idle <= 12 + 2, (idle, busy)
+    # a thread a loop would be 48 more; in flight they add the settlement threads (up to
+    # 8), the step pool's core (4) and, on a loaded machine, a few for steps it finds stuck
+    assert busy - idle < n // 2, (idle, busy)
 
 
 def test_tool_calls_that_wait_run_side_by_side_beyond_the_agents_few_threads(
