@@ -1,4 +1,4 @@
-"""Blocking work of many coroutines on a few threads: more only while some are stuck.
+"""Blocking work of many coroutines on a few threads: more only while they wait.
 
 A tool-using agent keeps hundreds of loops in flight as coroutines on the
 process's loop (``aio.SHARED``); between two model calls each has blocking
@@ -12,7 +12,12 @@ stall every other loop. So, as Go's scheduler does for a thread stuck in a
 system call: an item inside ``with blocking.waiting():`` (a tool waiting for
 its command, its server or a child task) stops counting at once, and so does
 one that has run longer than ``patience``; while items wait for a thread, one
-is added. Threads above ``core`` end after ``idle`` seconds without work.
+is added. And while items wait and the process uses less than most of a core,
+its threads are waiting on I/O (a state store across a network: 20 ms round
+trips on 4 threads would queue 400 loops' steps for seconds), so threads are
+added — up to twice as many every ``WATCH_SECONDS``; a busy process gets none
+(they would only queue for the GIL). Threads above ``core`` end after ``idle``
+seconds without work.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ CORE_THREADS = 4  # at most this many items run at once, unless some are stuck
 # load an item's wait for the GIL would pass for being stuck (and add threads to wait)
 PATIENCE_SECONDS = 0.5
 IDLE_SECONDS = 30.0  # a thread above the core ends after this long without work
+WATCH_SECONDS = 0.01  # while items wait for a thread, how often the watcher looks
+SATURATED = 0.8  # of a core: a process using less is waiting, not computing
 MAX_THREADS = 4096  # stuck items and all: a bound, not a target
 
 
@@ -92,12 +99,15 @@ class BlockingPool:
         patience: float = PATIENCE_SECONDS,
         idle: float = IDLE_SECONDS,
         limit: int = MAX_THREADS,
+        cpu: Callable[[], float] = time.process_time,
     ) -> None:
+        """``cpu``: the process's CPU seconds so far (the watcher's measure of busy)."""
         self.name = name
         self.core = max(1, core)
         self.patience = patience
         self.idle = idle
         self.limit = max(self.core, limit)
+        self._cpu = cpu
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._idle = 0  # threads waiting for an item
@@ -119,46 +129,61 @@ class BlockingPool:
 
     def _submit(self, item: _Item) -> None:
         with self._cond:
-            self._queue.append(item)
-            if self._idle + self._starting >= len(self._queue):
-                self._cond.notify()  # a thread free for it already
-                return
+            if not self._idle + self._starting and not self._grow() and not self._busy:
+                raise RuntimeError(f"{self.name}: no thread to run a blocking step on")
+            self._queue.append(item)  # from here on it runs, sooner or later
             if self._idle:
                 self._cond.notify()
-            if not self._grow():
+            if len(self._queue) > self._idle + self._starting:
                 self._watch()
 
-    def _grow(self) -> bool:
-        """Under the lock: add a thread if fewer than ``core`` run unstuck items."""
+    def _grow(self, *, beyond_core: bool = False) -> bool:
+        """Under the lock: add a thread if fewer than ``core`` run unstuck items (or, with
+        ``beyond_core``, whatever the core: the watcher saw the process idle)."""
         now = time.monotonic()
         running = sum(1 for began in self._busy.values() if now - began < self.patience)
         total = self._idle + self._starting + len(self._busy)
-        if running + self._idle + self._starting >= self.core or total >= self.limit:
+        if total >= self.limit or (
+            not beyond_core and running + self._idle + self._starting >= self.core
+        ):
             return False
-        self._starting += 1
         self._ids += 1
         thread = threading.Thread(target=self._work, name=f"{self.name}-{self._ids}", daemon=True)
         try:
             thread.start()
-        except RuntimeError:  # no thread to be had (interpreter exit): the others go on
-            self._starting -= 1
+        except RuntimeError:  # no thread to be had (a pid limit, interpreter exit)
             return False
+        self._starting += 1
         return True
 
     def _watch(self) -> None:
-        """Under the lock: while items wait behind stuck ones, look again every
-        ``patience`` and add threads as items become stuck."""
+        """Under the lock: a thread that adds threads while items wait for one."""
         if self._watching:
             return
+        watcher = threading.Thread(target=self._watcher, name=f"{self.name}-watch", daemon=True)
+        try:
+            watcher.start()
+        except RuntimeError:  # the next submit tries again; the threads there go on
+            return
         self._watching = True
-        threading.Thread(target=self._watcher, name=f"{self.name}-watch", daemon=True).start()
 
     def _watcher(self) -> None:
+        """Every ``WATCH_SECONDS`` while items wait: if the process used less than
+        ``SATURATED`` of a core meanwhile, its threads wait on I/O (a state store not on
+        loopback, say) and more of them help — up to twice as many each look; if it was
+        busy, they would only queue for the GIL, and only stuck items make room."""
+        cpu, wall = self._cpu(), time.monotonic()
         while True:
-            time.sleep(self.patience)
+            time.sleep(WATCH_SECONDS)
+            cpu_now, wall_now = self._cpu(), time.monotonic()
+            quiet = (cpu_now - cpu) < SATURATED * (wall_now - wall)
+            cpu, wall = cpu_now, wall_now
             with self._cond:
-                while len(self._queue) > self._idle + self._starting and self._grow():
-                    pass
+                short = len(self._queue) - self._idle - self._starting
+                if quiet:
+                    short = min(short, len(self._busy))  # at most double the threads
+                while short > 0 and self._grow(beyond_core=quiet):
+                    short -= 1
                 if not self._queue:
                     self._watching = False
                     return
@@ -178,8 +203,7 @@ class BlockingPool:
         _worker.pool = self
         with self._cond:
             self._starting -= 1
-        while True:
-            with self._cond:
+            while True:
                 self._idle += 1
                 while not self._queue:
                     woken = self._cond.wait(self.idle)
@@ -190,14 +214,25 @@ class BlockingPool:
                 self._idle -= 1
                 item = self._queue.popleft()
                 self._busy[me] = time.monotonic()
-            try:
-                value, ok = item.context.run(item.fn, *item.args), True
-            except BaseException as exc:  # the coroutine gets it, whatever it is
-                value, ok = exc, False
-            try:
-                item.loop.call_soon_threadsafe(_settle, item.future, ok, value)
-            except RuntimeError:  # the loop closed meanwhile: nobody waits for it
-                log.debug("%s: an item finished after its loop closed", self.name)
-            del item, value
-            with self._cond:
-                del self._busy[me]
+                self._cond.release()
+                try:
+                    self._run(item)
+                finally:
+                    self._cond.acquire()
+                    del self._busy[me]
+
+    def _run(self, item: _Item) -> None:
+        try:
+            value, ok = item.context.run(item.fn, *item.args), True
+        except BaseException as exc:  # the coroutine gets it, whatever it is
+            value, ok = exc, False
+        try:
+            item.loop.call_soon_threadsafe(_settle, item.future, ok, value)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits for it
+            log.debug("%s: an item finished after its loop closed", self.name)
+
+
+# The process's pool for its coroutines' blocking steps: a tool loop's (engine/acting.py),
+# a metered call's ledger (engine/budget.py) — never the loop's default executor, which
+# the SDK's own requests need (a step waiting there on the loop could starve them)
+STEPS = BlockingPool("steps")

@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestra_cli.broker.base import Broker, publish_run
 from orchestra_cli.engine import plan_review
-from orchestra_cli.engine.loop import TREE_MARKS, append_step
+from orchestra_cli.engine.steps import TREE_MARKS, append_step
 from orchestra_cli.errors import ConflictError, TransitionRejected, UsageError
 from orchestra_cli.models import Task
 from orchestra_cli.state.base import StateStore

@@ -22,13 +22,13 @@ overridden per tree by the root task's labels ``budget_usd`` /
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from dataclasses import dataclass, replace
 
 from orchestra_cli import metrics, tracing
+from orchestra_cli.blocking import STEPS
 from orchestra_cli.errors import (
     BudgetExceeded,
     LLMError,
@@ -287,22 +287,22 @@ class MeteredProvider:
     @tracing.traced_async(tracing.model_span, tracing.model_answered, kind="CLIENT")
     async def acomplete(self, request: LLMRequest) -> LLMResponse:
         """``complete`` as a coroutine: the inner provider's ``acomplete`` on the loop, the
-        ledger's reads and writes on the loop's executor (they block)."""
+        ledger's reads and writes (they block) on the process's ``blocking.STEPS``."""
         # a root task with no budget and nothing left to charge needs no ledger: no
         # blocking step, so no hand-over to a thread (each costs ~0.1-0.3 ms of CPU)
         plain = self._unbudgeted and self._uncharged is None
         if plain:
             request, hold, started = self._before(request)
         else:
-            request, hold, started = await asyncio.to_thread(self._before, request)
+            request, hold, started = await STEPS.run(self._before, request)
         try:
             response = await self.inner.acomplete(request)  # type: ignore[attr-defined]
         except BaseException as exc:
-            await asyncio.to_thread(self._failed, request, hold, started, exc)
+            await STEPS.run(self._failed, request, hold, started, exc)
             raise
         if hold is None and self.defer_last:  # settled and charged by the caller's write
             return self._answered(request, hold, started, response)
-        return await asyncio.to_thread(self._answered, request, hold, started, response)
+        return await STEPS.run(self._answered, request, hold, started, response)
 
     def _before(self, request: LLMRequest) -> tuple[LLMRequest, Hold | None, float]:
         earlier = self.take_uncharged()

@@ -17,8 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from orchestra_cli.engine.loop import append_step
 from orchestra_cli.engine.planner import Plan, PlannedSubtask
+from orchestra_cli.engine.steps import append_step
 from orchestra_cli.errors import UsageError
 from orchestra_cli.models import Task
 from orchestra_cli.state.base import StateStore

@@ -9,9 +9,10 @@ import threading
 from orchestra_cli import tracing
 from orchestra_cli.backends import Backends
 from orchestra_cli.engine.budget import MeteredProvider
-from orchestra_cli.engine.loop import AwaitingApproval, short
+from orchestra_cli.engine.loop import AwaitingApproval
 from orchestra_cli.engine.retry import retry_or_fail
 from orchestra_cli.engine.roles import RoleDefinition
+from orchestra_cli.engine.steps import short
 from orchestra_cli.engine.worker import Ack, Action
 from orchestra_cli.errors import TransitionRejected
 from orchestra_cli.llm.base import LLMResponse

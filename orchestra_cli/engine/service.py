@@ -488,7 +488,7 @@ class TaskService(WorkAndPeople):
                 self._reopen(child, to_publish)
         changes: dict[str, Any] = {}
         if note is not None:
-            from orchestra_cli.engine.loop import restart
+            from orchestra_cli.engine.steps import restart
 
             restart(self.state, task, note)  # its loop starts afresh (history kept)
             if note:

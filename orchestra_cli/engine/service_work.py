@@ -31,7 +31,7 @@ class WorkAndPeople:
 
     def steps(self, task_id: str) -> tuple[Task, list[dict[str, Any]]]:
         """A task and its steps (``task transcript``), secrets redacted."""
-        from orchestra_cli.engine.loop import redacted
+        from orchestra_cli.engine.steps import redacted
 
         task = self.get(task_id)
         return task, [redacted(step) for step in self.state.steps(task.id)]

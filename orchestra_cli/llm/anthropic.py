@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from orchestra_cli.aio import SHARED, Interrupted, watch_task
 from orchestra_cli.backoff import Backoff, log_retry, server_delay
+from orchestra_cli.blocking import waiting
 from orchestra_cli.errors import LLMAuthError, LLMError, TaskCancelled
 from orchestra_cli.llm.base import LLMRequest, LLMResponse, ToolCall, Turn
 from orchestra_cli.logs import redact, register_secret
@@ -114,7 +115,8 @@ class AnthropicProvider:
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         """``acomplete``, from a thread other than the loop's (it waits for the answer)."""
-        return self._loop.call(lambda: self.acomplete(request))
+        with waiting():  # on a blocking pool's thread, this one is free for others meanwhile
+            return self._loop.call(lambda: self.acomplete(request))
 
     async def acomplete(self, request: LLMRequest) -> LLMResponse:
         """One call, retried on transient failures up to ``max_attempts`` in all; a set
@@ -157,7 +159,8 @@ class AnthropicProvider:
             return self._client.messages.count_tokens(**params, timeout=COUNT_TIMEOUT_SECONDS)
 
         try:
-            counted = self._loop.call(count, request.cancel)
+            with waiting():  # an API round trip (from a metered call's ledger step)
+                counted = self._loop.call(count, request.cancel)
             return int(counted.input_tokens)
         except Interrupted:
             raise TaskCancelled("cancelled while counting the request's tokens") from None

@@ -73,7 +73,7 @@ def test_a_pause_watch_reads_each_step_once_and_sees_marks_written_by_others(
     contract_backends: Backends,
 ) -> None:
     from orchestra_cli.engine.approvals import PauseWatch
-    from orchestra_cli.engine.loop import append_step
+    from orchestra_cli.engine.steps import append_step
 
     state = contract_backends.state
     root, _ = state.create_task(Task(title="t", input="i"))
@@ -94,7 +94,7 @@ def test_a_pause_watch_reads_each_step_once_and_sees_marks_written_by_others(
 def test_a_step_write_says_whether_anyone_else_wrote_on_the_root(
     contract_backends: Backends,
 ) -> None:
-    from orchestra_cli.engine.loop import append_step
+    from orchestra_cli.engine.steps import append_step
 
     state = contract_backends.state
     root, _ = state.create_task(Task(title="t", input="i"))
@@ -117,7 +117,7 @@ def test_a_pause_watch_trusts_a_write_that_saw_nothing_new_and_reads_after_one_t
     contract_backends: Backends,
 ) -> None:
     from orchestra_cli.engine.approvals import PauseWatch
-    from orchestra_cli.engine.loop import append_step
+    from orchestra_cli.engine.steps import append_step
 
     state = contract_backends.state
     root, _ = state.create_task(Task(title="t", input="i"))
@@ -182,7 +182,7 @@ def test_a_pause_watch_reads_everything_again_when_the_root_has_fewer_steps() ->
 def test_a_mark_goes_above_the_highest_step_not_at_the_count(
     contract_backends: Backends,
 ) -> None:
-    from orchestra_cli.engine.loop import append_step
+    from orchestra_cli.engine.steps import append_step
 
     state = contract_backends.state
     task, _ = state.create_task(Task(title="t", input="i"))

@@ -42,8 +42,17 @@ def _raise(exc: BaseException) -> None:
     raise exc
 
 
-def test_quick_items_never_run_on_more_than_core_threads() -> None:
-    pool = BlockingPool("t", core=3)
+def _spin(seconds: float) -> None:
+    """Python work: it holds the GIL the whole time (a step's CPU)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_items_that_compute_never_run_on_more_than_core_threads() -> None:
+    # the process computes all the time (its CPU clock runs with the wall's): a machine
+    # busy with other work must not make it look idle here
+    pool = BlockingPool("t", core=3, cpu=time.monotonic)
     lock = threading.Lock()
     running = peak = 0
 
@@ -52,16 +61,33 @@ def test_quick_items_never_run_on_more_than_core_threads() -> None:
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.005)
+        _spin(0.003)
         with lock:
             running -= 1
 
     async def main() -> None:
-        await asyncio.gather(*(pool.run(item) for _ in range(200)))
+        await asyncio.gather(*(pool.run(item) for _ in range(150)))
 
     _go(main)
-    assert peak == 3  # every thread busy, never a fourth
-    assert pool.threads == 3
+    # never a fourth: more would only queue for the GIL (which also runs these one by one)
+    assert peak <= 3 and pool.threads <= 3, (peak, pool.threads)
+
+
+def test_items_that_wait_on_io_get_more_threads_while_the_process_is_idle() -> None:
+    pool = BlockingPool("t", core=4)  # patience (0.5 s) alone would never add one
+
+    def step() -> None:  # ten 2 ms round trips to a state store across a network
+        for _ in range(10):
+            time.sleep(0.002)
+
+    async def main() -> float:
+        started = time.monotonic()
+        await asyncio.gather(*(pool.run(step) for _ in range(400)))
+        return time.monotonic() - started
+
+    took = _go(main)
+    assert took < 0.8, (took, pool.threads)  # on 4 threads: 400 x 20 ms / 4 = 2 s
+    assert pool.threads > 4
 
 
 def test_items_stuck_past_patience_stop_counting_and_the_queue_goes_on() -> None:
@@ -147,3 +173,53 @@ def test_an_item_whose_caller_was_cancelled_finishes_without_an_error() -> None:
 
     _go(main)
     assert done.is_set()
+
+
+def test_no_thread_to_be_had_for_the_watch_loses_no_item(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = BlockingPool("t", core=1, patience=0.05)
+    release = threading.Event()
+    ran: list[str] = []
+    start = threading.Thread.start
+    refuse = True
+
+    def refusing(self: threading.Thread) -> None:
+        if refuse and self.name.endswith("-watch"):
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refusing)
+
+    async def main() -> None:
+        nonlocal refuse
+        stuck = asyncio.ensure_future(pool.run(release.wait, 10))
+        await asyncio.sleep(0.02)
+        behind = asyncio.ensure_future(pool.run(ran.append, "behind"))  # queued, no watch
+        await asyncio.sleep(0.1)
+        refuse = False
+        await asyncio.wait_for(pool.run(ran.append, "next"), 2.0)  # a watch again: a thread
+        release.set()
+        await asyncio.gather(stuck, behind)
+
+    _go(main)
+    assert sorted(ran) == ["behind", "next"]  # each ran once, none raised
+
+
+def test_a_step_with_no_thread_at_all_fails_at_once_and_never_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = BlockingPool("t")
+    ran: list[str] = []
+
+    def refusing(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refusing)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="no thread"):
+            await pool.run(ran.append, "never")
+
+    _go(main)
+    assert ran == []

@@ -9,7 +9,7 @@ from orchestra_cli.cli.context import AppContext
 
 def inbox(ctx: typer.Context) -> None:
     """What waits for a person: tool calls to approve and paused trees, oldest first."""
-    from orchestra_cli.engine.loop import short
+    from orchestra_cli.engine.steps import short
     from orchestra_cli.util import human_duration, now
 
     app: AppContext = ctx.obj

@@ -280,7 +280,7 @@ def get(
     task = service.get(task_id)
     tree = service.subtree(task.id)
     total = service.tree_usage(tree)
-    from orchestra_cli.engine.loop import short
+    from orchestra_cli.engine.steps import short
 
     waits = [w for t in tree for w in service.waiting(t)]
     if app.json:
