@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,6 +216,47 @@ def test_loops_in_flight_are_coroutines_on_the_loop_not_a_thread_each(
     # a thread a loop would be 48 more; in flight they add the settlement threads (up to
     # 8), the step pool's core (4) and, on a loaded machine, a few for steps it finds stuck
     assert busy - idle < n // 2, (idle, busy)
+
+
+def test_kill_9_with_a_dozen_loops_in_flight_resumes_each_without_a_turn_or_call_again(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    require_bwrap()
+    n = 12
+    resumed = threading.Event()
+
+    def reply(body: dict[str, Any]) -> Reply:  # by the conversation, not by arrival
+        if len(body["messages"]) == 1:
+            return tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"})
+        if not resumed.is_set():
+            return text("never seen: the agent dies during this call", delay=30)
+        return text("resumed and finished")
+
+    fake.default = reply
+    env = {"ORCHESTRA_AGENTS__TTL_SECONDS": "2", "ORCHESTRA_BROKER__LEASE_SECONDS": "2"}
+
+    def second_turns() -> int:
+        return sum(1 for r in fake.requests if len(r["body"]["messages"]) == 3)
+
+    with processes() as procs:
+        deployment = Deployment(fake, tmp_path, procs, env=env, concurrency=n)
+        ids = deployment.submit_many([f"run it once {i}" for i in range(n)], "--capability", "code")
+        wait_until(lambda: second_turns() == n, timeout=60, what="every loop's second turn")
+        deployment.agent.kill9()  # a dozen loops mid-call, each with a tool call on record
+        resumed.set()
+        deployment.start_agent("2", concurrency=n)
+        done = [deployment.finished(task_id, timeout=90) for task_id in ids]
+        for task_id in ids:
+            out = tmp_path / "out" / task_id
+            export = ["task", "export", task_id, str(out)]
+            got = run_orchestra(export, deployment.env, deployment.cwd)
+            assert got.code == 0, got
+            assert (out / "runs.txt").read_text() == "ran\n"  # each command ran once
+    assert all(t["status"] == "succeeded" for t in done), done
+    assert all(t["result"] == "resumed and finished" for t in done)
+    first_turns = sum(1 for r in fake.requests if len(r["body"]["messages"]) == 1)
+    assert first_turns == n  # no recorded turn was asked again
+    assert second_turns() == 2 * n  # the turn each loop died in, asked once more
 
 
 def test_tool_calls_that_wait_run_side_by_side_beyond_the_agents_few_threads(
