@@ -26,10 +26,12 @@ import asyncio
 import collections
 import contextvars
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,11 @@ CORE_THREADS = 4  # at most this many items run at once, unless some are stuck
 PATIENCE_SECONDS = 0.5
 IDLE_SECONDS = 30.0  # a thread above the core ends after this long without work
 WATCH_SECONDS = 0.01  # while items wait for a thread, how often the watcher looks
-SATURATED = 0.8  # of a core: a process using less is waiting, not computing
-MAX_THREADS = 4096  # stuck items and all: a bound, not a target
+SATURATED = 0.8  # of the CPU it may use: a process using less is waiting, not computing
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+# stuck items and all: a bound, not a target (at it, items wait for a thread to free up:
+# thousands of steps waiting on steps of the same pool could then wait for each other)
+MAX_THREADS = 4096
 
 
 _worker = threading.local()  # on a pool's thread: .pool, the pool it works for
@@ -87,9 +92,35 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:  # on th
         future.set_exception(value)
 
 
+class _Sleeper:
+    """An idle thread: woken with an item (``item``) or by its idle time-out."""
+
+    __slots__ = ("item", "wake")
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.item: _Item | None = None
+
+
+def available_cores() -> float:
+    """The CPUs this process may use: its affinity, under its cgroup's quota if any."""
+    cores = float(len(os.sched_getaffinity(0)))
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 class BlockingPool:
     """``await pool.run(fn, *args)``: ``fn(*args)`` on one of the pool's threads, in the
-    caller's context (contextvars), its result or its error back in the coroutine."""
+    caller's context (contextvars), its result or its error back in the coroutine.
+
+    Idle threads are woken latest first, so the ones a burst added stay idle and end;
+    a thread is woken (or started) for an item only while fewer than ``core`` run
+    unstuck items, or when the watcher finds the process waiting on I/O."""
 
     def __init__(
         self,
@@ -100,26 +131,31 @@ class BlockingPool:
         idle: float = IDLE_SECONDS,
         limit: int = MAX_THREADS,
         cpu: Callable[[], float] = time.process_time,
+        cores: float | None = None,
     ) -> None:
-        """``cpu``: the process's CPU seconds so far (the watcher's measure of busy)."""
+        """``cpu``: the process's CPU seconds so far; ``cores``: the CPUs it may use (its
+        affinity and cgroup quota by default) — the watcher's measures of busy."""
         self.name = name
         self.core = max(1, core)
         self.patience = patience
         self.idle = idle
         self.limit = max(self.core, limit)
         self._cpu = cpu
+        # the GIL runs one thread's Python at a time: busy is most of a core at most
+        self._busy_cpu = SATURATED * min(1.0, available_cores() if cores is None else cores)
+        self._lock = threading.Lock()
         self._queue: collections.deque[_Item] = collections.deque()
-        self._cond = threading.Condition()
-        self._idle = 0  # threads waiting for an item
-        self._starting = 0  # threads started that have not yet looked at the queue
+        self._sleepers: list[_Sleeper] = []  # idle threads, the latest last
+        self._starting = 0  # threads started or woken with an item, not yet running it
         self._busy: dict[int, float] = {}  # thread → when its current item started
-        self._watching = False  # a thread adds threads while the queue waits on stuck ones
+        self._threads = 0
+        self._watching = False  # a thread adds threads while items wait for one
         self._ids = 0
 
     @property
     def threads(self) -> int:
-        with self._cond:
-            return self._idle + self._starting + len(self._busy)
+        with self._lock:
+            return self._threads
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -128,33 +164,49 @@ class BlockingPool:
         return await future
 
     def _submit(self, item: _Item) -> None:
-        with self._cond:
-            if not self._idle + self._starting and not self._grow() and not self._busy:
+        with self._lock:
+            self._queue.append(item)
+            if self._room() and self._add_runner():
+                return
+            if not self._threads:  # none to take it, none to be had
+                self._queue.pop()
                 raise RuntimeError(f"{self.name}: no thread to run a blocking step on")
-            self._queue.append(item)  # from here on it runs, sooner or later
-            if self._idle:
-                self._cond.notify()
-            if len(self._queue) > self._idle + self._starting:
-                self._watch()
+            self._watch()  # from here on it runs, sooner or later
 
-    def _grow(self, *, beyond_core: bool = False) -> bool:
-        """Under the lock: add a thread if fewer than ``core`` run unstuck items (or, with
-        ``beyond_core``, whatever the core: the watcher saw the process idle)."""
+    def _room(self) -> bool:
+        """Under the lock: fewer than ``core`` threads run (or are about to run) items
+        that are not stuck."""
         now = time.monotonic()
         running = sum(1 for began in self._busy.values() if now - began < self.patience)
-        total = self._idle + self._starting + len(self._busy)
-        if total >= self.limit or (
-            not beyond_core and running + self._idle + self._starting >= self.core
-        ):
-            return False
-        self._ids += 1
-        thread = threading.Thread(target=self._work, name=f"{self.name}-{self._ids}", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no thread to be had (a pid limit, interpreter exit)
-            return False
-        self._starting += 1
-        return True
+        return running + self._starting < self.core
+
+    def _add_runner(self) -> bool:
+        """Under the lock: the queue's next item to the latest idle thread, or to a new
+        one; False if no thread is to be had (the item stays queued)."""
+        item = self._queue.popleft()
+        if self._sleepers:
+            sleeper = self._sleepers.pop()
+            sleeper.item = item
+            self._starting += 1
+            sleeper.wake.set()
+            return True
+        if self._threads < self.limit:
+            self._ids += 1
+            given = _Sleeper()  # the item by hand, not in the thread's args (kept for life)
+            given.item = item
+            thread = threading.Thread(
+                target=self._work, args=(given,), name=f"{self.name}-{self._ids}", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had (a pid limit, interpreter exit)
+                pass
+            else:
+                self._threads += 1
+                self._starting += 1
+                return True
+        self._queue.appendleft(item)
+        return False
 
     def _watch(self) -> None:
         """Under the lock: a thread that adds threads while items wait for one."""
@@ -169,57 +221,65 @@ class BlockingPool:
 
     def _watcher(self) -> None:
         """Every ``WATCH_SECONDS`` while items wait: if the process used less than
-        ``SATURATED`` of a core meanwhile, its threads wait on I/O (a state store not on
-        loopback, say) and more of them help — up to twice as many each look; if it was
-        busy, they would only queue for the GIL, and only stuck items make room."""
+        ``SATURATED`` of the CPU it may use meanwhile, its threads wait on I/O (a state
+        store not on loopback, say) and more of them help — up to twice as many each
+        look; if it was busy, they would only queue for the GIL, and only stuck items
+        make room."""
         cpu, wall = self._cpu(), time.monotonic()
         while True:
             time.sleep(WATCH_SECONDS)
             cpu_now, wall_now = self._cpu(), time.monotonic()
-            quiet = (cpu_now - cpu) < SATURATED * (wall_now - wall)
+            quiet = cpu_now - cpu < self._busy_cpu * (wall_now - wall)
             cpu, wall = cpu_now, wall_now
-            with self._cond:
-                short = len(self._queue) - self._idle - self._starting
-                if quiet:
-                    short = min(short, len(self._busy))  # at most double the threads
-                while short > 0 and self._grow(beyond_core=quiet):
-                    short -= 1
+            with self._lock:
+                more = min(len(self._queue), max(1, len(self._busy))) if quiet else 0
+                while self._queue and (more > 0 or self._room()) and self._add_runner():
+                    more -= 1
                 if not self._queue:
                     self._watching = False
                     return
 
     def _waits(self, entering: bool) -> None:
         me = threading.get_ident()
-        with self._cond:
+        with self._lock:
             if me not in self._busy:
                 return
             # a start long ago counts as stuck; on the way out it counts again, from now
             self._busy[me] = 0.0 if entering else time.monotonic()
-            if entering and len(self._queue) > self._idle + self._starting:
-                self._grow()
+            while entering and self._queue and self._room() and self._add_runner():
+                pass
 
-    def _work(self) -> None:
+    def _work(self, sleeper: _Sleeper) -> None:
         me = threading.get_ident()
         _worker.pool = self
-        with self._cond:
-            self._starting -= 1
-            while True:
-                self._idle += 1
-                while not self._queue:
-                    woken = self._cond.wait(self.idle)
-                    total = self._idle + self._starting + len(self._busy)
-                    if not woken and not self._queue and total > self.core:
-                        self._idle -= 1
-                        return
-                self._idle -= 1
-                item = self._queue.popleft()
-                self._busy[me] = time.monotonic()
-                self._cond.release()
-                try:
+        item, sleeper.item = sleeper.item, None
+        while True:
+            if item is not None:
+                with self._lock:
+                    self._starting -= 1
+                    self._busy[me] = time.monotonic()
+                while item is not None:  # this item, then the queue's while it has any
                     self._run(item)
-                finally:
-                    self._cond.acquire()
-                    del self._busy[me]
+                    item = None  # nothing of it kept while this thread waits
+                    with self._lock:
+                        if self._queue:
+                            item = self._queue.popleft()
+                            self._busy[me] = time.monotonic()
+                        else:
+                            del self._busy[me]
+                            sleeper.wake.clear()
+                            self._sleepers.append(sleeper)
+            sleeper.wake.wait(self.idle)
+            with self._lock:
+                if sleeper.item is not None:  # woken with an item
+                    item, sleeper.item = sleeper.item, None
+                    continue
+                self._sleepers.remove(sleeper)  # timed out with nothing to do
+                if self._threads > self.core:
+                    self._threads -= 1
+                    return
+                sleeper.wake.clear()
+                self._sleepers.append(sleeper)
 
     def _run(self, item: _Item) -> None:
         try:

@@ -389,7 +389,7 @@ class AgentLoop:
                 if verdict == "approved":
                     approved.add(call.id)
                 todo.append(call)
-        self._runcalls_of(todo, approved, ctx, r)
+        self._run_calls(todo, approved, ctx, r)
         if held:
             self._hold(held, r)
         close_pending(r)
@@ -418,7 +418,7 @@ class AgentLoop:
         self._result(call, content, is_error, 0.0)
         r.results[call.id] = ToolResult(call.id, content, is_error)
 
-    def _runcalls_of(self, todo: list[ToolCall], approved: set[str], ctx: Any, r: Replay) -> None:
+    def _run_calls(self, todo: list[ToolCall], approved: set[str], ctx: Any, r: Replay) -> None:
         for call in todo:
             if call.id not in r.started:
                 self._record(

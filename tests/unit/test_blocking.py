@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from orchestra_cli.blocking import BlockingPool, waiting
+from orchestra_cli import blocking
+from orchestra_cli.blocking import BlockingPool, available_cores, waiting
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 T = TypeVar("T")
@@ -223,3 +227,69 @@ def test_a_step_with_no_thread_at_all_fails_at_once_and_never_runs(
 
     _go(main)
     assert ran == []
+
+
+def test_an_idle_thread_keeps_nothing_of_its_last_item() -> None:
+    pool = BlockingPool("t", core=1)
+
+    class Big:
+        pass
+
+    async def main() -> weakref.ref[Big]:
+        big = Big()
+        ref = weakref.ref(big)
+        await pool.run(lambda b: b, big)  # its argument and its result
+        del big
+        await asyncio.sleep(0.05)
+        return ref
+
+    ref = _go(main)
+    gc.collect()
+    assert ref() is None  # found in review: a thread kept it while it waited for work
+
+
+def test_threads_a_burst_added_end_when_idle_even_under_a_trickle() -> None:
+    # idle threads are woken latest first: a trickle keeps one busy, the rest time out
+    pool = BlockingPool("t", core=2, idle=0.3, cpu=time.monotonic)  # never quiet
+
+    def waits_outside() -> None:
+        with waiting():
+            time.sleep(0.2)
+
+    async def main() -> int:
+        await asyncio.gather(*(pool.run(waits_outside) for _ in range(16)))
+        burst = pool.threads
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            await pool.run(lambda: None)
+            await asyncio.sleep(0.005)
+        return burst
+
+    burst = _go(main)
+    assert burst >= 8, burst
+    assert pool.threads <= 3, (burst, pool.threads)
+
+
+def test_a_process_held_to_half_a_core_that_computes_gets_no_threads_beyond_core() -> None:
+    # its CPU clock runs at half the wall's, as under a quota of half a core: busy for it
+    t0 = time.monotonic()
+    pool = BlockingPool("t", core=3, cpu=lambda: (time.monotonic() - t0) * 0.5, cores=0.5)
+
+    async def main() -> None:
+        await asyncio.gather(*(pool.run(_spin, 0.003) for _ in range(150)))
+
+    _go(main)
+    assert pool.threads <= 3, pool.threads
+
+
+def test_the_cpus_a_process_may_use_are_its_cgroups_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quota = tmp_path / "cpu.max"
+    monkeypatch.setattr(blocking, "CPU_MAX", quota)
+    quota.write_text("50000 100000\n")
+    assert available_cores() == 0.5
+    quota.write_text("max 100000\n")
+    assert available_cores() >= 1
+    quota.unlink()
+    assert available_cores() >= 1  # no cgroup v2 file: the affinity alone
