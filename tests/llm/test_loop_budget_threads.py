@@ -113,10 +113,10 @@ class _Api:
 
 @pytest.mark.parametrize("path", ["run", "arun"])
 def test_budgeted_loops_count_their_tokens_side_by_side(backends: Backends, path: str) -> None:
-    n = 4 * SYNC_THREADS
+    n = 8 * SYNC_THREADS  # 32 at a time (the default executor) would take 2 s
     loops, cancels = _loops(backends, _Api(), n)
     started = time.monotonic()
     answers = _drive(path, loops, cancels)
     took = time.monotonic() - started
     assert [a.text for a in answers] == ["done"] * n
-    assert took < 0.75, f"{path}: {n} loops' single turn took {took:.2f}s"
+    assert took < 1.2, f"{path}: {n} loops' single turn took {took:.2f}s"
