@@ -5,7 +5,7 @@ The agent (engine/agent.py) claims the task and concludes it; in between,
 puts the engine's tools (delegate, spawn, wait) beside the role's toolbox,
 and runs the loop: on the agent's thread (``run``), or as a coroutine
 (``arun``) whose model calls are awaited and whose blocking steps take turns
-on the agent's ``BlockingPool`` — a loop in flight then costs no thread.
+on the process's ``blocking.STEPS`` — a loop in flight then costs no thread.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from orchestra_cli.backends import Backends
-from orchestra_cli.blocking import BlockingPool
+from orchestra_cli.blocking import STEPS
 from orchestra_cli.engine.budget import MeteredProvider
 from orchestra_cli.engine.loop import AgentLoop, ToolRunner
 from orchestra_cli.engine.roles import RoleDefinition, known_capabilities, load_roles
@@ -32,13 +32,11 @@ class Acting:
         backends: Backends,
         role: RoleDefinition,
         toolbox: ToolRunner,
-        blocking: BlockingPool,
         spent: Callable[[Usage], None],
     ) -> None:
         self.b = backends
         self.role = role
         self.toolbox = toolbox
-        self.blocking = blocking
         self.spent = spent
 
     def prepare(
@@ -75,10 +73,10 @@ class Acting:
     async def arun(self, loop: AgentLoop, workspace: Workspace) -> LLMResponse:
         """The loop as a coroutine, its blocking steps on the pool."""
         try:
-            return await loop.arun(self.blocking.run)
+            return await loop.arun(STEPS.run)
         finally:
             self.spent(loop.spent)
-            await self.blocking.run(close, workspace)
+            await STEPS.run(close, workspace)
 
     def _tools_for(self, task: Task) -> ToolRunner:
         """The role's toolbox, with delegate/spawn/wait beside it when the role lists them."""

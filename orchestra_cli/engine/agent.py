@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from orchestra_cli import __version__, tracing
 from orchestra_cli.backends import Backends
-from orchestra_cli.blocking import STEPS
 from orchestra_cli.broker.base import Delivery
 from orchestra_cli.engine import applied
 from orchestra_cli.engine.acting import Acting
@@ -130,7 +129,6 @@ class Agent:
         # call, or a tool loop whose blocking steps take turns on a few threads): a few
         # handler threads claim and conclude
         self._awaitable = awaitable(llm)
-        self._blocking = STEPS
         self.loop = ConsumerLoop(
             backends.broker,
             [work_queue(c) for c in role.capabilities],
@@ -213,7 +211,7 @@ class Agent:
                 sandbox=self.role.sandbox,
                 hide=[p for p in hidden if p.exists()],
             )
-            self.acting = Acting(self.b, self.role, self.toolbox, self._blocking, self._count_usage)
+            self.acting = Acting(self.b, self.role, self.toolbox, self._count_usage)
         self._set_status("running")
         try:
             self.loop.run(self._stop)
