@@ -206,6 +206,14 @@ class AnthropicProvider:
                 "raise llm.timeout or try again later",
             )
             return _Retry(err, None)
+        untrusted = _untrusted_certificate(exc)
+        if untrusted is not None:  # configuration, not weather: retrying cannot help
+            return LLMError(
+                f"the TLS certificate of the Anthropic API at {self.base_url} is not "
+                f"trusted ({untrusted})",
+                "behind a proxy that inspects TLS, set SSL_CERT_FILE to a PEM bundle "
+                "holding its CA (it replaces the system's CAs for these calls)",
+            )
         if isinstance(exc, anthropic.APIConnectionError | OSError) or (
             not isinstance(exc, anthropic.AnthropicError)  # the HTTP client's own, e.g. a reset
         ):
@@ -220,6 +228,26 @@ class AnthropicProvider:
                 return _Retry(error, _retry_after(exc))
             return error
         return LLMError(f"the Anthropic SDK failed: {redact(str(exc))}", "see the log with -v")
+
+
+def _untrusted_certificate(exc: BaseException) -> str | None:
+    """The reason, if ``exc`` came from a server certificate that failed verification
+    (the SDK wraps the ``ssl`` error in its HTTP client's and then in its own)."""
+    import ssl
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            # (aiohttp's own error is one too, and carries the ssl one as its cause)
+            reason = getattr(current, "verify_message", None)
+            if reason:
+                return str(reason)
+            if current.__cause__ is None:
+                return "certificate verify failed"
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _broken(exc: Exception, used: Usage, base_url: str) -> LLMError:
