@@ -160,6 +160,13 @@ class Agent:
             try:
                 self._beat()
                 self._notice_cancellations()
+            except (StateUnavailable, BrokerUnavailable) as exc:  # an outage: one line
+                log.warning(
+                    "agent %s: heartbeat missed (%s); trying again in %ss",
+                    self.name,
+                    exc.message,
+                    interval,
+                )
             except Exception:  # a missed beat is survivable; log and go on
                 log.exception("agent %s: heartbeat failed", self.name)
 

@@ -1,0 +1,156 @@
+"""Outages mid-tool-loop (Redis + RabbitMQ, a real agent process, the fake Messages
+API, the real sandbox). The broker drops: each loop in flight goes on as a coroutine
+while its message is redelivered to its own agent. Redis stops answering past the
+store's retries: the loops' step writes give up and their tasks resume from what is
+on record. Either way each task finishes once, and no recorded turn is asked again
+and no command run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_services_e2e import Env, _assert_each_succeeded_once, _start, _succeeded
+from tests.e2e.test_services_e2e import svc_env as svc_env
+from tests.faults.conftest import PrivateRedis
+from tests.llm.fake_anthropic import FakeAnthropic, Reply, text, tool_use
+from tests.services.conftest import close_connections_named
+from tests.support import Proc, processes, run_orchestra, wait_until
+from tests.tools.conftest import require_bwrap
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    server = FakeAnthropic().start()
+    yield server
+    server.stop()
+
+
+def _turns(fake: FakeAnthropic, messages: int) -> int:
+    """Model calls whose conversation had ``messages`` messages (1: a loop's first turn)."""
+    return sum(1 for r in fake.requests if len(r["body"]["messages"]) == messages)
+
+
+def _llm_env(env: Env, fake: FakeAnthropic, **extra: str) -> Env:
+    """The deployment's namespace, its agents calling the fake Messages API."""
+    return Env(
+        env.with_(
+            ORCHESTRA_LLM__PROVIDER="anthropic",
+            ANTHROPIC_API_KEY=fake.api_key,
+            ANTHROPIC_BASE_URL=fake.url,
+            ORCHESTRA_LLM__RETRY_BACKOFF_SECONDS="0.05",
+            **extra,
+        ),
+        env.cwd,
+        env.prefix,
+    )
+
+
+def _agent(env: Env, procs: list[Proc], slots: int) -> Proc:
+    """A coder agent with ``slots`` loops at once, running once this returns."""
+    agent = ["agent", "start", "coder", "--name", "coder-1", "--concurrency", str(slots)]
+    proc = _start(env, procs, agent, "coder-1")
+
+    def running() -> bool:
+        got = run_orchestra(["--json", "agent", "list"], env.vars, env.cwd)
+        return got.code == 0 and any(a["state"] == "running" for a in json.loads(got.out))
+
+    wait_until(running, timeout=60, interval=0.3, what="the agent")
+    return proc
+
+
+def _submit_batch(env: Env, tmp_path: Path, n: int) -> list[str]:
+    batch = tmp_path / "batch.txt"
+    batch.write_text("".join(f"run it once {i}\n" for i in range(n)))
+    submit = ["task", "submit", "--batch", str(batch), "--capability", "code"]
+    got = run_orchestra(submit, env.vars, env.cwd)
+    assert got.code == 0, got
+    return got.out.split()
+
+
+def _assert_each_command_ran_once(env: Env, tmp_path: Path, ids: list[str]) -> None:
+    for task_id in ids:
+        out = tmp_path / "out" / task_id
+        got = run_orchestra(["task", "export", task_id, str(out)], env.vars, env.cwd)
+        assert got.code == 0, got
+        assert (out / "runs.txt").read_text() == "ran\n"  # its workspace: the command ran once
+
+
+def test_a_broker_drop_mid_tool_loop_finishes_each_loop_once_asking_and_running_nothing_twice(
+    svc_env: Env, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    require_bwrap()
+    n = 6
+
+    def reply(body: dict[str, Any]) -> Reply:  # by the conversation, not by arrival
+        if len(body["messages"]) == 1:
+            return tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"})
+        return text("finished across the drop", delay=3)  # the broker drops meanwhile
+
+    fake.default = reply
+    env = _llm_env(svc_env, fake)
+    with processes() as procs:
+        proc = _agent(env, procs, n)
+        ids = _submit_batch(env, tmp_path, n)
+        b = env.backends()
+        try:
+            wait_until(lambda: _turns(fake, 3) == n, timeout=60, what="every second turn")
+            assert close_connections_named(env.prefix) >= 1  # every loop mid-call
+            wait_until(lambda: _succeeded(b) == n, timeout=90, interval=0.3, what="every loop")
+            _assert_each_succeeded_once(b, n)
+            assert all(b.state.get_task(i).result == "finished across the drop" for i in ids)
+        finally:
+            b.close()
+        _assert_each_command_ran_once(env, tmp_path, ids)
+        assert "reconnect" in proc.output()
+    assert _turns(fake, 1) == n  # no turn asked again: neither the first
+    assert _turns(fake, 3) == n  # nor the one each loop was in when the broker dropped
+
+
+def test_redis_paused_mid_tool_loop_past_its_retries_finishes_each_loop_once_running_nothing_twice(
+    svc_env: Env, fake: FakeAnthropic, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    require_bwrap()
+    n = 6
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if len(body["messages"]) == 1:
+            return tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"})
+        return text("finished across the pause", delay=1)  # its step write meets the pause
+
+    fake.default = reply
+    env = _llm_env(
+        svc_env,
+        fake,
+        ORCHESTRA_STATE_URL=private_redis.url,
+        ORCHESTRA_REDIS__SOCKET_TIMEOUT="0.5",
+        ORCHESTRA_REDIS__CONNECT_TIMEOUT="0.5",
+    )
+    with processes() as procs:
+        proc = _agent(env, procs, n)
+        ids = _submit_batch(env, tmp_path, n)
+        b = env.backends()
+        try:
+            wait_until(lambda: _turns(fake, 3) >= n, timeout=60, what="every second turn")
+            os.kill(private_redis.server.pid, signal.SIGSTOP)
+            time.sleep(12)  # past the store's bounded retries: the steps' writes give up
+            os.kill(private_redis.server.pid, signal.SIGCONT)
+            wait_until(lambda: _succeeded(b) == n, timeout=120, interval=0.3, what="every loop")
+            _assert_each_succeeded_once(b, n)
+        finally:
+            b.close()
+        _assert_each_command_ran_once(env, tmp_path, ids)
+        log = proc.output()
+        assert proc.popen.poll() is None, log[-3000:]
+        assert "heartbeat missed" in log
+        assert "Traceback" not in log  # an outage is one line a try, not a stack
+    assert _turns(fake, 1) == n  # the turns on record before the pause: never asked again
