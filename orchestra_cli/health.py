@@ -304,6 +304,34 @@ def check_parity(ctx: HealthContext) -> Check:
     return Check("parity", OK, "every stale queued task has a message")
 
 
+def check_llm(ctx: HealthContext) -> Check:
+    """The model API the agents call, asked for the configured model (``GET
+    /v1/models/{id}``, not billed): the key, the network, a proxy and TLS at once. Only
+    when named (``--check llm``): a cron line every minute should not call out unasked."""
+    from orchestra_cli.backends import open_llm, open_secrets
+    from orchestra_cli.errors import LLMError
+
+    try:
+        llm: Any = open_llm(ctx.settings, open_secrets(ctx.settings))
+    except ConfigError as exc:  # llm.provider anthropic and no key: a finding, not a usage error
+        return Check("llm", FAIL, str(exc), {"provider": ctx.settings.llm.provider})
+    if getattr(llm, "name", "") != "anthropic":
+        return Check(
+            "llm", OK, "the offline provider: no model API to reach", {"provider": "offline"}
+        )
+    model = ctx.settings.llm.model
+    details: dict[str, Any] = {"provider": "anthropic", "base_url": llm.base_url, "model": model}
+    try:
+        info = llm.check(model)
+    except LLMError as exc:
+        unavailable = exc.exit_status == ExitStatus.UNAVAILABLE
+        return Check("llm", FAIL, str(exc), details, unavailable=unavailable)
+    finally:
+        llm.close()
+    details["display_name"] = info["display_name"]
+    return Check("llm", OK, f"{model} ({info['display_name']}) answered at {llm.base_url}", details)
+
+
 CHECKS: dict[str, Callable[[HealthContext], Check]] = {
     "state": check_state,
     "broker": check_broker,
@@ -313,7 +341,9 @@ CHECKS: dict[str, Callable[[HealthContext], Check]] = {
     "secrets": check_secrets,
     "dependencies": check_dependencies,
     "parity": check_parity,
+    "llm": check_llm,
 }
+ONLY_WHEN_NAMED = frozenset({"llm"})  # calls out of the deployment: not in the default run
 
 
 NEEDS_STATE = frozenset({"orchestrator", "agents", "parity"})
@@ -327,7 +357,7 @@ def run_checks(
     ``raise_config``: a bad configuration is raised (the CLI's exit 2) rather than
     reported as failed checks (the API's health report)."""
     results: list[Check] = []
-    for name in names or list(CHECKS):
+    for name in names or [n for n in CHECKS if n not in ONLY_WHEN_NAMED]:
         state_down = any(c.name == "state" and c.unavailable for c in results)
         if name in NEEDS_STATE and state_down:
             results.append(Check(name, FAIL, "skipped: state store unreachable", unavailable=True))

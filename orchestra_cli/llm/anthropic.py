@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from orchestra_cli.aio import SHARED, Interrupted, watch_task
 from orchestra_cli.backoff import Backoff, log_retry, server_delay
 from orchestra_cli.blocking import waiting
-from orchestra_cli.errors import LLMAuthError, LLMError, TaskCancelled
+from orchestra_cli.errors import ExitStatus, LLMAuthError, LLMError, TaskCancelled
 from orchestra_cli.llm.base import LLMRequest, LLMResponse, ToolCall, Turn
 from orchestra_cli.logs import redact, register_secret
 from orchestra_cli.models import Usage
@@ -112,6 +112,25 @@ class AnthropicProvider:
                 self._loop.call(self._client.close)
             except Exception as exc:  # closing is best effort
                 log.debug("closing the Anthropic client: %s", exc)
+
+    def check(self, model: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The API's description of ``model`` (``GET /v1/models/{id}``, not billed): the
+        key, the network, a proxy and TLS in one request. One attempt; an LLMError (one
+        line, as a call's would be) when any of them fails."""
+
+        async def ask() -> Any:
+            return await self._client.models.retrieve(model, timeout=timeout)
+
+        try:
+            info = self._loop.call(ask)
+        except Exception as exc:
+            probe = LLMRequest(system="", prompt="", model=model)
+            mapped = self._before_stream(exc, probe)
+            if isinstance(mapped, _Retry):  # unreachable, timed out, overloaded: a service down
+                mapped.error.exit_status = ExitStatus.UNAVAILABLE
+                raise mapped.error from exc
+            raise mapped from exc
+        return {"id": info.id, "display_name": info.display_name}
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         """``acomplete``, from a thread other than the loop's (it waits for the answer)."""

@@ -46,6 +46,13 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+# GET /v1/models/{id}: what the fake describes (any other id is a 404, as on the API)
+MODELS = {
+    "claude-sonnet-5-5": ("Claude Sonnet 5.5", "2026-10-14T00:00:00Z"),
+    "claude-opus-5-5": ("Claude Opus 5.5", "2026-10-14T00:00:00Z"),
+    "claude-fable-5-1": ("Claude Fable 5.1", "2026-08-05T00:00:00Z"),
+    "claude-haiku-5-5": ("Claude Haiku 5.5", "2026-10-14T00:00:00Z"),
+}
 NO_FORCED_TOOLS = ("claude-sonnet-5-5", "claude-opus-5-5", "claude-fable-5-1")
 MIN_CACHEABLE = {"claude-sonnet-5-5": 512}  # tokens; other models 1,024
 DEFAULT_MIN_CACHEABLE = 1024
@@ -222,6 +229,7 @@ class FakeAnthropic:
         self.replies: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
         self.count_requests: list[dict[str, Any]] = []
+        self.model_requests: list[str] = []  # GET /v1/models/{id} paths
         self.default: Callable[[dict[str, Any]], Reply] = default_reply
         self.cache: set[str] = set()
         self.closed_early = 0  # streams the client closed before their end
@@ -377,6 +385,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
+
+    def do_GET(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        path = self.path.split("?")[0]
+        with self.fake._lock:
+            self.fake.model_requests.append(path)
+        if not path.startswith("/v1/models/"):
+            return self._error(404, "not_found_error", self.path)
+        if not self.fake._authorized(headers):
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        model = path.removeprefix("/v1/models/")
+        if model not in MODELS:
+            return self._error(404, "not_found_error", f"model: {model}")
+        name, released = MODELS[model]
+        info = {"type": "model", "id": model, "display_name": name, "created_at": released}
+        return self._send(200, info | {"max_input_tokens": 1_000_000, "max_tokens": 128_000})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)

@@ -18,6 +18,7 @@ CHECK_NAMES = (
     "secrets",
     "dependencies",
     "parity",
+    "llm",  # only when named (health.ONLY_WHEN_NAMED)
 )
 
 
@@ -29,7 +30,8 @@ def health(
             "--check",
             "-c",
             metavar="CHECK",
-            help=f"Run only these ({', '.join(CHECK_NAMES)}); repeatable or comma-separated.",
+            help=f"Run only these ({', '.join(CHECK_NAMES)}); repeatable or comma-separated. "
+            "llm (one unbilled request to the model API) runs only when named.",
         ),
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1).")] = False,
