@@ -184,6 +184,9 @@ class AnthropicProvider:
         except Interrupted:
             raise TaskCancelled("cancelled while counting the request's tokens") from None
         except anthropic.AnthropicError as exc:
+            untrusted = _untrusted_certificate(exc, self.base_url)
+            if untrusted is not None:  # the call itself would fail the same way: say so
+                raise untrusted from exc
             log.warning(
                 "counting tokens at %s failed (%s); reserving an upper bound", self.base_url, exc
             )
@@ -225,14 +228,9 @@ class AnthropicProvider:
                 "raise llm.timeout or try again later",
             )
             return _Retry(err, None)
-        untrusted = _untrusted_certificate(exc)
-        if untrusted is not None:  # configuration, not weather: retrying cannot help
-            return LLMError(
-                f"the TLS certificate of the Anthropic API at {self.base_url} is not "
-                f"trusted ({untrusted})",
-                "behind a proxy that inspects TLS, set SSL_CERT_FILE to a PEM bundle "
-                "holding its CA (it replaces the system's CAs for these calls)",
-            )
+        untrusted = _untrusted_certificate(exc, self.base_url)
+        if untrusted is not None:
+            return untrusted
         if isinstance(exc, anthropic.APIConnectionError | OSError) or (
             not isinstance(exc, anthropic.AnthropicError)  # the HTTP client's own, e.g. a reset
         ):
@@ -249,22 +247,41 @@ class AnthropicProvider:
         return LLMError(f"the Anthropic SDK failed: {redact(str(exc))}", "see the log with -v")
 
 
-def _untrusted_certificate(exc: BaseException) -> str | None:
-    """The reason, if ``exc`` came from a server certificate that failed verification
-    (the SDK wraps the ``ssl`` error in its HTTP client's and then in its own)."""
+# OpenSSL's verify codes whose cure is not another CA (X509_V_ERR_*)
+_CERT_HINTS = {
+    62: "the certificate names another host: check llm.base_url / ANTHROPIC_BASE_URL",
+    64: "the certificate names another address: check llm.base_url / ANTHROPIC_BASE_URL",
+    10: "the server's certificate has expired, or this machine's clock is wrong",
+    9: "the server's certificate is not valid yet, or this machine's clock is wrong",
+}
+
+
+def _untrusted_certificate(exc: BaseException, base_url: str) -> LLMError | None:
+    """The error to report if ``exc`` came from a server certificate that failed
+    verification (the SDK wraps the ``ssl`` error in its HTTP client's, then in its own):
+    configuration, not weather, so neither the call nor the task is retried."""
     import ssl
 
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            # (aiohttp's own error is one too, and carries the ssl one as its cause)
-            reason = getattr(current, "verify_message", None)
-            if reason:
-                return str(reason)
-            if current.__cause__ is None:
-                return "certificate verify failed"
+        # (aiohttp's own error is one too, without the details: its cause has them)
+        if isinstance(current, ssl.SSLCertVerificationError) and (
+            getattr(current, "verify_message", None) or current.__cause__ is None
+        ):
+            reason = str(getattr(current, "verify_message", "") or "certificate verify failed")
+            hint = _CERT_HINTS.get(getattr(current, "verify_code", 0)) or (
+                "behind a proxy that inspects TLS, set SSL_CERT_FILE to a PEM bundle "
+                "holding its CA (it replaces the system's CAs for these calls)"
+            )
+            error = LLMError(
+                f"the TLS certificate of the Anthropic API at {base_url} does not verify "
+                f"({reason})",
+                hint,
+            )
+            error.retryable = False
+            return error
         current = current.__cause__ or current.__context__
     return None
 

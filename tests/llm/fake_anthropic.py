@@ -65,7 +65,8 @@ class Reply:
     """One scripted reply: a message (``content``) or an error (``status`` ≥ 400).
 
     ``usage`` None: counted from the request and the content. ``delay``: seconds
-    before the answer starts; ``chunk_delay``: between streamed deltas.
+    before the answer starts; ``chunk_delay``: between streamed deltas. ``hold``: the
+    answer waits (up to a minute) until the test sets it, the request already on record.
     """
 
     content: list[dict[str, Any]] = field(default_factory=list)
@@ -76,6 +77,7 @@ class Reply:
     message: str = ""
     delay: float = 0.0
     chunk_delay: float = 0.0
+    hold: threading.Event | None = None
 
 
 def text(body: str, **kw: Any) -> Reply:
@@ -412,6 +414,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path != "/v1/messages":
             return self._error(404, "not_found_error", self.path)
         reply = self.fake._next(body, headers)
+        if reply.hold is not None:
+            reply.hold.wait(60)
         if reply.delay and not body.get("stream"):
             time.sleep(reply.delay)
         if reply.status >= 400:

@@ -94,7 +94,7 @@ def test_an_untrusted_tls_certificate_fails_the_llm_check_naming_ssl_cert_file(
         fake.stop()
     assert got.code == 1, got
     summary = _llm(report)["summary"]
-    assert f"the TLS certificate of the Anthropic API at {url} is not trusted" in summary
+    assert f"the TLS certificate of the Anthropic API at {url} does not verify" in summary
     assert "SSL_CERT_FILE" in summary
 
 

@@ -167,8 +167,30 @@ def test_an_untrusted_certificate_is_one_clear_error_and_not_retried(
         _ask(fake, url, attempts=3)
     message = str(raised.value)
     assert "\n" not in message
-    assert f"the TLS certificate of the Anthropic API at {url} is not trusted" in message
+    assert f"the TLS certificate of the Anthropic API at {url} does not verify" in message
     assert "unable to get local issuer certificate" in message
     assert "SSL_CERT_FILE" in message
-    assert [s["method"] for s in proxy.seen] == ["CONNECT"]  # once: retrying cannot help
+    assert raised.value.retryable is False  # nor is the task: retrying cannot help
+    assert [s["method"] for s in proxy.seen] == ["CONNECT"]  # once
     assert fake.requests == []
+
+
+def test_a_certificate_for_another_host_says_so_and_a_budgeted_count_fails_alike(
+    tls_fake: tuple[FakeAnthropic, str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, url, ca_file = tls_fake
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # trusted CA, but for 127.0.0.1 only
+    other = url.replace("127.0.0.1", "localhost")
+    provider = AnthropicProvider(fake.api_key, base_url=other, max_attempts=3)
+    request = LLMRequest(system="be brief", prompt="say hi", model="claude-sonnet-5-5")
+    for attempt in (lambda: provider.complete(request), lambda: provider.count_tokens(request)):
+        with pytest.raises(LLMError) as raised:
+            attempt()  # a count (a budgeted call's ledger step) reserves no guess instead
+        message = str(raised.value)
+        assert f"the TLS certificate of the Anthropic API at {other} does not verify" in message
+        assert "Hostname mismatch" in message and "SSL_CERT_FILE" not in message
+        assert "the certificate names another host: check llm.base_url" in message
+        assert raised.value.retryable is False
+    assert fake.requests == [] and fake.count_requests == []
