@@ -199,7 +199,7 @@ def _health_router(
 
     @router.get(
         "/health",
-        responses={503: {"description": "not healthy"}, **docs.errors(413, 422)},
+        responses={503: {"description": "not healthy"}, **docs.errors(401, 413, 422)},
     )
     def health(
         request: Request,
@@ -211,7 +211,8 @@ def _health_router(
     ) -> dict[str, Any]:
         """`orchestra health` as JSON: 200 healthy, 503 otherwise. Without the token only
         ``{"healthy": …}``: the checks name paths, URLs, hosts, pids and which secrets are
-        set, which are nobody's business but the operator's."""
+        set, which are nobody's business but the operator's. ``check=llm`` (one call out
+        to the model API, on the account's rate limits) needs the token: 401 without."""
         from orchestra_cli.health import HealthContext, exit_status, run_checks
 
         names = [n.strip() for item in check or [] for n in item.split(",") if n.strip()]
@@ -220,6 +221,8 @@ def _health_router(
             raise UsageError(
                 f"unknown check {unknown[0]!r}", f"choose from {', '.join(HEALTH_CHECKS)}"
             )
+        if "llm" in names:  # a call out to the model API, on the account's rate limits
+            check_token(token, request.headers.get("authorization"))
         hctx = HealthContext(backends.settings, roles)
         try:
             checks = run_checks(hctx, names or None)

@@ -49,6 +49,14 @@ def test_health_is_open_but_says_only_healthy_or_not_without_the_token(
     assert client.get("/v1/health?check=bogus").status_code == 422
 
 
+def test_the_llm_check_calls_out_so_it_needs_the_token(client: TestClient) -> None:
+    assert client.get("/v1/health?check=llm").status_code == 401
+    assert client.get("/v1/health?check=state,llm").status_code == 401
+    got = client.get("/v1/health?check=llm", headers=AUTH)
+    assert got.status_code == 200, got.text
+    assert [c["name"] for c in got.json()["checks"]] == ["llm"]
+
+
 def test_submit_is_201_then_200_for_the_same_idempotency_key(client: TestClient) -> None:
     body = {"text": "write a haiku", "idempotency_key": "k1", "budget": {"usd": 0.5}}
     first = client.post("/v1/tasks", json=body, headers=AUTH)
