@@ -54,3 +54,14 @@ def test_with_redis_down_task_list_fails_within_the_connect_timeout_in_one_line(
         f"orchestra: error: cannot reach Redis at redis://127.0.0.1:{port}/0 "
         "(RespConnectionError) — start it with `orchestra up` or set ORCHESTRA_STATE_URL\n"
     )
+
+
+def test_an_agent_asked_for_more_tasks_at_once_than_one_process_holds_is_exit_2(
+    cli: CliRunner,
+) -> None:
+    from orchestra_cli.blocking import MAX_THREADS
+    from orchestra_cli.cli.commands.agent import MAX_CONCURRENCY
+
+    assert MAX_CONCURRENCY == MAX_THREADS  # the step pool's bound is the agent's
+    refused = cli("agent", "start", "coder", "-n", str(MAX_CONCURRENCY + 1), expect=2)
+    assert f"is not in the range 1<=x<={MAX_CONCURRENCY}" in refused.err

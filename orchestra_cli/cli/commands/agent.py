@@ -20,6 +20,11 @@ AgentName = Annotated[
 
 agent_app = typer.Typer(help="Run agents and inspect the agent registry.", no_args_is_help=True)
 
+# one process's tasks at once: each in-flight tool loop may hold a thread of the step
+# pool, and at its bound (blocking.MAX_THREADS) loops waiting on their own delegated
+# children could wait for each other; an operator's typo (-n 40000) gets a clear error
+MAX_CONCURRENCY = 4096
+
 
 @agent_app.command("start")
 def start(
@@ -34,7 +39,14 @@ def start(
         str | None, typer.Option(help="Registry name (default: role-host-pid).")
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", "-n", min=1, help="Tasks at once.")
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-n",
+            min=1,
+            max=MAX_CONCURRENCY,
+            help=f"Tasks at once (at most {MAX_CONCURRENCY}: beyond, run more agents).",
+        ),
     ] = None,
     metrics_port: MetricsPort = None,
     metrics_host: MetricsHost = "127.0.0.1",
