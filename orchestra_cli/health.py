@@ -305,9 +305,10 @@ def check_parity(ctx: HealthContext) -> Check:
 
 
 def check_llm(ctx: HealthContext) -> Check:
-    """The model API the agents call, asked for the configured model (``GET
-    /v1/models/{id}``, not billed): the key, the network, a proxy and TLS at once. Only
-    when named (``--check llm``): a cron line every minute should not call out unasked."""
+    """The model API the agents call, asked for every model in use (``GET
+    /v1/models/{id}``, not billed: llm.model for planning, each role's own): the key, the
+    network, a proxy, TLS and the role files' model names at once. Only when named
+    (``--check llm``): a cron line every minute should not call out unasked."""
     from orchestra_cli.backends import open_llm, open_secrets
     from orchestra_cli.errors import LLMError
 
@@ -319,17 +320,25 @@ def check_llm(ctx: HealthContext) -> Check:
         return Check(
             "llm", OK, "the offline provider: no model API to reach", {"provider": "offline"}
         )
-    model = ctx.settings.llm.model
-    details: dict[str, Any] = {"provider": "anthropic", "base_url": llm.base_url, "model": model}
+    users: dict[str, list[str]] = {ctx.settings.llm.model: ["llm.model"]}
+    for role in sorted(ctx.roles.values(), key=lambda r: r.name):
+        users.setdefault(role.model, []).append(f"role {role.name}")
+    details: dict[str, Any] = {"provider": "anthropic", "base_url": llm.base_url, "models": {}}
+    answered = []
     try:
-        info = llm.check(model)
-    except LLMError as exc:
-        unavailable = exc.exit_status == ExitStatus.UNAVAILABLE
-        return Check("llm", FAIL, str(exc), details, unavailable=unavailable)
+        for model, used_by in users.items():
+            try:
+                info = llm.check(model)
+            except LLMError as exc:
+                unavailable = exc.exit_status == ExitStatus.UNAVAILABLE
+                what = f"{model} ({', '.join(used_by)}): {exc}"
+                details["models"][model] = {"used_by": used_by, "error": str(exc)}
+                return Check("llm", FAIL, what, details, unavailable=unavailable)
+            details["models"][model] = {"used_by": used_by, "display_name": info["display_name"]}
+            answered.append(f"{model} ({info['display_name']})")
     finally:
         llm.close()
-    details["display_name"] = info["display_name"]
-    return Check("llm", OK, f"{model} ({info['display_name']}) answered at {llm.base_url}", details)
+    return Check("llm", OK, f"{', '.join(answered)} answered at {llm.base_url}", details)
 
 
 CHECKS: dict[str, Callable[[HealthContext], Check]] = {

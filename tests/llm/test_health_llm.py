@@ -40,9 +40,38 @@ def test_the_llm_check_asks_the_api_for_the_configured_model(
     assert got.code == 0, got
     check = _llm(report)
     assert check["level"] == "ok"
-    assert check["summary"] == f"claude-sonnet-5-5 (Claude Sonnet 5.5) answered at {fake.url}"
-    assert fake.model_requests == ["/v1/models/claude-sonnet-5-5"]
+    # llm.model first, then the built-in roles' own (the planner's; a role's on Haiku)
+    assert check["summary"].startswith("claude-sonnet-5-5 (Claude Sonnet 5.5), ")
+    assert check["summary"].endswith(f" answered at {fake.url}")
+    assert fake.model_requests[0] == "/v1/models/claude-sonnet-5-5"
+    assert len(set(fake.model_requests)) == len(fake.model_requests)  # each model once
     assert fake.requests == [] and fake.count_requests == []  # nothing billed
+
+
+def test_every_model_in_use_is_asked_once_and_a_role_files_bad_one_is_named(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    roles = tmp_path / "roles"
+    roles.mkdir()
+    role = "description: {d}\ncapabilities: [{c}]\nmodel: {m}\n"
+    (roles / "deep.yaml").write_text(
+        "name: deep\n" + role.format(d="Thinks hard.", c="think", m="claude-opus-5-5")
+    )
+    (roles / "typo.yaml").write_text(
+        "name: typo\n" + role.format(d="Misnamed.", c="spell", m="claude-opus-5-55")
+    )
+    env = {"ORCHESTRA_AGENTS__DEFINITIONS_DIR": str(roles)}
+    got, report = _health(tmp_path, fake.url, fake.api_key, "--check", "llm", **env)
+    assert got.code == 1, got
+    check = _llm(report)
+    assert check["summary"].startswith("claude-opus-5-55 (role typo): Anthropic API error 404")
+    models = check["details"]["models"]
+    assert models["claude-opus-5-5"] == {
+        "used_by": ["role deep"],
+        "display_name": "Claude Opus 5.5",
+    }
+    assert "llm.model" in models["claude-sonnet-5-5"]["used_by"]  # and the built-in roles
+    assert sorted(fake.model_requests) == sorted(f"/v1/models/{m}" for m in models)
 
 
 def test_a_plain_health_run_does_not_call_the_model_api(
