@@ -36,7 +36,8 @@ def health(
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1).")] = False,
 ) -> int:
-    """Check services, agents, queues, secrets, dependencies and state/queue parity.
+    """Check services, agents, queues, secrets, dependencies, state/queue parity and,
+    when named (--check llm), the model API.
 
     Exit 0 healthy, 1 a check failed (or warned, with --strict), 3 a service is unreachable.
     """
