@@ -1,9 +1,10 @@
-"""Outages mid-tool-loop (Redis + RabbitMQ, a real agent process, the fake Messages
-API, the real sandbox). The broker drops: each loop in flight goes on as a coroutine
-while its message is redelivered to its own agent. Redis stops answering past the
-store's retries: the loops' step writes give up and their tasks resume from what is
-on record. Either way each task finishes once, and no recorded turn is asked again
-and no command run twice."""
+"""Faults mid-tool-loop (Redis + RabbitMQ, real agent processes, the fake Messages API,
+the real sandbox). The broker drops: each loop in flight goes on as a coroutine while
+its message is redelivered to its own agent. The agent is killed with kill -9: a second
+one takes its tasks over and resumes each loop from its steps. Redis stops answering
+past the store's retries: the loops' step writes give up and their tasks resume from
+what is on record. Each way every task finishes once, and no recorded turn is asked
+again and no command run twice."""
 
 from __future__ import annotations
 
@@ -66,14 +67,15 @@ def _llm_env(env: Env, fake: FakeAnthropic, **extra: str) -> Env:
     )
 
 
-def _agent(env: Env, procs: list[Proc], slots: int) -> Proc:
+def _agent(env: Env, procs: list[Proc], slots: int, name: str = "coder-1") -> Proc:
     """A coder agent with ``slots`` loops at once, running once this returns."""
-    agent = ["agent", "start", "coder", "--name", "coder-1", "--concurrency", str(slots)]
-    proc = _start(env, procs, agent, "coder-1")
+    agent = ["agent", "start", "coder", "--name", name, "--concurrency", str(slots)]
+    proc = _start(env, procs, agent, name)
 
     def running() -> bool:
         got = run_orchestra(["--json", "agent", "list"], env.vars, env.cwd)
-        return got.code == 0 and any(a["state"] == "running" for a in json.loads(got.out))
+        found = json.loads(got.out) if got.code == 0 else []
+        return any(a["name"] == name and a["state"] == "running" for a in found)
 
     wait_until(running, timeout=60, interval=0.3, what="the agent")
     return proc
@@ -129,6 +131,42 @@ def test_a_broker_drop_mid_tool_loop_finishes_each_loop_once_asking_and_running_
         assert "reconnect" in proc.output()
     assert _turns(fake, 1) == n  # no turn asked again: neither the first
     assert _turns(fake, 3) == n  # nor the one each loop was in when the broker dropped
+
+
+def test_kill_9_mid_tool_loop_a_second_agent_resumes_each_loop_asking_and_running_nothing_twice(
+    svc_env: Env, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    require_bwrap()
+    n = 6
+    resumed = threading.Event()  # set once the first agent is dead
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if len(body["messages"]) == 1:
+            return tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"})
+        if not resumed.is_set():  # the first agent's: it dies waiting for this answer
+            return text("never seen", hold=resumed)
+        return text("resumed and finished")
+
+    fake.default = reply
+    env = _llm_env(svc_env, fake)
+    with processes() as procs:
+        first = _agent(env, procs, n)
+        ids = _submit_batch(env, tmp_path, n)
+        b = env.backends()
+        try:
+            wait_until(lambda: _turns(fake, 3) == n, timeout=60, what="every second turn")
+            first.kill9()  # six loops mid-call, each with a command run and on record
+            resumed.set()
+            _agent(env, procs, n, name="coder-2")  # takes them over once coder-1's TTL ends
+            wait_until(lambda: _succeeded(b) == n, timeout=90, interval=0.3, what="every loop")
+            _assert_each_succeeded_once(b, n)
+            assert all(b.state.get_task(i).result == "resumed and finished" for i in ids)
+            assert all(b.state.get_task(i).agent == "coder-2" for i in ids)
+        finally:
+            b.close()
+        _assert_each_command_ran_once(env, tmp_path, ids)
+    assert _turns(fake, 1) == n  # no recorded turn asked again
+    assert _turns(fake, 3) == 2 * n  # the turn each loop died in, asked once more
 
 
 def test_redis_paused_mid_tool_loop_past_its_retries_finishes_each_loop_once_running_nothing_twice(
