@@ -13,12 +13,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestra_cli.backends import Backends
+from orchestra_cli.models import Task
 from orchestra_cli.state.redis_conn import MAX_REDIS_ATTEMPTS, RETRY
 from tests.e2e.test_services_e2e import Env, _assert_each_succeeded_once, _start, _succeeded
 from tests.e2e.test_services_e2e import svc_env as svc_env
@@ -98,37 +100,61 @@ def _assert_each_command_ran_once(env: Env, tmp_path: Path, ids: list[str]) -> N
         assert (out / "runs.txt").read_text() == "ran\n"  # its workspace: the command ran once
 
 
+def _through(
+    env: Env,
+    fake: FakeAnthropic,
+    tmp_path: Path,
+    procs: list[Proc],
+    n: int,
+    fault: Callable[[Backends], object],
+) -> list[Task]:
+    """``n`` tool loops on a coder agent (``procs[0]``); ``fault`` strikes once every one
+    waits on its second turn. Returns the tasks, each checked to have succeeded once and
+    to have run its command once."""
+    _agent(env, procs, n)
+    ids = _submit_batch(env, tmp_path, n)
+    b = env.backends()
+    try:
+        wait_until(lambda: _turns(fake, 3) == n, timeout=60, what="every second turn")
+        fault(b)
+        wait_until(lambda: _succeeded(b) == n, timeout=120, interval=0.3, what="every loop")
+        _assert_each_succeeded_once(b, n)
+        done = [b.state.get_task(i) for i in ids]
+    finally:
+        b.close()
+    _assert_each_command_ran_once(env, tmp_path, ids)
+    return done
+
+
+def _bash_then(last: Callable[[], Reply]) -> Callable[[dict[str, Any]], Reply]:
+    """The fake's answers by the conversation, not by arrival: a Bash call, then ``last``."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if len(body["messages"]) == 1:
+            return tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"})
+        return last()
+
+    return reply
+
+
 def test_a_broker_drop_mid_tool_loop_finishes_each_loop_once_asking_and_running_nothing_twice(
     svc_env: Env, fake: FakeAnthropic, tmp_path: Path
 ) -> None:
     require_bwrap()
     n = 6
-
     released = threading.Event()  # the second turns are answered only after the drop
-
-    def reply(body: dict[str, Any]) -> Reply:  # by the conversation, not by arrival
-        if len(body["messages"]) == 1:
-            return tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"})
-        return text("finished across the drop", hold=released)
-
-    fake.default = reply
+    fake.default = _bash_then(lambda: text("finished across the drop", hold=released))
     env = _llm_env(svc_env, fake)
+
+    def drop(b: Backends) -> None:
+        assert close_connections_named(env.prefix) >= 1
+        assert _succeeded(b) == 0  # every loop was mid-call when its connection went
+        released.set()
+
     with processes() as procs:
-        proc = _agent(env, procs, n)
-        ids = _submit_batch(env, tmp_path, n)
-        b = env.backends()
-        try:
-            wait_until(lambda: _turns(fake, 3) == n, timeout=60, what="every second turn")
-            assert close_connections_named(env.prefix) >= 1
-            assert _succeeded(b) == 0  # every loop was mid-call when its connection went
-            released.set()
-            wait_until(lambda: _succeeded(b) == n, timeout=90, interval=0.3, what="every loop")
-            _assert_each_succeeded_once(b, n)
-            assert all(b.state.get_task(i).result == "finished across the drop" for i in ids)
-        finally:
-            b.close()
-        _assert_each_command_ran_once(env, tmp_path, ids)
-        assert "reconnect" in proc.output()
+        done = _through(env, fake, tmp_path, procs, n, drop)
+        assert "reconnect" in procs[0].output()
+    assert all(t.result == "finished across the drop" for t in done)
     assert _turns(fake, 1) == n  # no turn asked again: neither the first
     assert _turns(fake, 3) == n  # nor the one each loop was in when the broker dropped
 
@@ -139,32 +165,21 @@ def test_kill_9_mid_tool_loop_a_second_agent_resumes_each_loop_asking_and_runnin
     require_bwrap()
     n = 6
     resumed = threading.Event()  # set once the first agent is dead
-
-    def reply(body: dict[str, Any]) -> Reply:
-        if len(body["messages"]) == 1:
-            return tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"})
-        if not resumed.is_set():  # the first agent's: it dies waiting for this answer
-            return text("never seen", hold=resumed)
-        return text("resumed and finished")
-
-    fake.default = reply
+    fake.default = _bash_then(  # the first agent dies waiting for its second turn
+        lambda: (
+            text("resumed and finished") if resumed.is_set() else text("never seen", hold=resumed)
+        )
+    )
     env = _llm_env(svc_env, fake)
     with processes() as procs:
-        first = _agent(env, procs, n)
-        ids = _submit_batch(env, tmp_path, n)
-        b = env.backends()
-        try:
-            wait_until(lambda: _turns(fake, 3) == n, timeout=60, what="every second turn")
-            first.kill9()  # six loops mid-call, each with a command run and on record
+
+        def kill(_: Backends) -> None:
+            procs[0].kill9()  # six loops mid-call, each with a command run and on record
             resumed.set()
             _agent(env, procs, n, name="coder-2")  # takes them over once coder-1's TTL ends
-            wait_until(lambda: _succeeded(b) == n, timeout=90, interval=0.3, what="every loop")
-            _assert_each_succeeded_once(b, n)
-            assert all(b.state.get_task(i).result == "resumed and finished" for i in ids)
-            assert all(b.state.get_task(i).agent == "coder-2" for i in ids)
-        finally:
-            b.close()
-        _assert_each_command_ran_once(env, tmp_path, ids)
+
+        done = _through(env, fake, tmp_path, procs, n, kill)
+    assert all(t.result == "resumed and finished" and t.agent == "coder-2" for t in done)
     assert _turns(fake, 1) == n  # no recorded turn asked again
     assert _turns(fake, 3) == 2 * n  # the turn each loop died in, asked once more
 
@@ -174,15 +189,8 @@ def test_redis_paused_mid_tool_loop_past_its_retries_finishes_each_loop_once_run
 ) -> None:
     require_bwrap()
     n = 6
-
     released = threading.Event()  # the second turns are answered only once Redis is paused
-
-    def reply(body: dict[str, Any]) -> Reply:
-        if len(body["messages"]) == 1:
-            return tool_use("Bash", {"command": "echo ran >> runs.txt && cat runs.txt"})
-        return text("finished across the pause", hold=released)
-
-    fake.default = reply
+    fake.default = _bash_then(lambda: text("finished across the pause", hold=released))
     env = _llm_env(
         svc_env,
         fake,
@@ -190,23 +198,17 @@ def test_redis_paused_mid_tool_loop_past_its_retries_finishes_each_loop_once_run
         ORCHESTRA_REDIS__SOCKET_TIMEOUT=str(SOCKET_TIMEOUT),
         ORCHESTRA_REDIS__CONNECT_TIMEOUT=str(SOCKET_TIMEOUT),
     )
+
+    def pause(_: Backends) -> None:
+        os.kill(private_redis.server.pid, signal.SIGSTOP)
+        released.set()  # each loop's step write now meets the pause
+        time.sleep(_retry_budget(SOCKET_TIMEOUT) + 4)  # past it: every such write gives up
+        os.kill(private_redis.server.pid, signal.SIGCONT)
+
     with processes() as procs:
-        proc = _agent(env, procs, n)
-        ids = _submit_batch(env, tmp_path, n)
-        b = env.backends()
-        try:
-            wait_until(lambda: _turns(fake, 3) >= n, timeout=60, what="every second turn")
-            os.kill(private_redis.server.pid, signal.SIGSTOP)
-            released.set()  # each loop's step write now meets the pause
-            time.sleep(_retry_budget(SOCKET_TIMEOUT) + 4)  # past it: every such write gives up
-            os.kill(private_redis.server.pid, signal.SIGCONT)
-            wait_until(lambda: _succeeded(b) == n, timeout=120, interval=0.3, what="every loop")
-            _assert_each_succeeded_once(b, n)
-        finally:
-            b.close()
-        _assert_each_command_ran_once(env, tmp_path, ids)
-        log = proc.output()
-        assert proc.popen.poll() is None, log[-3000:]
+        _through(env, fake, tmp_path, procs, n, pause)
+        log = procs[0].output()
+        assert procs[0].popen.poll() is None, log[-3000:]
         assert "heartbeat missed" in log
         assert "Traceback" not in log  # an outage is one line a try, not a stack
         # the loops gave up on their writes and their tasks went back, uncounted
