@@ -8,6 +8,7 @@ when the task's cancel event is set, so the loop stops between steps.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -22,6 +23,14 @@ from orchestra_cli.tools.config import Sandbox
 __all__ = ["Sandbox"]  # defined with the role-file keys, used by every tool
 
 
+def half_the_memory() -> int:
+    """Half the machine's physical memory, bytes (4 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (OSError, ValueError):
+        return 4 << 30
+
+
 @dataclass(frozen=True)
 class Limits:
     """Caps that keep one tool call from flooding the model's context or the disk."""
@@ -34,6 +43,10 @@ class Limits:
     bash_max_timeout: float = 600.0  # the most a call may ask for
     bash_max_processes: int = 8192  # RLIMIT_NPROC: counts the user's threads machine-wide
     bash_max_file_bytes: int = 1_000_000_000  # RLIMIT_FSIZE: the largest file it may write
+    # RLIMIT_DATA: the private memory one of its processes may take (reservations such as
+    # V8's or a JVM's are not counted): a runaway allocation fails in the command instead
+    # of sending the kernel's OOM killer after the agent, Redis or the database
+    bash_max_memory_bytes: int = field(default_factory=half_the_memory)
     fetch_bytes: int = 1_000_000  # WebFetch stops reading beyond this
     fetch_timeout: float = 30.0
     search_results: int = 500  # Glob's and Grep's entries, before ``head_limit``

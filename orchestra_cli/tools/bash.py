@@ -202,13 +202,15 @@ def _pump(
 
 
 def _rlimits(limits: Limits) -> list[str]:
-    """util-linux's prlimit before the shell: a fork bomb or a runaway file stops at the
-    limit (processes count per user across the machine; memory needs cgroups, not here)."""
+    """util-linux's prlimit before the shell: a fork bomb, a runaway file or a runaway
+    allocation stops at its limit (processes count per user across the machine; memory
+    per process: many processes together need a cgroup, which is not here)."""
     prlimit = shutil.which("prlimit")
     if prlimit is None:
         return []
     nproc, fsize = limits.bash_max_processes, limits.bash_max_file_bytes
-    return [prlimit, f"--nproc={nproc}", f"--fsize={fsize}", "--"]
+    data = limits.bash_max_memory_bytes
+    return [prlimit, f"--nproc={nproc}", f"--fsize={fsize}", f"--data={data}", "--"]
 
 
 class Bash(BuiltinTool):

@@ -14,7 +14,7 @@ import pytest
 from orchestra_cli.errors import TaskCancelled
 from orchestra_cli.logs import register_secret
 from orchestra_cli.tools import bash as bash_module
-from orchestra_cli.tools.base import Limits, Sandbox, ToolContext
+from orchestra_cli.tools.base import Limits, Sandbox, ToolContext, half_the_memory
 from orchestra_cli.tools.bash import Bash
 from tests.tools.conftest import CancelLater
 
@@ -226,6 +226,17 @@ def test_process_and_file_size_limits_apply_to_the_command(sandboxed: ToolContex
     content, failed = run(ctx, "head -c 200000 /dev/zero > big.bin")
     assert failed and "[exit code" in content
     assert (sandboxed.workspace / "big.bin").stat().st_size == 100_000
+
+
+def test_a_runaway_allocation_fails_in_the_command_not_in_the_machine(
+    sandboxed: ToolContext,
+) -> None:
+    assert Limits().bash_max_memory_bytes == half_the_memory()  # the default
+    ctx = ToolContext(workspace=sandboxed.workspace, limits=Limits(bash_max_memory_bytes=256 << 20))
+    grab = "python3 -c 'b = bytearray(1 << 30); print(len(b))'"  # 1 GiB, four times the cap
+    content, failed = run(ctx, grab)
+    assert failed and "MemoryError" in content and "[exit code 1]" in content
+    assert run(ctx, "python3 -c 'b = bytearray(64 << 20); print(len(b))'") == ("67108864", False)
 
 
 def test_huge_output_is_capped_with_a_marker(workspace: Path, sandboxed: ToolContext) -> None:
