@@ -23,12 +23,28 @@ from orchestra_cli.tools.config import Sandbox
 __all__ = ["Sandbox"]  # defined with the role-file keys, used by every tool
 
 
-def half_the_memory() -> int:
-    """Half the machine's physical memory, bytes (4 GiB where it cannot be read)."""
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+
+
+def half_the_memory(limits: tuple[Path, ...] = CGROUP_MEMORY_LIMITS) -> int:
+    """Half the memory this process may use, bytes: the machine's, or its cgroup's limit
+    if that is lower (a container's ``SC_PHYS_PAGES`` is the host's); 4 GiB where neither
+    can be read."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
-        return 4 << 30
+        memory = 8 << 30
+    for path in limits:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < memory:  # "max", or v1's huge "unlimited"
+            memory = int(text)
+    return memory // 2
 
 
 @dataclass(frozen=True)
@@ -43,9 +59,9 @@ class Limits:
     bash_max_timeout: float = 600.0  # the most a call may ask for
     bash_max_processes: int = 8192  # RLIMIT_NPROC: counts the user's threads machine-wide
     bash_max_file_bytes: int = 1_000_000_000  # RLIMIT_FSIZE: the largest file it may write
-    # RLIMIT_DATA: the private memory one of its processes may take (reservations such as
-    # V8's or a JVM's are not counted): a runaway allocation fails in the command instead
-    # of sending the kernel's OOM killer after the agent, Redis or the database
+    # RLIMIT_DATA: the private memory one of its processes may take (0: no limit), so a
+    # runaway allocation fails in the command instead of sending the kernel's OOM killer
+    # after the agent, Redis or the database; a role's sandbox.max_memory_mb sets it
     bash_max_memory_bytes: int = field(default_factory=half_the_memory)
     fetch_bytes: int = 1_000_000  # WebFetch stops reading beyond this
     fetch_timeout: float = 30.0

@@ -210,7 +210,8 @@ def _rlimits(limits: Limits) -> list[str]:
         return []
     nproc, fsize = limits.bash_max_processes, limits.bash_max_file_bytes
     data = limits.bash_max_memory_bytes
-    return [prlimit, f"--nproc={nproc}", f"--fsize={fsize}", f"--data={data}", "--"]
+    memory = [f"--data={data}"] if data > 0 else []
+    return [prlimit, f"--nproc={nproc}", f"--fsize={fsize}", *memory, "--"]
 
 
 class Bash(BuiltinTool):

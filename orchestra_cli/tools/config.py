@@ -97,10 +97,14 @@ class PermissionsConfig(Record, forbid_unknown_fields=True):
 
 class SandboxConfig(Record, forbid_unknown_fields=True):
     """Where ``Bash`` runs: ``bwrap`` (refused without bubblewrap), ``auto`` (unsandboxed
-    where bwrap is missing) or ``none``; ``network`` lets the sandbox reach the network."""
+    where bwrap is missing) or ``none``; ``network`` lets the sandbox reach the network;
+    ``max_memory_mb`` the private memory each of a command's processes may take (unset:
+    half of what the agent may use; 0: no limit — sanitizer builds such as ``go test
+    -race`` map terabytes up front, and a JVM may commit its whole heap)."""
 
     mode: Sandbox = Sandbox.BWRAP
     network: bool = False
+    max_memory_mb: Annotated[int, Meta(ge=0)] | None = None
 
 
 def check_servers(servers: dict[str, McpServerConfig]) -> dict[str, McpServerConfig]:

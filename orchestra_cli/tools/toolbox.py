@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import dataclasses
 import logging
 import threading
 import time
@@ -98,6 +99,9 @@ class Toolbox:
             self._local[tool.name] = tool
         self._sandbox = sandbox or SandboxConfig()
         self._limits = limits or Limits()
+        if self._sandbox.max_memory_mb is not None:
+            memory = self._sandbox.max_memory_mb << 20
+            self._limits = dataclasses.replace(self._limits, bash_max_memory_bytes=memory)
         self._fetch_private = fetch_private
         self._hidden = tuple(hide)  # e.g. orchestra's home and .env: not for the sandbox to read
         servers = dict(mcp_servers or {})

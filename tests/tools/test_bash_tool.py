@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -16,6 +17,8 @@ from orchestra_cli.logs import register_secret
 from orchestra_cli.tools import bash as bash_module
 from orchestra_cli.tools.base import Limits, Sandbox, ToolContext, half_the_memory
 from orchestra_cli.tools.bash import Bash
+from orchestra_cli.tools.config import SandboxConfig
+from orchestra_cli.tools.toolbox import Toolbox
 from tests.tools.conftest import CancelLater
 
 pytestmark = pytest.mark.integration
@@ -231,12 +234,29 @@ def test_process_and_file_size_limits_apply_to_the_command(sandboxed: ToolContex
 def test_a_runaway_allocation_fails_in_the_command_not_in_the_machine(
     sandboxed: ToolContext,
 ) -> None:
-    assert Limits().bash_max_memory_bytes == half_the_memory()  # the default
-    ctx = ToolContext(workspace=sandboxed.workspace, limits=Limits(bash_max_memory_bytes=256 << 20))
-    grab = "python3 -c 'b = bytearray(1 << 30); print(len(b))'"  # 1 GiB, four times the cap
+    capped = Limits(bash_max_memory_bytes=256 << 20)
+    ctx = ToolContext(workspace=sandboxed.workspace, limits=capped)
+    grab = "python3 -c 'b = bytearray(300 << 20); print(len(b))'"  # over the cap
     content, failed = run(ctx, grab)
     assert failed and "MemoryError" in content and "[exit code 1]" in content
     assert run(ctx, "python3 -c 'b = bytearray(64 << 20); print(len(b))'") == ("67108864", False)
+    # a role's sandbox.max_memory_mb sets it; 0 lifts it (sanitizers, a JVM's whole heap)
+    for mb, expected in ((256, (content, True)), (0, ("314572800", False))):
+        box = Toolbox(["Bash"], sandbox=SandboxConfig(max_memory_mb=mb))
+        mine = box.context(sandboxed.workspace)
+        assert run(mine, grab) == expected
+
+
+def test_the_default_memory_cap_is_half_of_what_the_agent_may_use(tmp_path: Path) -> None:
+    whole = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    assert half_the_memory((tmp_path / "none",)) == whole // 2
+    v2.write_text("max\n")
+    v1.write_text("9223372036854771712\n")  # cgroup v1's "unlimited"
+    assert half_the_memory((v2, v1)) == whole // 2
+    v2.write_text(f"{1 << 30}\n")  # a container held to 1 GiB
+    assert half_the_memory((v2, v1)) == 1 << 29
+    assert Limits().bash_max_memory_bytes == half_the_memory()
 
 
 def test_huge_output_is_capped_with_a_marker(workspace: Path, sandboxed: ToolContext) -> None:

@@ -33,7 +33,7 @@ def test_a_full_tool_section_is_read(tmp_path: Path) -> None:
     body = """
 tools: [Read, Bash]
 max_turns: 12
-sandbox: {mode: auto, network: true}
+sandbox: {mode: auto, network: true, max_memory_mb: 2048}
 permissions:
   allow: [Read, "Bash(git *)", "mcp__git__*"]
   ask: [mcp__git__git_commit]
@@ -50,6 +50,7 @@ mcp_servers:
 """
     role = load_roles(_write(tmp_path, body))["custom"]
     assert role.max_turns == 12 and role.sandbox.network is True
+    assert role.sandbox.max_memory_mb == 2048
     assert role.mcp_servers["git"].args == ["mcp-server-git", "--repository", "."]
     assert role.mcp_servers["docs"].type == "http"
     assert role.permissions.ask == ["mcp__git__git_commit"]
@@ -63,6 +64,7 @@ mcp_servers:
         ("max_turns: 0\n", "max_turns", "greater than or equal to 1"),
         ("sandbox: {mode: docker}\n", "sandbox.mode", "'bwrap', 'auto' or 'none'"),
         ("sandbox: {netwrok: true}\n", "sandbox.netwrok", "Extra inputs"),
+        ("sandbox: {max_memory_mb: -1}\n", "sandbox.max_memory_mb", "greater than or equal"),
         ("permissions: {allow: ['Bash(']}\n", "permissions", "not a tool-name pattern"),
         ("permissions: {always: [Read]}\n", "permissions.always", "Extra inputs"),
         ("mcp_servers: {git: {args: [x]}}\n", "mcp_servers.git", "needs a command"),
