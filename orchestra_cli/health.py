@@ -310,34 +310,49 @@ def check_llm(ctx: HealthContext) -> Check:
     network, a proxy, TLS and the role files' model names at once. Only when named
     (``--check llm``): a cron line every minute should not call out unasked."""
     from orchestra_cli.backends import open_llm, open_secrets
-    from orchestra_cli.errors import LLMError
+    from orchestra_cli.errors import LLMAuthError, LLMError
 
+    secrets = open_secrets(ctx.settings)
     try:
-        llm: Any = open_llm(ctx.settings, open_secrets(ctx.settings))
+        llm: Any = open_llm(ctx.settings, secrets)
     except ConfigError as exc:  # llm.provider anthropic and no key: a finding, not a usage error
         return Check("llm", FAIL, str(exc), {"provider": ctx.settings.llm.provider})
     if getattr(llm, "name", "") != "anthropic":
-        return Check(
-            "llm", OK, "the offline provider: no model API to reach", {"provider": "offline"}
+        if ctx.settings.llm.provider == "offline":
+            return Check(
+                "llm", OK, "the offline provider: no model API to reach", {"provider": "offline"}
+            )
+        return Check(  # auto: the key was what the check was asked to try
+            "llm",
+            WARN,
+            "ANTHROPIC_API_KEY does not resolve: agents use the offline provider",
+            {"provider": "offline (auto)"},
         )
     users: dict[str, list[str]] = {ctx.settings.llm.model: ["llm.model"]}
     for role in sorted(ctx.roles.values(), key=lambda r: r.name):
         users.setdefault(role.model, []).append(f"role {role.name}")
     details: dict[str, Any] = {"provider": "anthropic", "base_url": llm.base_url, "models": {}}
-    answered = []
+    answered: list[str] = []
+    failed: list[tuple[str, LLMError]] = []
     try:
         for model, used_by in users.items():
             try:
                 info = llm.check(model)
             except LLMError as exc:
-                unavailable = exc.exit_status == ExitStatus.UNAVAILABLE
-                what = f"{model} ({', '.join(used_by)}): {exc}"
                 details["models"][model] = {"used_by": used_by, "error": str(exc)}
-                return Check("llm", FAIL, what, details, unavailable=unavailable)
+                failed.append((f"{model} ({', '.join(used_by)})", exc))
+                if exc.exit_status == ExitStatus.UNAVAILABLE or isinstance(exc, LLMAuthError):
+                    break  # the API or the key: every other model would say the same
+                continue
             details["models"][model] = {"used_by": used_by, "display_name": info["display_name"]}
             answered.append(f"{model} ({info['display_name']})")
     finally:
         llm.close()
+    if failed:
+        which, error = failed[0]
+        more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
+        unavailable = error.exit_status == ExitStatus.UNAVAILABLE
+        return Check("llm", FAIL, f"{which}: {error}{more}", details, unavailable=unavailable)
     return Check("llm", OK, f"{', '.join(answered)} answered at {llm.base_url}", details)
 
 

@@ -46,7 +46,7 @@ class ModelPrice(_Section):
 
 class LLMSettings(_Section):
     provider: Literal["auto", "anthropic", "offline"] = "auto"
-    model: str = "claude-sonnet-5-5"
+    model: Annotated[str, Meta(min_length=1)] = "claude-sonnet-5-5"
     max_tokens: Annotated[int, Meta(ge=1)] = 2048
     temperature: Annotated[float, Meta(ge=0, le=1)] = 0.2
     timeout: Annotated[float, Meta(gt=0)] = 60.0

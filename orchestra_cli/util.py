@@ -152,6 +152,19 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
     return json.dumps(obj, default=json_default, ensure_ascii=False, indent=indent)
 
 
+# Blank, as the API's documents say it (``"pattern": NOT_BLANK``): nothing but these
+# characters, ECMA-262's ``\s`` spelled out. JSON Schema tools, pydantic (Rust's regex)
+# and Python disagree on ``\s`` itself (Python's holds \x1c-\x1f and \x85, ECMA's
+# \ufeff), so a key a schema calls valid was "empty" to ``str.strip`` (schemathesis).
+NOT_BLANK = r"[^\t\n\x0b\x0c\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+_NOT_BLANK = re.compile(NOT_BLANK)
+
+
+def blank(text: str) -> bool:
+    """Whether ``text`` holds nothing but blanks (``NOT_BLANK`` finds nothing in it)."""
+    return _NOT_BLANK.search(text) is None
+
+
 def text_lines(text: str) -> list[str]:
     """``text``'s lines, split at newlines only (a CR before one dropped; no empty last
     line). ``str.splitlines`` also splits at U+2028, U+2029, U+0085, \\v, \\f and

@@ -216,13 +216,13 @@ def _health_router(
         from orchestra_cli.health import HealthContext, exit_status, run_checks
 
         names = [n.strip() for item in check or [] for n in item.split(",") if n.strip()]
+        if "llm" in names:  # a call out to the model API, on the account's rate limits
+            check_token(token, request.headers.get("authorization"))
         unknown = [n for n in names if n not in HEALTH_CHECKS]
         if unknown:
             raise UsageError(
                 f"unknown check {unknown[0]!r}", f"choose from {', '.join(HEALTH_CHECKS)}"
             )
-        if "llm" in names:  # a call out to the model API, on the account's rate limits
-            check_token(token, request.headers.get("authorization"))
         hctx = HealthContext(backends.settings, roles)
         try:
             checks = run_checks(hctx, names or None)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestra_cli.api import docs
 from orchestra_cli.engine.service import TaskService
 from orchestra_cli.shapes import task_json
+from orchestra_cli.util import NOT_BLANK
 
 
 class ApproveBody(BaseModel):
@@ -28,7 +29,7 @@ class RejectBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, pattern=r"\S", max_length=10_000)
+    reason: str = Field(min_length=1, pattern=NOT_BLANK, max_length=10_000)
     step: int | None = Field(default=None, ge=0)
 
 
@@ -98,7 +99,7 @@ def people_routes(router: APIRouter, service: TaskService) -> None:
         task_id: str,
         note: Annotated[
             str | None,
-            Query(min_length=1, pattern=r"\S", description="feedback: re-run a finished step"),
+            Query(min_length=1, pattern=NOT_BLANK, description="feedback: re-run a finished step"),
         ] = None,
     ) -> dict[str, Any]:
         """Run a failed or cancelled task again; with ``note``, any finished step."""

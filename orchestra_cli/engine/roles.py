@@ -27,7 +27,7 @@ class RoleDefinition(Record, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]*\Z")]
     description: str = ""
     capabilities: Annotated[list[str], Meta(min_length=1)]
-    model: str = "claude-sonnet-5-5"
+    model: Annotated[str, Meta(min_length=1)] = "claude-sonnet-5-5"
     prompt: str = "execute-coder"
     max_tokens: Annotated[int, Meta(ge=1)] = 4096
     temperature: Annotated[float, Meta(ge=0, le=1)] = 0.2

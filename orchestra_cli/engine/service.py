@@ -49,6 +49,7 @@ from orchestra_cli.models import (
 )
 from orchestra_cli.state.base import Create
 from orchestra_cli.status import TERMINAL, Status
+from orchestra_cli.util import blank
 
 if TYPE_CHECKING:  # imported where used: `task submit` needs neither (-X importtime)
     from orchestra_cli.engine.follow import Follower, Update
@@ -145,7 +146,7 @@ class TaskService(WorkAndPeople):
 
     def validate(self, req: SubmitRequest) -> None:
         limit = self.b.settings.tasks.max_input_bytes
-        if not req.text.strip():
+        if blank(req.text):
             raise UsageError(
                 "task text is empty",
                 "give the task as text, - for stdin, or --file",
@@ -157,7 +158,7 @@ class TaskService(WorkAndPeople):
         for what, value in texts.items():  # bytes that were not UTF-8 (argv, surrogateescape)
             if value and _SURROGATES.search(value):
                 raise UsageError(f"{what} is not UTF-8", "convert it to UTF-8")
-        if req.idempotency_key is not None and not req.idempotency_key.strip():
+        if req.idempotency_key is not None and blank(req.idempotency_key):
             raise UsageError("the idempotency key is empty", "give a key, or leave the option out")
         _check_sizes(req)
         if any(key.startswith("budget_") for key in req.labels or {}):

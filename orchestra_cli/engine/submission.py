@@ -20,6 +20,7 @@ from msgspec import Meta
 
 from orchestra_cli.models import MAX_PRIORITY
 from orchestra_cli.records import Record
+from orchestra_cli.util import NOT_BLANK
 
 # every task record carries these into each `task list --json`, API page and event
 MAX_TITLE_CHARS = 500
@@ -34,7 +35,7 @@ class SubmitRequest(Record, forbid_unknown_fields=True):
 
     text: Annotated[
         str,
-        Meta(description="What to do.", extra_json_schema={"minLength": 1, "pattern": r"\S"}),
+        Meta(description="What to do.", extra_json_schema={"minLength": 1, "pattern": NOT_BLANK}),
     ]
     title: Annotated[
         str | None,
@@ -72,7 +73,7 @@ class SubmitRequest(Record, forbid_unknown_fields=True):
         str | None,
         Meta(
             description="Submitting the same key again returns the same task.",
-            extra_json_schema={"minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": r"\S"},
+            extra_json_schema={"minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": NOT_BLANK},
         ),
     ] = None
     # the tree's starting files (engine/workspace.py): `task submit --workspace DIR` only

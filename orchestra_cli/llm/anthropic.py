@@ -121,9 +121,17 @@ class AnthropicProvider:
         async def ask() -> Any:
             return await self._client.models.retrieve(model, timeout=timeout)
 
+        import anthropic
+
         try:
             info = self._loop.call(ask)
         except Exception as exc:
+            if not isinstance(exc, anthropic.AnthropicError | OSError):  # ours, not the API's
+                raise LLMError(
+                    f"cannot ask the Anthropic API about model {model!r}: "
+                    f"{type(exc).__name__}: {redact(str(exc))}",
+                    "check the model name (agent YAML or llm.model)",
+                ) from exc
             probe = LLMRequest(system="", prompt="", model=model)
             mapped = self._before_stream(exc, probe)
             if isinstance(mapped, _Retry):  # unreachable, timed out, overloaded: a service down

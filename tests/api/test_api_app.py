@@ -52,6 +52,7 @@ def test_health_is_open_but_says_only_healthy_or_not_without_the_token(
 def test_the_llm_check_calls_out_so_it_needs_the_token(client: TestClient) -> None:
     assert client.get("/v1/health?check=llm").status_code == 401
     assert client.get("/v1/health?check=state,llm").status_code == 401
+    assert client.get("/v1/health?check=bogus,llm").status_code == 401  # the token first
     got = client.get("/v1/health?check=llm", headers=AUTH)
     assert got.status_code == 200, got.text
     assert [c["name"] for c in got.json()["checks"]] == ["llm"]
@@ -211,3 +212,33 @@ def test_the_inbox_approve_and_transcript_routes_answer_as_the_cli_does(
     assert [s["kind"] for s in steps][-1] == "approval"
     assert client.get(f"/v1/tasks/{task_id}/files", headers=AUTH).json()["files"] == []
     assert client.get("/v1/inbox", headers=AUTH).json() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("   ", False),
+        ("\ufeff\u3000\t", False),  # blanks to JSON Schema (ECMA-262's \s)
+        ("\x1f", True),  # blank to Python's str.strip, not to the document: accepted
+        ("\x85", True),
+        ("k1", True),
+    ],
+)
+def test_blank_is_what_the_openapi_document_says_it_is(
+    client: TestClient, value: str, valid: bool
+) -> None:
+    import json
+    import re
+
+    from orchestra_cli.util import NOT_BLANK
+
+    doc = client.get("/v1/openapi.json", headers=AUTH).text
+    patterns = set(re.findall(r'"pattern":\s*("(?:[^"\\]|\\.)*")', doc))
+    assert json.dumps(NOT_BLANK) in patterns and json.dumps(r"\S") not in patterns
+    assert (re.search(NOT_BLANK, value) is not None) == valid
+    got = client.post(
+        "/v1/tasks", json={"text": f"t{value}", "idempotency_key": value}, headers=AUTH
+    )
+    assert got.status_code == (201 if valid else 422), got.text
+    text = client.post("/v1/tasks", json={"text": value}, headers=AUTH)
+    assert text.status_code == (201 if valid else 422), text.text

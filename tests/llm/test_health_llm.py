@@ -65,13 +65,24 @@ def test_every_model_in_use_is_asked_once_and_a_role_files_bad_one_is_named(
     assert got.code == 1, got
     check = _llm(report)
     assert check["summary"].startswith("claude-opus-5-55 (role typo): Anthropic API error 404")
-    models = check["details"]["models"]
-    assert models["claude-opus-5-5"] == {
-        "used_by": ["role deep"],
-        "display_name": "Claude Opus 5.5",
-    }
+    assert "more)" not in check["summary"]  # the one bad name
+    models = check["details"]["models"]  # every model, the ones after the bad name too
+    deep = {"used_by": ["role deep"], "display_name": "Claude Opus 5.5"}
+    assert models["claude-opus-5-5"] == deep
     assert "llm.model" in models["claude-sonnet-5-5"]["used_by"]  # and the built-in roles
+    assert models["claude-opus-5-55"]["used_by"] == ["role typo"]
+    assert all("display_name" in m for name, m in models.items() if name != "claude-opus-5-55")
     assert sorted(fake.model_requests) == sorted(f"/v1/models/{m}" for m in models)
+
+
+def test_with_no_key_the_llm_check_warns_that_agents_run_offline(tmp_path: Path) -> None:
+    got, report = _health(tmp_path, "http://127.0.0.1:9", "", "--check", "llm")
+    assert got.code == 0, got
+    check = _llm(report)
+    assert check["level"] == "warn"
+    assert check["summary"] == "ANTHROPIC_API_KEY does not resolve: agents use the offline provider"
+    strict, _ = _health(tmp_path, "http://127.0.0.1:9", "", "--check", "llm", "--strict")
+    assert strict.code == 1, strict
 
 
 def test_a_plain_health_run_does_not_call_the_model_api(

@@ -65,6 +65,7 @@ mcp_servers:
         ("sandbox: {mode: docker}\n", "sandbox.mode", "'bwrap', 'auto' or 'none'"),
         ("sandbox: {netwrok: true}\n", "sandbox.netwrok", "Extra inputs"),
         ("sandbox: {max_memory_mb: -1}\n", "sandbox.max_memory_mb", "greater than or equal"),
+        ("model: ''\n", "model", "at least 1 character"),
         ("permissions: {allow: ['Bash(']}\n", "permissions", "not a tool-name pattern"),
         ("permissions: {always: [Read]}\n", "permissions.always", "Extra inputs"),
         ("mcp_servers: {git: {args: [x]}}\n", "mcp_servers.git", "needs a command"),

@@ -21,9 +21,10 @@ AgentName = Annotated[
 agent_app = typer.Typer(help="Run agents and inspect the agent registry.", no_args_is_help=True)
 
 # one process's tasks at once: each in-flight tool loop may hold a thread of the step
-# pool, and at its bound (blocking.MAX_THREADS) loops waiting on their own delegated
-# children could wait for each other; an operator's typo (-n 40000) gets a clear error
-MAX_CONCURRENCY = 4096
+# pool, and at its bound (blocking.MAX_THREADS, 4096) loops waiting on their own
+# delegated children could wait for each other; below it, room is left for the pool's
+# other steps; an operator's typo (-n 40000) gets a clear error
+MAX_CONCURRENCY = 4000
 
 
 @agent_app.command("start")
