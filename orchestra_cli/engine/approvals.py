@@ -27,6 +27,7 @@ from orchestra_cli.errors import ConflictError, TransitionRejected, UsageError
 from orchestra_cli.models import Task
 from orchestra_cli.state.base import StateStore
 from orchestra_cli.status import Status
+from orchestra_cli.util import blank
 
 INBOX_LIMIT = 500
 
@@ -132,7 +133,7 @@ def answer(
     by: str = "operator",
 ) -> Task:
     """Record a person's answer to the task's waiting call(s); the task runs on."""
-    if not approve and not reason.strip():
+    if not approve and blank(reason):  # as the API's document says blank (util.NOT_BLANK)
         raise UsageError(
             "a rejection needs a reason",
             "pass --reason TEXT; the model reads it",
