@@ -45,6 +45,8 @@ IDLE_SECONDS = 30.0  # a thread above the core ends after this long without work
 WATCH_SECONDS = 0.01  # while items wait for a thread, how often the watcher looks
 SATURATED = 0.8  # of the CPU it may use: a process using less is waiting, not computing
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+CFS_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")  # cgroup v1: -1 for none
+CFS_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 # stuck items and all: a bound, not a target (at it, items wait for a thread to free up:
 # thousands of steps waiting on steps of the same pool could then wait for each other)
 MAX_THREADS = 4096
@@ -110,6 +112,12 @@ def available_cores() -> float:
         if quota != "max":
             cores = min(cores, int(quota) / int(period))
     except (OSError, ValueError):
+        pass
+    try:
+        v1 = int(CFS_QUOTA.read_text())
+        if v1 > 0:
+            cores = min(cores, v1 / int(CFS_PERIOD.read_text()))
+    except (OSError, ValueError, ZeroDivisionError):
         pass
     return cores
 

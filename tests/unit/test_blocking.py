@@ -285,11 +285,18 @@ def test_a_process_held_to_half_a_core_that_computes_gets_no_threads_beyond_core
 def test_the_cpus_a_process_may_use_are_its_cgroups_quota(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    quota = tmp_path / "cpu.max"
+    quota, v1_quota, v1_period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
     monkeypatch.setattr(blocking, "CPU_MAX", quota)
+    monkeypatch.setattr(blocking, "CFS_QUOTA", v1_quota)
+    monkeypatch.setattr(blocking, "CFS_PERIOD", v1_period)
     quota.write_text("50000 100000\n")
     assert available_cores() == 0.5
     quota.write_text("max 100000\n")
     assert available_cores() >= 1
     quota.unlink()
-    assert available_cores() >= 1  # no cgroup v2 file: the affinity alone
+    assert available_cores() >= 1  # no cgroup file: the affinity alone
+    v1_period.write_text("100000\n")
+    v1_quota.write_text("-1\n")  # cgroup v1 without a quota
+    assert available_cores() >= 1
+    v1_quota.write_text("25000\n")  # cgroup v1 held to a quarter of a core
+    assert available_cores() == 0.25
